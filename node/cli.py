@@ -1,0 +1,102 @@
+"""The ``cardionode`` command.
+
+Each subcommand is implemented by ``main(args) -> int`` in the module that
+owns the capability; the module is imported only when its subcommand runs, so
+``cardionode status`` does not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from node import __version__
+
+# subcommand -> "module:function"
+_HANDLERS = {
+    "serve": "node.service:serve_main",
+    "worker": "node.queue.worker:worker_main",
+    "config": "node.config:config_main",
+    "status": "node.dicom.admin:status_main",
+    "retry": "node.dicom.admin:retry_main",
+    "discard": "node.dicom.admin:discard_main",
+    "complete": "node.dicom.admin:complete_main",
+    "process": "node.pipelines.process:process_main",
+    "demo": "node.synth.demo:demo_main",
+    "train": "node.ai.train:train_main",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cardionode",
+        description="CardioNode: DICOM processing node for cardiac imaging (research use only).",
+    )
+    parser.add_argument("--version", action="version", version=f"cardionode {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML configuration file (default: $CARDIONODE_CONFIG, else embedded defaults)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("serve", help="run the node: DICOM listener, assembler, sender and local workers")
+
+    p = sub.add_parser("worker", help="run a Celery worker on this machine")
+    p.add_argument("--queues", default="cpu,gpu,io", help="comma-separated queues (cpu, gpu, io)")
+    p.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
+
+    p = sub.add_parser("config", help="configuration tools")
+    p.add_argument("action", choices=["check"], help="check: print the effective configuration and its problems")
+
+    sub.add_parser("status", help="list studies, jobs and sends with their states and reasons")
+    p = sub.add_parser("retry", help="run a failed or dead-lettered job again")
+    p.add_argument("job", help="job id, as shown by `cardionode status`")
+    p = sub.add_parser("discard", help="stop working on a job and mark it discarded")
+    p.add_argument("job", help="job id, as shown by `cardionode status`")
+    p = sub.add_parser("complete", help="declare a study complete now and process what is there")
+    p.add_argument("study", help="Study Instance UID")
+
+    p = sub.add_parser("process", help="run a pipeline on a folder of DICOM files, without any server")
+    p.add_argument("folder", type=Path, help="folder with the study's DICOM files (searched recursively)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: FOLDER/cardionode-results)")
+    p.add_argument("--pipeline", default=None, help="pipeline name (default: the one that accepts the study)")
+    p.add_argument("--no-models", action="store_true", help="skip the deep-learning models")
+
+    p = sub.add_parser("demo", help="send a synthetic SPECT study to a running node")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: the configured listening port")
+    p.add_argument("--called-aet", default=None, help="default: the configured AE title")
+    p.add_argument("--calling-aet", default="CARDIODEMO")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
+    p.add_argument("--defect", default="LAD", help="LAD, LCx, RCA or none")
+    p.add_argument("--tracer", default="tc99m_sestamibi", help="tc99m_sestamibi, tc99m_tetrofosmin or tl201")
+    p.add_argument("--save", type=Path, default=None, help="also write the files to this folder")
+
+    p = sub.add_parser("train", help="train a model bundle from polar maps or a synthetic cohort")
+    p.add_argument("bundle", help="bundle name, e.g. cad_polar")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="folder with polar maps and labels.csv (format in docs/training.md)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="generate a synthetic cohort of N cases")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="bundle folder to write (default: models/BUNDLE)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module_name, function_name = _HANDLERS[args.command].split(":")
+    handler = getattr(importlib.import_module(module_name), function_name)
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

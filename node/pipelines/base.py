@@ -1,0 +1,177 @@
+"""The pipelines interface: what a study kind declares and how the node runs it.
+
+A pipeline declares
+
+* which studies it accepts: :class:`SeriesRule` objects over modality, SOP
+  class, image type, radiopharmaceutical code and series description;
+* which series it needs before a study counts as complete (the rules marked
+  ``required``);
+* its steps, each bound to a queue: ``analyse`` (``cpu``: DICOM to volumes to
+  quantities), ``predict`` (``gpu``: deep-learning models) and ``report``
+  (``cpu``: the DICOM result objects).
+
+Pipelines know nothing of Celery, the ledger or the network: the queue layer
+calls these methods with plain values, and every step must be deterministic so
+that a redelivered task produces the same result.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from pydicom import Dataset
+
+__all__ = [
+    "SeriesSummary",
+    "StudySummary",
+    "SeriesRule",
+    "Acceptance",
+    "ReportContext",
+    "Step",
+    "Pipeline",
+]
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """What routing needs to know about one received series (from the ledger)."""
+
+    series_instance_uid: str
+    modality: str
+    sop_class_uid: str
+    image_type: tuple[str, ...] = ()
+    series_description: str = ""
+    radiopharmaceutical_codes: tuple[str, ...] = ()  # code values, e.g. SCT "424299003"
+    instance_count: int = 0
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """The series of one study as received so far."""
+
+    study_instance_uid: str
+    series: tuple[SeriesSummary, ...]
+
+
+@dataclass(frozen=True)
+class SeriesRule:
+    """A condition one series must meet; every field left empty matches anything.
+
+    ``image_type_values`` matches when any of the given values appears anywhere
+    in Image Type (0008,0008); ``description_pattern`` is a case-insensitive
+    regular expression searched in Series Description (0008,103E).
+    """
+
+    name: str
+    modalities: frozenset[str] = frozenset()
+    sop_class_uids: frozenset[str] = frozenset()
+    image_type_values: frozenset[str] = frozenset()
+    radiopharmaceutical_codes: frozenset[str] = frozenset()
+    description_pattern: str = ""
+    required: bool = True
+
+    def mismatch(self, series: SeriesSummary) -> str | None:
+        """Return why ``series`` does not match this rule, or None if it matches."""
+        if self.modalities and series.modality not in self.modalities:
+            return f"modality {series.modality or '(none)'} not in {sorted(self.modalities)}"
+        if self.sop_class_uids and series.sop_class_uid not in self.sop_class_uids:
+            return f"SOP class {series.sop_class_uid} not accepted"
+        if self.image_type_values and not self.image_type_values.intersection(series.image_type):
+            return f"image type {'/'.join(series.image_type) or '(none)'} has none of {sorted(self.image_type_values)}"
+        if self.radiopharmaceutical_codes and not self.radiopharmaceutical_codes.intersection(
+            series.radiopharmaceutical_codes
+        ):
+            return "radiopharmaceutical code not accepted"
+        if self.description_pattern and not re.search(
+            self.description_pattern, series.series_description, re.IGNORECASE
+        ):
+            return f"series description does not match /{self.description_pattern}/"
+        return None
+
+    def matches(self, series: SeriesSummary) -> bool:
+        return self.mismatch(series) is None
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """A pipeline's decision on a study."""
+
+    accepted: bool
+    complete: bool  # every required rule has a matching series
+    reason: str  # words for the ledger and `cardionode status`
+    series_by_rule: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What the node tells the ``report`` step about the world outside the pipeline.
+
+    ``predecessors`` are the SR documents of earlier runs of the same pipeline on
+    the same study that the new report supersedes, as ``(study_instance_uid,
+    series_instance_uid, sop_class_uid, sop_instance_uid)``.
+    """
+
+    device_uid: str
+    device_name: str
+    institution: str = ""
+    predecessors: tuple[tuple[str, str, str, str], ...] = ()
+    multiframe_screen: bool = False
+    pdf_summary: bool = True
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a pipeline and the queue it runs on (``cpu`` or ``gpu``)."""
+
+    name: str
+    queue: str
+
+
+class Pipeline(ABC):
+    """A study kind the node can process. Subclasses are registered by name."""
+
+    #: registry key, also used in output UIDs and the ledger
+    name: str
+    #: changes whenever the pipeline's results could change
+    version: str
+    #: one line for `cardionode status` and the docs
+    title: str
+    #: series rules; a study is complete for this pipeline when every required rule matches
+    series_rules: tuple[SeriesRule, ...]
+
+    steps: tuple[Step, ...] = (Step("analyse", "cpu"), Step("predict", "gpu"), Step("report", "cpu"))
+
+    def accept(self, study: StudySummary) -> Acceptance:
+        """Decide whether this pipeline accepts ``study`` and whether it is complete."""
+        matched: dict[str, tuple[str, ...]] = {}
+        reasons: list[str] = []
+        for rule in self.series_rules:
+            uids = tuple(s.series_instance_uid for s in study.series if rule.matches(s))
+            matched[rule.name] = uids
+            if not uids:
+                why = "; ".join(
+                    f"{s.series_description or s.series_instance_uid[-12:]}: {rule.mismatch(s)}"
+                    for s in study.series
+                )
+                reasons.append(f"no series for '{rule.name}'" + (f" ({why})" if why else ""))
+        any_match = any(matched.values())
+        required_ok = all(matched[r.name] for r in self.series_rules if r.required)
+        if not any_match:
+            return Acceptance(False, False, f"{self.name}: " + "; ".join(reasons), matched)
+        reason = f"{self.name}: all required series present" if required_ok else f"{self.name}: " + "; ".join(reasons)
+        return Acceptance(True, required_ok, reason, matched)
+
+    @abstractmethod
+    def analyse(self, instances: Sequence[Dataset]) -> Any:
+        """``cpu`` step: DICOM instances of the study to a picklable result object."""
+
+    def predict(self, result: Any) -> Any:
+        """``gpu`` step: add model predictions to ``result``. Pipelines without models return it unchanged."""
+        return result
+
+    @abstractmethod
+    def report(self, result: Any, context: ReportContext) -> list[Dataset]:
+        """``cpu`` step: the DICOM result objects (SR, SC, PDF) for ``result``."""

@@ -1,0 +1,136 @@
+"""The content of a measurement report, independent of DICOM encoding.
+
+Pipelines fill a :class:`ReportContent`; ``node.results`` turns it into DICOM
+objects (TID 1500 SR, Secondary Capture bull's-eyes and heat maps, an
+Encapsulated PDF). Everything here is named by *keys*; the codes, concept
+names, units' display names and series attributes for those keys live in
+``dicom_templates/`` so that a new pipeline adds content, not code paths.
+
+Keys used by the SPECT pipeline (extend the templates, not the code, for new ones):
+
+* sites: ``aha_1`` .. ``aha_17``, ``left_ventricle``, ``lv_myocardium``,
+  ``heart``, ``territory_lad``, ``territory_lcx``, ``territory_rca``
+* states: ``stress``, ``rest``, ``difference`` or None
+* measurement quantities (value, UCUM unit): ``relative_uptake`` (%),
+  ``segment_score`` ({score}), ``edv`` (ml), ``esv`` (ml), ``lvef`` (%),
+  ``stroke_volume`` (ml), ``tid_ratio`` (1), ``sss``/``srs``/``sds`` ({score}),
+  ``tpd_stress``/``tpd_rest``/``tpd_ischemic`` (%), ``wall_motion`` (mm),
+  ``thickening`` (%), ``phase_peak``/``phase_sd``/``phase_bandwidth`` (deg),
+  ``phase_skewness``/``phase_kurtosis``/``phase_entropy`` (1),
+  ``probability`` (1)
+* findings: ``perfusion_normal``, ``perfusion_abnormal``, ``perfusion_equivocal``,
+  ``defect_reversible``, ``defect_partially_reversible``, ``defect_fixed``,
+  ``lv_function``, ``dyssynchrony``, ``obstructive_cad``, ``abnormal_perfusion``,
+  ``high_risk``, ``crt_response``
+* evaluation values: ``present``, ``absent``, ``undetermined``, ``normal``,
+  ``abnormal``, ``high_risk``, ``low_risk``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "SourceInstance",
+    "Algorithm",
+    "Measurement",
+    "Evaluation",
+    "MeasurementGroup",
+    "MapImage",
+    "ReportContent",
+]
+
+
+@dataclass(frozen=True)
+class SourceInstance:
+    """A received instance the results were computed from."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """TID 4019 algorithm identification plus the model card shown to people.
+
+    ``parameters`` are ``key=value`` strings, including ``weights=sha256:...``
+    for learned models so that any change of weights changes the record.
+    """
+
+    name: str
+    version: str
+    parameters: tuple[str, ...] = ()
+    training_data: str = ""
+    intended_use: str = "Research use only; not clinically validated."
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A numeric result: ``quantity`` key, value and UCUM unit."""
+
+    quantity: str
+    value: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A coded qualitative result: ``quantity`` key and value key."""
+
+    quantity: str
+    value: str
+
+
+@dataclass(frozen=True)
+class MeasurementGroup:
+    """One TID 1501 group: one finding at one site in one state."""
+
+    label: str  # human tracking identifier, e.g. "Stress perfusion AHA segment 7"
+    finding: str  # finding key
+    site: str  # site key
+    state: str | None
+    algorithm: Algorithm
+    measurements: tuple[Measurement, ...] = ()
+    evaluations: tuple[Evaluation, ...] = ()
+    explanation_image: str | None = None  # key of a MapImage (Grad-CAM heat map)
+
+
+@dataclass(frozen=True)
+class MapImage:
+    """A polar map to render as a bull's-eye Secondary Capture image.
+
+    ``values`` is the canonical polar map ``[n_u, n_psi]`` of
+    :class:`node.quant.segments.PolarGrid` (row 0 apex, azimuth from anterior
+    toward septum). ``overlay_on`` names another MapImage drawn underneath (for
+    heat maps). ``derivation`` is a key: ``polar_map`` or ``gradcam``.
+    """
+
+    key: str
+    title: str
+    values: np.ndarray
+    unit: str
+    value_range: tuple[float, float]
+    colormap: str = "turbo"
+    segment_values: tuple[float, ...] | None = None  # 17 values printed on the segments
+    derivation: str = "polar_map"
+    algorithm: Algorithm | None = None
+    overlay_on: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """Everything one pipeline run reports about one study."""
+
+    pipeline: str
+    pipeline_version: str
+    procedure: str  # key, e.g. "nm_myocardial_perfusion"
+    study_instance_uid: str
+    sources: tuple[SourceInstance, ...]
+    groups: tuple[MeasurementGroup, ...]
+    images: tuple[MapImage, ...] = ()
+    algorithms: tuple[Algorithm, ...] = ()
+    notes: tuple[str, ...] = field(default=())  # lines for the PDF, e.g. disagreements, excluded features
