@@ -54,7 +54,12 @@ class LVFrame:
 
     @property
     def rotation(self) -> np.ndarray:
-        """3x3 matrix whose rows are (l, a, s): LV coordinates = rotation @ (x - apex)."""
+        """3x3 orthonormal matrix with rows (l, a, s): LV coordinates = rotation @ (x - apex).
+
+        (l, a, s) is a left-handed basis (determinant -1) because ``s = a x l``;
+        the short-axis display (seen from the apex, anterior up, septum left)
+        is nevertheless a proper view: right (-s) x up (a) = -l, toward the viewer.
+        """
         return np.stack([self.long_axis / np.linalg.norm(self.long_axis), self.anterior, self.septal])
 
     def to_lv(self, xyz_mm: np.ndarray) -> np.ndarray:

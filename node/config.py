@@ -1,0 +1,529 @@
+"""Node settings: one TOML file plus ``CARDIONODE_*`` environment variables.
+
+Sources, highest priority first:
+
+1. environment variables ``CARDIONODE_<FIELD>``; nested fields use ``__``
+   (``CARDIONODE_TLS__CERT=/etc/cardionode/node.pem``,
+   ``CARDIONODE_COMPLETENESS__DEFAULT__QUIET_PERIOD_S=30``); list fields take
+   JSON (``CARDIONODE_PEERS='[{"name": "pacs", "ae_titles": ["PACS1"]}]'``);
+2. the TOML file given by ``--config`` or ``$CARDIONODE_CONFIG``;
+3. the embedded defaults below, which run a working node out of the box
+   (listening on 127.0.0.1:11112 as ``CARDIONODE``, data under ``./var``,
+   Celery broker and results in SQLite files there).
+
+Relative paths are relative to the working directory of the process.
+
+Settings that have the wrong *type* fail loading with a
+:class:`ConfigError`; everything else an administrator could get wrong
+(ports, AE titles, certificate files, directories, duplicates) is reported by
+:meth:`Settings.problems` so that ``cardionode config check`` can list every
+problem at once. ``cardionode serve`` refuses to start while there are any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import ipaddress
+import json
+import os
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from node.dicom.uids import deterministic_uid, is_valid_uid
+
+__all__ = [
+    "ConfigError",
+    "Peer",
+    "Destination",
+    "CompletenessRule",
+    "TLSSettings",
+    "Settings",
+    "load_settings",
+    "ae_title_problem",
+    "config_main",
+]
+
+#: environment variable naming the TOML file when ``--config`` is not given
+CONFIG_ENV = "CARDIONODE_CONFIG"
+
+_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("cardionode_toml_path", default=None)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be loaded; the message says where and why."""
+
+
+def ae_title_problem(ae_title: str, where: str) -> str | None:
+    """Return why ``ae_title`` is not a usable AE title, or None if it is.
+
+    PS3.5 6.2: at most 16 characters of the default character repertoire,
+    no backslash or control characters, not only spaces.
+    """
+    if not ae_title.strip():
+        return f"{where}: AE title is empty"
+    if len(ae_title) > 16:
+        return f"{where}: AE title {ae_title!r} has {len(ae_title)} characters; DICOM allows at most 16"
+    bad = sorted({c for c in ae_title if c == "\\" or not (32 <= ord(c) < 127)})
+    if bad:
+        return f"{where}: AE title {ae_title!r} contains characters DICOM does not allow: {bad!r}"
+    return None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Peer(_Model):
+    """A DICOM peer allowed to open associations with the node.
+
+    ``ae_titles`` lists every calling AE title the peer may use (a PACS often
+    has several). When ``host`` is set, the association must also come from
+    that IP address or host name (resolved when the association arrives).
+    """
+
+    name: str
+    ae_titles: list[str]
+    host: str | None = None
+
+
+class Destination(_Model):
+    """A DICOM node the results are sent to (C-STORE SCU)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int = 104
+    tls: bool = False
+
+
+class CompletenessRule(_Model):
+    """When a study counts as complete for one pipeline.
+
+    ``quiet_period_s``: seconds without a new instance of the study after which
+    the study is examined (complete if the pipeline's required series are there).
+    ``force_deadline_s``: seconds after the *first* instance after which the study
+    is decided anyway; ``force_action`` says how: ``process`` what is there, or
+    ``give_up`` (state ``given_up``).
+    """
+
+    quiet_period_s: float = 10.0
+    force_deadline_s: float = 3600.0
+    force_action: Literal["process", "give_up"] = "process"
+
+
+class TLSSettings(_Model):
+    """DICOM TLS (PS3.15 B.9 / BCP 195) for listening and sending.
+
+    The listener speaks TLS only when ``cert`` and ``key`` are set; plain TCP
+    is then refused. ``ca`` verifies peers: with ``require`` a client must
+    present a certificate signed by ``ca`` (mutual TLS). For sending, ``ca``
+    verifies destinations and ``cert``/``key`` are offered as client identity.
+    """
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None and self.key is not None
+
+
+def _default_completeness() -> dict[str, CompletenessRule]:
+    return {"default": CompletenessRule()}
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one node. See the module docstring for sources."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CARDIONODE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # -- DICOM listener
+    ae_title: str = "CARDIONODE"
+    port: int = 11112
+    bind_address: str = Field(
+        "127.0.0.1", description="address to listen on; 0.0.0.0 to accept connections from other machines"
+    )
+    peers: list[Peer] = Field(
+        default_factory=list,
+        description="allowed calling peers; an EMPTY list accepts any calling AE title (fine on a laptop, not on a hospital network)",
+    )
+    max_associations: int = 10
+    disk_watermark_mb: float = Field(500.0, description="refuse new associations when free space in data_dir is below this (MiB)")
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+    durable_writes: bool = Field(True, description="fsync every spooled instance before answering Success")
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+
+    # -- results
+    destinations: list[Destination] = Field(default_factory=list)
+
+    # -- storage and queue
+    data_dir: Path = Path("var")
+    ledger_url: str | None = None  # default sqlite:///<data_dir>/ledger.sqlite
+    broker_url: str | None = None  # default sqla+sqlite:///<data_dir>/broker.sqlite
+    result_backend: str | None = None  # default db+sqlite:///<data_dir>/results.sqlite
+    artifact_store: str | None = None  # default <data_dir>/artifacts (a directory); or redis://...
+
+    # -- processing
+    completeness: dict[str, CompletenessRule] = Field(default_factory=_default_completeness)
+
+    # -- identity of the node in its outputs
+    device_uid: str | None = None  # default: generated once and kept in <data_dir>/device_uid
+    device_name: str = "CardioNode"
+    institution: str = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # -- derived locations -------------------------------------------------
+    @property
+    def spool_dir(self) -> Path:
+        """Received instances: ``<spool>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``."""
+        return self.data_dir / "spool"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Result objects written (fsync) before they are sent."""
+        return self.data_dir / "outbox"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def audit_log_path(self) -> Path:
+        """Append-only JSON-lines audit log."""
+        return self.data_dir / "audit" / "audit.jsonl"
+
+    @property
+    def effective_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.data_dir.resolve() / 'ledger.sqlite'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir.resolve() / 'broker.sqlite'}"
+
+    @property
+    def effective_result_backend(self) -> str:
+        return self.result_backend or f"db+sqlite:///{self.data_dir.resolve() / 'results.sqlite'}"
+
+    @property
+    def effective_artifact_store(self) -> str:
+        return self.artifact_store or str(self.data_dir.resolve() / "artifacts")
+
+    def completeness_for(self, pipeline: str) -> CompletenessRule:
+        """The completeness rule of ``pipeline``, else the ``default`` one."""
+        return self.completeness.get(pipeline) or self.completeness.get("default") or CompletenessRule()
+
+    def effective_device_uid(self) -> str:
+        """``device_uid`` if configured, else the UID generated once for this install.
+
+        The generated UID is stored in ``<data_dir>/device_uid`` the first time
+        it is needed; if the directory cannot be written, a UID derived from the
+        host name and the absolute data directory is used (stable as well).
+        """
+        if self.device_uid:
+            return self.device_uid
+        path = self.data_dir / "device_uid"
+        try:
+            stored = path.read_text(encoding="ascii").strip()
+            if is_valid_uid(stored):
+                return stored
+        except OSError:
+            pass
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            uid = f"2.25.{uuid.uuid4().int}"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(uid + "\n", encoding="ascii")
+            os.replace(tmp, path)
+            return path.read_text(encoding="ascii").strip()
+        except OSError:
+            return deterministic_uid("cardionode-device", socket.gethostname(), str(self.data_dir.resolve()))
+
+    # -- checks ---------------------------------------------------------------
+    def problems(self) -> list[str]:
+        """Every problem an administrator must fix, in words; empty when fine."""
+        out: list[str] = []
+        out += _listener_problems(self)
+        out += _peer_problems(self.peers)
+        out += _destination_problems(self.destinations)
+        out += _tls_problems(self.tls, bool(any(d.tls for d in self.destinations)))
+        out += _storage_problems(self)
+        out += _completeness_problems(self.completeness)
+        return out
+
+    def warnings(self) -> list[str]:
+        """Things that work but deserve a look (e.g. an open allow-list on a public address)."""
+        out: list[str] = []
+        if not self.peers:
+            out.append(
+                "peers is empty: ANY calling AE title may store to this node "
+                "(set [[peers]] to restrict it)"
+            )
+        if not self.destinations:
+            out.append(f"no destinations: results are only written to the outbox {self.outbox_dir}")
+        if self.bind_address not in ("127.0.0.1", "::1", "localhost") and not self.tls.enabled:
+            out.append(f"listening on {self.bind_address} without TLS")
+        if not self.durable_writes:
+            out.append("durable_writes is off: an acknowledged instance may be lost on power failure")
+        return out
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as plain data, passwords in URLs hidden."""
+        data = self.model_dump(mode="json")
+        data["device_uid"] = self.device_uid or "(generated, kept in data_dir/device_uid)"
+        data["ledger_url"] = _hide_password(self.effective_ledger_url)
+        data["broker_url"] = _hide_password(self.effective_broker_url)
+        data["result_backend"] = _hide_password(self.effective_result_backend)
+        data["artifact_store"] = _hide_password(self.effective_artifact_store)
+        data["spool_dir"] = str(self.spool_dir)
+        data["outbox_dir"] = str(self.outbox_dir)
+        data["audit_log"] = str(self.audit_log_path)
+        return data
+
+
+def _hide_password(url: str) -> str:
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def _port_problem(port: int, where: str) -> str | None:
+    if not 1 <= port <= 65535:
+        return f"{where}: port {port} is out of range (1-65535)"
+    return None
+
+
+def _listener_problems(s: Settings) -> list[str]:
+    out = [p for p in (ae_title_problem(s.ae_title, "ae_title"), _port_problem(s.port, "port")) if p]
+    try:
+        ipaddress.ip_address(s.bind_address)
+    except ValueError:
+        out.append(f"bind_address {s.bind_address!r} is not an IP address (use 127.0.0.1, 0.0.0.0 or a local address)")
+    if s.max_associations < 1:
+        out.append(f"max_associations is {s.max_associations}; it must be at least 1")
+    if s.disk_watermark_mb < 0:
+        out.append(f"disk_watermark_mb is {s.disk_watermark_mb}; it must be 0 or more (MiB)")
+    for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
+        if getattr(s, name) <= 0:
+            out.append(f"{name} must be more than 0 seconds")
+    if s.device_uid is not None and not is_valid_uid(s.device_uid):
+        out.append(f"device_uid {s.device_uid!r} is not a valid DICOM UID (digits and dots, at most 64 characters)")
+    return out
+
+
+def _peer_problems(peers: list[Peer]) -> list[str]:
+    out: list[str] = []
+    seen_names: set[str] = set()
+    owner: dict[str, str] = {}
+    for i, peer in enumerate(peers):
+        where = f"peers[{i}] ({peer.name})"
+        if peer.name in seen_names:
+            out.append(f"{where}: another peer has the same name {peer.name!r}")
+        seen_names.add(peer.name)
+        if not peer.ae_titles:
+            out.append(f"{where}: ae_titles is empty; list the calling AE titles this peer uses")
+        for ae in peer.ae_titles:
+            problem = ae_title_problem(ae, where)
+            if problem:
+                out.append(problem)
+            elif ae.strip() in owner and owner[ae.strip()] != peer.name:
+                out.append(f"{where}: calling AE {ae!r} is also listed for peer {owner[ae.strip()]!r}")
+            owner.setdefault(ae.strip(), peer.name)
+    return out
+
+
+def _destination_problems(destinations: list[Destination]) -> list[str]:
+    out: list[str] = []
+    names: set[str] = set()
+    endpoints: dict[tuple[str, str, int], str] = {}
+    for i, d in enumerate(destinations):
+        where = f"destinations[{i}] ({d.name})"
+        if d.name in names:
+            out.append(f"{where}: another destination has the same name {d.name!r}")
+        names.add(d.name)
+        for problem in (ae_title_problem(d.ae_title, where), _port_problem(d.port, where)):
+            if problem:
+                out.append(problem)
+        if not d.host.strip():
+            out.append(f"{where}: host is empty")
+        key = (d.ae_title.strip(), d.host.strip().lower(), d.port)
+        if key in endpoints:
+            out.append(
+                f"{where}: same AE title, host and port as destination {endpoints[key]!r}; "
+                "results would be sent twice"
+            )
+        endpoints.setdefault(key, d.name)
+    return out
+
+
+def _readable_file_problem(path: Path | None, what: str) -> str | None:
+    if path is None:
+        return None
+    if not path.exists():
+        return f"{what} {path} does not exist"
+    if not path.is_file():
+        return f"{what} {path} is not a file"
+    if not os.access(path, os.R_OK):
+        return f"{what} {path} cannot be read by user id {os.getuid()}"
+    return None
+
+
+def _tls_problems(tls: TLSSettings, destinations_use_tls: bool) -> list[str]:
+    out: list[str] = []
+    if (tls.cert is None) != (tls.key is None):
+        out.append("tls: set both tls.cert and tls.key (PEM files), or neither")
+    if tls.require and tls.ca is None:
+        out.append("tls.require is on but tls.ca is not set: cannot verify client certificates")
+    if tls.require and not tls.enabled:
+        out.append("tls.require is on but the listener has no tls.cert/tls.key")
+    if destinations_use_tls and tls.ca is None:
+        out.append("a destination uses TLS but tls.ca is not set: cannot verify the destination's certificate")
+    for path, what in ((tls.cert, "tls.cert"), (tls.key, "tls.key"), (tls.ca, "tls.ca")):
+        problem = _readable_file_problem(path, what)
+        if problem:
+            out.append(problem)
+    if not out and tls.enabled:
+        import ssl
+
+        try:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls.cert), str(tls.key))
+        except (ssl.SSLError, OSError) as exc:
+            out.append(f"tls: certificate {tls.cert} and key {tls.key} cannot be loaded together: {exc}")
+    return out
+
+
+def _writable_dir_problem(path: Path, what: str) -> str | None:
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{what} {path}: {probe} exists and is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{what} {path} is not writable by user id {os.getuid()} (check {probe})"
+    return None
+
+
+def _storage_problems(s: Settings) -> list[str]:
+    out = [p for p in (_writable_dir_problem(s.data_dir, "data_dir"),) if p]
+    for name, url, ok in (
+        ("ledger_url", s.effective_ledger_url, ("sqlite:", "postgresql")),
+        ("broker_url", s.effective_broker_url, ("sqla+", "redis://", "rediss://", "amqp://", "memory://")),
+        ("result_backend", s.effective_result_backend, ("db+", "redis://", "rediss://", "rpc://")),
+    ):
+        if not url.startswith(ok):
+            out.append(f"{name} {_hide_password(url)!r} is not supported; use one starting with {' or '.join(ok)}")
+    return out
+
+
+def _completeness_problems(rules: dict[str, CompletenessRule]) -> list[str]:
+    out: list[str] = []
+    for name, rule in rules.items():
+        where = f"completeness.{name}"
+        if rule.quiet_period_s < 0:
+            out.append(f"{where}.quiet_period_s must be 0 or more seconds")
+        if rule.force_deadline_s <= 0:
+            out.append(f"{where}.force_deadline_s must be more than 0 seconds")
+        elif rule.force_deadline_s < rule.quiet_period_s:
+            out.append(
+                f"{where}: force_deadline_s ({rule.force_deadline_s:g} s) is shorter than "
+                f"quiet_period_s ({rule.quiet_period_s:g} s); the quiet period would never apply"
+            )
+    return out
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"the configuration ({source}) has {exc.error_count()} error(s):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {where}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Load the settings from ``path`` (or ``$CARDIONODE_CONFIG``), the environment and the defaults.
+
+    Raises :class:`ConfigError` when the file is missing or not valid TOML, or
+    a value has the wrong type; the message names the setting.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    source = str(path) if path is not None else "embedded defaults + environment"
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"configuration file {path} does not exist (from --config or ${CONFIG_ENV})")
+        try:
+            import tomllib
+
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+    token = _toml_path.set(path)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+    finally:
+        _toml_path.reset(token)
+
+
+def config_main(args: argparse.Namespace) -> int:
+    """``cardionode config check``: print the effective configuration and its problems; 1 if any."""
+    try:
+        settings = load_settings(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"PROBLEM: {exc}", file=sys.stderr)
+        return 1
+    print("# effective configuration")
+    print(json.dumps(settings.redacted(), indent=2))
+    for warning in settings.warnings():
+        print(f"WARNING: {warning}")
+    problems = settings.problems()
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    if problems:
+        print(f"{len(problems)} problem(s); the node will not start until they are fixed.")
+        return 1
+    print("configuration OK")
+    return 0
