@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defect", default="LAD", help="LAD, LCx, RCA or none")
     p.add_argument("--tracer", default="tc99m_sestamibi", help="tc99m_sestamibi, tc99m_tetrofosmin or tl201")
     p.add_argument("--save", type=Path, default=None, help="also write the files to this folder")
+    p.add_argument("--gates", type=int, choices=(0, 8, 16), default=8, help="time slots of the gated series (0: ungated)")
+    p.add_argument("--orientation", choices=("sa", "transaxial"), default="sa", help="short-axis or transaxial reconstructions")
+    p.add_argument("--shape", choices=("normal", "small", "dilated", "thick"), default="normal", help="LV shape preset")
+    p.add_argument("--sex", choices=("M", "F"), default="M")
+    p.add_argument("--no-send", action="store_true", help="only generate (use with --save)")
 
     p = sub.add_parser("train", help="train a model bundle from polar maps or a synthetic cohort")
     p.add_argument("bundle", help="bundle name, e.g. cad_polar")
@@ -84,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="bundle folder to write (default: models/BUNDLE)")
+    p.add_argument("--pretrain", type=int, default=0, metavar="N",
+                   help="first pretrain on a separate synthetic cohort of N cases (polar-map bundles)")
+    p.add_argument("--checkpoints", type=Path, default=None, help="checkpoint folder (default: var/checkpoints/BUNDLE)")
     return parser
 
 

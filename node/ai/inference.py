@@ -1,0 +1,318 @@
+"""Inference of the SPECT models for one or many studies, with explanations and provenance.
+
+:func:`predict_studies` takes a list of :class:`StudyInputs` (one per study)
+and runs every applicable model once per batch (the ``gpu`` queue calls it
+with several studies when its queue is deep; CUDA when available, else CPU).
+:func:`node.ai.predict_spect` adapts the SPECT pipeline's result to it.
+
+Outputs are ``node.results.content`` objects: one ``MeasurementGroup`` per
+prediction (``probability`` in UCUM ``1`` plus a ``classification``
+evaluation at the threshold chosen on the validation cohort, stored in the
+bundle), Grad-CAM ``MapImage`` heat maps (derivation ``gradcam``) over the
+stress perfusion map, and notes that say what was not predicted and why.
+
+Determinism: on CPU the same inputs give the same outputs; probabilities are
+rounded to 4 decimals and heat maps to 3, so a study's numbers do not depend
+on which other studies shared its batch.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from node.ai import bundles
+from node.ai.explain import gradcam_maps, summarise_attention
+from node.ai.features import cad_inputs, crt_inputs, crt_tabular, tracer_inputs
+from node.quant.segments import DEFAULT_GRID, TERRITORIES
+from node.results.content import Evaluation, MapImage, Measurement, MeasurementGroup
+
+__all__ = [
+    "StudyInputs",
+    "StudyPredictions",
+    "predict_studies",
+    "tracer_family",
+    "load_clinical_csv",
+    "CRT_LVEF_MAX",
+]
+
+#: the CRT model is applied only to CRT candidates (LVEF at or below this, %)
+CRT_LVEF_MAX = 35.0
+_TRACER_FAMILY = {"tc99m_sestamibi": "tc99m", "tc99m_tetrofosmin": "tc99m", "tc99m": "tc99m", "tl201": "tl201"}
+
+
+def tracer_family(key: str | None) -> str | None:
+    """``"tc99m"``, ``"tl201"`` or None (unknown) for a tracer key of ``node.imaging.radiopharmaceuticals``."""
+    return _TRACER_FAMILY.get((key or "").lower())
+
+
+@dataclass
+class StudyInputs:
+    """What the SPECT models use from one study. Maps are canonical polar maps ``[40, 72]``.
+
+    Perfusion in % (re-normalised to the 99.5th percentile = 100 as in
+    training), motion in mm, thickening in %, phase in degrees; volumes in ml,
+    LVEF in %, scar in % of LV, PSD/PBW in degrees, QRS in ms, LBBB 0/1, NYHA
+    1..4. None = not available.
+    """
+
+    key: str
+    tracer: str | None = None
+    age: float | None = None
+    sex_male: float | None = None
+    stress_perfusion: np.ndarray | None = None
+    rest_perfusion: np.ndarray | None = None
+    stress_motion: np.ndarray | None = None
+    stress_thickening: np.ndarray | None = None
+    rest_phase: np.ndarray | None = None
+    rest_thickening: np.ndarray | None = None
+    edv: float | None = None
+    esv: float | None = None
+    lvef: float | None = None
+    rest_lvef: float | None = None
+    rest_esv: float | None = None
+    scar: float | None = None
+    psd: float | None = None
+    pbw: float | None = None
+    qrs: float | None = None
+    lbbb: float | None = None
+    nyha: float | None = None
+    overlay_key: str = "stress_perfusion"
+
+
+@dataclass
+class StudyPredictions:
+    """Predictions of one study as report content."""
+
+    key: str
+    groups: list[MeasurementGroup] = field(default_factory=list)
+    images: list[MapImage] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+
+def load_clinical_csv(path: Path) -> dict[str, dict[str, float]]:
+    """Optional site clinical file: ``accession_number,qrs_ms,lbbb,nyha`` (header required).
+
+    ``lbbb`` accepts 1/0/yes/no/true/false; empty cells are missing. Returns
+    ``{accession_number: {"qrs": ..., "lbbb": ..., "nyha": ...}}``.
+    """
+    out: dict[str, dict[str, float]] = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "accession_number" not in reader.fieldnames:
+            raise ValueError(f"{path}: clinical file needs a header with accession_number (and qrs_ms, lbbb, nyha)")
+        for row in reader:
+            values: dict[str, float] = {}
+            if row.get("qrs_ms", "").strip():
+                values["qrs"] = float(row["qrs_ms"])
+            lb = row.get("lbbb", "").strip().lower()
+            if lb:
+                values["lbbb"] = 1.0 if lb in ("1", "yes", "true", "y") else 0.0
+            if row.get("nyha", "").strip():
+                values["nyha"] = float(row["nyha"])
+            out[row["accession_number"].strip()] = values
+    return out
+
+
+def _r(p: float, digits: int = 4) -> float:
+    return float(round(float(p), digits))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _threshold(bundle: bundles.LoadedBundle, *path: str, default: float = 0.5) -> float:
+    node: Any = bundle.metadata.get("evaluation_summary", {}).get("thresholds", {})
+    for p in path:
+        if not isinstance(node, dict) or p not in node:
+            return default
+        node = node[p]
+    return float(node) if isinstance(node, (int, float)) else default
+
+
+def _classification(p: float, threshold: float) -> Evaluation:
+    return Evaluation("classification", "present" if p >= threshold else "absent")
+
+
+def _heat_image(key: str, title: str, cam: np.ndarray, overlay: str, algorithm: Any) -> MapImage:
+    summary = summarise_attention(cam)
+    return MapImage(
+        key=key,
+        title=title,
+        values=np.round(cam, 3),
+        unit="1",
+        value_range=(0.0, 1.0),
+        colormap="inferno",
+        segment_values=tuple(_r(100.0 * s, 1) for s in summary.segment_share),
+        derivation="gradcam",
+        algorithm=algorithm,
+        overlay_on=overlay,
+    )
+
+
+def _predict_cad(studies: list[StudyInputs], preds: dict[str, StudyPredictions], bundle: bundles.LoadedBundle, gradcam: bool) -> None:
+    usable = []
+    for s in studies:
+        missing = [n for n in ("stress_perfusion", "stress_motion", "stress_thickening") if getattr(s, n) is None]
+        if missing:
+            preds[s.key].notes.append(f"CAD model not applied: no {', '.join(m.replace('_', ' ') for m in missing)} map (needs a gated stress study)")
+        else:
+            usable.append(s)
+    if not usable:
+        return
+    tab = {k: np.array([np.nan if getattr(s, k) is None else float(getattr(s, k)) for s in usable]) for k in ("age", "sex_male", "edv", "esv")}
+    x, t = cad_inputs(np.stack([s.stress_perfusion for s in usable]), np.stack([s.stress_motion for s in usable]),
+                      np.stack([s.stress_thickening for s in usable]), tab)
+    xt, tt = torch.from_numpy(x).to(bundle.device), torch.from_numpy(t).to(bundle.device)
+    with torch.no_grad():
+        probs = _sigmoid(bundle.network(xt, tt).cpu().numpy().astype(np.float64))
+    cams = gradcam_maps(bundle.network, bundle.config["gradcam_target_layer"], xt, 0, tabular=tt) if gradcam else None
+    algorithm = bundle.algorithm()
+    t_patient = _threshold(bundle, "model")
+    for i, s in enumerate(usable):
+        out = preds[s.key]
+        heat_key = "gradcam_cad" if cams is not None else None
+        p = _r(probs[i, 0])
+        out.probabilities["cad"] = p
+        out.groups.append(MeasurementGroup(
+            label="CAD model: probability of obstructive CAD", finding="obstructive_cad", site="heart", state="stress",
+            algorithm=algorithm, measurements=(Measurement("probability", p, "1"),),
+            evaluations=(_classification(p, t_patient),), explanation_image=heat_key))
+        for k, terr in enumerate(TERRITORIES, start=1):
+            pt = _r(probs[i, k])
+            out.probabilities[f"cad_{terr.lower()}"] = pt
+            out.groups.append(MeasurementGroup(
+                label=f"CAD model: probability of obstructive CAD, {terr} territory", finding="obstructive_cad",
+                site=f"territory_{terr.lower()}", state="stress", algorithm=algorithm,
+                measurements=(Measurement("probability", pt, "1"),), evaluations=(_classification(pt, 0.5),),
+                explanation_image=heat_key))
+        if cams is not None:
+            out.images.append(_heat_image("gradcam_cad", "Grad-CAM: CAD model attention (research use)", cams[i], s.overlay_key, algorithm))
+            top = summarise_attention(cams[i]).top_segments(3)
+            out.notes.append(f"CAD model attention highest in AHA segments {', '.join(map(str, top))}")
+
+
+def _predict_tracer(studies: list[StudyInputs], preds: dict[str, StudyPredictions], bundle: bundles.LoadedBundle, gradcam: bool) -> None:
+    heads = {"tc99m": (0, "abnormal_perfusion", "Tc-99m head: probability of abnormal perfusion"),
+             "tl201": (1, "high_risk", "Tl-201 head: probability of intermediate-or-high risk")}
+    for s in studies:
+        family = tracer_family(s.tracer)
+        if family is None:
+            preds[s.key].notes.append(
+                f"tracer-specific model not applied: tracer {s.tracer or 'not stated'} is unknown (Radiopharmaceutical "
+                "Information Sequence missing or not Tc-99m sestamibi/tetrofosmin or Tl-201)")
+            continue
+        if s.stress_perfusion is None and s.rest_perfusion is None:
+            preds[s.key].notes.append("tracer-specific model not applied: no perfusion map")
+            continue
+        variant = "dual" if s.stress_perfusion is not None and s.rest_perfusion is not None else ("stress" if s.stress_perfusion is not None else "rest")
+        col, finding, label = heads[family]
+        x = torch.from_numpy(tracer_inputs(s.stress_perfusion, s.rest_perfusion, 1)).to(bundle.device)
+        with torch.no_grad():
+            p = _r(_sigmoid(bundle.network(x).cpu().numpy().astype(np.float64))[0, col])
+        algorithm = bundle.algorithm((f"head={family}", f"variant={variant}"))
+        heat_key = None
+        out = preds[s.key]
+        if gradcam:
+            cam = gradcam_maps(bundle.network, bundle.config["gradcam_target_layer"], x, col)[0]
+            heat_key = f"gradcam_{family}"
+            overlay = s.overlay_key if s.stress_perfusion is not None else "rest_perfusion"
+            out.images.append(_heat_image(heat_key, f"Grad-CAM: {family} head attention (research use)", cam, overlay, algorithm))
+        out.probabilities[f"{family}_head"] = p
+        out.groups.append(MeasurementGroup(
+            label=f"{label} ({variant} input)", finding=finding, site="heart",
+            state={"dual": None, "stress": "stress", "rest": "rest"}[variant], algorithm=algorithm,
+            measurements=(Measurement("probability", p, "1"),),
+            evaluations=(_classification(p, _threshold(bundle, family, "model")),), explanation_image=heat_key))
+
+
+def _predict_crt(studies: list[StudyInputs], preds: dict[str, StudyPredictions], bundle: bundles.LoadedBundle) -> None:
+    usable = []
+    for s in studies:
+        lvef = s.rest_lvef if s.rest_lvef is not None else s.lvef
+        missing = [n for n in ("rest_perfusion", "rest_phase", "rest_thickening") if getattr(s, n) is None]
+        if missing:
+            preds[s.key].notes.append(f"CRT response model not applied: no {', '.join(m.replace('_', ' ') for m in missing)} map (needs a gated rest study)")
+        elif lvef is None or lvef > CRT_LVEF_MAX:
+            preds[s.key].notes.append(f"CRT response model not applied: LVEF {'unknown' if lvef is None else f'{lvef:.0f} %'} is not <= {CRT_LVEF_MAX:.0f} % (not a CRT candidate)")
+        else:
+            usable.append(s)
+    if not usable:
+        return
+    feats = {
+        "age": [s.age for s in usable], "sex_male": [s.sex_male for s in usable],
+        "lvef": [s.rest_lvef if s.rest_lvef is not None else s.lvef for s in usable],
+        "esv": [s.rest_esv if s.rest_esv is not None else s.esv for s in usable],
+        "scar": [s.scar for s in usable], "psd": [s.psd for s in usable], "pbw": [s.pbw for s in usable],
+        "qrs": [s.qrs for s in usable], "lbbb": [s.lbbb for s in usable], "nyha": [s.nyha for s in usable],
+    }
+    arrays = {k: np.array([np.nan if v is None else float(v) for v in vals]) for k, vals in feats.items()}
+    tab = crt_tabular(arrays, bundle.metadata["imputation"])
+    x = crt_inputs(np.stack([s.rest_perfusion for s in usable]), np.stack([s.rest_phase for s in usable]),
+                   np.stack([s.rest_thickening for s in usable]))
+    with torch.no_grad():
+        probs = _sigmoid(bundle.network(torch.from_numpy(x).to(bundle.device), torch.from_numpy(tab.values).to(bundle.device))
+                         .cpu().numpy().astype(np.float64))[:, 0]
+    threshold = _threshold(bundle, "model")
+    for i, s in enumerate(usable):
+        used, imputed = tab.used[i], tab.imputed[i]
+        algorithm = bundle.algorithm((f"features_used={'+'.join(used)}", f"features_imputed={'+'.join(imputed) or 'none'}"))
+        p = _r(probs[i])
+        out = preds[s.key]
+        out.probabilities["crt_response"] = p
+        out.groups.append(MeasurementGroup(
+            label="CRT model: probability of response", finding="crt_response", site="left_ventricle", state="rest",
+            algorithm=algorithm, measurements=(Measurement("probability", p, "1"),), evaluations=(_classification(p, threshold),)))
+        out.notes.append(f"CRT model features used: {', '.join(used)}; imputed (training mean, flagged missing): {', '.join(imputed) or 'none'}")
+
+
+def predict_studies(studies: Sequence[StudyInputs], models_root: Path | None = None, device: str | None = None,
+                    gradcam: bool = True, models: Sequence[str] = ("cad_polar", "tracer_heads", "crt_response")) -> list[StudyPredictions]:
+    """Run the SPECT polar-map models on a batch of studies; one :class:`StudyPredictions` per input, same order.
+
+    A model whose bundle is missing adds a note to every study instead of failing the batch.
+    """
+    studies = list(studies)
+    keys = [s.key for s in studies]
+    if len(set(keys)) != len(keys):
+        raise ValueError("StudyInputs.key must be unique within a batch")
+    preds = {s.key: StudyPredictions(s.key) for s in studies}
+    root = Path(models_root) if models_root is not None else bundles.models_dir()
+    for name in models:
+        try:
+            bundle = bundles.load_bundle(name, root / name, device)
+        except FileNotFoundError as exc:
+            for p in preds.values():
+                p.notes.append(f"model {name} not available: {exc}")
+            continue
+        if name == "cad_polar":
+            _predict_cad(studies, preds, bundle, gradcam)
+        elif name == "tracer_heads":
+            _predict_tracer(studies, preds, bundle, gradcam)
+        elif name == "crt_response":
+            _predict_crt(studies, preds, bundle)
+    return [preds[k] for k in keys]
+
+
+def renormalise_perfusion(values: np.ndarray) -> np.ndarray:
+    """Perfusion map scaled so its 99.5th percentile is 100 % (the training convention)."""
+    v = np.asarray(values, dtype=np.float64)
+    ref = np.nanpercentile(v, 99.5) if np.isfinite(v).any() else 1.0
+    return (100.0 * v / (ref if ref > 0 else 1.0)).astype(np.float32)
+
+
+def check_grid(values: np.ndarray | None, name: str) -> np.ndarray | None:
+    """Validate a polar map's shape against the canonical grid; None passes through."""
+    if values is None:
+        return None
+    arr = np.asarray(values, dtype=np.float32)
+    if arr.shape != DEFAULT_GRID.shape:
+        raise ValueError(f"{name} polar map has shape {arr.shape}, expected {DEFAULT_GRID.shape} (node.quant.segments.PolarGrid)")
+    return arr

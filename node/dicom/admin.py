@@ -1,0 +1,179 @@
+"""Operator commands on the ledger: ``cardionode status``, ``retry``, ``discard``, ``complete``.
+
+They act on the ledger only (the running node's conductor picks the changes
+up), so they work whether or not the node is running. Each change is also
+written to the audit log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+
+from node.config import ConfigError, Settings, load_settings
+from node.dicom.audit import AuditLog
+from node.dicom.ledger import Ledger, LedgerError
+
+__all__ = ["format_table", "status_main", "retry_main", "discard_main", "complete_main"]
+
+_LIMIT = 50  # rows per table
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], max_width: int = 60) -> str:
+    """A plain-text table: columns padded to their widest cell, cells cut at ``max_width`` characters."""
+
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, datetime):
+            return value.strftime("%Y-%m-%d %H:%M:%S")
+        text = str(value).replace("\n", " ")
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _open(args: argparse.Namespace) -> tuple[Settings, Ledger] | None:
+    try:
+        settings = load_settings(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"PROBLEM: {exc}", file=sys.stderr)
+        return None
+    return settings, Ledger.from_settings(settings)
+
+
+def _audit(settings: Settings, event: str, **fields: object) -> None:
+    try:
+        with AuditLog(settings.audit_log_path, durable=settings.durable_writes) as audit:
+            audit.record(event, **fields)
+    except OSError as exc:
+        print(f"warning: cannot write the audit log {settings.audit_log_path}: {exc}", file=sys.stderr)
+
+
+def status_main(args: argparse.Namespace) -> int:
+    """Print studies, jobs, sends and recent rejections with their states and reasons."""
+    opened = _open(args)
+    if opened is None:
+        return 1
+    settings, ledger = opened
+    try:
+        studies = ledger.studies(limit=_LIMIT)
+        print(f"STUDIES ({len(studies)} most recent)")
+        print(
+            format_table(
+                ("study", "state", "rule", "pipeline", "run", "instances", "last instance (UTC)", "reason"),
+                [
+                    (s.study_uid, s.state, s.rule, s.pipeline, s.run, s.instance_count, s.last_received_at, s.reason)
+                    for s in studies
+                ],
+                max_width=64,
+            )
+        )
+        jobs = ledger.jobs(limit=_LIMIT)
+        print(f"\nJOBS ({len(jobs)} most recent)")
+        print(
+            format_table(
+                ("job", "study", "pipeline", "run", "state", "attempts", "updated (UTC)", "reason / last error"),
+                [
+                    (j.id, j.study_uid, j.pipeline, j.run, j.state, j.attempts, j.updated_at,
+                     f"{j.reason}; {j.last_error}" if j.last_error else j.reason)
+                    for j in jobs
+                ],
+                max_width=64,
+            )
+        )
+        sends = ledger.sends(limit=_LIMIT)
+        print(f"\nSENDS ({len(sends)} most recent)")
+        print(
+            format_table(
+                ("send", "job", "destination", "state", "attempts", "next attempt (UTC)", "last status", "last error"),
+                [
+                    (x.id, x.job_id, x.destination, x.state, x.attempts, x.next_attempt_at,
+                     f"0x{x.last_status:04X}" if x.last_status is not None else None, x.last_error)
+                    for x in sends
+                ],
+            )
+        )
+        rejections = ledger.rejections(limit=10)
+        print(f"\nREJECTIONS ({len(rejections)} most recent)")
+        print(
+            format_table(
+                ("at (UTC)", "calling AE", "address", "status", "reason"),
+                [(r.at, r.calling_ae, r.peer_address, f"0x{r.status:04X}" if r.status else "assoc", r.reason) for r in rejections],
+                max_width=100,
+            )
+        )
+    finally:
+        ledger.close()
+    return 0
+
+
+def _job_id(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        print(f"PROBLEM: job id {text!r} is not a number; see the 'job' column of `cardionode status`", file=sys.stderr)
+        return None
+
+
+def retry_main(args: argparse.Namespace) -> int:
+    """Queue a failed/dead/discarded job again, or resend a job's dead-lettered results."""
+    job_id = _job_id(args.job)
+    opened = _open(args)
+    if job_id is None or opened is None:
+        return 1
+    settings, ledger = opened
+    try:
+        job = ledger.retry_job(job_id)
+    except LedgerError as exc:
+        print(f"PROBLEM: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ledger.close()
+    _audit(settings, "admin.retry", job_id=job.id, study_uid=job.study_uid, state=job.state)
+    print(f"job {job.id} is now {job.state}: {job.reason}")
+    return 0
+
+
+def discard_main(args: argparse.Namespace) -> int:
+    """Mark a job discarded; its unsent results are dead-lettered."""
+    job_id = _job_id(args.job)
+    opened = _open(args)
+    if job_id is None or opened is None:
+        return 1
+    settings, ledger = opened
+    try:
+        job = ledger.discard_job(job_id)
+    except LedgerError as exc:
+        print(f"PROBLEM: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ledger.close()
+    _audit(settings, "admin.discard", job_id=job.id, study_uid=job.study_uid)
+    print(f"job {job.id} is now discarded")
+    return 0
+
+
+def complete_main(args: argparse.Namespace) -> int:
+    """Declare a study complete (rule ``manual``); the node processes what is there."""
+    opened = _open(args)
+    if opened is None:
+        return 1
+    settings, ledger = opened
+    try:
+        study = ledger.complete_study_manually(args.study)
+    except LedgerError as exc:
+        print(f"PROBLEM: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ledger.close()
+    _audit(settings, "admin.complete", study_uid=study.study_uid)
+    print(f"study {study.study_uid} is now complete (rule manual); the node will process it")
+    return 0

@@ -1,0 +1,358 @@
+"""C-STORE SCU: send result objects to a destination and say what happened to each.
+
+One association per destination and batch. Only the SOP classes being sent are
+proposed, each with the transfer syntax the file is encoded in plus the
+uncompressed ones. A Comprehensive 3D SR (``1.2.840.10008.5.1.4.1.1.88.34``)
+is also proposed as Enhanced SR (``...88.22``); when the peer accepts only the
+latter, the object is sent re-encoded as Enhanced SR with the same SOP Instance
+UID.
+
+Every object gets an :class:`SendOutcome` that tells success from *transient*
+failures (worth retrying later: connection refused or timed out, association
+rejected transiently, ``0xA7xx`` out of resources, ``0x0110`` processing
+failure, a broken association) and *permanent* ones (association rejected
+permanently, ``0xA9xx``, ``0xCxxx``, ``0x01xx`` refusals, SOP class not
+accepted): the caller retries the first with backoff and dead-letters the second
+(:class:`Exporter`).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Sequence
+
+import pydicom
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context
+from pynetdicom.presentation import PresentationContext
+
+from node.dicom.ledger import Ledger, LedgerError, Send, utcnow
+
+__all__ = [
+    "COMPREHENSIVE_3D_SR",
+    "ENHANCED_SR",
+    "Target",
+    "SendOutcome",
+    "classify_status",
+    "as_enhanced_sr",
+    "send_files",
+    "RetryPolicy",
+    "Exporter",
+]
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
+
+_log = logging.getLogger(__name__)
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to send: the peer's AE title, host and TCP port; ``ssl_context`` for DICOM TLS."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None = None
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What happened to one object.
+
+    ``status`` is the DIMSE status the peer answered (None when none came:
+    no association, lost connection); ``kind`` is ``"sent"``, ``"transient"``
+    or ``"permanent"``; ``sent_as`` the SOP Class UID actually sent.
+    """
+
+    sop_instance_uid: str
+    kind: str
+    status: int | None
+    error: str
+    sent_as: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "sent"
+
+
+def classify_status(status: int) -> str:
+    """``"sent"``, ``"transient"`` or ``"permanent"`` for a C-STORE response status (PS3.4 B.2.3).
+
+    Success (0x0000) and warnings (0xB000, 0xB006, 0xB007, 0x0001) mean the
+    object is stored. 0xA7xx (out of resources) and 0x0110 (processing failure)
+    may pass; every other failure will not change by retrying.
+    """
+    if status == 0x0000 or status == 0x0001 or (status & 0xF000) == 0xB000:
+        return "sent"
+    if (status & 0xFF00) == 0xA700 or status in (0x0110, 0xFE00):
+        return "transient"
+    return "permanent"
+
+
+def as_enhanced_sr(dataset: Dataset) -> Dataset:
+    """``dataset`` (Comprehensive 3D SR) as an Enhanced SR with the same SOP Instance UID.
+
+    Uses :func:`node.results.sr.to_enhanced_sr` when the results package
+    provides it (it knows which content items must change); otherwise changes
+    SOP Class UID (0008,0016) and the file meta's Media Storage SOP Class UID,
+    which is exact for reports without 3D spatial coordinates.
+    """
+    try:
+        from node.results.sr import to_enhanced_sr  # type: ignore[attr-defined]
+    except ImportError:
+        converted = pydicom.Dataset(dataset)
+        converted.file_meta = pydicom.dataset.FileMetaDataset(dataset.file_meta)
+        converted.SOPClassUID = ENHANCED_SR
+        converted.file_meta.MediaStorageSOPClassUID = ENHANCED_SR
+        return converted
+    return to_enhanced_sr(dataset)
+
+
+def _contexts_for(datasets: Sequence[Dataset]) -> list[PresentationContext]:
+    syntaxes: dict[str, list[str]] = {}
+    for ds in datasets:
+        sop_class = str(ds.SOPClassUID)
+        own = str(ds.file_meta.TransferSyntaxUID)
+        for uid_ in ([sop_class, ENHANCED_SR] if sop_class == COMPREHENSIVE_3D_SR else [sop_class]):
+            wanted = syntaxes.setdefault(uid_, [])
+            for ts in (own, *_UNCOMPRESSED):
+                if ts not in wanted:
+                    wanted.append(ts)
+    return [build_context(sop_class, ts) for sop_class, ts in syntaxes.items()]
+
+
+def _association_failure(assoc: object) -> tuple[str, str]:
+    """(kind, words) for an association that was not established."""
+    if getattr(assoc, "is_rejected", False):
+        primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
+        result = getattr(primitive, "result", None)
+        source = getattr(primitive, "result_source", None)
+        diagnostic = getattr(primitive, "diagnostic", None)
+        detail = f"result {result}, source {source}, reason {diagnostic}"
+        if result == 0x02:
+            return "transient", f"association rejected transiently ({detail})"
+        return "permanent", f"association rejected permanently ({detail})"
+    if getattr(assoc, "is_aborted", False):
+        return "transient", "association aborted by the peer or the network before it was established"
+    return "transient", "no association: connection refused or timed out"
+
+
+def send_files(
+    target: Target,
+    paths: Sequence[Path],
+    *,
+    calling_ae: str,
+    timeout_s: float = 30.0,
+) -> list[SendOutcome]:
+    """Send the DICOM files at ``paths`` to ``target`` over one association.
+
+    ``timeout_s`` bounds connecting, association negotiation and each
+    C-STORE response (seconds). Returns one outcome per path, in order; never
+    raises for network or peer problems.
+    """
+    datasets = [pydicom.dcmread(str(p)) for p in paths]
+    if not datasets:
+        return []
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
+    ae.requested_contexts = _contexts_for(datasets)
+    tls_args = (target.ssl_context, target.host) if target.ssl_context is not None else None
+    try:
+        assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args)
+    except (OSError, ssl.SSLError) as exc:
+        return [SendOutcome(str(ds.SOPInstanceUID), "transient", None, f"cannot connect: {exc}") for ds in datasets]
+    if not assoc.is_established:
+        kind, words = _association_failure(assoc)
+        return [SendOutcome(str(ds.SOPInstanceUID), kind, None, words) for ds in datasets]
+
+    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+    outcomes: list[SendOutcome] = []
+    try:
+        for ds in datasets:
+            outcomes.append(_store_one(assoc, ds, accepted))
+            if not assoc.is_established:  # aborted mid-batch: the rest waits for the next attempt
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    for ds in datasets[len(outcomes) :]:
+        outcomes.append(SendOutcome(str(ds.SOPInstanceUID), "transient", None, "association lost before sending"))
+    return outcomes
+
+
+def _store_one(assoc: object, ds: Dataset, accepted: set[str]) -> SendOutcome:
+    uid_ = str(ds.SOPInstanceUID)
+    sop_class = str(ds.SOPClassUID)
+    if sop_class not in accepted and sop_class == COMPREHENSIVE_3D_SR and ENHANCED_SR in accepted:
+        ds = as_enhanced_sr(ds)
+        sop_class = ENHANCED_SR
+    if sop_class not in accepted:
+        return SendOutcome(uid_, "permanent", None, f"the destination does not accept SOP class {sop_class}")
+    try:
+        status_ds = assoc.send_c_store(ds)  # type: ignore[attr-defined]
+    except (ValueError, RuntimeError) as exc:  # e.g. no context with a usable transfer syntax
+        return SendOutcome(uid_, "permanent", None, f"cannot send: {exc}", sop_class)
+    status = getattr(status_ds, "Status", None) if status_ds is not None else None
+    if status is None:
+        return SendOutcome(uid_, "transient", None, "no response (timeout or connection lost)", sop_class)
+    status = int(status)
+    kind = classify_status(status)
+    error = "" if kind == "sent" else f"destination answered 0x{status:04X}"
+    comment = getattr(status_ds, "ErrorComment", "")
+    if comment and kind != "sent":
+        error += f" ({comment})"
+    return SendOutcome(uid_, kind, status, error, sop_class)
+
+
+
+# ---------------------------------------------------------------------------
+# The export loop: ledger sends -> associations -> recorded outcomes
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for transient failures: ``initial_s`` doubling up to ``max_s`` seconds;
+    after ``max_attempts`` attempts a send goes to ``dead_letter`` whatever the cause."""
+
+    initial_s: float = 5.0
+    max_s: float = 300.0
+    max_attempts: int = 10
+
+    def delay_s(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt (1-based)."""
+        return float(min(self.max_s, self.initial_s * (2 ** max(0, attempts - 1))))
+
+    @classmethod
+    def from_settings(cls, settings: object) -> "RetryPolicy":
+        configured = getattr(settings, "send_retry", None)
+        if configured is None:
+            return cls()
+        return cls(float(configured.initial_s), float(configured.max_s), int(configured.max_attempts))
+
+
+class Exporter:
+    """Sends the ledger's due sends, one association per destination and batch.
+
+    ``targets`` maps destination names (as in the ledger) to :class:`Target`.
+    Outcomes are recorded per send: ``sent``; ``retrying`` with the next
+    attempt time; ``dead_letter`` for permanent failures, for destinations no
+    longer configured, and after ``retry.max_attempts`` attempts. A job whose
+    sends are all ``sent`` becomes ``sent``; one whose sends are all finished
+    with some dead-lettered becomes ``dead``.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        targets: dict[str, Target],
+        *,
+        calling_ae: str,
+        retry: RetryPolicy = RetryPolicy(),
+        timeout_s: float = 30.0,
+        batch_size: int = 50,
+        audit: object | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.targets = targets
+        self.calling_ae = calling_ae
+        self.retry = retry
+        self.timeout_s = timeout_s
+        self.batch_size = batch_size
+        self.audit = audit
+
+    def run_once(self) -> int:
+        """Attempt every due send once; returns the number of attempts made."""
+        due = self.ledger.sends_due()
+        by_destination: dict[str, list[Send]] = {}
+        for send in due:
+            by_destination.setdefault(send.destination, []).append(send)
+        jobs: set[int] = set()
+        attempts = 0
+        for name, sends in by_destination.items():
+            target = self.targets.get(name)
+            for start in range(0, len(sends), self.batch_size):
+                batch = sends[start : start + self.batch_size]
+                jobs.update(s.job_id for s in batch)
+                attempts += len(batch)
+                if target is None:
+                    for send in batch:
+                        self.ledger.record_send_attempt(
+                            send.id, "dead_letter", error=f"destination {name!r} is no longer configured"
+                        )
+                    continue
+                self._send_batch(target, batch, utcnow())
+        for job_id in jobs:
+            self._settle_job(job_id)
+        return attempts
+
+    def _send_batch(self, target: Target, sends: list[Send], now: datetime) -> None:
+        paths: list[Path] = []
+        ready: list[Send] = []
+        for send in sends:
+            output = self.ledger.output(send.output_uid)
+            if output is None or not Path(output.path).is_file():
+                self.ledger.record_send_attempt(
+                    send.id, "dead_letter", error="the result object is missing from the outbox"
+                )
+                continue
+            paths.append(Path(output.path))
+            ready.append(send)
+        if not ready:
+            return
+        outcomes = send_files(target, paths, calling_ae=self.calling_ae, timeout_s=self.timeout_s)
+        sent = 0
+        for send, outcome in zip(ready, outcomes):
+            if outcome.ok:
+                self.ledger.record_send_attempt(send.id, "sent", status=outcome.status)
+                sent += 1
+                continue
+            attempt = send.attempts + 1
+            if outcome.kind == "permanent" or attempt >= self.retry.max_attempts:
+                why = outcome.error if outcome.kind == "permanent" else f"{outcome.error}; gave up after {attempt} attempts"
+                self.ledger.record_send_attempt(send.id, "dead_letter", status=outcome.status, error=why)
+                _log.warning("send %d to %s dead-lettered: %s", send.id, target.name, why)
+                self._audit("send.dead_letter", send, target, error=why)
+            else:
+                delay = self.retry.delay_s(attempt)
+                self.ledger.record_send_attempt(
+                    send.id, "retrying", status=outcome.status, error=outcome.error,
+                    next_attempt_at=now + timedelta(seconds=delay),
+                )
+                _log.info("send %d to %s failed (%s); retry in %.0f s", send.id, target.name, outcome.error, delay)
+        if sent:
+            _log.info("sent %d of %d objects to %s", sent, len(ready), target.name)
+            self._audit_batch(target, sent)
+
+    def _settle_job(self, job_id: int) -> None:
+        sends = self.ledger.sends(job_id=job_id)
+        states = {s.state for s in sends}
+        if not sends or states & {"pending", "retrying"}:
+            return
+        try:
+            if states == {"sent"}:
+                self.ledger.transition_job(job_id, "sent", f"{len(sends)} sends done", expected_from=("reported",))
+            else:
+                dead = sum(1 for s in sends if s.state == "dead_letter")
+                self.ledger.transition_job(
+                    job_id, "dead", f"{dead} of {len(sends)} sends dead-lettered; see `cardionode status`",
+                    expected_from=("reported", "sent"),
+                )
+        except LedgerError as exc:
+            _log.info("job %d not settled: %s", job_id, exc)
+
+    def _audit(self, event: str, send: object, target: Target, **fields: object) -> None:
+        if self.audit is not None:
+            self.audit.record(event, send=getattr(send, "id", None), job=getattr(send, "job_id", None),
+                              destination=target.name, **fields)
+
+    def _audit_batch(self, target: Target, sent: int) -> None:
+        if self.audit is not None:
+            self.audit.record("send.sent", destination=target.name, objects=sent)

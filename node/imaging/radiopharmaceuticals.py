@@ -1,0 +1,111 @@
+"""Myocardial perfusion radiopharmaceuticals: codes, isotopes and energy windows.
+
+Agent codes are SNOMED CT (``SCT``) from DICOM CID 3111 "Nuclear Cardiology
+Radiopharmaceuticals" (checked against pydicom 3.0's concept tables); the
+radionuclide codes come from CID 18 "Isotopes in Radiopharmaceuticals". A
+tracer is identified by a short key (``tc99m_sestamibi``, ``tc99m_tetrofosmin``,
+``tl201``) everywhere else in the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Tracer", "TRACERS", "tracer_from_code", "tracer_from_text"]
+
+
+@dataclass(frozen=True)
+class Tracer:
+    """One myocardial perfusion tracer.
+
+    Energies in keV, half-life in seconds, ``relative_counts`` is the count
+    level relative to a Tc-99m study of the same acquisition time.
+    """
+
+    key: str
+    display_name: str
+    agent_code: tuple[str, str, str]  # (value, scheme, meaning), CID 3111
+    radionuclide_code: tuple[str, str, str]  # CID 18
+    radiopharmaceutical_text: str  # Radiopharmaceutical (0018,0031)
+    half_life_s: float
+    photopeak_kev: float
+    window_kev: tuple[float, float]  # lower, upper (20 % window)
+    window_name: str
+    relative_counts: float
+    typical_dose_mbq: float
+
+
+TRACERS: dict[str, Tracer] = {
+    "tc99m_sestamibi": Tracer(
+        key="tc99m_sestamibi",
+        display_name="Tc-99m sestamibi",
+        agent_code=("424299003", "SCT", "Tc-99m sestamibi"),
+        radionuclide_code=("72454006", "SCT", "^99m^Technetium"),
+        radiopharmaceutical_text="Tc99m Sestamibi",
+        half_life_s=21624.12,
+        photopeak_kev=140.5,
+        window_kev=(126.45, 154.55),
+        window_name="TC99M",
+        relative_counts=1.0,
+        typical_dose_mbq=740.0,
+    ),
+    "tc99m_tetrofosmin": Tracer(
+        key="tc99m_tetrofosmin",
+        display_name="Tc-99m tetrofosmin",
+        agent_code=("424118002", "SCT", "Tc-99m tetrofosmin"),
+        radionuclide_code=("72454006", "SCT", "^99m^Technetium"),
+        radiopharmaceutical_text="Tc99m Tetrofosmin",
+        half_life_s=21624.12,
+        photopeak_kev=140.5,
+        window_kev=(126.45, 154.55),
+        window_name="TC99M",
+        relative_counts=1.0,
+        typical_dose_mbq=740.0,
+    ),
+    "tl201": Tracer(
+        key="tl201",
+        display_name="Thallium-201",
+        agent_code=("353842007", "SCT", "Thallium-201"),
+        radionuclide_code=("60057003", "SCT", "^201^Thallium"),
+        radiopharmaceutical_text="Tl201 Thallous Chloride",
+        half_life_s=262872.0,
+        photopeak_kev=70.8,
+        window_kev=(63.7, 77.9),
+        window_name="TL201",
+        relative_counts=0.3,
+        typical_dose_mbq=111.0,
+    ),
+}
+
+# Codes other senders use for the same agents (CID 25 "Radiopharmaceuticals").
+_EXTRA_AGENT_CODES: dict[str, str] = {
+    "73685002": "tl201",  # Thallous chloride Tl^201^
+}
+
+
+def tracer_from_code(code_value: str | None) -> str | None:
+    """Tracer key for a Radiopharmaceutical Code Sequence value (CID 3111 / 25), or None."""
+    if not code_value:
+        return None
+    for tracer in TRACERS.values():
+        if tracer.agent_code[0] == code_value:
+            return tracer.key
+    return _EXTRA_AGENT_CODES.get(code_value)
+
+
+def tracer_from_text(text: str | None) -> str | None:
+    """Tracer key guessed from free text (Radiopharmaceutical (0018,0031)), or None.
+
+    Recognises "sestamibi"/"mibi"/"cardiolite", "tetrofosmin"/"myoview" and
+    "thallium"/"tl201"/"tl-201" (case-insensitive).
+    """
+    if not text:
+        return None
+    lowered = text.lower().replace(" ", "")
+    if "sestamibi" in lowered or "mibi" in lowered or "cardiolite" in lowered:
+        return "tc99m_sestamibi"
+    if "tetrofosmin" in lowered or "myoview" in lowered:
+        return "tc99m_tetrofosmin"
+    if "thall" in lowered or "tl201" in lowered or "tl-201" in lowered or "201tl" in lowered:
+        return "tl201"
+    return None

@@ -1,0 +1,642 @@
+"""Locating the left ventricle and reorienting to short axis (numpy/scipy only).
+
+Method (after Germano et al., J Nucl Med 1995;36:1107, "Automatic reorientation"):
+
+1. **Candidate myocardium.** Either the caller's mask (e.g. the MONAI
+   segmentation of ``node.ai``) or a classical one: the lightly smoothed
+   summed volume is thresholded at a fraction of its robust maximum (99.9th
+   percentile); large *solid* structures (liver, stomach/bowel, found by a
+   morphological opening with a ball thicker than any blurred LV wall) are cut
+   out, and the remaining connected components are scored. An LV candidate
+   must be *hollow* (its fitted ellipsoid centre lies in the cold cavity),
+   ellipsoid-shaped with plausible semi-axes, and of plausible size; among
+   those the hottest one wins, with ties broken toward the patient's left
+   (liver and gut lie to the right and below). The winning component is then
+   re-thresholded at 0.5 x its own maximum so that a hot liver cannot set the
+   level.
+2. **Long axis.** An ellipsoid (general quadric) is fitted to the candidate
+   voxels, then refined twice on the *mid-wall points*: the count maxima along
+   rays cast from the ellipsoid centre in all directions. The long axis is the
+   ellipsoid axis with the largest semi-axis; it points from the apex (the
+   closed end of the cup, where the myocardial mass is) to the base (the open
+   end).
+3. **Landmarks** along that axis (``z`` in mm from the epicardial apex):
+   mid-wall apex (count peak on the axis), wall thickness (from the width of the
+   mean count profile across the mid-ventricular wall, corrected for the
+   system resolution), epicardial apex = mid-wall apex - t/2, cavity apex =
+   mid-wall apex + t/2, base = where the mid-wall counts fall to 50 % of their
+   mid-ventricular level.
+
+Coordinates are patient LPS millimetres; the LV frame is
+:class:`node.quant.lv_frame.LVFrame` (azimuth reference = patient anterior).
+Short-axis volumes (:func:`reorient_to_short_axis`) have slices from apex to
+base, rows from anterior to inferior and columns from septal to lateral.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage, special
+
+from node.imaging.volume import Volume
+from node.quant.lv_frame import LVFrame
+
+__all__ = [
+    "LVNotFoundError",
+    "LVLocation",
+    "locate_lv",
+    "reorient_to_short_axis",
+    "short_axis_frame",
+    "blurred_slab_profile",
+    "fit_wall_profile",
+    "DEFAULT_FWHM_MM",
+]
+
+#: assumed reconstructed system resolution (FWHM, mm) when the caller gives none
+DEFAULT_FWHM_MM = 12.0
+
+#: typical LV apex direction (apex minus base) in LPS: patient left, anterior, inferior
+_TYPICAL_APEX_DIRECTION = np.array([1.0, -1.0, -0.7]) / np.linalg.norm([1.0, -1.0, -0.7])
+
+
+class LVNotFoundError(ValueError):
+    """No left ventricle could be located; the message says what was seen."""
+
+
+@dataclass(frozen=True, eq=False)
+class LVLocation:
+    """Where the LV is, in patient LPS millimetres.
+
+    ``frame.apex_mm`` is the *epicardial* apex on the long axis and
+    ``frame.long_axis`` the unit vector apex -> base (same convention as the
+    phantom truth of ``node.synth``). Distances along the axis (``z``) are
+    measured from that apex.
+    """
+
+    frame: LVFrame
+    centre_mm: np.ndarray  # (3,) point on the long axis halfway between cavity apex and base
+    length_mm: float  # epicardial apex -> base plane along the axis
+    cavity_apex_mm: float  # epicardial apex -> endocardial (cavity) apex along the axis = apical wall
+    mid_wall_radius_mm: float  # mid-ventricular mid-wall radius
+    wall_thickness_mm: float  # estimated wall thickness (resolution-corrected)
+    cavity_volume_ml: float  # rough cavity volume (half prolate ellipsoid of the landmarks)
+    method: str  # "threshold" | "mask" | "short_axis"
+    fwhm_mm: float  # system resolution assumed or estimated (mm)
+    notes: tuple[str, ...] = field(default=())
+    source_voxel_mm: float = 0.0  # mean voxel size of the located volume (mm)
+
+    @property
+    def effective_sigma_mm(self) -> float:
+        """Gaussian sigma of the resolution plus voxelisation and trilinear sampling (``h^2/4``), mm."""
+        sigma = self.fwhm_mm / 2.3548
+        return float(np.sqrt(sigma**2 + self.source_voxel_mm**2 / 4.0))
+
+    @property
+    def base_mm(self) -> float:
+        """``z`` of the base plane (mm from the epicardial apex)."""
+        return self.length_mm
+
+    @property
+    def cavity_length_mm(self) -> float:
+        return self.length_mm - self.cavity_apex_mm
+
+    def u_to_z(self, u: np.ndarray, u_cap: float) -> np.ndarray:
+        """Map polar-grid ``u`` (0 apex .. 1 base, first ``u_cap`` = cap) to ``z`` mm from the epicardial apex.
+
+        The cap spans ``z`` in [0, cavity apex); the rest spans the cavity
+        linearly to the base, so segment thirds are thirds of the cavity length.
+        """
+        u = np.asarray(u, dtype=float)
+        cap = u / u_cap * self.cavity_apex_mm
+        body = self.cavity_apex_mm + (u - u_cap) / (1.0 - u_cap) * self.cavity_length_mm
+        return np.where(u < u_cap, cap, body)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ball(radius_vox: np.ndarray) -> np.ndarray:
+    r = np.maximum(np.asarray(radius_vox, dtype=float), 0.5)
+    n = np.ceil(r).astype(int)
+    grids = np.meshgrid(*[np.arange(-k, k + 1) for k in n], indexing="ij")
+    return sum((g / rr) ** 2 for g, rr in zip(grids, r)) <= 1.0
+
+
+def _fit_quadric(points: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Weighted algebraic ellipsoid fit. Returns ``(centre, semi_axes, axes[3,3] rows)`` or None."""
+    if len(points) < 12:
+        return None
+    mean = np.average(points, axis=0, weights=weights)
+    scale = float(np.sqrt(np.average(np.sum((points - mean) ** 2, axis=1), weights=weights))) or 1.0
+    p = (points - mean) / scale
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    design = np.stack([x * x, y * y, z * z, 2 * x * y, 2 * x * z, 2 * y * z, 2 * x, 2 * y, 2 * z], axis=1)
+    sw = np.sqrt(weights / weights.sum())
+    coef, *_ = np.linalg.lstsq(design * sw[:, None], sw, rcond=None)
+    a, b, c, d, e, f, g, h, i = coef
+    quad = np.array([[a, d, e], [d, b, f], [e, f, c]])
+    lin = np.array([g, h, i])
+    try:
+        centre_n = -np.linalg.solve(quad, lin)
+    except np.linalg.LinAlgError:
+        return None
+    k = 1.0 + centre_n @ quad @ centre_n
+    evals, evecs = np.linalg.eigh(quad / k)
+    if np.any(evals <= 0):
+        return None
+    semi = 1.0 / np.sqrt(evals) * scale
+    return centre_n * scale + mean, semi, evecs.T
+
+
+def _sample(voxels: np.ndarray, volume: Volume, xyz: np.ndarray, order: int = 1) -> np.ndarray:
+    """Trilinear samples of a 3D array with ``volume``'s geometry at patient points ``xyz[..., 3]``."""
+    idx = volume.patient_to_index(xyz)
+    flat = idx.reshape(-1, 3).T
+    out = ndimage.map_coordinates(voxels, flat, order=order, mode="constant", cval=0.0, prefilter=False)
+    return out.reshape(xyz.shape[:-1])
+
+
+def _sphere_directions(n_polar: int = 24, n_azimuth: int = 48) -> np.ndarray:
+    polar = np.arccos(1.0 - 2.0 * (np.arange(n_polar) + 0.5) / n_polar)
+    azim = (np.arange(n_azimuth) + 0.5) * 2.0 * np.pi / n_azimuth
+    pp, aa = np.meshgrid(polar, azim, indexing="ij")
+    return np.stack([np.sin(pp) * np.cos(aa), np.sin(pp) * np.sin(aa), np.cos(pp)], axis=-1).reshape(-1, 3)
+
+
+def blurred_slab_profile(x: np.ndarray, thickness_mm: np.ndarray, sigma_mm: np.ndarray) -> np.ndarray:
+    """Unit-activity slab of ``thickness_mm`` centred at 0, blurred by a Gaussian of ``sigma_mm`` (values at ``x``)."""
+    t = np.asarray(thickness_mm, dtype=float)
+    s = np.asarray(sigma_mm, dtype=float) * np.sqrt(2.0)
+    return 0.5 * (special.erf((x + t / 2.0) / s) - special.erf((x - t / 2.0) / s))
+
+
+def fit_wall_profile(
+    offsets_mm: np.ndarray, profile: np.ndarray, sigma_mm: float | None
+) -> tuple[float, float, float, float]:
+    """Fit ``b_in step + c slab(t) + b_out step`` (all blurred) to a mean wall profile.
+
+    ``offsets_mm`` run from inside (cavity, negative) to outside, 0 at the
+    profile peak. With ``sigma_mm`` given only the thickness and levels are
+    fitted; otherwise sigma too. Returns ``(thickness_mm, sigma_mm, amplitude, centre_mm)``.
+    """
+    from scipy.optimize import least_squares
+
+    x = np.asarray(offsets_mm, dtype=float)
+    y = np.asarray(profile, dtype=float)
+    peak = float(y.max()) or 1.0
+    y = y / peak
+
+    def model(params: np.ndarray) -> np.ndarray:
+        centre, t, sig, c, b_in, b_out = params
+        xs = x - centre
+        inner = 0.5 * (1.0 - special.erf((xs + t / 2.0) / (np.sqrt(2.0) * sig)))
+        outer = 0.5 * (1.0 + special.erf((xs - t / 2.0) / (np.sqrt(2.0) * sig)))
+        return c * blurred_slab_profile(xs, t, sig) + b_in * inner + b_out * outer
+
+    fixed_sigma = sigma_mm is not None
+
+    def residual(free: np.ndarray) -> np.ndarray:
+        if fixed_sigma:
+            params = np.array([free[0], free[1], sigma_mm, free[2], free[3], free[4]])
+        else:
+            params = free
+        return model(params) - y
+
+    if fixed_sigma:
+        start = np.array([0.0, 10.0, 1.3, 0.05, 0.05])
+        lower = [-5.0, 1.0, 0.1, -0.2, -0.2]
+        upper = [5.0, 40.0, 10.0, 0.8, 0.8]
+    else:
+        start = np.array([0.0, 10.0, 5.0, 1.3, 0.05, 0.05])
+        lower = [-5.0, 1.0, 1.0, 0.1, -0.2, -0.2]
+        upper = [5.0, 40.0, 15.0, 10.0, 0.8, 0.8]
+    fit = least_squares(residual, start, bounds=(lower, upper))
+    p = fit.x
+    if fixed_sigma:
+        return float(p[1]), float(sigma_mm), float(p[2] * peak), float(p[0])
+    return float(p[1]), float(p[2]), float(p[3] * peak), float(p[0])
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+@dataclass
+class _Candidate:
+    mask: np.ndarray
+    score: float
+    centre: np.ndarray
+    semi: np.ndarray
+    axes: np.ndarray
+    volume_ml: float
+    why: str
+
+
+def _evaluate_component(
+    comp: np.ndarray, smooth: np.ndarray, volume: Volume, threshold: float, body_centre: np.ndarray
+) -> _Candidate | str:
+    voxel_ml = float(np.prod(volume.spacing_mm)) / 1000.0
+    n = int(comp.sum())
+    vol_ml = n * voxel_ml
+    if not 15.0 <= vol_ml <= 900.0:
+        return f"size {vol_ml:.0f} mL outside 15..900 mL"
+    idx = np.argwhere(comp)
+    pts = volume.index_to_patient(idx)
+    w = smooth[comp]
+    fit = _fit_quadric(pts, w)
+    if fit is None:
+        return "not ellipsoidal"
+    centre, semi, axes = fit
+    if semi.max() > 140.0 or semi.min() < 8.0 or semi.max() < 20.0:
+        return f"semi-axes {np.round(semi).astype(int).tolist()} mm implausible"
+    centre_idx = volume.patient_to_index(centre)
+    inside = np.all((centre_idx >= 0) & (centre_idx <= np.array(smooth.shape) - 1))
+    if not inside:
+        return "ellipsoid centre outside the image"
+    rel = (pts - centre) @ axes.T / semi
+    rho = np.linalg.norm(rel, axis=1)
+    on_shell = float(np.sum(w * (np.abs(rho - 1.0) < 0.4)) / np.sum(w))
+    if on_shell < 0.8:
+        return f"not a shell ({100 * on_shell:.0f} % of counts near the fitted ellipsoid)"
+    centre_value = float(ndimage.map_coordinates(smooth, centre_idx[:, None], order=1)[0])
+    peak = float(np.percentile(w, 95))
+    hollowness = centre_value / peak
+    if hollowness > 0.6:
+        return f"solid (centre at {100 * hollowness:.0f} % of wall counts)"
+    # the wall should surround the centre: directions from the centre to wall voxels cover the sphere
+    dirs = pts - centre
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True) + 1e-9
+    spread = np.linalg.norm(np.average(dirs, axis=0, weights=w))  # 0 = closed sphere, 1 = one-sided
+    if spread > 0.75:
+        return "one-sided blob, not a cup"
+    left = float(np.dot(centre - body_centre, np.array([1.0, 0.0, 0.0])))
+    score = float(np.sum(w)) * (1.0 + 0.01 * np.clip(left, -50.0, 50.0)) * (1.0 - 0.5 * hollowness)
+    return _Candidate(comp, score, centre, semi, axes, vol_ml, f"threshold {threshold:.3g}")
+
+
+def _robust_max(values: np.ndarray, volume: Volume, hot_ml: float = 4.0) -> float:
+    """The value exceeded by ``hot_ml`` millilitres of voxels (a maximum robust to single hot voxels)."""
+    n = max(1, int(round(hot_ml * 1000.0 / float(np.prod(volume.spacing_mm)))))
+    n = min(n, values.size)
+    return float(np.partition(values.ravel(), values.size - n)[values.size - n])
+
+
+def _threshold_candidates(smooth: np.ndarray, volume: Volume) -> tuple[_Candidate | None, list[str], np.ndarray]:
+    """Peel off hot structures that are not LV-like (liver, gut), then search thresholds.
+
+    Returns ``(best candidate or None, what was seen, excluded voxels)``.
+    """
+    excluded = np.zeros(smooth.shape, dtype=bool)
+    seen: list[str] = []
+    margin = _ball(10.0 / volume.spacing_mm)
+    structure = ndimage.generate_binary_structure(3, 1)
+    positive = smooth[smooth > 0]
+    if positive.size == 0:
+        return None, ["the image is empty"], excluded
+    body = smooth > 0.25 * float(np.median(positive))
+    body_centre = volume.index_to_patient(np.argwhere(body).mean(axis=0)) if body.any() else np.zeros(3)
+    for _ in range(4):
+        allowed = ~excluded
+        if not allowed.any():
+            break
+        robust_max = _robust_max(smooth[allowed], volume)
+        mask = (smooth > 0.5 * robust_max) & allowed
+        labels, n = ndimage.label(mask, structure)
+        if n == 0:
+            break
+        peak_index = np.unravel_index(np.argmax(np.where(mask, smooth, -np.inf)), smooth.shape)
+        hottest = labels == labels[peak_index]
+        verdict = _evaluate_component(hottest, smooth, volume, 0.5 * robust_max, body_centre)
+        if not isinstance(verdict, str):
+            break
+        peak_value = float(smooth[peak_index])
+        core_labels, _ = ndimage.label((smooth > 0.7 * peak_value) & allowed, structure)
+        core = core_labels == core_labels[peak_index]
+        seen.append(f"hottest structure ({int(hottest.sum())} voxels) is not LV-like ({verdict}); excluded")
+        excluded |= ndimage.binary_dilation(core, margin)
+    best = _threshold_search(smooth, volume, excluded, seen, body_centre)
+    return best, seen, excluded
+
+
+def _threshold_search(
+    smooth: np.ndarray, volume: Volume, excluded: np.ndarray, seen: list[str], body_centre: np.ndarray
+) -> _Candidate | None:
+    spacing = volume.spacing_mm
+    allowed = ~excluded
+    robust_max = _robust_max(smooth[allowed], volume)
+    solid_ball = _ball(13.0 / spacing)
+    best: _Candidate | None = None
+    structure = ndimage.generate_binary_structure(3, 1)
+    for fraction in (0.5, 0.4, 0.6, 0.3, 0.7, 0.22):
+        threshold = fraction * robust_max
+        mask = (smooth > threshold) & allowed
+        core = ndimage.binary_erosion(mask, solid_ball)
+        if core.any():
+            labels, n = ndimage.label(core)
+            sizes = ndimage.sum_labels(core, labels, np.arange(1, n + 1)) * np.prod(spacing) / 1000.0
+            big = np.isin(labels, 1 + np.nonzero(sizes > 40.0)[0])
+            if big.any():
+                solid = ndimage.binary_dilation(big, solid_ball, iterations=1)
+                solid = ndimage.binary_dilation(solid, structure) & mask
+                mask = mask & ~solid
+        labels, n = ndimage.label(mask, structure)
+        if n == 0:
+            continue
+        sizes = ndimage.sum_labels(mask, labels, np.arange(1, n + 1))
+        for label in 1 + np.argsort(sizes)[::-1][:6]:
+            result = _evaluate_component(labels == label, smooth, volume, threshold, body_centre)
+            if isinstance(result, str):
+                seen.append(f"{fraction:.2f}xmax: component of {int(sizes[label - 1])} voxels rejected ({result})")
+                continue
+            if best is None or result.score > best.score:
+                best = result
+        if best is not None and fraction <= 0.5:
+            break
+    return best
+
+
+def _refine_with_own_level(best: _Candidate, smooth: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """Re-threshold at 0.5 x the candidate's own (95th percentile) level, keeping the part connected to it."""
+    own_max = float(np.percentile(smooth[best.mask], 95.0))
+    box = ndimage.binary_dilation(best.mask, iterations=2) & ~excluded
+    mask = (smooth > 0.5 * own_max) & box
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return best.mask
+    overlap = ndimage.sum_labels(best.mask, labels, np.arange(1, n + 1))
+    return labels == (1 + int(np.argmax(overlap)))
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _midwall_points(
+    smooth: np.ndarray, volume: Volume, centre: np.ndarray, semi: np.ndarray, axes: np.ndarray, wall_level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Count maxima along rays from ``centre`` within 0.4..1.4 x the ellipsoid radius of each ray."""
+    dirs = _sphere_directions()
+    # ellipsoid radius along each direction
+    local = dirs @ axes.T / semi
+    radius = 1.0 / np.linalg.norm(local, axis=1)
+    steps = np.linspace(0.4, 1.4, 41)
+    pts = centre + dirs[:, None, :] * (radius[:, None, None] * steps[None, :, None])
+    vals = _sample(smooth, volume, pts)
+    k = np.argmax(vals, axis=1)
+    peak = vals[np.arange(len(dirs)), k]
+    interior = (k > 0) & (k < len(steps) - 1)
+    ok = interior & (peak > 0.5 * wall_level) & (peak < 1.6 * np.median(peak))  # drop hot neighbours
+    return pts[np.arange(len(dirs)), k][ok], peak[ok]
+
+
+def _orient_axis(axis: np.ndarray, centre: np.ndarray, points: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, str]:
+    """Unit long axis pointing apex -> base: the myocardial mass lies on the apex side of the centre."""
+    proj = (points - centre) @ axis
+    mean = float(np.average(proj, weights=weights))
+    spread = float(np.sqrt(np.average(proj**2, weights=weights))) or 1.0
+    if abs(mean) / spread > 0.15:
+        return (-axis if mean > 0 else axis), ""
+    typical = -_TYPICAL_APEX_DIRECTION
+    note = "apex/base ambiguous from the cup shape; typical anatomical orientation assumed"
+    return (axis if axis @ typical > 0 else -axis), note
+
+
+def locate_lv(
+    volume: Volume,
+    myocardium_mask: np.ndarray | None = None,
+    *,
+    short_axis: bool = False,
+    fwhm_mm: float | None = None,
+    wall_mm: float = 11.0,
+) -> LVLocation:
+    """Locate the left ventricle in a SPECT/PET volume.
+
+    Parameters
+    ----------
+    volume:
+        3D ``[slice, row, col]`` or gated 4D volume (gates are summed).
+    myocardium_mask:
+        Optional boolean myocardium mask of ``volume.shape3d`` (e.g. from the
+        AI segmentation). When given it replaces the threshold step; the
+        geometry steps are the same.
+    short_axis:
+        True when the volume is already a short-axis reconstruction (slices
+        apex -> base, rows anterior -> inferior, columns septal -> lateral):
+        the long axis is then refined within 30 degrees of the slice axis.
+    fwhm_mm:
+        Reconstructed system resolution (mm FWHM) for the wall-thickness
+        correction; :data:`DEFAULT_FWHM_MM` when None.
+    wall_mm:
+        Apical wall thickness (mm) used to place the epicardial and cavity
+        apex around the mid-wall apex (the count peak on the long axis);
+        at SPECT resolution it cannot be measured reliably, so a typical
+        cycle-averaged value is assumed.
+
+    Raises :class:`LVNotFoundError` with the candidates seen when nothing LV-like is found.
+    """
+    vox = np.asarray(volume.voxels, dtype=float)
+    if vox.ndim == 4:
+        vox = vox.sum(axis=0)
+    if not np.all(np.isfinite(vox)):
+        raise LVNotFoundError("the volume contains non-finite values")
+    spacing = volume.spacing_mm
+    geometry = Volume(vox, volume.affine)
+    smooth = ndimage.gaussian_filter(vox, sigma=np.maximum(3.0 / spacing, 0.3))
+    notes: list[str] = []
+    if myocardium_mask is not None:
+        mask = np.asarray(myocardium_mask).astype(bool)
+        if mask.shape != vox.shape:
+            raise ValueError(f"myocardium mask has shape {mask.shape}, the volume {vox.shape}")
+        if mask.sum() < 12:
+            raise LVNotFoundError("the myocardium mask is (almost) empty")
+        labels, n = ndimage.label(mask)
+        if n > 1:
+            sizes = ndimage.sum_labels(mask, labels, np.arange(1, n + 1))
+            mask = labels == (1 + int(np.argmax(sizes)))
+            notes.append(f"mask had {n} components; largest used")
+        method = "mask"
+        fit = _fit_quadric(geometry.index_to_patient(np.argwhere(mask)), smooth[mask] + 1e-9)
+        if fit is None:
+            raise LVNotFoundError("the myocardium mask is not ellipsoid-shaped")
+        centre, semi, axes = fit
+    else:
+        best, seen, excluded = _threshold_candidates(smooth, geometry)
+        if best is None:
+            detail = "; ".join(seen[:6]) or "no component above threshold"
+            raise LVNotFoundError(f"no LV-shaped (hollow, ellipsoidal) structure found: {detail}")
+        mask = _refine_with_own_level(best, smooth, excluded)
+        notes.extend(line for line in seen if "excluded" in line)
+        fit = _fit_quadric(geometry.index_to_patient(np.argwhere(mask)), smooth[mask])
+        centre, semi, axes = fit if fit is not None else (best.centre, best.semi, best.axes)
+        method = "short_axis" if short_axis else "threshold"
+    if short_axis and myocardium_mask is None:
+        method = "short_axis"
+    wall_level = float(np.percentile(smooth[mask], 90))
+
+    # refine the ellipsoid on mid-wall points (count maxima along rays)
+    points, peaks = geometry.index_to_patient(np.argwhere(mask)), smooth[mask]
+    for _ in range(3):
+        mp, mv = _midwall_points(smooth, geometry, centre, semi, axes, wall_level)
+        if len(mp) < 30:
+            break
+        refit = _fit_quadric(mp, mv)
+        if refit is None:
+            break
+        centre, semi, axes = refit
+        points, peaks = mp, mv
+    long_idx = int(np.argmax(semi))
+    axis = axes[long_idx] / np.linalg.norm(axes[long_idx])
+    if short_axis:
+        slice_dir = volume.affine[:3, 0] / np.linalg.norm(volume.affine[:3, 0])
+        if abs(axis @ slice_dir) < np.cos(np.radians(30.0)):
+            notes.append("fitted long axis far from the short-axis slice direction; slice direction used")
+            axis = slice_dir
+        axis = axis if axis @ slice_dir > 0 else -axis
+    else:
+        axis, note = _orient_axis(axis, centre, points, peaks)
+        if note:
+            notes.append(note)
+    if abs(axis @ np.array([0.0, -1.0, 0.0])) > 0.98:
+        raise LVNotFoundError("long axis parallel to the anterior direction; azimuth undefined")
+    c_mid = float(semi[long_idx])
+    a_mid = float(np.sqrt(np.prod(np.delete(semi, long_idx))))
+
+    # landmarks along the axis from profiles of the smoothed volume
+    sigma = float(np.sqrt(((fwhm_mm or DEFAULT_FWHM_MM) / 2.3548) ** 2 + float(np.mean(spacing)) ** 2 / 4.0))
+    tip_guess = centre - axis * c_mid
+    z_axis = np.arange(-25.0, 25.5, 1.0)
+    axis_profile = _sample(smooth, geometry, tip_guess + z_axis[:, None] * axis)
+    k_tip = int(np.argmax(axis_profile))
+    if 0 < k_tip < len(z_axis) - 1:  # parabolic sub-sample peak
+        y0, y1, y2 = axis_profile[k_tip - 1 : k_tip + 2]
+        denom = y0 - 2 * y1 + y2
+        frac = 0.5 * (y0 - y2) / denom if denom < 0 else 0.0
+    else:
+        frac = 0.0
+    z_peak = z_axis[k_tip] + frac
+    # Apical wall thickness: a 12-15 mm FWHM blur hides it (a slab fit of the axial profile
+    # overestimates it 1.5-2x because of the dome's curvature), so a typical value is assumed.
+    thickness = float(wall_mm)
+    # Epicardial apex: where the outer flank of the axial profile falls to the level a blurred
+    # slab of that thickness has at its edge, erf(2y) / (2 erf(y)) of the peak (y = t / (2 sqrt2 sigma)).
+    y = thickness / (2.0 * np.sqrt(2.0) * sigma)
+    edge_fraction = float(special.erf(2 * y) / (2 * special.erf(y)))
+    background = float(np.min(axis_profile[: k_tip + 1]))
+    level = background + edge_fraction * (axis_profile[k_tip] - background)
+    outer = np.nonzero(axis_profile[: k_tip + 1] < level)[0]
+    if outer.size:
+        k = int(outer[-1])
+        z_edge = z_axis[k] + (level - axis_profile[k]) / (axis_profile[k + 1] - axis_profile[k] + 1e-12)
+        tip = tip_guess + axis * (z_edge + thickness / 2.0)
+    else:
+        tip = tip_guess + axis * z_peak
+        notes.append("epicardial apex edge not found; count peak used as mid-wall apex")
+
+    # mid-ventricular mid-wall radius
+    frame0 = LVFrame(tip, axis)
+    psi = np.radians(np.arange(0.0, 360.0, 10.0))
+    z_rings = np.linspace(0.45, 0.8, 5) * c_mid
+    radial = np.cos(psi)[:, None] * frame0.anterior + np.sin(psi)[:, None] * frame0.septal  # [psi,3]
+    base_pts = tip + z_rings[:, None, None] * axis  # [z,1,3]
+    r_search = np.linspace(0.4, 1.6, 49) * a_mid
+    pts = base_pts[:, :, None, :] + radial[None, :, None, :] * r_search[None, None, :, None]
+    vals = _sample(smooth, geometry, pts)  # [z, psi, r]
+    r_peak = r_search[np.argmax(vals, axis=2)]  # [z, psi]
+    mid_radius = float(np.median(r_peak))
+
+    # base: mid-wall counts along z fall to 50 % of the mid-ventricular level
+    z_scan = np.arange(0.3 * c_mid, 1.6 * c_mid, 1.0)
+    ring_r = np.interp(z_scan, z_rings, np.median(r_peak, axis=1))
+    ring_r = np.where(z_scan > z_rings[-1], np.median(r_peak[-1]), ring_r)
+    psi_fine = np.radians(np.arange(0.0, 360.0, 10.0))
+    rad_fine = np.cos(psi_fine)[:, None] * frame0.anterior + np.sin(psi_fine)[:, None] * frame0.septal
+    wall_offs = np.linspace(-0.5, 0.5, 9) * thickness
+    scan_pts = (
+        tip
+        + z_scan[:, None, None, None] * axis
+        + rad_fine[None, :, None, :] * (ring_r[:, None, None, None] + wall_offs[None, None, :, None])
+    )
+    ring_vals = _sample(smooth, geometry, scan_pts).max(axis=2)  # [z, psi]
+    ring_level = np.percentile(ring_vals, 75, axis=1)
+    plateau = float(np.median(ring_level[(z_scan >= 0.45 * c_mid) & (z_scan <= 0.8 * c_mid)]))
+    below = np.nonzero((ring_level < 0.5 * plateau) & (z_scan > 0.8 * c_mid))[0]
+    if below.size:
+        k = int(below[0])
+        z0, z1 = z_scan[k - 1], z_scan[k]
+        v0, v1 = ring_level[k - 1], ring_level[k]
+        z_base_tip = float(z0 + (0.5 * plateau - v0) * (z1 - z0) / (v1 - v0 + 1e-12))
+    else:
+        z_base_tip = c_mid
+        notes.append("base plane not found from counts; ellipsoid centre used")
+    apex_epi = tip - axis * thickness / 2.0
+    length = z_base_tip + thickness / 2.0
+    cavity_apex = thickness
+    frame = LVFrame(apex_epi, axis)
+    cavity_len = max(length - cavity_apex, 1.0)
+    a_endo = max(mid_radius - thickness / 2.0, 1.0)
+    cavity_ml = 2.0 / 3.0 * np.pi * a_endo**2 * cavity_len / 1000.0
+    centre_mm = apex_epi + axis * (cavity_apex + cavity_len / 2.0)
+    angle = float(np.degrees(np.arccos(np.clip(-axis @ _TYPICAL_APEX_DIRECTION, -1, 1))))
+    if angle > 70.0 and not short_axis:
+        notes.append(f"long axis {angle:.0f} deg from the typical orientation; check the reorientation")
+    return LVLocation(
+        frame=frame,
+        centre_mm=centre_mm,
+        length_mm=float(length),
+        cavity_apex_mm=float(cavity_apex),
+        mid_wall_radius_mm=mid_radius,
+        wall_thickness_mm=float(thickness),
+        cavity_volume_ml=float(cavity_ml),
+        method=method,
+        fwhm_mm=float(fwhm_mm or DEFAULT_FWHM_MM),
+        notes=tuple(notes),
+        source_voxel_mm=float(np.mean(spacing)),
+    )
+
+
+# --------------------------------------------------------------------------- reorientation
+
+
+def short_axis_frame(location: LVLocation, voxel_mm: float = 2.0, margin_mm: float = 20.0) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Affine (SA index -> LPS mm) and shape of the short-axis box around the LV.
+
+    Slices run apex -> base along the long axis from ``-margin`` to
+    ``length + margin``; rows anterior -> inferior, columns septal -> lateral,
+    centred on the long axis.
+    """
+    frame = location.frame
+    half = location.mid_wall_radius_mm + location.wall_thickness_mm + margin_mm
+    n_inplane = int(np.ceil(2 * half / voxel_mm)) + 1
+    n_slices = int(np.ceil((location.length_mm + 2 * margin_mm) / voxel_mm)) + 1
+    l = frame.long_axis / np.linalg.norm(frame.long_axis)
+    a, s = frame.anterior, frame.septal
+    origin = frame.apex_mm - margin_mm * l + half * a + half * s
+    affine = np.eye(4)
+    affine[:3, 0] = l * voxel_mm
+    affine[:3, 1] = -a * voxel_mm
+    affine[:3, 2] = -s * voxel_mm
+    affine[:3, 3] = origin
+    return affine, (n_slices, n_inplane, n_inplane)
+
+
+def reorient_to_short_axis(volume: Volume, location: LVLocation, voxel_mm: float = 2.0) -> Volume:
+    """Resample ``volume`` (3D or gated 4D) into the LV short-axis box (trilinear).
+
+    Slices apex -> base, rows anterior -> inferior, columns septal -> lateral
+    (DESIGN section 5); voxels are ``voxel_mm`` cubes. Points outside the input
+    are 0. Gated input keeps its gate axis first.
+    """
+    if voxel_mm <= 0:
+        raise ValueError("voxel_mm must be positive")
+    affine, shape = short_axis_frame(location, voxel_mm)
+    grid = np.indices(shape, dtype=float).reshape(3, -1).T
+    xyz = grid @ affine[:3, :3].T + affine[:3, 3]
+    src = volume.patient_to_index(xyz).T
+    vox = np.asarray(volume.voxels, dtype=float)
+    if vox.ndim == 3:
+        out = ndimage.map_coordinates(vox, src, order=1, mode="constant", cval=0.0).reshape(shape)
+    else:
+        out = np.stack(
+            [ndimage.map_coordinates(g, src, order=1, mode="constant", cval=0.0).reshape(shape) for g in vox]
+        )
+    return Volume(out, affine)

@@ -1,0 +1,126 @@
+"""The Celery application: broker, result backend, queues and delivery guarantees.
+
+Queues: ``cpu`` (loading, quantification, building DICOM results), ``gpu``
+(deep-learning models) and ``io`` (network-bound work). Delivery is
+at-least-once and jobs are idempotent:
+
+* ``task_acks_late``: a message is acknowledged only after its task finished,
+  so a worker that dies mid-task leaves the message to be delivered again;
+* ``task_reject_on_worker_lost``: a pool process killed mid-task (OOM, SIGKILL)
+  puts its message back at once;
+* ``worker_prefetch_multiplier = 1``: a worker holds one message per process,
+  so a long GPU job does not hide waiting work from other workers.
+
+Default broker and result backend are SQLite files in the data directory
+(kombu's SQLAlchemy transport, Celery's database backend): nothing to install.
+A ``redis://`` broker URL switches broker, result backend and (unless
+configured otherwise) the artifact store to Redis, for workers on other
+machines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from node.queue.artifacts import ArtifactStore, open_store
+
+__all__ = ["QUEUES", "QueueSettings", "create_app"]
+
+#: the queues every worker may consume
+QUEUES: tuple[str, ...] = ("cpu", "gpu", "io")
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """What the queue layer needs from :class:`node.config.Settings`.
+
+    ``visibility_timeout_s``: seconds after which Redis hands an unacknowledged
+    message to another worker (the longest job must finish within it).
+    """
+
+    data_dir: Path
+    broker_url: str
+    result_backend: str
+    artifact_store: str
+    visibility_timeout_s: float = 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "QueueSettings":
+        """Resolve the defaults: SQLite files under ``data_dir`` unless a URL is given."""
+        data_dir = Path(settings.data_dir).resolve()
+        broker = (getattr(settings, "broker_url", "") or "").strip()
+        if not broker:
+            broker = f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
+        backend = (getattr(settings, "result_backend", "") or "").strip()
+        if not backend:
+            backend = broker if _is_redis(broker) else f"db+sqlite:///{data_dir / 'results.sqlite'}"
+        return cls(
+            data_dir=data_dir,
+            broker_url=broker,
+            result_backend=backend,
+            artifact_store=(getattr(settings, "artifact_store", "") or "").strip(),
+            visibility_timeout_s=float(getattr(settings, "visibility_timeout_s", 3600.0) or 3600.0),
+        )
+
+    @property
+    def broker_is_sqlite(self) -> bool:
+        return self.broker_url.startswith("sqla+sqlite")
+
+    def open_artifacts(self) -> ArtifactStore:
+        return open_store(self.artifact_store, self.data_dir, self.broker_url)
+
+
+def create_app(queue_settings: QueueSettings) -> Celery:
+    """A configured Celery app with the node's tasks registered.
+
+    The app reads nothing from the environment; both the node process and
+    ``cardionode worker`` build it from the same settings.
+    """
+    queue_settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("cardionode", broker=queue_settings.broker_url, backend=queue_settings.result_backend)
+    transport_options: dict[str, Any] = {}
+    if _is_redis(queue_settings.broker_url):
+        transport_options = {
+            "visibility_timeout": queue_settings.visibility_timeout_s,
+            # look for unacknowledged messages of dead workers every few seconds
+            "unacked_restore_interval": max(1, min(10, int(queue_settings.visibility_timeout_s // 4) or 1)),
+            "unacked_restore_throttle": 1,
+        }
+    elif queue_settings.broker_is_sqlite:
+        transport_options = {"connect_args": {"timeout": 30}}
+    app.conf.update(
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
+        task_default_exchange="cpu",
+        task_default_routing_key="cpu",
+        task_default_queue="cpu",
+        task_create_missing_queues=False,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=7 * 24 * 3600,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        timezone="UTC",
+    )
+    if queue_settings.result_backend.startswith("db+sqlite"):
+        app.conf.database_engine_options = {"connect_args": {"timeout": 30}}
+    from node.queue import tasks
+
+    tasks.register(app, queue_settings.open_artifacts())
+    return app

@@ -1,0 +1,199 @@
+"""The conductor: moves each job through its pipeline's steps on the workers.
+
+For every ``queued`` job the conductor puts the study's instances in the
+artifact store and sends the first step; for every ``running`` job it looks at
+the current step's task (named in the ledger's ``task_id``) and, when it is
+done, sends the next step or, after the last, collects the outputs: each
+object is written to the outbox (fsync), recorded in the ledger with a
+``pending`` send per destination, and only then is the job ``reported`` and the
+study ``done``.
+
+Every change is written to the ledger after the action it records, and every
+action is idempotent (deterministic task ids and output UIDs), so a restart at
+any point repeats at most one action and never duplicates a result.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from datetime import datetime
+from typing import Any
+
+import pydicom
+
+from node.dicom.ledger import Job, Ledger, LedgerError, OutputMeta, utcnow
+from node.dicom.logs import hash_identifier
+from node.dicom.spool import write_file_atomic
+from node.dicom.uids import validate_uid
+from node.pipelines import registry
+from node.pipelines.base import Pipeline, ReportContext
+from node.queue.dispatch import JobQueue, parse_task_id
+from node.queue.steps import context_to_dict
+
+__all__ = ["Conductor"]
+
+_log = logging.getLogger(__name__)
+
+
+class Conductor:
+    """Drives jobs from ``queued`` to ``reported`` (or ``failed``).
+
+    ``job_timeout_s``: a step that has neither finished nor failed this many
+    seconds after it was sent fails the job (no worker consumes the queue, or
+    its message was lost); ``cardionode retry`` runs it again.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        queue: JobQueue,
+        settings: Any,
+        audit: Any | None = None,
+        job_timeout_s: float = 3600.0,
+    ) -> None:
+        self.ledger = ledger
+        self.queue = queue
+        self.settings = settings
+        self.audit = audit
+        self.job_timeout_s = job_timeout_s
+
+    # ------------------------------------------------------------------ loop
+    def tick(self, now: datetime | None = None) -> None:
+        """Dispatch queued jobs and advance running ones, once each."""
+        for job in reversed(self.ledger.jobs(("queued",))):  # oldest first
+            if job.task_id is None:
+                self._guard(job, self._dispatch)
+        for job in reversed(self.ledger.jobs(("running",))):
+            self._guard(job, lambda j: self._advance(j, now or utcnow()))
+
+    def _guard(self, job: Job, action: Any) -> None:
+        try:
+            action(job)
+        except LedgerError as exc:  # moved by an operator meanwhile (discard, retry)
+            _log.info("job %d changed while handled: %s", job.id, exc)
+        except Exception as exc:  # one broken job must not stop the others
+            _log.exception("job %d: unexpected error", job.id)
+            self._fail(job, f"node error while handling the job: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ steps
+    def _pipeline(self, job: Job) -> Pipeline:
+        return registry.get(job.pipeline)
+
+    def _context(self, job: Job) -> ReportContext:
+        return ReportContext(
+            device_uid=self.settings.effective_device_uid(),
+            device_name=self.settings.device_name,
+            institution=getattr(self.settings, "institution", "") or "",
+            predecessors=self.ledger.predecessors(job.study_uid, job.pipeline, before_run=job.run),
+        )
+
+    def _submit(self, job: Job, pipeline: Pipeline, attempt: int, index: int) -> str:
+        step = pipeline.steps[index]
+        previous = pipeline.steps[index - 1].name if index > 0 else ""
+        context = context_to_dict(self._context(job)) if step.name == "report" else {}
+        task_id = self.queue.submit(
+            job.id, attempt, pipeline.name, pipeline.version, step.name, step.queue, previous, context
+        )
+        self.ledger.transition_job(
+            job.id, "running", f"{step.name} on queue {step.queue}", task_id=task_id,
+            expected_from=("queued", "running"),
+        )
+        return task_id
+
+    def _dispatch(self, job: Job) -> None:
+        pipeline = self._pipeline(job)
+        attempt = job.attempts + 1
+        summary = self.ledger.study_summary(job.study_uid)
+        accepted = pipeline.accept(summary)
+        series = sorted({uid for uids in accepted.series_by_rule.values() for uid in uids})
+        instances = self.ledger.instances(job.study_uid, series or None)
+        if not instances:
+            self._fail(job, "the study has no instances the pipeline can use")
+            return
+        moved = self.queue.upload_inputs(job.id, attempt, [i.path for i in instances])
+        self._submit(job, pipeline, attempt, 0)
+        _log.info(
+            "job %d: %s %s attempt %d on study %s: %d instances (%.1f MB) -> %s",
+            job.id, pipeline.name, pipeline.version, attempt, hash_identifier(job.study_uid),
+            len(instances), moved / 1e6, pipeline.steps[0].name,
+        )
+
+    def _advance(self, job: Job, now: datetime) -> None:
+        if not job.task_id:
+            self._fail(job, "running without a task id")
+            return
+        _, attempt, step_name = parse_task_id(job.task_id)
+        state = self.queue.state(job.task_id)
+        if state.status == "waiting":
+            waited = (now - job.updated_at).total_seconds()
+            if waited > self.job_timeout_s:
+                self._fail(job, f"{step_name} did not finish within {self.job_timeout_s:g} s "
+                                f"(task {state.celery_state}); is a worker consuming its queue?")
+            return
+        if state.status == "failed":
+            self._fail(job, f"{step_name} failed: {state.error}")
+            return
+        pipeline = self._pipeline(job)
+        names = [s.name for s in pipeline.steps]
+        index = names.index(step_name)
+        if index + 1 < len(names):
+            self._submit(job, pipeline, attempt, index + 1)
+            _log.info("job %d: %s done -> %s", job.id, step_name, names[index + 1])
+            return
+        self._collect(job, pipeline, attempt, state.result or {})
+
+    # ------------------------------------------------------------------ results
+    def _collect(self, job: Job, pipeline: Pipeline, attempt: int, result: dict[str, Any]) -> None:
+        destinations = [d.name for d in self.settings.destinations]
+        keys = list(result.get("outputs", []))
+        for key in keys:
+            data = self.queue.fetch(key)
+            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            study_uid = validate_uid(str(header.StudyInstanceUID), "StudyInstanceUID of a result object")
+            series_uid = validate_uid(str(header.SeriesInstanceUID), "SeriesInstanceUID of a result object")
+            sop_uid = validate_uid(str(header.SOPInstanceUID), "SOPInstanceUID of a result object")
+            path = self.settings.outbox_dir / study_uid / series_uid / f"{sop_uid}.dcm"
+            write_file_atomic(path, data, durable=True)
+            meta = OutputMeta(sop_uid, study_uid, series_uid, str(header.SOPClassUID), str(path.resolve()), len(data))
+            self.ledger.record_output(job.id, pipeline.name, meta)
+            if destinations:
+                self.ledger.create_sends(sop_uid, destinations)
+        self.ledger.transition_job(
+            job.id, "reported", f"{len(keys)} result objects in the outbox", expected_from=("running",)
+        )
+        study = self.ledger.transition_study(
+            job.study_uid, "done", f"{pipeline.name} run {job.run}: {len(keys)} result objects",
+            expected_from=("processing",),
+        )
+        _log.info(
+            "job %d: reported %d objects for study %s (%s)%s",
+            job.id, len(keys), hash_identifier(job.study_uid), ", ".join(destinations) or "outbox only",
+            "; more instances arrived, the study will run again" if study.state == "receiving" else "",
+        )
+        self._audit("job.reported", job, outputs=len(keys), destinations=destinations)
+        self._cleanup(job, pipeline, attempt)
+
+    def _fail(self, job: Job, reason: str) -> None:
+        _log.warning("job %d failed: %s", job.id, reason)
+        self.ledger.transition_job(job.id, "failed", reason, error=reason, expected_from=("queued", "running"))
+        try:
+            self.ledger.transition_study(job.study_uid, "failed", f"job {job.id}: {reason}", expected_from=("processing",))
+        except LedgerError:
+            pass
+        self._audit("job.failed", job, reason=reason)
+        if job.task_id:
+            try:
+                _, attempt, _ = parse_task_id(job.task_id)
+                self._cleanup(job, self._pipeline(job), attempt)
+            except Exception:  # cleaning up is best effort
+                _log.debug("job %d: cleanup failed", job.id, exc_info=True)
+
+    def _cleanup(self, job: Job, pipeline: Pipeline, attempt: int) -> None:
+        self.queue.cleanup(job.id, attempt)
+        for step in pipeline.steps:
+            self.queue.forget(job.id, attempt, step.name)
+
+    def _audit(self, event: str, job: Job, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(event, study_uid=job.study_uid, job=job.id, pipeline=job.pipeline, **fields)

@@ -1,0 +1,143 @@
+"""Running one pipeline step against the artifact store (no Celery here).
+
+A job attempt owns the artifact prefix ``jobs/<job_key>/``:
+
+* ``inputs/NNNNN.dcm`` the study's instances, put there by the node;
+* ``<step>.pkl`` the pickled result of ``analyse`` and ``predict``;
+* ``outputs/<SOPInstanceUID>.dcm`` the DICOM objects made by ``report``.
+
+The task message (:class:`StepMessage`) names the job, the pipeline and its
+version, the step, and the :class:`~node.pipelines.base.ReportContext` fields;
+it never carries images. Every step is deterministic, so a message delivered
+twice writes the same artifacts twice.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom import Dataset
+
+from node.dicom.uids import validate_uid
+from node.pipelines import registry
+from node.pipelines.base import ReportContext
+from node.queue.artifacts import ArtifactStore
+
+__all__ = [
+    "STEP_ORDER",
+    "StepMessage",
+    "PipelineVersionMismatch",
+    "job_prefix",
+    "input_key",
+    "run_step",
+    "context_to_dict",
+    "context_from_dict",
+]
+
+#: the steps a pipeline may declare, in the order they run
+STEP_ORDER: tuple[str, ...] = ("analyse", "predict", "report")
+
+
+class PipelineVersionMismatch(RuntimeError):
+    """The worker runs another version of the pipeline than the node asked for."""
+
+
+@dataclass(frozen=True)
+class StepMessage:
+    """The JSON-able body of a step task.
+
+    ``previous`` is the step whose pickled result this step reads (``""`` for
+    the first step, which reads the inputs).
+    """
+
+    job_key: str
+    pipeline: str
+    pipeline_version: str
+    step: str
+    previous: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StepMessage":
+        return cls(**{k: data[k] for k in ("job_key", "pipeline", "pipeline_version", "step", "previous", "context")})
+
+
+def job_prefix(job_key: str) -> str:
+    """The artifact prefix of a job attempt, e.g. ``jobs/17.2``."""
+    return f"jobs/{job_key}"
+
+
+def input_key(job_key: str, index: int) -> str:
+    """The artifact key of the ``index``-th input instance (0-based)."""
+    return f"{job_prefix(job_key)}/inputs/{index:05d}.dcm"
+
+
+def context_to_dict(context: ReportContext) -> dict[str, Any]:
+    data = asdict(context)
+    data["predecessors"] = [list(p) for p in context.predecessors]
+    return data
+
+
+def context_from_dict(data: dict[str, Any]) -> ReportContext:
+    values = dict(data)
+    values["predecessors"] = tuple(tuple(p) for p in values.get("predecessors", ()))
+    return ReportContext(**values)
+
+
+def dataset_to_bytes(dataset: Dataset) -> bytes:
+    """Encode ``dataset`` as a DICOM Part 10 file (preamble, meta header)."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _load_inputs(store: ArtifactStore, job_key: str) -> list[Dataset]:
+    keys = list(store.keys(f"{job_prefix(job_key)}/inputs"))
+    if not keys:
+        raise RuntimeError(f"job {job_key}: no input instances in the artifact store {store!r}")
+    return [pydicom.dcmread(io.BytesIO(store.get(key))) for key in keys]
+
+
+def run_step(store: ArtifactStore, message: StepMessage) -> dict[str, Any]:
+    """Run one step of a job and return what the node needs to know.
+
+    Returns ``{"result": key}`` for ``analyse``/``predict`` and
+    ``{"outputs": [key, ...], "sop_instance_uids": [...]}`` for ``report``.
+    """
+    pipeline = registry.get(message.pipeline)
+    if pipeline.version != message.pipeline_version:
+        raise PipelineVersionMismatch(
+            f"job {message.job_key}: the node asked for {message.pipeline} {message.pipeline_version}, "
+            f"this worker has {pipeline.version}; update the worker"
+        )
+    prefix = job_prefix(message.job_key)
+    if message.previous:
+        value: Any = pickle.loads(store.get(f"{prefix}/{message.previous}.pkl"))
+    else:
+        value = _load_inputs(store, message.job_key)
+
+    if message.step == "analyse":
+        result = pipeline.analyse(value)
+    elif message.step == "predict":
+        result = pipeline.predict(value)
+    elif message.step == "report":
+        datasets = pipeline.report(value, context_from_dict(message.context))
+        keys: list[str] = []
+        uids: list[str] = []
+        for dataset in datasets:
+            uid = validate_uid(dataset.SOPInstanceUID, "SOPInstanceUID (0008,0018) of a result object")
+            keys.append(store.put(f"{prefix}/outputs/{uid}.dcm", dataset_to_bytes(dataset)))
+            uids.append(uid)
+        return {"outputs": keys, "sop_instance_uids": uids}
+    else:
+        raise ValueError(f"unknown step {message.step!r} (known: {', '.join(STEP_ORDER)})")
+
+    key = store.put(f"{prefix}/{message.step}.pkl", pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    return {"result": key}

@@ -1,0 +1,71 @@
+"""``cardionode worker``: a Celery worker for the node's queues, on any machine that reaches the broker.
+
+The worker reads the same configuration as the node (``--config`` or
+``$CARDIONODE_CONFIG``): broker, result backend, artifact store and the
+pipeline modules to load. It is stateless with respect to the ledger: it reads
+a job's instances from the artifact store and writes its results there.
+
+Examples::
+
+    cardionode worker --queues gpu --concurrency 1      # one per GPU
+    cardionode worker --queues cpu,io --concurrency 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+from node.queue.app import QUEUES, QueueSettings, create_app
+
+__all__ = ["parse_queues", "worker_argv", "worker_main"]
+
+
+def parse_queues(text: str) -> list[str]:
+    """The queue names in ``text`` (comma-separated); raises ``ValueError`` for unknown ones."""
+    names = [q.strip() for q in text.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUEUES]
+    if not names or unknown:
+        raise ValueError(f"--queues {text!r}: use a comma-separated subset of {', '.join(QUEUES)}")
+    return names
+
+
+def worker_argv(queues: list[str], concurrency: int) -> list[str]:
+    """Celery ``worker`` arguments for these queues and number of processes."""
+    if concurrency < 1:
+        raise ValueError(f"--concurrency {concurrency}: at least 1 worker process is needed")
+    name = f"cardionode-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
+    return [
+        "worker",
+        f"--queues={','.join(queues)}",
+        f"--concurrency={concurrency}",
+        "--pool=prefork",
+        "--loglevel=INFO",
+        f"--hostname={name}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    """Run a worker until it is stopped (SIGTERM: finish the current tasks, then exit)."""
+    from node.config import ConfigError, load_settings
+    from node.dicom.logs import setup_logging
+    from node.pipelines import registry
+
+    try:
+        settings = load_settings(getattr(args, "config", None))
+        queues = parse_queues(args.queues)
+        argv = worker_argv(queues, int(args.concurrency))
+    except (ConfigError, ValueError) as exc:
+        print(f"cardionode worker: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_dir, f"worker-{'-'.join(queues)}")
+    failed = registry.load_modules(getattr(settings, "pipeline_modules", None) or [])
+    for module, error in failed.items():
+        print(f"cardionode worker: pipeline module {module} not loaded: {error}", file=sys.stderr)
+    app = create_app(QueueSettings.from_settings(settings))
+    app.worker_main(argv)
+    return 0

@@ -1,0 +1,348 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) from a :class:`ReportContent`.
+
+Structure (reference ``dicom_outputs.md`` sections 2-4, pitfalls section 10):
+
+* root (126000, DCM, "Imaging Measurement Report"), language, device observer
+  (TID 1004, the node's stable Device Observer UID), exactly one Procedure
+  Reported from CID 100; the specific procedure goes in the header's
+  Performed Procedure Code Sequence;
+* Image Library (TID 1600) listing every source instance;
+* one TID 1501 group per :class:`MeasurementGroup`: Tracking Identifier and
+  UID, finding type (row 3b), finding site, TID 4019 algorithm identification,
+  the imaging state as a coded evaluation, NUMs with UCUM units, coded
+  qualitative evaluations, source-image references and, for predictions, an
+  IMAGE (130401, DCM, "Visual explanation") reference to the heat-map SC;
+* every CONTAINER has Continuity of Content SEPARATE, so tree renderers
+  (dsr2html, Weasis, OHIF text view) show concept names next to values;
+* VerificationFlag UNVERIFIED, PreliminaryFlag PRELIMINARY, CompletionFlag
+  COMPLETE; private codes declared in Coding Scheme Identification Sequence;
+* Contributing Equipment with one "Processing Algorithm" item per algorithm
+  (IHE AI Results: manufacturer, model = algorithm name, software version and
+  a Device UID derived from version and weights hash).
+
+Dates, times and UIDs are derived from the inputs (:mod:`node.results.identity`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+
+import highdicom as hd
+from highdicom.sr import CodedConcept
+from pydicom import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID
+
+import node
+from node.pipelines.base import ReportContext
+from node.results.content import Algorithm, MeasurementGroup, ReportContent
+from node.results.identity import ContentIdentity, algorithm_device_uid, algorithms_of
+from node.results.templates import Templates, TemplateError, load_templates
+
+__all__ = [
+    "COMPREHENSIVE_3D_SR",
+    "ENHANCED_SR",
+    "ContentError",
+    "build_sr",
+    "to_enhanced_sr",
+    "set_continuity_separate",
+    "processing_algorithm_equipment",
+]
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
+
+
+class ContentError(ValueError):
+    """Report content that cannot be encoded (wrong unit, non-finite value, missing source)."""
+
+
+def set_continuity_separate(dataset: Dataset) -> None:
+    """Set ContinuityOfContent = SEPARATE on the root and every nested CONTAINER (pitfall 1)."""
+    if getattr(dataset, "ValueType", None) == "CONTAINER":
+        dataset.ContinuityOfContent = "SEPARATE"
+    for item in getattr(dataset, "ContentSequence", []):
+        set_continuity_separate(item)
+
+
+def _algorithm_id(algo: Algorithm) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name=algo.name, version=algo.version, parameters=list(algo.parameters) or None
+    )
+
+
+def processing_algorithm_equipment(
+    algorithms: Sequence[Algorithm], templates: Templates, content_datetime: str
+) -> list[hd.ContributingEquipment]:
+    """IHE AIR Contributing Equipment items, one per algorithm, each with a Device UID.
+
+    The Device UID is derived from name, version and parameters (weights hash),
+    so it changes whenever a model changes.
+    """
+    items = []
+    for algo in algorithms:
+        eq = hd.ContributingEquipment(
+            manufacturer=templates.manufacturer,
+            purpose_of_reference=hd.sr.CodedConcept("109102", "DCM", "Processing Equipment"),
+            manufacturer_model_name=algo.name[:64],
+            software_versions=algo.version[:64],
+            contribution_datetime=content_datetime,
+            contribution_description=f"Algorithm {algo.name} {algo.version}"[:64],
+        )
+        # highdicom accepts only CID 7005 purposes; IHE AIR names the algorithm's purpose itself.
+        eq.PurposeOfReferenceCodeSequence = [templates.equipment_purpose.concept()]
+        eq.DeviceUID = algorithm_device_uid(algo)
+        items.append(eq)
+    return items
+
+
+def _check_measurement_value(group: MeasurementGroup, quantity: str, value: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ContentError(f"group {group.label!r}: {quantity} value {value!r} is not a number") from exc
+    if not math.isfinite(number):
+        raise ContentError(
+            f"group {group.label!r}: {quantity} is {number}; a report carries finite values only "
+            "(leave the measurement out of the group instead)"
+        )
+    return number
+
+
+def _group_item(
+    group: MeasurementGroup,
+    content: ReportContent,
+    templates: Templates,
+    identity: ContentIdentity,
+    source_refs: Sequence[hd.sr.SourceImageForMeasurementGroup],
+    images: Mapping[str, Dataset],
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    site_code, _ = templates.site(group.site)
+    measurements = []
+    for m in group.measurements:
+        quantity = templates.quantity(m.quantity, content.pipeline)
+        if m.unit != quantity.unit:
+            raise ContentError(
+                f"group {group.label!r}: {m.quantity} has unit {m.unit!r}, the templates require "
+                f"UCUM {quantity.unit!r} ({templates.directory / 'concepts.toml'})"
+            )
+        measurements.append(
+            hd.sr.Measurement(
+                name=quantity.code.concept(),
+                value=_check_measurement_value(group, m.quantity, m.value),
+                unit=quantity.unit_concept(),
+            )
+        )
+    evaluations = []
+    if group.state is not None:
+        state_code, _ = templates.state(group.state)
+        evaluations.append(hd.sr.QualitativeEvaluation(templates.state_concept.concept(), state_code.concept()))
+    for e in group.evaluations:
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                templates.evaluation_concept(e.quantity).concept(), templates.evaluation_value(e.value).concept()
+            )
+        )
+    item = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.tracking_uid(group.label), identifier=group.label[:64]),
+        finding_type=templates.finding(group.finding).concept(),
+        finding_sites=[hd.sr.FindingSite(site_code.concept())],
+        algorithm_id=_algorithm_id(group.algorithm),
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations or None,
+        source_images=list(source_refs) or None,
+    )
+    if group.explanation_image is not None:
+        sc = images.get(group.explanation_image)
+        if sc is None:
+            raise ContentError(
+                f"group {group.label!r} names explanation image {group.explanation_image!r}, "
+                f"but the content has no MapImage with that key (have: {sorted(images)})"
+            )
+        item[0].ContentSequence.append(
+            hd.sr.ImageContentItem(
+                name=templates.reference_code("visual_explanation").concept(),
+                referenced_sop_class_uid=sc.SOPClassUID,
+                referenced_sop_instance_uid=sc.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return item
+
+
+def _source_datasets(content: ReportContent, sources: Sequence[Dataset]) -> list[Dataset]:
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    ordered = []
+    for src in content.sources:
+        ds = by_uid.get(src.sop_instance_uid)
+        if ds is None:
+            raise ContentError(
+                f"source instance {src.sop_instance_uid} (series {src.series_instance_uid}) is listed in the "
+                "report content but its dataset was not passed to build_outputs"
+            )
+        if str(ds.StudyInstanceUID) != content.study_instance_uid:
+            raise ContentError(
+                f"source instance {src.sop_instance_uid} belongs to study {ds.StudyInstanceUID}, "
+                f"the report is for study {content.study_instance_uid}"
+            )
+        ordered.append(ds)
+    if not ordered:
+        raise ContentError("the report content lists no source instances; an SR must reference its evidence")
+    return ordered
+
+
+def _library_view(ds: Dataset) -> Dataset:
+    """A header-only copy of a source instance, for the Image Library and evidence lists."""
+    view = Dataset()
+    for elem in ds:
+        if elem.tag.group == 0x7FE0 or elem.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            continue
+        view.add(copy.deepcopy(elem))
+    return view
+
+
+def _predecessor_datasets(context: ReportContext, own_uid: str) -> list[Dataset]:
+    out = []
+    for study_uid, series_uid, class_uid, instance_uid in context.predecessors:
+        if instance_uid == own_uid:
+            continue  # an identical re-run is the same document, not its own successor
+        ds = Dataset()
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPClassUID = class_uid
+        ds.SOPInstanceUID = instance_uid
+        out.append(ds)
+    return out
+
+
+def build_sr(
+    content: ReportContent,
+    sources: Sequence[Dataset],
+    context: ReportContext,
+    images: Mapping[str, Dataset] | None = None,
+    templates: Templates | None = None,
+) -> Dataset:
+    """Build the Comprehensive 3D SR measurement report.
+
+    Parameters
+    ----------
+    content:
+        What the pipeline reports.
+    sources:
+        Datasets of the instances in ``content.sources`` (pixel data not needed).
+    context:
+        Node context: Device Observer UID and name, predecessor SRs.
+    images:
+        Secondary Capture datasets by MapImage key; heat maps referenced by a
+        group's ``explanation_image`` must be here.
+    templates:
+        Code templates (default: ``dicom_templates/``).
+    """
+    templates = templates or load_templates()
+    images = dict(images or {})
+    identity = ContentIdentity.of(content, sources)
+    source_ds = [_library_view(ds) for ds in _source_datasets(content, sources)]
+    reported, performed, procedure_label = templates.procedure(content.procedure)
+    series = templates.series("sr")
+
+    observer = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=context.device_uid,
+                name=(context.device_name or "CardioNode")[:64],
+                manufacturer_name=templates.manufacturer[:64],
+                model_name=f"CardioNode {node.__version__}"[:64],
+            ),
+        )
+    )
+    source_refs = [hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in source_ds]
+    groups = [_group_item(g, content, templates, identity, source_refs, images) for g in content.groups]
+    if not groups:
+        raise ContentError("the report content has no measurement groups")
+    language = templates.document_code("language")
+    report = hd.sr.MeasurementReport(
+        observation_context=observer,
+        procedure_reported=reported.concept(),
+        imaging_measurements=groups,
+        title=templates.document_code("title").concept(),
+        language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(language.concept()),
+        referenced_images=source_ds,
+    )
+
+    sop_uid = identity.uid("sr", "instance")
+    algorithms = algorithms_of(content)
+    schemes = [
+        hd.coding_schemes.CodingSchemeIdentificationItem(
+            designator=s["designator"],
+            name=s.get("name"),
+            responsible_organization=s.get("responsible_organization"),
+            version=s.get("version"),
+        )
+        for s in templates.declared_schemes
+    ]
+    evidence = source_ds + [images[g.explanation_image] for g in content.groups if g.explanation_image]
+    versions = f"CardioNode {node.__version__}; {content.pipeline} {content.pipeline_version}"
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=identity.uid("sr", "series"),
+        series_number=int(series["series_number"]),
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=templates.manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        institution_name=context.institution or None,
+        performed_procedure_codes=[performed.concept()],
+        previous_versions=_predecessor_datasets(context, sop_uid) or None,
+        contributing_equipment=processing_algorithm_equipment(algorithms, templates, identity.content_datetime),
+        series_description=str(series["description"])[:64],
+        manufacturer_model_name=f"CardioNode {content.pipeline}"[:64],
+        software_versions=versions[:64],
+        coding_schemes=schemes,
+        content_date=identity.content_date,
+        content_time=identity.content_time,
+        series_date=identity.content_date,
+        series_time=identity.content_time,
+    )
+    _make_deterministic(sr, identity)
+    set_continuity_separate(sr)
+    return sr
+
+
+def _make_deterministic(ds: Dataset, identity: ContentIdentity) -> None:
+    """Replace the wall-clock values highdicom writes by the content date/time."""
+    ds.InstanceCreationDate = identity.content_date
+    ds.InstanceCreationTime = identity.content_time
+    for item in getattr(ds, "ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = identity.content_datetime
+
+
+def to_enhanced_sr(sr: Dataset) -> Dataset:
+    """The same document as Enhanced SR (88.22), for a peer that rejects Comprehensive 3D SR.
+
+    The content has no SCOORD3D, so it is valid Enhanced SR unchanged; the
+    SOP Instance UID is kept (the peer never stored the 88.34 instance).
+    """
+    if str(sr.SOPClassUID) != COMPREHENSIVE_3D_SR:
+        raise ValueError(f"expected a Comprehensive 3D SR, got SOP class {sr.SOPClassUID}")
+
+    def has_3d(items: DicomSequence) -> bool:
+        return any(i.ValueType == "SCOORD3D" or has_3d(getattr(i, "ContentSequence", [])) for i in items)
+
+    if has_3d(sr.ContentSequence):
+        raise ValueError("the report has SCOORD3D content items, which Enhanced SR cannot hold")
+    out = copy.deepcopy(sr)
+    out.SOPClassUID = UID(ENHANCED_SR)
+    out.file_meta.MediaStorageSOPClassUID = UID(ENHANCED_SR)
+    return out
+
+
+def template_error_types() -> tuple[type[Exception], ...]:
+    """Errors that mean the content cannot be encoded (for callers that classify failures)."""
+    return (TemplateError, ContentError)

@@ -1,0 +1,265 @@
+"""``cardionode serve``: the node process.
+
+It runs, in one process:
+
+* the DICOM listener (:class:`node.dicom.scp.DicomListener`), which spools
+  instances and records them in the ledger;
+* the conductor loop: completeness (:class:`node.dicom.assembler.Assembler`)
+  and jobs (:class:`node.queue.conductor.Conductor`), every ``TICK_S`` seconds;
+* the export loop (:class:`node.dicom.sender.Exporter`), every ``SEND_TICK_S``;
+
+and starts local Celery workers as subprocesses (setting ``workers``; an
+empty list when remote workers consume the queues).
+
+Start-up resumes everything unfinished: with the SQLite broker, messages
+taken by workers that died with the previous node are restored before new
+workers start; studies left ``processing`` without a job get one; queued and
+running jobs continue from the step the ledger names; due sends go out.
+
+SIGTERM or SIGINT: stop accepting associations, let the loops finish their
+tick, ask the workers to finish their current task (SIGTERM, then SIGKILL after
+``WORKER_STOP_S``), close the ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["WorkerSpec", "Node", "serve_main"]
+
+_log = logging.getLogger("node.service")
+
+TICK_S = 0.5  # conductor loop period (s)
+SEND_TICK_S = 1.0  # export loop period (s)
+WORKER_STOP_S = 30.0  # grace for workers to finish their task on shutdown (s)
+STATUS_EVERY_S = 60.0  # period of the progress summary in the log (s)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One local worker process group: the queues it consumes and its pool size."""
+
+    queues: str = "cpu,gpu,io"
+    concurrency: int = 1
+
+
+def _worker_specs(settings: Any) -> list[WorkerSpec]:
+    configured = getattr(settings, "workers", None)
+    if configured is None:
+        return [WorkerSpec()]
+    return [WorkerSpec(str(w.queues), int(w.concurrency)) for w in configured]
+
+
+def _die_with_parent() -> None:
+    """In a child process: get SIGKILL when the node dies, so no orphan consumes tasks."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class _Loop(threading.Thread):
+    """Calls ``step`` every ``period_s`` seconds until stopped; logs and survives errors."""
+
+    def __init__(self, name: str, step: Callable[[], object], period_s: float, stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.step, self.period_s, self.stop_event = step, period_s, stop
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.step()
+            except Exception:
+                _log.exception("%s loop: error (continuing)", self.name)
+            self.stop_event.wait(self.period_s)
+
+
+class Node:
+    """The node: listener, loops and local workers, started and stopped together."""
+
+    def __init__(self, settings: Any, config_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.stop_event = threading.Event()
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.threads: list[_Loop] = []
+        self.listener: Any = None
+        self._last_status = 0.0
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> None:
+        from node.dicom.assembler import Assembler
+        from node.dicom.audit import AuditLog
+        from node.dicom.ledger import Ledger
+        from node.dicom.scp import DicomListener
+        from node.dicom.sender import Exporter, RetryPolicy, Target
+        from node.dicom.tls import client_context
+        from node.pipelines import registry
+        from node.queue.app import QueueSettings
+        from node.queue.conductor import Conductor
+        from node.queue.dispatch import JobQueue
+        from node.queue.recovery import restore_unfinished
+
+        s = self.settings
+        self.ledger = Ledger.from_settings(s)
+        self.audit = AuditLog(s.audit_log_path, durable=s.durable_writes)
+        for module, error in registry.load_modules(getattr(s, "pipeline_modules", None) or []).items():
+            _log.error("pipeline module %s not loaded: %s", module, error)
+        names = [p.name for p in registry.all_pipelines()]
+        _log.info("pipelines: %s", ", ".join(names) or "none (every study will be ignored)")
+
+        queue_settings = QueueSettings.from_settings(s)
+        self.queue = JobQueue(queue_settings, s.effective_device_uid())
+        specs = _worker_specs(s)
+        if queue_settings.broker_is_sqlite and specs:
+            restored, deleted = restore_unfinished(self.queue.app, queue_settings.broker_url)
+            _log.info("broker: %d unfinished task(s) restored, %d finished message(s) removed", restored, deleted)
+        self.assembler = Assembler(self.ledger, s, self.audit)
+        recreated = self.assembler.recover()
+        if recreated:
+            _log.info("resumed: %d job(s) re-created for studies left processing", recreated)
+        self.conductor = Conductor(
+            self.ledger, self.queue, s, self.audit, job_timeout_s=float(getattr(s, "job_timeout_s", 3600.0))
+        )
+        targets = {
+            d.name: Target(d.name, d.ae_title, d.host, d.port, client_context(s.tls) if d.tls else None)
+            for d in s.destinations
+        }
+        self.exporter = Exporter(
+            self.ledger, targets, calling_ae=s.ae_title, retry=RetryPolicy.from_settings(s),
+            timeout_s=float(s.network_timeout_s), audit=self.audit,
+        )
+        for spec in specs:
+            self._start_worker(spec)
+
+        self.listener = DicomListener(s, self.ledger, audit=self.audit)
+        self.listener.start()
+        self.audit.record("node.started", ae_title=s.ae_title, port=getattr(self.listener, "port", s.port))
+        _log.info(
+            "listening as %s on %s:%s; %d local worker group(s); destinations: %s",
+            s.ae_title, s.bind_address, getattr(self.listener, "port", s.port), len(self.workers),
+            ", ".join(targets) or "none (outbox only)",
+        )
+        self.threads = [
+            _Loop("conductor", self._conduct, TICK_S, self.stop_event),
+            _Loop("sender", self.exporter.run_once, SEND_TICK_S, self.stop_event),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _start_worker(self, spec: WorkerSpec) -> None:
+        command = [sys.executable, "-m", "node.cli"]
+        if self.config_path is not None:
+            command += ["--config", str(self.config_path)]
+        command += ["worker", "--queues", spec.queues, "--concurrency", str(spec.concurrency)]
+        process = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: S603 (own command)
+        self.workers.append(process)
+        _log.info("worker started: queues %s, %d process(es), pid %d", spec.queues, spec.concurrency, process.pid)
+
+    def _conduct(self) -> None:
+        self.assembler.tick()
+        self.conductor.tick()
+        self._check_workers()
+        now = time.monotonic()
+        if now - self._last_status >= STATUS_EVERY_S:
+            self._last_status = now
+            self._log_progress()
+
+    def _check_workers(self) -> None:
+        for process in self.workers:
+            if process.poll() is not None and not self.stop_event.is_set():
+                _log.error("worker pid %d exited with status %s", process.pid, process.returncode)
+                self.workers.remove(process)
+                break
+
+    def _log_progress(self) -> None:
+        studies: dict[str, int] = {}
+        for study in self.ledger.studies():
+            studies[study.state] = studies.get(study.state, 0) + 1
+        jobs: dict[str, int] = {}
+        for job in self.ledger.jobs():
+            jobs[job.state] = jobs.get(job.state, 0) + 1
+        sends = {st: len(self.ledger.sends((st,))) for st in ("pending", "retrying", "dead_letter")}
+        _log.info("progress: studies %s; jobs %s; sends %s", studies or "none", jobs or "none", sends)
+
+    # ------------------------------------------------------------------ stop
+    def wait(self) -> None:
+        """Block until :meth:`request_stop` is called (e.g. by SIGTERM)."""
+        while not self.stop_event.wait(1.0):
+            pass
+
+    def request_stop(self, *_: object) -> None:
+        self.stop_event.set()
+
+    def stop(self) -> None:
+        """Stop everything in order; safe to call once after :meth:`start`."""
+        self.stop_event.set()
+        _log.info("stopping: listener, loops, %d worker group(s)", len(self.workers))
+        if self.listener is not None:
+            self.listener.stop()
+        for thread in self.threads:
+            thread.join(timeout=60)
+        for process in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_S
+        for process in self.workers:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _log.warning("worker pid %d did not stop in %.0f s; killing it", process.pid, WORKER_STOP_S)
+                process.kill()
+                process.wait()
+        for name in ("audit", "queue", "ledger"):  # whatever start() got to open
+            resource = getattr(self, name, None)
+            if resource is None:
+                continue
+            if name == "audit":
+                resource.record("node.stopped")
+            resource.close()
+        _log.info("stopped")
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """``cardionode serve``: run the node until SIGTERM/SIGINT; 2 if the configuration has problems."""
+    from node.config import ConfigError, load_settings
+    from node.dicom.logs import setup_logging
+
+    config_path = getattr(args, "config", None)
+    if config_path is None and os.environ.get("CARDIONODE_CONFIG"):
+        config_path = Path(os.environ["CARDIONODE_CONFIG"])
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        print(f"cardionode serve: {exc}", file=sys.stderr)
+        return 2
+    problems = settings.problems()
+    if problems:
+        for problem in problems:
+            print(f"PROBLEM: {problem}", file=sys.stderr)
+        print("cardionode serve: fix these problems first (`cardionode config check`)", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_dir, "node")
+    for warning in settings.warnings():
+        _log.warning("%s", warning)
+    node = Node(settings, config_path.resolve() if config_path else None)
+    signal.signal(signal.SIGTERM, node.request_stop)
+    signal.signal(signal.SIGINT, node.request_stop)
+    try:
+        node.start()
+        node.wait()
+    finally:
+        node.stop()
+    return 0

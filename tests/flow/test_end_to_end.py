@@ -1,0 +1,130 @@
+"""PACS to PACS on real components.
+
+dcmtk ``storescu`` sends a synthetic NM study to Orthanc; Orthanc's Lua routing
+forwards it to ``cardionode serve`` (a subprocess); the node's Celery worker
+processes it with the flow test pipeline; the node sends an SC and an SR back
+to Orthanc, where the test finds them through the REST API.
+
+Run once with the default SQLite broker (workers started by the node) and once
+with Redis as broker and artifact store and a worker started separately with
+``cardionode worker``. The first run also checks that neither the logs nor the
+audit log contain the synthetic patient's name, ID or birth date.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from helpers import (
+    PATIENT_BIRTH_DATE,
+    PATIENT_ID,
+    PATIENT_NAME,
+    PYTHON,
+    REPO,
+    NodeProcess,
+    Orthanc,
+    flow_env,
+    free_port,
+    make_nm_study,
+    node_settings,
+    storescu,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.network
+
+SETTLE_S = 1.0  # completeness settle time configured for these tests (s)
+REDIS_URL = "redis://127.0.0.1:6379/14"  # a database of its own for the flow tests
+
+
+def _destination(orthanc: Orthanc) -> dict[str, object]:
+    return {"name": "pacs", "ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
+
+
+def _send_and_wait(tmp_path: Path, orthanc: Orthanc, seed: int) -> tuple[str, list[dict[str, object]], float]:
+    study_uid, files = make_nm_study(tmp_path / "study", np.random.default_rng(seed), n_instances=3)
+    storescu(orthanc.dicom_port, orthanc.ae_title, files)
+    sent_at = time.monotonic()
+    results = wait_for(lambda: len(orthanc.results(study_uid)) >= 2 and orthanc.results(study_uid),
+                       30 + SETTLE_S + 15, f"the node's results in Orthanc (seed {seed})", interval_s=0.3)
+    elapsed = time.monotonic() - sent_at
+    return study_uid, results, elapsed
+
+
+def _assert_one_result_set(results: list[dict[str, object]], seed: int) -> None:
+    assert sorted(r["modality"] for r in results) == ["OT", "SR"], f"seed {seed}: {results}"
+    assert len({r["sop_instance_uid"] for r in results}) == 2
+
+
+def _no_patient_data(paths: list[Path]) -> None:
+    needles = [*PATIENT_NAME.split("^"), PATIENT_ID, PATIENT_BIRTH_DATE]
+    assert paths, "no log files to check"
+    for path in paths:
+        text = path.read_text(errors="replace")
+        for needle in needles:
+            assert needle not in text, f"{needle!r} found in {path}"
+
+
+def test_pacs_to_pacs_with_sqlite_broker(tmp_path: Path) -> None:
+    seed = random.SystemRandom().randrange(2**31)
+    node_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", node_port=node_port).start()
+    config = write_config(tmp_path / "node.toml",
+                          node_settings(tmp_path / "data", node_port, [_destination(orthanc)]))
+    node = NodeProcess(config, node_port, tmp_path / "node-stdout.log")
+    try:
+        node.start()
+        study_uid, results, elapsed = _send_and_wait(tmp_path, orthanc, seed)
+        print(f"results in Orthanc {elapsed:.1f} s after the last image (settle {SETTLE_S} s), seed {seed}")
+        assert elapsed <= 30 + SETTLE_S + 2, f"seed {seed}: {elapsed:.1f} s"  # +2: Orthanc's own forwarding
+        _assert_one_result_set(results, seed)
+        status = wait_for(lambda: (out := node.cli("status").stdout) and " sent " in out and out, 20,
+                          "the job to be marked sent")
+        assert "expected_series" in status and study_uid in status
+    finally:
+        node.stop()
+        orthanc.stop()
+    data = tmp_path / "data"
+    logs = [tmp_path / "node-stdout.log", *sorted((data / "logs").glob("*.log")), *sorted((data / "audit").glob("*"))]
+    _no_patient_data(logs)
+
+
+def test_pacs_to_pacs_with_redis_and_a_separate_worker(tmp_path: Path) -> None:
+    seed = random.SystemRandom().randrange(2**31)
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    node_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", node_port=node_port).start()
+    settings = node_settings(tmp_path / "data", node_port, [_destination(orthanc)],
+                             broker_url=REDIS_URL, workers=[])
+    config = write_config(tmp_path / "node.toml", settings)
+    node = NodeProcess(config, node_port, tmp_path / "node-stdout.log")
+    worker = subprocess.Popen(
+        [PYTHON, "-m", "node.cli", "--config", str(config), "worker", "--queues", "cpu,gpu,io", "--concurrency", "1"],
+        cwd=REPO, env=flow_env(), stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        node.start()
+        study_uid, results, elapsed = _send_and_wait(tmp_path, orthanc, seed)
+        print(f"redis: results in Orthanc {elapsed:.1f} s after the last image, seed {seed}")
+        _assert_one_result_set(results, seed)
+        worker_log = (tmp_path / "worker.log").read_text()
+        assert "succeeded" in worker_log and "cardionode.step" in worker_log
+        # the node's own process started no worker
+        assert "worker started" not in (tmp_path / "node-stdout.log").read_text()
+    finally:
+        node.stop()
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        orthanc.stop()

@@ -1,0 +1,105 @@
+"""The C-STORE SCU against real pynetdicom SCPs that accept, refuse or fail in chosen ways."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import EnhancedSRStorage, NuclearMedicineImageStorage
+
+import flowtest_pipeline
+from helpers import free_port, make_nm_study
+from node.dicom.sender import COMPREHENSIVE_3D_SR, ENHANCED_SR, Target, send_files
+from node.pipelines.base import ReportContext
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> list[Path]:
+    """An SC and a Comprehensive 3D SR made by the test pipeline, as files."""
+    seed = random.SystemRandom().randrange(2**31)
+    _, paths = make_nm_study(tmp_path / "in", np.random.default_rng(seed), 2)
+    pipeline = flowtest_pipeline.FlowTestPipeline()
+    result = pipeline.analyse([pydicom.dcmread(p) for p in paths])
+    files = []
+    for ds in pipeline.report(result, ReportContext(device_uid="1.2.3", device_name="test")):
+        path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+def _scp(contexts: list[str], status: int = 0x0000, reject: tuple[int, int, int] | None = None):  # type: ignore[no-untyped-def]
+    received: list[pydicom.Dataset] = []
+
+    def on_store(event):  # type: ignore[no-untyped-def]
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return status
+
+    ae = AE(ae_title="TESTSCP")
+    for uid in contexts:
+        ae.add_supported_context(uid)
+    port = free_port()
+    if reject is not None:
+        ae.require_calling_aet = ["NOBODY"]  # rejects every association: (1 permanent, 1, 3 calling AE)
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    return server, port, received
+
+
+def test_sr_falls_back_to_enhanced_sr_when_3d_refused(outputs: list[Path]) -> None:
+    server, port, received = _scp(["1.2.840.10008.5.1.4.1.1.7", ENHANCED_SR])
+    try:
+        outcomes = send_files(Target("t", "TESTSCP", "127.0.0.1", port), outputs, calling_ae="CARDIONODE")
+    finally:
+        server.shutdown()
+    assert all(o.ok for o in outcomes), outcomes
+    sr = [ds for ds in received if ds.Modality == "SR"]
+    assert len(sr) == 1 and sr[0].SOPClassUID == ENHANCED_SR
+    original = pydicom.dcmread(outputs[1])
+    assert original.SOPClassUID == COMPREHENSIVE_3D_SR and sr[0].SOPInstanceUID == original.SOPInstanceUID
+
+
+def test_a900_is_permanent_and_a700_transient(outputs: list[Path]) -> None:
+    for status, kind in ((0xA900, "permanent"), (0xA700, "transient")):
+        server, port, _ = _scp(["1.2.840.10008.5.1.4.1.1.7", COMPREHENSIVE_3D_SR], status=status)
+        try:
+            outcomes = send_files(Target("t", "TESTSCP", "127.0.0.1", port), outputs, calling_ae="CARDIONODE")
+        finally:
+            server.shutdown()
+        assert [o.kind for o in outcomes] == [kind, kind]
+        assert all(o.status == status for o in outcomes)
+
+
+def test_association_rejected_permanently_and_nobody_listening(outputs: list[Path]) -> None:
+    server, port, _ = _scp([NuclearMedicineImageStorage], reject=(1, 1, 3))
+    try:
+        outcomes = send_files(Target("t", "TESTSCP", "127.0.0.1", port), outputs, calling_ae="CARDIONODE")
+    finally:
+        server.shutdown()
+    assert {o.kind for o in outcomes} == {"permanent"}, outcomes
+    assert "rejected permanently" in outcomes[0].error
+    outcomes = send_files(Target("t", "TESTSCP", "127.0.0.1", free_port()), outputs, calling_ae="CARDIONODE",
+                          timeout_s=3)
+    assert {o.kind for o in outcomes} == {"transient"}, outcomes
+
+
+def test_only_the_sent_sop_classes_are_proposed(outputs: list[Path]) -> None:
+    proposed: list[str] = []
+
+    def on_request(event):  # type: ignore[no-untyped-def]
+        proposed.extend(str(cx.abstract_syntax) for cx in event.assoc.requestor.requested_contexts)
+
+    ae = AE(ae_title="TESTSCP")
+    ae.add_supported_context(EnhancedSRStorage)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_REQUESTED, on_request)])
+    try:
+        send_files(Target("t", "TESTSCP", "127.0.0.1", port), outputs, calling_ae="CARDIONODE")
+    finally:
+        server.shutdown()
+    assert set(proposed) == {"1.2.840.10008.5.1.4.1.1.7", COMPREHENSIVE_3D_SR, ENHANCED_SR}

@@ -1,0 +1,86 @@
+"""`cardionode demo` sends a synthetic study to a real DICOM listener (dcmtk storescp)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.imaging.nm import group_nm_reconstructions
+from node.synth.study import synthetic_patient
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"storescp did not listen on port {port}")
+
+
+@pytest.mark.network
+@pytest.mark.skipif(shutil.which("storescp") is None, reason="dcmtk storescp not installed")
+def test_demo_sends_a_loadable_study_and_never_prints_the_identity(seed, tmp_path):
+    received = tmp_path / "received"
+    received.mkdir()
+    port = _free_port()
+    scp = subprocess.Popen(
+        ["storescp", "-aet", "DEMOPACS", "-od", str(received), "--bind", "127.0.0.1", str(port)]
+        if _supports_bind() else ["storescp", "-aet", "DEMOPACS", "-od", str(received), str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for_port(port)
+        run = subprocess.run(
+            [sys.executable, "-m", "node.cli", "demo", "--seed", str(seed), "--defect", "RCA", "--tracer", "tl201",
+             "--port", str(port), "--called-aet", "DEMOPACS", "--save", str(tmp_path / "saved")],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        scp.terminate()
+        scp.wait(timeout=20)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert f"seed {seed}" in output and "[4/4]" in output and "Research use only" in output
+    patient = synthetic_patient("M", 60, f"seed-{seed}")
+    for secret in (patient.patient_id, patient.name, patient.name.split("^")[0], patient.birth_date):
+        assert secret not in output, f"seed {seed}: identity leaked in demo output"
+    files = sorted(received.iterdir())
+    assert len(files) == 4, output
+    loaded, rejected = group_nm_reconstructions([pydicom.dcmread(p) for p in files])
+    assert rejected == [] and len(loaded) == 4
+    assert {r.tracer for r in loaded} == {"tl201"} and {r.state for r in loaded} == {"stress", "rest"}
+    assert (tmp_path / "saved" / "truth.json").exists()
+    assert str(pydicom.dcmread(files[0]).PatientID) == patient.patient_id
+
+
+def _supports_bind() -> bool:
+    help_text = subprocess.run(["storescp", "--help"], capture_output=True, text=True).stdout
+    return "--bind" in help_text
+
+
+def test_demo_reports_a_refused_association(seed, tmp_path):
+    port = _free_port()  # nothing listens there
+    run = subprocess.run(
+        [sys.executable, "-m", "node.cli", "demo", "--seed", str(seed), "--defect", "none", "--gates", "0",
+         "--port", str(port), "--called-aet", "NOBODY"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "no association" in run.stdout
