@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain", type=int, default=0, metavar="N",
                    help="first pretrain on a separate synthetic cohort of N cases (polar-map bundles)")
     p.add_argument("--checkpoints", type=Path, default=None, help="checkpoint folder (default: var/checkpoints/BUNDLE)")
+    p.add_argument("--init", type=Path, default=None, metavar="BUNDLE_DIR",
+                   help="start from the weights of this bundle folder (fine-tuning; lv_segmentation)")
     return parser
 
 

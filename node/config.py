@@ -49,6 +49,8 @@ __all__ = [
     "Destination",
     "CompletenessRule",
     "TLSSettings",
+    "WorkerSpec",
+    "SendRetry",
     "Settings",
     "load_settings",
     "ae_title_problem",
@@ -109,18 +111,40 @@ class Destination(_Model):
 
 
 class CompletenessRule(_Model):
-    """When a study counts as complete for one pipeline.
+    """When a study counts as complete for one pipeline (the ledger records which rule decided).
 
-    ``quiet_period_s``: seconds without a new instance of the study after which
-    the study is examined (complete if the pipeline's required series are there).
-    ``force_deadline_s``: seconds after the *first* instance after which the study
-    is decided anyway; ``force_action`` says how: ``process`` what is there, or
-    ``give_up`` (state ``given_up``).
+    * ``expected_series``: every series the pipeline requires is present and the
+      study has been quiet (no new instance) for ``settle_s`` seconds;
+    * ``quiet_period``: the study has been quiet for ``quiet_period_s`` seconds
+      although required series are missing: process what is there (a study that
+      no pipeline accepts is then recorded as ignored, with the reason);
+    * ``force_deadline``: ``force_deadline_s`` seconds after the study's *first*
+      instance it is still undecided: ``force_action`` says what happens,
+      ``process`` what is there or ``give_up`` (state ``given_up``);
+    * ``manual``: `cardionode complete STUDY`.
     """
 
     quiet_period_s: float = 10.0
+    settle_s: float = 2.0
     force_deadline_s: float = 3600.0
     force_action: Literal["process", "give_up"] = "process"
+
+
+class WorkerSpec(_Model):
+    """A local Celery worker started by `cardionode serve`: its ``queues`` (comma-separated
+    ``cpu``, ``gpu``, ``io``) and ``concurrency`` (processes)."""
+
+    queues: str = "cpu,gpu,io"
+    concurrency: int = 1
+
+
+class SendRetry(_Model):
+    """Backoff for transient C-STORE failures: first wait ``initial_s`` seconds, doubling up
+    to ``max_s``; after ``max_attempts`` attempts the send is dead-lettered."""
+
+    initial_s: float = 5.0
+    max_s: float = 300.0
+    max_attempts: int = 10
 
 
 class TLSSettings(_Model):
@@ -186,6 +210,13 @@ class Settings(BaseSettings):
 
     # -- processing
     completeness: dict[str, CompletenessRule] = Field(default_factory=_default_completeness)
+    pipeline_modules: list[str] = Field(default_factory=list, description="extra modules imported at start (they register pipelines)")
+    workers: list[WorkerSpec] = Field(
+        default_factory=lambda: [WorkerSpec()], description="local workers started by serve; [] = remote workers only"
+    )
+    visibility_timeout_s: float = Field(3600.0, description="Redis broker: seconds before an unacknowledged task is redelivered")
+    job_timeout_s: float = Field(3600.0, description="a job step not finished after this many seconds fails as timed out")
+    send_retry: SendRetry = Field(default_factory=SendRetry)
 
     # -- identity of the node in its outputs
     device_uid: str | None = None  # default: generated once and kept in <data_dir>/device_uid
@@ -283,6 +314,7 @@ class Settings(BaseSettings):
         out += _tls_problems(self.tls, bool(any(d.tls for d in self.destinations)))
         out += _storage_problems(self)
         out += _completeness_problems(self.completeness)
+        out += _queue_problems(self)
         return out
 
     def warnings(self) -> list[str]:
@@ -461,6 +493,8 @@ def _completeness_problems(rules: dict[str, CompletenessRule]) -> list[str]:
         where = f"completeness.{name}"
         if rule.quiet_period_s < 0:
             out.append(f"{where}.quiet_period_s must be 0 or more seconds")
+        if rule.settle_s < 0:
+            out.append(f"{where}.settle_s must be 0 or more seconds")
         if rule.force_deadline_s <= 0:
             out.append(f"{where}.force_deadline_s must be more than 0 seconds")
         elif rule.force_deadline_s < rule.quiet_period_s:
@@ -468,6 +502,26 @@ def _completeness_problems(rules: dict[str, CompletenessRule]) -> list[str]:
                 f"{where}: force_deadline_s ({rule.force_deadline_s:g} s) is shorter than "
                 f"quiet_period_s ({rule.quiet_period_s:g} s); the quiet period would never apply"
             )
+    return out
+
+
+def _queue_problems(s: Settings) -> list[str]:
+    out: list[str] = []
+    for i, worker in enumerate(s.workers):
+        queues = [q.strip() for q in worker.queues.split(",") if q.strip()]
+        unknown = sorted(set(queues) - {"cpu", "gpu", "io"})
+        if not queues or unknown:
+            out.append(f"workers[{i}].queues {worker.queues!r}: use a comma-separated list of cpu, gpu, io")
+        if worker.concurrency < 1:
+            out.append(f"workers[{i}].concurrency is {worker.concurrency}; it must be at least 1")
+    for name in ("visibility_timeout_s", "job_timeout_s"):
+        if getattr(s, name) <= 0:
+            out.append(f"{name} must be more than 0 seconds")
+    r = s.send_retry
+    if r.initial_s <= 0 or r.max_s < r.initial_s:
+        out.append(f"send_retry: need 0 < initial_s <= max_s (got {r.initial_s:g} and {r.max_s:g} s)")
+    if r.max_attempts < 1:
+        out.append(f"send_retry.max_attempts is {r.max_attempts}; it must be at least 1")
     return out
 
 

@@ -9,7 +9,9 @@ It runs, in one process:
 * the export loop (:class:`node.dicom.sender.Exporter`), every ``SEND_TICK_S``;
 
 and starts local Celery workers as subprocesses (setting ``workers``; an
-empty list when remote workers consume the queues).
+empty list when remote workers consume the queues), restarting one that exits.
+The workers die with the node (``PR_SET_PDEATHSIG``), so a killed node leaves
+no orphan consuming tasks.
 
 Start-up resumes everything unfinished: with the SQLite broker, messages
 taken by workers that died with the previous node are restored before new
@@ -32,33 +34,21 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-__all__ = ["WorkerSpec", "Node", "serve_main"]
+if TYPE_CHECKING:
+    from node.config import Settings, WorkerSpec
+
+__all__ = ["Node", "serve_main"]
 
 _log = logging.getLogger("node.service")
 
 TICK_S = 0.5  # conductor loop period (s)
 SEND_TICK_S = 1.0  # export loop period (s)
 WORKER_STOP_S = 30.0  # grace for workers to finish their task on shutdown (s)
+WORKER_RESTART_S = 10.0  # least time between two starts of the same local worker (s)
 STATUS_EVERY_S = 60.0  # period of the progress summary in the log (s)
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """One local worker process group: the queues it consumes and its pool size."""
-
-    queues: str = "cpu,gpu,io"
-    concurrency: int = 1
-
-
-def _worker_specs(settings: Any) -> list[WorkerSpec]:
-    configured = getattr(settings, "workers", None)
-    if configured is None:
-        return [WorkerSpec()]
-    return [WorkerSpec(str(w.queues), int(w.concurrency)) for w in configured]
 
 
 def _die_with_parent() -> None:
@@ -89,11 +79,12 @@ class _Loop(threading.Thread):
 class Node:
     """The node: listener, loops and local workers, started and stopped together."""
 
-    def __init__(self, settings: Any, config_path: Path | None = None) -> None:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.settings = settings
         self.config_path = config_path
         self.stop_event = threading.Event()
         self.workers: list[subprocess.Popen[bytes]] = []
+        self._worker_spec: dict[int, tuple[WorkerSpec, float]] = {}  # pid -> (spec, monotonic start time)
         self.threads: list[_Loop] = []
         self.listener: Any = None
         self._last_status = 0.0
@@ -115,14 +106,14 @@ class Node:
         s = self.settings
         self.ledger = Ledger.from_settings(s)
         self.audit = AuditLog(s.audit_log_path, durable=s.durable_writes)
-        for module, error in registry.load_modules(getattr(s, "pipeline_modules", None) or []).items():
+        for module, error in registry.load_modules(s.pipeline_modules).items():
             _log.error("pipeline module %s not loaded: %s", module, error)
         names = [p.name for p in registry.all_pipelines()]
         _log.info("pipelines: %s", ", ".join(names) or "none (every study will be ignored)")
 
         queue_settings = QueueSettings.from_settings(s)
         self.queue = JobQueue(queue_settings, s.effective_device_uid())
-        specs = _worker_specs(s)
+        specs = list(s.workers)
         if queue_settings.broker_is_sqlite and specs:
             restored, deleted = restore_unfinished(self.queue.app, queue_settings.broker_url)
             _log.info("broker: %d unfinished task(s) restored, %d finished message(s) removed", restored, deleted)
@@ -131,7 +122,7 @@ class Node:
         if recreated:
             _log.info("resumed: %d job(s) re-created for studies left processing", recreated)
         self.conductor = Conductor(
-            self.ledger, self.queue, s, self.audit, job_timeout_s=float(getattr(s, "job_timeout_s", 3600.0))
+            self.ledger, self.queue, s, self.audit, job_timeout_s=s.job_timeout_s
         )
         targets = {
             d.name: Target(d.name, d.ae_title, d.host, d.port, client_context(s.tls) if d.tls else None)
@@ -146,10 +137,10 @@ class Node:
 
         self.listener = DicomListener(s, self.ledger, audit=self.audit)
         self.listener.start()
-        self.audit.record("node.started", ae_title=s.ae_title, port=getattr(self.listener, "port", s.port))
+        self.audit.record("node.started", ae_title=s.ae_title, port=self.listener.port)
         _log.info(
             "listening as %s on %s:%s; %d local worker group(s); destinations: %s",
-            s.ae_title, s.bind_address, getattr(self.listener, "port", s.port), len(self.workers),
+            s.ae_title, s.bind_address, self.listener.port, len(self.workers),
             ", ".join(targets) or "none (outbox only)",
         )
         self.threads = [
@@ -166,6 +157,7 @@ class Node:
         command += ["worker", "--queues", spec.queues, "--concurrency", str(spec.concurrency)]
         process = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: S603 (own command)
         self.workers.append(process)
+        self._worker_spec[process.pid] = (spec, time.monotonic())
         _log.info("worker started: queues %s, %d process(es), pid %d", spec.queues, spec.concurrency, process.pid)
 
     def _conduct(self) -> None:
@@ -178,11 +170,18 @@ class Node:
             self._log_progress()
 
     def _check_workers(self) -> None:
-        for process in self.workers:
-            if process.poll() is not None and not self.stop_event.is_set():
-                _log.error("worker pid %d exited with status %s", process.pid, process.returncode)
-                self.workers.remove(process)
-                break
+        """Restart a local worker that exited (at most once per ``WORKER_RESTART_S`` per worker)."""
+        for process in list(self.workers):
+            if process.poll() is None or self.stop_event.is_set():
+                continue
+            spec, started = self._worker_spec[process.pid]
+            if time.monotonic() - started < WORKER_RESTART_S:
+                continue
+            _log.error("worker pid %d (queues %s) exited with status %s; restarting it",
+                       process.pid, spec.queues, process.returncode)
+            self.workers.remove(process)
+            del self._worker_spec[process.pid]
+            self._start_worker(spec)
 
     def _log_progress(self) -> None:
         studies: dict[str, int] = {}

@@ -79,6 +79,10 @@ def inputs_from_result(result: Any, clinical: dict[str, dict[str, float]] | None
         rest_perfusion=rest_perf,
         stress_motion=check_grid(_get(stress, "function", "wall_motion_mm"), "stress wall motion"),
         stress_thickening=check_grid(_get(stress, "function", "thickening_pct"), "stress thickening"),
+        stress_deficit=check_grid(_get(stress, "scores", "deficit_map"), "stress deficit"),
+        stress_severity=None if _get(stress, "scores", "tpd_severity_map") is None
+        else check_grid(np.asarray(_get(stress, "scores", "tpd_severity_map")) / 4.0, "stress severity"),
+        rest_deficit=check_grid(_get(rest, "scores", "deficit_map"), "rest deficit"),
         rest_phase=check_grid(_get(rest, "phase", "phase_map"), "rest phase"),
         rest_thickening=check_grid(_get(rest, "function", "thickening_pct"), "rest thickening"),
         edv=_num(_get(stress, "function", "edv_ml")),

@@ -45,8 +45,8 @@ INTENDED_USE = "research use; trained on synthetic phantoms; not clinically vali
 BUNDLE_NAMES: tuple[str, ...] = ("lv_segmentation", "cad_polar", "tracer_heads", "crt_response")
 
 _NETWORKS: dict[str, dict[str, Any]] = {
-    "cad_polar": {"_target_": "node.ai.networks.CADPolarNet", "in_channels": 3, "n_tabular": 4, "stages": [16, 32, 48], "n_outputs": 4},
-    "tracer_heads": {"_target_": "node.ai.networks.TracerHeadsNet", "in_channels": 4, "stages": [16, 32, 48]},
+    "cad_polar": {"_target_": "node.ai.networks.CADPolarNet", "in_channels": 5, "n_tabular": 4, "stages": [16, 32, 48], "n_outputs": 4},
+    "tracer_heads": {"_target_": "node.ai.networks.TracerHeadsNet", "in_channels": 6, "stages": [16, 32, 48]},
     "crt_response": {"_target_": "node.ai.networks.CRTResponseNet", "n_tabular": 13, "blocks": [[8], [16, 16], [32, 32], [48, 48]]},
     "lv_segmentation": {
         "_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,

@@ -64,14 +64,19 @@ def _batch(a: np.ndarray) -> np.ndarray:
 
 
 def cad_inputs(stress_perfusion: np.ndarray, stress_motion: np.ndarray, stress_thickening: np.ndarray,
-               tabular: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``(x [n, 3, 40, 72], tab [n, 4])`` for :class:`node.ai.networks.CADPolarNet`.
+               tabular: dict[str, np.ndarray], stress_deficit: np.ndarray, stress_severity: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(x [n, 5, 40, 72], tab [n, 4])`` for :class:`node.ai.networks.CADPolarNet`.
 
-    Channels: perfusion / 100, motion / 10 mm, thickening / 50 %. Tabular:
-    age (years), sex_male (0/1), EDV and ESV (ml), each ``(v - centre) / scale``.
+    Channels: perfusion / 100, motion / 10 mm, thickening / 50 %, deficit
+    (0..1, ``PerfusionScores.deficit_map``) and TPD severity / 4 (0..1,
+    ``PerfusionScores.tpd_severity_map / 4``) against the sex- and
+    tracer-specific normal limits. Tabular: age (years), sex_male (0/1), EDV
+    and ESV (ml), each ``(v - centre) / scale``.
     """
     x = np.stack([_fill(_batch(stress_perfusion)) / 100.0, _fill(_batch(stress_motion)) / 10.0,
-                  _fill(_batch(stress_thickening)) / 50.0], axis=1)
+                  _fill(_batch(stress_thickening)) / 50.0, _fill(_batch(stress_deficit)),
+                  _fill(_batch(stress_severity))], axis=1)
     n = x.shape[0]
     tab = np.zeros((n, len(CAD_TABULAR)), np.float32)
     for j, (name, (centre, scale)) in enumerate(CAD_TABULAR.items()):
@@ -80,20 +85,30 @@ def cad_inputs(stress_perfusion: np.ndarray, stress_motion: np.ndarray, stress_t
     return x.astype(np.float32), tab
 
 
-def tracer_inputs(stress_perfusion: np.ndarray | None, rest_perfusion: np.ndarray | None, n: int | None = None) -> np.ndarray:
-    """``x [n, 4, 40, 72]`` for :class:`node.ai.networks.TracerHeadsNet` (missing map = zeros + zero mask)."""
+def tracer_inputs(stress_perfusion: np.ndarray | None, rest_perfusion: np.ndarray | None, n: int | None = None,
+                  stress_deficit: np.ndarray | None = None, rest_deficit: np.ndarray | None = None) -> np.ndarray:
+    """``x [n, 6, 40, 72]`` for :class:`node.ai.networks.TracerHeadsNet`.
+
+    Channels: stress perfusion / 100, rest perfusion / 100, stress deficit
+    (0..1), rest deficit (0..1) against the sex/tracer normal limits, stress
+    present (1/0), rest present (1/0). A missing state is all zeros with a zero
+    present channel (stress-only and rest-only variants). A present map needs
+    its deficit map.
+    """
     ref = stress_perfusion if stress_perfusion is not None else rest_perfusion
     if ref is None:
         raise ValueError("the tracer model needs a stress or a rest perfusion map")
     n = _batch(ref).shape[0] if n is None else n
     shape = (n, 40, 72)
-    out = np.zeros((n, 4, 40, 72), np.float32)
-    if stress_perfusion is not None:
-        out[:, 0] = np.broadcast_to(_fill(_batch(stress_perfusion)) / 100.0, shape)
-        out[:, 2] = 1.0
-    if rest_perfusion is not None:
-        out[:, 1] = np.broadcast_to(_fill(_batch(rest_perfusion)) / 100.0, shape)
-        out[:, 3] = 1.0
+    out = np.zeros((n, 6, 40, 72), np.float32)
+    for k, (perf, deficit) in enumerate(((stress_perfusion, stress_deficit), (rest_perfusion, rest_deficit))):
+        if perf is None:
+            continue
+        if deficit is None:
+            raise ValueError(f"{('stress', 'rest')[k]} perfusion map given without its deficit map")
+        out[:, k] = np.broadcast_to(_fill(_batch(perf)) / 100.0, shape)
+        out[:, 2 + k] = np.broadcast_to(_fill(_batch(deficit)), shape)
+        out[:, 4 + k] = 1.0
     return out
 
 

@@ -69,6 +69,9 @@ class StudyInputs:
     rest_perfusion: np.ndarray | None = None
     stress_motion: np.ndarray | None = None
     stress_thickening: np.ndarray | None = None
+    stress_deficit: np.ndarray | None = None  # 0..1, PerfusionScores.deficit_map
+    stress_severity: np.ndarray | None = None  # 0..1, PerfusionScores.tpd_severity_map / 4
+    rest_deficit: np.ndarray | None = None  # 0..1, PerfusionScores.deficit_map of the rest map
     rest_phase: np.ndarray | None = None
     rest_thickening: np.ndarray | None = None
     edv: float | None = None
@@ -167,9 +170,14 @@ def _predict_cad(studies: list[StudyInputs], preds: dict[str, StudyPredictions],
             usable.append(s)
     if not usable:
         return
+    for s in usable:
+        if s.stress_deficit is None or s.stress_severity is None:
+            s.stress_deficit, s.stress_severity = _score_with_node_limits(s)
+            preds[s.key].notes.append("CAD model: stress deficit/severity maps scored here against the node's normal limits")
     tab = {k: np.array([np.nan if getattr(s, k) is None else float(getattr(s, k)) for s in usable]) for k in ("age", "sex_male", "edv", "esv")}
     x, t = cad_inputs(np.stack([s.stress_perfusion for s in usable]), np.stack([s.stress_motion for s in usable]),
-                      np.stack([s.stress_thickening for s in usable]), tab)
+                      np.stack([s.stress_thickening for s in usable]), tab,
+                      np.stack([s.stress_deficit for s in usable]), np.stack([s.stress_severity for s in usable]))
     xt, tt = torch.from_numpy(x).to(bundle.device), torch.from_numpy(t).to(bundle.device)
     with torch.no_grad():
         probs = _sigmoid(bundle.network(xt, tt).cpu().numpy().astype(np.float64))
@@ -199,6 +207,18 @@ def _predict_cad(studies: list[StudyInputs], preds: dict[str, StudyPredictions],
             out.notes.append(f"CAD model attention highest in AHA segments {', '.join(map(str, top))}")
 
 
+def _score_with_node_limits(s: StudyInputs, state: str = "stress") -> tuple[np.ndarray, np.ndarray]:
+    """Deficit and TPD severity / 4 of a perfusion map against the node's limits (pooled sex if unknown, Tc-99m if tracer unknown)."""
+    from node.quant.normal_limits import load_normal_limits
+    from node.quant.scores import score_map
+
+    sex = {1.0: "M", 0.0: "F"}.get(s.sex_male if s.sex_male is None else float(s.sex_male))
+    limits = load_normal_limits(tracer_family(s.tracer) or "tc99m", sex)
+    perfusion = s.stress_perfusion if state == "stress" else s.rest_perfusion
+    sc = score_map(np.clip(np.nan_to_num(np.asarray(perfusion, float)), 0, None), None, limits)
+    return sc.deficit_map.astype(np.float32), (sc.tpd_severity_map / 4.0).astype(np.float32)
+
+
 def _predict_tracer(studies: list[StudyInputs], preds: dict[str, StudyPredictions], bundle: bundles.LoadedBundle, gradcam: bool) -> None:
     heads = {"tc99m": (0, "abnormal_perfusion", "Tc-99m head: probability of abnormal perfusion"),
              "tl201": (1, "high_risk", "Tl-201 head: probability of intermediate-or-high risk")}
@@ -214,7 +234,11 @@ def _predict_tracer(studies: list[StudyInputs], preds: dict[str, StudyPrediction
             continue
         variant = "dual" if s.stress_perfusion is not None and s.rest_perfusion is not None else ("stress" if s.stress_perfusion is not None else "rest")
         col, finding, label = heads[family]
-        x = torch.from_numpy(tracer_inputs(s.stress_perfusion, s.rest_perfusion, 1)).to(bundle.device)
+        if s.stress_perfusion is not None and s.stress_deficit is None:
+            s.stress_deficit, s.stress_severity = _score_with_node_limits(s, "stress")
+        if s.rest_perfusion is not None and s.rest_deficit is None:
+            s.rest_deficit = _score_with_node_limits(s, "rest")[0]
+        x = torch.from_numpy(tracer_inputs(s.stress_perfusion, s.rest_perfusion, 1, s.stress_deficit, s.rest_deficit)).to(bundle.device)
         with torch.no_grad():
             p = _r(_sigmoid(bundle.network(x).cpu().numpy().astype(np.float64))[0, col])
         algorithm = bundle.algorithm((f"head={family}", f"variant={variant}"))

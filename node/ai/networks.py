@@ -81,8 +81,8 @@ def _territory_weights(stride: int) -> torch.Tensor:
 class CADPolarNet(nn.Module):
     """Obstructive CAD from stress perfusion, motion and thickening polar maps plus tabular data.
 
-    Input ``x`` ``[batch, 3, 40, 72]`` (perfusion/100, motion/10 mm,
-    thickening/50 %); ``tabular`` ``[batch, n_tabular]`` (age, sex, EDV, ESV,
+    Input ``x`` ``[batch, 5, 40, 72]`` (perfusion/100, motion/10 mm,
+    thickening/50 %, deficit 0..1, TPD severity/4 against normal limits); ``tabular`` ``[batch, n_tabular]`` (age, sex, EDV, ESV,
     normalised as in :mod:`node.ai.features`). Output logits ``[batch, 4]``:
     patient, LAD, LCx, RCA.
 
@@ -94,7 +94,7 @@ class CADPolarNet(nn.Module):
     Grad-CAM on the encoder's last stage shows.
     """
 
-    def __init__(self, in_channels: int = 3, n_tabular: int = 4, stages: tuple[int, ...] = (16, 32, 48), n_outputs: int = 4,
+    def __init__(self, in_channels: int = 5, n_tabular: int = 4, stages: tuple[int, ...] = (16, 32, 48), n_outputs: int = 4,
                  sharpness: float = 4.0) -> None:
         super().__init__()
         if n_outputs != 4:
@@ -125,15 +125,16 @@ class CADPolarNet(nn.Module):
 class TracerHeadsNet(nn.Module):
     """Shared polar-map encoder with a Tc-99m head and a Tl-201 head.
 
-    Input ``[batch, 4, 40, 72]``: stress perfusion/100, rest perfusion/100,
-    stress-present mask, rest-present mask (a missing map is all zeros with a
-    zero mask channel; that is how stress-only, rest-only and dual-input
-    variants share one set of weights). Output logits ``[batch, 2]``: column 0
+    Input ``[batch, 6, 40, 72]``: stress perfusion/100, rest perfusion/100,
+    stress deficit, rest deficit (0..1 against normal limits), stress-present
+    mask, rest-present mask (a missing map is all zeros with a zero mask
+    channel; that is how stress-only, rest-only and dual-input variants share
+    one set of weights). Output logits ``[batch, 2]``: column 0
     Tc-99m head (abnormal perfusion), column 1 Tl-201 head (intermediate-or-high
     risk). Only the head matching the study's tracer is reported.
     """
 
-    def __init__(self, in_channels: int = 4, stages: tuple[int, ...] = (16, 32, 48)) -> None:
+    def __init__(self, in_channels: int = 6, stages: tuple[int, ...] = (16, 32, 48)) -> None:
         super().__init__()
         self.encoder = PolarEncoder(in_channels, tuple(stages))
         width = self.encoder.out_channels * 2

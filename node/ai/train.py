@@ -100,17 +100,35 @@ class _Data:
     cohort: cohorts.Cohort
 
 
-def _cad_data(c: cohorts.Cohort) -> _Data:
-    x, tab = cad_inputs(c.maps["stress_perfusion"], c.maps["stress_motion"], c.maps["stress_thickening"], c.features)
+def _quantitative(c: cohorts.Cohort, limits: cohorts.NormalLimits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deficit, severity/4 and stress TPD of a cohort (cached on the cohort's truth dict)."""
+    if "_stress_tpd" not in c.truth:
+        deficit, severity, tpd = cohorts.quantitative_maps(c.maps["stress_perfusion"], c.tracer, c.features["sex_male"], limits)
+        c.maps["stress_deficit"], c.maps["stress_severity"], c.truth["_stress_tpd"] = deficit, severity, tpd
+    return c.maps["stress_deficit"], c.maps["stress_severity"], c.truth["_stress_tpd"]
+
+
+def _cad_data(c: cohorts.Cohort, limits: cohorts.NormalLimits) -> _Data:
+    deficit, severity, _ = _quantitative(c, limits)
+    x, tab = cad_inputs(c.maps["stress_perfusion"], c.maps["stress_motion"], c.maps["stress_thickening"], c.features,
+                        deficit, severity)
     y = np.stack([c.labels["cad"]] + [c.labels[f"cad_{t.lower()}"] for t in TERRITORIES], axis=1)
     mask = np.isfinite(y).astype(np.float32)
     return _Data(torch.from_numpy(x), torch.from_numpy(tab), torch.from_numpy(np.nan_to_num(y).astype(np.float32)), torch.from_numpy(mask), c)
 
 
-def _tracer_data(c: cohorts.Cohort, variant: str = "dual") -> _Data:
+def _rest_deficit(c: cohorts.Cohort, limits: cohorts.NormalLimits) -> np.ndarray:
+    if "rest_deficit" not in c.maps:
+        c.maps["rest_deficit"] = cohorts.quantitative_maps(c.maps["rest_perfusion"], c.tracer, c.features["sex_male"], limits)[0]
+    return c.maps["rest_deficit"]
+
+
+def _tracer_data(c: cohorts.Cohort, limits: cohorts.NormalLimits, variant: str = "dual") -> _Data:
+    stress_deficit = _quantitative(c, limits)[0]
+    rest_deficit = _rest_deficit(c, limits)
     stress = c.maps["stress_perfusion"] if variant in ("dual", "stress") else None
     rest = c.maps["rest_perfusion"] if variant in ("dual", "rest") else None
-    x = tracer_inputs(stress, rest, len(c))
+    x = tracer_inputs(stress, rest, len(c), stress_deficit if stress is not None else None, rest_deficit if rest is not None else None)
     tc = c.tracer == "tc99m"
     y = np.stack([c.labels["tc_abnormal"], c.labels["tl_risk"]], axis=1)
     mask = np.stack([tc, c.tracer == "tl201"], axis=1).astype(np.float32) * np.isfinite(y)
@@ -235,18 +253,24 @@ def _report(labels: np.ndarray, scores: np.ndarray, threshold: float, probabilit
 
 
 def _tpd_baseline(c: cohorts.Cohort, limits: cohorts.NormalLimits) -> np.ndarray:
-    return cohorts.stress_tpd(c.maps["stress_perfusion"], c.tracer, c.features["sex_male"], limits)
+    return _quantitative(c, limits)[2]
+
+
+def _limits_for(cs: dict[str, cohorts.Cohort], seed: int) -> cohorts.NormalLimits:
+    """Synthetic cohorts: limits of the synthetic normal database; site folders: the node's own limits."""
+    synthetic = all(c.version == cohorts.COHORT_VERSION for c in cs.values())
+    return cohorts.normal_limits(seed) if synthetic else cohorts.node_normal_limits()
 
 
 def _train_cad(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: Path | None, pretrain: int = 0) -> tuple[nn.Module, list, dict]:
-    data = {s: _cad_data(c) for s, c in cs.items()}
+    limits = _limits_for(cs, seed)
+    data = {s: _cad_data(c, limits) for s, c in cs.items()}
     net = CADPolarNet()
     history: list[dict[str, float]] = []
     if pretrain:
-        pre = _cad_data(cohorts.make_cad_cohort(pretrain, "pretrain", seed))
+        pre = _cad_data(cohorts.make_cad_cohort(pretrain, "pretrain", seed), limits)
         history += [{"phase": "pretrain", **h} for h in _fit(net, pre, data["validation"], max(epochs // 2, 1), seed + 1, "cad_polar pretrain", None)]
     history += _fit(net, data["train"], data["validation"], epochs, seed, "cad_polar", ckpt, lr=2e-3 if not pretrain else 1e-3)
-    limits = cohorts.normal_limits(seed)
     val_scores = _sigmoid(predict_logits(net, data["validation"]))
     val_tpd = _tpd_baseline(cs["validation"], limits)
     t_model = youden_threshold(cs["validation"].labels["cad"], val_scores[:, 0])
@@ -279,18 +303,17 @@ def _tracer_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     x = x.clone()
     stress_only = r < 0.3
     rest_only = (r >= 0.3) & (r < 0.5)
-    x[rest_only, 0] = 0.0
-    x[rest_only, 2] = 0.0
-    x[stress_only, 1] = 0.0
-    x[stress_only, 3] = 0.0
+    for ch in (0, 2, 4):
+        x[rest_only, ch] = 0.0
+        x[stress_only, ch + 1] = 0.0
     return x
 
 
 def _train_tracer(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: Path | None, pretrain: int = 0) -> tuple[nn.Module, list, dict]:
-    data = {s: _tracer_data(c) for s, c in cs.items()}
+    limits = _limits_for(cs, seed)
+    data = {s: _tracer_data(c, limits) for s, c in cs.items()}
     net = TracerHeadsNet()
     history = _fit(net, data["train"], data["validation"], epochs, seed, "tracer_heads", ckpt, augment=_tracer_augment)
-    limits = cohorts.normal_limits(seed)
     heads = {"tc99m": (0, "tc_abnormal"), "tl201": (1, "tl_risk")}
     evaluation: dict[str, Any] = {"thresholds": {}}
     val = cs["validation"]
@@ -307,7 +330,7 @@ def _train_tracer(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: P
         tpd = _tpd_baseline(c, limits)
         block: dict[str, Any] = {}
         for variant in ("dual", "stress", "rest"):
-            p = _sigmoid(predict_logits(net, _tracer_data(c, variant)))
+            p = _sigmoid(predict_logits(net, _tracer_data(c, limits, variant)))
             for tr, (col, lab) in heads.items():
                 sel = c.tracer == tr
                 if not np.any(sel):
@@ -377,19 +400,23 @@ _DESCRIPTIONS = {
 
 _IO = {
     "cad_polar": (
-        {"image": {"type": "image", "format": "polar-map", "num_channels": 3, "spatial_shape": [40, 72], "dtype": "float32",
+        {"image": {"type": "image", "format": "polar-map", "num_channels": 5, "spatial_shape": [40, 72], "dtype": "float32",
                    "value_range": [0, 3], "is_patch_data": False,
-                   "channel_def": {"0": "stress perfusion (% of max) / 100", "1": "stress wall motion (mm) / 10", "2": "stress thickening (%) / 50"}},
+                   "channel_def": {"0": "stress perfusion (% of 99.5th percentile) / 100", "1": "stress wall motion (mm) / 10",
+                                   "2": "stress thickening (%) / 50",
+                                   "3": "stress deficit 0..1 vs sex/tracer normal limits (node.quant.scores deficit_map)",
+                                   "4": "stress TPD severity / 4 (node.quant.scores tpd_severity_map / 4)"}},
          "tabular": {"type": "tabular", "num_channels": 4, "dtype": "float32",
                      "channel_def": {str(i): f"{k}: (value - {c}) / {s}" for i, (k, (c, s)) in enumerate(CAD_TABULAR.items())}}},
         {"pred": {"type": "probabilities", "format": "logits", "num_channels": 4, "dtype": "float32",
                   "channel_def": {"0": "obstructive CAD (patient)", "1": "LAD", "2": "LCx", "3": "RCA"}}},
     ),
     "tracer_heads": (
-        {"image": {"type": "image", "format": "polar-map", "num_channels": 4, "spatial_shape": [40, 72], "dtype": "float32",
+        {"image": {"type": "image", "format": "polar-map", "num_channels": 6, "spatial_shape": [40, 72], "dtype": "float32",
                    "value_range": [0, 1.5], "is_patch_data": False,
                    "channel_def": {"0": "stress perfusion / 100 (0 if absent)", "1": "rest perfusion / 100 (0 if absent)",
-                                   "2": "stress present (1/0)", "3": "rest present (1/0)"}}},
+                                   "2": "stress deficit 0..1 vs normal limits (0 if absent)", "3": "rest deficit 0..1 (0 if absent)",
+                                   "4": "stress present (1/0)", "5": "rest present (1/0)"}}},
         {"pred": {"type": "probabilities", "format": "logits", "num_channels": 2, "dtype": "float32",
                   "channel_def": {"0": "Tc-99m head: abnormal perfusion", "1": "Tl-201 head: intermediate-or-high risk"}}},
     ),
@@ -485,6 +512,10 @@ _LIMITS = {
 }
 
 
+_PRETRAIN_NOTE = ("From-scratch training is compared with pretraining on a larger synthetic cohort (`--pretrain N`, then "
+                  "fine-tuning) in docs/validation.md, section Models.")
+
+
 def readme_for(bundle: str, metadata: dict[str, Any], evaluation: dict[str, Any], history: list[dict[str, float]], command: str,
                comparison: str = "") -> str:
     return f"""# {bundle} (version {metadata['version']})
@@ -502,7 +533,7 @@ external-like cohorts are drawn from disjoint random streams of the generator.
 ## Pretraining
 
 The seed paper{'s' if bundle != 'crt_response' else ''} used ImageNet-pretrained convolutional layers (VGG16 in Larsen et al.). No pretrained
-weights can be downloaded here, so this network is trained from scratch on synthetic polar maps. {comparison}
+weights can be downloaded here, so this network is trained from scratch on synthetic polar maps{' after pretraining on ' + str(metadata.get('training', {}).get('pretrain_cases')) + ' cases of a separate synthetic cohort' if metadata.get('training', {}).get('pretrain_cases') else ''}. {comparison or _PRETRAIN_NOTE}
 
 ## Inputs and outputs
 
@@ -530,7 +561,7 @@ _TRAINERS = {"cad_polar": _train_cad, "tracer_heads": _train_tracer, "crt_respon
 
 def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: int | None = None, epochs: int | None = None,
                  seed: int = 0, checkpoints: Path | None = None, version: str = "1.0.0", pretrain: int = 0,
-                 command: str = "") -> TrainResult:
+                 command: str = "", init: Path | None = None) -> TrainResult:
     """Train ``bundle`` on a folder or a synthetic cohort, evaluate, and write the bundle to ``out``."""
     start = time.monotonic()
     _seed_everything(seed)
@@ -538,7 +569,10 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
         from node.ai.segmentation import train_segmentation
 
         return train_segmentation(out, n_train=synthetic or 0, data=data, epochs=epochs or _DEFAULT_EPOCHS[bundle], seed=seed,
-                                  checkpoints=checkpoints, version=version, command=command)
+                                  checkpoints=checkpoints, version=version, command=command, init=init,
+                                  lr=3e-3 if init is None else 1e-3)
+    if init is not None:
+        raise ValueError("--init is supported for lv_segmentation only")
     if bundle not in _TRAINERS:
         raise ValueError(f"unknown bundle {bundle!r}; known: {', '.join(bundles.BUNDLE_NAMES)}")
     kind = _KIND[bundle]
@@ -565,7 +599,7 @@ def train_main(args: argparse.Namespace) -> int:
     try:
         result = train_bundle(args.bundle, Path(out), data=args.data, synthetic=args.synthetic, epochs=args.epochs,
                               seed=args.seed, checkpoints=Path(checkpoints), pretrain=getattr(args, "pretrain", 0) or 0,
-                              command=cmd)
+                              command=cmd, init=getattr(args, "init", None))
     except (ValueError, FileNotFoundError) as exc:
         sys.stderr.write(f"cardionode train: {exc}\n")
         return 2

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
+from node.config import Settings
+from node.dicom.audit import AuditLog
 from node.dicom.ledger import Ledger, LedgerError, Study, utcnow
 from node.dicom.logs import hash_identifier
 from node.pipelines import registry
@@ -54,12 +56,13 @@ class Rule:
 
     @classmethod
     def from_setting(cls, setting: Any) -> "Rule":
+        """From a :class:`node.config.CompletenessRule` (settle time capped by the quiet period)."""
         quiet = float(setting.quiet_period_s)
         return cls(
             quiet_period_s=quiet,
             force_deadline_s=float(setting.force_deadline_s),
             force_action=str(setting.force_action),
-            settle_s=min(float(getattr(setting, "settle_s", DEFAULT_SETTLE_S)), quiet),
+            settle_s=min(float(setting.settle_s), quiet),
         )
 
 
@@ -121,7 +124,7 @@ def decide(
 class Assembler:
     """Decides completeness of receiving studies and opens a job for each complete one."""
 
-    def __init__(self, ledger: Ledger, settings: Any, audit: Any | None = None) -> None:
+    def __init__(self, ledger: Ledger, settings: Settings, audit: AuditLog | None = None) -> None:
         self.ledger = ledger
         self.settings = settings
         self.audit = audit

@@ -21,7 +21,10 @@ All times are naive UTC :class:`datetime.datetime`. Methods return detached
 snapshots of the rows (ORM objects whose attributes are loaded); changing them
 does not change the ledger. The ledger is safe to use from several threads
 (one session per call; SQLite in WAL mode, ``BEGIN IMMEDIATE`` and a busy
-timeout so writers queue instead of failing).
+timeout so writers queue instead of failing). SQLite runs with
+``synchronous=NORMAL``: every commit survives a crash of the process (kill -9);
+after a power failure the last commits may be missing, which is why received
+instances are fsync'ed in the spool first and re-recorded from it at start.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from typing import Any
 
 from sqlalchemy import (
     DateTime,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -395,6 +397,11 @@ class Ledger:
                 q = q.where(Instance.series_uid.in_(list(series_uids)))
             return list(s.scalars(q.order_by(Instance.series_uid, Instance.received_at)))
 
+    def instance_uids(self) -> set[str]:
+        """Every recorded SOP Instance UID (for reconciling the spool after a crash)."""
+        with self._read() as s:
+            return set(s.scalars(select(Instance.sop_instance_uid)))
+
     def instance_count(self) -> int:
         with self._read() as s:
             return int(s.scalar(select(func.count()).select_from(Instance)) or 0)
@@ -564,7 +571,8 @@ class Ledger:
         task_id: str | None = None,
         expected_from: Sequence[str] | None = None,
     ) -> Job:
-        """Move a job to ``to_state``; entering ``running`` counts an attempt.
+        """Move a job to ``to_state``; entering ``running`` from another state counts an attempt
+        (``running`` -> ``running``, the next step of the same attempt, does not).
 
         ``error`` is kept as ``last_error``; ``task_id`` records the queue's id.
         ``expected_from`` guards the move like :meth:`transition_study`.
@@ -578,7 +586,7 @@ class Ledger:
             if expected_from is not None and job.state not in expected_from:
                 raise LedgerError(f"job {job_id} is {job.state}, not {'/'.join(expected_from)}; not moved to {to_state}")
             old = job.state
-            if to_state == "running":
+            if to_state == "running" and old != "running":
                 job.attempts += 1
             if error is not None:
                 job.last_error = error
@@ -842,7 +850,10 @@ def _make_engine(url: str, busy_timeout_s: float) -> Engine:
         dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" hook issue BEGIN
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
+        # NORMAL in WAL mode: a commit survives a process crash; on power loss the last
+        # commits may be lost. Instances are fsync'ed in the spool before their commit and
+        # node.dicom.scp.recover_unrecorded_instances re-records them at start.
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()

@@ -40,10 +40,11 @@ import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
@@ -55,7 +56,7 @@ from node import __version__
 from node.config import Settings, load_settings
 from node.dicom.audit import AuditLog
 from node.dicom.ledger import InstanceMeta, Ledger, utcnow
-from node.dicom.logs import hash_identifier, redact, setup_logging
+from node.dicom.logs import hash_identifier, redact, setup_logging, silence_pynetdicom
 from node.dicom.spool import Spool
 from node.dicom.tls import server_context
 from node.dicom.uids import deterministic_uid, is_valid_uid
@@ -69,6 +70,7 @@ __all__ = [
     "Refusal",
     "AssociationPolicy",
     "DicomListener",
+    "recover_unrecorded_instances",
     "main",
 ]
 
@@ -268,7 +270,7 @@ def _pixel_data_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
         bits = int(ds.BitsAllocated)
     except (AttributeError, TypeError, ValueError):
         return "Rows, Columns or Bits Allocated missing or not a number"
-    expected = rows * cols * frames * samples * bits // 8
+    expected = (rows * cols * frames * samples * bits + 7) // 8  # bytes; 1-bit images are packed
     actual = len(pixel.value or b"")
     if actual < expected:
         return f"Pixel Data has {actual} bytes; {rows}x{cols}x{frames} frames x {samples} x {bits} bits need {expected}"
@@ -276,11 +278,13 @@ def _pixel_data_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
 
 
 def _multi(value: Any) -> tuple[str, ...]:
+    """A multi-valued attribute (pydicom MultiValue, list or backslash-joined string) as a tuple."""
     if value is None or value == "":
         return ()
-    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
-        return tuple(str(v) for v in value)
-    return tuple(str(value).split("\\"))
+    if isinstance(value, (str, bytes)):
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        return tuple(text.split("\\"))
+    return tuple(str(v) for v in value)
 
 
 def _radiopharmaceutical_codes(ds: Dataset) -> tuple[str, ...]:
@@ -291,6 +295,55 @@ def _radiopharmaceutical_codes(ds: Dataset) -> tuple[str, ...]:
             if value and str(value) not in codes:
                 codes.append(str(value))
     return tuple(codes)
+
+
+def _instance_meta(ds: Dataset, path: Path, size_bytes: int, transfer_syntax: str, calling_ae: str, received_at: datetime) -> InstanceMeta:
+    """The ledger's view of a validated instance (UIDs, routing attributes; no patient data)."""
+    return InstanceMeta(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        path=str(path),
+        size_bytes=size_bytes,
+        transfer_syntax_uid=transfer_syntax,
+        modality=str(ds.get("Modality") or ""),
+        image_type=_multi(ds.get("ImageType")),
+        series_description=str(ds.get("SeriesDescription") or ""),
+        radiopharmaceutical_codes=_radiopharmaceutical_codes(ds),
+        calling_ae=calling_ae,
+        received_at=received_at,
+    )
+
+
+def recover_unrecorded_instances(spool: Spool, ledger: Ledger) -> int:
+    """Record spooled files the ledger does not know; returns how many.
+
+    Every acknowledged instance was fsync'ed into the spool before its ledger
+    commit; the ledger's last commits may be lost on power failure (SQLite WAL,
+    ``synchronous=NORMAL``), so the listener calls this before accepting
+    associations. Files that cannot be read are left in place and logged.
+    """
+    known = ledger.instance_uids()
+    recovered = 0
+    for path in spool.root.glob("*/*/*.dcm"):
+        if path.stem in known:
+            continue
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            meta = _instance_meta(
+                ds,
+                path,
+                path.stat().st_size,
+                str(ds.file_meta.TransferSyntaxUID),
+                str(ds.file_meta.get("SourceApplicationEntityTitle") or "").strip(),
+                datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).replace(tzinfo=None),
+            )
+            if ledger.record_instance(meta):
+                recovered += 1
+        except Exception:
+            _log.exception("spooled file %s cannot be recorded; left in place", path.name)
+    return recovered
 
 
 class DicomListener:
@@ -309,6 +362,7 @@ class DicomListener:
         audit: AuditLog | None = None,
         on_instance_stored: Callable[[InstanceMeta], None] | None = None,
     ) -> None:
+        silence_pynetdicom()  # whether or not the caller set up logging, no data sets in the logs
         self.settings = settings
         self.ledger = ledger
         self.audit = audit
@@ -354,8 +408,13 @@ class DicomListener:
         removed = self.spool.remove_partial_files()
         if removed:
             _log.info("removed %d partial spool file(s) left by an interrupted write", removed)
+        recovered = recover_unrecorded_instances(self.spool, self.ledger)
+        if recovered:
+            _log.warning("recorded %d spooled instance(s) missing from the ledger (after a crash)", recovered)
+            self._audit("spool.recovered", instances=recovered)
         s = self.settings
         handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_RELEASED, self._on_closed),
@@ -431,6 +490,15 @@ class DicomListener:
         return _failure(refusal.status, refusal.reason)
 
     # ------------------------------------------------------------------ events
+    def _on_connection(self, event: evt.Event) -> None:
+        """Send each PDU at once (no Nagle delay): a C-STORE response must not wait for the peer's delayed ACK."""
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         rq = assoc.requestor.primitive
@@ -532,7 +600,7 @@ class DicomListener:
         raw = event.request.DataSet.getvalue() if event.request.DataSet is not None else b""
         try:
             ds = _read_dataset(raw, transfer_syntax)
-        except (Exception, RecursionError) as exc:
+        except Exception as exc:  # includes RecursionError from nesting bombs
             raise StoreRefused(
                 Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {redact(str(exc), quoted=True)[:200]}"
             ) from None
@@ -577,21 +645,7 @@ class DicomListener:
             stored = self.spool.store(study, series, sop_instance, file_bytes)
         except OSError as exc:
             raise StoreRefused(Status.OUT_OF_RESOURCES, f"cannot write to the spool: {exc.strerror or exc}") from None
-        meta = InstanceMeta(
-            sop_instance_uid=sop_instance,
-            sop_class_uid=sop_class,
-            study_uid=study,
-            series_uid=series,
-            path=str(stored.path),
-            size_bytes=stored.size_bytes,
-            transfer_syntax_uid=str(transfer_syntax),
-            modality=str(ds.get("Modality") or ""),
-            image_type=_multi(ds.get("ImageType")),
-            series_description=str(ds.get("SeriesDescription") or ""),
-            radiopharmaceutical_codes=_radiopharmaceutical_codes(ds),
-            calling_ae=calling,
-            received_at=utcnow(),
-        )
+        meta = _instance_meta(ds, stored.path, stored.size_bytes, str(transfer_syntax), calling, utcnow())
         try:
             new = self.ledger.record_instance(meta)
         except Exception as exc:

@@ -23,14 +23,16 @@ import ssl
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pydicom
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
+from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from node.dicom.audit import AuditLog
 from node.dicom.ledger import Ledger, LedgerError, Send, utcnow
 
 __all__ = [
@@ -100,19 +102,12 @@ def classify_status(status: int) -> str:
 def as_enhanced_sr(dataset: Dataset) -> Dataset:
     """``dataset`` (Comprehensive 3D SR) as an Enhanced SR with the same SOP Instance UID.
 
-    Uses :func:`node.results.sr.to_enhanced_sr` when the results package
-    provides it (it knows which content items must change); otherwise changes
-    SOP Class UID (0008,0016) and the file meta's Media Storage SOP Class UID,
-    which is exact for reports without 3D spatial coordinates.
+    Delegates to :func:`node.results.sr.to_enhanced_sr`, which knows the
+    content rules; raises ``ValueError`` when the report cannot be expressed as
+    Enhanced SR (3D spatial coordinates).
     """
-    try:
-        from node.results.sr import to_enhanced_sr  # type: ignore[attr-defined]
-    except ImportError:
-        converted = pydicom.Dataset(dataset)
-        converted.file_meta = pydicom.dataset.FileMetaDataset(dataset.file_meta)
-        converted.SOPClassUID = ENHANCED_SR
-        converted.file_meta.MediaStorageSOPClassUID = ENHANCED_SR
-        return converted
+    from node.results.sr import to_enhanced_sr  # the results package owns SR content rules
+
     return to_enhanced_sr(dataset)
 
 
@@ -129,10 +124,10 @@ def _contexts_for(datasets: Sequence[Dataset]) -> list[PresentationContext]:
     return [build_context(sop_class, ts) for sop_class, ts in syntaxes.items()]
 
 
-def _association_failure(assoc: object) -> tuple[str, str]:
+def _association_failure(assoc: Association) -> tuple[str, str]:
     """(kind, words) for an association that was not established."""
-    if getattr(assoc, "is_rejected", False):
-        primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
+    if assoc.is_rejected:
+        primitive = assoc.acceptor.primitive
         result = getattr(primitive, "result", None)
         source = getattr(primitive, "result_source", None)
         diagnostic = getattr(primitive, "diagnostic", None)
@@ -140,7 +135,7 @@ def _association_failure(assoc: object) -> tuple[str, str]:
         if result == 0x02:
             return "transient", f"association rejected transiently ({detail})"
         return "permanent", f"association rejected permanently ({detail})"
-    if getattr(assoc, "is_aborted", False):
+    if assoc.is_aborted:
         return "transient", "association aborted by the peer or the network before it was established"
     return "transient", "no association: connection refused or timed out"
 
@@ -188,16 +183,19 @@ def send_files(
     return outcomes
 
 
-def _store_one(assoc: object, ds: Dataset, accepted: set[str]) -> SendOutcome:
+def _store_one(assoc: Association, ds: Dataset, accepted: set[str]) -> SendOutcome:
     uid_ = str(ds.SOPInstanceUID)
     sop_class = str(ds.SOPClassUID)
     if sop_class not in accepted and sop_class == COMPREHENSIVE_3D_SR and ENHANCED_SR in accepted:
-        ds = as_enhanced_sr(ds)
+        try:
+            ds = as_enhanced_sr(ds)
+        except ValueError as exc:
+            return SendOutcome(uid_, "permanent", None, f"the destination refuses 3D SR and {exc}")
         sop_class = ENHANCED_SR
     if sop_class not in accepted:
         return SendOutcome(uid_, "permanent", None, f"the destination does not accept SOP class {sop_class}")
     try:
-        status_ds = assoc.send_c_store(ds)  # type: ignore[attr-defined]
+        status_ds = assoc.send_c_store(ds)
     except (ValueError, RuntimeError) as exc:  # e.g. no context with a usable transfer syntax
         return SendOutcome(uid_, "permanent", None, f"cannot send: {exc}", sop_class)
     status = getattr(status_ds, "Status", None) if status_ds is not None else None
@@ -231,11 +229,10 @@ class RetryPolicy:
         return float(min(self.max_s, self.initial_s * (2 ** max(0, attempts - 1))))
 
     @classmethod
-    def from_settings(cls, settings: object) -> "RetryPolicy":
-        configured = getattr(settings, "send_retry", None)
-        if configured is None:
-            return cls()
-        return cls(float(configured.initial_s), float(configured.max_s), int(configured.max_attempts))
+    def from_settings(cls, settings: Any) -> "RetryPolicy":
+        """The ``send_retry`` setting of a :class:`node.config.Settings`."""
+        r = settings.send_retry
+        return cls(float(r.initial_s), float(r.max_s), int(r.max_attempts))
 
 
 class Exporter:
@@ -258,7 +255,7 @@ class Exporter:
         retry: RetryPolicy = RetryPolicy(),
         timeout_s: float = 30.0,
         batch_size: int = 50,
-        audit: object | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.ledger = ledger
         self.targets = targets
@@ -348,10 +345,9 @@ class Exporter:
         except LedgerError as exc:
             _log.info("job %d not settled: %s", job_id, exc)
 
-    def _audit(self, event: str, send: object, target: Target, **fields: object) -> None:
+    def _audit(self, event: str, send: Send, target: Target, **fields: object) -> None:
         if self.audit is not None:
-            self.audit.record(event, send=getattr(send, "id", None), job=getattr(send, "job_id", None),
-                              destination=target.name, **fields)
+            self.audit.record(event, send=send.id, job=send.job_id, destination=target.name, **fields)
 
     def _audit_batch(self, target: Target, sent: int) -> None:
         if self.audit is not None:

@@ -13,7 +13,9 @@ the others.
 
 Routing (:func:`route`) asks every pipeline whether it accepts a study and
 returns the first that does, in registration order, with the reason in words
-for the ledger and ``cardionode status``.
+for the ledger and ``cardionode status``. The node imports the
+``pipeline_modules`` before the shipped ones, so a site pipeline that accepts
+the same studies as a shipped one takes precedence.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from node.imaging.volume import Volume
-from node.quant.orientation import LVLocation, fit_wall_profile
+from node.quant.orientation import LVLocation, fit_wall_profile, lv_to_index, map_points
 from node.quant.polar_map import (
     MidWallSurface,
     _surface_at,
@@ -77,14 +77,15 @@ class FunctionResult:
 def _internal_rows(location: LVLocation, grid: PolarGrid, margin_mm: float = 14.0) -> np.ndarray:
     t = location.cavity_apex_mm
     cap = 0.5 * t + (np.arange(4) + 0.5) / 4 * 0.5 * t
-    body = np.arange(t, location.length_mm + margin_mm, 2.0)
+    body = np.arange(t, location.length_mm + margin_mm, 3.0)
     return np.concatenate([cap, body])
 
 
 def _profiles(vox: np.ndarray, volume: Volume, location: LVLocation, surface: MidWallSurface, offsets: np.ndarray) -> np.ndarray:
     """Counts along normals: ``[gate, rows, psi, offsets]``."""
     pts = surface.points_lv()[:, :, None, :] + offsets[None, None, :, None] * surface.normals_lv()[:, :, None, :]
-    idx = volume.patient_to_index(location.frame.to_patient(pts)).reshape(-1, 3).T
+    a, b = lv_to_index(location.frame, volume)
+    idx = map_points(a, b, pts).reshape(3, -1)
     return np.stack(
         [ndimage.map_coordinates(g, idx, order=1, mode="constant", cval=0.0, prefilter=False) for g in vox]
     ).reshape(vox.shape[0], *pts.shape[:-1])
@@ -99,14 +100,21 @@ def _peaks(prof: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return offsets[0] + (k + frac) * (offsets[1] - offsets[0]), y1 - 0.25 * (y0 - y2) * frac
 
 
-def _aligned_mean_profile(prof: np.ndarray, pos: np.ndarray, offsets: np.ndarray, use: np.ndarray, half: int) -> np.ndarray:
-    """Mean of profiles ``[cells, K]`` shifted so that their peaks sit at offset 0 (integer steps)."""
+def _aligned_mean_profile(
+    prof: np.ndarray, pos: np.ndarray, offsets: np.ndarray, use: np.ndarray, half: int, curvature: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of profiles ``[cells, K]`` shifted so that their peaks sit at offset 0 (integer steps).
+
+    Each profile is first flattened for wall curvature: a blurred shell with
+    mean curvature ``H`` reads about ``slab(x) / (1 + x H)`` at offset ``x``
+    along the outward normal (exact for spheres and cylinders to first order).
+    """
     step = offsets[1] - offsets[0]
     shift = np.rint((pos - offsets[0]) / step).astype(int)
     rel = np.arange(-half, half + 1)
     cols = np.clip(shift[:, None] + rel[None, :], 0, prof.shape[-1] - 1)
     rows = np.arange(prof.shape[0])[:, None]
-    aligned = prof[rows, cols]
+    aligned = prof[rows, cols] * (1.0 + (rel * step)[None, :] * curvature[:, None])
     return aligned[use].mean(axis=0), rel * step
 
 
@@ -123,11 +131,12 @@ def _cavity_volumes(z_endo: np.ndarray, r_endo: np.ndarray, z_base: np.ndarray) 
         for j in range(n_psi):
             z = np.maximum.accumulate(z_endo[g, :, j])
             r = np.maximum(r_endo[g, :, j], 0.0)
-            zf = np.arange(z[0], z_base[g], 0.5)
-            if zf.size < 2:
+            zf = np.append(np.arange(z[0], z_base[g], 0.5), z_base[g])
+            if zf.size < 3:
                 continue
-            rf = np.interp(zf, z + np.arange(z.size) * 1e-9, r)
-            total += 0.5 * dpsi * float(np.trapezoid(rf**2, zf))
+            # interpolate r^2, which is close to linear in z near the apex (r itself is not)
+            rf2 = np.interp(zf, z + np.arange(z.size) * 1e-9, r**2)
+            total += 0.5 * dpsi * float(np.trapezoid(rf2, zf))
         out[g] = total / 1000.0
     return out
 
@@ -180,6 +189,8 @@ def measure_function(
     # light smoothing across neighbouring cells against noise (positions only, not the profiles' shape)
     prof_s = ndimage.gaussian_filter(prof, sigma=(0, 0.7, 1.0, 0), mode=("nearest", "nearest", "wrap", "nearest"))
     pos, peak = _peaks(prof_s, offsets)  # [g, rows, psi]
+    # smooth the wall positions over neighbouring cells so that profiles are not aligned on noise
+    pos = ndimage.gaussian_filter(pos, sigma=(0, 1.0, 1.5), mode=("nearest", "nearest", "wrap"))
     # a blurred curved wall peaks sigma^2 * H inside its mid-wall (H mean curvature): correct it
     pos = pos + sigma**2 * surface.mean_curvature[None]
 
@@ -194,9 +205,14 @@ def measure_function(
     k_half = int(round((fwhm + location.wall_thickness_mm) / PROFILE_STEP_MM))
     for g in range(n_gates):
         cells = prof_s[g].reshape(n_rows * n_psi, -1)
-        p = peak[g].reshape(-1)
-        use = np.repeat(body, n_psi) & (p > np.percentile(p[np.repeat(body, n_psi)], 40))
-        mean_prof, rel = _aligned_mean_profile(cells, pos[g].reshape(-1), offsets, use, k_half)
+        # well-perfused cells chosen on the summed image (selection on a gate's own noisy peaks would
+        # favour cells whose noise sits at the aligned centre and make the mean profile too sharp)
+        p = surface.peak_counts.reshape(-1)
+        body_cells = np.repeat(body, n_psi)
+        use = body_cells & (p > np.percentile(p[body_cells], 40))
+        mean_prof, rel = _aligned_mean_profile(
+            cells, pos[g].reshape(-1), offsets, use, k_half, surface.mean_curvature.reshape(-1)
+        )
         try:
             thickness[g], _, _, _ = fit_wall_profile(rel, mean_prof, sigma)
         except Exception:
@@ -207,7 +223,10 @@ def measure_function(
         dz, dr = np.gradient(zg, axis=0), np.gradient(rg, axis=0)
         inside = zg <= location.length_mm
         areas[g] = float(np.sum(np.hypot(dz, dr) * np.maximum(rg, 0.0) * (2 * np.pi / n_psi) * inside))
-    v_myo = float(np.mean(thickness * areas))
+    # The slab fit is best conditioned where the wall is thickest relative to the blur (systole):
+    # the myocardial volume is taken from the gates with above-median thickness.
+    thick_gates = thickness >= np.median(thickness)
+    v_myo = float(np.mean((thickness * areas)[thick_gates]))
     t_const = v_myo / areas  # [gate]
     # endocardium per gate
     inward = pos - t_const[:, None, None] / 2.0
@@ -226,6 +245,7 @@ def measure_function(
     cprof = _profiles(vox[[ed, es]], gated_volume, location, canon, offsets)
     cprof = ndimage.gaussian_filter(cprof, sigma=(0, 0.7, 1.0, 0), mode=("nearest", "nearest", "wrap", "nearest"))
     cpos, cpeak = _peaks(cprof, offsets)
+    cpos = ndimage.gaussian_filter(cpos, sigma=(0, 1.0, 1.5), mode=("nearest", "nearest", "wrap"))
     cpos = cpos + sigma**2 * canon.mean_curvature[None]
     motion = (cpos[0] - t_const[ed] / 2.0) - (cpos[1] - t_const[es] / 2.0)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -87,6 +87,10 @@ __all__ = [
     "phantom_normal_cohort",
     "phantom_normal_subject_spec",
     "phantom_polar_map",
+    "calibrate_absent_uptake",
+    "analytic_defect_cases",
+    "phantom_defect_cases",
+    "replace_limits",
     "main",
 ]
 
@@ -158,6 +162,14 @@ class NormalLimits:
     the smoothed maps is ``smooth_polar_map(mean)``. Scores detect abnormal cells on
     the smoothed patient map against it (less noise), and grade them on the
     unsmoothed map against ``mean``.
+
+    ``absent_uptake_deficit`` is the measured deficit ``(mu - s P)/mu`` of
+    myocardium with no tracer uptake at all, inside a defect: below 1 because blur
+    and background spill counts into a defect. It makes segment severity 4 mean
+    "absent uptake" (reference note 2.5). ``tpd_absent_uptake_deficit`` is the same
+    for the TPD area integral (blur also moves part of the deficit outside the
+    defect, where it is still counted, so it is closer to 1). Both are calibrated on
+    synthetic defect phantoms (:func:`calibrate_absent_uptake`).
     """
 
     tracer: str
@@ -171,6 +183,8 @@ class NormalLimits:
     source: str
     label: str = SYNTHETIC_LABEL
     grid: PolarGrid = field(default=DEFAULT_GRID)
+    absent_uptake_deficit: float = 1.0
+    tpd_absent_uptake_deficit: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("mean", "sd", "detection_sd"):
@@ -178,6 +192,9 @@ class NormalLimits:
                 raise ValueError(f"normal limits {name} must be {self.grid.shape}, got {getattr(self, name).shape}")
         if not (np.all(np.isfinite(self.mean)) and np.all(self.sd > 0) and np.all(self.detection_sd > 0)):
             raise ValueError("normal limits contain non-finite means or non-positive SDs")
+        for name in ("absent_uptake_deficit", "tpd_absent_uptake_deficit"):
+            if not 0.3 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0.3, 1], got {getattr(self, name)}")
 
     @property
     def key(self) -> str:
@@ -470,6 +487,8 @@ def _load_file(path: Path, entry: dict, grid: PolarGrid) -> NormalLimits:
         sd=sd,
         detection_sd=det_sd,
         detection_smoothing_cells=float(entry["detection_smoothing_cells"]),
+        absent_uptake_deficit=float(entry.get("absent_uptake_deficit", 1.0)),
+        tpd_absent_uptake_deficit=float(entry.get("tpd_absent_uptake_deficit", 1.0)),
         n_subjects=int(entry["n_subjects"]),
         version=str(entry["version"]),
         source=entry["source"],
@@ -512,6 +531,8 @@ def load_normal_limits(
         limits = NormalLimits(
             tracer_key, "O", mean, sd, det_sd, k, m.n_subjects + f.n_subjects, m.version,
             m.source + " (pooled M+F)", m.label, grid,
+            absent_uptake_deficit=0.5 * (m.absent_uptake_deficit + f.absent_uptake_deficit),
+            tpd_absent_uptake_deficit=0.5 * (m.tpd_absent_uptake_deficit + f.tpd_absent_uptake_deficit),
         )
         _CACHE[cache_key] = limits
         return limits
@@ -553,6 +574,8 @@ def write_normal_limits(
         "seed": seed,
         "grid": {"n_u": limits.grid.n_u, "n_psi": limits.grid.n_psi, "n_cap": limits.grid.n_cap},
         "detection_smoothing_cells": limits.detection_smoothing_cells,
+        "absent_uptake_deficit": round(float(limits.absent_uptake_deficit), 4),
+        "tpd_absent_uptake_deficit": round(float(limits.tpd_absent_uptake_deficit), 4),
         "units": "fraction of the normal population peak (mean max = 1.0)",
         "label": SYNTHETIC_LABEL,
         "command": command,
@@ -588,7 +611,8 @@ def phantom_normal_subject_spec(tracer: str, sex: str, rng: np.random.Generator)
     Shape: ED/ES semi-axes and wall each scaled by U(0.9, 1.1); counts U(0.5, 1.5) x the
     tracer default; FWHM U(10, 13) mm (Tc-99m) or U(12, 15) mm (Tl-201); pose jitter
     +-15 deg (synth default); attenuation-like artefact amplitude U(0.10, 0.20) inferior
-    (men) or U(0.05, 0.15) anterior (women); ungated (perfusion limits use summed images).
+    (men, centre jitter +-10 deg) or U(0.05, 0.15) anterior (women, +-20 deg); ungated
+    (perfusion limits use summed images).
     """
     from node.synth import phantom as synth  # lazy: only the offline builder needs the phantoms
 
@@ -615,19 +639,9 @@ def phantom_normal_subject_spec(tracer: str, sex: str, rng: np.random.Generator)
         n_gates=0,
         fwhm_mm=float(fwhm),
         counts_per_voxel=float(counts),
-        attenuation_artefact=_attenuation_argument(amplitude),
+        attenuation_artefact=float(amplitude),
+        attenuation_centre_jitter_deg=10.0 if sex_key == "M" else 20.0,
     )
-
-
-def _attenuation_argument(amplitude: float):
-    """Synth accepts a float amplitude when it supports random attenuation depth; else a bool."""
-    from node.synth import anatomy
-
-    try:
-        anatomy.attenuation_factor(np.array([180.0]), "M", amplitude)  # type: ignore[arg-type]
-    except TypeError:
-        return True
-    return float(amplitude)
 
 
 def phantom_polar_map(volume) -> tuple[np.ndarray, np.ndarray]:
@@ -656,9 +670,90 @@ def phantom_normal_cohort(
     return np.stack(maps), np.stack(weights)
 
 
-_BUILDERS: dict[str, tuple[CohortBuilder, str]] = {
-    "analytic": (analytic_normal_cohort, "synthetic-analytic-polar-model"),
-    "phantom": (phantom_normal_cohort, "synthetic-voxel-phantoms-sampled"),
+DefectCase = tuple[np.ndarray, np.ndarray, float, np.ndarray]  # counts, areas, true TPD %, true segment deficit [17]
+DefectCases = Callable[[str, str, int, np.random.Generator], list[DefectCase]]
+_CAL_TERRITORIES = ("LAD", "LCx", "RCA")
+
+
+def analytic_defect_cases(tracer: str, sex: str, n: int, rng: np.random.Generator) -> list[DefectCase]:
+    """``n`` analytic-model subjects with a whole-territory defect of severity U(0.3, 0.9).
+
+    Returns ``(counts [n_u, n_psi], areas, true TPD %, true segment deficit [17])``
+    per case; true TPD = area-weighted mean deficit x 100.
+    """
+    from dataclasses import replace
+
+    from node.quant.segments import TERRITORY_SEGMENTS
+
+    cases = []
+    seg = DEFAULT_GRID.segment_ids()
+    for i in range(n):
+        segments = TERRITORY_SEGMENTS[_CAL_TERRITORIES[i % 3]]
+        severity = float(rng.uniform(0.3, 0.9))
+        subject = replace(random_normal_subject(tracer, sex, rng), defects=tuple((s, severity) for s in segments))
+        values, w = subject.sample(rng)
+        deficit = np.where(np.isin(seg, segments), severity, 0.0)
+        seg_truth = np.array([severity if s in segments else 0.0 for s in range(1, 18)])
+        cases.append((values, w, float(100.0 * np.sum(w * deficit) / np.sum(w)), seg_truth))
+    return cases
+
+
+def phantom_defect_cases(tracer: str, sex: str, n: int, rng: np.random.Generator) -> list[DefectCase]:
+    """``n`` voxel phantoms (cohort spec) with a whole-territory defect of severity U(0.3, 0.9); true TPD from synth."""
+    from dataclasses import replace
+
+    from node.synth.phantom import make_acquisition, territory_defect
+
+    cases = []
+    for i in range(n):
+        spec = phantom_normal_subject_spec(tracer, sex, rng)
+        severity = float(rng.uniform(0.3, 0.9))
+        spec = replace(spec, defects=(territory_defect(_CAL_TERRITORIES[i % 3], severity),))
+        acquisition = make_acquisition(spec, "stress", rng)
+        values, w = phantom_polar_map(acquisition.summed)
+        truth = acquisition.truth
+        cases.append((values, w, float(truth.tpd_pct), np.asarray(truth.segment_deficit, dtype=float)))
+    return cases
+
+
+def calibrate_absent_uptake(limits: NormalLimits, cases: list[DefectCase]) -> tuple[float, float]:
+    """Measured deficit of absent uptake ``(segment, TPD)`` from defect cases with known truth.
+
+    Each case is scored without calibration (:func:`node.quant.scores.score_map`
+    defaults, ``d_absent = 1``). Segment: the median over defect segments (true
+    deficit >= 0.3) of measured / true deficit, the measured one being the
+    area-weighted median cell deficit of the segment. TPD: the median over cases
+    (true TPD >= 5 %) of measured / true TPD. Medians make both robust to the odd
+    failed localisation; both are clipped to [0.5, 1.0].
+    """
+    from node.quant.scores import ScoreParameters, _weighted_median, score_map
+
+    raw = replace_limits(limits, absent_uptake_deficit=1.0, tpd_absent_uptake_deficit=1.0)
+    seg = limits.grid.segment_ids()
+    seg_ratios, tpd_ratios = [], []
+    for values, w, tpd_true, seg_true in cases:
+        result = score_map(values, w, raw, ScoreParameters())
+        if tpd_true >= 5.0:
+            tpd_ratios.append(result.tpd_pct / tpd_true)
+        for s in range(1, 18):
+            if seg_true[s - 1] >= 0.3:
+                m = seg == s
+                seg_ratios.append(_weighted_median(result.deficit_map[m], w[m]) / seg_true[s - 1])
+    if not seg_ratios or not tpd_ratios:
+        raise ValueError("calibration needs defect cases with segment deficits >= 0.3 and a true TPD >= 5 %")
+    return float(np.clip(np.median(seg_ratios), 0.5, 1.0)), float(np.clip(np.median(tpd_ratios), 0.5, 1.0))
+
+
+def replace_limits(limits: NormalLimits, **changes) -> NormalLimits:
+    """A copy of ``limits`` with some fields changed (dataclasses.replace)."""
+    from dataclasses import replace
+
+    return replace(limits, **changes)
+
+
+_BUILDERS: dict[str, tuple[CohortBuilder, DefectCases, str]] = {
+    "analytic": (analytic_normal_cohort, analytic_defect_cases, "synthetic-analytic-polar-model"),
+    "phantom": (phantom_normal_cohort, phantom_defect_cases, "synthetic-voxel-phantoms-sampled"),
 }
 
 
@@ -673,6 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--version", default="1")
     b.add_argument("--tracers", nargs="+", default=list(TRACERS))
     b.add_argument("--sexes", nargs="+", default=list(SEXES))
+    b.add_argument("--n-calibration", type=int, default=12, help="defect cases for the absent-uptake calibration")
     b.add_argument("--out", type=Path, default=DATA_DIR)
     sub.add_parser("show", help="list the installed normal-limit files")
     args = parser.parse_args(argv)
@@ -681,10 +777,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{e['file']}: {e['tracer']} {e['sex']} v{e['version']} {e['source']} n={e['n_subjects']}")
         print(SYNTHETIC_LABEL)
         return 0
-    builder, source = _BUILDERS[args.source]
+    builder, defect_cases, source = _BUILDERS[args.source]
     command = (
         f"python -m node.quant.normal_limits build --n {args.n} --source {args.source} --seed {args.seed} "
-        f"--version {args.version}"
+        f"--version {args.version} --n-calibration {args.n_calibration}"
     )
     for i, tracer in enumerate(args.tracers):
         for j, sex in enumerate(args.sexes):
@@ -693,9 +789,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             rng = np.random.default_rng(seed)
             maps, weights = builder(tracer_key, sex_key, args.n, rng)
             limits = build_normal_limits(maps, weights, tracer_key, sex_key, args.version, source)
+            if args.n_calibration > 0:
+                cases = defect_cases(tracer_key, sex_key, args.n_calibration, rng)
+                d_segment, d_tpd = calibrate_absent_uptake(limits, cases)
+                limits = replace_limits(limits, absent_uptake_deficit=d_segment, tpd_absent_uptake_deficit=d_tpd)
             entry = write_normal_limits(limits, args.out, seed, command)
             print(
                 f"{entry['file']}: mean {limits.mean.mean():.3f}, median SD {np.median(limits.sd):.3f}, "
+                f"absent-uptake deficit {limits.absent_uptake_deficit:.3f} (TPD {limits.tpd_absent_uptake_deficit:.3f}), "
                 f"n={limits.n_subjects} ({source})"
             )
     print(SYNTHETIC_LABEL)

@@ -117,6 +117,20 @@ class LVLocation:
 # --------------------------------------------------------------------------- helpers
 
 
+def lv_to_index(frame: LVFrame, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """Linear map ``(A, b)`` from LV coordinates (l, a, s) mm to fractional voxel index of ``volume``."""
+    inverse = np.linalg.inv(volume.affine)
+    a = inverse[:3, :3] @ frame.rotation.T
+    b = inverse[:3, :3] @ frame.apex_mm + inverse[:3, 3]
+    return a, b
+
+
+def map_points(a: np.ndarray, b: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``a @ p + b`` for points ``[..., 3]``, returned as coordinates ``[3, ...]`` (for map_coordinates)."""
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    return np.stack([a[k, 0] * x + a[k, 1] * y + a[k, 2] * z + b[k] for k in range(3)])
+
+
 def _ball(radius_vox: np.ndarray) -> np.ndarray:
     r = np.maximum(np.asarray(radius_vox, dtype=float), 0.5)
     n = np.ceil(r).astype(int)
@@ -152,8 +166,8 @@ def _fit_quadric(points: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, n
 
 def _sample(voxels: np.ndarray, volume: Volume, xyz: np.ndarray, order: int = 1) -> np.ndarray:
     """Trilinear samples of a 3D array with ``volume``'s geometry at patient points ``xyz[..., 3]``."""
-    idx = volume.patient_to_index(xyz)
-    flat = idx.reshape(-1, 3).T
+    inverse = np.linalg.inv(volume.affine)
+    flat = map_points(inverse[:3, :3], inverse[:3, 3], xyz).reshape(3, -1)
     out = ndimage.map_coordinates(voxels, flat, order=order, mode="constant", cval=0.0, prefilter=False)
     return out.reshape(xyz.shape[:-1])
 
@@ -277,6 +291,8 @@ def _evaluate_component(
 
 def _robust_max(values: np.ndarray, volume: Volume, hot_ml: float = 4.0) -> float:
     """The value exceeded by ``hot_ml`` millilitres of voxels (a maximum robust to single hot voxels)."""
+    if values.size == 0:
+        return 0.0
     n = max(1, int(round(hot_ml * 1000.0 / float(np.prod(volume.spacing_mm)))))
     n = min(n, values.size)
     return float(np.partition(values.ravel(), values.size - n)[values.size - n])
@@ -325,6 +341,9 @@ def _threshold_search(
     spacing = volume.spacing_mm
     allowed = ~excluded
     robust_max = _robust_max(smooth[allowed], volume)
+    if robust_max <= 0:
+        seen.append("nothing left above background")
+        return None
     solid_ball = _ball(13.0 / spacing)
     best: _Candidate | None = None
     structure = ndimage.generate_binary_structure(3, 1)
@@ -385,7 +404,8 @@ def _midwall_points(
     k = np.argmax(vals, axis=1)
     peak = vals[np.arange(len(dirs)), k]
     interior = (k > 0) & (k < len(steps) - 1)
-    ok = interior & (peak > 0.5 * wall_level) & (peak < 1.6 * np.median(peak))  # drop hot neighbours
+    # keep defect walls (>= 0.3 x the wall level) so that a defect does not tilt the fit; drop hot neighbours
+    ok = interior & (peak > 0.3 * wall_level) & (peak < 1.6 * np.median(peak))
     return pts[np.arange(len(dirs)), k][ok], peak[ok]
 
 
@@ -479,7 +499,7 @@ def locate_lv(
         mp, mv = _midwall_points(smooth, geometry, centre, semi, axes, wall_level)
         if len(mp) < 30:
             break
-        refit = _fit_quadric(mp, mv)
+        refit = _fit_quadric(mp, np.ones_like(mv))  # geometry only: perfusion must not weight the fit
         if refit is None:
             break
         centre, semi, axes = refit
@@ -514,23 +534,13 @@ def locate_lv(
     else:
         frac = 0.0
     z_peak = z_axis[k_tip] + frac
+    # The count peak of a blurred dome lies sigma^2 * H inside its mid-wall (H = c / a^2 at the tip of
+    # the fitted mid-wall ellipsoid); the mid-wall apex is moved out by that amount.
+    h_tip = float(np.clip(c_mid / max(a_mid, 1.0) ** 2, 0.0, 0.15))
+    tip = tip_guess + axis * (z_peak - sigma**2 * h_tip)
     # Apical wall thickness: a 12-15 mm FWHM blur hides it (a slab fit of the axial profile
     # overestimates it 1.5-2x because of the dome's curvature), so a typical value is assumed.
     thickness = float(wall_mm)
-    # Epicardial apex: where the outer flank of the axial profile falls to the level a blurred
-    # slab of that thickness has at its edge, erf(2y) / (2 erf(y)) of the peak (y = t / (2 sqrt2 sigma)).
-    y = thickness / (2.0 * np.sqrt(2.0) * sigma)
-    edge_fraction = float(special.erf(2 * y) / (2 * special.erf(y)))
-    background = float(np.min(axis_profile[: k_tip + 1]))
-    level = background + edge_fraction * (axis_profile[k_tip] - background)
-    outer = np.nonzero(axis_profile[: k_tip + 1] < level)[0]
-    if outer.size:
-        k = int(outer[-1])
-        z_edge = z_axis[k] + (level - axis_profile[k]) / (axis_profile[k + 1] - axis_profile[k] + 1e-12)
-        tip = tip_guess + axis * (z_edge + thickness / 2.0)
-    else:
-        tip = tip_guess + axis * z_peak
-        notes.append("epicardial apex edge not found; count peak used as mid-wall apex")
 
     # mid-ventricular mid-wall radius
     frame0 = LVFrame(tip, axis)
@@ -545,7 +555,7 @@ def locate_lv(
     mid_radius = float(np.median(r_peak))
 
     # base: mid-wall counts along z fall to 50 % of the mid-ventricular level
-    z_scan = np.arange(0.3 * c_mid, 1.6 * c_mid, 1.0)
+    z_scan = np.arange(0.3 * c_mid, 2.0 * c_mid + 30.0, 1.0)  # blurred small hearts fit near-spheres
     ring_r = np.interp(z_scan, z_rings, np.median(r_peak, axis=1))
     ring_r = np.where(z_scan > z_rings[-1], np.median(r_peak[-1]), ring_r)
     psi_fine = np.radians(np.arange(0.0, 360.0, 10.0))
@@ -629,14 +639,11 @@ def reorient_to_short_axis(volume: Volume, location: LVLocation, voxel_mm: float
     if voxel_mm <= 0:
         raise ValueError("voxel_mm must be positive")
     affine, shape = short_axis_frame(location, voxel_mm)
-    grid = np.indices(shape, dtype=float).reshape(3, -1).T
-    xyz = grid @ affine[:3, :3].T + affine[:3, 3]
-    src = volume.patient_to_index(xyz).T
+    to_source = np.linalg.inv(volume.affine) @ affine  # SA index -> source index
+    matrix, offset = to_source[:3, :3], to_source[:3, 3]
     vox = np.asarray(volume.voxels, dtype=float)
-    if vox.ndim == 3:
-        out = ndimage.map_coordinates(vox, src, order=1, mode="constant", cval=0.0).reshape(shape)
-    else:
-        out = np.stack(
-            [ndimage.map_coordinates(g, src, order=1, mode="constant", cval=0.0).reshape(shape) for g in vox]
-        )
-    return Volume(out, affine)
+    stack = vox[None] if vox.ndim == 3 else vox
+    out = np.stack(
+        [ndimage.affine_transform(g, matrix, offset, output_shape=shape, order=1, mode="constant", cval=0.0) for g in stack]
+    )
+    return Volume(out[0] if vox.ndim == 3 else out, affine)

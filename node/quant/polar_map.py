@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from node.imaging.volume import Volume
-from node.quant.orientation import LVLocation
+from node.quant.orientation import LVLocation, lv_to_index, map_points
 from node.quant.segments import DEFAULT_GRID, PolarGrid, bullseye
 
 __all__ = [
@@ -148,10 +148,12 @@ def relative_pct(values: np.ndarray) -> np.ndarray:
     return 100.0 * values / peak[(...,) + (None, None)]
 
 
-def _sample(voxels: np.ndarray, volume: Volume, xyz: np.ndarray) -> np.ndarray:
-    idx = volume.patient_to_index(xyz)
-    out = ndimage.map_coordinates(voxels, idx.reshape(-1, 3).T, order=1, mode="constant", cval=0.0, prefilter=False)
-    return out.reshape(xyz.shape[:-1])
+def _sample_lv(voxels: np.ndarray, volume: Volume, location: LVLocation, lv_points: np.ndarray) -> np.ndarray:
+    """Trilinear samples of a 3D array (geometry of ``volume``) at LV-frame points ``[..., 3]`` mm."""
+    a, b = lv_to_index(location.frame, volume)
+    coords = map_points(a, b, lv_points).reshape(3, -1)
+    out = ndimage.map_coordinates(voxels, coords, order=1, mode="constant", cval=0.0, prefilter=False)
+    return out.reshape(lv_points.shape[:-1])
 
 
 def _to_patient(location: LVLocation, lv: np.ndarray) -> np.ndarray:
@@ -212,8 +214,8 @@ def fit_midwall_surface(
 
     pts_s = ray_points(np.full(N_THETA, z_c), dir_z, dir_r, dist_s)
     pts_c = ray_points(z_cyl, np.zeros((z_cyl.size, n_psi)), np.ones((z_cyl.size, n_psi)), dist_c)
-    vals_s = _sample(vox, volume, _to_patient(location, pts_s))
-    vals_c = _sample(vox, volume, _to_patient(location, pts_c))
+    vals_s = _sample_lv(vox, volume, location, pts_s)
+    vals_c = _sample_lv(vox, volume, location, pts_c)
     d_s, p_s = _peak_along(vals_s, dist_s)
     d_c, p_c = _peak_along(vals_c, dist_c)
     # smooth the ray distances, weighted by squared peak counts (defects borrow from neighbours)
@@ -237,7 +239,7 @@ def _meridian_curvature(z: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Curvature of the meridian curves ``(z, r)`` along axis 0 (1/mm, positive when convex outward)."""
     z1, r1 = np.gradient(z, axis=0), np.gradient(r, axis=0)
     z2, r2 = np.gradient(z1, axis=0), np.gradient(r1, axis=0)
-    return (z2 * r1 - r2 * z1) / np.maximum((z1**2 + r1**2) ** 1.5, 1e-9) * -1.0
+    return (z2 * r1 - r2 * z1) / np.maximum((z1**2 + r1**2) ** 1.5, 1e-9)
 
 
 def _surface_at(z_rays: np.ndarray, r_rays: np.ndarray, peak: np.ndarray, psi_deg: np.ndarray, z_rows: np.ndarray) -> MidWallSurface:
@@ -293,8 +295,8 @@ def sample_along_normals(
     """
     offsets = np.linspace(-half_width_mm, half_width_mm, n_steps)
     pts = surface.points_lv()[:, :, None, :] + offsets[None, None, :, None] * surface.normals_lv()[:, :, None, :]
-    xyz = _to_patient(location, pts)
-    idx = volume.patient_to_index(xyz).reshape(-1, 3).T
+    a, b = lv_to_index(location.frame, volume)
+    idx = map_points(a, b, pts).reshape(3, -1)
     vox = np.asarray(voxels, dtype=float)
     stack = vox[None] if vox.ndim == 3 else vox
     vals = np.stack(
@@ -307,8 +309,9 @@ def sample_along_normals(
 
 
 def default_half_width(location: LVLocation) -> float:
-    """Search half-width along normals: wall/2 + FWHM/2 (mm)."""
-    return location.wall_thickness_mm / 2.0 + 0.5 * location.fwhm_mm
+    """Search half-width along normals: wall/2 + FWHM/4 (mm), enough around a fitted mid-wall surface
+    while keeping the opposite wall and neighbouring organs out of the search."""
+    return location.wall_thickness_mm / 2.0 + 0.25 * location.fwhm_mm
 
 
 def sample_polar_map(

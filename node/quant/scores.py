@@ -19,9 +19,13 @@ Method (reference note section 2.5; all parameters in :class:`ScoreParameters`):
    2 cells), ``(smooth(mu) - smooth(s P)) / detection_sd > abnormal_z`` (default
    2.5 SD below the normal mean; Slomka's published threshold of 3.0 mean absolute
    deviations is about 2.4 SD); ``detection="cell"`` uses the unsmoothed cell z.
-3. **Cell severity** (0..4): ``4 * deficit`` for abnormal cells, 0 otherwise (default
-   mapping of the reference note, so that phantom truth is exact: a 50 % deficit
-   is severity 2). With ``severity_method="percent_peak"`` (no normal database)
+3. **Cell severity** (0..4): ``4 * clip(deficit / d_absent, 0, 1)`` for abnormal
+   cells, 0 otherwise: the default mapping of the reference note (a 50 % deficit is
+   severity 2, so phantom truth is exact and auditable), with ``d_absent`` the
+   measured deficit of absent uptake (``NormalLimits.absent_uptake_deficit``,
+   calibrated on synthetic defect phantoms: blur and background spill counts into
+   defects, so absent uptake measures less than a 100 % deficit). TPD grades the
+   same cells with its own calibration, ``NormalLimits.tpd_absent_uptake_deficit``. With ``severity_method="percent_peak"`` (no normal database)
    the normalised uptake ``100 P / peak(P)`` is mapped through
    ``percent_peak_thresholds`` (>= 70 % -> 0, 60-69 -> 1, 50-59 -> 2, 40-49 -> 3,
    < 40 -> 4) both per cell and per segment mean.
@@ -101,6 +105,11 @@ class ScoreParameters:
         Refits of the normalisation scale (default 5).
     max_severity:
         Severity of absent uptake (default 4.0, the 0-4 scale).
+    calibrate_absent_uptake:
+        Grade cells as ``max_severity * clip(deficit / d_absent, 0, 1)`` with
+        ``d_absent = NormalLimits.absent_uptake_deficit`` (the measured deficit of
+        myocardium without uptake; default True). TPD uses
+        ``NormalLimits.tpd_absent_uptake_deficit`` the same way. False: both 1.
     percent_peak_thresholds:
         Lower bounds (% of peak) of scores 0, 1, 2, 3; below the last is 4.
         Default ``(70, 60, 50, 40)``.
@@ -125,6 +134,7 @@ class ScoreParameters:
     fit_z: float = 2.0
     fit_iterations: int = 5
     max_severity: float = 4.0
+    calibrate_absent_uptake: bool = True
     percent_peak_thresholds: tuple[float, float, float, float] = (70.0, 60.0, 50.0, 40.0)
     peak_percentile: float = 100.0
     segment_statistic: Literal["median", "mean"] = "median"
@@ -176,7 +186,8 @@ class PerfusionScores:
     detection_z_map: np.ndarray = field(repr=False)  # z used for abnormality (smoothed or cell); NaN for percent_peak
     deficit_map: np.ndarray = field(repr=False)  # 0..1
     abnormal_map: np.ndarray = field(repr=False)  # bool
-    severity_map: np.ndarray = field(repr=False)  # 0..4
+    severity_map: np.ndarray = field(repr=False)  # 0..4, graded for segment scores
+    tpd_severity_map: np.ndarray = field(repr=False)  # 0..4, graded for TPD
     weights: np.ndarray = field(repr=False)
     segment_uptake_pct: np.ndarray  # % of the map maximum
     segment_normalised_pct: np.ndarray  # % of the normal peak (normal_db) or of the map peak
@@ -401,7 +412,10 @@ def score_map(
         else:
             z_detect = z
         abnormal = _abnormal_cells(z_detect, params)
-        severity = np.where(abnormal, params.max_severity * deficit, 0.0)
+        d_absent = limits.absent_uptake_deficit if params.calibrate_absent_uptake else 1.0
+        d_absent_tpd = limits.tpd_absent_uptake_deficit if params.calibrate_absent_uptake else 1.0
+        severity = np.where(abnormal, params.max_severity * np.clip(deficit / d_absent, 0.0, 1.0), 0.0)
+        tpd_severity = np.where(abnormal, params.max_severity * np.clip(deficit / d_absent_tpd, 0.0, 1.0), 0.0)
         mean_sev, seg_scores = segment_scores_from_severity(
             severity, w, grid, params.max_severity, params.segment_statistic
         )
@@ -420,10 +434,11 @@ def score_map(
         seg_norm = 100.0 * grid.segment_means(normalised, w)
         seg_scores = _percent_peak_class(seg_norm, params.percent_peak_thresholds)
         mean_sev = grid.segment_means(severity, w)
+        tpd_severity = severity
         described = ""
 
     total_w = float(np.sum(w))
-    tpd = float(100.0 * np.sum(w * severity) / (params.max_severity * total_w))
+    tpd = float(100.0 * np.sum(w * tpd_severity) / (params.max_severity * total_w))
     extent = float(100.0 * np.sum(w[abnormal]) / total_w)
     return PerfusionScores(
         method=params.severity_method,
@@ -434,6 +449,7 @@ def score_map(
         deficit_map=deficit,
         abnormal_map=abnormal,
         severity_map=severity,
+        tpd_severity_map=tpd_severity,
         weights=w,
         segment_uptake_pct=segment_uptake,
         segment_normalised_pct=seg_norm,
@@ -443,7 +459,7 @@ def score_map(
         tpd_pct=tpd,
         extent_pct=extent,
         territory_scores=_territory_sums(seg_scores),
-        territory_tpd_pct=_territory_tpd(severity, w, grid, params.max_severity),
+        territory_tpd_pct=_territory_tpd(tpd_severity, w, grid, params.max_severity),
         limits=described,
     )
 
@@ -477,7 +493,7 @@ def score_study(
     if params.ischemic_method == "difference":
         ischemic = max(stress.tpd_pct - rest.tpd_pct, 0.0)
     else:
-        change = np.clip(stress.severity_map - rest.severity_map, 0.0, None)
+        change = np.clip(stress.tpd_severity_map - rest.tpd_severity_map, 0.0, None)
         w = stress.weights
         ischemic = float(100.0 * np.sum(w * change) / (params.max_severity * np.sum(w)))
     return StudyScores(

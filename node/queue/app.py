@@ -1,8 +1,9 @@
 """The Celery application: broker, result backend, queues and delivery guarantees.
 
 Queues: ``cpu`` (loading, quantification, building DICOM results), ``gpu``
-(deep-learning models) and ``io`` (network-bound work). Delivery is
-at-least-once and jobs are idempotent:
+(deep-learning models) and ``io`` (network-bound steps a pipeline may declare;
+the node sends its results itself, from its outbox, so that a send never
+depends on a worker). Delivery is at-least-once and jobs are idempotent:
 
 * ``task_acks_late``: a message is acknowledged only after its task finished,
   so a worker that dies mid-task leaves the message to be delivered again;
@@ -55,20 +56,19 @@ class QueueSettings:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "QueueSettings":
-        """Resolve the defaults: SQLite files under ``data_dir`` unless a URL is given."""
+        """Resolve the defaults of a :class:`node.config.Settings`: SQLite files under
+        ``data_dir`` unless URLs are given; Redis for results when the broker is Redis."""
         data_dir = Path(settings.data_dir).resolve()
-        broker = (getattr(settings, "broker_url", "") or "").strip()
-        if not broker:
-            broker = f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
-        backend = (getattr(settings, "result_backend", "") or "").strip()
+        broker = (settings.broker_url or "").strip() or f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
+        backend = (settings.result_backend or "").strip()
         if not backend:
             backend = broker if _is_redis(broker) else f"db+sqlite:///{data_dir / 'results.sqlite'}"
         return cls(
             data_dir=data_dir,
             broker_url=broker,
             result_backend=backend,
-            artifact_store=(getattr(settings, "artifact_store", "") or "").strip(),
-            visibility_timeout_s=float(getattr(settings, "visibility_timeout_s", 3600.0) or 3600.0),
+            artifact_store=(settings.artifact_store or "").strip(),
+            visibility_timeout_s=float(settings.visibility_timeout_s),
         )
 
     @property
@@ -115,6 +115,7 @@ def create_app(queue_settings: QueueSettings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,
+        worker_lost_wait=3.0,  # seconds to wait for the result of a pool process that died
         worker_redirect_stdouts=False,
         timezone="UTC",
     )

@@ -18,10 +18,12 @@ from __future__ import annotations
 import io
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 import pydicom
 
+from node.config import Settings
+from node.dicom.audit import AuditLog
 from node.dicom.ledger import Job, Ledger, LedgerError, OutputMeta, utcnow
 from node.dicom.logs import hash_identifier
 from node.dicom.spool import write_file_atomic
@@ -48,8 +50,8 @@ class Conductor:
         self,
         ledger: Ledger,
         queue: JobQueue,
-        settings: Any,
-        audit: Any | None = None,
+        settings: Settings,
+        audit: AuditLog | None = None,
         job_timeout_s: float = 3600.0,
     ) -> None:
         self.ledger = ledger
@@ -67,14 +69,17 @@ class Conductor:
         for job in reversed(self.ledger.jobs(("running",))):
             self._guard(job, lambda j: self._advance(j, now or utcnow()))
 
-    def _guard(self, job: Job, action: Any) -> None:
+    def _guard(self, job: Job, action: Callable[[Job], None]) -> None:
         try:
             action(job)
         except LedgerError as exc:  # moved by an operator meanwhile (discard, retry)
             _log.info("job %d changed while handled: %s", job.id, exc)
         except Exception as exc:  # one broken job must not stop the others
             _log.exception("job %d: unexpected error", job.id)
-            self._fail(job, f"node error while handling the job: {type(exc).__name__}: {exc}")
+            try:
+                self._fail(job, f"node error while handling the job: {type(exc).__name__}: {exc}")
+            except LedgerError as moved:
+                _log.info("job %d not marked failed: %s", job.id, moved)
 
     # ------------------------------------------------------------------ steps
     def _pipeline(self, job: Job) -> Pipeline:
@@ -84,7 +89,7 @@ class Conductor:
         return ReportContext(
             device_uid=self.settings.effective_device_uid(),
             device_name=self.settings.device_name,
-            institution=getattr(self.settings, "institution", "") or "",
+            institution=self.settings.institution,
             predecessors=self.ledger.predecessors(job.study_uid, job.pipeline, before_run=job.run),
         )
 
@@ -147,6 +152,7 @@ class Conductor:
     def _collect(self, job: Job, pipeline: Pipeline, attempt: int, result: dict[str, Any]) -> None:
         destinations = [d.name for d in self.settings.destinations]
         keys = list(result.get("outputs", []))
+        recorded: list[str] = []
         for key in keys:
             data = self.queue.fetch(key)
             header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
@@ -157,7 +163,9 @@ class Conductor:
             write_file_atomic(path, data, durable=True)
             meta = OutputMeta(sop_uid, study_uid, series_uid, str(header.SOPClassUID), str(path.resolve()), len(data))
             self.ledger.record_output(job.id, pipeline.name, meta)
-            if destinations:
+            recorded.append(sop_uid)
+        if destinations:  # after all outputs are recorded, so that one association sends them all
+            for sop_uid in recorded:
                 self.ledger.create_sends(sop_uid, destinations)
         self.ledger.transition_job(
             job.id, "reported", f"{len(keys)} result objects in the outbox", expected_from=("running",)

@@ -63,9 +63,10 @@ def worker_main(args: argparse.Namespace) -> int:
         print(f"cardionode worker: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_dir, f"worker-{'-'.join(queues)}")
-    failed = registry.load_modules(getattr(settings, "pipeline_modules", None) or [])
+    failed = registry.load_modules(settings.pipeline_modules)
     for module, error in failed.items():
         print(f"cardionode worker: pipeline module {module} not loaded: {error}", file=sys.stderr)
+    registry.all_pipelines()  # import the shipped pipelines now: the pool processes inherit them
     app = create_app(QueueSettings.from_settings(settings))
     app.worker_main(argv)
     return 0

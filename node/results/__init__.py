@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from pydicom import Dataset
 
 from node.pipelines.base import ReportContext
 from node.results.content import ReportContent
-from node.results.identity import ContentIdentity
+from node.results.identity import ContentIdentity, algorithms_of
 from node.results.render import render_bullseye, render_table_screen
 from node.results.sc import build_multiframe_screen, build_sc, contributing_algorithms
 from node.results.sr import ContentError, build_sr, to_enhanced_sr
 from node.results.pdf import build_encapsulated_pdf, global_rows, render_summary_pdf
+from node.results.preview import write_preview
 from node.results.templates import TemplateError, Templates, load_templates
 
 __all__ = [
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-def render_images(content: ReportContent) -> list[tuple[str, "object"]]:
+def render_images(content: ReportContent) -> list[tuple[str, np.ndarray]]:
     """Render every MapImage as a bull's-eye: ``[(key, RGB uint8 [rows, columns, 3]), ...]`` in content order.
 
     A heat map with ``overlay_on`` is drawn over its base map (greyscale).
@@ -87,25 +89,13 @@ def build_outputs(
         frames.append(render_table_screen("Global results", table))
         labels.append("GLOBAL RESULTS")
         screen = build_multiframe_screen(frames, labels, used, identity, templates, content.pipeline, content.pipeline_version)
-        contributing_algorithms(screen, _algorithms(content), templates, identity)
+        contributing_algorithms(screen, algorithms_of(content), templates, identity)
         outputs.append(screen)
     if context.pdf_summary:
         titled = [(image.title, rgb) for image, (_, rgb) in zip(content.images, renders)]
         pdf_bytes = render_summary_pdf(content, titled, templates, identity)
         pdf = build_encapsulated_pdf(pdf_bytes, content, used, identity, templates)
-        contributing_algorithms(pdf, _algorithms(content), templates, identity)
+        contributing_algorithms(pdf, algorithms_of(content), templates, identity)
         outputs.append(pdf)
     return outputs
 
-
-def _algorithms(content: ReportContent):
-    from node.results.identity import algorithms_of
-
-    return algorithms_of(content)
-
-
-def write_preview(datasets: Sequence[Dataset], content: ReportContent, out_dir):  # noqa: ANN001
-    """See :func:`node.results.preview.write_preview`."""
-    from node.results.preview import write_preview as _write
-
-    return _write(datasets, content, out_dir)

@@ -128,6 +128,10 @@ def _table(data: list[list], col_widths: list[float], font_size: float, fixed_ro
     return table
 
 
+#: layouts tried in order until the page fits: (table font size pt, max global rows or None, max image side pt)
+_LAYOUTS = ((6.5, None, 180.0), (5.5, None, 140.0), (5.0, None, 110.0), (5.0, 40, 100.0), (5.0, 24, 90.0))
+
+
 def render_summary_pdf(
     content: ReportContent,
     renders: Sequence[tuple[str, np.ndarray]],
@@ -135,7 +139,28 @@ def render_summary_pdf(
     identity: ContentIdentity,
     header_lines: Sequence[str] = (),
 ) -> bytes:
-    """The one-page A4 summary as PDF bytes. ``renders`` are ``(title, RGB uint8 image)`` bull's-eyes."""
+    """The one-page A4 summary as PDF bytes. ``renders`` are ``(title, RGB uint8 image)`` bull's-eyes.
+
+    Larger reports get smaller fonts and images, then a global table cut to
+    its first rows with a pointer to the SR, so the summary stays one page.
+    """
+    for font, max_rows, side in _LAYOUTS:
+        pdf_bytes, fits = _draw_page(content, renders, templates, identity, header_lines, font, max_rows, side)
+        if fits:
+            return pdf_bytes
+    raise ValueError("the summary does not fit on one page even in its most compact layout; shorten the content's notes")
+
+
+def _draw_page(
+    content: ReportContent,
+    renders: Sequence[tuple[str, np.ndarray]],
+    templates: Templates,
+    identity: ContentIdentity,
+    header_lines: Sequence[str],
+    font: float,
+    max_global_rows: int | None,
+    image_side: float,
+) -> tuple[bytes, bool]:
     width, height = A4
     buf = io.BytesIO()
     pdf = canvas.Canvas(buf, pagesize=A4, invariant=1, pageCompression=1)
@@ -164,7 +189,7 @@ def render_summary_pdf(
     shown = list(renders)[:8]
     if shown:
         per_row = min(4, len(shown))
-        side = min(180.0, (width - 2 * _MARGIN - (per_row - 1) * 6) / per_row)
+        side = min(image_side, (width - 2 * _MARGIN - (per_row - 1) * 6) / per_row)
         for i, (_title, rgb) in enumerate(shown):
             row, col = divmod(i, per_row)
             x = _MARGIN + col * (side + 6)
@@ -172,7 +197,6 @@ def render_summary_pdf(
             pdf.drawImage(_png(rgb), x, top - side, width=side, height=side)
         y -= ((len(shown) - 1) // per_row + 1) * (side + 4) + 4
 
-    font = 6.5
     left_width = 262.0
     header, rows = segment_table(content, templates)
     table_top = y
@@ -189,6 +213,9 @@ def render_summary_pdf(
     right_x = _MARGIN + (left_width + 8 if rows else 0)
     right_width = width - _MARGIN - right_x
     grows = global_rows(content, templates)
+    if max_global_rows is not None and len(grows) > max_global_rows:
+        hidden = len(grows) - (max_global_rows - 1)
+        grows = grows[: max_global_rows - 1] + [(f"... {hidden} more results in the Structured Report", "", "")]
     if grows:
         cell = ParagraphStyle("cell", fontName="Helvetica", fontSize=font, leading=font + 1.2)
         data = [["Global result", "Value", "Unit"]] + [[Paragraph(_esc(label), cell), v, u] for label, v, u in grows]
@@ -230,11 +257,9 @@ def render_summary_pdf(
     )
     _, fh = footer.wrapOn(pdf, width - 2 * _MARGIN, 40)
     footer.drawOn(pdf, _MARGIN, _MARGIN - 10)
-    if y < _MARGIN + fh:
-        raise ValueError("the summary does not fit on one page; shorten the content's notes or groups")
     pdf.showPage()
     pdf.save()
-    return buf.getvalue()
+    return buf.getvalue(), y >= _MARGIN + fh
 
 
 def _esc(text: str) -> str:

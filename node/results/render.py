@@ -170,14 +170,16 @@ def render_table_screen(
     """Render a table of ``(label, value, unit)`` rows as an RGB ``uint8`` ``[size, size, 3]`` screen."""
     fig = plt.figure(figsize=(size / _DPI, size / _DPI), dpi=_DPI, facecolor="white")
     fig.text(0.5, 0.955, title, ha="center", va="center", fontsize=12, fontweight="bold")
-    shown = list(rows)[:30]
-    line = 0.83 / max(len(shown), 1)
-    line = min(line, 0.045)
+    shown = list(rows)
+    if len(shown) > 34:
+        shown = shown[:33] + [(f"... {len(rows) - 33} more results in the Structured Report", "", "")]
+    line = min(0.78 / max(len(shown), 1), 0.045)
     for i, (label, value, unit) in enumerate(shown):
         y = 0.9 - (i + 1) * line
-        fig.text(0.04, y, label[:58], fontsize=7.5, va="center")
-        fig.text(0.80, y, value, fontsize=7.5, va="center", ha="right", fontweight="bold")
-        fig.text(0.82, y, unit, fontsize=7.5, va="center")
+        text = label if len(label) <= 66 else label[:65] + "\u2026"
+        fig.text(0.03, y, text, fontsize=6.5, va="center")
+        fig.text(0.87, y, value, fontsize=6.5, va="center", ha="right", fontweight="bold")
+        fig.text(0.88, y, unit, fontsize=6.5, va="center")
     fig.text(0.5, 0.045, notice, ha="center", va="center", fontsize=6, wrap=True)
     fig.text(0.5, 0.01, RESEARCH_LABEL, ha="center", va="bottom", fontsize=9, color="#b00000", fontweight="bold")
     return figure_to_rgb(fig)

@@ -30,7 +30,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import highdicom as hd
-from highdicom.sr import CodedConcept
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
@@ -39,7 +38,7 @@ import node
 from node.pipelines.base import ReportContext
 from node.results.content import Algorithm, MeasurementGroup, ReportContent
 from node.results.identity import ContentIdentity, algorithm_device_uid, algorithms_of
-from node.results.templates import Templates, TemplateError, load_templates
+from node.results.templates import Templates, load_templates
 
 __all__ = [
     "COMPREHENSIVE_3D_SR",
@@ -342,7 +341,3 @@ def to_enhanced_sr(sr: Dataset) -> Dataset:
     out.file_meta.MediaStorageSOPClassUID = UID(ENHANCED_SR)
     return out
 
-
-def template_error_types() -> tuple[type[Exception], ...]:
-    """Errors that mean the content cannot be encoded (for callers that classify failures)."""
-    return (TemplateError, ContentError)

@@ -60,11 +60,14 @@ class Quantity:
 
 
 def default_templates_dir() -> Path:
-    """``$CARDIONODE_TEMPLATES`` if set, else ``<repository>/dicom_templates``."""
+    """``$CARDIONODE_TEMPLATES`` if set, else ``<repository>/dicom_templates``, else ``./dicom_templates``."""
     env = os.environ.get("CARDIONODE_TEMPLATES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "dicom_templates"
+    beside_package = Path(__file__).resolve().parents[2] / "dicom_templates"
+    if beside_package.is_dir():
+        return beside_package
+    return Path.cwd() / "dicom_templates"
 
 
 def _code(raw: Any, where: str) -> Code:
@@ -86,7 +89,9 @@ class Templates:
                 with path.open("rb") as fh:
                     self._raw[name] = tomllib.load(fh)
             except FileNotFoundError as exc:
-                raise TemplateError(f"template file {path} is missing") from exc
+                raise TemplateError(
+                    f"template file {path} is missing (set CARDIONODE_TEMPLATES to the dicom_templates directory)"
+                ) from exc
             except tomllib.TOMLDecodeError as exc:
                 raise TemplateError(f"template file {path} is not valid TOML: {exc}") from exc
 

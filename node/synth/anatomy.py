@@ -28,6 +28,7 @@ __all__ = [
     "myocardial_segments",
     "defect_deficit",
     "attenuation_factor",
+    "default_attenuation",
     "HeartModel",
     "TorsoModel",
 ]
@@ -102,17 +103,23 @@ def defect_deficit(
     return deficit
 
 
-def attenuation_factor(psi: np.ndarray, sex: str, enabled: bool) -> np.ndarray:
-    """Attenuation-like regional reduction: men inferior (-15 % at 180 deg), women anterior (-10 % at 0 deg).
+def attenuation_factor(psi: np.ndarray, depth: float, centre_deg: float, half_width_deg: float = 70.0) -> np.ndarray:
+    """Attenuation-like regional reduction ``1 - depth x window(psi - centre)``.
 
-    Raised-cosine window of half-width 70 degrees in azimuth; 1.0 when disabled.
+    Raised-cosine window of half-width ``half_width_deg`` in azimuth. Phantoms use
+    an inferior centre (180 deg) in men and anterior (0 deg) in women; 1.0 when
+    ``depth`` is 0.
     """
-    if not enabled:
+    if depth == 0.0:
         return np.ones(np.shape(psi))
-    centre, depth = (180.0, 0.15) if sex == "M" else (0.0, 0.10)
-    diff = np.mod(np.asarray(psi) - centre + 180.0, 360.0) - 180.0
-    window = np.where(np.abs(diff) < 70.0, 0.5 * (1.0 + np.cos(np.pi * diff / 70.0)), 0.0)
+    diff = np.mod(np.asarray(psi) - centre_deg + 180.0, 360.0) - 180.0
+    window = np.where(np.abs(diff) < half_width_deg, 0.5 * (1.0 + np.cos(np.pi * diff / half_width_deg)), 0.0)
     return 1.0 - depth * window
+
+
+def default_attenuation(sex: str) -> tuple[float, float]:
+    """Default ``(depth, centre_deg)`` of the artefact: men inferior -15 %, women anterior -10 %."""
+    return (0.15, 180.0) if sex == "M" else (0.10, 0.0)
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,8 @@ class HeartModel:
     uptake: TissueUptake
     defects: tuple[Defect, ...]
     sex: str
-    attenuation_artefact: bool
+    attenuation_depth: float  # fractional reduction at the centre (0 = no artefact)
+    attenuation_centre_deg: float  # azimuth of the artefact centre
     rv_centre: tuple[float, float, float]  # LV coords (l, a, s) mm
     rv_semi_axes: tuple[float, float, float]  # outer, along (l, a, s), mm
     rv_wall_mm: float
@@ -136,7 +144,7 @@ class HeartModel:
         seg = myocardial_segments(z, psi, geom)
         depth = depth_fraction(z, r, a, A, geom)
         deficit = defect_deficit(seg, depth, self.defects)
-        return (1.0 - deficit) * attenuation_factor(psi, self.sex, self.attenuation_artefact)
+        return (1.0 - deficit) * attenuation_factor(psi, self.attenuation_depth, self.attenuation_centre_deg)
 
     def rv_quadrics(self, lv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Outer and inner RV ellipsoid quadric values (<= 1 inside) of points (static over the cycle)."""
@@ -153,36 +161,48 @@ class HeartModel:
         geom: LVGeometry,
         weights=None,
         rv_quadrics: tuple[np.ndarray, np.ndarray] | None = None,
+        base_ramp_mm: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Activity at points with LV coords ``lv[..., (l, a, s)]`` (``r``, ``psi`` precomputed).
+        """Heart activity at points with LV coords ``lv[..., (l, a, s)]`` (``r``, ``psi`` precomputed).
 
         ``weights`` (:func:`node.synth.geometry.psi_weights` of ``psi``) and
-        ``rv_quadrics`` (:meth:`rv_quadrics`) may be passed to reuse them across snapshots.
-        Returns ``(activity, is_heart, is_myocardium)``; ``activity`` is 0 where
-        ``is_heart`` is False (the torso model fills those points).
+        ``rv_quadrics`` (:meth:`rv_quadrics`) may be passed to reuse them across
+        snapshots. ``base_ramp_mm`` > 0 treats each point as a sample of that
+        thickness across the base plane (linear partial-volume weight), which
+        removes the staircase error when the sampling lattice is aligned with
+        the long axis.
+
+        Returns ``(activity, heart_weight, myocardium_weight)``: the heart's
+        activity already multiplied by its weight (0..1) at each point; the
+        caller adds ``(1 - heart_weight) x`` the torso activity.
         """
         if weights is None:
             weights = psi_weights(psi)
         z = lv[..., 0]
         zeta = z - geom.c_epi
-        below_base = zeta <= 0.0
+        if base_ramp_mm > 0:
+            base_weight = np.clip(0.5 - zeta / base_ramp_mm, 0.0, 1.0)
+        else:
+            base_weight = (zeta <= 0.0).astype(float)
         a, A = geom.radii_at(psi, weights)
-        in_epi = below_base & ((r / A) ** 2 + (zeta / geom.c_epi) ** 2 <= 1.0)
-        in_endo = below_base & ((r / a) ** 2 + (zeta / geom.c_endo) ** 2 <= 1.0)
+        in_epi = ((r / A) ** 2 + (zeta / geom.c_epi) ** 2 <= 1.0) & (base_weight > 0)
+        in_endo = ((r / a) ** 2 + (zeta / geom.c_endo) ** 2 <= 1.0) & in_epi
         myo = in_epi & ~in_endo
-        activity = np.zeros(z.shape)
-        activity[in_endo] = self.uptake.blood
+        lv_activity = np.zeros(z.shape)
+        lv_activity[in_endo] = self.uptake.blood
         idx = np.nonzero(myo)
         sub_weights = tuple(w[idx] for w in weights)
-        activity[idx] = self.myocardial_activity(z[idx], r[idx], psi[idx], geom, sub_weights)
+        lv_activity[idx] = self.myocardial_activity(z[idx], r[idx], psi[idx], geom, sub_weights)
+        lv_weight = np.where(in_epi, base_weight, 0.0)
         # right ventricle: ellipsoidal shell outside the LV, truncated at the base plane
         q_outer, q_inner = self.rv_quadrics(lv) if rv_quadrics is None else rv_quadrics
-        rv_ok = (~in_epi) & (z <= self.rv_base_z)
+        rv_ok = z <= self.rv_base_z
         rv_wall = rv_ok & (q_outer <= 1.0) & (q_inner > 1.0)
         rv_blood = rv_ok & (q_inner <= 1.0)
-        activity[rv_wall] = self.uptake.rv_wall
-        activity[rv_blood] = self.uptake.blood
-        return activity, in_epi | rv_wall | rv_blood, myo
+        rv_activity = np.where(rv_wall, self.uptake.rv_wall, np.where(rv_blood, self.uptake.blood, 0.0))
+        rv_weight = (1.0 - lv_weight) * (rv_wall | rv_blood)
+        activity = lv_weight * lv_activity + rv_weight * rv_activity
+        return activity, lv_weight + rv_weight, np.where(myo, base_weight, 0.0)
 
 
 @dataclass(frozen=True)
@@ -199,18 +219,21 @@ class TorsoModel:
 
     def evaluate(self, xyz: np.ndarray) -> np.ndarray:
         """Activity at patient points ``xyz[..., 3]``."""
-        x, y = xyz[..., 0], xyz[..., 1]
+        return self.evaluate_components(xyz[..., 0], xyz[..., 1], xyz[..., 2])
+
+    def evaluate_components(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Activity at patient points given as separate (broadcastable) x, y, z arrays in mm."""
+
+        def inside(centre, axes) -> np.ndarray:
+            return ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + ((z - centre[2]) / axes[2]) ** 2 <= 1.0
+
         bx, by = self.body_semi_axes_xy
         body = (x / bx) ** 2 + (y / by) ** 2 <= 1.0
         activity = np.where(body, self.uptake.body, 0.0)
         for centre, axes in self.lungs:
-            inside = np.sum(((xyz - np.asarray(centre)) / np.asarray(axes)) ** 2, axis=-1) <= 1.0
-            activity = np.where(inside & body, self.uptake.lung, activity)
-        centre, axes = self.liver
-        inside = np.sum(((xyz - np.asarray(centre)) / np.asarray(axes)) ** 2, axis=-1) <= 1.0
-        activity = np.where(inside & body, self.liver_activity, activity)
+            activity = np.where(inside(centre, axes) & body, self.uptake.lung, activity)
+        activity = np.where(inside(*self.liver) & body, self.liver_activity, activity)
         if self.bowel is not None:
             centre, radius = self.bowel
-            inside = np.sum((xyz - np.asarray(centre)) ** 2, axis=-1) <= radius * radius
-            activity = np.where(inside & body, self.bowel_activity, activity)
-        return activity
+            activity = np.where(inside(centre, (radius, radius, radius)) & body, self.bowel_activity, activity)
+        return np.broadcast_to(activity, np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z))).copy()

@@ -106,6 +106,8 @@ __all__ = [
     "make_crt_cohort",
     "normal_limits",
     "stress_tpd",
+    "quantitative_maps",
+    "node_normal_limits",
     "phase_statistics",
     "territory_masks",
     "smooth_polar",
@@ -517,23 +519,70 @@ class NormalLimits:
     mean: dict[tuple[str, int], np.ndarray]
     sd: dict[tuple[str, int], np.ndarray]
     version: str = COHORT_VERSION
+    node_limits: dict = field(default_factory=dict)  # (tracer, male) -> node.quant.normal_limits.NormalLimits
 
 
 def normal_limits(seed: int = 0, n_per_group: int = 120) -> NormalLimits:
-    """Normal limits from a synthetic normal database (split ``normal_db``, patients without CAD)."""
+    """Normal limits from a synthetic normal database (split ``normal_db``, patients without CAD).
+
+    Also builds the node's own limits (``node.quant.normal_limits.build_normal_limits``)
+    from the same maps, so :func:`stress_tpd` can score with the node's TPD.
+    """
     cohort = make_cad_cohort(4 * n_per_group, "normal_db", seed, normals_only=True)
-    mean, sd = {}, {}
+    mean, sd, node_limits = {}, {}, {}
+    try:
+        from node.quant.normal_limits import build_normal_limits
+    except ImportError:  # pragma: no cover - quant-b's module is part of the node
+        build_normal_limits = None
     for tr in TRACERS:
         for male in (0, 1):
             sel = (cohort.tracer == tr) & (cohort.features["sex_male"] == male)
             maps = cohort.maps["stress_perfusion"][sel]
             mean[(tr, male)] = maps.mean(axis=0)
             sd[(tr, male)] = np.maximum(maps.std(axis=0), 1.0)
-    return NormalLimits(mean, sd)
+            if build_normal_limits is not None:
+                node_limits[(tr, male)] = build_normal_limits(
+                    maps, None, tr, "M" if male else "F", COHORT_VERSION, f"synthetic cohort normal_db seed {seed}")
+    return NormalLimits(mean, sd, node_limits=node_limits)
+
+
+def node_normal_limits() -> NormalLimits:
+    """The node's shipped normal limits (``node.quant.normal_limits.load_normal_limits``) in this module's form.
+
+    Used when training on a site folder: those maps come from the node's own
+    pipeline, so they are scored against the node's own limits.
+    """
+    from node.quant.normal_limits import load_normal_limits
+
+    node_limits = {(tr, male): load_normal_limits(tr, "M" if male else "F") for tr in TRACERS for male in (0, 1)}
+    mean = {k: 100.0 * v.mean for k, v in node_limits.items()}
+    sd = {k: 100.0 * v.sd for k, v in node_limits.items()}
+    return NormalLimits(mean, sd, version="node", node_limits=node_limits)
+
+
+def quantitative_maps(maps: np.ndarray, tracer: Iterable[str], sex_male: Iterable[float], limits: NormalLimits
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(deficit [n, n_u, n_psi] 0..1, tpd severity / 4 [n, n_u, n_psi] 0..1, stress TPD [n] %)`` of perfusion maps.
+
+    Computed with the node's own scorer (``node.quant.scores.score_map``,
+    default parameters) against the ``(tracer, sex)`` limits of the normal
+    database; these are the "quantitative polar maps" (defect / severity)
+    that Betancur et al. fed to their network next to the raw maps.
+    """
+    from node.quant.scores import score_map
+
+    maps = np.asarray(maps, dtype=float)
+    deficit = np.zeros(maps.shape, np.float32)
+    severity = np.zeros(maps.shape, np.float32)
+    tpd = np.zeros(len(maps))
+    for i, (p, tr, male) in enumerate(zip(maps, tracer, sex_male)):
+        sc = score_map(np.clip(p, 0, None), None, limits.node_limits[(str(tr), int(male))])
+        deficit[i], severity[i], tpd[i] = sc.deficit_map, sc.tpd_severity_map / 4.0, sc.tpd_pct
+    return deficit, severity, tpd
 
 
 def stress_tpd(maps: np.ndarray, tracer: Iterable[str], sex_male: Iterable[float], limits: NormalLimits,
-               threshold_sd: float = 2.5) -> np.ndarray:
+               threshold_sd: float = 2.5, method: str = "node") -> np.ndarray:
     """Stress total perfusion deficit (% of LV) of maps ``[n, n_u, n_psi]``.
 
     Reference section 2.5 default: the patient map is scaled by ``s`` to the
@@ -541,9 +590,20 @@ def stress_tpd(maps: np.ndarray, tracer: Iterable[str], sex_male: Iterable[float
     when ``(mu - s P) / sd > threshold_sd``, and its severity is
     ``4 clip((mu - s P) / mu, 0, 1)``; TPD = 100 sum(sev) / (4 n_pixels)
     (equal pixel weights on the canonical grid).
+
+    ``method="node"`` (default when available) scores with the node's own
+    ``node.quant.scores.score_map`` (quant-b's TPD, default parameters) against
+    limits built from the same normal database; ``"reference"`` uses the
+    formula above.
     """
     maps = np.asarray(maps, dtype=float)
     out = np.zeros(len(maps))
+    if method == "node" and limits.node_limits:
+        from node.quant.scores import score_map
+
+        for i, (p, tr, male) in enumerate(zip(maps, tracer, sex_male)):
+            out[i] = score_map(np.clip(p, 0, None), None, limits.node_limits[(str(tr), int(male))]).tpd_pct
+        return out
     for i, (p, tr, male) in enumerate(zip(maps, tracer, sex_male)):
         mu, sd = limits.mean[(str(tr), int(male))], limits.sd[(str(tr), int(male))]
         keep = np.ones_like(p, dtype=bool)

@@ -36,7 +36,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -45,7 +45,7 @@ from node.imaging.radiopharmaceuticals import TRACERS
 from node.imaging.volume import Volume
 from node.quant.lv_frame import LVFrame
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS, PolarGrid
-from node.synth.anatomy import UPTAKE, Defect, HeartModel, TorsoModel
+from node.synth.anatomy import UPTAKE, Defect, HeartModel, TorsoModel, default_attenuation
 from node.synth.geometry import (
     DILATED,
     LATERAL_DELAY,
@@ -94,6 +94,7 @@ __all__ = [
     "make_acquisition",
     "make_study",
     "Truth",
+    "lv_centre_mm",
     "phase_statistics",
     "first_harmonic_phase",
     "DEFAULT_COUNTS_PER_VOXEL",
@@ -144,6 +145,10 @@ class PhantomSpec:
     relative count level. ``extracardiac``: None, ``"liver"`` (hot liver next
     to the inferior wall) or ``"bowel"`` (hot bowel loop below it).
     ``supersample`` None = 3 for voxels > 5 mm, else 2.
+    ``attenuation_artefact``: False, True (men: inferior -15 %, women: anterior
+    -10 %) or a float = the fractional reduction at the artefact centre; the
+    centre (180 deg men, 0 deg women) is jittered per patient uniformly by
+    +-``attenuation_centre_jitter_deg`` (drawn in :func:`draw_pose`).
     """
 
     shape: LVShape = NORMAL
@@ -159,7 +164,8 @@ class PhantomSpec:
     extracardiac: str | None = None
     phase_delays: tuple[PhaseDelay, ...] = ()
     phase_jitter_sd_deg: float = 0.0
-    attenuation_artefact: bool = False
+    attenuation_artefact: bool | float = False
+    attenuation_centre_jitter_deg: float = 0.0
     waveform: str = "physiological"
     es_fraction: float = 0.35
     pose_jitter_deg: float = 15.0
@@ -174,6 +180,15 @@ class PhantomSpec:
             raise ValueError(f"n_gates must be 0, 8 or 16, got {self.n_gates!r}")
         if self.extracardiac not in (None, "liver", "bowel"):
             raise ValueError(f"extracardiac must be None, 'liver' or 'bowel', got {self.extracardiac!r}")
+
+    @property
+    def attenuation_depth(self) -> float:
+        """Fractional reduction at the artefact centre (0.0 = none)."""
+        if self.attenuation_artefact is True:
+            return default_attenuation(self.sex)[0]
+        if self.attenuation_artefact is False or self.attenuation_artefact is None:
+            return 0.0
+        return float(self.attenuation_artefact)
 
     @property
     def target_counts_per_voxel(self) -> float:
@@ -202,6 +217,7 @@ class Pose:
 
     frame: LVFrame
     jitter_coefficients: np.ndarray  # [harmonic, (cos, sin)] in degrees of R-R
+    attenuation_offset_deg: float = 0.0  # shift of the attenuation artefact centre
 
 
 def draw_pose(spec: PhantomSpec, rng: np.random.Generator) -> Pose:
@@ -223,7 +239,10 @@ def draw_pose(spec: PhantomSpec, rng: np.random.Generator) -> Pose:
         raw = rng.normal(size=(3, 2)) / np.arange(1, 4)[:, None]
         # SD over azimuth of sum c cos + s sin is sqrt(sum (c^2 + s^2) / 2)
         coefficients = raw * spec.phase_jitter_sd_deg / np.sqrt(np.sum(raw**2) / 2.0)
-    return Pose(LVFrame(apex, long_axis), coefficients)
+    offset = 0.0
+    if spec.attenuation_centre_jitter_deg > 0:
+        offset = float(rng.uniform(-spec.attenuation_centre_jitter_deg, spec.attenuation_centre_jitter_deg))
+    return Pose(LVFrame(apex, long_axis), coefficients, offset)
 
 
 def lv_centre_mm(frame: LVFrame, shape: LVShape) -> np.ndarray:
@@ -284,14 +303,13 @@ class StudyPhantom:
     stress: Acquisition
     rest: Acquisition
     orientation: str = "transaxial"
-    extra: dict = field(default_factory=dict)
 
     @property
     def acquisitions(self) -> tuple[Acquisition, Acquisition]:
         return (self.stress, self.rest)
 
 
-def _heart_model(spec: PhantomSpec, defects: tuple[Defect, ...]) -> HeartModel:
+def _heart_model(spec: PhantomSpec, defects: tuple[Defect, ...], pose: Pose) -> HeartModel:
     shape = spec.shape
     a_epi = shape.ed_a_mm + shape.wall_mm
     c_epi = shape.ed_c_mm + shape.wall_mm
@@ -299,7 +317,8 @@ def _heart_model(spec: PhantomSpec, defects: tuple[Defect, ...]) -> HeartModel:
         uptake=UPTAKE[spec.tracer],
         defects=defects,
         sex=spec.sex,
-        attenuation_artefact=spec.attenuation_artefact,
+        attenuation_depth=spec.attenuation_depth,
+        attenuation_centre_deg=default_attenuation(spec.sex)[1] + pose.attenuation_offset_deg,
         rv_centre=(0.6 * c_epi, 0.0, 0.75 * a_epi),
         rv_semi_axes=(0.55 * c_epi, 1.25 * a_epi, a_epi + 6.0),
         rv_wall_mm=5.0,
@@ -407,7 +426,7 @@ def make_acquisition(
     else:
         affine = short_axis_affine(frame, lv_centre_mm(frame, spec.shape), n, v)
     defects = spec.defects_for(state)
-    heart = _heart_model(spec, defects)
+    heart = _heart_model(spec, defects, pose)
     torso = _torso_model(spec, frame)
     delays = delay_profile_deg(spec.phase_delays, pose.jitter_coefficients)
     times = _snapshot_times(spec)
@@ -419,32 +438,48 @@ def make_acquisition(
     off = _sub_offsets(s)
     axes = [(np.arange(b.start, b.stop)[:, None] + off[None, :]).ravel() for b in box]
     bshape = tuple(b.stop - b.start for b in box)
-    idx = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-    xyz = idx @ affine[:3, :3].T + affine[:3, 3]
-    lv_all = frame.to_lv(xyz)
-    background = torso.evaluate(xyz)
+    full = tuple(len(a) for a in axes)
+    # product grid: every coordinate is affine in (k, i, j), so build it by broadcasting 1D axes
+    grids = (axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :])
+
+    def _linear(offset: float, coefficients: np.ndarray) -> np.ndarray:
+        out = np.full(full, offset)
+        for grid_axis, coefficient in zip(grids, coefficients):
+            out += coefficient * grid_axis
+        return out
+
+    patient = [_linear(affine[d, 3], affine[d, :3]) for d in range(3)]
+    background = torso.evaluate_components(*patient)
+    del patient
+    rotation = frame.rotation @ affine[:3, :3]
+    origin = frame.rotation @ (affine[:3, 3] - frame.apex_mm)
+    lz, la, ls = (_linear(origin[e], rotation[e]) for e in range(3))
     # only points that can be heart in some snapshot are evaluated per snapshot
-    q_outer, q_inner = heart.rv_quadrics(lv_all)
-    r_all = np.hypot(lv_all[..., 1], lv_all[..., 2])
+    rv_c, rv_ax = np.asarray(heart.rv_centre), np.asarray(heart.rv_semi_axes)
+    q_outer = ((lz - rv_c[0]) / rv_ax[0]) ** 2 + ((la - rv_c[1]) / rv_ax[1]) ** 2 + ((ls - rv_c[2]) / rv_ax[2]) ** 2
+    r_all = np.hypot(la, ls)
     a_max = max(float(g.a_epi.max()) for g in geometries)
     c_max = max(g.c_epi for g in geometries)
-    candidate = ((lv_all[..., 0] >= -1.0) & (lv_all[..., 0] <= c_max + 1.0) & (r_all <= a_max + 1.0)) | (q_outer <= 1.0)
-    sel = np.nonzero(candidate)
-    lv, r = lv_all[sel], r_all[sel]
+    candidate = ((lz >= -1.0) & (lz <= c_max + 1.0) & (r_all <= a_max + 1.0)) | (q_outer <= 1.0)
+    sel = np.flatnonzero(candidate)
+    lv = np.stack([lz.ravel()[sel], la.ravel()[sel], ls.ravel()[sel]], axis=-1)
+    del lz, la, ls, q_outer
+    r = r_all.ravel()[sel]
     psi = np.mod(np.degrees(np.arctan2(lv[:, 2], lv[:, 1])), 360.0)
     weights = psi_weights(psi)
-    rvq = (q_outer[sel], q_inner[sel])
+    rvq = heart.rv_quadrics(lv)
     n_t = len(times)
     activity = np.broadcast_to(static, (n_t, n, n, n)).copy()
     myo_fraction = np.zeros((n, n, n))
-    values = background.copy()
-    myo_points = np.zeros(background.shape)
+    values = background.ravel().copy()
+    background_sel = values[sel]
+    myo_points = np.zeros(values.shape)
     voxelised_myo_ml = []
     for g, geom in enumerate(geometries):
-        act, is_heart, myo = heart.evaluate(lv, r, psi, geom, weights, rvq)
-        values[sel] = np.where(is_heart, act, background[sel])
+        act, heart_weight, myo = heart.evaluate(lv, r, psi, geom, weights, rvq, base_ramp_mm=v / s)
+        values[sel] = act + (1.0 - heart_weight) * background_sel
         myo_points[sel] = myo
-        voxelised_myo_ml.append(float(np.count_nonzero(myo)) * (v / s) ** 3 / 1000.0)
+        voxelised_myo_ml.append(float(myo.sum()) * (v / s) ** 3 / 1000.0)
         activity[(g, *box)] = values.reshape(bshape[0], s, bshape[1], s, bshape[2], s).mean(axis=(1, 3, 5))
         myo_fraction[box] += myo_points.reshape(bshape[0], s, bshape[1], s, bshape[2], s).mean(axis=(1, 3, 5)) / n_t
 
@@ -494,10 +529,11 @@ def _make_truth(
     seg = analytic_segment_truth(heart, ed_geom)
     mean_geom = LVGeometry.mean(geometries)
     polar_blurred = sample_max_along_normals(summed_expected, affine, frame, mean_geom, grid)
-    polar_unblurred = transmural_mean_activity(heart, mean_geom, grid)
+    polar_unblurred = transmural_mean_activity(heart, grid)
     _, _, _, cell_volume = midwall_samples(mean_geom, grid)
     seg_blurred = grid.segment_means(polar_blurred) / float(polar_blurred.max()) * 100.0
     scores = score_from_uptake(100.0 * (1.0 - seg.deficit))
+    severity_scores = np.floor(4.0 * seg.deficit + 0.5 + 1e-9).astype(int)
     defect_segments = tuple(sorted({s for d in heart.defects for s in d.segments}))
     gate_volumes = np.array([g.cavity_volume_ml for g in geometries])
     gate_maps = sample_phase = phase_stats = count_phase = count_stats = None
@@ -531,6 +567,8 @@ def _make_truth(
         segment_volume_ml=seg.volume_ml,
         segment_scores=scores,
         sss=int(scores.sum()),
+        segment_scores_severity=severity_scores,
+        sss_severity=int(severity_scores.sum()),
         tpd_pct=seg.tpd_pct,
         polar_map_unblurred=polar_unblurred,
         polar_map_blurred=polar_blurred,
@@ -552,6 +590,8 @@ def _make_truth(
         count_phase_stats=count_stats,
         extra={
             "fwhm_mm": spec.fwhm_mm,
+            "attenuation_depth": spec.attenuation_depth,
+            "attenuation_centre_deg": heart.attenuation_centre_deg,
             "counts_per_voxel": spec.target_counts_per_voxel,
             "n_gates": spec.n_gates,
             "waveform": spec.waveform,
@@ -573,7 +613,3 @@ def make_study(
     rest = make_acquisition(spec, "rest", rng, pose, orientation)
     return StudyPhantom(spec=spec, pose=pose, stress=stress, rest=rest, orientation=orientation)
 
-
-def with_counts(spec: PhantomSpec, counts_per_voxel: float) -> PhantomSpec:
-    """``spec`` with another count level."""
-    return replace(spec, counts_per_voxel=counts_per_voxel)

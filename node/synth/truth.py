@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from node.quant.lv_frame import LVFrame
 from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, TERRITORY_SEGMENTS, PolarGrid
-from node.synth.anatomy import HeartModel, Defect, defect_deficit, depth_fraction, myocardial_segments
+from node.synth.anatomy import Defect, HeartModel, attenuation_factor, defect_deficit, depth_fraction, myocardial_segments
 from node.synth.geometry import PSI_FINE_DEG, LVGeometry
 
 __all__ = [
@@ -171,13 +171,18 @@ def sample_max_along_normals(
     return values.max(axis=-1)
 
 
-def transmural_mean_activity(heart: HeartModel, geom: LVGeometry, grid: PolarGrid = DEFAULT_GRID) -> np.ndarray:
-    """Mean unblurred myocardial activity across the wall along each cell's normal, ``[n_u, n_psi]``."""
-    lv_points = _normal_profile_points(geom, grid, 0.0)[:, :, 1:-1, :]
-    z = lv_points[..., 0]
-    r = np.hypot(lv_points[..., 1], lv_points[..., 2])
-    psi = np.broadcast_to(grid.psi_centres_deg[None, :, None], z.shape)
-    return heart.myocardial_activity(z, r, psi, geom).mean(axis=-1)
+def transmural_mean_activity(heart: HeartModel, grid: PolarGrid = DEFAULT_GRID, n_depth: int = 16) -> np.ndarray:
+    """Unblurred myocardial activity of each cell, averaged through the wall, ``[n_u, n_psi]``.
+
+    Each cell takes its own AHA segment (``grid.segment_ids()``, true by
+    construction of the mid-wall mapping) and the attenuation-like factor at
+    its azimuth; defects apply over their transmural fraction.
+    """
+    segments = grid.segment_ids()
+    depth = (np.arange(n_depth) + 0.5) / n_depth
+    deficit = defect_deficit(segments[..., None] * np.ones(n_depth, dtype=int), np.broadcast_to(depth, segments.shape + (n_depth,)), heart.defects)
+    factor = attenuation_factor(grid.psi_centres_deg, heart.attenuation_depth, heart.attenuation_centre_deg)[None, :]
+    return (1.0 - deficit).mean(axis=-1) * factor
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,7 @@ class SegmentTruth:
 
 
 def analytic_segment_truth(
-    heart: HeartModel, geom: LVGeometry, n_z: int = 240, n_depth: int = 8
+    heart: HeartModel, geom: LVGeometry, n_z: int = 150, n_depth: int = 6
 ) -> SegmentTruth:
     """Integrate the myocardium of ``geom`` in (z, psi, depth) and summarise per AHA segment."""
     C, c = geom.c_epi, geom.c_endo
@@ -212,7 +217,7 @@ def analytic_segment_truth(
     seg = myocardial_segments(zb, psib, geom)
     depth = depth_fraction(zb, rb, aa, AA, geom)
     deficit = defect_deficit(seg, depth, heart.defects)
-    activity = heart.myocardial_activity(zb, rb, psib, geom)
+    activity = (1.0 - deficit) * attenuation_factor(psib, heart.attenuation_depth, heart.attenuation_centre_deg)
     weight = np.broadcast_to(weight, r.shape)
     ids = seg.ravel()
     vol = np.bincount(ids, weights=weight.ravel(), minlength=N_SEGMENTS + 1)[1:]
@@ -272,8 +277,10 @@ class Truth:
     segment_deficit: np.ndarray
     segment_uptake_pct: np.ndarray
     segment_volume_ml: np.ndarray
-    segment_scores: np.ndarray
+    segment_scores: np.ndarray  # %-of-normal classes (>=70:0, 60s:1, 50s:2, 40s:3, <40:4)
     sss: int
+    segment_scores_severity: np.ndarray  # round-half-up(4 x segment_deficit) (quant-b default mapping)
+    sss_severity: int
     tpd_pct: float
     polar_map_unblurred: np.ndarray
     polar_map_blurred: np.ndarray

@@ -198,6 +198,10 @@ def fresh_seed() -> int:
     return random.SystemRandom().randrange(2**31)
 
 
+# dcmtk leaves Nagle's algorithm on unless TCP_NODELAY=1 is in its environment (each C-STORE then waits for delayed ACKs)
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
 def echoscu(port: int, calling: str = CALLING_AE, called: str = "CARDIONODE", extra: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["echoscu", "-aet", calling, "-aec", called, *(extra or []), "127.0.0.1", str(port)],
@@ -233,6 +237,7 @@ def storescu(port: int, files: list[Path], calling: str = CALLING_AE, extra: lis
         ["storescu", "-v", "-R", *propose, "-aet", calling, "-aec", "CARDIONODE", *(extra or []), "127.0.0.1", str(port), *map(str, files)],
         capture_output=True,
         text=True,
+        env=DCMTK_ENV,
         timeout=120,
     )
 

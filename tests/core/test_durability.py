@@ -29,6 +29,7 @@ def test_sigkill_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None
     files = write_study(tmp_path / "study", 200, seed, rows=64, cols=64)
     config, port = node_config(tmp_path)
     node = NodeProcess(config, port)
+    # dcmtk's default environment (Nagle on): tens of ms per instance, so the kill surely lands mid-transfer
     sender = subprocess.Popen(
         ["storescu", "-v", "-R", "-aet", CALLING_AE, "-aec", "CARDIONODE", "127.0.0.1", str(port), *map(str, files)],
         stdout=subprocess.DEVNULL,

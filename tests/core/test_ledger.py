@@ -84,8 +84,11 @@ def test_jobs_outputs_sends_and_predecessors(ledger: Ledger) -> None:
     job = ledger.create_job("1.9", "spect_mpi")
     assert (job.state, job.run, job.attempts) == ("queued", 1, 0)
     job = ledger.transition_job(job.id, "running", "worker picked it up", task_id="t-1")
+    job = ledger.transition_job(job.id, "running", "next step", task_id="t-2")
+    assert job.attempts == 1 and job.task_id == "t-2"
+    ledger.transition_job(job.id, "queued", "worker lost")
     job = ledger.transition_job(job.id, "running", "redelivered")
-    assert job.attempts == 2 and job.task_id == "t-1"
+    assert job.attempts == 2
     ledger.transition_job(job.id, "reported", "3 outputs")
     sr = OutputMeta("2.25.1", "1.9", "2.25.10", SR34, "/outbox/sr.dcm", 1000)
     assert ledger.record_output(job.id, "spect_mpi", sr) is True

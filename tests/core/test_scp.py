@@ -259,3 +259,19 @@ def test_hostile_peers_do_not_disturb_a_concurrent_transfer(start_listener: Call
     assert len(acknowledged_files(run.stderr + run.stdout)) == 60
     assert node.ledger.instance_count() == 60
     assert echoscu(node.port).returncode == 0
+
+
+def test_start_records_spooled_instances_missing_from_the_ledger(start_listener: Callable[..., RunningListener], tmp_path: Path) -> None:
+    """After a power failure the ledger may lack its last commits; the fsync'ed spool has them."""
+    from node.dicom.spool import Spool
+
+    seed = fresh_seed()
+    files = write_study(tmp_path / "study", 4, seed)
+    spool = Spool(tmp_path / "var" / "spool")
+    for f in files:
+        ds = dcmread(f)
+        spool.store(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), f.read_bytes())
+    node = start_listener()
+    assert node.ledger.instance_count() == 4
+    summary = node.ledger.study_summary(str(dcmread(files[0]).StudyInstanceUID))
+    assert summary.series[0].instance_count == 4 and summary.series[0].modality == "NM"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pydicom
 import requests
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
@@ -98,6 +99,19 @@ def make_nm_study(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return str(study_uid), paths
+
+
+def add_nm_instance(template: Path, folder: Path, rng: np.random.Generator) -> Path:
+    """A new instance in the same series as ``template`` (new SOP Instance UID, new counts)."""
+    ds = pydicom.dcmread(template)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.InstanceNumber = int(ds.InstanceNumber) + 1000
+    frames, rows, cols = int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)
+    ds.PixelData = rng.poisson(50.0, size=(frames, rows, cols)).astype(np.uint16).tobytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"late-{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def storescu(port: int, called_ae: str, files: list[Path] | Path, calling_ae: str = "FLOWTEST",
@@ -202,6 +216,10 @@ class Orthanc:
                             "series_uid": tags.get("SeriesInstanceUID", "")})
         return out
 
+    def tags(self, instance_id: str) -> dict[str, Any]:
+        """The instance's tags in Orthanc's simplified JSON form."""
+        return requests.get(f"{self.url}/instances/{instance_id}/simplified-tags", timeout=10).json()
+
     def results(self, study_uid: str) -> list[dict[str, Any]]:
         """The node's result objects in Orthanc (modality SR or OT)."""
         return [i for i in self.study_instances(study_uid) if i["modality"] in ("SR", "OT")]
@@ -248,7 +266,8 @@ def node_settings(data_dir: Path, port: int, destinations: list[dict[str, Any]],
 
 def flow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARDIONODE_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(FLOW_TESTS), str(REPO)])
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([*inherited, str(FLOW_TESTS), str(REPO)])
     env.update(extra or {})
     return env
 

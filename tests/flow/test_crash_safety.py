@@ -17,10 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from helpers import (
+    PYTHON,
+    REPO,
     NodeProcess,
     Orthanc,
+    flow_env,
     free_port,
     make_nm_study,
     node_settings,
@@ -122,3 +126,57 @@ def test_worker_killed_mid_job_is_redelivered_and_completes_once(tmp_path: Path)
         (hold / "release").write_text("")
         node.stop()
         orthanc.stop()
+
+
+def test_remote_worker_killed_redis_broker_redelivers_to_another(tmp_path: Path) -> None:
+    """Scaled out (Redis broker, worker in its own process tree): the whole worker is killed
+    mid-job; after the visibility timeout a second worker gets the task and the job completes once."""
+    seed = random.SystemRandom().randrange(2**31)
+    url = "redis://127.0.0.1:6379/15"
+    redis.Redis.from_url(url).flushdb()
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    node_port = free_port()
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "node.toml", node_settings(
+        data, node_port, [], broker_url=url, workers=[], visibility_timeout_s=4.0))
+    node = NodeProcess(config, node_port, tmp_path / "node-stdout.log")
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def start_worker(name: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "node.cli", "--config", str(config), "worker", "--queues", "cpu,gpu,io"],
+            cwd=REPO, env=flow_env({"FLOWTEST_HOLD_DIR": str(hold)}),
+            stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
+        )
+        workers.append(process)
+        return process
+
+    try:
+        node.start()
+        first_worker = start_worker("worker-1")
+        study_uid, files = make_nm_study(tmp_path / "study", np.random.default_rng(seed), n_instances=2)
+        storescu(node_port, "CARDIONODE", files)
+        first = wait_for(lambda: sorted(hold.glob("started-*")), 60, "the analyse step to start")[0]
+        os.kill(int(first.name.split("-")[1]), signal.SIGKILL)  # the pool process ...
+        first_worker.kill()  # ... and the worker's main process: nobody will reject or ack the task
+        first_worker.wait()
+        (hold / "release").write_text("")
+        start_worker("worker-2")
+        wait_for(lambda: " reported " in node.cli("status").stdout, 90,
+                 f"the job to be redelivered and reported (seed {seed})")
+        outputs = sorted((data / "outbox").rglob("*.dcm"))
+        assert len(outputs) == 2, f"seed {seed}: {outputs}"
+        assert len(list(hold.glob("started-*"))) == 2
+        assert "cardionode.step" in (tmp_path / "worker-2.log").read_text()
+    finally:
+        (hold / "release").write_text("")
+        node.stop()
+        for process in workers:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
@@ -42,3 +44,14 @@ def test_dockerfiles_pin_torch_and_start_the_cli() -> None:
     assert cpu.index('"torch==2.13.0"') < cpu.index("pip install .")
     assert 'ENTRYPOINT ["cardionode"]' in cpu
     assert "torch==2.13.0" in (DOCKER / "Dockerfile.cuda").read_text()
+
+
+def test_node_config_of_the_compose_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.config import load_settings
+
+    for name in [n for n in os.environ if n.startswith("CARDIONODE_")]:
+        monkeypatch.delenv(name)
+    settings = load_settings(DOCKER / "cardionode.toml")
+    assert [(w.queues, w.concurrency) for w in settings.workers] == [("cpu,io", 2)]
+    assert settings.peers[0].ae_titles == ["ORTHANC"] and settings.destinations[0].port == 4242
+    assert not [p for p in settings.problems() if "data_dir" not in p]  # /var/lib/cardionode exists only in the image

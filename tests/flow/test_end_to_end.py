@@ -30,6 +30,7 @@ from helpers import (
     REPO,
     NodeProcess,
     Orthanc,
+    add_nm_instance,
     flow_env,
     free_port,
     make_nm_study,
@@ -89,6 +90,20 @@ def test_pacs_to_pacs_with_sqlite_broker(tmp_path: Path) -> None:
         status = wait_for(lambda: (out := node.cli("status").stdout) and " sent " in out and out, 20,
                           "the job to be marked sent")
         assert "expected_series" in status and study_uid in status
+
+        # a late instance: the study runs again and the new report supersedes the first
+        first_sr = next(r for r in results if r["modality"] == "SR")
+        late = add_nm_instance(next((tmp_path / "study").glob("*.dcm")), tmp_path / "late",
+                               np.random.default_rng(seed + 1))
+        storescu(orthanc.dicom_port, orthanc.ae_title, [late])
+        rerun = wait_for(lambda: len(orthanc.results(study_uid)) >= 4 and orthanc.results(study_uid),
+                         30 + SETTLE_S + 15, f"the re-run's results in Orthanc (seed {seed})", interval_s=0.3)
+        new_sr = [r for r in rerun if r["modality"] == "SR" and r["sop_instance_uid"] != first_sr["sop_instance_uid"]]
+        assert len(new_sr) == 1 and len(rerun) == 4, f"seed {seed}: {rerun}"
+        predecessors = orthanc.tags(str(new_sr[0]["id"]))["PredecessorDocumentsSequence"]
+        referenced = predecessors[0]["ReferencedSeriesSequence"][0]["ReferencedSOPSequence"][0]
+        assert referenced["ReferencedSOPInstanceUID"] == first_sr["sop_instance_uid"]
+        assert node.stop() == 0  # SIGTERM: a clean stop
     finally:
         node.stop()
         orthanc.stop()

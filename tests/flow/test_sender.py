@@ -1,8 +1,10 @@
-"""The C-STORE SCU against real pynetdicom SCPs that accept, refuse or fail in chosen ways."""
+"""The C-STORE SCU against real pynetdicom SCPs that accept, refuse or fail in chosen ways, with and without TLS."""
 
 from __future__ import annotations
 
 import random
+import ssl
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,9 @@ from pynetdicom.sop_class import EnhancedSRStorage, NuclearMedicineImageStorage
 
 import flowtest_pipeline
 from helpers import free_port, make_nm_study
+from node.config import TLSSettings
 from node.dicom.sender import COMPREHENSIVE_3D_SR, ENHANCED_SR, Target, send_files
+from node.dicom.tls import client_context
 from node.pipelines.base import ReportContext
 
 
@@ -32,7 +36,7 @@ def outputs(tmp_path: Path) -> list[Path]:
     return files
 
 
-def _scp(contexts: list[str], status: int = 0x0000, reject: tuple[int, int, int] | None = None):  # type: ignore[no-untyped-def]
+def _scp(contexts: list[str], status: int = 0x0000, reject: bool = False):  # type: ignore[no-untyped-def]
     received: list[pydicom.Dataset] = []
 
     def on_store(event):  # type: ignore[no-untyped-def]
@@ -45,8 +49,8 @@ def _scp(contexts: list[str], status: int = 0x0000, reject: tuple[int, int, int]
     for uid in contexts:
         ae.add_supported_context(uid)
     port = free_port()
-    if reject is not None:
-        ae.require_calling_aet = ["NOBODY"]  # rejects every association: (1 permanent, 1, 3 calling AE)
+    if reject:
+        ae.require_calling_aet = ["NOBODY"]  # rejects every association: permanent, calling AE not recognised
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     return server, port, received
 
@@ -76,7 +80,7 @@ def test_a900_is_permanent_and_a700_transient(outputs: list[Path]) -> None:
 
 
 def test_association_rejected_permanently_and_nobody_listening(outputs: list[Path]) -> None:
-    server, port, _ = _scp([NuclearMedicineImageStorage], reject=(1, 1, 3))
+    server, port, _ = _scp([NuclearMedicineImageStorage], reject=True)
     try:
         outcomes = send_files(Target("t", "TESTSCP", "127.0.0.1", port), outputs, calling_ae="CARDIONODE")
     finally:
@@ -103,3 +107,33 @@ def test_only_the_sent_sop_classes_are_proposed(outputs: list[Path]) -> None:
     finally:
         server.shutdown()
     assert set(proposed) == {"1.2.840.10008.5.1.4.1.1.7", COMPREHENSIVE_3D_SR, ENHANCED_SR}
+
+
+def test_sends_over_tls_with_a_verified_destination(outputs: list[Path], tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(cert), str(key))
+    received: list[str] = []
+
+    def on_store(event):  # type: ignore[no-untyped-def]
+        received.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="TLSSCP")
+    ae.add_supported_context("1.2.840.10008.5.1.4.1.1.7")
+    ae.add_supported_context(COMPREHENSIVE_3D_SR)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=server_ctx,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        target = Target("tls", "TLSSCP", "127.0.0.1", port, client_context(TLSSettings(ca=cert)))
+        outcomes = send_files(target, outputs, calling_ae="CARDIONODE", timeout_s=10)
+        assert all(o.ok for o in outcomes), outcomes
+        assert sorted(received) == sorted(o.sop_instance_uid for o in outcomes)
+        plain = send_files(Target("tls", "TLSSCP", "127.0.0.1", port), outputs, calling_ae="CARDIONODE", timeout_s=3)
+        assert not any(o.ok for o in plain)  # plain TCP to a TLS port gets nowhere
+    finally:
+        server.shutdown()

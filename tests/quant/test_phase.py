@@ -6,6 +6,8 @@ wall) is in test_phase_phantom.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,7 @@ def test_pure_sinusoids_recovered_within_1_degree(n_gates: int, seed: int) -> No
     baseline = rng.uniform(20.0, 200.0, size=DEFAULT_GRID.shape)
     amplitude = baseline * rng.uniform(0.05, 0.5, size=DEFAULT_GRID.shape)
     maps = _gate_curves(phases, n_gates, baseline, amplitude)
-    result = analyse_phase(maps, None, PhaseParameters())
+    result = analyse_phase(maps, None, PhaseParameters(smoothing_cells=(0.0, 0.0)))
     error = np.abs(np.mod(result.phase_map - phases + 180.0, 360.0) - 180.0)
     assert error.max() < 1.0, f"seed {seed}: max phase error {error.max():.3g} deg"
     assert np.allclose(result.amplitude_map, amplitude, rtol=1e-9), f"seed {seed}"
@@ -104,12 +106,28 @@ def test_zero_weight_and_low_amplitude_samples_are_ignored(seed: int) -> None:
     phases[:5] = rng.uniform(0, 360, size=(5, DEFAULT_GRID.n_psi))
     amplitude[:5] = 0.01  # no contraction signal
     maps = _gate_curves(phases, 8, np.full(DEFAULT_GRID.shape, 100.0), amplitude)
-    stats = analyse_phase(maps, None, PhaseParameters(min_amplitude_fraction=0.2)).statistics
+    raw = PhaseParameters(smoothing_cells=(0.0, 0.0), amplitude_weighting=0.0)
+    stats = analyse_phase(maps, None, replace(raw, min_amplitude_fraction=0.2)).statistics
     assert stats.psd_deg < 1e-6, f"seed {seed}"
     weights = np.ones(DEFAULT_GRID.shape)
     weights[:5] = 0.0
-    stats = analyse_phase(maps, weights).statistics
+    stats = analyse_phase(maps, weights, raw).statistics
     assert stats.psd_deg < 1e-6 and stats.n_samples == (DEFAULT_GRID.n_u - 5) * DEFAULT_GRID.n_psi
+
+
+def test_amplitude_weighting_downweights_flat_samples(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    phases = np.full(DEFAULT_GRID.shape, 150.0)
+    amplitude = np.full(DEFAULT_GRID.shape, 30.0)
+    phases[:, :18] = 250.0  # a quarter of the samples: another phase, 10x smaller amplitude
+    amplitude[:, :18] = 3.0
+    maps = _gate_curves(phases, 16, np.full(DEFAULT_GRID.shape, 100.0), amplitude)
+    flat = PhaseParameters(smoothing_cells=(0.0, 0.0), amplitude_weighting=0.0)
+    area = analyse_phase(maps, None, flat).statistics
+    weighted = analyse_phase(maps, None, replace(flat, amplitude_weighting=1.0)).statistics
+    assert abs(area.mean_phase_deg - 175.0) < 1e-6  # 0.75 * 150 + 0.25 * 250
+    assert abs(weighted.mean_phase_deg - (0.75 * 30 * 150 + 0.25 * 3 * 250) / (0.75 * 30 + 0.25 * 3)) < 1e-6
+    assert weighted.psd_deg < area.psd_deg
 
 
 def test_boundary_validation_messages() -> None:

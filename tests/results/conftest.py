@@ -9,26 +9,27 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results_factory import make_content, make_nm  # noqa: E402
+from results_factory import make_content, phantom_study  # noqa: E402
 
 from node.pipelines.base import ReportContext  # noqa: E402
 from node.results import build_outputs  # noqa: E402
 from node.results.content import ReportContent  # noqa: E402
 
 DCIODVFY = Path(sys.executable).parent / "dciodvfy"
-STUDY_UID = "1.2.826.0.1.3680043.8.498.424242"
 DEVICE_UID = "1.2.826.0.1.3680043.8.498.4711"
 
 
 @dataclass
 class Run:
     seed: int
-    sources: list[Dataset]
+    sources: list[Dataset]  # summed stress and rest NM instances of a gated phantom study
+    gated: list[Dataset]  # the gated series of the same study (the "late series" of the revision tests)
     content: ReportContent
     context: ReportContext
     outputs: list[Dataset]
@@ -59,12 +60,16 @@ def write_outputs(outputs: list[Dataset], content: ReportContent, directory: Pat
 def run(tmp_path_factory) -> Run:
     seed = random.SystemRandom().randrange(2**31)
     print(f"results run seed: {seed}")
-    sources = [make_nm(STUDY_UID, "stress", seed, "101500"), make_nm(STUDY_UID, "rest", seed + 1, "081500")]
-    content = make_content(sources, seed=seed)
+    sources, gated, truth = phantom_study(seed)
+    maps = {}
+    for state in ("stress", "rest"):
+        blurred = np.asarray(truth[state]["polar_map_blurred"], dtype=float)
+        maps[state] = 100.0 * blurred / np.nanmax(blurred)
+    content = make_content(sources, seed=seed, stress_map=maps["stress"], rest_map=maps["rest"])
     ctx = context(multiframe_screen=True)
     outputs = build_outputs(content, sources, ctx)
     files = write_outputs(outputs, content, tmp_path_factory.mktemp("results"))
-    return Run(seed, sources, content, ctx, outputs, files)
+    return Run(seed, sources, gated, content, ctx, outputs, files)
 
 
 def require_tool(name: str) -> str:

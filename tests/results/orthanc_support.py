@@ -113,12 +113,12 @@ def store(port: int, files: list[Path]) -> list[int]:
         assoc.release()
 
 
-def findscu_images(port: int, keys: dict[str, str], returned: tuple[str, ...]) -> list[dict[str, str]]:
+def findscu_images(port: int, keys: dict[str, str], returned: tuple[str, ...], called_ae: str = AET) -> list[dict[str, str]]:
     """C-FIND (Study Root) at IMAGE level; returns one dict keyword -> value per response."""
     tool = shutil.which("findscu")
     if tool is None:
         pytest.fail("findscu missing: .ci/run installs dcmtk")
-    args = [tool, "-v", "-S", "-aet", "CARDIONODE", "-aec", AET, "-k", "QueryRetrieveLevel=IMAGE"]
+    args = [tool, "-v", "-S", "-aet", "CARDIONODE", "-aec", called_ae, "-k", "QueryRetrieveLevel=IMAGE"]
     for key, value in keys.items():
         args += ["-k", f"{key}={value}"]
     for key in returned:
@@ -134,6 +134,6 @@ def findscu_images(port: int, keys: dict[str, str], returned: tuple[str, ...]) -
         for keyword in returned:
             m = re.search(r"\(\w{4},\w{4}\) \w\w \[([^\]]*)\][^\n]*# *\d+, *\d+ " + keyword + r"\b", block)
             if m:
-                entry[keyword] = m.group(1).strip()
+                entry[keyword] = m.group(1).replace("\\0", "").rstrip("\x00 ")
         responses.append(entry)
     return responses

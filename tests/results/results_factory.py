@@ -1,20 +1,17 @@
 """Realistic inputs for the results tests: NM source instances and a SPECT ReportContent.
 
-The NM instances follow the NM Image IOD closely enough that dciodvfy accepts them
-(they are evidence for the SR, and the patient/study modules of every output are
-copied from them). The ReportContent is built from numbers the way the SPECT
-pipeline fills it: 17 segments x stress/rest/difference, global perfusion, function,
-phase and an AI prediction with a Grad-CAM heat map.
+The NM instances come from a gated digital phantom written by ``node.synth`` (they are
+evidence for the SR, and the patient/study modules of every output are copied from
+them). The ReportContent is built the way the SPECT pipeline fills it: 17 segments x
+stress/rest/difference, global perfusion, function, phase and an AI prediction with a
+Grad-CAM heat map; its polar maps are the phantom's noise-free truth maps.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 
-from node.dicom.uids import deterministic_uid
 from node.quant.segments import DEFAULT_GRID, N_SEGMENTS
 from node.results.content import (
     Algorithm,
@@ -25,70 +22,6 @@ from node.results.content import (
     ReportContent,
     SourceInstance,
 )
-
-NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
-
-
-def make_nm(study_uid: str, state: str, seed: int, acquisition_time: str = "101500") -> Dataset:
-    """A small short-axis NM instance (8 frames of 16 x 16) of one state, with plausible headers."""
-    rng = np.random.default_rng(seed)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = NM_IMAGE_STORAGE
-    series_uid = deterministic_uid("test-nm-series", study_uid, state)
-    sop_uid = deterministic_uid("test-nm-instance", study_uid, state)
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = NM_IMAGE_STORAGE
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.PatientName = "Phantom^Results"
-    ds.PatientID = "PHANTOM-RESULTS"
-    ds.PatientBirthDate = "19600101"
-    ds.PatientSex = "M"
-    ds.StudyDate = "20260115"
-    ds.StudyTime = "093000"
-    ds.SeriesDate = "20260115"
-    ds.SeriesTime = acquisition_time
-    ds.AcquisitionDate = "20260115"
-    ds.AcquisitionTime = acquisition_time
-    ds.ContentDate = "20260115"
-    ds.ContentTime = acquisition_time
-    ds.AccessionNumber = "ACC0001"
-    ds.StudyID = "1"
-    ds.ReferringPhysicianName = ""
-    ds.Modality = "NM"
-    ds.Manufacturer = "CardioNode phantom"
-    ds.SeriesNumber = 1 if state == "stress" else 2
-    ds.InstanceNumber = 1
-    ds.SeriesDescription = f"{state.upper()} SA"
-    ds.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]
-    ds.PatientOrientation = ""
-    ds.FrameOfReferenceUID = deterministic_uid("test-nm-for", study_uid)
-    ds.PositionReferenceIndicator = ""
-    frames = 8
-    ds.NumberOfFrames = frames
-    ds.FrameIncrementPointer = [0x00540080]  # SliceVector
-    ds.SliceVector = list(range(1, frames + 1))
-    ds.NumberOfSlices = frames
-    ds.Rows = 16
-    ds.Columns = 16
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelSpacing = [6.4, 6.4]
-    ds.SliceThickness = 6.4
-    ds.SpacingBetweenSlices = 6.4
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [0, 0, 0]
-    pixels = rng.poisson(50, size=(frames, 16, 16)).astype(np.uint16)
-    ds.PixelData = pixels.tobytes()
-    return ds
 
 
 def source_instance(ds: Dataset) -> SourceInstance:
@@ -119,12 +52,35 @@ def polar_map(seed: int, defect_segments: tuple[int, ...] = (7, 13)) -> np.ndarr
     return np.clip(values, 0, 100)
 
 
+def phantom_study(seed: int):
+    """A gated SPECT phantom (LAD reversible defect) and its NM datasets from node.synth.
+
+    Returns ``(summed [stress, rest], gated [stress, rest], truth dict)``; acquisition times differ
+    (rest first), as in a one-day protocol.
+    """
+    from datetime import datetime
+
+    from node.synth.phantom import PhantomSpec, make_study, territory_defect
+    from node.synth.study import build_study_datasets
+
+    rng = np.random.default_rng(seed)
+    spec = PhantomSpec(n_gates=8, defects=(territory_defect("LAD", 0.5, reversible=True),))
+    study = make_study(spec, rng)
+    datasets, truth = build_study_datasets(study, key=f"results-{seed}", when=datetime(2026, 1, 15, 8, 30))
+    by_desc = {str(ds.SeriesDescription): ds for ds in datasets}
+    summed = [by_desc["STRESS TRANS"], by_desc["REST TRANS"]]
+    gated = [by_desc["STRESS GATED TRANS"], by_desc["REST GATED TRANS"]]
+    return summed, gated, truth
+
+
 def make_content(
-    sources: list[Dataset], seed: int = 1, lvef: float = 58.3, with_prediction: bool = True
+    sources: list[Dataset], seed: int = 1, lvef: float = 58.3, with_prediction: bool = True,
+    stress_map: np.ndarray | None = None, rest_map: np.ndarray | None = None,
 ) -> ReportContent:
+    """A SPECT report content; polar maps in % of maximum (from a phantom's truth when given)."""
     study_uid = sources[0].StudyInstanceUID
-    stress = polar_map(seed)
-    rest = polar_map(seed + 1, defect_segments=(13,))
+    stress = polar_map(seed) if stress_map is None else np.asarray(stress_map, dtype=float)
+    rest = polar_map(seed + 1, defect_segments=(13,)) if rest_map is None else np.asarray(rest_map, dtype=float)
     stress_seg = DEFAULT_GRID.segment_means(stress)
     rest_seg = DEFAULT_GRID.segment_means(rest)
     groups: list[MeasurementGroup] = []

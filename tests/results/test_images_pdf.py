@@ -86,3 +86,13 @@ def test_preview_writes_dicom_png_pdf_and_html(run, tmp_path):
     html = (tmp_path / "out" / "report.html").read_text()
     assert re.search(r"Left ventricular Ejection fraction:</b>\s*<br>\s*<span[^>]*>58\.3 %", html)
     assert all(p.exists() and p.stat().st_size > 0 for p in written)
+
+
+def test_builtin_html_when_dsr2html_is_absent(run):
+    from node.results.preview import builtin_sr_html
+
+    html = builtin_sr_html(pydicom.dcmread(run.files["sr"]))
+    lvef = next(m.value for g in run.content.groups for m in g.measurements if m.quantity == "lvef")
+    assert f"<b>Left ventricular Ejection fraction</b>: {lvef:g} %" in html
+    assert "<b>Finding Site</b>: left ventricle mid anterior segment" in html
+    assert RESEARCH_USE_NOTICE in html

@@ -7,9 +7,9 @@ import io
 
 import pydicom
 import pytest
-from conftest import STUDY_UID, context, write_outputs
+from conftest import context, write_outputs
 from orthanc_support import OrthancServer, findscu_images, store
-from results_factory import make_content, make_nm
+from results_factory import make_content
 
 from node.results import build_outputs
 
@@ -41,39 +41,40 @@ def test_orthanc_accepts_every_object_and_finds_the_sr_at_image_level(run, ortha
     assert stored.SOPClassUID == SR_CLASS and stored.ContentSequence == sr.ContentSequence
 
 
-def _srs_in_study(orthanc) -> list[dict[str, str]]:
+def _srs_in_study(orthanc, study_uid: str) -> list[dict[str, str]]:
     return findscu_images(
         orthanc.dicom_port,
-        {"StudyInstanceUID": STUDY_UID, "SeriesInstanceUID": "", "SOPClassUID": SR_CLASS, "SOPInstanceUID": ""},
+        {"StudyInstanceUID": study_uid, "SeriesInstanceUID": "", "SOPClassUID": SR_CLASS, "SOPInstanceUID": ""},
         ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID"),
     )
 
 
 def test_late_series_gives_two_srs_and_an_unchanged_rerun_none_more(run, orthanc, tmp_path):
     """First run; identical re-run (one SR); a late series -> revised run referencing the first SR; its re-run."""
+    study_uid = run.content.study_instance_uid
     first = build_outputs(run.content, run.sources, context())
     for attempt in range(2):  # processing the same study twice without change
         files = list(write_outputs(first, run.content, tmp_path / f"first{attempt}").values())
         assert set(store(orthanc.dicom_port, files)) <= {0x0000, 0xB000, 0xB007}
         again = build_outputs(run.content, run.sources, context(predecessors=(
-            (STUDY_UID, first[0].SeriesInstanceUID, SR_CLASS, first[0].SOPInstanceUID),)))
+            (study_uid, first[0].SeriesInstanceUID, SR_CLASS, first[0].SOPInstanceUID),)))
         first = again  # the node may name the stored SR as predecessor of an unchanged re-run: same UIDs
-    assert [f["SOPInstanceUID"] for f in _srs_in_study(orthanc)] == [first[0].SOPInstanceUID]
+    assert [f["SOPInstanceUID"] for f in _srs_in_study(orthanc, study_uid)] == [first[0].SOPInstanceUID]
 
-    late = make_nm(STUDY_UID, "gated_stress", run.seed + 7, "103000")
-    sources = [*run.sources, late]
+    sources = [*run.sources, *run.gated]  # the gated series arrive late
     revised = make_content(sources, seed=run.seed, lvef=52.0)
-    predecessor = (STUDY_UID, first[0].SeriesInstanceUID, SR_CLASS, first[0].SOPInstanceUID)
+    predecessor = (study_uid, first[0].SeriesInstanceUID, SR_CLASS, first[0].SOPInstanceUID)
     second = build_outputs(revised, sources, context(predecessors=(predecessor,)))
     for attempt in range(2):
         files = list(write_outputs(second, revised, tmp_path / f"second{attempt}").values())
         assert set(store(orthanc.dicom_port, files)) <= {0x0000, 0xB000, 0xB007}
         second = build_outputs(revised, sources, context(predecessors=(predecessor,)))
 
-    srs = {f["SOPInstanceUID"] for f in _srs_in_study(orthanc)}
+    srs = {f["SOPInstanceUID"] for f in _srs_in_study(orthanc, study_uid)}
     assert srs == {first[0].SOPInstanceUID, second[0].SOPInstanceUID}, f"seed {run.seed}"
     stored = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc.find_instance_id(second[0].SOPInstanceUID))))
     pred = stored.PredecessorDocumentsSequence[0]
     ref = pred.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
-    assert (pred.StudyInstanceUID, ref.ReferencedSOPInstanceUID) == (STUDY_UID, first[0].SOPInstanceUID)
-    assert stored.ContentDate + stored.ContentTime >= first[0].ContentDate + first[0].ContentTime
+    assert (pred.StudyInstanceUID, ref.ReferencedSOPInstanceUID) == (study_uid, first[0].SOPInstanceUID)
+    assert str(stored.ContentDate) + str(stored.ContentTime) >= str(first[0].ContentDate) + str(first[0].ContentTime)
+    assert len(orthanc.instances()) == len(first) + len(second), "an identical re-run left duplicates in the PACS"

@@ -1,8 +1,7 @@
-"""`cardionode demo` sends a synthetic study to a real DICOM listener (dcmtk storescp)."""
+"""`cardionode demo` sends a synthetic study to a DICOM storage SCP in another process."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -34,17 +33,30 @@ def _wait_for_port(port: int, timeout_s: float = 20.0) -> None:
     raise RuntimeError(f"storescp did not listen on port {port}")
 
 
+# A storage SCP in its own process, bound to 127.0.0.1 (dcmtk 3.6.7's storescp cannot bind to one address).
+SCP_SCRIPT = """
+import sys
+from pathlib import Path
+from pynetdicom import AE, evt, StoragePresentationContexts
+out, port = Path(sys.argv[1]), int(sys.argv[2])
+def on_store(event):
+    ds = event.dataset
+    ds.file_meta = event.file_meta
+    ds.save_as(out / (ds.SOPInstanceUID + ".dcm"), enforce_file_format=True)
+    return 0x0000
+ae = AE(ae_title="DEMOPACS")
+ae.supported_contexts = StoragePresentationContexts
+ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+"""
+
+
 @pytest.mark.network
-@pytest.mark.skipif(shutil.which("storescp") is None, reason="dcmtk storescp not installed")
 def test_demo_sends_a_loadable_study_and_never_prints_the_identity(seed, tmp_path):
     received = tmp_path / "received"
     received.mkdir()
     port = _free_port()
-    scp = subprocess.Popen(
-        ["storescp", "-aet", "DEMOPACS", "-od", str(received), "--bind", "127.0.0.1", str(port)]
-        if _supports_bind() else ["storescp", "-aet", "DEMOPACS", "-od", str(received), str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    scp = subprocess.Popen([sys.executable, "-c", SCP_SCRIPT, str(received), str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port)
         run = subprocess.run(
@@ -68,11 +80,6 @@ def test_demo_sends_a_loadable_study_and_never_prints_the_identity(seed, tmp_pat
     assert {r.tracer for r in loaded} == {"tl201"} and {r.state for r in loaded} == {"stress", "rest"}
     assert (tmp_path / "saved" / "truth.json").exists()
     assert str(pydicom.dcmread(files[0]).PatientID) == patient.patient_id
-
-
-def _supports_bind() -> bool:
-    help_text = subprocess.run(["storescp", "--help"], capture_output=True, text=True).stdout
-    return "--bind" in help_text
 
 
 def test_demo_reports_a_refused_association(seed, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ CORPUS_FILES = sorted(CORPUS_NM.glob("*.dcm")) if CORPUS_NM.is_dir() else []
 
 @pytest.fixture(scope="module")
 def nm_datasets():
-    rng = np.random.default_rng()
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"random seed: {seed}")
+    rng = np.random.default_rng(seed)
     study = make_study(PhantomSpec(n_gates=8, matrix=24, voxel_mm=16.0), rng, orientation="short_axis")
     datasets, _ = build_study_datasets(study)
     return datasets

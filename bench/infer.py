@@ -1,0 +1,194 @@
+"""Inference benchmark of the SPECT models: throughput at batch sizes 1, 8, 32 and per-study latency.
+
+Usage::
+
+    .venv/bin/python bench/infer.py [--device cpu|cuda] [--studies 64] [--write-docs]
+
+Every figure is reported with the device named and as a ratio to a reference
+measured in the same process (DESIGN section 8): the reference is the
+networks' bare forward passes on the same batch (no input preparation, no
+Grad-CAM, no report objects), i.e. the floor of "running each model once".
+Per-study latency (all SPECT models incl. Grad-CAM, plus the segmentation
+U-Net on a 64^3 volume) is measured with one CPU thread. ``--write-docs``
+replaces the "Inference" section of docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from node.ai import bundles  # noqa: E402
+from node.ai.features import cad_inputs, crt_inputs, crt_tabular, tracer_inputs  # noqa: E402
+from node.ai.inference import StudyInputs, predict_studies  # noqa: E402
+from node.ai.segmentation import segment_myocardium  # noqa: E402
+from node.synth import cohort as cohorts  # noqa: E402
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"CUDA {torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {model} ({torch.get_num_threads()} torch threads)"
+
+
+def make_studies(n: int, seed: int = 7) -> list[StudyInputs]:
+    cad = cohorts.make_cad_cohort(n, "test", seed)
+    crt = cohorts.make_crt_cohort(n, "test", seed)
+    limits = cohorts.normal_limits(seed, n_per_group=40)
+    deficit, severity, _ = cohorts.quantitative_maps(cad.maps["stress_perfusion"], cad.tracer, cad.features["sex_male"], limits)
+    rest_deficit = cohorts.quantitative_maps(crt.maps["rest_perfusion"], cad.tracer, cad.features["sex_male"], limits)[0]
+    out = []
+    for i in range(n):
+        out.append(StudyInputs(
+            key=f"study{i}", tracer="tl201" if cad.tracer[i] == "tl201" else "tc99m_sestamibi",
+            age=float(cad.features["age"][i]), sex_male=float(cad.features["sex_male"][i]),
+            stress_perfusion=cad.maps["stress_perfusion"][i], rest_perfusion=crt.maps["rest_perfusion"][i],
+            stress_motion=cad.maps["stress_motion"][i], stress_thickening=cad.maps["stress_thickening"][i],
+            stress_deficit=deficit[i], stress_severity=severity[i], rest_deficit=rest_deficit[i],
+            rest_phase=crt.maps["rest_phase"][i], rest_thickening=crt.maps["rest_thickening"][i],
+            edv=float(cad.features["edv"][i]), esv=float(cad.features["esv"][i]), lvef=float(cad.features["lvef"][i]),
+            rest_lvef=30.0, rest_esv=float(crt.features["esv"][i]), scar=float(crt.features["scar"][i]),
+            psd=float(crt.features["psd"][i]), pbw=float(crt.features["pbw"][i]),
+        ))
+    return out
+
+
+def bare_forward(studies: list[StudyInputs], device: torch.device) -> None:
+    """Reference: each network's forward pass once on pre-built tensors."""
+    cad = bundles.load_bundle("cad_polar", device=device)
+    tr = bundles.load_bundle("tracer_heads", device=device)
+    crt = bundles.load_bundle("crt_response", device=device)
+    x, t = _cached_tensors(studies, device)
+    with torch.no_grad():
+        cad.network(x["cad"], t["cad"])
+        tr.network(x["tracer"])
+        crt.network(x["crt"], t["crt"])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+_TENSORS: dict[tuple[int, str], tuple[dict, dict]] = {}
+
+
+def _cached_tensors(studies: list[StudyInputs], device: torch.device) -> tuple[dict, dict]:
+    key = (id(studies), str(device))
+    if key not in _TENSORS:
+        stack = lambda name: np.stack([getattr(s, name) for s in studies])  # noqa: E731
+        tab = {k: np.array([getattr(s, k) for s in studies], float) for k in ("age", "sex_male", "edv", "esv")}
+        xc, tc = cad_inputs(stack("stress_perfusion"), stack("stress_motion"), stack("stress_thickening"), tab,
+                            stack("stress_deficit"), stack("stress_severity"))
+        crt_b = bundles.load_bundle("crt_response", device=device)
+        feats = {k: np.array([np.nan if getattr(s, k) is None else getattr(s, k) for s in studies], float)
+                 for k in ("age", "sex_male", "lvef", "esv", "scar", "psd", "pbw", "qrs", "lbbb", "nyha")}
+        tabc = crt_tabular(feats, crt_b.metadata["imputation"]).values
+        xr = crt_inputs(stack("rest_perfusion"), stack("rest_phase"), stack("rest_thickening"))
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        _TENSORS[key] = ({"cad": to(xc), "tracer": to(tracer_inputs(stack("stress_perfusion"), stack("rest_perfusion"), None,
+                                                               stack("stress_deficit"), stack("rest_deficit"))), "crt": to(xr)},
+                         {"cad": to(tc), "crt": to(tabc)})
+    return _TENSORS[key]
+
+
+def throughput(studies: list[StudyInputs], batch: int, device: torch.device, repeats: int = 2) -> tuple[float, float]:
+    """(studies/s of predict_studies with Grad-CAM, studies/s of the bare forward reference)."""
+    batches = [studies[i : i + batch] for i in range(0, len(studies), batch) if len(studies[i : i + batch]) == batch]
+    n = sum(len(b) for b in batches)
+    full, ref = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            predict_studies(b, device=str(device))
+        full.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for b in batches:
+            bare_forward(b, device)
+        ref.append(time.perf_counter() - t0)
+    return n / min(full), n / min(ref)
+
+
+def latency_one_core(studies: list[StudyInputs]) -> dict[str, float]:
+    """Median seconds per study on one CPU thread: polar-map models incl. Grad-CAM, and segmentation."""
+    from node.synth import phantom as ph
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(3)
+    volume = ph.make_acquisition(ph.PhantomSpec(n_gates=8), "stress", rng).frames
+    segment_myocardium(volume)
+    predict_studies(studies[:1], device="cpu")
+    polar, seg = [], []
+    for s in studies[:10]:
+        t0 = time.perf_counter()
+        predict_studies([s], device="cpu")
+        polar.append(time.perf_counter() - t0)
+    for _ in range(5):
+        t0 = time.perf_counter()
+        segment_myocardium(volume)
+        seg.append(time.perf_counter() - t0)
+    p, g = statistics.median(polar), statistics.median(seg)
+    return {"polar_models_with_gradcam_s": p, "segmentation_64cubed_s": g, "all_models_s": p + 2 * g}
+
+
+def write_docs(text: str) -> None:
+    path = REPO / "docs" / "performance.md"
+    body = path.read_text() if path.is_file() else "# Performance\n"
+    section = "## Inference\n\n" + text.strip() + "\n"
+    if re.search(r"^## Inference\s*$", body, flags=re.M):
+        body = re.sub(r"^## Inference\s*$.*?(?=^## |\Z)", section + "\n", body, flags=re.M | re.S)
+    else:
+        body = body.rstrip() + "\n\n" + section
+    path.write_text(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--studies", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for the throughput runs (default: torch's)")
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    studies = make_studies(args.studies)
+    predict_studies(studies[:2], device=str(device))  # load once, warm up
+    lines = [f"Device: {device_name(device)}; torch {torch.__version__}; {args.studies} synthetic studies per run; "
+             f"all three polar-map models (CAD with Grad-CAM, tracer heads with Grad-CAM, CRT).", "",
+             "| batch | studies/s (predict_studies, Grad-CAM) | studies/s (bare forward, reference) | ratio full/reference |",
+             "|---|---|---|---|"]
+    for batch in (1, 8, 32):
+        full, ref = throughput(studies, batch, device)
+        lines.append(f"| {batch} | {full:.1f} | {ref:.1f} | {full / ref:.2f} |")
+    lat = latency_one_core(studies)
+    lines += ["", "Per-study latency on one CPU thread (median): polar-map models incl. Grad-CAM "
+              f"{lat['polar_models_with_gradcam_s'] * 1000:.0f} ms; segmentation U-Net on a 64^3 volume "
+              f"{lat['segmentation_64cubed_s'] * 1000:.0f} ms (x2: stress and rest); all SPECT models "
+              f"{lat['all_models_s'] * 1000:.0f} ms per study (target < 1 s).", "",
+              "Regenerate: `.venv/bin/python bench/infer.py --write-docs`"]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_docs:
+        write_docs(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Validation figures of the SPECT MPI quantification on synthetic phantoms (issue 3).
+
+Regenerates every figure of docs/validation.md (issue-3 sections) over N random seeds:
+
+    .venv/bin/python bench/validate_spect.py --seeds 20 [--first-seed 1000] [--json out.json]
+
+For each seed it simulates (node.synth, Tier A: analytic LV, Gaussian blur FWHM 12 mm,
+Poisson noise at the default clinical count level, 64^3 x 6.4 mm, pose jitter +-15 deg):
+
+* A: a gated normal phantom (8 gates on even seeds, 16 on odd), random sex, attenuation-like
+  artefact -> long-axis error, sampling error, EF/EDV/ESV (noisy and noise-free), normal TPD,
+  phase statistics of a normal;
+* B: the same with a delayed lateral wall (LBBB-like, +90 deg) -> phase of a delayed wall;
+* C: an ungated defect phantom (territory, contiguous rings, severity 0.25/0.5/0.75 +- 0.05,
+  Tc-99m or Tl-201) -> segment scores, SSS, TPD;
+* D: a gated small heart (EDV 38 mL) -> small-heart volume/EF bias.
+
+It uses the pipeline's own functions (locate_lv, sample_polar_map, sample_gated_polar_maps,
+measure_function, score_map, analyse_phase) and the shipped SYNTHETIC normal limits.
+Errors are measured minus truth. All of this is synthetic: nothing here is a clinical
+validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from node.imaging.volume import Volume
+from node.quant.function import measure_function
+from node.quant.normal_limits import load_normal_limits
+from node.quant.orientation import locate_lv
+from node.quant.phase import analyse_phase, first_harmonic, phase_statistics, prefilter_gated_voxels
+from node.quant.polar_map import sample_gated_polar_maps, sample_polar_map
+from node.quant.scores import score_map
+from node.quant.segments import DEFAULT_GRID
+from node.synth.phantom import LATERAL_DELAY, SMALL, PhantomSpec, make_acquisition, territory_defect
+
+RING_CHOICES = (("basal", "mid", "apical", "apex"), ("basal", "mid"), ("mid", "apical", "apex"))
+
+
+@dataclass
+class Figures:
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, value: float) -> None:
+        self.values.setdefault(key, []).append(float(value))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for key, vals in self.values.items():
+            a = np.asarray(vals, dtype=float)
+            out[key] = {
+                "n": int(a.size),
+                "mean": float(a.mean()),
+                "sd": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+                "worst": float(a[np.argmax(np.abs(a))]),
+                "min": float(a.min()),
+                "max": float(a.max()),
+            }
+        return out
+
+
+def _axis_error_deg(measured: np.ndarray, truth: np.ndarray) -> float:
+    c = abs(float(np.dot(measured, truth)) / (np.linalg.norm(measured) * np.linalg.norm(truth)))
+    return float(np.degrees(np.arccos(min(1.0, c))))
+
+
+def _phase(acq, location) -> tuple:
+    frames = acq.frames
+    smooth = Volume(prefilter_gated_voxels(frames.voxels, frames.spacing_mm), frames.affine)
+    gated = sample_gated_polar_maps(smooth, location)
+    measured = analyse_phase(gated.values, gated.weights).statistics
+    truth = acq.truth
+    count_truth = phase_statistics(truth.count_phase_deg, truth.polar_cell_volume_mm3)
+    geometric = phase_statistics(truth.sample_phase_deg, truth.polar_cell_volume_mm3)
+    return measured, count_truth, geometric
+
+
+def _function(fig: Figures, prefix: str, acq, location) -> None:
+    t = acq.truth
+    for label, volume in (("noisy", acq.frames), ("noise_free", acq.expected)):
+        f = measure_function(volume, location)
+        fig.add(f"{prefix}.{label}.ef_error_points", f.lvef_pct - t.ef_pct)
+        fig.add(f"{prefix}.{label}.edv_error_pct", 100.0 * (f.edv_ml - t.edv_ml) / t.edv_ml)
+        fig.add(f"{prefix}.{label}.esv_error_pct", 100.0 * (f.esv_ml - t.esv_ml) / t.esv_ml)
+
+
+def run_seed(seed: int, fig: Figures) -> None:
+    rng = np.random.default_rng(seed)
+    sex = ("M", "F")[int(rng.integers(2))]
+    n_gates = 8 if seed % 2 == 0 else 16
+
+    # A: gated normal
+    spec = PhantomSpec(sex=sex, n_gates=n_gates, attenuation_artefact=True, phase_jitter_sd_deg=10.0)
+    acq = make_acquisition(spec, "rest", rng)
+    truth = acq.truth
+    location = locate_lv(acq.summed)
+    fig.add("orientation.noisy.axis_error_deg", _axis_error_deg(location.frame.long_axis, truth.frame.long_axis))
+    location_nf = locate_lv(acq.expected.summed())
+    fig.add("orientation.noise_free.axis_error_deg", _axis_error_deg(location_nf.frame.long_axis, truth.frame.long_axis))
+    for label, vol, loc in (("noisy", acq.summed, location), ("noise_free", acq.expected.summed(), location_nf)):
+        pm = sample_polar_map(vol, loc)
+        # measured: the sampler's own relative uptake (segment mean / max of the 3x3-smoothed map, quant-a);
+        # truth: segment mean / max of the blurred noise-free map along the true normals (node.synth)
+        err = np.asarray(pm.segment_uptake_pct()) - np.asarray(truth.segment_uptake_blurred_pct)
+        fig.add(f"sampling.{label}.max_abs_segment_error_pct", float(np.abs(err).max()))
+        fig.add(f"sampling.{label}.mean_abs_segment_error_pct", float(np.abs(err).mean()))
+        if label == "noisy":
+            scores = score_map(pm.values, pm.weights, load_normal_limits(spec.tracer, sex))
+            fig.add("scores.normal.tpd_pct", scores.tpd_pct)
+            fig.add("scores.normal.sss", scores.summed_score)
+    _function(fig, "function.normal", acq, location)
+    m, t, g = _phase(acq, location)
+    key = f"phase.normal_{n_gates}g"
+    fig.add(f"{key}.psd_error_deg", m.psd_deg - t.psd_deg)
+    fig.add(f"{key}.bandwidth_error_deg", m.bandwidth_deg - t.bandwidth_deg)
+    fig.add(f"{key}.peak_error_deg", float(np.mod(m.peak_phase_deg - t.peak_phase_deg + 180.0, 360.0) - 180.0))
+    fig.add(f"{key}.psd_vs_geometric_deg", m.psd_deg - g.psd_deg)
+    fig.add(f"{key}.bandwidth_vs_geometric_deg", m.bandwidth_deg - g.bandwidth_deg)
+    fig.add(f"{key}.within_tolerance", float(abs(m.psd_deg - t.psd_deg) <= 3 and abs(m.bandwidth_deg - t.bandwidth_deg) <= 10))
+    fig.add("phase.normal.psd_deg", m.psd_deg)
+    fig.add("phase.normal.bandwidth_deg", m.bandwidth_deg)
+
+    # B: delayed lateral wall
+    spec_b = PhantomSpec(sex=sex, n_gates=n_gates, phase_delays=(LATERAL_DELAY,), phase_jitter_sd_deg=10.0)
+    acq_b = make_acquisition(spec_b, "rest", rng)
+    mb, tb, gb = _phase(acq_b, locate_lv(acq_b.summed))
+    fig.add("phase.delayed.psd_error_deg", mb.psd_deg - tb.psd_deg)
+    fig.add("phase.delayed.bandwidth_error_deg", mb.bandwidth_deg - tb.bandwidth_deg)
+    fig.add("phase.delayed.psd_vs_geometric_deg", mb.psd_deg - gb.psd_deg)
+    fig.add("phase.delayed.bandwidth_vs_geometric_deg", mb.bandwidth_deg - gb.bandwidth_deg)
+    fig.add("phase.delayed.psd_deg", mb.psd_deg)
+    fig.add("phase.delayed.bandwidth_deg", mb.bandwidth_deg)
+    fig.add("phase.delayed_minus_normal.psd_deg", mb.psd_deg - m.psd_deg)
+    fig.add("phase.delayed_minus_normal.bandwidth_deg", mb.bandwidth_deg - m.bandwidth_deg)
+
+    # pure sinusoid (exactness of the gate-centre convention)
+    phases = rng.uniform(0.0, 360.0, size=DEFAULT_GRID.shape)
+    tc = (np.arange(n_gates) + 0.5) / n_gates
+    curves = 100.0 + 30.0 * np.cos(2 * np.pi * tc[:, None, None] - np.radians(phases)[None])
+    got, _ = first_harmonic(curves)
+    fig.add("phase.sinusoid.max_error_deg", float(np.abs(np.mod(got - phases + 180.0, 360.0) - 180.0).max()))
+
+    # C: defect phantom
+    tracer = ("tc99m_sestamibi", "tc99m_tetrofosmin", "tl201")[int(rng.integers(3))]
+    territory = ("LAD", "LCx", "RCA")[int(rng.integers(3))]
+    severity = (0.25, 0.5, 0.75)[int(rng.integers(3))] + float(rng.uniform(-0.05, 0.05))
+    rings = RING_CHOICES[int(rng.integers(len(RING_CHOICES)))]
+    spec_c = PhantomSpec(
+        tracer=tracer,
+        sex=sex,
+        n_gates=0,
+        attenuation_artefact=True,
+        defects=(territory_defect(territory, severity, rings=rings),),
+    )
+    acq_c = make_acquisition(spec_c, "stress", rng)
+    tc_ = acq_c.truth
+    pm_c = sample_polar_map(acq_c.summed, locate_lv(acq_c.summed))
+    result = score_map(pm_c.values, pm_c.weights, load_normal_limits(tracer, sex))
+    true_scores = np.asarray(tc_.segment_scores_severity)
+    diff = result.segment_scores - true_scores
+    fig.add("scores.defect.segment_exact_fraction", float(np.mean(diff == 0)))
+    fig.add("scores.defect.segment_max_abs_diff", float(np.abs(diff).max()))
+    fig.add("scores.defect.sss_error", float(result.summed_score - true_scores.sum()))
+    extent = 100.0 * tc_.segment_volume_ml[np.array(tc_.defect_segments) - 1].sum() / tc_.segment_volume_ml.sum()
+    if extent >= 10.0:
+        fig.add("scores.defect.tpd_error_pct_extent_ge_10", result.tpd_pct - tc_.tpd_pct)
+    tl = "tl201" if tracer == "tl201" else "tc99m"
+    fig.add(f"scores.defect_{tl}.tpd_error_pct", result.tpd_pct - tc_.tpd_pct)
+    fig.add(f"scores.defect_sev{int(round(severity * 4)) * 25}.tpd_error_pct", result.tpd_pct - tc_.tpd_pct)
+    fig.add(f"scores.defect_sev{int(round(severity * 4)) * 25}.sss_error", float(result.summed_score - true_scores.sum()))
+
+    # D: small heart
+    spec_d = PhantomSpec(shape=SMALL, sex=sex, n_gates=8)
+    acq_d = make_acquisition(spec_d, "rest", rng)
+    try:
+        _function(fig, "function.small", acq_d, locate_lv(acq_d.summed))
+        fig.add("function.small.processed", 1.0)
+    except ValueError:
+        fig.add("function.small.processed", 0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=20, help="number of seeds (default 20)")
+    parser.add_argument("--first-seed", type=int, default=1000)
+    parser.add_argument("--json", help="write the summary as JSON to this path")
+    args = parser.parse_args(argv)
+    fig = Figures()
+    t0 = time.perf_counter()
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        run_seed(seed, fig)
+        print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    summary = fig.summary()
+    print(f"# validate_spect: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} (synthetic phantoms only)")
+    print(f"{'figure':58s} {'n':>4s} {'mean':>8s} {'sd':>7s} {'worst':>8s} {'min':>8s} {'max':>8s}")
+    for key in sorted(summary):
+        s = summary[key]
+        print(f"{key:58s} {s['n']:4d} {s['mean']:8.2f} {s['sd']:7.2f} {s['worst']:8.2f} {s['min']:8.2f} {s['max']:8.2f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"seeds": [args.first_seed, args.first_seed + args.seeds - 1], "figures": summary}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

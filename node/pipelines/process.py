@@ -1,0 +1,287 @@
+"""``cardionode process FOLDER [--out DIR]``: run a pipeline on a folder of DICOM files, no server.
+
+Steps (each printed with its duration): read every file under FOLDER
+recursively (non-DICOM files are listed and skipped), group instances by
+study, route each study to a pipeline (or the one named by ``--pipeline``),
+run ``analyse``, ``predict`` (unless ``--no-models``) and ``report``, then
+write into ``--out`` (default ``FOLDER/cardionode-results``; one sub-folder
+per study when the folder holds several):
+
+* ``summary.json``: the quantitative results with units and notes;
+* the DICOM outputs (SR, SC bull's-eyes, PDF) and their previews (PNG
+  bull's-eyes with colour bar and segment grid, ``summary.pdf``,
+  ``report.html``) through :mod:`node.results`.
+
+No patient name, ID or birth date is printed. Every output carries
+:data:`node.RESEARCH_USE_NOTICE`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pydicom
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+
+import node
+from node.pipelines.base import ReportContext, SeriesSummary, StudySummary
+
+__all__ = ["process_main", "process_folder", "read_folder", "study_summary", "ProcessOutcome"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ProcessOutcome:
+    """What :func:`process_folder` did for one study."""
+
+    study_uid: str
+    pipeline: str | None
+    out_dir: Path | None
+    written: list[Path] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    result: Any = None
+
+
+def read_folder(folder: Path, exclude: Path | None = None, progress: Progress = print) -> tuple[list[Dataset], list[str]]:
+    """Read every DICOM file under ``folder`` (recursively). Returns ``(datasets, skipped reasons)``."""
+    datasets: list[Dataset] = []
+    skipped: list[str] = []
+    exclude = exclude.resolve() if exclude is not None else None
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        if exclude is not None and exclude in path.resolve().parents:
+            continue
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
+            skipped.append(f"{path.name}: not readable as DICOM ({type(exc).__name__})")
+            continue
+        if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+            skipped.append(f"{path.name}: no SOP Instance UID / Study Instance UID")
+            continue
+        datasets.append(ds)
+    return datasets, skipped
+
+
+def _radiopharmaceutical_codes(ds: Dataset) -> tuple[str, ...]:
+    codes = []
+    for item in ds.get("RadiopharmaceuticalInformationSequence", []) or []:
+        for code in item.get("RadiopharmaceuticalCodeSequence", []) or []:
+            if code.get("CodeValue"):
+                codes.append(str(code.CodeValue))
+    return tuple(codes)
+
+
+def study_summary(datasets: list[Dataset]) -> StudySummary:
+    """The routing summary of one study's instances."""
+    series: dict[str, list[Dataset]] = {}
+    for ds in datasets:
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
+    summaries = []
+    for uid, members in series.items():
+        first = members[0]
+        summaries.append(
+            SeriesSummary(
+                series_instance_uid=uid,
+                modality=str(first.get("Modality", "") or ""),
+                sop_class_uid=str(first.get("SOPClassUID", "") or ""),
+                image_type=tuple(str(v) for v in (first.get("ImageType") or ())),
+                series_description=str(first.get("SeriesDescription", "") or ""),
+                radiopharmaceutical_codes=_radiopharmaceutical_codes(first),
+                instance_count=len(members),
+            )
+        )
+    return StudySummary(str(datasets[0].StudyInstanceUID), tuple(summaries))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()] if value.ndim else _jsonable(value.item())
+    if isinstance(value, (np.floating, float)):
+        return round(float(value), 4) if np.isfinite(value) else None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _summary_json(result: Any, content: Any, timings: dict[str, float]) -> dict[str, Any]:
+    """A JSON summary: measurement groups with units (from the report content), plus pipeline notes."""
+    groups = []
+    for g in content.groups:
+        groups.append(
+            {
+                "label": g.label,
+                "finding": g.finding,
+                "site": g.site,
+                "state": g.state,
+                "measurements": [{"quantity": m.quantity, "value": _jsonable(m.value), "unit": m.unit} for m in g.measurements],
+                "evaluations": [{"quantity": e.quantity, "value": e.value} for e in g.evaluations],
+            }
+        )
+    doc: dict[str, Any] = {
+        "notice": node.RESEARCH_USE_NOTICE,
+        "cardionode_version": node.__version__,
+        "pipeline": content.pipeline,
+        "pipeline_version": content.pipeline_version,
+        "study_instance_uid": content.study_instance_uid,
+        "groups": groups,
+        "images": [{"key": i.key, "title": i.title, "unit": i.unit} for i in content.images],
+        "notes": list(content.notes),
+        "timings_s": _jsonable(timings),
+    }
+    states = {}
+    for state in getattr(result, "states", ()):
+        loc = state.location
+        entry: dict[str, Any] = {
+            "series_instance_uid": state.series_uid,
+            "orientation": state.orientation,
+            "segment_uptake_pct": _jsonable(state.segment_uptake_pct),
+            "lv_location": {
+                "method": loc.method,
+                "apex_mm": _jsonable(loc.frame.apex_mm),
+                "long_axis": _jsonable(loc.frame.long_axis),
+                "length_mm": _jsonable(loc.length_mm),
+                "mid_wall_radius_mm": _jsonable(loc.mid_wall_radius_mm),
+            },
+            "cavity_volume_ml": _jsonable(state.cavity_volume_ml),
+        }
+        if state.scores is not None:
+            entry["segment_scores"] = _jsonable(state.scores.segment_scores)
+            entry["tpd_pct"] = _jsonable(state.scores.tpd_pct)
+        if state.function is not None:
+            f = state.function
+            entry["function"] = {
+                "edv_ml": _jsonable(f.edv_ml), "esv_ml": _jsonable(f.esv_ml), "lvef_pct": _jsonable(f.lvef_pct),
+                "stroke_volume_ml": _jsonable(f.stroke_volume_ml), "gate_volumes_ml": _jsonable(f.gate_volumes_ml),
+                "ed_gate": f.ed_gate, "es_gate": f.es_gate,
+            }
+        if state.phase is not None:
+            entry["phase"] = _jsonable(state.phase.statistics.as_dict())
+        states[state.state] = entry
+    if states:
+        doc["states"] = states
+    if getattr(result, "tid_ratio", None) is not None:
+        doc["tid_ratio"] = _jsonable(result.tid_ratio)
+    return doc
+
+
+def _timed(name: str, timings: dict[str, float], progress: Progress, fn: Callable[[], Any]) -> Any:
+    progress(f"  {name} ...")
+    t0 = time.perf_counter()
+    value = fn()
+    timings[name] = time.perf_counter() - t0
+    progress(f"  {name} done ({timings[name]:.2f} s)")
+    return value
+
+
+def process_folder(
+    folder: Path,
+    out: Path | None = None,
+    pipeline_name: str | None = None,
+    models: bool = True,
+    outputs: bool = True,
+    progress: Progress = print,
+) -> list[ProcessOutcome]:
+    """Process every study found under ``folder``; see the module docstring.
+
+    ``outputs=False`` skips the DICOM/PDF/HTML outputs (JSON summary only).
+    """
+    from node.pipelines import registry
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    out = Path(out) if out is not None else folder / "cardionode-results"
+    timings: dict[str, float] = {}
+    progress(f"reading DICOM files under {folder}")
+    t0 = time.perf_counter()
+    datasets, skipped = read_folder(folder, exclude=out, progress=progress)
+    timings["read"] = time.perf_counter() - t0
+    progress(f"  {len(datasets)} DICOM instances read, {len(skipped)} files skipped ({timings['read']:.2f} s)")
+    for line in skipped[:20]:
+        progress(f"  skipped {line}")
+    studies: dict[str, list[Dataset]] = {}
+    for ds in datasets:
+        studies.setdefault(str(ds.StudyInstanceUID), []).append(ds)
+    outcomes: list[ProcessOutcome] = []
+    for n, (study_uid, members) in enumerate(studies.items(), start=1):
+        study_out = out if len(studies) == 1 else out / f"study_{n}"
+        outcome = ProcessOutcome(study_uid, None, study_out, timings_s=dict(timings))
+        outcomes.append(outcome)
+        progress(f"study {n}/{len(studies)}: {len(members)} instances")
+        summary = study_summary(members)
+        if pipeline_name:
+            try:
+                pipeline = registry.get(pipeline_name)
+            except KeyError as exc:
+                outcome.error = str(exc)
+                progress(f"  {outcome.error}")
+                continue
+            reason = f"pipeline {pipeline_name} chosen on the command line"
+        else:
+            pipeline, reason = registry.route(summary)
+        progress(f"  routing: {reason}")
+        if pipeline is None:
+            outcome.error = f"no pipeline accepts this study: {reason}"
+            continue
+        outcome.pipeline = pipeline.name
+        t = outcome.timings_s
+        try:
+            result = _timed("analyse", t, progress, lambda: pipeline.analyse(members))
+            for step, seconds in getattr(result, "timings_s", {}).items():
+                progress(f"    {step}: {seconds:.2f} s")
+            if models:
+                result = _timed("predict", t, progress, lambda: pipeline.predict(result))
+            outcome.result = result
+            study_out.mkdir(parents=True, exist_ok=True)
+            module = sys.modules.get(type(pipeline).__module__)
+            content = module.report_content(result) if hasattr(module, "report_content") else None
+            if content is not None:  # the JSON summary first: it does not depend on the DICOM outputs
+                path = study_out / "summary.json"
+                path.write_text(json.dumps(_summary_json(result, content, t), indent=1))
+                outcome.written.append(path)
+            if outputs:
+                context = ReportContext(device_uid="2.25.1", device_name="cardionode-process", pdf_summary=True)
+                datasets_out = _timed("report", t, progress, lambda: pipeline.report(result, context))
+                if content is not None:
+                    from node.results import write_preview
+
+                    outcome.written += _timed("preview", t, progress, lambda: write_preview(datasets_out, content, study_out))
+                if content is not None:  # timings now include report and preview
+                    (study_out / "summary.json").write_text(json.dumps(_summary_json(result, content, t), indent=1))
+            progress(f"  wrote {len(outcome.written)} files to {study_out}")
+        except Exception as exc:  # one bad study must not stop the others; say why
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            progress(f"  failed: {outcome.error}")
+    return outcomes
+
+
+def process_main(args: Any) -> int:
+    """Handler of ``cardionode process`` (see :mod:`node.cli`)."""
+    print(node.RESEARCH_USE_NOTICE)
+    try:
+        outcomes = process_folder(
+            Path(args.folder), args.out, getattr(args, "pipeline", None), models=not getattr(args, "no_models", False)
+        )
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not outcomes:
+        print("error: no DICOM study found", file=sys.stderr)
+        return 2
+    failed = [o for o in outcomes if o.error]
+    for o in failed:
+        print(f"study {o.study_uid[-12:]}: {o.error}", file=sys.stderr)
+    return 1 if failed else 0

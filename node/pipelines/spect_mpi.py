@@ -1,0 +1,639 @@
+"""SPECT myocardial perfusion (MPI) pipeline: NM reconstructions to polar maps, scores and function.
+
+Series rules (a study is *complete* when both required rules match):
+
+* ``stress`` (required): NM, Image Type ``RECON TOMO`` or ``RECON GATED TOMO``,
+  Series Description naming a stress protocol (stress, exercise, adenosine,
+  regadenoson, dipyridamole, dobutamine ...);
+* ``rest`` (required): the same with a rest/redistribution description.
+
+Rest is required so that a study is not reported before its rest series
+arrives; a stress-only protocol (or a rest series that never comes) is
+processed when the node's completeness rules say so (``quiet_period_s`` /
+``force_deadline_s`` with ``force_action = "process"``, or ``cardionode
+complete STUDY``): :meth:`SpectMpiPipeline.analyse` runs on whatever states are
+present and says in the notes what is missing. Radiopharmaceutical codes are
+not required (the tracer, when coded, selects the normal limits).
+
+Steps: ``analyse`` (load NM with :mod:`node.imaging.nm`, locate the LV,
+reorient transaxial input to short axis, sample polar maps, per-gate maps,
+function, phase, scores/TPD), ``predict`` (:mod:`node.ai` models when their
+bundles load), ``report`` (:func:`node.results.build_outputs`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+from pydicom import Dataset
+
+from node.imaging.nm import NMReconstruction, group_nm_reconstructions
+from node.imaging.volume import Volume
+from node.pipelines.base import Pipeline, ReportContext, SeriesRule
+from node.quant.function import FunctionResult, cavity_volume_ml, measure_function, tid_ratio
+from node.quant.orientation import LVLocation, locate_lv, reorient_to_short_axis
+from node.quant.polar_map import (
+    GatedPolarMaps,
+    PolarMap,
+    grid_rows_z,
+    midwall_surface_rows,
+    sample_gated_polar_maps,
+    sample_polar_map,
+)
+from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, TERRITORY_SEGMENTS, PolarGrid
+from node.results.content import (
+    Algorithm,
+    Evaluation,
+    MapImage,
+    Measurement,
+    MeasurementGroup,
+    ReportContent,
+    SourceInstance,
+)
+
+__all__ = [
+    "StateResult",
+    "SpectMpiResult",
+    "SpectMpiPipeline",
+    "analyse_reconstructions",
+    "report_content",
+    "PIPELINE",
+    "NoUsableSeriesError",
+]
+
+_log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
+SHORT_AXIS_VOXEL_MM = 2.0
+_STRESS_PATTERN = r"stress|\bstr\b|exercise|\bex\b|adenosine|regadenoson|lexiscan|dipyridamole|persantine|dobutamine"
+_REST_PATTERN = r"rest|\brst\b|redistribution|redist|delay"
+
+ALGORITHM = Algorithm(
+    name="CardioNode SPECT MPI quantification",
+    version=VERSION,
+    parameters=(
+        "lv_location=threshold+ellipsoid (Germano 1995 style)",
+        "sampling=hybrid cylindrical+spherical apex, max count along mid-wall normals",
+        "grid=40x72 (4 cap rows, 12 rows per third), 5 deg azimuth",
+        "function=count profiles normal to mid-wall, constant myocardial volume",
+        "thickening=count-based",
+    ),
+    training_data="none (analytic method); validated on synthetic phantoms only",
+)
+
+
+class NoUsableSeriesError(ValueError):
+    """The study holds no NM reconstruction the pipeline can use; the message lists why."""
+
+
+@dataclass(frozen=True, eq=False)
+class StateResult:
+    """Results of one acquisition state (``stress`` or ``rest``). Units in the field docs.
+
+    * ``perfusion.values`` [40, 72] max counts; ``relative_pct`` [40, 72] % of map max;
+      ``segment_uptake_pct`` [17] mean relative uptake (%), index 0 = segment 1.
+    * ``gated`` per-gate maps [gate, 40, 72] (counts) or None; ``function`` volumes (mL),
+      LVEF (%), wall motion (mm) and thickening (%) maps, or None when ungated;
+      ``phase`` (quant-b ``PhaseResult``: phase map in degrees, statistics) or None.
+    * ``scores`` (quant-b ``PerfusionScores``) or None when scoring was unavailable.
+    * ``cavity_volume_ml``: cavity volume of the summed image (mL), used for TID.
+    """
+
+    state: str
+    series_uid: str
+    gated_series_uid: str | None
+    orientation: str
+    tracer: str | None
+    location: LVLocation
+    volume: Volume  # the summed reconstruction as received (float32 counts), for the models' segmentation
+    short_axis: Volume  # summed volume in short-axis orientation (float32 counts; 2 mm voxels when reoriented)
+    perfusion: PolarMap
+    relative_pct: np.ndarray
+    segment_uptake_pct: np.ndarray
+    gated: GatedPolarMaps | None
+    function: FunctionResult | None
+    phase: Any | None
+    scores: Any | None
+    cavity_volume_ml: float
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class SpectMpiResult:
+    """Everything ``analyse`` (and ``predict``) found for one study; picklable.
+
+    ``age`` years, ``sex`` "M"/"F"/None, ``tracer`` key; ``tid_ratio`` stress/rest
+    cavity volume (1); ``study_scores`` quant-b ``StudyScores`` (SSS/SRS/SDS, TPD %);
+    ``predictions`` the ``(groups, images, notes)`` of :mod:`node.ai` (empty when
+    no model ran); ``notes`` lines for the report (QC, missing series, disagreements).
+    """
+
+    study_instance_uid: str
+    sources: tuple[SourceInstance, ...]
+    age: float | None
+    sex: str | None
+    tracer: str | None
+    accession_number: str
+    stress: StateResult | None
+    rest: StateResult | None
+    study_scores: Any | None
+    tid_ratio: float | None
+    notes: tuple[str, ...] = ()
+    predictions: tuple[tuple[MeasurementGroup, ...], tuple[MapImage, ...], tuple[str, ...]] = ((), (), ())
+    timings_s: dict[str, float] = field(default_factory=dict)
+    source_headers: tuple[Dataset, ...] = ()  # headers (no pixel data) of the source instances, for report()
+
+    @property
+    def states(self) -> tuple[StateResult, ...]:
+        return tuple(s for s in (self.stress, self.rest) if s is not None)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def _choose(recons: list[NMReconstruction], state: str) -> tuple[NMReconstruction | None, NMReconstruction | None]:
+    """(summed/ungated reconstruction, gated reconstruction) of ``state``."""
+    of_state = [r for r in recons if r.state == state]
+    gated = next((r for r in of_state if r.gates is not None), None)
+    ungated = next((r for r in of_state if r.gates is None), None)
+    return ungated or gated, gated
+
+
+def _analyse_state(
+    state: str,
+    summed: NMReconstruction,
+    gated: NMReconstruction | None,
+    sex: str | None,
+    grid: PolarGrid,
+    notes: list[str],
+) -> StateResult:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    short_axis = summed.orientation == "short_axis"
+    location = locate_lv(summed.volume, short_axis=short_axis)
+    timings["locate"] = time.perf_counter() - t0
+    notes.extend(f"{state}: {n}" for n in location.notes)
+
+    t0 = time.perf_counter()
+    # Short-axis view of the summed volume (kept for display and models). Polar maps and function
+    # sample the reconstructions themselves along the LV frame (one interpolation, not two).
+    if short_axis:
+        sa_view = summed.volume
+    else:
+        sa_view = reorient_to_short_axis(summed.volume, location, SHORT_AXIS_VOXEL_MM)
+    sa_view = Volume(np.asarray(sa_view.voxels, dtype=np.float32), sa_view.affine)
+    timings["reorient"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    source = summed.volume
+    source_gated = gated.gates if gated is not None else None
+    surface = midwall_surface_rows(source, location, grid_rows_z(location, grid), grid.n_psi)
+    perfusion = sample_polar_map(source, location, grid, surface=surface)
+    gated_maps = (
+        sample_gated_polar_maps(source_gated, location, grid, surface=surface) if source_gated is not None else None
+    )
+    timings["polar_maps"] = time.perf_counter() - t0
+
+    function = phase = None
+    t0 = time.perf_counter()
+    if source_gated is not None:
+        function = measure_function(source_gated, location, grid)
+        notes.extend(f"{state}: {n}" for n in function.notes)
+        cavity = float(np.mean(function.gate_volumes_ml))
+    else:
+        cavity = cavity_volume_ml(source, location, grid)
+    timings["function"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if gated_maps is not None:
+        try:
+            from node.quant.phase import analyse_phase
+
+            phase = analyse_phase(gated_maps.values, gated_maps.weights)
+        except ImportError as exc:  # quant-b module missing in this installation
+            notes.append(f"{state}: phase analysis unavailable ({exc})")
+    scores = None
+    try:
+        from node.quant.normal_limits import load_normal_limits
+        from node.quant.scores import score_map
+
+        limits = load_normal_limits(summed.tracer, sex)
+        scores = score_map(perfusion.values, perfusion.weights, limits, grid=grid)
+    except (ImportError, FileNotFoundError, KeyError, ValueError) as exc:
+        notes.append(f"{state}: perfusion scoring unavailable ({exc})")
+    timings["scores_phase"] = time.perf_counter() - t0
+    return StateResult(
+        state=state,
+        series_uid=summed.series_uid,
+        gated_series_uid=gated.series_uid if gated is not None else None,
+        orientation=summed.orientation,
+        tracer=summed.tracer,
+        location=location,
+        volume=Volume(np.asarray(summed.volume.voxels, dtype=np.float32), summed.volume.affine),
+        short_axis=sa_view,
+        perfusion=perfusion,
+        relative_pct=perfusion.relative_pct(),
+        segment_uptake_pct=perfusion.segment_uptake_pct(),
+        gated=gated_maps,
+        function=function,
+        phase=phase,
+        scores=scores,
+        cavity_volume_ml=cavity,
+        timings_s=timings,
+    )
+
+
+def analyse_reconstructions(
+    recons: list[NMReconstruction],
+    sources: tuple[SourceInstance, ...] = (),
+    accession_number: str = "",
+    grid: PolarGrid = DEFAULT_GRID,
+    extra_notes: Sequence[str] = (),
+) -> SpectMpiResult:
+    """Run the quantification on loaded NM reconstructions (the part of ``analyse`` after DICOM)."""
+    notes = list(extra_notes)
+    if not recons:
+        raise NoUsableSeriesError("no usable NM reconstruction (RECON TOMO / RECON GATED TOMO) in the study")
+    unknown = [r for r in recons if r.state == "unknown"]
+    if unknown and not any(r.state == "stress" for r in recons):
+        notes.append("no series described as stress; a series of unknown state is analysed as stress")
+        recons = [replace(r, state="stress") if r.state == "unknown" else r for r in recons]
+    first = recons[0]
+    sex = next((r.sex for r in recons if r.sex), None)
+    age = next((r.age for r in recons if r.age is not None), None)
+    tracer = next((r.tracer for r in recons if r.tracer), None)
+    results: dict[str, StateResult | None] = {}
+    for state in ("stress", "rest"):
+        summed, gated = _choose(recons, state)
+        if summed is None:
+            notes.append(f"no {state} series: {state} results omitted")
+            results[state] = None
+            continue
+        results[state] = _analyse_state(state, summed, gated, sex, grid, notes)
+    stress, rest = results["stress"], results["rest"]
+    study_scores = None
+    if stress is not None and stress.scores is not None:
+        try:
+            from node.quant.scores import score_study
+
+            study_scores = score_study(stress.scores, rest.scores if rest is not None else None)
+        except ImportError as exc:
+            notes.append(f"summed scores unavailable ({exc})")
+    tid = None
+    if stress is not None and rest is not None and rest.cavity_volume_ml > 0:
+        tid = tid_ratio(stress.cavity_volume_ml, rest.cavity_volume_ml)
+    timings = {f"{s.state}.{k}": v for s in (stress, rest) if s is not None for k, v in s.timings_s.items()}
+    return SpectMpiResult(
+        study_instance_uid=first.study_uid,
+        sources=sources,
+        age=age,
+        sex=sex,
+        tracer=tracer,
+        accession_number=accession_number,
+        stress=stress,
+        rest=rest,
+        study_scores=study_scores,
+        tid_ratio=tid,
+        notes=tuple(notes),
+        timings_s=timings,
+    )
+
+
+# --------------------------------------------------------------------------- report content
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
+def _segment_groups(state: StateResult) -> list[MeasurementGroup]:
+    groups = []
+    scores = state.scores.segment_scores if state.scores is not None else None
+    for k in range(N_SEGMENTS):
+        measurements = [Measurement("relative_uptake", round(float(state.segment_uptake_pct[k]), 2), "%")]
+        if scores is not None:
+            measurements.append(Measurement("segment_score", float(scores[k]), "{score}"))
+        groups.append(
+            MeasurementGroup(
+                label=f"{state.state.capitalize()} perfusion AHA segment {k + 1}",
+                finding="myocardial_perfusion",
+                site=f"aha_{k + 1}",
+                state=state.state,
+                algorithm=ALGORITHM,
+                measurements=tuple(measurements),
+            )
+        )
+    return groups
+
+
+def _difference_groups(stress: StateResult, rest: StateResult) -> list[MeasurementGroup]:
+    groups = []
+    diff_scores = None
+    if stress.scores is not None and rest.scores is not None:
+        diff_scores = np.asarray(stress.scores.segment_scores) - np.asarray(rest.scores.segment_scores)
+    for k in range(N_SEGMENTS):
+        measurements = [
+            Measurement(
+                "relative_uptake", round(float(rest.segment_uptake_pct[k] - stress.segment_uptake_pct[k]), 2), "%"
+            )
+        ]
+        if diff_scores is not None:
+            measurements.append(Measurement("segment_score", float(diff_scores[k]), "{score}"))
+        groups.append(
+            MeasurementGroup(
+                label=f"Rest minus stress AHA segment {k + 1}",
+                finding="myocardial_perfusion",
+                site=f"aha_{k + 1}",
+                state="difference",
+                algorithm=ALGORITHM,
+                measurements=tuple(measurements),
+            )
+        )
+    return groups
+
+
+def _global_groups(result: SpectMpiResult) -> list[MeasurementGroup]:
+    groups = []
+    for state in result.states:
+        f = state.function
+        if f is not None:
+            groups.append(
+                MeasurementGroup(
+                    label=f"{state.state.capitalize()} gated LV function",
+                    finding="lv_function",
+                    site="left_ventricle",
+                    state=state.state,
+                    algorithm=ALGORITHM,
+                    measurements=(
+                        Measurement("edv", round(f.edv_ml, 1), "ml"),
+                        Measurement("esv", round(f.esv_ml, 1), "ml"),
+                        Measurement("lvef", round(f.lvef_pct, 1), "%"),
+                        Measurement("stroke_volume", round(f.stroke_volume_ml, 1), "ml"),
+                        Measurement("wall_motion", round(float(np.mean(f.wall_motion_mm)), 2), "mm"),
+                        Measurement("thickening", round(float(np.mean(f.thickening_pct)), 1), "%"),
+                    ),
+                )
+            )
+        if state.phase is not None:
+            st = state.phase.statistics
+            groups.append(
+                MeasurementGroup(
+                    label=f"{state.state.capitalize()} phase analysis",
+                    finding="dyssynchrony",
+                    site="left_ventricle",
+                    state=state.state,
+                    algorithm=ALGORITHM,
+                    measurements=tuple(
+                        Measurement(key, round(float(value), 3), unit)
+                        for key, value, unit in (
+                            ("phase_peak", st.peak_phase_deg, "deg"),
+                            ("phase_sd", st.psd_deg, "deg"),
+                            ("phase_bandwidth", st.bandwidth_deg, "deg"),
+                            ("phase_skewness", st.skewness, "1"),
+                            ("phase_kurtosis", st.kurtosis, "1"),
+                            ("phase_entropy", st.entropy, "1"),
+                        )
+                        if _finite(value)
+                    ),
+                )
+            )
+    perfusion = []
+    s = result.study_scores
+    if s is not None:
+        perfusion.append(Measurement("sss", float(s.sss), "{score}"))
+        if s.srs is not None:
+            perfusion.append(Measurement("srs", float(s.srs), "{score}"))
+        if s.sds is not None:
+            perfusion.append(Measurement("sds", float(s.sds), "{score}"))
+        perfusion.append(Measurement("tpd_stress", round(float(s.stress_tpd_pct), 2), "%"))
+        if _finite(s.rest_tpd_pct):
+            perfusion.append(Measurement("tpd_rest", round(float(s.rest_tpd_pct), 2), "%"))
+        if _finite(s.ischemic_tpd_pct):
+            perfusion.append(Measurement("tpd_ischemic", round(float(s.ischemic_tpd_pct), 2), "%"))
+    if _finite(result.tid_ratio):
+        perfusion.append(Measurement("tid_ratio", round(float(result.tid_ratio), 3), "1"))
+    if perfusion:
+        evaluations = ()
+        if s is not None:
+            verdict = "abnormal" if s.sss >= 4 else "normal"
+            evaluations = (Evaluation("perfusion_category", verdict),)
+        groups.append(
+            MeasurementGroup(
+                label="Summed perfusion scores",
+                finding="myocardial_perfusion",
+                site="left_ventricle",
+                state=None,
+                algorithm=ALGORITHM,
+                measurements=tuple(perfusion),
+                evaluations=evaluations,
+            )
+        )
+    return groups
+
+
+def _map(key: str, title: str, values: np.ndarray, unit: str, vrange: tuple[float, float], grid: PolarGrid,
+         colormap: str = "turbo", segment_values: np.ndarray | None = None) -> MapImage:
+    seg = tuple(round(float(v), 1) for v in segment_values) if segment_values is not None else None
+    return MapImage(
+        key=key,
+        title=title,
+        values=np.nan_to_num(np.asarray(values, dtype=float)),
+        unit=unit,
+        value_range=vrange,
+        colormap=colormap,
+        segment_values=seg,
+        algorithm=ALGORITHM,
+    )
+
+
+def _images(result: SpectMpiResult, grid: PolarGrid) -> list[MapImage]:
+    images = []
+    for state in result.states:
+        images.append(
+            _map(f"{state.state}_perfusion", f"{state.state.capitalize()} perfusion (% of max)", state.relative_pct,
+                 "%", (0.0, 100.0), grid, segment_values=state.segment_uptake_pct)
+        )
+    if result.stress is not None and result.rest is not None:
+        diff = result.rest.relative_pct - result.stress.relative_pct
+        images.append(
+            _map("defect_difference", "Rest minus stress (% of max)", diff, "%", (-30.0, 30.0), grid,
+                 colormap="coolwarm", segment_values=result.rest.segment_uptake_pct - result.stress.segment_uptake_pct)
+        )
+    gated_state = next((s for s in (result.rest, result.stress) if s is not None and s.function is not None), None)
+    if gated_state is not None:
+        f = gated_state.function
+        maps = gated_state.gated.values
+        images.append(_map("ed_perfusion", f"End-diastole ({gated_state.state}, % of max)",
+                           100.0 * maps[f.ed_gate] / max(float(maps[f.ed_gate].max()), 1e-9), "%", (0.0, 100.0), grid))
+        images.append(_map("es_perfusion", f"End-systole ({gated_state.state}, % of max)",
+                           100.0 * maps[f.es_gate] / max(float(maps[f.es_gate].max()), 1e-9), "%", (0.0, 100.0), grid))
+        images.append(_map("thickening", f"Count-based thickening ({gated_state.state})", f.thickening_pct, "%",
+                           (0.0, 100.0), grid, colormap="viridis",
+                           segment_values=grid.segment_means(f.thickening_pct)))
+        images.append(_map("wall_motion", f"Wall motion ({gated_state.state})", f.wall_motion_mm, "mm",
+                           (0.0, 15.0), grid, colormap="viridis", segment_values=grid.segment_means(f.wall_motion_mm)))
+        if gated_state.phase is not None:
+            images.append(_map("phase", f"Phase ({gated_state.state})", gated_state.phase.phase_map, "deg",
+                               (0.0, 360.0), grid, colormap="twilight"))
+    return images
+
+
+def report_content(result: SpectMpiResult, grid: PolarGrid = DEFAULT_GRID) -> ReportContent:
+    """The :class:`ReportContent` of a SPECT MPI result: segment groups per state (stress, rest,
+    difference), global LV groups (volumes, LVEF, TID, SSS/SRS/SDS, TPD, phase) and bull's-eye maps."""
+    groups: list[MeasurementGroup] = []
+    for state in result.states:
+        groups.extend(_segment_groups(state))
+    if result.stress is not None and result.rest is not None:
+        groups.extend(_difference_groups(result.stress, result.rest))
+    groups.extend(_global_groups(result))
+    pred_groups, pred_images, pred_notes = result.predictions
+    groups.extend(pred_groups)
+    images = _images(result, grid) + list(pred_images)
+    algorithms = [ALGORITHM] + list({id(g.algorithm): g.algorithm for g in pred_groups}.values())
+    return ReportContent(
+        pipeline=SpectMpiPipeline.name,
+        pipeline_version=VERSION,
+        procedure="nm_myocardial_perfusion",
+        study_instance_uid=result.study_instance_uid,
+        sources=result.sources,
+        groups=tuple(groups),
+        images=tuple(images),
+        algorithms=tuple(algorithms),
+        notes=tuple(result.notes) + tuple(pred_notes),
+    )
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _nm_rule(name: str, pattern: str) -> SeriesRule:
+    return SeriesRule(
+        name=name,
+        modalities=frozenset({"NM"}),
+        image_type_values=frozenset({"RECON TOMO", "RECON GATED TOMO"}),
+        description_pattern=pattern,
+        required=True,
+    )
+
+
+class SpectMpiPipeline(Pipeline):
+    """SPECT myocardial perfusion: stress and rest NM reconstructions (gated when present)."""
+
+    name = "spect_mpi"
+    version = VERSION
+    title = "SPECT myocardial perfusion (polar maps, 17-segment scores, TPD, gated function, phase)"
+    series_rules = (_nm_rule("stress", _STRESS_PATTERN), _nm_rule("rest", _REST_PATTERN))
+
+    def analyse(self, instances: Sequence[Dataset]) -> SpectMpiResult:
+        """Load the NM reconstructions among ``instances`` and quantify them (cpu step)."""
+        instances = list(instances)
+        recons, rejected = group_nm_reconstructions(instances)
+        notes = [f"series {r.series_uid[-12:]} not used: {r.reason}" for r in rejected]
+        if not recons:
+            why = "; ".join(notes) or "no NM instance"
+            raise NoUsableSeriesError(f"no usable NM reconstruction: {why}")
+        used = {uid for r in recons for uid in r.sop_instance_uids}
+        sources = tuple(
+            SourceInstance(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+            for ds in instances
+            if str(ds.get("SOPInstanceUID", "")) in used
+        )
+        accession = next((str(ds.get("AccessionNumber", "") or "") for ds in instances if ds.get("AccessionNumber")), "")
+        result = analyse_reconstructions(recons, sources, accession, extra_notes=notes)
+        headers = tuple(_header(ds) for ds in instances if str(ds.get("SOPInstanceUID", "")) in used)
+        return replace(result, source_headers=headers)
+
+    def predict(self, result: SpectMpiResult) -> SpectMpiResult:
+        """Run the :mod:`node.ai` models when their bundles load (gpu step).
+
+        1. The AI myocardium segmentation is passed to :func:`locate_lv` for each
+           state and compared with the classical localisation; a disagreement
+           (long axes more than 10 degrees or centres more than 10 mm apart) is
+           reported in the notes. The classical result stays the one quantified.
+        2. ``node.ai.predict_spect`` adds prediction groups, Grad-CAM maps and notes.
+
+        Missing models or the AI package give notes, never a failed study.
+        """
+        notes = list(result.notes)
+        notes.extend(_segmentation_cross_check(result))
+        try:
+            from node.ai import predict_spect
+        except ImportError as exc:
+            notes.append(f"deep-learning predictions not run: {exc}")
+            return replace(result, notes=tuple(notes))
+        try:
+            groups, images, ai_notes = predict_spect(result)
+        except (FileNotFoundError, RuntimeError) as exc:  # bundle absent or not loadable on this installation
+            notes.append(f"deep-learning predictions not run: {type(exc).__name__}: {str(exc)[:160]}")
+            return replace(result, notes=tuple(notes))
+        return replace(result, notes=tuple(notes), predictions=(tuple(groups), tuple(images), tuple(ai_notes)))
+
+    def report(self, result: SpectMpiResult, context: ReportContext) -> list[Dataset]:
+        """The DICOM result objects (SR, SC bull's-eyes, PDF) via :func:`node.results.build_outputs`.
+
+        The patient/study modules come from ``result.source_headers`` (kept by ``analyse``).
+        """
+        from node.results import build_outputs
+
+        if not result.source_headers:
+            raise ValueError("the result carries no source headers; run analyse() on the DICOM instances first")
+        return build_outputs(report_content(result), list(result.source_headers), context)
+
+
+def _segmentation_cross_check(result: SpectMpiResult) -> list[str]:
+    """Locate the LV again with the AI myocardium mask; words about (dis)agreement per state."""
+    try:
+        from node.ai.segmentation import segment_myocardium
+    except ImportError as exc:
+        return [f"AI segmentation not run: {exc}"]
+    lines = []
+    for state in result.states:
+        try:
+            mask = segment_myocardium(state.volume)
+        except (FileNotFoundError, RuntimeError, ValueError) as exc:
+            return lines + [f"AI segmentation not run: {exc}"]
+        if not np.any(mask):
+            lines.append(f"{state.state}: AI segmentation found no myocardium; classical LV localisation used")
+            continue
+        try:
+            ai = locate_lv(state.volume, myocardium_mask=mask, short_axis=state.orientation == "short_axis")
+        except ValueError as exc:  # LVNotFoundError included
+            lines.append(f"{state.state}: LV localisation from the AI mask failed ({exc}); classical result used")
+            continue
+        classical = state.location
+        cos = float(np.clip(ai.frame.long_axis @ classical.frame.long_axis, -1.0, 1.0))
+        angle = float(np.degrees(np.arccos(cos)))
+        shift = float(np.linalg.norm(ai.centre_mm - classical.centre_mm))
+        verdict = "disagrees with" if angle > 10.0 or shift > 10.0 else "agrees with"
+        lines.append(
+            f"{state.state}: AI segmentation {verdict} the classical LV localisation "
+            f"(long axes {angle:.1f} deg, centres {shift:.1f} mm apart); classical result quantified"
+        )
+    return lines
+
+
+def _header(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` without pixel data (elements shared, not deep-copied)."""
+    header = Dataset()
+    for element in ds:
+        if element.tag != 0x7FE00010:
+            header.add(element)
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    return header
+
+
+PIPELINE = SpectMpiPipeline()
+
+try:  # register with the node's registry (flow); absent registry = standalone use
+    from node.pipelines import registry as _registry
+
+    _registry.register(PIPELINE)
+except ImportError:  # pragma: no cover - registry ships with the node
+    pass
