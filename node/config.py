@@ -268,11 +268,29 @@ class Settings(BaseSettings):
 
     @property
     def effective_result_backend(self) -> str:
-        return self.result_backend or f"db+sqlite:///{self.data_dir.resolve() / 'results.sqlite'}"
+        """``result_backend``, else the broker's Redis when the broker is Redis, else a SQLite file.
+
+        A remote worker cannot write the node's SQLite files, so a Redis broker
+        implies Redis for results too unless configured otherwise.
+        """
+        if self.result_backend:
+            return self.result_backend
+        if self.broker_is_redis:
+            return self.effective_broker_url
+        return f"db+sqlite:///{self.data_dir.resolve() / 'results.sqlite'}"
 
     @property
     def effective_artifact_store(self) -> str:
-        return self.artifact_store or str(self.data_dir.resolve() / "artifacts")
+        """``artifact_store``, else the broker's Redis when the broker is Redis, else ``<data_dir>/artifacts``."""
+        if self.artifact_store:
+            return self.artifact_store
+        if self.broker_is_redis:
+            return self.effective_broker_url
+        return str(self.data_dir.resolve() / "artifacts")
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.effective_broker_url.startswith(("redis://", "rediss://"))
 
     def completeness_for(self, pipeline: str) -> CompletenessRule:
         """The completeness rule of ``pipeline``, else the ``default`` one."""

@@ -109,7 +109,9 @@ def segment_myocardium(volume: Volume, bundle: bundles.LoadedBundle | None = Non
     ``lv_segmentation`` bundle (loaded once per process). An empty mask means
     the model found no myocardium; callers fall back to the classical method.
     """
-    return _largest_component(myocardium_probability(volume, bundle) >= 0.5)
+    b = bundle or bundles.load_bundle("lv_segmentation")
+    threshold = float(b.metadata.get("mask_threshold", 0.5))
+    return _largest_component(myocardium_probability(volume, b) >= threshold)
 
 
 def classical_myocardium_mask(volume: Volume) -> np.ndarray:
@@ -338,7 +340,15 @@ def train_segmentation(out: Path, n_train: int = 0, data: Path | None = None, ep
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
+    # probability threshold of the mask: the one with the best mean validation Dice
+    probs = [myocardium_probability(c.volume, loaded) for c in val_cases]
+    scores = {t: float(np.mean([dice(_largest_component(p >= t), c.mask) for p, c in zip(probs, val_cases)]))
+              for t in (0.3, 0.4, 0.5, 0.6)}
+    threshold = max(scores, key=scores.get)
+    loaded.metadata["mask_threshold"] = threshold
+    sys.stderr.write(f"[lv_segmentation] mask threshold {threshold} (validation Dice by threshold {scores})\n")
     evaluation = evaluate_segmentation(test_cases, loaded)
+    evaluation["mask_threshold"] = threshold
     evaluation["validation_dice_best"] = best
     metadata = _metadata(version, n_train, n_val, seed, evaluation, history,
                          "random initialisation" if init is None else f"weights of {init} (fine-tuned)")
@@ -397,6 +407,7 @@ def _metadata(version: str, n_train: int, n_val: int, seed: int, evaluation: dic
         "data_source": "synthetic (node.synth.phantom)", "data_type": "SPECT volume",
         "network_data_format": {"inputs": io_in, "outputs": io_out}, "inputs": io_in, "outputs": io_out,
         "canonical_voxel_mm": CANONICAL_VOXEL_MM,
+        "mask_threshold": evaluation.get("mask_threshold", 0.5),
         "evaluation_summary": {k: v for k, v in evaluation.items() if k != "per_case"},
         "training": {"seed": seed, "n_train": n_train, "epochs": len(history), "history": history, "initialised_from": init_note},
     }

@@ -259,7 +259,10 @@ def _tpd_baseline(c: cohorts.Cohort, limits: cohorts.NormalLimits) -> np.ndarray
 def _limits_for(cs: dict[str, cohorts.Cohort], seed: int) -> cohorts.NormalLimits:
     """Synthetic cohorts: limits of the synthetic normal database; site folders: the node's own limits."""
     synthetic = all(c.version == cohorts.COHORT_VERSION for c in cs.values())
-    return cohorts.normal_limits(seed) if synthetic else cohorts.node_normal_limits()
+    if not synthetic:
+        return cohorts.node_normal_limits()
+    # 120 normals per (tracer, sex) for real training runs; a smaller database for smoke runs
+    return cohorts.normal_limits(seed, n_per_group=120 if len(cs["train"]) >= 1000 else 30)
 
 
 def _train_cad(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: Path | None, pretrain: int = 0) -> tuple[nn.Module, list, dict]:
@@ -313,7 +316,13 @@ def _train_tracer(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: P
     limits = _limits_for(cs, seed)
     data = {s: _tracer_data(c, limits) for s, c in cs.items()}
     net = TracerHeadsNet()
-    history = _fit(net, data["train"], data["validation"], epochs, seed, "tracer_heads", ckpt, augment=_tracer_augment)
+    history: list[dict[str, Any]] = []
+    if pretrain:
+        pre = _tracer_data(cohorts.make_cad_cohort(pretrain, "pretrain", seed), limits)
+        history += [{"phase": "pretrain", **h} for h in _fit(net, pre, data["validation"], max(epochs // 2, 1), seed + 1,
+                                                              "tracer_heads pretrain", None, augment=_tracer_augment)]
+    history += _fit(net, data["train"], data["validation"], epochs, seed, "tracer_heads", ckpt, augment=_tracer_augment,
+                    lr=2e-3 if not pretrain else 1e-3)
     heads = {"tc99m": (0, "tc_abnormal"), "tl201": (1, "tl_risk")}
     evaluation: dict[str, Any] = {"thresholds": {}}
     val = cs["validation"]
@@ -361,7 +370,13 @@ def _train_crt(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: Path
     imputation = _crt_imputation(cs["train"])
     data = {s: _crt_data(c, imputation) for s, c in cs.items()}
     net = CRTResponseNet()
-    history = _fit(net, data["train"], data["validation"], epochs, seed, "crt_response", ckpt, lr=1.5e-3, batch=32)
+    history: list[dict[str, Any]] = []
+    if pretrain:
+        pre = _crt_data(cohorts.make_crt_cohort(pretrain, "pretrain", seed), imputation)
+        history += [{"phase": "pretrain", **h} for h in _fit(net, pre, data["validation"], max(epochs // 2, 1), seed + 1,
+                                                              "crt_response pretrain", None, lr=1.5e-3, batch=32)]
+    history += _fit(net, data["train"], data["validation"], epochs, seed, "crt_response", ckpt, lr=1.5e-3 if not pretrain else 7e-4,
+                    batch=32)
     logreg = LogisticRegression(l2=1e-3).fit(data["train"].tab.numpy(), cs["train"].labels["crt_response"])
     val = cs["validation"]
     val_p = _sigmoid(predict_logits(net, data["validation"]))[:, 0]
@@ -513,7 +528,7 @@ _LIMITS = {
 
 
 _PRETRAIN_NOTE = ("From-scratch training is compared with pretraining on a larger synthetic cohort (`--pretrain N`, then "
-                  "fine-tuning) in docs/validation.md, section Models.")
+                  "fine-tuning) for cad_polar in docs/validation.md, section Models; `--pretrain` works for every polar-map bundle.")
 
 
 def readme_for(bundle: str, metadata: dict[str, Any], evaluation: dict[str, Any], history: list[dict[str, float]], command: str,
@@ -580,14 +595,27 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
     n_epochs = epochs or _DEFAULT_EPOCHS[bundle]
     net, history, evaluation = _TRAINERS[bundle](cs, n_epochs, seed, checkpoints, pretrain)
     source = f"synthetic cohort, seed {seed}" if synthetic is not None else f"site folder {data}"
-    extra: dict[str, Any] = {"training": {"epochs": n_epochs, "seed": seed, "pretrain_cases": pretrain, "history": history}}
+    command = command or f"cardionode train {bundle} --synthetic {synthetic} --epochs {n_epochs} --seed {seed}"
+    extra: dict[str, Any] = {"training": {"epochs": n_epochs, "seed": seed, "pretrain_cases": pretrain, "command": command,
+                                          "history": history}}
     if bundle == "crt_response":
         extra["imputation"] = evaluation["imputation"]
     metadata = metadata_for(bundle, version, training_data_text(bundle, cs, source), evaluation, extra)
-    readme = readme_for(bundle, metadata, evaluation, history, command or f"cardionode train {bundle} --synthetic {synthetic} --seed {seed}")
+    readme = readme_for(bundle, metadata, evaluation, history, command)
     bundles.write_bundle(out, bundle, net, metadata, readme)
     (out / "docs" / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=float) + "\n")
     return TrainResult(bundle, out, net, history, evaluation, time.monotonic() - start)
+
+
+def rewrite_readme(bundle_dir: Path, command: str | None = None) -> None:
+    """Regenerate ``docs/README.md`` of a polar-map bundle from its metadata and evaluation (no training)."""
+    bundle_dir = Path(bundle_dir)
+    metadata = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+    evaluation = json.loads((bundle_dir / "docs" / "evaluation.json").read_text())
+    training = metadata.get("training", {})
+    command = command or training.get("command") or f"cardionode train {metadata['name']} --synthetic N --seed {training.get('seed', 0)}"
+    (bundle_dir / "docs" / "README.md").write_text(
+        readme_for(metadata["name"], metadata, evaluation, training.get("history", []), command))
 
 
 def train_main(args: argparse.Namespace) -> int:

@@ -86,7 +86,7 @@ def decide(
     now: datetime,
     rule_for: Callable[[str], Rule],
 ) -> Decision:
-    """Apply the completeness rules to a ``receiving`` study (pure function; times naive UTC)."""
+    """Apply the completeness rules to a ``receiving`` study (reads only the registry; times naive UTC)."""
     quiet_s = (now - last_received).total_seconds()
     age_s = (now - first_received).total_seconds()
     pipeline, route_reason = registry.route(summary)

@@ -41,10 +41,10 @@ from node.quant.polar_map import (
     PolarMap,
     grid_rows_z,
     midwall_surface_rows,
+    perfusion_polar_map,
     sample_gated_polar_maps,
-    sample_polar_map,
 )
-from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, TERRITORY_SEGMENTS, PolarGrid
+from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, PolarGrid
 from node.results.content import (
     Algorithm,
     Evaluation,
@@ -192,11 +192,20 @@ def _analyse_state(
     t0 = time.perf_counter()
     source = summed.volume
     source_gated = gated.gates if gated is not None else None
-    surface = midwall_surface_rows(source, location, grid_rows_z(location, grid), grid.n_psi)
-    perfusion = sample_polar_map(source, location, grid, surface=surface)
-    gated_maps = (
-        sample_gated_polar_maps(source_gated, location, grid, surface=surface) if source_gated is not None else None
-    )
+    perfusion, _ = perfusion_polar_map(source, location, grid)
+    gated_maps = None
+    if source_gated is not None:
+        # per-gate maps for phase analysis and ED/ES display: gates prefiltered (3D Gaussian, quant-b's
+        # setting) because single-gate counts are too noisy for the first harmonic
+        try:
+            from node.quant.phase import prefilter_gated_voxels
+
+            filtered = Volume(prefilter_gated_voxels(source_gated.voxels, source_gated.spacing_mm), source_gated.affine)
+        except ImportError:
+            filtered = source_gated
+            notes.append(f"{state}: gate prefilter unavailable; per-gate maps unfiltered")
+        surface = midwall_surface_rows(source, location, grid_rows_z(location, grid), grid.n_psi)
+        gated_maps = sample_gated_polar_maps(filtered, location, grid, surface=surface)
     timings["polar_maps"] = time.perf_counter() - t0
 
     function = phase = None

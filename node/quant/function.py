@@ -180,7 +180,7 @@ def measure_function(
     fwhm = float(fwhm_mm or location.fwhm_mm)
     sigma = float(np.sqrt((fwhm / 2.3548) ** 2 + location.source_voxel_mm**2 / 4.0))
     notes: list[str] = []
-    z_rays, r_rays, peak_rays, psi_deg, _ = fit_midwall_surface(gated_volume, location, grid.n_psi)
+    z_rays, r_rays, peak_rays, psi_deg, _ = fit_midwall_surface(gated_volume, location, grid.n_psi, curvature_shift=False)
     rows = _internal_rows(location, grid)
     surface = _surface_at(z_rays, r_rays, peak_rays, psi_deg, rows)
     half = location.wall_thickness_mm / 2.0 + fwhm + 6.0

@@ -15,36 +15,35 @@ THESE LIMITS ARE SYNTHETIC. They are built from a simulated normal cohort, not
 from patients, and are not a clinical normal database. Scores computed with them
 are research outputs only.
 
-The simulated cohort (reference note section 7.2):
+The simulated normal cohort (reference note section 7.2), two builders:
 
-* shape: ED semi-axes ``a = 28 mm``, ``c = 65 mm``, wall ``t = 10 mm``, each scaled by
-  an independent uniform factor in [0.9, 1.1] (+-10 %);
-* pose jitter: residual reorientation error modelled as an azimuthal rotation of
-  the patient-fixed attenuation pattern (+-10 deg) and a long-axis shift of the base
-  (+-3 mm);
-* count level: summed counts per myocardial voxel uniform in [80, 400] for
-  Tc-99m, times 0.3 for Tl-201; resolution FWHM uniform in [10, 13] mm (Tc-99m),
-  [12, 15] mm (Tl-201);
-* attenuation-like reductions: men, inferior wall reduced by a uniform 10..20 %
-  (centred at psi = 180 deg, cosine taper over +-75 deg, growing from 50 % of that
-  at the apex to 100 % at the base); women, anterior wall reduced by 5..15 %
-  (mean 10 %, centred at psi = 0 deg +- 20 deg, taper +-60 deg, strongest mid-ventricle).
-  Tl-201 reductions are 1.2 times larger (lower photon energy).
+* ``phantom`` (version 2, the one the pipeline loads): 40 voxel phantoms per tracer
+  and sex from :mod:`node.synth.phantom` (ungated, 64^3 x 6.4 mm, Poisson noise),
+  localised and sampled exactly as the SPECT pipeline does
+  (:func:`phantom_polar_map`: ``locate_lv`` + ``sample_polar_map`` on the summed
+  reconstruction). Per subject: ED/ES semi-axes and wall x U(0.9, 1.1) (+-10 %),
+  pose jitter +-15 deg, counts U(0.5, 1.5) x the tracer default (Tl-201 = 0.3 x Tc-99m),
+  FWHM U(10, 13) mm (Tc-99m) / U(12, 15) mm (Tl-201), attenuation-like reduction
+  inferior U(10, 20) % (men, centre jitter +-10 deg) or anterior U(5, 15) % (women,
+  +-20 deg). See :func:`phantom_normal_subject_spec`.
+* ``analytic`` (version 1, used by the unit tests of the scoring rules): the same
+  population evaluated directly in polar-map space (:class:`AnalyticPolarModel`):
+  activity blurred along the mid-wall surface, slab partial-volume recovery
+  ``erf(t / (2 sqrt(2) sigma))``, blurred truncation at the base plane, a +-10 deg
+  azimuthal jitter of the attenuation pattern and +-3 mm of the base, counts
+  U(80, 400) per voxel (Tl-201 x 0.3) and Gaussian cell noise of relative SD
+  ``1 / sqrt(2 * counts * recovery)``; attenuation as above (apex 50 % of the base
+  reduction in men, Tl-201 reductions x 1.2).
 
-Two builders produce such cohorts:
-
-* ``analytic`` (:class:`AnalyticPolarModel`): the model is evaluated directly in
-  polar-map space: activity pattern blurred along the mid-wall surface with the
-  resolution FWHM, slab partial-volume recovery ``erf(t / (2 sqrt(2) sigma))``,
-  blurred truncation at the base plane, and Gaussian count noise of relative SD
-  ``1 / sqrt(2 * counts * recovery)`` per cell;
-* ``phantom``: voxel phantoms from :mod:`node.synth.phantom` sampled by
-  :func:`node.quant.polar_map.sample_polar_map` (available when both exist).
+After the limits, 12 defect cases per tracer and sex (whole-territory defects of
+severity U(0.3, 0.9)) calibrate the measured deficit of absent uptake
+(:func:`calibrate_absent_uptake`).
 
 The manifest ``node/quant/data/normal_limits.json`` records, for every file, the
-builder, cohort size, seed, command and SHA-256. Regenerate with::
+builder, cohort size, seed, command, calibration and SHA-256. Regenerate with::
 
-    python -m node.quant.normal_limits build --n 40 --source analytic --seed 20261121
+    python -m node.quant.normal_limits build --n 40 --source phantom --version 2   # ~4 min on 2 cores
+    python -m node.quant.normal_limits build --n 40 --source analytic --version 1  # ~2 s
 
 Array conventions: ``mean``, ``sd`` are float ``[n_u, n_psi]``; ``sd`` is in the
 same unit as ``mean`` (fraction of the population peak).
@@ -376,8 +375,6 @@ def smooth_polar_map(values: np.ndarray, sigma_cells: float) -> np.ndarray:
     out = gaussian_filter1d(np.asarray(values, dtype=float), sigma_cells, axis=-1, mode="wrap")
     return gaussian_filter1d(out, sigma_cells, axis=-2, mode="nearest")
 
-
-_smooth_polar = smooth_polar_map
 
 
 def build_normal_limits(

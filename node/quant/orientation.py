@@ -21,11 +21,13 @@ Method (after Germano et al., J Nucl Med 1995;36:1107, "Automatic reorientation"
    closed end of the cup, where the myocardial mass is) to the base (the open
    end).
 3. **Landmarks** along that axis (``z`` in mm from the epicardial apex):
-   mid-wall apex (count peak on the axis), wall thickness (from the width of the
-   mean count profile across the mid-ventricular wall, corrected for the
-   system resolution), epicardial apex = mid-wall apex - t/2, cavity apex =
-   mid-wall apex + t/2, base = where the mid-wall counts fall to 50 % of their
-   mid-ventricular level.
+   the mid-wall apex is the count peak on the axis moved out by
+   ``sigma^2 * H`` (a blurred dome peaks inside its mid-wall; ``H = c/a^2``
+   at the tip of the fitted ellipsoid, ``sigma`` the effective resolution);
+   the apical wall thickness ``t`` is a typical value (``wall_mm``, 11 mm:
+   a 12-15 mm FWHM blur hides it); epicardial apex = mid-wall apex - t/2,
+   cavity apex = mid-wall apex + t/2; base = where the mid-wall counts fall
+   to 50 % of their mid-ventricular level (the half-height of a blurred edge).
 
 Coordinates are patient LPS millimetres; the LV frame is
 :class:`node.quant.lv_frame.LVFrame` (azimuth reference = patient anterior).
@@ -47,6 +49,7 @@ __all__ = [
     "LVNotFoundError",
     "LVLocation",
     "locate_lv",
+    "classical_myocardium_mask",
     "reorient_to_short_axis",
     "short_axis_frame",
     "blurred_slab_profile",
@@ -385,6 +388,23 @@ def _refine_with_own_level(best: _Candidate, smooth: np.ndarray, excluded: np.nd
         return best.mask
     overlap = ndimage.sum_labels(best.mask, labels, np.arange(1, n + 1))
     return labels == (1 + int(np.argmax(overlap)))
+
+
+def classical_myocardium_mask(volume: Volume) -> np.ndarray:
+    """The boolean myocardium mask ``[slice, row, col]`` the classical method of :func:`locate_lv` uses.
+
+    Gated volumes are summed. Raises :class:`LVNotFoundError` when no LV-like structure is found.
+    """
+    vox = np.asarray(volume.voxels, dtype=float)
+    if vox.ndim == 4:
+        vox = vox.sum(axis=0)
+    geometry = Volume(vox, volume.affine)
+    smooth = ndimage.gaussian_filter(vox, sigma=np.maximum(3.0 / geometry.spacing_mm, 0.3))
+    best, seen, excluded = _threshold_candidates(smooth, geometry)
+    if best is None:
+        detail = "; ".join(seen[:6]) or "no component above threshold"
+        raise LVNotFoundError(f"no LV-shaped (hollow, ellipsoidal) structure found: {detail}")
+    return _refine_with_own_level(best, smooth, excluded)
 
 
 # --------------------------------------------------------------------------- geometry

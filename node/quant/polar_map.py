@@ -46,6 +46,7 @@ __all__ = [
     "GatedPolarMaps",
     "fit_midwall_surface",
     "sample_polar_map",
+    "perfusion_polar_map",
     "sample_gated_polar_maps",
     "sample_along_normals",
     "relative_pct",
@@ -139,11 +140,23 @@ class GatedPolarMaps:
 
 
 def relative_pct(values: np.ndarray) -> np.ndarray:
-    """``100 * values / max``; the maximum is taken after a 3 x 3 cell mean (azimuth wraps) so
-    that one noisy cell does not set the scale. Works on ``[..., n_u, n_psi]``."""
+    """``100 * values / reference`` on ``[..., n_u, n_psi]`` maps.
+
+    The reference is the map maximum. When the map is noisy (median absolute
+    cell-to-3x3-neighbourhood difference above 1 % of the maximum) it is the
+    maximum of the map smoothed with a Gaussian of 1.5 cells (azimuth wraps),
+    so that noise does not set the scale; noise-free maps keep their exact maximum.
+    """
     values = np.asarray(values, dtype=float)
-    smooth = ndimage.uniform_filter(values, size=(1,) * (values.ndim - 2) + (3, 3), mode=("nearest",) * (values.ndim - 1) + ("wrap",))
-    peak = smooth.reshape(*values.shape[:-2], -1).max(axis=-1)
+    lead = values.shape[:-2]
+    mode = ("nearest",) * (values.ndim - 1) + ("wrap",)
+    local = ndimage.uniform_filter(values, size=(1,) * len(lead) + (3, 3), mode=mode)
+    smooth = ndimage.gaussian_filter(values, sigma=(0,) * len(lead) + (1.5, 1.5), mode=mode)
+    flat = values.reshape(*lead, -1)
+    raw_max = flat.max(axis=-1)
+    smooth_max = smooth.reshape(*lead, -1).max(axis=-1)
+    noise = np.median(np.abs(values - local).reshape(*lead, -1), axis=-1)
+    peak = np.where(noise > 0.01 * raw_max, smooth_max, raw_max)
     peak = np.where(peak > 0, peak, 1.0)
     return 100.0 * values / peak[(...,) + (None, None)]
 
@@ -181,9 +194,17 @@ def _smooth_weighted(values: np.ndarray, weights: np.ndarray, sigma: tuple[float
 
 
 def fit_midwall_surface(
-    volume: Volume, location: LVLocation, n_psi: int = 72, base_margin_mm: float = 12.0
+    volume: Volume,
+    location: LVLocation,
+    n_psi: int = 72,
+    base_margin_mm: float = 12.0,
+    curvature_shift: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mid-wall meridian curves from hybrid rays.
+
+    ``curvature_shift`` moves the count maxima out by ``sigma^2 H`` to the
+    geometric mid-wall; :mod:`node.quant.function` turns it off because it
+    applies the same correction to every gate's own peaks.
 
     Returns ``(z [n_rays, n_psi], radius [n_rays, n_psi], peak [n_rays, n_psi],
     psi_deg [n_psi], is_spherical [n_rays])``, rays ordered from the apex to
@@ -232,6 +253,16 @@ def fit_midwall_surface(
     z = np.where(is_sph[:, None], z_c - np.cos(theta_full)[:, None] * dist, origin[:, None] + 0.0 * dist)
     radius = np.where(is_sph[:, None], np.sin(theta_full)[:, None] * dist, dist)
     z = np.maximum.accumulate(z, axis=0)
+    # A blurred curved wall peaks sigma^2 * H inside its mid-wall (H mean curvature, sigma the
+    # effective resolution): move the count maxima out along the normals to the mid-wall.
+    tz, tr = np.gradient(z, axis=0), np.gradient(radius, axis=0)
+    norm = np.hypot(tz, tr) + 1e-12
+    n_z, n_r = -tr / norm, tz / norm
+    k1 = ndimage.uniform_filter1d(_meridian_curvature(z, radius), 3, axis=0, mode="nearest")
+    k2 = np.where(radius > 1.0, n_r / np.maximum(radius, 1.0), k1)
+    shift = np.clip(location.effective_sigma_mm**2 * 0.5 * (k1 + k2), 0.0, 4.0) if curvature_shift else 0.0
+    z = np.maximum.accumulate(z + shift * n_z, axis=0)
+    radius = np.maximum(radius + shift * n_r, 0.0)
     return z, radius, peak, psi_deg, is_sph
 
 
@@ -346,6 +377,23 @@ def sample_polar_map(
         normals=normals,
         search_half_width_mm=hw,
     )
+
+
+def perfusion_polar_map(
+    volume: Volume, location: LVLocation | None = None, grid: PolarGrid = DEFAULT_GRID
+) -> tuple[PolarMap, LVLocation]:
+    """The perfusion polar map exactly as the SPECT pipeline computes it (one entry point for the
+    pipeline and for building normal limits): locate the LV when ``location`` is None (short-axis
+    input is not assumed), fit the mid-wall surface on the (summed) reconstruction and sample it.
+
+    Returns ``(polar map, location)``.
+    """
+    from node.quant.orientation import locate_lv
+
+    if location is None:
+        location = locate_lv(volume)
+    surface = midwall_surface_rows(volume, location, grid_rows_z(location, grid), grid.n_psi)
+    return sample_polar_map(volume, location, grid, surface=surface), location
 
 
 def sample_gated_polar_maps(

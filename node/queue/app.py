@@ -58,16 +58,11 @@ class QueueSettings:
     def from_settings(cls, settings: Any) -> "QueueSettings":
         """Resolve the defaults of a :class:`node.config.Settings`: SQLite files under
         ``data_dir`` unless URLs are given; Redis for results when the broker is Redis."""
-        data_dir = Path(settings.data_dir).resolve()
-        broker = (settings.broker_url or "").strip() or f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
-        backend = (settings.result_backend or "").strip()
-        if not backend:
-            backend = broker if _is_redis(broker) else f"db+sqlite:///{data_dir / 'results.sqlite'}"
         return cls(
-            data_dir=data_dir,
-            broker_url=broker,
-            result_backend=backend,
-            artifact_store=(settings.artifact_store or "").strip(),
+            data_dir=Path(settings.data_dir).resolve(),
+            broker_url=settings.effective_broker_url,
+            result_backend=settings.effective_result_backend,
+            artifact_store=settings.effective_artifact_store,
             visibility_timeout_s=float(settings.visibility_timeout_s),
         )
 
@@ -76,7 +71,7 @@ class QueueSettings:
         return self.broker_url.startswith("sqla+sqlite")
 
     def open_artifacts(self) -> ArtifactStore:
-        return open_store(self.artifact_store, self.data_dir, self.broker_url)
+        return open_store(self.artifact_store)
 
 
 def create_app(queue_settings: QueueSettings) -> Celery:

@@ -164,18 +164,15 @@ class RedisStore(ArtifactStore):
             self._redis.delete(*names[i : i + 500])
 
 
-def open_store(spec: str, data_dir: Path, broker_url: str) -> ArtifactStore:
-    """Open the artifact store described by the ``artifact_store`` setting.
+def open_store(spec: str) -> ArtifactStore:
+    """Open the artifact store named by ``Settings.effective_artifact_store``.
 
-    ``spec`` is ``""`` (automatic: the broker's Redis server when the broker is
-    Redis, else ``<data_dir>/artifacts``), a ``redis://`` / ``rediss://`` URL, or
-    a directory path (optionally ``file://``).
+    ``spec`` is a ``redis://`` / ``rediss://`` URL or a directory path
+    (optionally ``file://``).
     """
-    spec = (spec or "").strip()
+    spec = spec.strip()
     if not spec:
-        if broker_url.startswith(("redis://", "rediss://")):
-            return RedisStore(broker_url)
-        return DirectoryStore(Path(data_dir) / "artifacts")
+        raise ValueError("artifact store is empty: give a directory or a redis:// URL")
     if spec.startswith(("redis://", "rediss://")):
         return RedisStore(spec)
     if spec.startswith("file://"):

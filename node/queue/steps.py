@@ -36,6 +36,7 @@ __all__ = [
     "run_step",
     "context_to_dict",
     "context_from_dict",
+    "dataset_to_bytes",
 ]
 
 #: the steps a pipeline may declare, in the order they run

@@ -2,8 +2,8 @@
 
 One task, ``cardionode.step``, runs any step of any pipeline; the node sends it
 to the queue the pipeline declares for that step (``cpu`` or ``gpu``). The task
-id is chosen by the node (``<job_key>.<step>``) so that the node can find the
-result again after a restart without having stored anything but the job.
+id is chosen by the node (:func:`node.queue.dispatch.task_id_for`) so that the
+node finds the result again after a restart from the ledger alone.
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ from celery import Celery
 from node.queue.artifacts import ArtifactStore
 from node.queue.steps import StepMessage, run_step
 
-__all__ = ["STEP_TASK", "register", "step_task_id"]
+__all__ = ["STEP_TASK", "register"]
 
 STEP_TASK = "cardionode.step"
 
 _log = logging.getLogger(__name__)
-
-
-def step_task_id(job_key: str, step: str) -> str:
-    """The Celery task id of ``step`` of job attempt ``job_key``."""
-    return f"cardionode-{job_key}-{step}"
 
 
 def register(app: Celery, store: ArtifactStore) -> None:

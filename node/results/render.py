@@ -15,17 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-import node  # noqa: E402
-from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, PolarGrid, bullseye  # noqa: E402
-from node.results.content import MapImage  # noqa: E402
+import node
+from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, PolarGrid, bullseye
+from node.results.content import MapImage
 
 __all__ = [
     "IMAGE_SIZE",
@@ -45,13 +41,18 @@ _DPI = 100
 _RASTER = 256
 
 
+def _figure(size: int) -> Figure:
+    """A stand-alone Agg figure (no pyplot global state, safe in worker threads)."""
+    fig = Figure(figsize=(size / _DPI, size / _DPI), dpi=_DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def figure_to_rgb(fig: Figure) -> np.ndarray:
-    """Rasterise a matplotlib figure to an RGB ``uint8`` array ``[rows, columns, 3]`` and close it."""
+    """Rasterise a matplotlib figure to an RGB ``uint8`` array ``[rows, columns, 3]``."""
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
-    rgb = np.ascontiguousarray(rgba[..., :3], dtype=np.uint8)
-    plt.close(fig)
-    return rgb
+    return np.ascontiguousarray(rgba[..., :3], dtype=np.uint8)
 
 
 def _ring_radii(grid: PolarGrid) -> tuple[float, float, float]:
@@ -125,7 +126,7 @@ def render_bullseye(
     lo, hi = (float(v) for v in image.value_range)
     if not hi > lo:
         raise ValueError(f"MapImage {image.key!r}: value_range {image.value_range} must be increasing")
-    fig = plt.figure(figsize=(size / _DPI, size / _DPI), dpi=_DPI, facecolor="white")
+    fig = _figure(size)
     ax = fig.add_axes((0.04, 0.12, 0.74, 0.74))
     extent = (-1.0, 1.0, -1.0, 1.0)
     raster = np.ma.masked_invalid(bullseye(values, _RASTER, grid))
@@ -168,7 +169,7 @@ def render_table_screen(
     title: str, rows: Sequence[tuple[str, str, str]], notice: str = node.RESEARCH_USE_NOTICE, size: int = IMAGE_SIZE
 ) -> np.ndarray:
     """Render a table of ``(label, value, unit)`` rows as an RGB ``uint8`` ``[size, size, 3]`` screen."""
-    fig = plt.figure(figsize=(size / _DPI, size / _DPI), dpi=_DPI, facecolor="white")
+    fig = _figure(size)
     fig.text(0.5, 0.955, title, ha="center", va="center", fontsize=12, fontweight="bold")
     shown = list(rows)
     if len(shown) > 34:

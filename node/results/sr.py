@@ -241,8 +241,8 @@ def build_sr(
     """
     templates = templates or load_templates()
     images = dict(images or {})
-    identity = ContentIdentity.of(content, sources)
     source_ds = [_library_view(ds) for ds in _source_datasets(content, sources)]
+    identity = ContentIdentity.of(content, source_ds)
     reported, performed, procedure_label = templates.procedure(content.procedure)
     series = templates.series("sr")
 

@@ -20,7 +20,7 @@ def test_same_seed_same_cohort_and_splits_are_disjoint(seed: int) -> None:
 
 
 def test_disease_process_shows_where_documented(seed: int) -> None:
-    c = cohorts.make_cad_cohort(400, "train", seed)
+    c = cohorts.make_cad_cohort(300, "train", seed)
     masks = cohorts.territory_masks()
     healthy = (c.truth["cad"] == 0) & (c.truth["attenuation"] == 0)
     for t, m in masks.items():
@@ -36,8 +36,8 @@ def test_disease_process_shows_where_documented(seed: int) -> None:
 
 
 def test_sex_specific_attenuation_fools_tpd_in_normals(seed: int) -> None:
-    c = cohorts.make_cad_cohort(600, "test", seed)
-    limits = cohorts.normal_limits(seed, n_per_group=40)
+    c = cohorts.make_cad_cohort(400, "test", seed)
+    limits = cohorts.normal_limits(seed, n_per_group=30)
     tpd = cohorts.stress_tpd(c.maps["stress_perfusion"], c.tracer, c.features["sex_male"], limits, method="reference")
     normal = c.truth["cad"] == 0
     strong = normal & (c.truth["attenuation"] > 0.25)
@@ -50,7 +50,7 @@ def test_sex_specific_attenuation_fools_tpd_in_normals(seed: int) -> None:
 
 
 def test_crt_response_depends_on_documented_factors(seed: int) -> None:
-    c = cohorts.make_crt_cohort(500, "train", seed)
+    c = cohorts.make_crt_cohort(400, "train", seed)
     y = c.labels["crt_response"]
     assert auc(y, c.truth["effective_delay"]) > 0.65, f"seed {seed}"
     lbbb = c.features["lbbb"]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import redis
 
-from helpers import (
+from flow_support import (
     PYTHON,
     REPO,
     NodeProcess,

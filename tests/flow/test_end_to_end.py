@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import redis
 
-from helpers import (
+from flow_support import (
     PATIENT_BIRTH_DATE,
     PATIENT_ID,
     PATIENT_NAME,

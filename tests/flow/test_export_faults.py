@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from helpers import NodeProcess, Orthanc, free_port, make_nm_study, node_settings, storescu, wait_for, write_config
+from flow_support import NodeProcess, Orthanc, free_port, make_nm_study, node_settings, storescu, wait_for, write_config
 
 pytestmark = pytest.mark.network
 

@@ -14,7 +14,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import EnhancedSRStorage, NuclearMedicineImageStorage
 
 import flowtest_pipeline
-from helpers import free_port, make_nm_study
+from flow_support import free_port, make_nm_study
 from node.config import TLSSettings
 from node.dicom.sender import COMPREHENSIVE_3D_SR, ENHANCED_SR, Target, send_files
 from node.dicom.tls import client_context

@@ -13,6 +13,7 @@ from node.dicom.assembler import Rule, decide
 from node.dicom.sender import RetryPolicy, classify_status
 from node.pipelines import registry
 from node.pipelines.base import SeriesSummary, StudySummary
+from node.config import Settings
 from node.queue.artifacts import DirectoryStore, MissingArtifactError, RedisStore, open_store, validate_key
 from node.queue.dispatch import parse_task_id, task_id_for
 from node.queue.worker import parse_queues, worker_argv
@@ -115,5 +116,10 @@ def test_redis_store_and_automatic_choice(tmp_path: Path) -> None:
     redis.Redis.from_url(url).ping()
     store = RedisStore(url, namespace=f"flowtest:{tmp_path.name}")
     _exercise(store)
-    assert isinstance(open_store("", tmp_path, url), RedisStore)
-    assert isinstance(open_store("", tmp_path, "sqla+sqlite:///x"), DirectoryStore)
+    redis_settings = Settings(data_dir=tmp_path, broker_url=url)
+    assert redis_settings.effective_artifact_store == url
+    assert redis_settings.effective_result_backend == url
+    assert isinstance(open_store(redis_settings.effective_artifact_store), RedisStore)
+    sqlite_settings = Settings(data_dir=tmp_path)
+    assert sqlite_settings.effective_result_backend.startswith("db+sqlite:///")
+    assert isinstance(open_store(sqlite_settings.effective_artifact_store), DirectoryStore)

@@ -138,9 +138,10 @@ def test_short_axis_input_is_located_without_reorientation() -> None:
     location = locate_lv(acq.frames, short_axis=True)
     assert location.method == "short_axis"
     error = _axis_error_deg(location, acq.truth.frame)
-    polar = sample_polar_map(acq.frames, location)
-    diff = np.abs(polar.segment_uptake_pct() - acq.truth.segment_uptake_blurred_pct)
+    # sampling accuracy on the noise-free short-axis volume (the truth is defined noise-free)
+    clean = locate_lv(acq.expected, short_axis=True)
+    diff = np.abs(sample_polar_map(acq.expected, clean).segment_uptake_pct() - acq.truth.segment_uptake_blurred_pct)
     msg = f"seed={seed} axis_error={error:.2f} segment diff max={diff.max():.1f}"
     print(msg)
     assert error < 10.0, msg
-    assert diff.max() < 10.0, msg
+    assert diff.max() < 5.0, msg

@@ -1,0 +1,1 @@
+"""Flow tests: queue, completeness, sender, service, end to end."""
