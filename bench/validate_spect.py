@@ -2,7 +2,7 @@
 
 Regenerates every figure of docs/validation.md (issue-3 sections) over N random seeds:
 
-    .venv/bin/python bench/validate_spect.py --seeds 20 [--first-seed 1000] [--json out.json]
+    .venv/bin/python bench/validate_spect.py --seeds 60 --first-seed 2000 [--json out.json] [--markdown]
 
 For each seed it simulates (node.synth, Tier A: analytic LV, Gaussian blur FWHM 12 mm,
 Poisson noise at the default clinical count level, 64^3 x 6.4 mm, pose jitter +-15 deg):
@@ -15,7 +15,8 @@ Poisson noise at the default clinical count level, 64^3 x 6.4 mm, pose jitter +-
   Tc-99m or Tl-201) -> segment scores, SSS, TPD;
 * D: a gated small heart (EDV 38 mL) -> small-heart volume/EF bias.
 
-It uses the pipeline's own functions (locate_lv, sample_polar_map, sample_gated_polar_maps,
+It uses the pipeline's own functions and wiring (locate_lv, perfusion_polar_map,
+prefilter_gated_voxels + sample_gated_polar_maps on the summed mid-wall surface,
 measure_function, score_map, analyse_phase) and the shipped SYNTHETIC normal limits.
 Errors are measured minus truth. All of this is synthetic: nothing here is a clinical
 validation.
@@ -36,7 +37,7 @@ from node.quant.function import measure_function
 from node.quant.normal_limits import load_normal_limits
 from node.quant.orientation import locate_lv
 from node.quant.phase import analyse_phase, first_harmonic, phase_statistics, prefilter_gated_voxels
-from node.quant.polar_map import sample_gated_polar_maps, sample_polar_map
+from node.quant.polar_map import grid_rows_z, midwall_surface_rows, perfusion_polar_map, sample_gated_polar_maps
 from node.quant.scores import score_map
 from node.quant.segments import DEFAULT_GRID
 from node.synth.phantom import LATERAL_DELAY, SMALL, PhantomSpec, make_acquisition, territory_defect
@@ -74,7 +75,8 @@ def _axis_error_deg(measured: np.ndarray, truth: np.ndarray) -> float:
 def _phase(acq, location) -> tuple:
     frames = acq.frames
     smooth = Volume(prefilter_gated_voxels(frames.voxels, frames.spacing_mm), frames.affine)
-    gated = sample_gated_polar_maps(smooth, location)
+    surface = midwall_surface_rows(acq.summed, location, grid_rows_z(location, DEFAULT_GRID), DEFAULT_GRID.n_psi)
+    gated = sample_gated_polar_maps(smooth, location, DEFAULT_GRID, surface=surface)
     measured = analyse_phase(gated.values, gated.weights).statistics
     truth = acq.truth
     count_truth = phase_statistics(truth.count_phase_deg, truth.polar_cell_volume_mm3)
@@ -105,7 +107,7 @@ def run_seed(seed: int, fig: Figures) -> None:
     location_nf = locate_lv(acq.expected.summed())
     fig.add("orientation.noise_free.axis_error_deg", _axis_error_deg(location_nf.frame.long_axis, truth.frame.long_axis))
     for label, vol, loc in (("noisy", acq.summed, location), ("noise_free", acq.expected.summed(), location_nf)):
-        pm = sample_polar_map(vol, loc)
+        pm = perfusion_polar_map(vol, loc)[0]
         # measured: the sampler's own relative uptake (segment mean / max of the 3x3-smoothed map, quant-a);
         # truth: segment mean / max of the blurred noise-free map along the true normals (node.synth)
         err = np.asarray(pm.segment_uptake_pct()) - np.asarray(truth.segment_uptake_blurred_pct)
@@ -161,7 +163,7 @@ def run_seed(seed: int, fig: Figures) -> None:
     )
     acq_c = make_acquisition(spec_c, "stress", rng)
     tc_ = acq_c.truth
-    pm_c = sample_polar_map(acq_c.summed, locate_lv(acq_c.summed))
+    pm_c, _ = perfusion_polar_map(acq_c.summed)
     result = score_map(pm_c.values, pm_c.weights, load_normal_limits(tracer, sex))
     true_scores = np.asarray(tc_.segment_scores_severity)
     diff = result.segment_scores - true_scores
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=20, help="number of seeds (default 20)")
     parser.add_argument("--first-seed", type=int, default=1000)
     parser.add_argument("--json", help="write the summary as JSON to this path")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/validation.md)")
     args = parser.parse_args(argv)
     fig = Figures()
     t0 = time.perf_counter()
@@ -198,14 +201,23 @@ def main(argv: list[str] | None = None) -> int:
         run_seed(seed, fig)
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     summary = fig.summary()
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"seeds": [args.first_seed, args.first_seed + args.seeds - 1], "figures": summary}, fh, indent=2)
     print(f"# validate_spect: seeds {args.first_seed}..{args.first_seed + args.seeds - 1} (synthetic phantoms only)")
+    if args.markdown:
+        print("| figure | n | mean | SD | worst | min | max |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for key in sorted(summary):
+            s = summary[key]
+            print(
+                f"| `{key}` | {s['n']} | {s['mean']:.2f} | {s['sd']:.2f} | {s['worst']:.2f} | {s['min']:.2f} | {s['max']:.2f} |"
+            )
+        return 0
     print(f"{'figure':58s} {'n':>4s} {'mean':>8s} {'sd':>7s} {'worst':>8s} {'min':>8s} {'max':>8s}")
     for key in sorted(summary):
         s = summary[key]
         print(f"{key:58s} {s['n']:4d} {s['mean']:8.2f} {s['sd']:7.2f} {s['worst']:8.2f} {s['min']:8.2f} {s['max']:8.2f}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"seeds": [args.first_seed, args.first_seed + args.seeds - 1], "figures": summary}, fh, indent=2)
     return 0
 
 

@@ -43,6 +43,8 @@ __all__ = [
 
 #: the CRT model is applied only to CRT candidates (LVEF at or below this, %)
 CRT_LVEF_MAX = 35.0
+#: an input variant of the tracer heads whose test AUC (bundle metadata) is below this is not reported
+MIN_VARIANT_AUC = 0.65
 _TRACER_FAMILY = {"tc99m_sestamibi": "tc99m", "tc99m_tetrofosmin": "tc99m", "tc99m": "tc99m", "tl201": "tl201"}
 
 
@@ -234,6 +236,12 @@ def _predict_tracer(studies: list[StudyInputs], preds: dict[str, StudyPrediction
             continue
         variant = "dual" if s.stress_perfusion is not None and s.rest_perfusion is not None else ("stress" if s.stress_perfusion is not None else "rest")
         col, finding, label = heads[family]
+        variant_auc = bundle.metadata.get("evaluation_summary", {}).get("test", {}).get(family, {}).get(f"model_{variant}", {}).get("auc")
+        if variant_auc is not None and variant_auc < MIN_VARIANT_AUC:
+            preds[s.key].notes.append(
+                f"tracer-specific model not applied: its {variant}-only variant had test AUC {variant_auc:.2f} "
+                f"(< {MIN_VARIANT_AUC:.2f}) on the synthetic cohort, so it is not reported")
+            continue
         if s.stress_perfusion is not None and s.stress_deficit is None:
             s.stress_deficit, s.stress_severity = _score_with_node_limits(s, "stress")
         if s.rest_perfusion is not None and s.rest_deficit is None:

@@ -7,10 +7,12 @@ sanity check (the SPECT pipeline reports large disagreement).
 
 Processing: the (summed) volume is resampled to isotropic
 :data:`CANONICAL_VOXEL_MM` voxels (trilinear), scaled by its 99.5th
-percentile and clipped to [0, 2], padded to a multiple of 4, passed through
-the U-Net in one piece (fully convolutional, batch-norm statistics frozen),
-and the myocardium probability is resampled back to the input grid; voxels
-with p >= 0.5 in the largest connected component form the mask.
+percentile and clipped to [0, 2], padded to a multiple of 4 and passed
+through the U-Net in one piece (fully convolutional) to find the heart; a
+second pass on the 32^3 crop centred on it (the context the network was
+trained on) gives the myocardium probability, which is resampled back to the
+input grid; voxels above the bundle's ``mask_threshold`` (chosen on the
+validation phantoms) in the largest connected component form the mask.
 
 Training data are phantoms of ``node.synth.phantom`` with varied shape,
 pose, counts, resolution, extracardiac activity, attenuation artefacts and
@@ -90,7 +92,21 @@ def myocardium_probability(volume: Volume, bundle: bundles.LoadedBundle | None =
     if not np.all(np.isfinite(vox)):
         raise ValueError("the volume contains non-finite values")
     image = _canonical(vox, volume.spacing_mm)
-    prob = _run(b.network, image[None], b.device)[0]
+    coarse = _run(b.network, image[None], b.device)[0]
+    found = _largest_component(coarse >= 0.5)
+    if not found.any():
+        return _back(coarse, vox.shape)
+    # second pass on a 32^3 crop centred on the heart: the context the network was trained on
+    centre = np.average(np.argwhere(found), axis=0, weights=coarse[found])
+    shape = np.array(image.shape)
+    lo = np.clip(np.round(centre - _CROP / 2).astype(int), 0, np.maximum(shape - _CROP, 0))
+    sl = tuple(slice(int(a), int(a) + _CROP) for a in lo)
+    crop = image[sl]
+    size = crop.shape
+    crop = np.pad(crop, [(0, _CROP - n) for n in size])
+    fine = _run(b.network, crop[None], b.device)[0][: size[0], : size[1], : size[2]]
+    prob = np.zeros_like(coarse)
+    prob[sl] = fine
     return _back(prob, vox.shape)
 
 
@@ -272,6 +288,32 @@ def _crops(images: list[np.ndarray], masks: list[np.ndarray], gen: np.random.Gen
     return np.stack(xs)[:, None], np.stack(ys).astype(np.int64)
 
 
+def _recalibrate_batch_norm(net: torch.nn.Module, images: list[np.ndarray], masks: list[np.ndarray], seed: int,
+                            n_batches: int = 12, batch: int = 8) -> None:
+    """Recompute batch-norm running statistics as exact averages over fresh random crops.
+
+    The running averages of a few small crop batches are noisy, and the
+    whole-volume inference is sensitive to them; a cumulative average over
+    ``n_batches`` crop batches (forward passes only) makes evaluation stable.
+    """
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    gen = np.random.default_rng(seed)
+    net.train()
+    with torch.no_grad():
+        for _ in range(n_batches):
+            x, _ = _crops(images, masks, gen, batch)
+            net(torch.from_numpy(x))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    net.eval()
+
+
 def train_segmentation(out: Path, n_train: int = 0, data: Path | None = None, epochs: int = 30, seed: int = 0,
                        checkpoints: Path | None = None, version: str = "1.0.0", command: str = "",
                        cache: Path | None = Path("var") / "cache", init: Path | None = None, lr: float = 3e-3) -> Any:
@@ -329,7 +371,7 @@ def train_segmentation(out: Path, n_train: int = 0, data: Path | None = None, ep
             sched.step()
             total += loss.item()
             progress.update(epoch * steps + k + 1, f"epoch {epoch + 1}/{epochs} loss {loss.item():.3f}")
-        net.eval()
+        _recalibrate_batch_norm(net, images, masks, seed + epoch)
         val_dice = float(np.mean([dice(segment_myocardium(c.volume, loaded), c.mask) for c in val_cases]))
         history.append({"epoch": epoch + 1, "train_loss": total / steps, "validation_dice": val_dice})
         sys.stderr.write(f"[lv_segmentation] epoch {epoch + 1}/{epochs} loss {total / steps:.4f} validation Dice {val_dice:.3f}\n")

@@ -20,8 +20,8 @@ The simulated normal cohort (reference note section 7.2), two builders:
 * ``phantom`` (version 2, the one the pipeline loads): 40 voxel phantoms per tracer
   and sex from :mod:`node.synth.phantom` (ungated, 64^3 x 6.4 mm, Poisson noise),
   localised and sampled exactly as the SPECT pipeline does
-  (:func:`phantom_polar_map`: ``locate_lv`` + ``sample_polar_map`` on the summed
-  reconstruction). Per subject: ED/ES semi-axes and wall x U(0.9, 1.1) (+-10 %),
+  (:func:`phantom_polar_map` = :func:`node.quant.polar_map.perfusion_polar_map` on
+  the summed reconstruction). Per subject: ED/ES semi-axes and wall x U(0.9, 1.1) (+-10 %),
   pose jitter +-15 deg, counts U(0.5, 1.5) x the tracer default (Tl-201 = 0.3 x Tc-99m),
   FWHM U(10, 13) mm (Tc-99m) / U(12, 15) mm (Tl-201), attenuation-like reduction
   inferior U(10, 20) % (men, centre jitter +-10 deg) or anterior U(5, 15) % (women,
@@ -642,12 +642,14 @@ def phantom_normal_subject_spec(tracer: str, sex: str, rng: np.random.Generator)
 
 
 def phantom_polar_map(volume) -> tuple[np.ndarray, np.ndarray]:
-    """The SPECT pipeline's perfusion sampling of a summed volume: ``(counts [n_u, n_psi], areas mm^2)``."""
-    from node.quant.orientation import locate_lv
-    from node.quant.polar_map import sample_polar_map
+    """The SPECT pipeline's perfusion sampling of a summed volume: ``(counts [n_u, n_psi], areas mm^2)``.
 
-    location = locate_lv(volume)
-    polar = sample_polar_map(volume, location)
+    Calls :func:`node.quant.polar_map.perfusion_polar_map`, the single entry point the
+    pipeline uses, so that normal limits and patients are sampled identically.
+    """
+    from node.quant.polar_map import perfusion_polar_map
+
+    polar, _ = perfusion_polar_map(volume)
     return np.asarray(polar.values, dtype=float), np.asarray(polar.weights, dtype=float)
 
 

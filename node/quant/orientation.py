@@ -60,6 +60,9 @@ __all__ = [
 #: assumed reconstructed system resolution (FWHM, mm) when the caller gives none
 DEFAULT_FWHM_MM = 12.0
 
+#: Gaussian smoothing (sigma, mm) applied before thresholds and landmark profiles
+_SMOOTH_MM = 3.0
+
 #: typical LV apex direction (apex minus base) in LPS: patient left, anterior, inferior
 _TYPICAL_APEX_DIRECTION = np.array([1.0, -1.0, -0.7]) / np.linalg.norm([1.0, -1.0, -0.7])
 
@@ -441,6 +444,53 @@ def _orient_axis(axis: np.ndarray, centre: np.ndarray, points: np.ndarray, weigh
     return (axis if axis @ typical > 0 else -axis), note
 
 
+def _apex_from_apical_walls(
+    smooth: np.ndarray, volume: Volume, tip: np.ndarray, axis: np.ndarray, a_mid: float, sigma: float
+) -> float | None:
+    """Correction (mm along the axis) of the mid-wall apex from the apical walls around it.
+
+    The count peak on the long axis moves toward the cavity when the apical cap
+    is hypoperfused (the surrounding walls then dominate). The mid-wall points of
+    the apical walls (count maxima along rays at 25-65 degrees from the apex
+    direction, moved out by ``sigma^2 / R`` for the curvature) follow
+    ``r^2 = b1 z + b2 z^2`` from the tip of an ellipsoidal wall; the root of the
+    fitted quadratic is the tip. Returns None when the fit is not usable.
+    """
+    frame = LVFrame(tip, axis)
+    radius = max(a_mid, 10.0)
+    centre = tip + axis * radius
+    theta = np.radians(np.linspace(25.0, 65.0, 9))
+    psi = np.radians(np.arange(0.0, 360.0, 10.0))
+    radial = np.cos(psi)[:, None] * frame.anterior + np.sin(psi)[:, None] * frame.septal  # [psi, 3]
+    dirs = -np.cos(theta)[:, None, None] * axis + np.sin(theta)[:, None, None] * radial[None]  # [theta, psi, 3]
+    dist = np.linspace(0.4, 1.6, 61) * radius
+    pts = centre + dirs[:, :, None, :] * dist[None, None, :, None]
+    vals = _sample(smooth, volume, pts)
+    k = np.argmax(vals, axis=-1)
+    inner = (k > 0) & (k < dist.size - 1)
+    d = dist[k] + sigma**2 / np.maximum(dist[k], 1.0)  # blurred curved wall: peak sigma^2 H inside
+    p = centre + dirs * d[..., None]
+    rel = p - tip
+    z = rel @ axis
+    r2 = np.sum(rel**2, axis=-1) - z**2
+    ok = inner & (r2 > 36.0)
+    if ok.sum() < 40:
+        return None
+    zs, rs = z[ok], r2[ok]
+    design = np.stack([np.ones_like(zs), zs, zs**2], axis=1)
+    coef, *_ = np.linalg.lstsq(design, rs, rcond=None)
+    b0, b1, b2 = coef
+    if b1 <= 0:
+        return None
+    disc = b1**2 - 4 * b2 * b0
+    if abs(b2) < 1e-9:
+        return float(-b0 / b1)
+    if disc < 0:
+        return None
+    roots = np.array([(-b1 + np.sqrt(disc)) / (2 * b2), (-b1 - np.sqrt(disc)) / (2 * b2)])
+    return float(roots[np.argmin(np.abs(roots))])
+
+
 def locate_lv(
     volume: Volume,
     myocardium_mask: np.ndarray | None = None,
@@ -481,7 +531,7 @@ def locate_lv(
         raise LVNotFoundError("the volume contains non-finite values")
     spacing = volume.spacing_mm
     geometry = Volume(vox, volume.affine)
-    smooth = ndimage.gaussian_filter(vox, sigma=np.maximum(3.0 / spacing, 0.3))
+    smooth = ndimage.gaussian_filter(vox, sigma=np.maximum(_SMOOTH_MM / spacing, 0.3))
     notes: list[str] = []
     if myocardium_mask is not None:
         mask = np.asarray(myocardium_mask).astype(bool)
@@ -557,7 +607,13 @@ def locate_lv(
     # The count peak of a blurred dome lies sigma^2 * H inside its mid-wall (H = c / a^2 at the tip of
     # the fitted mid-wall ellipsoid); the mid-wall apex is moved out by that amount.
     h_tip = float(np.clip(c_mid / max(a_mid, 1.0) ** 2, 0.0, 0.15))
-    tip = tip_guess + axis * (z_peak - sigma**2 * h_tip)
+    sigma_s = float(np.sqrt(sigma**2 + _SMOOTH_MM**2))  # the landmarks are read on the smoothed volume
+    tip = tip_guess + axis * (z_peak - sigma_s**2 * h_tip)
+    refined = _apex_from_apical_walls(smooth, geometry, tip, axis, a_mid, sigma_s)
+    if refined is not None and abs(refined) < 15.0:
+        tip = tip + axis * refined
+    else:
+        notes.append("apex from the count peak on the long axis (apical walls did not fit)")
     # Apical wall thickness: a 12-15 mm FWHM blur hides it (a slab fit of the axial profile
     # overestimates it 1.5-2x because of the dome's curvature), so a typical value is assumed.
     thickness = float(wall_mm)

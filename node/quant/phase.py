@@ -111,13 +111,13 @@ class PhaseParameters:
         gate's map before the Fourier transform (circular in azimuth, edge-replicated
         along the long axis); it reduces count noise, which otherwise inflates PSD and
         bandwidth. Default ``(0, 0)``: no smoothing here; the SPECT pipeline passes
-        Default ``(5, 5)`` (validated on synthetic phantoms whose gated volumes were
+        Default ``(4, 4)`` (validated on synthetic phantoms whose gated volumes were
         pre-filtered with a 3D Gaussian of sigma 8 mm; see docs/validation.md).
         Use ``(0, 0)`` for noise-free or already smoothed maps.
     amplitude_weighting:
         Exponent ``p`` of the relative first-harmonic amplitude ``A1 / A0`` in the
         histogram weights ``w * (A1/A0)^p``. Count noise makes the phase of
-        low-amplitude samples unreliable; ``p = 1.5`` (default) lets them count less.
+        low-amplitude samples unreliable; ``p = 1`` (default) lets them count less.
         ``p = 0``: pure area weights (the phantom truth uses area weights).
     min_amplitude_fraction:
         Samples whose first-harmonic amplitude is below this fraction of the
@@ -130,8 +130,8 @@ class PhaseParameters:
     bandwidth_method: Literal["shortest", "central"] = "central"
     recentre: Literal["mode", "circular_mean"] = "mode"
     mode_smoothing_deg: float = 3.0
-    smoothing_cells: tuple[float, float] = (5.0, 5.0)
-    amplitude_weighting: float = 1.5
+    smoothing_cells: tuple[float, float] = (4.0, 4.0)
+    amplitude_weighting: float = 1.0
     min_amplitude_fraction: float = 0.0
 
     def __post_init__(self) -> None:

@@ -162,14 +162,20 @@ class Conductor:
             path = self.settings.outbox_dir / study_uid / series_uid / f"{sop_uid}.dcm"
             write_file_atomic(path, data, durable=True)
             meta = OutputMeta(sop_uid, study_uid, series_uid, str(header.SOPClassUID), str(path.resolve()), len(data))
-            self.ledger.record_output(job.id, pipeline.name, meta)
-            recorded.append(sop_uid)
+            if self.ledger.record_output(job.id, pipeline.name, meta):
+                recorded.append(sop_uid)
         if destinations:  # after all outputs are recorded, so that one association sends them all
             for sop_uid in recorded:
                 self.ledger.create_sends(sop_uid, destinations)
         self.ledger.transition_job(
             job.id, "reported", f"{len(keys)} result objects in the outbox", expected_from=("running",)
         )
+        if keys and not recorded:
+            # deterministic UIDs: an unchanged re-run reproduces objects an earlier job already recorded and sent
+            self.ledger.transition_job(
+                job.id, "sent", f"all {len(keys)} result objects identical to an earlier run; nothing new to send",
+                expected_from=("reported",),
+            )
         study = self.ledger.transition_study(
             job.study_uid, "done", f"{pipeline.name} run {job.run}: {len(keys)} result objects",
             expected_from=("processing",),

@@ -204,9 +204,11 @@ def _library_view(ds: Dataset) -> Dataset:
 
 def _predecessor_datasets(context: ReportContext, own_uid: str) -> list[Dataset]:
     out = []
+    seen = {own_uid}  # an identical re-run is the same document, not its own successor
     for study_uid, series_uid, class_uid, instance_uid in context.predecessors:
-        if instance_uid == own_uid:
-            continue  # an identical re-run is the same document, not its own successor
+        if instance_uid in seen:
+            continue
+        seen.add(instance_uid)
         ds = Dataset()
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid

@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 import pydicom
-from conftest import require_tool
+from results_support import require_tool
 
 from node import RESEARCH_USE_NOTICE
 from node.quant.segments import DEFAULT_GRID

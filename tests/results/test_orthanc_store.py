@@ -7,7 +7,7 @@ import io
 
 import pydicom
 import pytest
-from conftest import context, write_outputs
+from results_support import context, write_outputs
 from orthanc_support import OrthancServer, findscu_images, store
 from results_factory import make_content
 

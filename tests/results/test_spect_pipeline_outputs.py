@@ -14,7 +14,7 @@ import subprocess
 import highdicom as hd
 import pydicom
 import pytest
-from conftest import context, dciodvfy, write_outputs
+from results_support import context, dciodvfy, write_outputs
 from results_factory import phantom_study
 
 from node.results.templates import load_templates

@@ -8,7 +8,7 @@ import io
 import highdicom as hd
 import pydicom
 import pytest
-from conftest import context, dciodvfy, write_outputs
+from results_support import context, dciodvfy, write_outputs
 from highdicom.sr import CodedConcept
 from results_factory import MODEL, make_content
 
@@ -124,8 +124,10 @@ def test_identical_rerun_gives_identical_bytes_and_uids(run, tmp_path):
 def test_revised_run_gets_new_uids_and_references_its_predecessor(run):
     old = run.outputs[0]
     revised = make_content(run.sources, seed=run.seed, lvef=41.0)
-    ctx = context(predecessors=((old.StudyInstanceUID, old.SeriesInstanceUID, old.SOPClassUID, old.SOPInstanceUID),))
+    reference = (old.StudyInstanceUID, old.SeriesInstanceUID, old.SOPClassUID, old.SOPInstanceUID)
+    ctx = context(predecessors=(reference, reference))  # the ledger may list the same SR for two earlier runs
     new = build_outputs(revised, run.sources, ctx)
+    assert len(new[0].PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence) == 1
     assert new[0].SOPInstanceUID != old.SOPInstanceUID
     assert not {d.SOPInstanceUID for d in new} & {d.SOPInstanceUID for d in run.outputs}
     pred = new[0].PredecessorDocumentsSequence[0]

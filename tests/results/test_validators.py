@@ -6,7 +6,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import dciodvfy, require_tool
+from results_support import dciodvfy, require_tool
 
 # dciodvfy warnings that are expected, with the reason:
 DCIODVFY_KNOWN_WARNINGS = {
