@@ -171,8 +171,10 @@ def run_seed(seed: int, fig: Figures) -> None:
     fig.add("scores.defect.segment_max_abs_diff", float(np.abs(diff).max()))
     fig.add("scores.defect.sss_error", float(result.summed_score - true_scores.sum()))
     extent = 100.0 * tc_.segment_volume_ml[np.array(tc_.defect_segments) - 1].sum() / tc_.segment_volume_ml.sum()
+    fig.add("scores.defect.scores_within_1_and_sss_within_2", float(np.abs(diff).max() <= 1 and abs(diff.sum()) <= 2))
     if extent >= 10.0:
         fig.add("scores.defect.tpd_error_pct_extent_ge_10", result.tpd_pct - tc_.tpd_pct)
+        fig.add("scores.defect.tpd_within_2_extent_ge_10", float(abs(result.tpd_pct - tc_.tpd_pct) <= 2.0))
     tl = "tl201" if tracer == "tl201" else "tc99m"
     fig.add(f"scores.defect_{tl}.tpd_error_pct", result.tpd_pct - tc_.tpd_pct)
     fig.add(f"scores.defect_sev{int(round(severity * 4)) * 25}.tpd_error_pct", result.tpd_pct - tc_.tpd_pct)

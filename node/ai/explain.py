@@ -25,12 +25,17 @@ def gradcam_maps(network: torch.nn.Module, target_layer: str, x: torch.Tensor, c
 
     ``forward_kwargs`` (e.g. ``tabular=...``) are passed to the network's forward.
     The network is used as is (eval mode); gradients are enabled locally.
+    MONAI's default post-processing rescales each map to [1, 0] (inverted, for
+    its display convention); here the ReLU'd map is divided by its maximum so
+    that 1 marks the most important cells (an all-zero map stays zero).
     """
-    cam = GradCAM(nn_module=network, target_layers=target_layer)
+    cam = GradCAM(nn_module=network, target_layers=target_layer, postprocessing=lambda m: m)
     with torch.enable_grad():
         maps = cam(x, class_idx=class_idx, **forward_kwargs)
-    out = maps.detach().cpu().numpy()[:, 0]
-    return np.nan_to_num(out.astype(np.float64), nan=0.0)
+    out = np.nan_to_num(maps.detach().cpu().numpy()[:, 0].astype(np.float64), nan=0.0)
+    out = np.clip(out, 0.0, None)
+    peak = out.reshape(len(out), -1).max(axis=1)
+    return out / np.where(peak > 0, peak, 1.0)[:, None, None]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ def bootstrap_auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000,
         a = auc(y[idx], s[idx])
         if np.isfinite(a):
             values.append(a)
+    if not values:  # one class only: no AUC, no interval
+        return float("nan"), float("nan")
     lo, hi = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -93,19 +95,20 @@ def binary_report(labels: np.ndarray, scores: np.ndarray, threshold: float, prob
     s = np.asarray(scores, dtype=float)
     pred = s >= threshold
     brier = ece = slope = intercept = None
-    if probability:
+    if probability and len(y):
         brier = float(np.mean((s - y) ** 2))
         bins = np.clip((s * 10).astype(int), 0, 9)
         ece = float(sum(np.sum(bins == b) / len(y) * abs(np.mean(y[bins == b]) - np.mean(s[bins == b]))
                         for b in range(10) if np.any(bins == b)))
-        slope, intercept = _calibration_fit(y, s)
+        if 0 < y.sum() < len(y):
+            slope, intercept = _calibration_fit(y, s)
     return BinaryReport(
         n=len(y),
         prevalence=float(np.mean(y)),
         auc=auc(y, s),
         auc_ci=bootstrap_auc_ci(y, s, n_boot, seed),
         threshold=float(threshold),
-        accuracy=float(np.mean(pred == (y == 1))),
+        accuracy=float(np.mean(pred == (y == 1))) if len(y) else float("nan"),
         sensitivity=float(np.mean(pred[y == 1])) if np.any(y == 1) else float("nan"),
         specificity=float(np.mean(~pred[y == 0])) if np.any(y == 0) else float("nan"),
         brier=brier,

@@ -52,8 +52,9 @@ def models_section(root: Path | None = None, extra: str = "") -> str:
                 f"(median {ev['unet_dice_median']:.3f}, min {ev['unet_dice_min']:.3f}); classical threshold mask mean "
                 f"{ev['classical_dice_mean']:.3f} (median {ev['classical_dice_median']:.3f}, min {ev['classical_dice_min']:.3f}); "
                 f"U-Net >= classical in {100 * ev['unet_better_fraction']:.0f} % of phantoms.", "",
-                f"Regenerate: `cardionode train lv_segmentation --synthetic {meta['training'].get('n_train', 96)} "
-                f"--epochs {meta['training'].get('epochs', len(meta['training'].get('history', [])))} --seed {meta['training']['seed']}`", ""]
+                "Regenerate: " + (" then ".join(f"`{c}`" for c in meta["training"]["commands"]) if meta["training"].get("commands") else
+                                  f"`cardionode train lv_segmentation --synthetic {meta['training'].get('n_train', 96)} "
+                                  f"--epochs {meta['training'].get('epochs', 30)} --seed {meta['training']['seed']}`"), ""]
     for name in ("cad_polar", "tracer_heads", "crt_response"):
         loaded = _load(name, root)
         if loaded is None:
@@ -88,6 +89,41 @@ def write_section(path: Path, text: str) -> None:
     else:
         body = body.rstrip() + "\n\n" + text.rstrip() + "\n"
     path.write_text(body)
+
+
+def compare_cad_bundles(folders: dict[str, Path], n: int = 800, seed: int = 2026) -> str:
+    """Markdown table: patient-level AUC (95 % CI) of several cad_polar bundles and stress TPD on the same
+    test and external-like cohorts (``n`` cases each, generator seed ``seed``)."""
+    import numpy as np
+    import torch
+
+    from node.ai.features import cad_inputs
+    from node.ai.metrics import auc, bootstrap_auc_ci
+    from node.synth import cohort as cohorts
+
+    limits = cohorts.normal_limits(seed)
+    rows = ["| model | test AUC (95 % CI) | external-like AUC (95 % CI) |", "|---|---|---|"]
+    data = {}
+    for split in ("test", "external"):
+        c = cohorts.make_cad_cohort(n, split, seed)
+        deficit, severity, tpd = cohorts.quantitative_maps(c.maps["stress_perfusion"], c.tracer, c.features["sex_male"], limits)
+        x, tab = cad_inputs(c.maps["stress_perfusion"], c.maps["stress_motion"], c.maps["stress_thickening"], c.features, deficit, severity)
+        data[split] = (c.labels["cad"], torch.from_numpy(x), torch.from_numpy(tab), tpd)
+
+    def cell(y: np.ndarray, score: np.ndarray) -> str:
+        lo, hi = bootstrap_auc_ci(y, score, 1000, seed)
+        return f"{auc(y, score):.3f} ({lo:.3f}-{hi:.3f})"
+
+    for label, folder in folders.items():
+        b = bundles.load_bundle("cad_polar", root=Path(folder), device="cpu")
+        cells = []
+        for split in ("test", "external"):
+            y, x, tab, _ = data[split]
+            with torch.no_grad():
+                cells.append(cell(y, b.network(x, tab).numpy()[:, 0]))
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    rows.append(f"| stress TPD (baseline) | {cell(data['test'][0], data['test'][3])} | {cell(data['external'][0], data['external'][3])} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -211,7 +211,9 @@ def _analyse_state(
     function = phase = None
     t0 = time.perf_counter()
     if source_gated is not None:
-        function = measure_function(source_gated, location, grid)
+        function = measure_function(
+            source_gated, location, grid, count_maps=gated_maps.values if gated_maps is not None else None
+        )
         notes.extend(f"{state}: {n}" for n in function.notes)
         cavity = float(np.mean(function.gate_volumes_ml))
     else:

@@ -4,15 +4,22 @@ Method (count profiles normal to the mid-wall surface, constant myocardial volum
 
 1. The mid-wall surface of the *summed* volume (:mod:`node.quant.polar_map`)
    gives fixed sampling normals. For every gate and cell, the count profile
-   along the normal is sampled (1 mm steps); its maximum (parabolic sub-sample
-   peak) is that gate's mid-wall position ``x_g`` and peak count ``p_g``.
-2. Wall thickness per gate: the profiles of well-perfused cells are aligned at
-   their peaks and averaged; a blurred slab model (slab of thickness ``t``
-   convolved with the system resolution, plus blurred blood-pool and
-   background steps) is fitted with the resolution fixed (``fwhm_mm``). The
-   myocardial volume ``V_myo = t_g * A_g`` (``A_g`` mid-wall area of gate
-   ``g``) is averaged over gates and then *held constant*: each gate's
-   thickness becomes ``V_myo / A_g``.
+   along the normal is sampled (1 mm steps, lightly smoothed across
+   neighbouring cells); its maximum (parabolic sub-sample peak, positions
+   smoothed over neighbouring cells) is that gate's mid-wall position
+   ``x_g``, moved out by ``sigma^2 H`` because a blurred curved wall peaks
+   inside its mid-wall (``H`` mean curvature, ``sigma`` the resolution plus
+   voxelisation, ``sqrt((FWHM/2.355)^2 + h^2/4)``).
+2. Wall thickness per gate: the profiles of well-perfused mid-ventricular
+   cells (chosen on the summed image) are flattened for curvature, aligned at
+   their mid-wall and averaged; a blurred slab model (slab of thickness ``t``
+   convolved with the resolution, plus blurred blood-pool and background
+   steps) is fitted with the resolution fixed (``fwhm_mm``). The myocardial
+   volume ``V_myo = t_g * A_g`` (``A_g`` mid-wall area of gate ``g``) is taken
+   from the gates with above-median thickness (best conditioned: the wall is
+   thick relative to the blur) and then *held constant*: each gate's
+   thickness becomes ``V_myo / A_g``. The result depends on the resolution
+   given: a 5 % error in ``sigma`` moves volumes by several percent.
 3. The endocardium of gate ``g`` lies ``t_g / 2`` inside the gate's mid-wall
    surface along the normals; the base plane of gate ``g`` is where the
    mid-wall counts along the long axis fall to 50 % of their mid-ventricular
@@ -23,8 +30,9 @@ Method (count profiles normal to the mid-wall surface, constant myocardial volum
    displacement from ED to ES along the normal; thickening (%) is count-based,
    ``100 (p_ES - p_ED) / p_ED`` (partial-volume effect: valid while the wall is
    thinner than ~2 FWHM; it underestimates geometric thickening).
-5. TID ratio = stress cavity volume / rest cavity volume (ungated or summed
-   volumes measured the same way on one "gate").
+5. TID ratio = stress cavity volume / rest cavity volume, both measured the
+   same way: the SPECT pipeline uses the mean of the gated volume curve, or
+   :func:`cavity_volume_ml` of the summed volume when a state is ungated.
 
 Maps are ``[n_u, n_psi]`` on :class:`~node.quant.segments.PolarGrid`.
 """
@@ -164,12 +172,16 @@ def measure_function(
     location: LVLocation,
     grid: PolarGrid = DEFAULT_GRID,
     fwhm_mm: float | None = None,
+    count_maps: np.ndarray | None = None,
 ) -> FunctionResult:
     """Volumes, LVEF, wall motion and thickening of a gated volume ``[gate, slice, row, col]``.
 
     ``gated_volume`` may be the gated short-axis volume or the original one
     (any patient affine). ``fwhm_mm`` is the reconstructed resolution (default:
-    ``location.fwhm_mm``). Gate order is time order.
+    ``location.fwhm_mm``). Gate order is time order. ``count_maps``
+    ``[gate, n_u, n_psi]`` (e.g. per-gate maps of prefiltered gates) are used
+    for the count-based thickening when given; otherwise the per-gate profile
+    maxima of ``gated_volume`` are.
     """
     if not gated_volume.is_gated:
         raise ValueError("measure_function needs a gated [gate, slice, row, col] volume")
@@ -248,6 +260,11 @@ def measure_function(
     cpos = ndimage.gaussian_filter(cpos, sigma=(0, 1.0, 1.5), mode=("nearest", "nearest", "wrap"))
     cpos = cpos + sigma**2 * canon.mean_curvature[None]
     motion = (cpos[0] - t_const[ed] / 2.0) - (cpos[1] - t_const[es] / 2.0)
+    if count_maps is not None:
+        count_maps = np.asarray(count_maps, dtype=float)
+        if count_maps.shape != (n_gates,) + grid.shape:
+            raise ValueError(f"count_maps must have shape {(n_gates,) + grid.shape}, got {count_maps.shape}")
+        cpeak = count_maps[[ed, es]]
     with np.errstate(divide="ignore", invalid="ignore"):
         thick = np.where(cpeak[0] > 0, 100.0 * (cpeak[1] - cpeak[0]) / cpeak[0], 0.0)
     if esv < 5.0:

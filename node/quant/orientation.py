@@ -446,7 +446,7 @@ def _orient_axis(axis: np.ndarray, centre: np.ndarray, points: np.ndarray, weigh
 
 def _apex_from_apical_walls(
     smooth: np.ndarray, volume: Volume, tip: np.ndarray, axis: np.ndarray, a_mid: float, sigma: float
-) -> float | None:
+) -> tuple[float | None, float]:
     """Correction (mm along the axis) of the mid-wall apex from the apical walls around it.
 
     The count peak on the long axis moves toward the cavity when the apical cap
@@ -454,7 +454,8 @@ def _apex_from_apical_walls(
     the apical walls (count maxima along rays at 25-65 degrees from the apex
     direction, moved out by ``sigma^2 / R`` for the curvature) follow
     ``r^2 = b1 z + b2 z^2`` from the tip of an ellipsoidal wall; the root of the
-    fitted quadratic is the tip. Returns None when the fit is not usable.
+    fitted quadratic is the tip. Returns ``(correction or None when the fit is not usable,
+    median count maximum of the apical walls)``.
     """
     frame = LVFrame(tip, axis)
     radius = max(a_mid, 10.0)
@@ -474,21 +475,25 @@ def _apex_from_apical_walls(
     z = rel @ axis
     r2 = np.sum(rel**2, axis=-1) - z**2
     ok = inner & (r2 > 36.0)
+    level = float(np.median(np.take_along_axis(vals, k[..., None], axis=-1)))
     if ok.sum() < 40:
-        return None
+        return None, level
     zs, rs = z[ok], r2[ok]
+    peak = np.take_along_axis(vals, k[..., None], axis=-1)[..., 0][ok]
+    w = peak / max(float(np.percentile(peak, 90)), 1e-12)  # hypoperfused walls count less
     design = np.stack([np.ones_like(zs), zs, zs**2], axis=1)
-    coef, *_ = np.linalg.lstsq(design, rs, rcond=None)
+    sw = np.sqrt(w)
+    coef, *_ = np.linalg.lstsq(design * sw[:, None], rs * sw, rcond=None)
     b0, b1, b2 = coef
     if b1 <= 0:
-        return None
+        return None, level
     disc = b1**2 - 4 * b2 * b0
     if abs(b2) < 1e-9:
-        return float(-b0 / b1)
+        return float(-b0 / b1), level
     if disc < 0:
-        return None
+        return None, level
     roots = np.array([(-b1 + np.sqrt(disc)) / (2 * b2), (-b1 - np.sqrt(disc)) / (2 * b2)])
-    return float(roots[np.argmin(np.abs(roots))])
+    return float(roots[np.argmin(np.abs(roots))]), level
 
 
 def locate_lv(
@@ -609,11 +614,12 @@ def locate_lv(
     h_tip = float(np.clip(c_mid / max(a_mid, 1.0) ** 2, 0.0, 0.15))
     sigma_s = float(np.sqrt(sigma**2 + _SMOOTH_MM**2))  # the landmarks are read on the smoothed volume
     tip = tip_guess + axis * (z_peak - sigma_s**2 * h_tip)
-    refined = _apex_from_apical_walls(smooth, geometry, tip, axis, a_mid, sigma_s)
-    if refined is not None and abs(refined) < 15.0:
-        tip = tip + axis * refined
-    else:
-        notes.append("apex from the count peak on the long axis (apical walls did not fit)")
+    # A hypoperfused apical cap (count peak on the axis well below the apical walls) pulls the axial
+    # peak toward the cavity: the apex is then taken from the shape of the apical walls instead.
+    refined, wall_level_apical = _apex_from_apical_walls(smooth, geometry, tip, axis, a_mid, sigma_s)
+    if refined is not None and axis_profile[k_tip] < 0.8 * wall_level_apical and abs(refined) < 15.0:
+        tip = tip + axis * float(np.clip(refined, -6.0, 1.0))
+        notes.append("apical cap hypoperfused: apex placed from the apical walls' shape")
     # Apical wall thickness: a 12-15 mm FWHM blur hides it (a slab fit of the axial profile
     # overestimates it 1.5-2x because of the dome's curvature), so a typical value is assumed.
     thickness = float(wall_mm)

@@ -111,7 +111,7 @@ class PhaseParameters:
         gate's map before the Fourier transform (circular in azimuth, edge-replicated
         along the long axis); it reduces count noise, which otherwise inflates PSD and
         bandwidth. Default ``(0, 0)``: no smoothing here; the SPECT pipeline passes
-        Default ``(4, 4)`` (validated on synthetic phantoms whose gated volumes were
+        Default ``(5, 5)`` (validated on synthetic phantoms whose gated volumes were
         pre-filtered with a 3D Gaussian of sigma 8 mm; see docs/validation.md).
         Use ``(0, 0)`` for noise-free or already smoothed maps.
     amplitude_weighting:
@@ -130,7 +130,7 @@ class PhaseParameters:
     bandwidth_method: Literal["shortest", "central"] = "central"
     recentre: Literal["mode", "circular_mean"] = "mode"
     mode_smoothing_deg: float = 3.0
-    smoothing_cells: tuple[float, float] = (4.0, 4.0)
+    smoothing_cells: tuple[float, float] = (5.0, 5.0)
     amplitude_weighting: float = 1.0
     min_amplitude_fraction: float = 0.0
 

@@ -11,7 +11,9 @@ normals):
    count maximum along it (parabolic sub-sample peak). The radius map is
    smoothed by normalised convolution weighted by the squared peak counts, so
    that defects (low counts, unreliable maxima) borrow the wall position from
-   their neighbours.
+   their neighbours, then moved out along the normals by ``sigma^2 H`` (a
+   blurred curved wall peaks inside its mid-wall; ``H`` mean curvature,
+   ``sigma`` the effective resolution of :class:`LVLocation`).
 2. **Canonical cells.** Each row of :class:`~node.quant.segments.PolarGrid`
    maps to a distance ``z`` from the epicardial apex
    (:meth:`LVLocation.u_to_z` semantics, same as the phantom truth): cap rows
@@ -20,7 +22,7 @@ normals):
    meridian curve of its azimuth reaches that ``z``; its normal is the
    meridian-plane normal of the curve (pointing outward).
 3. **Sampling.** The value of a cell is the maximum count (trilinear) along
-   the normal within ``+-(wall/2 + search margin)`` of the mid-wall point;
+   the normal within ``+-(wall/2 + FWHM/4)`` of the mid-wall point;
    the area weight is the mid-wall surface area of the cell (mm^2).
 
 Arrays are ``[n_u, n_psi]`` (row 0 apex, column ``j`` = azimuth
@@ -140,25 +142,18 @@ class GatedPolarMaps:
 
 
 def relative_pct(values: np.ndarray) -> np.ndarray:
-    """``100 * values / reference`` on ``[..., n_u, n_psi]`` maps.
+    """``100 * values / reference`` on ``[..., n_u, n_psi]`` maps ("% of maximum").
 
-    The reference is the map maximum. When the map is noisy (median absolute
-    cell-to-3x3-neighbourhood difference above 1 % of the maximum) it is the
-    99th percentile of the map smoothed with a Gaussian of 1.5 cells (azimuth
-    wraps): the maximum of a noisy map is biased high by its noise (measured on
-    phantoms at clinical counts: relative uptake -2 to -7 % with the smoothed
-    maximum, about 0 with this reference). Noise-free maps keep their exact maximum.
+    The reference is the 99th percentile of the map's cells (the top 1 %, 29
+    cells of the 40 x 72 grid), not the single largest cell: the maximum of a
+    noisy map is biased high by its noise. Measured on phantoms (9 territory
+    defects, blurred truth normalised by its true maximum): segment bias
+    +1.4 % (noise-free) and -1.2 % (clinical counts), against -0.1 % and -5.1 %
+    with the plain maximum.
     """
     values = np.asarray(values, dtype=float)
     lead = values.shape[:-2]
-    mode = ("nearest",) * (values.ndim - 1) + ("wrap",)
-    local = ndimage.uniform_filter(values, size=(1,) * len(lead) + (3, 3), mode=mode)
-    smooth = ndimage.gaussian_filter(values, sigma=(0,) * len(lead) + (1.5, 1.5), mode=mode)
-    flat = values.reshape(*lead, -1)
-    raw_max = flat.max(axis=-1)
-    smooth_max = np.percentile(smooth.reshape(*lead, -1), 99.0, axis=-1)
-    noise = np.median(np.abs(values - local).reshape(*lead, -1), axis=-1)
-    peak = np.where(noise > 0.01 * raw_max, smooth_max, raw_max)
+    peak = np.percentile(values.reshape(*lead, -1), 99.0, axis=-1)
     peak = np.where(peak > 0, peak, 1.0)
     return 100.0 * values / peak[(...,) + (None, None)]
 

@@ -25,21 +25,23 @@ Method (reference note section 2.5; all parameters in :class:`ScoreParameters`):
    measured deficit of absent uptake (``NormalLimits.absent_uptake_deficit``,
    calibrated on synthetic defect phantoms: blur and background spill counts into
    defects, so absent uptake measures less than a 100 % deficit). TPD grades the
-   same cells with its own calibration, ``NormalLimits.tpd_absent_uptake_deficit``. With ``severity_method="percent_peak"`` (no normal database)
-   the normalised uptake ``100 P / peak(P)`` is mapped through
+   same cells with its own calibration, ``NormalLimits.tpd_absent_uptake_deficit``.
+   With ``severity_method="percent_peak"`` (no normal database) the normalised
+   uptake ``100 P / peak(P)`` is mapped through
    ``percent_peak_thresholds`` (>= 70 % -> 0, 60-69 -> 1, 50-59 -> 2, 40-49 -> 3,
    < 40 -> 4) both per cell and per segment mean.
 4. **Segment score** (integer 0..4): the area-weighted median (default) or mean
-   cell severity over the segment, rounded half up (``normal_db``); the median
-   keeps a segment wholly inside a defect at its full score although blur dilutes
-   its rim, and equals the mean for a uniform segment deficit, or the %-of-peak class of the
-   segment's mean normalised uptake (``percent_peak``).
+   cell severity over the segment, rounded half up (``normal_db``; the median keeps
+   a segment wholly inside a defect at its full score although blur dilutes its
+   rim, and equals the mean for a uniform segment deficit), or the %-of-peak class
+   of the segment's mean normalised uptake (``percent_peak``).
 5. **Summed scores**: SSS (stress), SRS (rest) = sums of the 17 segment scores
    (0..68); SDS = sum over segments of ``max(stress - rest, 0)`` (default) or
    ``SSS - SRS`` (``sds_method="difference"``).
 6. **Total perfusion deficit** (Slomka, J Nucl Cardiol 2005;12:66, adapted):
    ``TPD = 100 * sum_i w_i sev_i / (4 * sum_i w_i)`` in % of the LV. With the default
-   mapping this is the area-weighted mean deficit of the abnormal cells, so a
+   mapping (and ``d_absent = 1``) this is the area-weighted mean deficit of the
+   abnormal cells, so a
    50 %-deficit defect covering 20 % of the LV gives TPD = 10 %. Ischemic TPD =
    ``max(stress TPD - rest TPD, 0)`` (default) or the area-weighted positive part
    of the cell-wise severity change (``ischemic_method="change_map"``).

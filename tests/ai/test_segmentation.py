@@ -8,7 +8,7 @@ from node.ai.segmentation import classical_myocardium_mask, dice, segment_myocar
 
 
 def test_unet_dice_on_held_out_phantoms(seed: int) -> None:
-    cases = segmentation_phantoms(4, "test", seed)
+    cases = segmentation_phantoms(8, "test", seed)
     unet = [dice(segment_myocardium(c.volume), c.mask) for c in cases]
     classical = [dice(classical_myocardium_mask(c.volume), c.mask) for c in cases]
     msg = f"seed {seed}: U-Net {np.round(unet, 3).tolist()} classical {np.round(classical, 3).tolist()} " + "; ".join(c.description for c in cases)

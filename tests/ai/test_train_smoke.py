@@ -53,7 +53,6 @@ def test_cli_trains_from_a_site_folder(tmp_path: Path, seed: int) -> None:
     assert "test" in json.loads((out / "docs" / "evaluation.json").read_text())
 
 
-def test_cli_reports_a_folder_without_labels(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "node.cli", "train", "cad_polar", "--data", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "labels.csv" in proc.stderr
+def test_a_folder_without_labels_is_refused_with_the_file_name(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="labels.csv"):
+        train_bundle("cad_polar", tmp_path / "out", data=tmp_path, epochs=1)
