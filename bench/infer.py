@@ -171,6 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         full, ref = throughput(studies, batch, device)
         lines.append(f"| {batch} | {full:.1f} | {ref:.1f} | {full / ref:.2f} |")
     lat = latency_one_core(studies)
+    import os
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    cuda = (f"CUDA available: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
+            else "CUDA: not available on this machine; `bench/infer.py --device cuda` measures a GPU where there is one")
+    lines += ["", f"{cuda}. Load average during the run: {load:.1f} (shared machine; expect +-30 %). The throughput "
+              "ratio to the bare forward passes is the cost of input preparation, Grad-CAM (one backward pass per "
+              "explained model) and the report objects."]
     lines += ["", "Per-study latency on one CPU thread (median): polar-map models incl. Grad-CAM "
               f"{lat['polar_models_with_gradcam_s'] * 1000:.0f} ms; segmentation U-Net on a 64^3 volume "
               f"{lat['segmentation_64cubed_s'] * 1000:.0f} ms (x2: stress and rest); all SPECT models "

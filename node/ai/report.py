@@ -129,9 +129,12 @@ def compare_cad_bundles(folders: dict[str, Path], n: int = 800, seed: int = 2026
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="print or write the Models section of docs/validation.md")
     ap.add_argument("--write", type=Path, default=None, help="file whose '## Models' section is replaced")
-    ap.add_argument("--extra", type=Path, default=None, help="markdown file appended to the section (e.g. the pretraining comparison)")
+    ap.add_argument("--extra", type=Path, default=None,
+                    help="markdown appended to the section (default: models/validation_notes.md: pretraining comparison, "
+                         "Grad-CAM localisation, design notes)")
     args = ap.parse_args(argv)
-    text = models_section(extra=args.extra.read_text() if args.extra else "")
+    extra = args.extra or bundles.models_dir() / "validation_notes.md"
+    text = models_section(extra=extra.read_text() if extra.is_file() else "")
     if args.write:
         write_section(args.write, text)
     else:

@@ -131,27 +131,19 @@ def segment_myocardium(volume: Volume, bundle: bundles.LoadedBundle | None = Non
 
 
 def classical_myocardium_mask(volume: Volume) -> np.ndarray:
-    """The threshold mask of the classical LV localisation (quant-a), for comparison.
+    """The threshold mask of the classical LV localisation, for comparison; empty when it finds no LV.
 
-    Uses ``node.quant.orientation.classical_myocardium_mask`` when that module
-    publishes it; otherwise the same steps as ``locate_lv`` without a mask
-    (3 mm smoothing, threshold search over LV-shaped components, refinement at
-    50 % of the component's own 99th percentile).
+    Wraps ``node.quant.orientation.classical_myocardium_mask`` (the mask
+    ``locate_lv`` uses when it gets none), turning its ``LVNotFoundError`` into
+    an all-false mask (Dice 0: the classical method found nothing).
     """
-    from node.quant import orientation
+    from node.quant.orientation import LVNotFoundError
+    from node.quant.orientation import classical_myocardium_mask as classical
 
-    public = getattr(orientation, "classical_myocardium_mask", None)
-    if public is not None:
-        return np.asarray(public(volume), bool)
-    vox = np.asarray(volume.summed().voxels, float)
-    geometry = Volume(vox, volume.affine)
-    smooth = ndimage.gaussian_filter(vox, sigma=np.maximum(3.0 / geometry.spacing_mm, 0.3))
-    found = orientation._threshold_candidates(smooth, geometry)  # noqa: SLF001 - comparison only
-    best = found[0]
-    if best is None:
-        return np.zeros(vox.shape, bool)
-    extra = found[2:3]  # newer versions also return the excluded voxels
-    return np.asarray(orientation._refine_with_own_level(best, smooth, *extra), bool)  # noqa: SLF001
+    try:
+        return np.asarray(classical(volume), bool)
+    except LVNotFoundError:
+        return np.zeros(volume.shape3d, bool)
 
 
 # --------------------------------------------------------------------------- phantoms
@@ -467,8 +459,10 @@ the fallback and the sanity check.
 ## Training data
 
 {metadata['training_data']}. Truth: voxels whose cycle-averaged myocardial fraction is >= 0.5. Training uses random
-32^3 crops (80 % around the heart, 20 % anywhere, random flips); inference runs on the whole volume resampled to
-{CANONICAL_VOXEL_MM} mm.
+32^3 crops (80 % around the heart, 20 % anywhere, random flips), batch-norm statistics re-estimated on fresh crops
+before each validation. Inference resamples the volume to {CANONICAL_VOXEL_MM} mm, finds the heart with a pass over
+the whole volume and segments it with a second pass on the 32^3 crop centred on it (the training context); mask =
+probability >= {metadata.get('mask_threshold', 0.5)} (chosen on the validation phantoms), largest component.
 
 ## Pretraining
 
@@ -482,7 +476,7 @@ No pretrained weights exist for this task and none can be downloaded here; train
 | classical threshold mask (node.quant.orientation) | {ev['classical_dice_mean']:.3f} | {ev['classical_dice_median']:.3f} | {ev['classical_dice_min']:.3f} |
 
 {ev['n_test_phantoms']} test phantoms; U-Net >= classical in {100 * ev['unet_better_fraction']:.0f} % of them.
-Regenerate: `{command}`
+Regenerate (runs in order): `{command}`
 
 ## Limits
 

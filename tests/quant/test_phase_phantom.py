@@ -52,8 +52,8 @@ def _line(name: str, m, t, g) -> str:
 def test_psd_and_bandwidth_at_clinical_noise_and_delayed_lateral_wall(seed: int) -> None:
     """Acceptance: PSD within +-3 deg and bandwidth within +-10 deg at clinical noise.
 
-    Single phantoms scatter (bench/validate_spect.py, docs/validation.md: PSD error SD ~2 deg,
-    bandwidth error SD ~7 deg per phantom), so the acceptance tolerance is applied to the mean
+    Single phantoms scatter (bench/validate_spect.py, docs/validation.md: PSD error SD ~1.6 deg,
+    bandwidth error SD ~7 deg per phantom; 83 % of single normals inside both tolerances), so the acceptance tolerance is applied to the mean
     error of six normals (three at 8, three at 16 gates), and each single phantom must stay
     within about 3 SD of that spread (PSD +-8, bandwidth +-30 deg).
     """
@@ -80,7 +80,8 @@ def test_psd_and_bandwidth_at_clinical_noise_and_delayed_lateral_wall(seed: int)
     m, t, g = _measure(n_gates, (LATERAL_DELAY,), rng)
     line = _line(f"seed {seed} delayed lateral wall {n_gates} gates", m, t, g)
     print(line)
-    # 60 seeds: delayed PSD 15..34 deg, bandwidth 56..135 deg; normals PSD 8.7 +- 2.1, bandwidth 30 +- 8 deg
-    assert m.psd_deg > np.mean(normal_psd) + 4.0, f"{line}; normal PSD {np.round(normal_psd, 1)}"
-    assert m.bandwidth_deg > np.mean(normal_bw) + 15.0, f"{line}; normal BW {np.round(normal_bw, 1)}"
+    # 60 seeds: delayed PSD 22.6 +- 4.3 deg (min 12.3), bandwidth 89 +- 17 deg (min 44);
+    # normals PSD 8.2 +- 1.7 deg, bandwidth 30 +- 8 deg; delayed - normal >= +4.8 deg PSD, >= +16 deg bandwidth
+    assert m.psd_deg > np.mean(normal_psd) + 3.0, f"{line}; normal PSD {np.round(normal_psd, 1)}"
+    assert m.bandwidth_deg > np.mean(normal_bw) + 10.0, f"{line}; normal BW {np.round(normal_bw, 1)}"
     assert m.entropy > np.mean(normal_entropy), f"{line}; normal entropy {np.round(normal_entropy, 2)}"
