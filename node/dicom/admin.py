@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from node.config import ConfigError, Settings, load_settings
 from node.dicom.audit import AuditLog
-from node.dicom.ledger import Ledger, LedgerError
+from node.dicom.ledger import Job, Ledger, LedgerError
 
 __all__ = ["format_table", "status_main", "retry_main", "discard_main", "complete_main"]
 
@@ -125,39 +125,30 @@ def _job_id(text: str) -> int | None:
 
 def retry_main(args: argparse.Namespace) -> int:
     """Queue a failed/dead/discarded job again, or resend a job's dead-lettered results."""
-    job_id = _job_id(args.job)
-    opened = _open(args)
-    if job_id is None or opened is None:
-        return 1
-    settings, ledger = opened
-    try:
-        job = ledger.retry_job(job_id)
-    except LedgerError as exc:
-        print(f"PROBLEM: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        ledger.close()
-    _audit(settings, "admin.retry", job_id=job.id, study_uid=job.study_uid, state=job.state)
-    print(f"job {job.id} is now {job.state}: {job.reason}")
-    return 0
+    return _act_on_job(args, "retry", lambda ledger, job_id: ledger.retry_job(job_id))
 
 
 def discard_main(args: argparse.Namespace) -> int:
     """Mark a job discarded; its unsent results are dead-lettered."""
+    return _act_on_job(args, "discard", lambda ledger, job_id: ledger.discard_job(job_id))
+
+
+def _act_on_job(args: argparse.Namespace, action: str, act: Callable[[Ledger, int], Job]) -> int:
+    """Run one ledger action on the job named on the command line; print and audit its outcome."""
     job_id = _job_id(args.job)
     opened = _open(args)
     if job_id is None or opened is None:
         return 1
     settings, ledger = opened
     try:
-        job = ledger.discard_job(job_id)
+        job = act(ledger, job_id)
     except LedgerError as exc:
         print(f"PROBLEM: {exc}", file=sys.stderr)
         return 1
     finally:
         ledger.close()
-    _audit(settings, "admin.discard", job_id=job.id, study_uid=job.study_uid)
-    print(f"job {job.id} is now discarded")
+    _audit(settings, f"admin.{action}", job_id=job.id, study_uid=job.study_uid, state=job.state)
+    print(f"job {job.id} is now {job.state}" + (f": {job.reason}" if job.reason else ""))
     return 0
 
 
