@@ -157,11 +157,10 @@ def _load_cohorts(kind: str, data: Path | None, synthetic: int | None, seed: int
             "external": make(n_eval, "external", seed),
         }
     assert data is not None
-    full = cohorts.read_cohort(data, kind)
     splits = {s: cohorts.read_cohort(data, kind, s) for s in ("train", "validation", "test", "external")}
     splits = {s: c for s, c in splits.items() if len(c)}
     if "train" not in splits:
-        raise ValueError(f"{data}/labels.csv has no rows with split=train ({len(full)} rows in all)")
+        raise ValueError(f"{data}/labels.csv has no rows with split=train (rows: {sum(len(c) for c in splits.values())})")
     if "validation" not in splits:
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(splits["train"]))

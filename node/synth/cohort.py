@@ -36,8 +36,11 @@ Disease process, CAD cohort (:func:`make_cad_cohort`)
   LVEF -8 points.
 * Regional stress motion (mm) and count-based thickening (%) fall by
   ``k * depth`` with k ~ U(0.2, 0.9) in ischaemic regions and by 0.9 * depth in
-  scar. Normal pattern: motion 4 + 8 u mm (septum x 0.65), thickening
-  45 - 15 u % (+5 in women).
+  scar. Normal pattern: motion 3.2 + 6.4 u mm (septum x 0.65), count-based
+  thickening 30 - 10 u % (+3 in women): the levels the node's own
+  measurement (``node.quant.function``) gives for normal full-volume phantoms
+  (version 1.1.0; 1.0.0 had 4 + 8 u mm and 45 - 15 u %, about 1.3x and 1.6x
+  higher, which made the node's normal phantoms look globally stunned).
 * Attenuation artefacts in every patient, independent of disease: men an
   inferior (psi 180 deg, basal-weighted) reduction, women an anterior (psi 0,
   mid-ventricular) reduction, each present with probability 0.75 and depth
@@ -74,6 +77,12 @@ where the scar lies, which is what the image branch can learn and a logistic
 regression on summary features cannot. QRS and LBBB are missing together in
 25 % of patients, NYHA in 30 % (site has no ECG / no clinical record).
 
+Versions
+--------
+1.1.0 changed only the stress motion/thickening levels of the CAD cohort
+(same random draws: perfusion maps, CRT cohort and all labels are identical
+to 1.0.0).
+
 Splits and the external-like cohort
 -----------------------------------
 ``split`` selects an independent random stream of the same seed
@@ -81,7 +90,11 @@ Splits and the external-like cohort
 train / validation / test / normal_db are disjoint by construction. The
 ``external`` split shifts the acquisition and population: counts x 0.45,
 blur x 1.4 (poorer resolution), hearts x 1.2 larger, patients 4 years older,
-Tl-201 share 45 %, QRS/LBBB missing in 40 %.
+Tl-201 share 45 %, QRS/LBBB missing in 40 %. The ``normal_db`` split draws
+patients without CAD (attenuation artefacts included) for the normal limits
+(:func:`normal_limits`) behind the stress-TPD baseline and the quantitative
+input maps (:func:`quantitative_maps`); ``pretrain`` is a separate cohort for
+``cardionode train --pretrain N``.
 """
 
 from __future__ import annotations
@@ -117,7 +130,7 @@ __all__ = [
     "read_cohort",
 ]
 
-COHORT_VERSION = "cardionode-cohort-1.0.0"
+COHORT_VERSION = "cardionode-cohort-1.1.0"
 SPLITS: dict[str, int] = {"train": 0, "validation": 1, "test": 2, "external": 3, "normal_db": 4, "pretrain": 5}
 KINDS: dict[str, int] = {"cad": 0, "crt": 1}
 TRACERS: tuple[str, ...] = ("tc99m", "tl201")
@@ -325,13 +338,13 @@ def make_cad_cohort(n: int, split: str = "train", seed: int = 0, normals_only: b
         global_stun = rng.uniform(0.25, 0.5) if balanced else 0.0
         func = (1 - stun_k * ischaemia) * (1 - 0.9 * scar) * (1 - global_stun)
         septal = np.exp(-((_dpsi(_PSI, 90.0) / 50.0) ** 2))
-        motion = (4.0 + 8.0 * _U) * (1 - 0.35 * septal) * func
-        thick = (45.0 - 15.0 * _U + (0 if male else 5.0)) * func
+        motion = (3.2 + 6.4 * _U) * (1 - 0.35 * septal) * func
+        thick = (30.0 - 10.0 * _U + (0 if male else 3.0)) * func
         noise_scale = 1.0 / np.sqrt(counts / 400.0)
         m_noise = smooth_polar(rng.standard_normal(GRID.shape), 1.5, 3.0)
         t_noise = smooth_polar(rng.standard_normal(GRID.shape), 1.5, 3.0)
-        maps["stress_motion"][i] = smooth_polar(motion, *sigma) + 1.5 * noise_scale * m_noise / max(m_noise.std(), 1e-9)
-        maps["stress_thickening"][i] = smooth_polar(thick, *sigma) + 6.0 * noise_scale * t_noise / max(t_noise.std(), 1e-9)
+        maps["stress_motion"][i] = smooth_polar(motion, *sigma) + 1.2 * noise_scale * m_noise / max(m_noise.std(), 1e-9)
+        maps["stress_thickening"][i] = smooth_polar(thick, *sigma) + 4.0 * noise_scale * t_noise / max(t_noise.std(), 1e-9)
         scar_burden = float(np.mean(scar))
         lvef_stress = float(np.clip(lvef - 60.0 * scar_burden - 20 * float(np.mean(ischaemia)) * stun_k - (8.0 if balanced else 0.0), 15, 80))
         tid = 1.10 if balanced else 1.0 + rng.normal(0, 0.03)
@@ -378,8 +391,8 @@ def single_territory_case(territory: str, seed: int, depth: float = 0.5, tracer:
     return {
         "stress_perfusion": _image(rng, normal * (1 - defect), sigma, counts),
         "rest_perfusion": _image(rng, normal, sigma, counts * 0.8),
-        "stress_motion": smooth_polar((4.0 + 8.0 * _U) * (1 - 0.35 * septal) * func, *sigma).astype(np.float32),
-        "stress_thickening": smooth_polar((45.0 - 15.0 * _U) * func, *sigma).astype(np.float32),
+        "stress_motion": smooth_polar((3.2 + 6.4 * _U) * (1 - 0.35 * septal) * func, *sigma).astype(np.float32),
+        "stress_thickening": smooth_polar((30.0 - 10.0 * _U) * func, *sigma).astype(np.float32),
         "age": 60.0, "sex_male": 1.0, "edv": 100.0, "esv": 40.0, "lvef": 60.0,
     }
 
@@ -675,5 +688,5 @@ def read_cohort(folder: Path, kind: str, split: str | None = None) -> Cohort:
         np.array([r.get("tracer", "tc99m") or "unknown" for r in rows]),
         {k: np.stack(v) if v else np.zeros((0,) + GRID.shape, np.float32) for k, v in maps.items()},
         {k: np.array([num(r.get(k)) for r in rows]) for k in feature_names},
-        {k: np.array([num(r.get(k)) for r in rows]) for k in label_names if k in (rows[0] if rows else {})},
+        {k: np.array([num(r.get(k)) for r in rows]) for k in label_names},  # absent column -> NaN (not trained on)
     )
