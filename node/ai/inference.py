@@ -11,9 +11,10 @@ evaluation at the threshold chosen on the validation cohort, stored in the
 bundle), Grad-CAM ``MapImage`` heat maps (derivation ``gradcam``) over the
 stress perfusion map, and notes that say what was not predicted and why.
 
-Determinism: on CPU the same inputs give the same outputs; probabilities are
-rounded to 4 decimals and heat maps to 3, so a study's numbers do not depend
-on which other studies shared its batch.
+Determinism: on CPU the same inputs give the same outputs, and by default
+(``batch_independent=True``) a study's numbers do not depend on which other
+studies shared its batch; probabilities are rounded to 4 decimals and heat
+maps to 3.
 """
 
 from __future__ import annotations
@@ -306,10 +307,18 @@ def _predict_crt(studies: list[StudyInputs], preds: dict[str, StudyPredictions],
 
 
 def predict_studies(studies: Sequence[StudyInputs], models_root: Path | None = None, device: str | None = None,
-                    gradcam: bool = True, models: Sequence[str] = ("cad_polar", "tracer_heads", "crt_response")) -> list[StudyPredictions]:
+                    gradcam: bool = True, models: Sequence[str] = ("cad_polar", "tracer_heads", "crt_response"),
+                    batch_independent: bool = True) -> list[StudyPredictions]:
     """Run the SPECT polar-map models on a batch of studies; one :class:`StudyPredictions` per input, same order.
 
-    A model whose bundle is missing adds a note to every study instead of failing the batch.
+    Models are loaded once and shared by the whole batch. ``batch_independent``
+    (default) runs each study's tensors through the networks on their own, so a
+    study's numbers are bit-identical whichever studies share its batch (a
+    redelivered task may be batched differently and must give the same output
+    bytes); ``False`` stacks all studies into one tensor per model (faster for
+    bulk research runs; the last bits, and so a rounded digit, may then depend
+    on the batch). A model whose bundle is missing adds a note to every study
+    instead of failing the batch.
     """
     studies = list(studies)
     keys = [s.key for s in studies]
@@ -324,12 +333,14 @@ def predict_studies(studies: Sequence[StudyInputs], models_root: Path | None = N
             for p in preds.values():
                 p.notes.append(f"model {name} not available: {exc}")
             continue
-        if name == "cad_polar":
-            _predict_cad(studies, preds, bundle, gradcam)
-        elif name == "tracer_heads":
-            _predict_tracer(studies, preds, bundle, gradcam)
-        elif name == "crt_response":
-            _predict_crt(studies, preds, bundle)
+        groups = [[s] for s in studies] if batch_independent else [studies]
+        for group in groups:
+            if name == "cad_polar":
+                _predict_cad(group, preds, bundle, gradcam)
+            elif name == "tracer_heads":
+                _predict_tracer(group, preds, bundle, gradcam)
+            elif name == "crt_response":
+                _predict_crt(group, preds, bundle)
     return [preds[k] for k in keys]
 
 

@@ -44,8 +44,11 @@ Disease process, CAD cohort (:func:`make_cad_cohort`)
 * Attenuation artefacts in every patient, independent of disease: men an
   inferior (psi 180 deg, basal-weighted) reduction, women an anterior (psi 0,
   mid-ventricular) reduction, each present with probability 0.75 and depth
-  U(0.05, 0.40) (x 1.3 for Tl-201). They change perfusion at stress and rest
-  but not motion or thickening, which is why relative-perfusion TPD is fooled.
+  U(0.05, 0.40) (x 1.3 for Tl-201); a quarter of the artefacts of cohort
+  patients come from a severe tail (obesity, large breasts: depth U(0.40,
+  0.60)) that the normal database (``normal_db`` split, selected patients)
+  does not contain. They change perfusion at stress and rest but not motion
+  or thickening, which is why relative-perfusion TPD is fooled.
 * Normal uptake pattern: apical thinning (-8 %), basal septum (-12 %), lateral
   +4 %, a smooth individual field (SD 5 %).
 * Imaging: blur sigma (1.2, 2.4) cells x (100 ml / EDV)^(1/3); counts per cell
@@ -81,7 +84,9 @@ Versions
 --------
 1.1.0 changed only the stress motion/thickening levels of the CAD cohort
 (same random draws: perfusion maps, CRT cohort and all labels are identical
-to 1.0.0).
+to 1.0.0). 1.2.0 added the severe attenuation tail to CAD-cohort patients
+(new random draws: CAD cohorts differ from 1.1.0; the normal database and the
+CRT cohort are identical).
 
 Splits and the external-like cohort
 -----------------------------------
@@ -130,7 +135,7 @@ __all__ = [
     "read_cohort",
 ]
 
-COHORT_VERSION = "cardionode-cohort-1.1.0"
+COHORT_VERSION = "cardionode-cohort-1.2.0"
 SPLITS: dict[str, int] = {"train": 0, "validation": 1, "test": 2, "external": 3, "normal_db": 4, "pretrain": 5}
 KINDS: dict[str, int] = {"cad": 0, "crt": 1}
 TRACERS: tuple[str, ...] = ("tc99m", "tl201")
@@ -230,11 +235,18 @@ def _normal_pattern(rng: np.random.Generator, tracer: str) -> np.ndarray:
     return base * (1.0 + field_)
 
 
-def _attenuation(rng: np.random.Generator, sex_male: bool, tracer: str, scale: float = 1.0) -> np.ndarray:
-    """Multiplicative attenuation reduction map (0 = none): inferior in men, anterior in women."""
+def _attenuation(rng: np.random.Generator, sex_male: bool, tracer: str, scale: float = 1.0,
+                 severe_share: float = 0.0) -> np.ndarray:
+    """Multiplicative attenuation reduction map (0 = none): inferior in men, anterior in women.
+
+    ``severe_share`` of the artefacts come from the severe tail (obesity, large
+    breasts): depth U(0.40, 0.60) instead of U(0.05, 0.40).
+    """
     if rng.random() > 0.75:
         return np.zeros(GRID.shape)
     depth = rng.uniform(0.05, 0.40) * (1.3 if tracer == "tl201" else 1.0) * scale
+    if severe_share and rng.random() < severe_share:
+        depth = rng.uniform(0.40, 0.60) * (1.3 if tracer == "tl201" else 1.0) * scale
     if sex_male:
         shape = np.exp(-((_dpsi(_PSI, 180.0 + rng.normal(0, 10)) / 35.0) ** 2)) * (0.4 + 0.6 * _U)
     else:
@@ -327,7 +339,7 @@ def make_cad_cohort(n: int, split: str = "train", seed: int = 0, normals_only: b
                 scar = np.maximum(scar, rng.uniform(0.2, 0.6) * (0.15 if silent else 1.0) * _blob(rng, t, 0.6) * (blob > 0.3))
         stress_def = np.clip(np.maximum(ischaemia, scar), 0, 0.9)
         normal = _normal_pattern(rng, tr)
-        atten = _attenuation(rng, male, tr)
+        atten = _attenuation(rng, male, tr, severe_share=0.0 if normals_only else 0.25)
         size = (edv / 100.0) ** (1.0 / 3.0)
         sigma = (1.2 * shift.blur / size, 2.4 * shift.blur / size)
         counts = (400.0 if tr == "tc99m" else 120.0) * shift.counts * size**2

@@ -44,6 +44,7 @@ from scipy import ndimage
 from node.imaging.radiopharmaceuticals import TRACERS
 from node.imaging.volume import Volume
 from node.quant.lv_frame import LVFrame
+from node.quant.polar_map import relative_pct
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS, PolarGrid
 from node.synth.anatomy import UPTAKE, Defect, HeartModel, TorsoModel, default_attenuation
 from node.synth.geometry import (
@@ -531,7 +532,8 @@ def _make_truth(
     polar_blurred = sample_max_along_normals(summed_expected, affine, frame, mean_geom, grid)
     polar_unblurred = transmural_mean_activity(heart, grid)
     _, _, _, cell_volume = midwall_samples(mean_geom, grid)
-    seg_blurred = grid.segment_means(polar_blurred) / float(polar_blurred.max()) * 100.0
+    # relative uptake by the product's own definition of "% of maximum" (the map's 99th percentile)
+    seg_blurred = grid.segment_means(relative_pct(polar_blurred))
     scores = score_from_uptake(100.0 * (1.0 - seg.deficit))
     severity_scores = np.floor(4.0 * seg.deficit + 0.5 + 1e-9).astype(int)
     defect_segments = tuple(sorted({s for d in heart.defects for s in d.segments}))

@@ -284,7 +284,7 @@ class Truth:
     tpd_pct: float
     polar_map_unblurred: np.ndarray
     polar_map_blurred: np.ndarray
-    segment_uptake_blurred_pct: np.ndarray
+    segment_uptake_blurred_pct: np.ndarray  # [17] % of the map reference, node.quant.polar_map.relative_pct rule
     polar_cell_volume_mm3: np.ndarray
     gate_polar_maps_blurred: np.ndarray | None
     gate_volumes_ml: np.ndarray
