@@ -419,7 +419,6 @@ def _metadata(version: str, n_train: int, n_val: int, seed: int, evaluation: dic
     import monai
 
     from node import __version__
-    from node.synth.cohort import COHORT_VERSION
 
     io_in = {"image": {"type": "image", "format": "magnitude", "modality": "NM (SPECT)", "num_channels": 1,
                        "spatial_shape": ["4*n", "4*n", "4*n"], "dtype": "float32", "value_range": [0, 2], "is_patch_data": False,
@@ -437,7 +436,7 @@ def _metadata(version: str, n_train: int, n_val: int, seed: int, evaluation: dic
         "required_packages_version": {"cardionode": __version__}, "name": "lv_segmentation",
         "task": "LV myocardium segmentation of SPECT volumes", "description": "Small 3D MONAI U-Net; its mask replaces the threshold step of locate_lv.",
         "authors": "CardioNode contributors", "copyright": "Apache-2.0",
-        "intended_use": bundles.INTENDED_USE, "training_data": training, "training_cohort_version": f"phantom ({COHORT_VERSION} family)",
+        "intended_use": bundles.INTENDED_USE, "training_data": training, "training_cohort_version": f"node.synth.phantom via node.ai.segmentation.segmentation_phantoms (seed {seed})",
         "data_source": "synthetic (node.synth.phantom)", "data_type": "SPECT volume",
         "network_data_format": {"inputs": io_in, "outputs": io_out}, "inputs": io_in, "outputs": io_out,
         "canonical_voxel_mm": CANONICAL_VOXEL_MM,

@@ -520,7 +520,8 @@ _LIMITS = {
     "cad_polar": "Territory outputs are approximate by nature (standard AHA territory assignment). The model never saw "
                  "real attenuation, real camera noise or real coronary anatomy; Tl-201 cases are a minority of training.",
     "tracer_heads": "The Tl-201 head has ~30 % of the training cases. Rest-only inputs see only scar, so the rest-only "
-                    "variant is weaker by design. An unknown tracer gets no prediction.",
+                    "variant is weak (see the table) and the node does not report it (variants with test AUC < 0.65 give "
+                    "a note instead). An unknown tracer gets no prediction, with the reason.",
     "crt_response": "The response process is an invented, documented latent model (node/synth/cohort.py); Larsen et al. "
                     "reported AUC 0.83 on 218 real patients, which our synthetic figures do not reproduce or confirm.",
 }

@@ -653,10 +653,16 @@ def locate_lv(
     plateau = float(np.median(ring_level[(z_scan >= 0.45 * c_mid) & (z_scan <= 0.8 * c_mid)]))
     below = np.nonzero((ring_level < 0.5 * plateau) & (z_scan > 0.8 * c_mid))[0]
     if below.size:
+        # The wall ends where the counts are half-way between the plateau and the level beyond the
+        # base (blood pool, background): 50 % of the plateau alone puts the base 1-2 mm too far out.
         k = int(below[0])
+        past = (z_scan >= z_scan[k]) & (z_scan <= z_scan[k] + 3.0 * sigma_s)
+        floor = float(np.clip(ring_level[past].min(), 0.0, 0.5 * plateau))
+        level = floor + 0.5 * (plateau - floor)
+        k = int(np.nonzero((ring_level < level) & (z_scan > 0.8 * c_mid))[0][0])
         z0, z1 = z_scan[k - 1], z_scan[k]
         v0, v1 = ring_level[k - 1], ring_level[k]
-        z_base_tip = float(z0 + (0.5 * plateau - v0) * (z1 - z0) / (v1 - v0 + 1e-12))
+        z_base_tip = float(z0 + (level - v0) * (z1 - z0) / (v1 - v0 + 1e-12))
     else:
         z_base_tip = c_mid
         notes.append("base plane not found from counts; ellipsoid centre used")
