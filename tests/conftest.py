@@ -40,3 +40,15 @@ def _test_pipelines_stay_in_their_own_tests(request: pytest.FixtureRequest):
         registry.unregister(pipeline.name)
     for pipeline in registered:
         registry.register(pipeline)
+
+
+@pytest.fixture(scope="session")
+def node_harness():
+    """The flow tests' helpers for a real Orthanc (routing to the node) and ``cardionode serve`` subprocesses."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "flow" / "flow_support.py"
+    spec = importlib.util.spec_from_file_location("node_harness", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

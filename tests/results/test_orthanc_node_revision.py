@@ -10,7 +10,6 @@ Predecessor Documents; both are found by C-FIND at IMAGE level.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -22,18 +21,6 @@ pytestmark = pytest.mark.network
 
 HERE = Path(__file__).resolve().parent
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def _flow_helpers():
-    """The flow tests' Orthanc (with Lua routing to the node) and node-process helpers."""
-    candidates = [HERE.parent / "flow" / name for name in ("flow_support.py", "helpers.py")]
-    path = next((p for p in candidates if p.exists()), None)
-    if path is None:
-        pytest.fail(f"none of {[str(p) for p in candidates]}: the node end-to-end helpers belong to the flow tests")
-    spec = importlib.util.spec_from_file_location("results_flow_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write(datasets, folder: Path) -> list[Path]:
@@ -62,8 +49,8 @@ def _srs(orthanc, study_uid: str) -> list[dict]:
     return [i for i in orthanc.study_instances(study_uid) if i["sop_class"] == SR_CLASS]
 
 
-def test_late_series_through_the_node_gives_two_srs_linked_by_predecessor(tmp_path, seed):
-    h = _flow_helpers()
+def test_late_series_through_the_node_gives_two_srs_linked_by_predecessor(tmp_path, seed, node_harness):
+    h = node_harness
     summed, gated, _ = phantom_study(seed)
     study_uid = str(summed[0].StudyInstanceUID)
     node_port = h.free_port()
