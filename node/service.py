@@ -113,6 +113,7 @@ class Node:
 
         queue_settings = QueueSettings.from_settings(s)
         self.queue = JobQueue(queue_settings, s.effective_device_uid())
+        self.queue.declare_queues()
         specs = list(s.workers)
         if queue_settings.broker_is_sqlite and specs:
             restored, deleted = restore_unfinished(self.queue.app, queue_settings.broker_url)

@@ -75,6 +75,19 @@ class JobQueue:
         self.app = app or create_app(queue_settings)
         self.store: ArtifactStore = queue_settings.open_artifacts()
 
+    def declare_queues(self) -> None:
+        """Create the node's queues on the broker before any worker starts.
+
+        kombu's SQLAlchemy transport creates a queue's row on first use; a
+        worker and the node doing so at the same moment collide on the unique
+        queue name, and the loser's publish fails. Declaring them once, up
+        front, from the node removes the race.
+        """
+        with self.app.connection_for_write() as connection:
+            channel = connection.default_channel
+            for queue in self.app.conf.task_queues:
+                queue.bind(channel).declare()
+
     def upload_inputs(self, job_id: int, attempt: int, paths: Sequence[Path]) -> int:
         """Put the study's instance files in the artifact store for this attempt; returns bytes moved."""
         key = job_key(self.node, job_id, attempt)
