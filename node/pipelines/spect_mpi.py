@@ -322,50 +322,40 @@ def _finite(value: float | None) -> bool:
     return value is not None and bool(np.isfinite(value))
 
 
-def _segment_groups(state: StateResult) -> list[MeasurementGroup]:
+def _segment_groups(
+    label: str, state: str, uptake_pct: np.ndarray, scores: np.ndarray | None
+) -> list[MeasurementGroup]:
+    """One group per AHA segment: relative uptake (%) and, when scored, the segment score."""
     groups = []
-    scores = state.scores.segment_scores if state.scores is not None else None
     for k in range(N_SEGMENTS):
-        measurements = [Measurement("relative_uptake", round(float(state.segment_uptake_pct[k]), 2), "%")]
+        measurements = [Measurement("relative_uptake", round(float(uptake_pct[k]), 2), "%")]
         if scores is not None:
             measurements.append(Measurement("segment_score", float(scores[k]), "{score}"))
         groups.append(
             MeasurementGroup(
-                label=f"{state.state.capitalize()} perfusion AHA segment {k + 1}",
+                label=f"{label} AHA segment {k + 1}",
                 finding="myocardial_perfusion",
                 site=f"aha_{k + 1}",
-                state=state.state,
+                state=state,
                 algorithm=ALGORITHM,
                 measurements=tuple(measurements),
             )
         )
     return groups
+
+
+def _state_segment_groups(state: StateResult) -> list[MeasurementGroup]:
+    scores = state.scores.segment_scores if state.scores is not None else None
+    return _segment_groups(f"{state.state.capitalize()} perfusion", state.state, state.segment_uptake_pct, scores)
 
 
 def _difference_groups(stress: StateResult, rest: StateResult) -> list[MeasurementGroup]:
-    groups = []
+    """Per segment: rest minus stress relative uptake and stress minus rest score (both positive for ischemia)."""
     diff_scores = None
     if stress.scores is not None and rest.scores is not None:
         diff_scores = np.asarray(stress.scores.segment_scores) - np.asarray(rest.scores.segment_scores)
-    for k in range(N_SEGMENTS):
-        measurements = [
-            Measurement(
-                "relative_uptake", round(float(rest.segment_uptake_pct[k] - stress.segment_uptake_pct[k]), 2), "%"
-            )
-        ]
-        if diff_scores is not None:
-            measurements.append(Measurement("segment_score", float(diff_scores[k]), "{score}"))
-        groups.append(
-            MeasurementGroup(
-                label=f"Rest minus stress AHA segment {k + 1}",
-                finding="myocardial_perfusion",
-                site=f"aha_{k + 1}",
-                state="difference",
-                algorithm=ALGORITHM,
-                measurements=tuple(measurements),
-            )
-        )
-    return groups
+    uptake = np.asarray(rest.segment_uptake_pct) - np.asarray(stress.segment_uptake_pct)
+    return _segment_groups("Stress-rest difference", "difference", uptake, diff_scores)
 
 
 def _global_groups(result: SpectMpiResult) -> list[MeasurementGroup]:
@@ -499,7 +489,7 @@ def report_content(result: SpectMpiResult, grid: PolarGrid = DEFAULT_GRID) -> Re
     difference), global LV groups (volumes, LVEF, TID, SSS/SRS/SDS, TPD, phase) and bull's-eye maps."""
     groups: list[MeasurementGroup] = []
     for state in result.states:
-        groups.extend(_segment_groups(state))
+        groups.extend(_state_segment_groups(state))
     if result.stress is not None and result.rest is not None:
         groups.extend(_difference_groups(result.stress, result.rest))
     groups.extend(_global_groups(result))
