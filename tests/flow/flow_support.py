@@ -166,6 +166,8 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,  # C-FIND from any AE (the results tests query as the node)
             "DicomModalities": {},
             "LuaScripts": [str(lua)],
             "Plugins": [],
@@ -219,6 +221,21 @@ class Orthanc:
     def tags(self, instance_id: str) -> dict[str, Any]:
         """The instance's tags in Orthanc's simplified JSON form."""
         return requests.get(f"{self.url}/instances/{instance_id}/simplified-tags", timeout=10).json()
+
+    def instance_ids(self) -> list[str]:
+        """Orthanc's ids of every stored instance."""
+        return requests.get(f"{self.url}/instances", timeout=10).json()
+
+    def instance_id(self, sop_instance_uid: str) -> str:
+        """Orthanc's id of the instance with ``sop_instance_uid`` (exactly one must exist)."""
+        found = requests.post(f"{self.url}/tools/lookup", data=sop_instance_uid, timeout=10).json()
+        ids = [f["ID"] for f in found if f["Type"] == "Instance"]
+        assert len(ids) == 1, found
+        return ids[0]
+
+    def instance_file(self, instance_id: str) -> bytes:
+        """The stored DICOM file of an instance."""
+        return requests.get(f"{self.url}/instances/{instance_id}/file", timeout=30).content
 
     def results(self, study_uid: str) -> list[dict[str, Any]]:
         """The node's result objects in Orthanc (modality SR or OT)."""

@@ -87,9 +87,9 @@ def test_late_series_through_the_node_gives_two_srs_linked_by_predecessor(tmp_pa
         referenced = predecessors[0]["ReferencedSeriesSequence"][0]["ReferencedSOPSequence"][0]
         assert referenced["ReferencedSOPInstanceUID"] == first[0]["sop_instance_uid"]
         found = findscu_images(
-            orthanc.dicom_port,
+            orthanc.dicom_port, orthanc.ae_title,
             {"StudyInstanceUID": study_uid, "SeriesInstanceUID": "", "SOPClassUID": SR_CLASS, "SOPInstanceUID": ""},
-            ("SOPInstanceUID",), called_ae=orthanc.ae_title,
+            ("SOPInstanceUID",),
         )
         assert {f["SOPInstanceUID"] for f in found} == {s["sop_instance_uid"] for s in both}
         assert node.stop() == 0
