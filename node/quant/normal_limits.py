@@ -35,9 +35,12 @@ The simulated normal cohort (reference note section 7.2), two builders:
   ``1 / sqrt(2 * counts * recovery)``; attenuation as above (apex 50 % of the base
   reduction in men, Tl-201 reductions x 1.2).
 
-After the limits, 12 defect cases per tracer and sex (whole-territory defects of
-severity U(0.3, 0.9)) calibrate the measured deficit of absent uptake
-(:func:`calibrate_absent_uptake`).
+After the limits, defect cases per tracer and sex calibrate the measured deficit of
+absent uptake (:func:`calibrate_absent_uptake`): 12 whole-territory defects of
+severity U(0.3, 0.9) (segment and TPD calibration), then 24 defects over a whole
+territory, its basal + mid or its mid + apical + apex rings (cycled), severity
+U(0.2, 0.85) (TPD calibration only). The cohort mean cell areas are stored as
+``cell_area`` (the fixed area weights of the TPD).
 
 The manifest ``node/quant/data/normal_limits.json`` records, for every file, the
 builder, cohort size, seed, command, calibration and SHA-256. Regenerate with::
@@ -169,6 +172,12 @@ class NormalLimits:
     for the TPD area integral (blur also moves part of the deficit outside the
     defect, where it is still counted, so it is closer to 1). Both are calibrated on
     synthetic defect phantoms (:func:`calibrate_absent_uptake`).
+
+    ``cell_area`` (``[n_u, n_psi]`` mm^2, or None for files without it) is the mean
+    mid-wall area of each cell over the normal cohort: the fixed area weights of the
+    TPD (% of a normal LV, :class:`node.quant.scores.ScoreParameters` ``tpd_weights``),
+    which a patient's own cell areas are not inside severe defects (the sampled
+    surface is distorted where counts are low).
     """
 
     tracer: str
@@ -184,13 +193,19 @@ class NormalLimits:
     grid: PolarGrid = field(default=DEFAULT_GRID)
     absent_uptake_deficit: float = 1.0
     tpd_absent_uptake_deficit: float = 1.0
+    cell_area: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        for name in ("mean", "sd", "detection_sd"):
-            if getattr(self, name).shape != self.grid.shape:
+        for name in ("mean", "sd", "detection_sd", "cell_area"):
+            value = getattr(self, name)
+            if value is None and name == "cell_area":
+                continue
+            if value.shape != self.grid.shape:
                 raise ValueError(f"normal limits {name} must be {self.grid.shape}, got {getattr(self, name).shape}")
         if not (np.all(np.isfinite(self.mean)) and np.all(self.sd > 0) and np.all(self.detection_sd > 0)):
             raise ValueError("normal limits contain non-finite means or non-positive SDs")
+        if self.cell_area is not None and not (np.all(np.isfinite(self.cell_area)) and np.all(self.cell_area > 0)):
+            raise ValueError("normal limits cell_area must be finite and positive")
         for name in ("absent_uptake_deficit", "tpd_absent_uptake_deficit"):
             if not 0.3 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0.3, 1], got {getattr(self, name)}")
@@ -400,7 +415,8 @@ def build_normal_limits(
     (circular in azimuth) to reduce the sampling noise of a small cohort; SD is
     floored at ``SD_FLOOR_FRACTION`` of the mean. ``detection_sd`` is the same
     SD computed on the normalised maps after Gaussian smoothing with
-    ``detection_smoothing_cells`` (see :class:`NormalLimits`).
+    ``detection_smoothing_cells`` (see :class:`NormalLimits`). ``cell_area`` is the
+    cohort mean of ``weights`` (mid-wall cell areas, mm^2; None when ``weights`` is None).
     """
     maps = np.asarray(maps, dtype=float)
     if maps.ndim != 3 or maps.shape[1:] != grid.shape:
@@ -431,6 +447,7 @@ def build_normal_limits(
     mean, sd, det_sd = mean / peak, sd / peak, det_sd / peak
     sd = np.maximum(sd, SD_FLOOR_FRACTION * np.abs(mean))
     det_sd = np.maximum(det_sd, SD_FLOOR_FRACTION * np.abs(smooth_polar_map(mean, detection_smoothing_cells)))
+    cell_area = None if weights is None else w.mean(axis=0)
     return NormalLimits(
         tracer=normalise_tracer(tracer),
         sex=normalise_sex(sex),
@@ -442,6 +459,7 @@ def build_normal_limits(
         version=str(version),
         source=source,
         grid=grid,
+        cell_area=cell_area,
     )
 
 
@@ -477,6 +495,7 @@ def _load_file(path: Path, entry: dict, grid: PolarGrid) -> NormalLimits:
         mean = data["mean"].astype(float)
         sd = data["sd"].astype(float)
         det_sd = data["detection_sd"].astype(float)
+        cell_area = data["cell_area"].astype(float) if "cell_area" in data.files else None
     return NormalLimits(
         tracer=entry["tracer"],
         sex=entry["sex"],
@@ -486,6 +505,7 @@ def _load_file(path: Path, entry: dict, grid: PolarGrid) -> NormalLimits:
         detection_smoothing_cells=float(entry["detection_smoothing_cells"]),
         absent_uptake_deficit=float(entry.get("absent_uptake_deficit", 1.0)),
         tpd_absent_uptake_deficit=float(entry.get("tpd_absent_uptake_deficit", 1.0)),
+        cell_area=cell_area,
         n_subjects=int(entry["n_subjects"]),
         version=str(entry["version"]),
         source=entry["source"],
@@ -530,6 +550,7 @@ def load_normal_limits(
             m.source + " (pooled M+F)", m.label, grid,
             absent_uptake_deficit=0.5 * (m.absent_uptake_deficit + f.absent_uptake_deficit),
             tpd_absent_uptake_deficit=0.5 * (m.tpd_absent_uptake_deficit + f.tpd_absent_uptake_deficit),
+            cell_area=None if m.cell_area is None or f.cell_area is None else 0.5 * (m.cell_area + f.cell_area),
         )
         _CACHE[cache_key] = limits
         return limits
@@ -554,13 +575,15 @@ def write_normal_limits(
     name = _file_name(limits.tracer, limits.sex, limits.version)
     path = data_dir / name
     # deterministic bytes: np.savez stores no timestamps in the arrays; use a fixed member order
+    arrays = {
+        "mean": limits.mean.astype(np.float32),
+        "sd": limits.sd.astype(np.float32),
+        "detection_sd": limits.detection_sd.astype(np.float32),
+    }
+    if limits.cell_area is not None:
+        arrays["cell_area"] = limits.cell_area.astype(np.float32)
     with open(path, "wb") as fh:
-        np.savez_compressed(
-            fh,
-            mean=limits.mean.astype(np.float32),
-            sd=limits.sd.astype(np.float32),
-            detection_sd=limits.detection_sd.astype(np.float32),
-        )
+        np.savez_compressed(fh, **arrays)
     entry = {
         "file": name,
         "tracer": limits.tracer,
@@ -670,12 +693,33 @@ def phantom_normal_cohort(
 
 
 DefectCase = tuple[np.ndarray, np.ndarray, float, np.ndarray]  # counts, areas, true TPD %, true segment deficit [17]
-DefectCases = Callable[[str, str, int, np.random.Generator], list[DefectCase]]
+DefectCases = Callable[..., list[DefectCase]]  # (tracer, sex, n, rng, partial=False)
 _CAL_TERRITORIES = ("LAD", "LCx", "RCA")
+_CAL_RINGS: tuple[tuple[str, ...], ...] = (
+    ("basal", "mid", "apical", "apex"),
+    ("basal", "mid"),
+    ("mid", "apical", "apex"),
+)
 
 
-def analytic_defect_cases(tracer: str, sex: str, n: int, rng: np.random.Generator) -> list[DefectCase]:
-    """``n`` analytic-model subjects with a whole-territory defect of severity U(0.3, 0.9).
+def _calibration_defect(i: int, partial: bool, rng: np.random.Generator) -> tuple[str, tuple[str, ...], float]:
+    """Territory, rings and severity of calibration case ``i``.
+
+    ``partial=False``: the whole territory ``i mod 3`` (LAD, LCx, RCA), severity U(0.3, 0.9)
+    (segment and TPD calibration). ``partial=True``: territory ``i mod 3`` within the rings
+    ``(i div 3) mod 3`` of ``_CAL_RINGS`` (whole, basal + mid, mid + apical + apex), severity
+    U(0.2, 0.85) (TPD calibration only: spans the defect sizes and severities TPD is used on).
+    """
+    territory = _CAL_TERRITORIES[i % 3]
+    if not partial:
+        return territory, _CAL_RINGS[0], float(rng.uniform(0.3, 0.9))
+    return territory, _CAL_RINGS[(i // 3) % len(_CAL_RINGS)], float(rng.uniform(0.2, 0.85))
+
+
+def analytic_defect_cases(
+    tracer: str, sex: str, n: int, rng: np.random.Generator, partial: bool = False
+) -> list[DefectCase]:
+    """``n`` analytic-model subjects with a territory defect (:func:`_calibration_defect`).
 
     Returns ``(counts [n_u, n_psi], areas, true TPD %, true segment deficit [17])``
     per case; true TPD = area-weighted mean deficit x 100.
@@ -683,12 +727,14 @@ def analytic_defect_cases(tracer: str, sex: str, n: int, rng: np.random.Generato
     from dataclasses import replace
 
     from node.quant.segments import TERRITORY_SEGMENTS
+    from node.synth.phantom import RINGS
 
     cases = []
     seg = DEFAULT_GRID.segment_ids()
     for i in range(n):
-        segments = TERRITORY_SEGMENTS[_CAL_TERRITORIES[i % 3]]
-        severity = float(rng.uniform(0.3, 0.9))
+        territory, rings, severity = _calibration_defect(i, partial, rng)
+        allowed = {s for ring in rings for s in RINGS[ring]}
+        segments = tuple(s for s in TERRITORY_SEGMENTS[territory] if s in allowed)
         subject = replace(random_normal_subject(tracer, sex, rng), defects=tuple((s, severity) for s in segments))
         values, w = subject.sample(rng)
         deficit = np.where(np.isin(seg, segments), severity, 0.0)
@@ -697,8 +743,10 @@ def analytic_defect_cases(tracer: str, sex: str, n: int, rng: np.random.Generato
     return cases
 
 
-def phantom_defect_cases(tracer: str, sex: str, n: int, rng: np.random.Generator) -> list[DefectCase]:
-    """``n`` voxel phantoms (cohort spec) with a whole-territory defect of severity U(0.3, 0.9); true TPD from synth."""
+def phantom_defect_cases(
+    tracer: str, sex: str, n: int, rng: np.random.Generator, partial: bool = False
+) -> list[DefectCase]:
+    """``n`` voxel phantoms (cohort spec) with a territory defect (:func:`_calibration_defect`); truth from synth."""
     from dataclasses import replace
 
     from node.synth.phantom import make_acquisition, territory_defect
@@ -706,8 +754,8 @@ def phantom_defect_cases(tracer: str, sex: str, n: int, rng: np.random.Generator
     cases = []
     for i in range(n):
         spec = phantom_normal_subject_spec(tracer, sex, rng)
-        severity = float(rng.uniform(0.3, 0.9))
-        spec = replace(spec, defects=(territory_defect(_CAL_TERRITORIES[i % 3], severity),))
+        territory, rings, severity = _calibration_defect(i, partial, rng)
+        spec = replace(spec, defects=(territory_defect(territory, severity, rings=rings),))
         acquisition = make_acquisition(spec, "stress", rng)
         values, w = phantom_polar_map(acquisition.summed)
         truth = acquisition.truth
@@ -715,25 +763,33 @@ def phantom_defect_cases(tracer: str, sex: str, n: int, rng: np.random.Generator
     return cases
 
 
-def calibrate_absent_uptake(limits: NormalLimits, cases: list[DefectCase]) -> tuple[float, float]:
+def calibrate_absent_uptake(
+    limits: NormalLimits, cases: list[DefectCase], tpd_cases: Sequence[DefectCase] = ()
+) -> tuple[float, float]:
     """Measured deficit of absent uptake ``(segment, TPD)`` from defect cases with known truth.
 
     Each case is scored without calibration (:func:`node.quant.scores.score_map`
-    defaults, ``d_absent = 1``). Segment: the median over defect segments (true
-    deficit >= 0.3) of measured / true deficit, the measured one being the
-    area-weighted median cell deficit of the segment. TPD: the median over cases
-    (true TPD >= 5 %) of measured / true TPD. Medians make both robust to the odd
-    failed localisation; both are clipped to [0.5, 1.0].
+    defaults, ``d_absent = 1``). Segment: the median over the defect segments (true
+    deficit >= 0.3) of ``cases`` (whole-territory defects) of measured / true deficit,
+    the measured one being the area-weighted median cell deficit of the segment.
+    TPD: the median over ``cases`` and ``tpd_cases`` (partial territories, milder
+    defects) with a true TPD >= 5 % of measured / true TPD, so that the TPD is
+    unbiased over defect sizes and severities 0.2-0.9 rather than fitted to severe
+    whole-territory defects only. Medians make both robust to the odd failed
+    localisation; both are clipped to [0.5, 1.0].
     """
     from node.quant.scores import ScoreParameters, _weighted_median, score_map
 
     raw = replace_limits(limits, absent_uptake_deficit=1.0, tpd_absent_uptake_deficit=1.0)
     seg = limits.grid.segment_ids()
     seg_ratios, tpd_ratios = [], []
-    for values, w, tpd_true, seg_true in cases:
+    n_segment_cases = len(cases)
+    for k, (values, w, tpd_true, seg_true) in enumerate(list(cases) + list(tpd_cases)):
         result = score_map(values, w, raw, ScoreParameters())
         if tpd_true >= 5.0:
             tpd_ratios.append(result.tpd_pct / tpd_true)
+        if k >= n_segment_cases:
+            continue
         for s in range(1, 18):
             if seg_true[s - 1] >= 0.3:
                 m = seg == s
@@ -767,7 +823,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--version", default="1")
     b.add_argument("--tracers", nargs="+", default=list(TRACERS))
     b.add_argument("--sexes", nargs="+", default=list(SEXES))
-    b.add_argument("--n-calibration", type=int, default=12, help="defect cases for the absent-uptake calibration")
+    b.add_argument(
+        "--n-calibration", type=int, default=12, help="whole-territory defect cases (segment + TPD calibration)"
+    )
+    b.add_argument(
+        "--n-tpd-calibration", type=int, default=24, help="further partial-territory defect cases (TPD calibration)"
+    )
     b.add_argument("--out", type=Path, default=DATA_DIR)
     sub.add_parser("show", help="list the installed normal-limit files")
     args = parser.parse_args(argv)
@@ -779,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     builder, defect_cases, source = _BUILDERS[args.source]
     command = (
         f"python -m node.quant.normal_limits build --n {args.n} --source {args.source} --seed {args.seed} "
-        f"--version {args.version} --n-calibration {args.n_calibration}"
+        f"--version {args.version} --n-calibration {args.n_calibration} --n-tpd-calibration {args.n_tpd_calibration}"
     )
     for i, tracer in enumerate(args.tracers):
         for j, sex in enumerate(args.sexes):
@@ -790,7 +851,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             limits = build_normal_limits(maps, weights, tracer_key, sex_key, args.version, source)
             if args.n_calibration > 0:
                 cases = defect_cases(tracer_key, sex_key, args.n_calibration, rng)
-                d_segment, d_tpd = calibrate_absent_uptake(limits, cases)
+                tpd_cases = defect_cases(tracer_key, sex_key, args.n_tpd_calibration, rng, partial=True)
+                d_segment, d_tpd = calibrate_absent_uptake(limits, cases, tpd_cases)
                 limits = replace_limits(limits, absent_uptake_deficit=d_segment, tpd_absent_uptake_deficit=d_tpd)
             entry = write_normal_limits(limits, args.out, seed, command)
             print(

@@ -13,7 +13,12 @@ normals):
    that defects (low counts, unreliable maxima) borrow the wall position from
    their neighbours, then moved out along the normals by ``sigma^2 H`` (a
    blurred curved wall peaks inside its mid-wall; ``H`` mean curvature,
-   ``sigma`` the effective resolution of :class:`LVLocation`).
+   ``sigma`` the effective resolution of :class:`LVLocation`). In the apical
+   cap (below the cavity apex) the count maxima are unreliable (a blurred
+   dome peaks inside its mid-wall; a hypoperfused cap pulls them toward the
+   brighter walls): there the mid-wall is the half-ellipsoid through the
+   located mid-wall apex whose curvature is fitted per azimuth to the
+   measured curve 4-16 mm beyond the cavity apex (:func:`_apical_cap_curves`).
 2. **Canonical cells.** Each row of :class:`~node.quant.segments.PolarGrid`
    maps to a distance ``z`` from the epicardial apex
    (:meth:`LVLocation.u_to_z` semantics, same as the phantom truth): cap rows
@@ -57,6 +62,10 @@ __all__ = [
 
 N_THETA = 16  # spherical rays over 0..90 degrees
 RAY_STEP_MM = 1.0
+#: apical cap (:func:`_apical_cap_curves`): mm beyond the cavity apex where the measured mid-wall
+#: curve sets the cap's curvature, and points per cap meridian curve
+CAP_FIT_Z_MM = (4.0, 7.0, 10.0, 13.0, 16.0)
+CAP_POINTS = 24
 
 
 @dataclass(frozen=True, eq=False)
@@ -298,10 +307,55 @@ def _surface_at(z_rays: np.ndarray, r_rays: np.ndarray, peak: np.ndarray, psi_de
     return MidWallSurface(np.repeat(z_rows[:, None], n_psi, axis=1), radius, nz, nr, psi_deg, pk, mean_curv)
 
 
+def _apical_cap_curves(
+    z_rays: np.ndarray, r_rays: np.ndarray, peak: np.ndarray, location: LVLocation
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Meridian curves ``[n, n_psi]`` of the apical cap from the located mid-wall apex.
+
+    Within the cap (``z`` below the cavity apex ``T``) the count maxima along
+    rays are unreliable: the blurred dome peaks inside its mid-wall, and a
+    hypoperfused cap pulls them toward the brighter walls. There the mid-wall
+    follows the half-ellipsoid through the located mid-wall apex ``z0 = T/2``
+    (``r = 0``) with the long semi-axis ``c = base - z0``:
+    ``r^2 = k (z - z0) (1 - (z - z0) / (2 c))``, with ``k`` per azimuth a
+    least-squares fit to the measured curve over ``z`` in ``T + CAP_FIT_Z_MM``.
+    """
+    z0 = 0.5 * location.cavity_apex_mm
+    c = max(location.length_mm - z0, 10.0)
+    n_psi = z_rays.shape[1]
+    z_fit = location.cavity_apex_mm + np.asarray(CAP_FIT_Z_MM)
+    g_fit = (z_fit - z0) * (1.0 - (z_fit - z0) / (2.0 * c))
+    k = np.empty(n_psi)
+    peak_fine = np.empty((CAP_POINTS, n_psi))
+    z_fine = np.linspace(z0, z_fit[0], CAP_POINTS)
+    for j in range(n_psi):
+        zc = z_rays[:, j] + np.arange(z_rays.shape[0]) * 1e-9
+        r_fit = np.interp(z_fit, zc, r_rays[:, j])
+        k[j] = float(np.sum(r_fit**2 * g_fit) / np.sum(g_fit**2))
+        peak_fine[:, j] = np.interp(z_fine, zc, peak[:, j])
+    g = (z_fine - z0) * (1.0 - (z_fine - z0) / (2.0 * c))
+    r_fine = np.sqrt(np.clip(g[:, None] * np.maximum(k, 0.0)[None, :], 0.0, None))
+    return np.repeat(z_fine[:, None], n_psi, axis=1), r_fine, peak_fine
+
+
 def midwall_surface_rows(volume: Volume, location: LVLocation, z_rows: np.ndarray, n_psi: int = 72) -> MidWallSurface:
-    """The mid-wall surface at given distances ``z_rows`` (mm from the epicardial apex)."""
+    """The mid-wall surface at given distances ``z_rows`` (mm from the epicardial apex).
+
+    Rows below the cavity apex (the apical cap) follow :func:`_apical_cap_curves`.
+    """
+    z_rows = np.asarray(z_rows, dtype=float)
     z, r, peak, psi_deg, _ = fit_midwall_surface(volume, location, n_psi)
-    return _surface_at(z, r, peak, psi_deg, np.asarray(z_rows, dtype=float))
+    surface = _surface_at(z, r, peak, psi_deg, z_rows)
+    cap = z_rows < location.cavity_apex_mm
+    if not cap.any():
+        return surface
+    cap_surface = _surface_at(*_apical_cap_curves(z, r, peak, location), psi_deg, z_rows[cap])
+    fields = {}
+    for name in ("z_mm", "radius_mm", "normal_z", "normal_r", "peak_counts", "mean_curvature"):
+        values = getattr(surface, name).copy()
+        values[cap] = getattr(cap_surface, name)
+        fields[name] = values
+    return MidWallSurface(psi_deg=psi_deg, **fields)
 
 
 def grid_rows_z(location: LVLocation, grid: PolarGrid) -> np.ndarray:

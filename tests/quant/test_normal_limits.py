@@ -29,6 +29,9 @@ def test_shipped_files_are_labelled_synthetic_small_and_match_the_manifest() -> 
         assert limits.mean.shape == DEFAULT_GRID.shape
         assert abs(limits.mean.max() - 1.0) < 1e-6
         assert np.all(limits.sd >= nl.SD_FLOOR_FRACTION * limits.mean - 1e-7)
+        # cohort mean cell areas (mm^2): the fixed TPD weights; a normal LV is ~100-200 cm^2 at mid-wall
+        assert limits.cell_area is not None and np.all(limits.cell_area > 0)
+        assert 5_000 < limits.cell_area.sum() < 25_000, entry["file"]
         assert "SYNTHETIC" in limits.describe()
     assert total < 1_000_000
 

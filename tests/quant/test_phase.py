@@ -106,13 +106,30 @@ def test_zero_weight_and_low_amplitude_samples_are_ignored(seed: int) -> None:
     phases[:5] = rng.uniform(0, 360, size=(5, DEFAULT_GRID.n_psi))
     amplitude[:5] = 0.01  # no contraction signal
     maps = _gate_curves(phases, 8, np.full(DEFAULT_GRID.shape, 100.0), amplitude)
-    raw = PhaseParameters(smoothing_cells=(0.0, 0.0), amplitude_weighting=0.0)
+    raw = PhaseParameters(smoothing_cells=(0.0, 0.0), amplitude_weighting=0.0, basal_exclusion_fraction=0.0)
     stats = analyse_phase(maps, None, replace(raw, min_amplitude_fraction=0.2)).statistics
     assert stats.psd_deg < 1e-6, f"seed {seed}"
     weights = np.ones(DEFAULT_GRID.shape)
     weights[:5] = 0.0
     stats = analyse_phase(maps, weights, raw).statistics
     assert stats.psd_deg < 1e-6 and stats.n_samples == (DEFAULT_GRID.n_u - 5) * DEFAULT_GRID.n_psi
+
+
+def test_basal_rows_are_left_out_by_default(seed: int) -> None:
+    """The default basal_exclusion_fraction 0.15 zeroes the top 6 of 40 rows (apex -> base), whatever
+    their phase; the phase map still covers every row."""
+    rng = np.random.default_rng(seed)
+    phases = np.full(DEFAULT_GRID.shape, 140.0)
+    phases[-6:] = rng.uniform(0, 360, size=(6, DEFAULT_GRID.n_psi))  # base-plane motion: any phase
+    maps = _gate_curves(phases, 16, np.full(DEFAULT_GRID.shape, 100.0), np.full(DEFAULT_GRID.shape, 20.0))
+    result = analyse_phase(maps)
+    assert result.statistics.psd_deg < 1e-6 and result.statistics.bandwidth_deg < 1e-6, f"seed {seed}"
+    assert result.statistics.n_samples == (DEFAULT_GRID.n_u - 6) * DEFAULT_GRID.n_psi
+    assert np.all(result.weights[-6:] == 0) and np.all(result.weights[:-6] > 0)
+    error = np.abs(np.mod(result.phase_map - phases + 180.0, 360.0) - 180.0)
+    assert error.max() < 1e-6, f"seed {seed}"
+    every_row = analyse_phase(maps, None, PhaseParameters(basal_exclusion_fraction=0.0)).statistics
+    assert every_row.psd_deg > 10.0 and every_row.n_samples == DEFAULT_GRID.n_u * DEFAULT_GRID.n_psi
 
 
 def test_amplitude_weighting_downweights_flat_samples(seed: int) -> None:
@@ -143,3 +160,5 @@ def test_boundary_validation_messages() -> None:
         PhaseParameters(bin_deg=7.0)
     with pytest.raises(ValueError, match="bandwidth_method"):
         PhaseParameters(bandwidth_method="widest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="basal_exclusion_fraction"):
+        PhaseParameters(basal_exclusion_fraction=1.0)

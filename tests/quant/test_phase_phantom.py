@@ -4,12 +4,24 @@ Gated phantoms (node.synth, default clinical counts, 6.4 mm voxels, FWHM 12 mm, 
 phase jitter SD 10 deg) are located with the pipeline's locate_lv, every gate is
 pre-filtered (node.quant.phase.prefilter_gated_voxels, 8 mm) and sampled with
 sample_gated_polar_maps along the summed mid-wall surface (as node.pipelines.spect_mpi),
-then analysed with the default PhaseParameters.
+then analysed with the default PhaseParameters (no polar smoothing, area x A1/A0 weights,
+basal 15 % of the rows left out).
 
 Reference: the count-based phase truth of the phantom (first harmonic of the noise-free
 blurred gated maps along the true normals, Truth.count_phase_deg) summarised with the same
-phase_statistics (area weights). The geometric thickening phase (Truth.sample_phase_deg)
+phase_statistics (area weights, every row). The geometric thickening phase (Truth.sample_phase_deg)
 is printed too; blur makes the count-based truth narrower than the geometric one.
+
+Per-phantom accuracy (300 fresh seeds 50000-50299, /tmp/h/phase/validate.py = bench wiring,
+2026-11-21): PSD error -0.08 +- 1.29 deg (worst +4.4), bandwidth error -1.15 +- 5.26 deg
+(worst +15.8); PSD within +-3 for 98.3 %, bandwidth within +-10 for 94.0 %, both for 93.7 %
+(8 gates 92.7 %, 16 gates 94.7 %). The scatter is count noise: two Poisson draws of the same
+phantom differ by SD 1.2 deg (PSD) / 4.3 deg (bandwidth) per draw, noise at the scale of the
+true regional phase pattern that no smoothing separates from it (noise-free maps: PSD
+-0.25 +- 0.31, bandwidth -1.9 +- 0.9 deg). A per-phantom +-3 / +-10 assertion would fail
+about 1 phantom in 16, so the acceptance tolerance is asserted on the mean of six phantoms
+(SD 0.5 / 2.1 deg) and every single phantom must stay within PSD +-5 and bandwidth +-20 deg
+(3.8 SD of the per-phantom scatter).
 """
 
 from __future__ import annotations
@@ -50,14 +62,9 @@ def _line(name: str, m, t, g) -> str:
 
 
 def test_psd_and_bandwidth_at_clinical_noise_and_delayed_lateral_wall(seed: int) -> None:
-    """Acceptance: PSD within +-3 deg and bandwidth within +-10 deg at clinical noise.
-
-    Single phantoms scatter (bench/validate_spect.py, docs/validation.md: PSD error SD ~1.6 deg,
-    bandwidth error SD ~7 deg per phantom; 83 % (8 gates) / 87 % (16 gates) of single normals inside both
-    tolerances, 60 seeds, 2026-11-21 10:41 UTC), so the acceptance tolerance is applied to the mean
-    error of six normals (three at 8, three at 16 gates), and each single phantom must stay
-    within about 3 SD of that spread (PSD +-8, bandwidth +-30 deg).
-    """
+    """Acceptance: PSD within +-3 deg and bandwidth within +-10 deg at clinical noise (mean of six
+    normals, three at 8 and three at 16 gates); every single normal within PSD +-5 / bandwidth +-20 deg
+    and peak phase +-15 deg; a delayed lateral wall clearly above the normals."""
     rng = np.random.default_rng(seed)
     psd_err, bw_err, normal_psd, normal_bw, normal_entropy = [], [], [], [], []
     lines = []
@@ -71,18 +78,21 @@ def test_psd_and_bandwidth_at_clinical_noise_and_delayed_lateral_wall(seed: int)
         normal_bw.append(m.bandwidth_deg)
         normal_entropy.append(m.entropy)
         assert abs(np.mod(m.peak_phase_deg - t.peak_phase_deg + 180, 360) - 180) <= 15.0, lines[-1]
+        # per phantom (300 fresh seeds: PSD error -0.08 +- 1.29, worst +4.4; bandwidth -1.15 +- 5.26, worst +15.8)
+        assert abs(psd_err[-1]) <= 5.0, lines[-1]
+        assert abs(bw_err[-1]) <= 20.0, lines[-1]
     report = "\n".join(lines)
     assert abs(np.mean(psd_err)) <= 3.0, f"mean PSD error {np.mean(psd_err):.2f}\n{report}"
     assert abs(np.mean(bw_err)) <= 10.0, f"mean bandwidth error {np.mean(bw_err):.2f}\n{report}"
-    assert max(abs(e) for e in psd_err) <= 8.0, report
-    assert max(abs(e) for e in bw_err) <= 30.0, report
 
     n_gates = (8, 16)[int(rng.integers(2))]
     m, t, g = _measure(n_gates, (LATERAL_DELAY,), rng)
     line = _line(f"seed {seed} delayed lateral wall {n_gates} gates", m, t, g)
     print(line)
-    # 60 seeds: delayed PSD 22.6 +- 4.3 deg (min 12.3), bandwidth 89 +- 17 deg (min 44);
-    # normals PSD 8.2 +- 1.7 deg, bandwidth 30 +- 8 deg; delayed - normal >= +4.8 deg PSD, >= +16 deg bandwidth
+    # 150 fresh seeds (50000-50299, even pairs): delayed PSD 20.2 +- 3.9 deg (min 11.1), bandwidth 77 +- 14 deg
+    # (min 42), entropy 0.69 +- 0.04; normals (300) PSD 7.9 +- 1.4, bandwidth 30 +- 5.5, entropy max 0.66.
+    # Resampling those figures, this block fails in about 0.6 % of runs (the delayed truth itself varies:
+    # PSD 24 +- 3.4 deg, and the 8 mm prefilter narrows the two-phase histogram by ~4.6 deg).
     assert m.psd_deg > np.mean(normal_psd) + 3.0, f"{line}; normal PSD {np.round(normal_psd, 1)}"
     assert m.bandwidth_deg > np.mean(normal_bw) + 10.0, f"{line}; normal BW {np.round(normal_bw, 1)}"
     assert m.entropy > np.mean(normal_entropy), f"{line}; normal entropy {np.round(normal_entropy, 2)}"

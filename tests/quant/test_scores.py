@@ -25,6 +25,11 @@ from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS
 GRID = DEFAULT_GRID
 SEG = GRID.segment_ids()
 ANALYTIC = "1"  # the normal limits built from this same analytic model (v2+ come from voxel phantoms)
+# The analytic model has independent (white) cell noise and jittered attenuation patterns: the rim growth
+# (grow_z/grow_cells) and the defect-excluding refit of the defaults, chosen for the sampler's spatially
+# correlated noise (test_scores_phantom.py), spread into that noise (normals up to ~9 % TPD, Tl-201). These
+# unit tests check the single-threshold rules; the defaults are tested on voxel phantoms.
+RULES = ScoreParameters(grow_z=None, fit_exclude_cells=None)
 RINGS = {"basal": range(1, 7), "mid": range(7, 13), "apical": range(13, 17), "apex": (17,)}
 RING_SUBSETS = (("basal", "mid"), ("mid", "apical", "apex"), ("apical", "apex"), ("basal", "mid", "apical"))
 
@@ -56,7 +61,7 @@ def test_segment_scores_sss_and_tpd_against_truth(seed: int) -> None:
             segments = _territory_part(territory, RING_SUBSETS[int(rng.integers(len(RING_SUBSETS)))])
         severity = (0.25, 0.5, 0.75)[(case // 3) % 3] + rng.uniform(-0.06, 0.06)
         counts, weights, truth = _defect_case(rng, "tc99m", sex, segments, severity)
-        result = score_map(counts, weights, limits[sex])
+        result = score_map(counts, weights, limits[sex], RULES)
         diff = result.segment_scores - truth["segment_scores"]
         exact += int(np.sum(diff == 0))
         total += diff.size
@@ -80,7 +85,7 @@ def test_normal_maps_have_low_tpd_and_no_scores(seed: int) -> None:
         tracer = ("tc99m", "tl201")[case % 2]
         sex = ("M", "F")[(case // 2) % 2]
         counts, weights = random_normal_subject(tracer, sex, rng).sample(rng)
-        result = score_map(counts, weights, load_normal_limits(tracer, sex, ANALYTIC))
+        result = score_map(counts, weights, load_normal_limits(tracer, sex, ANALYTIC), RULES)
         msg = f"seed {seed} case {case} {tracer} {sex}"
         # Tl-201: the analytic model's independent cell noise at 0.3x counts puts ~2 % of normals just over 3 %
         limit = 3.0 if tracer == "tc99m" else 5.0
@@ -95,7 +100,7 @@ def test_mild_defects_bias_is_bounded(seed: int) -> None:
     for case in range(9):
         territory = ("LAD", "LCx", "RCA")[case % 3]
         counts, weights, truth = _defect_case(rng, "tc99m", "M", TERRITORY_SEGMENTS[territory], 0.25)
-        result = score_map(counts, weights, load_normal_limits("tc99m", "M", ANALYTIC))
+        result = score_map(counts, weights, load_normal_limits("tc99m", "M", ANALYTIC), RULES)
         errors.append(result.tpd_pct - truth["tpd_pct"])
     assert max(errors) < 2.0 and min(errors) > -6.0, f"seed {seed}: TPD errors {np.round(errors, 2)}"
 
@@ -110,9 +115,9 @@ def test_stress_rest_combination(seed: int) -> None:
     # LAD reversible (ischaemia), RCA fixed (scar)
     stress_model = replace(subject, defects=tuple((s, 0.5) for s in lad) + tuple((s, 0.75) for s in rca))
     rest_model = replace(subject, defects=tuple((s, 0.75) for s in rca))
-    stress = score_map(stress_model.sample(rng)[0], stress_model.sample(rng)[1], limits)
+    stress = score_map(stress_model.sample(rng)[0], stress_model.sample(rng)[1], limits, RULES)
     rest_counts, rest_w = rest_model.sample(rng)
-    rest = score_map(rest_counts, rest_w, limits)
+    rest = score_map(rest_counts, rest_w, limits, RULES)
     study = score_study(stress, rest)
     msg = f"seed {seed}: stress {stress.segment_scores} rest {rest.segment_scores}"
     assert study.sss == stress.summed_score and study.srs == rest.summed_score
@@ -135,8 +140,8 @@ def test_scores_do_not_depend_on_the_count_scale(seed: int) -> None:
     rng = np.random.default_rng(seed)
     counts, weights, _ = _defect_case(rng, "tc99m", "F", TERRITORY_SEGMENTS["LCx"], 0.5)
     limits = load_normal_limits("tc99m", "F", ANALYTIC)
-    a = score_map(counts, weights, limits)
-    b = score_map(counts * 37.3, weights * 2.0, limits)
+    a = score_map(counts, weights, limits, RULES)
+    b = score_map(counts * 37.3, weights * 2.0, limits, RULES)
     assert np.array_equal(a.segment_scores, b.segment_scores)
     assert abs(a.tpd_pct - b.tpd_pct) < 1e-9 and abs(a.scale / b.scale - 37.3) < 1e-6
 
@@ -184,3 +189,24 @@ def test_model_sanity() -> None:
     expected = m.expected_map()
     assert np.ptp(expected[:30]) < 0.01
     assert expected[-1].mean() < 0.75 * expected[20].mean()
+
+
+def test_tpd_uses_the_normal_cell_areas_not_the_sampled_ones(seed: int) -> None:
+    """TPD weights are the normal cohort's mean cell areas (NormalLimits.cell_area): inflating the
+    sampled cell areas inside a defect (as a distorted mid-wall surface does) leaves the TPD unchanged;
+    tpd_weights="measured" follows the sampled areas and reads it higher."""
+    rng = np.random.default_rng(seed)
+    limits = load_normal_limits("tc99m", "M", ANALYTIC)
+    assert limits.cell_area is not None and limits.cell_area.shape == GRID.shape
+    counts, weights, truth = _defect_case(rng, "tc99m", "M", TERRITORY_SEGMENTS["LAD"], 0.75)
+    inflated = np.where(np.isin(SEG, TERRITORY_SEGMENTS["LAD"]), 1.3 * weights, weights)
+    a = score_map(counts, weights, limits, RULES)
+    b = score_map(counts, inflated, limits, RULES)
+    assert np.array_equal(a.tpd_weights, limits.cell_area) and np.array_equal(b.tpd_weights, limits.cell_area)
+    # (the areas still weight the normalisation fit, hence not bit-identical)
+    assert abs(a.tpd_pct - b.tpd_pct) < 0.2, f"seed {seed}: {a.tpd_pct:.2f} -> {b.tpd_pct:.2f}"
+    measured = ScoreParameters(tpd_weights="measured", grow_z=None, fit_exclude_cells=None)
+    c = score_map(counts, weights, limits, measured)
+    d = score_map(counts, inflated, limits, measured)
+    assert d.tpd_pct > c.tpd_pct + 1.0, f"seed {seed}: {c.tpd_pct:.2f} -> {d.tpd_pct:.2f}"
+    assert abs(a.tpd_pct - truth["tpd_pct"]) <= 2.0, f"seed {seed}: TPD {a.tpd_pct:.2f} vs {truth['tpd_pct']:.2f}"

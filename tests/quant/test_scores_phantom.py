@@ -30,25 +30,28 @@ def _score(acquisition, tracer: str, sex: str):
 
 
 def test_defect_phantoms_scores_sss_tpd(seed: int) -> None:
-    """Acceptance: >= 90 % of segment scores exact, all within +-1; SSS within +-2; TPD within +-2 %
-    for defects of >= 10 % of the LV.
+    """Acceptance, per phantom: segment scores within +-1, SSS within +-2, TPD within +-2 % when
+    the defect covers >= 10 % of the LV; >= 90 % of the segment scores exact over the run.
 
-    Per phantom (bench/validate_spect.py, 60 seeds, docs/validation.md) segment scores were always
-    within +-1 and 99 % exact, SSS within +-2 in 98 % and TPD within +-2 in 90 % of the phantoms
-    (error SD 1.3; measured 2026-11-21 10:41 UTC with limits v2 rebuilt after the base-plane fix). So: every phantom must have segment scores within +-1, SSS within +-3 and TPD
-    within +-5 (about 3.5 SD); the +-2 tolerances apply to the mean error over the six phantoms.
+    Measured (bench/validate_spect.py part C: random sex, tracer, territory, rings, severity
+    0.25/0.5/0.75 +- 0.05; docs/validation.md has the current figures and seeds): TPD inside +-2 in
+    96-97 % of single phantoms, SSS inside +-2 in 98-100 %, segment scores within +-1 in all. The
+    misses are severe (75 %) defects: apical LAD defects (TPD, Tl-201 mostly), left out of this
+    test, and distal defects of 0.70-0.75 severity scored 2 instead of 3 in a few segments
+    (Tc-99m LCx 75 %: SSS -3 in 2 of 43 phantoms). The severe case here is therefore held to SSS
+    +-3; the other five cases, and TPD in all six, to the acceptance tolerance. Issue 3 stays open
+    on these per-phantom fractions.
     """
     rng = np.random.default_rng(seed)
     exact = total = 0
     failures: list[str] = []
-    sss_errors, tpd_errors = [], []
     cases = [
         ("tc99m_sestamibi", "M", "LAD", 0.5),
         ("tc99m_tetrofosmin", "F", "LCx", 0.75),
         ("tc99m_sestamibi", "M", "RCA", 0.25),
         ("tc99m_sestamibi", "F", "LAD", 0.25),
-        ("tc99m_tetrofosmin", "M", "LCx", 0.5),
-        ("tl201", "F", "RCA", 0.5),
+        ("tl201", "M", "LCx", 0.5),
+        ("tl201", "F", "RCA", 0.25),
     ]
     for i, (tracer, sex, territory, centre) in enumerate(cases):
         severity = centre + float(rng.uniform(-0.05, 0.05))
@@ -69,29 +72,27 @@ def test_defect_phantoms_scores_sss_tpd(seed: int) -> None:
         total += diff.size
         defect_volume = truth.segment_volume_ml[np.array(truth.defect_segments) - 1].sum()
         extent = 100.0 * defect_volume / truth.segment_volume_ml.sum()
+        sss_error = result.summed_score - int(true_scores.sum())
+        tpd_error = result.tpd_pct - truth.tpd_pct
         label = f"seed {seed} case {i}: {tracer} {sex} {territory} {rings} severity {severity:.2f}"
         print(
             f"{label}: SSS {result.summed_score}/{int(true_scores.sum())} TPD {result.tpd_pct:.1f}/{truth.tpd_pct:.1f} "
-            f"exact {np.mean(diff == 0):.2f}"
+            f"(extent {extent:.0f} %) exact {np.mean(diff == 0):.2f}"
         )
-        sss_errors.append(result.summed_score - int(true_scores.sum()))
         if np.abs(diff).max() > 1:
             failures.append(f"{label}: scores {result.segment_scores.tolist()} vs truth {true_scores.tolist()}")
-        if abs(sss_errors[-1]) > 3:
+        sss_tolerance = 3 if centre >= 0.75 else 2
+        if abs(sss_error) > sss_tolerance:
             failures.append(f"{label}: SSS {result.summed_score} vs {int(true_scores.sum())}")
-        if extent >= 10.0:
-            tpd_errors.append(result.tpd_pct - truth.tpd_pct)
-            if abs(tpd_errors[-1]) > 5.0:
-                failures.append(f"{label}: TPD {result.tpd_pct:.2f} vs {truth.tpd_pct:.2f} (extent {extent:.0f} %)")
+        if extent >= 10.0 and abs(tpd_error) > 2.0:
+            failures.append(f"{label}: TPD {result.tpd_pct:.2f} vs {truth.tpd_pct:.2f} (extent {extent:.0f} %)")
     assert not failures, "\n".join(failures)
     assert exact / total >= 0.90, f"seed {seed}: {exact}/{total} segment scores exact"
-    assert abs(np.mean(sss_errors)) <= 2.0, f"seed {seed}: SSS errors {sss_errors}"
-    assert tpd_errors and abs(np.mean(tpd_errors)) <= 2.0, f"seed {seed}: TPD errors {np.round(tpd_errors, 2)}"
 
 
 def test_normal_phantoms_tpd_under_3_percent(seed: int) -> None:
     rng = np.random.default_rng(seed)
-    for tracer, sex in (("tc99m_sestamibi", "M"), ("tc99m_tetrofosmin", "F"), ("tl201", "M")):
+    for tracer, sex in (("tc99m_sestamibi", "M"), ("tc99m_tetrofosmin", "F"), ("tl201", "M"), ("tl201", "F")):
         spec = PhantomSpec(tracer=tracer, sex=sex, n_gates=0, attenuation_artefact=True)
         result = _score(make_acquisition(spec, "rest", rng), tracer, sex)
         print(f"seed {seed} normal {tracer} {sex}: TPD {result.tpd_pct:.2f} SSS {result.summed_score}")
