@@ -13,7 +13,12 @@ Poisson noise at the default clinical count level, 64^3 x 6.4 mm, pose jitter +-
 * B: the same with a delayed lateral wall (LBBB-like, +90 deg) -> phase of a delayed wall;
 * C: an ungated defect phantom (territory, contiguous rings, severity 0.25/0.5/0.75 +- 0.05,
   Tc-99m or Tl-201) -> segment scores, SSS, TPD;
-* D: a gated small heart (EDV 38 mL) -> small-heart volume/EF bias.
+* D: a gated small heart (EDV 38 mL) -> small-heart volume/EF bias;
+* E: two noise-free ungated phantoms, one with a random 1-4-segment defect in segments 1-16 and
+  one with an apical-cap defect (17 + one of 13-16), as in tests/quant/test_sampling.py ->
+  per-phantom sampling error (all 17 segments within 5 % of max of the blurred truth) and apex
+  landmark error. E draws from its own generator (seed, 5), so A-D are the same with or without
+  it; ``--sampling-only`` runs E alone.
 
 It uses the pipeline's own functions and wiring (locate_lv, perfusion_polar_map,
 prefilter_gated_voxels + sample_gated_polar_maps on the summed mid-wall surface,
@@ -40,7 +45,7 @@ from node.quant.phase import analyse_phase, first_harmonic, phase_statistics, pr
 from node.quant.polar_map import grid_rows_z, midwall_surface_rows, perfusion_polar_map, sample_gated_polar_maps
 from node.quant.scores import score_map
 from node.quant.segments import DEFAULT_GRID
-from node.synth.phantom import LATERAL_DELAY, SMALL, PhantomSpec, make_acquisition, territory_defect
+from node.synth.phantom import LATERAL_DELAY, SMALL, Defect, PhantomSpec, make_acquisition, territory_defect
 
 RING_CHOICES = (("basal", "mid", "apical", "apex"), ("basal", "mid"), ("mid", "apical", "apex"))
 
@@ -93,7 +98,30 @@ def _function(fig: Figures, prefix: str, acq, location) -> None:
         fig.add(f"{prefix}.{label}.esv_error_pct", 100.0 * (f.esv_ml - t.esv_ml) / t.esv_ml)
 
 
-def run_seed(seed: int, fig: Figures) -> None:
+def _sampling_defects(seed: int, fig: Figures) -> None:
+    """Part E: per-phantom sampling error of noise-free defect phantoms (test_sampling.py kinds)."""
+    rng = np.random.default_rng((seed, 5))
+    segments = tuple(sorted(rng.choice(np.arange(1, 17), size=int(rng.integers(1, 5)), replace=False).tolist()))
+    cases = (
+        ("segments", Defect(segments, float(rng.uniform(0.2, 0.6)))),
+        ("apical_cap", Defect((17, int(rng.integers(13, 17))), float(rng.uniform(0.3, 0.6)))),
+    )
+    for label, defect in cases:
+        acq = make_acquisition(PhantomSpec(n_gates=0, defects=(defect,)), "stress", rng)
+        location = locate_lv(acq.expected)
+        pm = perfusion_polar_map(acq.expected, location)[0]
+        err = np.abs(np.asarray(pm.segment_uptake_pct()) - np.asarray(acq.truth.segment_uptake_blurred_pct))
+        apex = float((location.frame.apex_mm - acq.truth.frame.apex_mm) @ acq.truth.frame.long_axis)
+        fig.add(f"sampling.defect_{label}.max_abs_segment_error_pct", float(err.max()))
+        fig.add(f"sampling.defect_{label}.all_17_within_5", float(np.all(err < 5.0)))
+        fig.add(f"sampling.defect_{label}.segments_within_5", float(np.mean(err < 5.0)))
+        fig.add(f"sampling.defect_{label}.apex_error_mm", apex)
+
+
+def run_seed(seed: int, fig: Figures, sampling_only: bool = False) -> None:
+    if sampling_only:
+        _sampling_defects(seed, fig)
+        return
     rng = np.random.default_rng(seed)
     sex = ("M", "F")[int(rng.integers(2))]
     n_gates = 8 if seed % 2 == 0 else 16
@@ -189,6 +217,9 @@ def run_seed(seed: int, fig: Figures) -> None:
     except ValueError:
         fig.add("function.small.processed", 0.0)
 
+    # E: sampling of defect phantoms (own generator)
+    _sampling_defects(seed, fig)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -196,11 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=1000)
     parser.add_argument("--json", help="write the summary as JSON to this path")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/validation.md)")
+    parser.add_argument("--sampling-only", action="store_true", help="run part E (sampling of defect phantoms) only")
     args = parser.parse_args(argv)
     fig = Figures()
     t0 = time.perf_counter()
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        run_seed(seed, fig)
+        run_seed(seed, fig, sampling_only=args.sampling_only)
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     summary = fig.summary()
     if args.json:
