@@ -329,6 +329,7 @@ def _apical_cap_curves(
     peak_fine = np.empty((CAP_POINTS, n_psi))
     z_fine = np.linspace(z0, z_fit[0], CAP_POINTS)
     for j in range(n_psi):
+        # np.interp needs strictly increasing abscissae: a 1e-9 mm ramp breaks ties between rays
         zc = z_rays[:, j] + np.arange(z_rays.shape[0]) * 1e-9
         r_fit = np.interp(z_fit, zc, r_rays[:, j])
         k[j] = float(np.sum(r_fit**2 * g_fit) / np.sum(g_fit**2))
