@@ -45,9 +45,15 @@ from node.quant.phase import analyse_phase, first_harmonic, phase_statistics, pr
 from node.quant.polar_map import grid_rows_z, midwall_surface_rows, perfusion_polar_map, sample_gated_polar_maps
 from node.quant.scores import score_map
 from node.quant.segments import DEFAULT_GRID
-from node.synth.phantom import LATERAL_DELAY, SMALL, Defect, PhantomSpec, make_acquisition, territory_defect
-
-RING_CHOICES = (("basal", "mid", "apical", "apex"), ("basal", "mid"), ("mid", "apical", "apex"))
+from node.synth.phantom import (
+    LATERAL_DELAY,
+    SMALL,
+    TERRITORY_RING_SETS,
+    Defect,
+    PhantomSpec,
+    make_acquisition,
+    territory_defect,
+)
 
 
 @dataclass
@@ -181,7 +187,7 @@ def run_seed(seed: int, fig: Figures, sampling_only: bool = False) -> None:
     tracer = ("tc99m_sestamibi", "tc99m_tetrofosmin", "tl201")[int(rng.integers(3))]
     territory = ("LAD", "LCx", "RCA")[int(rng.integers(3))]
     severity = (0.25, 0.5, 0.75)[int(rng.integers(3))] + float(rng.uniform(-0.05, 0.05))
-    rings = RING_CHOICES[int(rng.integers(len(RING_CHOICES)))]
+    rings = TERRITORY_RING_SETS[int(rng.integers(len(TERRITORY_RING_SETS)))]
     spec_c = PhantomSpec(
         tracer=tracer,
         sex=sex,

@@ -695,11 +695,6 @@ def phantom_normal_cohort(
 DefectCase = tuple[np.ndarray, np.ndarray, float, np.ndarray]  # counts, areas, true TPD %, true segment deficit [17]
 DefectCases = Callable[..., list[DefectCase]]  # (tracer, sex, n, rng, partial=False)
 _CAL_TERRITORIES = ("LAD", "LCx", "RCA")
-_CAL_RINGS: tuple[tuple[str, ...], ...] = (
-    ("basal", "mid", "apical", "apex"),
-    ("basal", "mid"),
-    ("mid", "apical", "apex"),
-)
 
 
 def _calibration_defect(i: int, partial: bool, rng: np.random.Generator) -> tuple[str, tuple[str, ...], float]:
@@ -707,13 +702,17 @@ def _calibration_defect(i: int, partial: bool, rng: np.random.Generator) -> tupl
 
     ``partial=False``: the whole territory ``i mod 3`` (LAD, LCx, RCA), severity U(0.3, 0.9)
     (segment and TPD calibration). ``partial=True``: territory ``i mod 3`` within the rings
-    ``(i div 3) mod 3`` of ``_CAL_RINGS`` (whole, basal + mid, mid + apical + apex), severity
+    ``(i div 3) mod 3`` of ``node.synth.phantom.TERRITORY_RING_SETS`` (whole, basal + mid,
+    mid + apical + apex), severity
     U(0.2, 0.85) (TPD calibration only: spans the defect sizes and severities TPD is used on).
     """
+    from node.synth.phantom import TERRITORY_RING_SETS
+
     territory = _CAL_TERRITORIES[i % 3]
     if not partial:
-        return territory, _CAL_RINGS[0], float(rng.uniform(0.3, 0.9))
-    return territory, _CAL_RINGS[(i // 3) % len(_CAL_RINGS)], float(rng.uniform(0.2, 0.85))
+        return territory, TERRITORY_RING_SETS[0], float(rng.uniform(0.3, 0.9))
+    ring_set = TERRITORY_RING_SETS[(i // 3) % len(TERRITORY_RING_SETS)]
+    return territory, ring_set, float(rng.uniform(0.2, 0.85))
 
 
 def analytic_defect_cases(
@@ -783,13 +782,12 @@ def calibrate_absent_uptake(
     raw = replace_limits(limits, absent_uptake_deficit=1.0, tpd_absent_uptake_deficit=1.0)
     seg = limits.grid.segment_ids()
     seg_ratios, tpd_ratios = [], []
-    n_segment_cases = len(cases)
     for k, (values, w, tpd_true, seg_true) in enumerate(list(cases) + list(tpd_cases)):
         result = score_map(values, w, raw, ScoreParameters())
         if tpd_true >= 5.0:
             tpd_ratios.append(result.tpd_pct / tpd_true)
-        if k >= n_segment_cases:
-            continue
+        if k >= len(cases):
+            continue  # partial-territory cases calibrate the TPD only
         for s in range(1, 18):
             if seg_true[s - 1] >= 0.3:
                 m = seg == s

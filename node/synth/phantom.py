@@ -110,6 +110,14 @@ RINGS: dict[str, tuple[int, ...]] = {
     "apex": (17,),
 }
 
+#: Ring sets of the territory defects used for validation and calibration: the whole territory, its
+#: basal + mid part, its mid + apical + apex part (a distal defect).
+TERRITORY_RING_SETS: tuple[tuple[str, ...], ...] = (
+    ("basal", "mid", "apical", "apex"),
+    ("basal", "mid"),
+    ("mid", "apical", "apex"),
+)
+
 
 def territory_defect(
     territory: str,

@@ -15,13 +15,7 @@ import numpy as np
 
 from node.quant.normal_limits import load_normal_limits, phantom_polar_map
 from node.quant.scores import score_map, score_study
-from node.synth.phantom import PhantomSpec, make_acquisition, make_study, territory_defect
-
-RING_CHOICES = (
-    ("basal", "mid", "apical", "apex"),
-    ("basal", "mid"),
-    ("mid", "apical", "apex"),
-)
+from node.synth.phantom import TERRITORY_RING_SETS, PhantomSpec, make_acquisition, make_study, territory_defect
 
 
 def _score(acquisition, tracer: str, sex: str):
@@ -56,7 +50,7 @@ def test_defect_phantoms_scores_sss_tpd(seed: int) -> None:
     ]
     for i, (tracer, sex, territory, centre) in enumerate(cases):
         severity = centre + float(rng.uniform(-0.05, 0.05))
-        rings = RING_CHOICES[int(rng.integers(len(RING_CHOICES)))]
+        rings = TERRITORY_RING_SETS[int(rng.integers(len(TERRITORY_RING_SETS)))]
         spec = PhantomSpec(
             tracer=tracer,
             sex=sex,
