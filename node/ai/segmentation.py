@@ -308,14 +308,16 @@ def _recalibrate_batch_norm(net: torch.nn.Module, images: list[np.ndarray], mask
 
 def train_segmentation(out: Path, n_train: int = 0, data: Path | None = None, epochs: int = 30, seed: int = 0,
                        checkpoints: Path | None = None, version: str = "1.0.0", command: str = "",
-                       cache: Path | None = Path("var") / "cache", init: Path | None = None, lr: float = 3e-3) -> Any:
+                       cache: Path | None = Path("var") / "cache", init: Path | None = None, lr: float = 3e-3,
+                       steps_per_epoch: int = 8, batch_size: int = 8) -> Any:
     """Train the ``lv_segmentation`` bundle on phantoms and write it to ``out``.
 
     ``n_train`` phantoms for training (default 96), a quarter of that for
     validation (best epoch by validation Dice) and a held-out test set of 24
     phantoms for the report (U-Net vs classical Dice). ``init`` (a bundle
     folder) starts from its weights (fine-tuning); the learning rate decays
-    from ``lr`` to 0 (cosine) over the run. ``data`` (a folder of
+    from ``lr`` to 0 (cosine) over the run. Each epoch takes ``steps_per_epoch``
+    optimiser steps on batches of ``batch_size`` random 32^3 crops. ``data`` (a folder of
     site volumes) is not supported for this bundle: segmentation truth for site
     data would need manual contours, which the node does not ingest.
     """
@@ -343,7 +345,7 @@ def train_segmentation(out: Path, n_train: int = 0, data: Path | None = None, ep
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     gen = np.random.default_rng(seed)
-    steps, batch = 8, 8
+    steps, batch = steps_per_epoch, batch_size
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs * steps, 1))
     progress = Progress("lv_segmentation", epochs * steps)
     history: list[dict[str, float]] = []

@@ -19,7 +19,15 @@ Method (after Germano et al., J Nucl Med 1995;36:1107, "Automatic reorientation"
    rays cast from the ellipsoid centre in all directions. The long axis is the
    ellipsoid axis with the largest semi-axis; it points from the apex (the
    closed end of the cup, where the myocardial mass is) to the base (the open
-   end).
+   end). The quadric of the whole cup still tilts by 1-3 degrees, which moves
+   the basal rows of one side toward the base plane, so the axis is then
+   refitted as the straight line through the centres of six short-axis rings
+   of the mid-ventricle (circle fits to the centroids of the wall's count
+   lobe on 36 rays per ring, outlier rays left out; see
+   :func:`_axis_through_ring_centres`). Axis error, noise-free phantoms with
+   defects (seeds 10000-10039): 0.57 +- 0.24 deg (worst 1.38), was 1.18 +-
+   0.54 (2.57); with an apical-cap defect 0.69 +- 0.26 (1.29), was 1.20 +-
+   0.77 (3.34).
 3. **Landmarks** along that axis (``z`` in mm from the epicardial apex):
    a first mid-wall apex is the count peak on the axis moved out by
    ``sigma^2 * H`` (a blurred dome peaks inside its mid-wall; ``H = c/a^2``
@@ -95,6 +103,16 @@ _SHELL_FIT_R_MM = 30.0
 _SHELL_GRID_MM = 2.0
 #: shifts tried (mm): a coarse pass, then a fine one around it with the model semi-axes updated
 _SHELL_SHIFTS_MM = (np.arange(-8.0, 8.01, 1.0), np.arange(-2.0, 2.01, 0.5))
+
+
+#: Axis through ring centres (:func:`_axis_through_ring_centres`): ring positions (x the fitted long
+#: semi-axis from the apex tip; the apical cap and the basal rim are left out) and rays per ring
+_RING_Z = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+_RING_N_PSI = 36
+_RING_OUTLIER_SD = 2.5
+#: a ring-centre axis further than this from the quadric's is not trusted (a hot neighbour, a
+#: mostly absent wall)
+_RING_MAX_TILT_DEG = 15.0
 
 
 class LVNotFoundError(ValueError):
@@ -474,6 +492,86 @@ def _orient_axis(axis: np.ndarray, centre: np.ndarray, points: np.ndarray, weigh
     return (axis if axis @ typical > 0 else -axis), note
 
 
+def _lobe_centroid(profiles: np.ndarray, positions: np.ndarray, level: float = 0.6) -> np.ndarray:
+    """Centroid of each profile's peak lobe: the contiguous run around its maximum above ``level`` x
+    the maximum, weighted by the counts above that level (last axis = ``positions``).
+
+    Unlike the arg-max it does not snap to voxel centres on a coarse grid, and a neighbour's lobe
+    (the RV beyond the septum, a hot liver) separated by a dip below the level does not pull it.
+    """
+    n = profiles.shape[-1]
+    k = np.argmax(profiles, axis=-1)[..., None]
+    peak = np.take_along_axis(profiles, k, axis=-1)
+    weight = profiles - level * peak
+    idx = np.arange(n)
+    below = weight <= 0
+    left = np.where(below & (idx < k), idx, -1).max(axis=-1, keepdims=True)
+    right = np.where(below & (idx > k), idx, n).min(axis=-1, keepdims=True)
+    weight = np.where((idx > left) & (idx < right), weight, 0.0)
+    return (weight * positions).sum(axis=-1) / np.maximum(weight.sum(axis=-1), 1e-12)
+
+
+def _axis_through_ring_centres(
+    smooth: np.ndarray, volume: Volume, centre: np.ndarray, axis: np.ndarray, c_mid: float, a_mid: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Long axis (unit, apex -> base) and centre refined through the centres of mid-wall rings.
+
+    The quadric fit of the whole cup tilts by 1-3 degrees (noise-free), and a
+    tilt moves the basal rows of one side toward the base plane and those of
+    the other away from it. Here :data:`_RING_Z` rings perpendicular to
+    ``axis`` (z as a fraction of ``c_mid`` from the apex tip ``centre - c_mid
+    * axis``) are searched along :data:`_RING_N_PSI` radial rays for the
+    centre of the wall's count lobe (:func:`_lobe_centroid`), a circle ``r(psi) = R + dx cos psi +
+    dy sin psi`` is fitted to each ring's wall positions (rays off the ring's
+    median radius by more than 35 %, then those more than
+    :data:`_RING_OUTLIER_SD` robust SDs off the first fit -- a hot bowel
+    loop, the RV -- are left out) and a straight line through the ring
+    centres gives the new axis. Counts only choose where the wall is, not how
+    much it weighs, so defects do not tilt it. Two passes. ``centre`` is
+    moved onto the new line (same ``z``).
+    """
+    psi = np.radians(np.arange(0.0, 360.0, 360.0 / _RING_N_PSI))
+    cos_sin = np.stack([np.cos(psi), np.sin(psi)], axis=1)  # [psi, 2]
+    design = np.column_stack([np.ones_like(psi), cos_sin])
+    for _ in range(2):
+        frame = LVFrame(centre - axis * c_mid, axis)
+        basis = np.stack([frame.anterior, frame.septal])  # [2, 3]
+        z = np.asarray(_RING_Z) * c_mid
+        radius = a_mid * np.sqrt(np.clip(1.0 - ((z - c_mid) / c_mid) ** 2, 0.05, 1.0))
+        steps = np.linspace(0.5, 1.5, 41)
+        ring_pts = frame.apex_mm + z[:, None] * axis  # [z, 3]
+        rays = cos_sin @ basis  # [psi, 3]
+        pts = ring_pts[:, None, None, :] + rays[None, :, None, :] * (radius[:, None, None, None] * steps[None, None, :, None])
+        vals = _sample(smooth, volume, pts)  # [z, psi, r]
+        r_wall = radius[:, None] * _lobe_centroid(vals, steps)
+        offsets, weights = [], []
+        for zi in range(len(z)):
+            med = float(np.median(r_wall[zi]))
+            ok = np.abs(r_wall[zi] - med) < 0.35 * med
+            if ok.sum() < 0.6 * len(psi):
+                offsets.append(np.zeros(2))
+                weights.append(0.0)
+                continue
+            coef, *_ = np.linalg.lstsq(design[ok], r_wall[zi, ok], rcond=None)
+            residual = r_wall[zi] - design @ coef
+            spread = 1.4826 * float(np.median(np.abs(residual[ok])))
+            ok &= np.abs(residual) < max(_RING_OUTLIER_SD * spread, 1.0)
+            if ok.sum() >= 0.6 * len(psi):
+                coef, *_ = np.linalg.lstsq(design[ok], r_wall[zi, ok], rcond=None)
+            offsets.append(coef[1:])
+            weights.append(1.0)
+        w = np.asarray(weights)
+        if w.sum() < 3:
+            break
+        line = np.column_stack([np.ones_like(z), z])
+        fit, *_ = np.linalg.lstsq(line * w[:, None], np.asarray(offsets) * w[:, None], rcond=None)  # [2 (icpt, slope), 2]
+        slope, at_centre = fit[1], fit[0] + fit[1] * c_mid
+        new_axis = axis + slope @ basis
+        axis = new_axis / np.linalg.norm(new_axis)
+        centre = centre + at_centre @ basis
+    return centre, axis
+
+
 def _apex_shift_from_shell_model(
     smooth: np.ndarray,
     volume: Volume,
@@ -639,6 +737,11 @@ def locate_lv(
         raise LVNotFoundError("long axis parallel to the anterior direction; azimuth undefined")
     c_mid = float(semi[long_idx])
     a_mid = float(np.sqrt(np.prod(np.delete(semi, long_idx))))
+    ring_centre, ring_axis = _axis_through_ring_centres(smooth, geometry, centre, axis, c_mid, a_mid)
+    if ring_axis @ axis >= np.cos(np.radians(_RING_MAX_TILT_DEG)):
+        centre, axis = ring_centre, ring_axis
+    else:
+        notes.append("ring centres disagree with the fitted long axis; fitted axis kept")
 
     # landmarks along the axis from profiles of the smoothed volume
     sigma = float(np.sqrt(((fwhm_mm or DEFAULT_FWHM_MM) / 2.3548) ** 2 + float(np.mean(spacing)) ** 2 / 4.0))
