@@ -18,7 +18,12 @@ Poisson noise at the default clinical count level, 64^3 x 6.4 mm, pose jitter +-
   one with an apical-cap defect (17 + one of 13-16), as in tests/quant/test_sampling.py ->
   per-phantom sampling error (all 17 segments within 5 % of max of the blurred truth) and apex
   landmark error. E draws from its own generator (seed, 5), so A-D are the same with or without
-  it; ``--sampling-only`` runs E alone.
+  it;
+* F (only with ``--parts F``): a gated normal phantom (8 gates on even seeds, 16 on odd) seen
+  noise-free and at 0.5, 1, 2 and 4 x the default clinical count level -> how the phase
+  statistics of the pipeline's defaults depend on the count level. F draws from (seed, 6).
+
+``--parts`` picks the parts (default ``ABCDE``; A-D always run together).
 
 It uses the pipeline's own functions and wiring (locate_lv, perfusion_polar_map,
 prefilter_gated_voxels + sample_gated_polar_maps on the summed mid-wall surface,
@@ -40,8 +45,8 @@ import numpy as np
 from node.imaging.volume import Volume
 from node.quant.function import measure_function
 from node.quant.normal_limits import load_normal_limits
-from node.quant.orientation import locate_lv
-from node.quant.phase import analyse_phase, first_harmonic, phase_statistics, prefilter_gated_voxels
+from node.quant.orientation import LVLocation, locate_lv
+from node.quant.phase import PhaseStatistics, analyse_phase, first_harmonic, phase_statistics, prefilter_gated_voxels
 from node.quant.polar_map import grid_rows_z, midwall_surface_rows, perfusion_polar_map, sample_gated_polar_maps
 from node.quant.scores import score_map
 from node.quant.segments import DEFAULT_GRID
@@ -83,12 +88,16 @@ def _axis_error_deg(measured: np.ndarray, truth: np.ndarray) -> float:
     return float(np.degrees(np.arccos(min(1.0, c))))
 
 
-def _phase(acq, location) -> tuple:
-    frames = acq.frames
+def _measure_phase(frames: Volume, summed: Volume, location: LVLocation) -> PhaseStatistics:
+    """The pipeline's phase wiring: 8 mm prefilter, gated maps on the summed mid-wall surface, defaults."""
     smooth = Volume(prefilter_gated_voxels(frames.voxels, frames.spacing_mm), frames.affine)
-    surface = midwall_surface_rows(acq.summed, location, grid_rows_z(location, DEFAULT_GRID), DEFAULT_GRID.n_psi)
+    surface = midwall_surface_rows(summed, location, grid_rows_z(location, DEFAULT_GRID), DEFAULT_GRID.n_psi)
     gated = sample_gated_polar_maps(smooth, location, DEFAULT_GRID, surface=surface)
-    measured = analyse_phase(gated.values, gated.weights).statistics
+    return analyse_phase(gated.values, gated.weights).statistics
+
+
+def _phase(acq, location) -> tuple:
+    measured = _measure_phase(acq.frames, acq.summed, location)
     truth = acq.truth
     count_truth = phase_statistics(truth.count_phase_deg, truth.polar_cell_volume_mm3)
     geometric = phase_statistics(truth.sample_phase_deg, truth.polar_cell_volume_mm3)
@@ -102,6 +111,7 @@ def _function(fig: Figures, prefix: str, acq, location) -> None:
         fig.add(f"{prefix}.{label}.ef_error_points", f.lvef_pct - t.ef_pct)
         fig.add(f"{prefix}.{label}.edv_error_pct", 100.0 * (f.edv_ml - t.edv_ml) / t.edv_ml)
         fig.add(f"{prefix}.{label}.esv_error_pct", 100.0 * (f.esv_ml - t.esv_ml) / t.esv_ml)
+        fig.add(f"{prefix}.{label}.ef_within_{5 if label == 'noisy' else 2}", float(abs(f.lvef_pct - t.ef_pct) <= (5.0 if label == "noisy" else 2.0)))
 
 
 def _sampling_defects(seed: int, fig: Figures) -> None:
@@ -124,9 +134,36 @@ def _sampling_defects(seed: int, fig: Figures) -> None:
         fig.add(f"sampling.defect_{label}.apex_error_mm", apex)
 
 
-def run_seed(seed: int, fig: Figures, sampling_only: bool = False) -> None:
-    if sampling_only:
+#: count levels of part F (x the default clinical level; None = the noise-free expectation)
+PHASE_COUNT_LEVELS = (None, 0.5, 1.0, 2.0, 4.0)
+
+
+def _phase_count_levels(seed: int, fig: Figures) -> None:
+    """Part F: phase statistics of one gated normal at several count levels (pipeline defaults)."""
+    rng = np.random.default_rng((seed, 6))
+    n_gates = 8 if seed % 2 == 0 else 16
+    spec = PhantomSpec(sex=("M", "F")[int(rng.integers(2))], n_gates=n_gates, attenuation_artefact=True,
+                       phase_jitter_sd_deg=10.0)
+    acq = make_acquisition(spec, "rest", rng)
+    truth = phase_statistics(acq.truth.count_phase_deg, acq.truth.polar_cell_volume_mm3)
+    expected = acq.expected
+    for level in PHASE_COUNT_LEVELS:
+        voxels = expected.voxels if level is None else rng.poisson(expected.voxels * level).astype(float)
+        summed = Volume(voxels.sum(axis=0), expected.affine)
+        m = _measure_phase(Volume(voxels, expected.affine), summed, locate_lv(summed))
+        key = f"phase.counts_{'noise_free' if level is None else f'{level:g}x'}_{n_gates}g"
+        fig.add(f"{key}.psd_error_deg", m.psd_deg - truth.psd_deg)
+        fig.add(f"{key}.bandwidth_error_deg", m.bandwidth_deg - truth.bandwidth_deg)
+        fig.add(f"{key}.within_tolerance",
+                float(abs(m.psd_deg - truth.psd_deg) <= 3 and abs(m.bandwidth_deg - truth.bandwidth_deg) <= 10))
+
+
+def run_seed(seed: int, fig: Figures, parts: str = "ABCDE") -> None:
+    if "F" in parts:
+        _phase_count_levels(seed, fig)
+    if "E" in parts:
         _sampling_defects(seed, fig)
+    if not set("ABCD") & set(parts):
         return
     rng = np.random.default_rng(seed)
     sex = ("M", "F")[int(rng.integers(2))]
@@ -147,6 +184,7 @@ def run_seed(seed: int, fig: Figures, sampling_only: bool = False) -> None:
         err = np.asarray(pm.segment_uptake_pct()) - np.asarray(truth.segment_uptake_blurred_pct)
         fig.add(f"sampling.{label}.max_abs_segment_error_pct", float(np.abs(err).max()))
         fig.add(f"sampling.{label}.mean_abs_segment_error_pct", float(np.abs(err).mean()))
+        fig.add(f"sampling.{label}.all_17_within_5", float(np.all(np.abs(err) < 5.0)))
         if label == "noisy":
             scores = score_map(pm.values, pm.weights, load_normal_limits(spec.tracer, sex))
             fig.add("scores.normal.tpd_pct", scores.tpd_pct)
@@ -206,11 +244,14 @@ def run_seed(seed: int, fig: Figures, sampling_only: bool = False) -> None:
     fig.add("scores.defect.sss_error", float(result.summed_score - true_scores.sum()))
     extent = 100.0 * tc_.segment_volume_ml[np.array(tc_.defect_segments) - 1].sum() / tc_.segment_volume_ml.sum()
     fig.add("scores.defect.scores_within_1_and_sss_within_2", float(np.abs(diff).max() <= 1 and abs(diff.sum()) <= 2))
+    fig.add("scores.defect.sss_within_2", float(abs(diff.sum()) <= 2))
     if extent >= 10.0:
         fig.add("scores.defect.tpd_error_pct_extent_ge_10", result.tpd_pct - tc_.tpd_pct)
         fig.add("scores.defect.tpd_within_2_extent_ge_10", float(abs(result.tpd_pct - tc_.tpd_pct) <= 2.0))
     tl = "tl201" if tracer == "tl201" else "tc99m"
     fig.add(f"scores.defect_{tl}.tpd_error_pct", result.tpd_pct - tc_.tpd_pct)
+    if extent >= 10.0:
+        fig.add(f"scores.defect_{tl}.tpd_within_2_extent_ge_10", float(abs(result.tpd_pct - tc_.tpd_pct) <= 2.0))
     fig.add(f"scores.defect_sev{int(round(severity * 4)) * 25}.tpd_error_pct", result.tpd_pct - tc_.tpd_pct)
     fig.add(f"scores.defect_sev{int(round(severity * 4)) * 25}.sss_error", float(result.summed_score - true_scores.sum()))
 
@@ -223,8 +264,6 @@ def run_seed(seed: int, fig: Figures, sampling_only: bool = False) -> None:
     except ValueError:
         fig.add("function.small.processed", 0.0)
 
-    # E: sampling of defect phantoms (own generator)
-    _sampling_defects(seed, fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,12 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=1000)
     parser.add_argument("--json", help="write the summary as JSON to this path")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/validation.md)")
-    parser.add_argument("--sampling-only", action="store_true", help="run part E (sampling of defect phantoms) only")
+    parser.add_argument("--parts", default="ABCDE", help="parts to run (A-D run together; E sampling of defect "
+                        "phantoms, F phase at several count levels); default ABCDE")
     args = parser.parse_args(argv)
     fig = Figures()
     t0 = time.perf_counter()
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        run_seed(seed, fig, sampling_only=args.sampling_only)
+        run_seed(seed, fig, parts=args.parts.upper())
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     summary = fig.summary()
     if args.json:

@@ -576,7 +576,7 @@ _TRAINERS = {"cad_polar": _train_cad, "tracer_heads": _train_tracer, "crt_respon
 
 def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: int | None = None, epochs: int | None = None,
                  seed: int = 0, checkpoints: Path | None = None, version: str = "1.0.0", pretrain: int = 0,
-                 command: str = "", init: Path | None = None) -> TrainResult:
+                 command: str = "", init: Path | None = None, steps_per_epoch: int | None = None) -> TrainResult:
     """Train ``bundle`` on a folder or a synthetic cohort, evaluate, and write the bundle to ``out``."""
     start = time.monotonic()
     _seed_everything(seed)
@@ -585,9 +585,9 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
 
         return train_segmentation(out, n_train=synthetic or 0, data=data, epochs=epochs or _DEFAULT_EPOCHS[bundle], seed=seed,
                                   checkpoints=checkpoints, version=version, command=command, init=init,
-                                  lr=3e-3 if init is None else 1e-3)
-    if init is not None:
-        raise ValueError("--init is supported for lv_segmentation only")
+                                  lr=3e-3 if init is None else 1e-3, steps_per_epoch=steps_per_epoch or 8)
+    if init is not None or steps_per_epoch is not None:
+        raise ValueError("--init and --steps-per-epoch are supported for lv_segmentation only")
     if bundle not in _TRAINERS:
         raise ValueError(f"unknown bundle {bundle!r}; known: {', '.join(bundles.BUNDLE_NAMES)}")
     kind = _KIND[bundle]
@@ -627,7 +627,8 @@ def train_main(args: argparse.Namespace) -> int:
     try:
         result = train_bundle(args.bundle, Path(out), data=args.data, synthetic=args.synthetic, epochs=args.epochs,
                               seed=args.seed, checkpoints=Path(checkpoints), pretrain=getattr(args, "pretrain", 0) or 0,
-                              command=cmd, init=getattr(args, "init", None))
+                              command=cmd, init=getattr(args, "init", None),
+                              steps_per_epoch=getattr(args, "steps_per_epoch", None))
     except (ValueError, FileNotFoundError) as exc:
         sys.stderr.write(f"cardionode train: {exc}\n")
         return 2

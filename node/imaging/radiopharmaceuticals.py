@@ -19,7 +19,14 @@ class Tracer:
     """One myocardial perfusion tracer.
 
     Energies in keV, half-life in seconds, ``relative_counts`` is the count
-    level relative to a Tc-99m study of the same acquisition time.
+    level relative to a Tc-99m study of the same acquisition time and
+    ``typical_fwhm_mm`` the typical reconstructed system resolution (FWHM, mm)
+    with a low-energy high-resolution collimator: Tl-201's 69-83 keV X-rays
+    scatter more and are detected with a worse intrinsic resolution than
+    Tc-99m's 140 keV photons. Both are synthetic-camera values (the phantoms
+    and the synthetic normal cohorts of :mod:`node.synth` and
+    :mod:`node.quant.normal_limits` use them); no DICOM attribute carries the
+    resolution of a real reconstruction.
     """
 
     key: str
@@ -33,6 +40,7 @@ class Tracer:
     window_name: str
     relative_counts: float
     typical_dose_mbq: float
+    typical_fwhm_mm: float
 
 
 TRACERS: dict[str, Tracer] = {
@@ -48,6 +56,7 @@ TRACERS: dict[str, Tracer] = {
         window_name="TC99M",
         relative_counts=1.0,
         typical_dose_mbq=740.0,
+        typical_fwhm_mm=12.0,
     ),
     "tc99m_tetrofosmin": Tracer(
         key="tc99m_tetrofosmin",
@@ -61,6 +70,7 @@ TRACERS: dict[str, Tracer] = {
         window_name="TC99M",
         relative_counts=1.0,
         typical_dose_mbq=740.0,
+        typical_fwhm_mm=12.0,
     ),
     "tl201": Tracer(
         key="tl201",
@@ -74,6 +84,7 @@ TRACERS: dict[str, Tracer] = {
         window_name="TL201",
         relative_counts=0.3,
         typical_dose_mbq=111.0,
+        typical_fwhm_mm=13.5,
     ),
 }
 

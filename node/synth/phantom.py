@@ -153,7 +153,9 @@ class PhantomSpec:
     ``counts_per_voxel`` None = ``DEFAULT_COUNTS_PER_VOXEL`` x the tracer's
     relative count level. ``extracardiac``: None, ``"liver"`` (hot liver next
     to the inferior wall) or ``"bowel"`` (hot bowel loop below it).
-    ``supersample`` None = 3 for voxels > 5 mm, else 2.
+    ``supersample`` None = 3 for voxels > 5 mm, else 2. ``fwhm_mm`` (system
+    resolution) None = the tracer's ``typical_fwhm_mm`` (Tc-99m 12 mm, Tl-201
+    13.5 mm; :mod:`node.imaging.radiopharmaceuticals`).
     ``attenuation_artefact``: False, True (men: inferior -15 %, women: anterior
     -10 %) or a float = the fractional reduction at the artefact centre; the
     centre (180 deg men, 0 deg women) is jittered per patient uniformly by
@@ -167,7 +169,7 @@ class PhantomSpec:
     n_gates: int = 8
     matrix: int = 64
     voxel_mm: float = 6.4
-    fwhm_mm: float = 12.0
+    fwhm_mm: float | None = None
     counts_per_voxel: float | None = None
     defects: tuple[Defect, ...] = ()
     extracardiac: str | None = None
@@ -198,6 +200,13 @@ class PhantomSpec:
         if self.attenuation_artefact is False or self.attenuation_artefact is None:
             return 0.0
         return float(self.attenuation_artefact)
+
+    @property
+    def system_fwhm_mm(self) -> float:
+        """Resolution of the simulated camera (FWHM, mm): ``fwhm_mm``, else the tracer's typical one."""
+        if self.fwhm_mm is not None:
+            return float(self.fwhm_mm)
+        return TRACERS[self.tracer].typical_fwhm_mm
 
     @property
     def target_counts_per_voxel(self) -> float:
@@ -492,7 +501,7 @@ def make_acquisition(
         activity[(g, *box)] = values.reshape(bshape[0], s, bshape[1], s, bshape[2], s).mean(axis=(1, 3, 5))
         myo_fraction[box] += myo_points.reshape(bshape[0], s, bshape[1], s, bshape[2], s).mean(axis=(1, 3, 5)) / n_t
 
-    sigma = spec.fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / v
+    sigma = spec.system_fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / v
     blurred = ndimage.gaussian_filter(activity, sigma=(0.0, sigma, sigma, sigma), mode="constant")
     mean_blurred = blurred.mean(axis=0)
     mask = myo_fraction >= 0.5
@@ -599,7 +608,7 @@ def _make_truth(
         count_phase_deg=count_phase,
         count_phase_stats=count_stats,
         extra={
-            "fwhm_mm": spec.fwhm_mm,
+            "fwhm_mm": spec.system_fwhm_mm,
             "attenuation_depth": spec.attenuation_depth,
             "attenuation_centre_deg": heart.attenuation_centre_deg,
             "counts_per_voxel": spec.target_counts_per_voxel,

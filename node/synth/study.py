@@ -164,7 +164,7 @@ def _spec_doc(study: StudyPhantom) -> dict[str, Any]:
         "n_gates": spec.n_gates,
         "matrix": spec.matrix,
         "voxel_mm": spec.voxel_mm,
-        "fwhm_mm": spec.fwhm_mm,
+        "fwhm_mm": spec.system_fwhm_mm,
         "counts_per_voxel": spec.target_counts_per_voxel,
         "extracardiac": spec.extracardiac,
         "attenuation_depth": spec.attenuation_depth,

@@ -97,3 +97,21 @@ def test_build_rejects_wrong_shapes() -> None:
         nl.build_normal_limits(np.ones((10, 40, 70)), None, "tc99m", "M", "9", "test")
     with pytest.raises(ValueError, match="at least 5"):
         nl.build_normal_limits(np.ones((3, 40, 72)), None, "tc99m", "M", "9", "test")
+
+
+def test_tpd_calibration_factor_minimises_the_error_in_tpd_points() -> None:
+    """The TPD factor is fitted in TPD points: large defects weigh most, a failed case is left out."""
+    rng = np.random.default_rng(0)
+    true_large = rng.uniform(20.0, 35.0, 30)
+    true_mild = rng.uniform(5.0, 10.0, 30)
+    # measured / true: 0.92 for large defects, 0.80 for mild ones (rim lost below the threshold)
+    measured = np.concatenate([0.92 * true_large, 0.80 * true_mild, [5.0]])  # last: a failed localisation
+    truth = np.concatenate([true_large, true_mild, [30.0]])
+    factor = nl._tpd_factor(np.column_stack([measured, truth]))
+    keep = slice(0, 60)
+    best = np.sum(measured[keep] ** 2) / np.sum(measured[keep] * truth[keep])
+    assert factor == pytest.approx(best)
+    assert 0.90 < factor < 0.92  # near the large defects' 0.92, not the median ratio (0.86)
+    error = measured[keep] / factor - truth[keep]
+    median_error = measured[keep] / np.median(measured[keep] / truth[keep]) - truth[keep]
+    assert np.sum(error**2) < np.sum(median_error**2)

@@ -23,34 +23,45 @@ def _score(acquisition, tracer: str, sex: str):
     return score_map(values, weights, load_normal_limits(tracer, sex))
 
 
+#: (territory, ring set) pairs the Tl-201 cases draw from: all but the whole LAD territory. Whole-LAD
+#: Tl-201 defects (41 % of the LV) are the per-phantom TPD misses (docs/validation.md): 25 % defects
+#: read -2.1 to -3.5 points (the normalisation takes part of a large mild defect for normal uptake)
+#: and 75 % defects +2 to +3.5 (the spill of blur into segments 15 and 16 across the apical cavity).
+_TL201_CASES = tuple(
+    (territory, rings)
+    for territory in ("LAD", "LCx", "RCA")
+    for rings in TERRITORY_RING_SETS
+    if not (territory == "LAD" and rings == TERRITORY_RING_SETS[0])
+)
+
+
 def test_defect_phantoms_scores_sss_tpd(seed: int) -> None:
     """Acceptance, per phantom: segment scores within +-1, SSS within +-2, TPD within +-2 % when
     the defect covers >= 10 % of the LV; >= 90 % of the segment scores exact over the run.
 
-    Measured (bench/validate_spect.py part C: random sex, tracer, territory, rings, severity
-    0.25/0.5/0.75 +- 0.05; docs/validation.md has the current figures and seeds): TPD inside +-2 in
-    96-97 % of single phantoms, SSS inside +-2 in 98-100 %, segment scores within +-1 in all. The
-    misses are severe (75 %) defects: apical LAD defects (TPD, Tl-201 mostly), left out of this
-    test, and distal defects of 0.70-0.75 severity scored 2 instead of 3 in a few segments
-    (Tc-99m LCx 75 %: SSS -3 in 2 of 43 phantoms); and mild Tl-201 defects (25 %: TPD -0.75 +- 0.72,
-    90 % inside +-2), so the Tl-201 cases here are 50 % defects (100 % inside in 28 phantoms) and mild
-    defects are Tc-99m. The severe case is held to SSS +-3; the other five cases, and TPD in all
-    six, to the acceptance tolerance. Issue 3 stays open on these per-phantom fractions.
+    Six random cases: four Tc-99m (sestamibi or tetrofosmin, any territory, any ring set of
+    node.synth.phantom.TERRITORY_RING_SETS) and two Tl-201 (any territory and ring set but the whole
+    LAD territory, see _TL201_CASES); random sex; severity 0.25/0.5/0.75 +- 0.05. Measured on 300 fresh
+    phantoms of that distribution (bench/validate_spect.py part C wiring, seeds (100000-100299, 77),
+    2026-12-03): Tc-99m TPD within +-2 in 201/201 (error -0.10 +- 0.45, worst -1.51); Tl-201 outside
+    the whole LAD territory in 258/258 (with 174 more Tl-201 phantoms of seeds (110000-110199, 77);
+    worst -1.94); segment scores within +-1 in 500/500; SSS within +-2 in 498/500, both misses
+    severity >= 0.70 and off by 3, so those cases are held to SSS +-3. Issue 3 stays open on the whole-LAD
+    Tl-201 TPD: 8 of 41 such phantoms outside +-2.
     """
     rng = np.random.default_rng(seed)
     exact = total = 0
     failures: list[str] = []
-    cases = [
-        ("tc99m_sestamibi", "M", "LAD", 0.5),
-        ("tc99m_tetrofosmin", "F", "LCx", 0.75),
-        ("tc99m_sestamibi", "M", "RCA", 0.25),
-        ("tc99m_sestamibi", "F", "LAD", 0.25),
-        ("tl201", "M", "LCx", 0.5),
-        ("tl201", "F", "RCA", 0.5),
-    ]
-    for i, (tracer, sex, territory, centre) in enumerate(cases):
-        severity = centre + float(rng.uniform(-0.05, 0.05))
-        rings = TERRITORY_RING_SETS[int(rng.integers(len(TERRITORY_RING_SETS)))]
+    for i in range(6):
+        if i < 4:
+            tracer = ("tc99m_sestamibi", "tc99m_tetrofosmin")[int(rng.integers(2))]
+            territory = ("LAD", "LCx", "RCA")[int(rng.integers(3))]
+            rings = TERRITORY_RING_SETS[int(rng.integers(len(TERRITORY_RING_SETS)))]
+        else:
+            tracer = "tl201"
+            territory, rings = _TL201_CASES[int(rng.integers(len(_TL201_CASES)))]
+        sex = ("M", "F")[int(rng.integers(2))]
+        severity = (0.25, 0.5, 0.75)[int(rng.integers(3))] + float(rng.uniform(-0.05, 0.05))
         spec = PhantomSpec(
             tracer=tracer,
             sex=sex,
@@ -76,7 +87,7 @@ def test_defect_phantoms_scores_sss_tpd(seed: int) -> None:
         )
         if np.abs(diff).max() > 1:
             failures.append(f"{label}: scores {result.segment_scores.tolist()} vs truth {true_scores.tolist()}")
-        sss_tolerance = 3 if centre >= 0.75 else 2
+        sss_tolerance = 3 if severity >= 0.7 else 2
         if abs(sss_error) > sss_tolerance:
             failures.append(f"{label}: SSS {result.summed_score} vs {int(true_scores.sum())}")
         if extent >= 10.0 and abs(tpd_error) > 2.0:
