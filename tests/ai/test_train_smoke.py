@@ -56,3 +56,8 @@ def test_cli_trains_from_a_site_folder(tmp_path: Path, seed: int) -> None:
 def test_a_folder_without_labels_is_refused_with_the_file_name(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="labels.csv"):
         train_bundle("cad_polar", tmp_path / "out", data=tmp_path, epochs=1)
+
+
+def test_segmentation_only_options_are_refused_for_polar_map_bundles(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lv_segmentation only"):
+        train_bundle("cad_polar", tmp_path / "out", synthetic=24, epochs=1, steps_per_epoch=4)
