@@ -114,7 +114,8 @@ def _function(fig: Figures, prefix: str, acq, location) -> None:
         fig.add(f"{prefix}.{label}.ef_error_points", f.lvef_pct - t.ef_pct)
         fig.add(f"{prefix}.{label}.edv_error_pct", 100.0 * (f.edv_ml - t.edv_ml) / t.edv_ml)
         fig.add(f"{prefix}.{label}.esv_error_pct", 100.0 * (f.esv_ml - t.esv_ml) / t.esv_ml)
-        fig.add(f"{prefix}.{label}.ef_within_{5 if label == 'noisy' else 2}", float(abs(f.lvef_pct - t.ef_pct) <= (5.0 if label == "noisy" else 2.0)))
+        ef_tolerance = 5 if label == "noisy" else 2  # points, the acceptance
+        fig.add(f"{prefix}.{label}.ef_within_{ef_tolerance}", float(abs(f.lvef_pct - t.ef_pct) <= ef_tolerance))
 
 
 def _sampling_defects(seed: int, fig: Figures) -> None:
@@ -296,7 +297,6 @@ def run_seed(seed: int, fig: Figures, parts: str = "ABCDE", tracer: str | None =
         fig.add("function.small.processed", 1.0)
     except ValueError:
         fig.add("function.small.processed", 0.0)
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -306,10 +306,15 @@ def _recalibrate_batch_norm(net: torch.nn.Module, images: list[np.ndarray], mask
     net.eval()
 
 
+#: training: random 32^3 crops per optimiser step, and optimiser steps per epoch by default
+TRAINING_BATCH = 8
+DEFAULT_STEPS_PER_EPOCH = 8
+
+
 def train_segmentation(out: Path, n_train: int = 0, data: Path | None = None, epochs: int = 30, seed: int = 0,
                        checkpoints: Path | None = None, version: str = "1.0.0", command: str = "",
                        cache: Path | None = Path("var") / "cache", init: Path | None = None, lr: float = 3e-3,
-                       steps_per_epoch: int = 8, batch_size: int = 8) -> Any:
+                       steps_per_epoch: int = DEFAULT_STEPS_PER_EPOCH) -> Any:
     """Train the ``lv_segmentation`` bundle on phantoms and write it to ``out``.
 
     ``n_train`` phantoms for training (default 96), a quarter of that for
@@ -317,7 +322,7 @@ def train_segmentation(out: Path, n_train: int = 0, data: Path | None = None, ep
     phantoms for the report (U-Net vs classical Dice). ``init`` (a bundle
     folder) starts from its weights (fine-tuning); the learning rate decays
     from ``lr`` to 0 (cosine) over the run. Each epoch takes ``steps_per_epoch``
-    optimiser steps on batches of ``batch_size`` random 32^3 crops. ``data`` (a folder of
+    optimiser steps on batches of :data:`TRAINING_BATCH` random 32^3 crops. ``data`` (a folder of
     site volumes) is not supported for this bundle: segmentation truth for site
     data would need manual contours, which the node does not ingest.
     """
@@ -345,7 +350,7 @@ def train_segmentation(out: Path, n_train: int = 0, data: Path | None = None, ep
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     gen = np.random.default_rng(seed)
-    steps, batch = steps_per_epoch, batch_size
+    steps, batch = steps_per_epoch, TRAINING_BATCH
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs * steps, 1))
     progress = Progress("lv_segmentation", epochs * steps)
     history: list[dict[str, float]] = []

@@ -581,11 +581,12 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
     start = time.monotonic()
     _seed_everything(seed)
     if bundle == "lv_segmentation":
-        from node.ai.segmentation import train_segmentation
+        from node.ai.segmentation import DEFAULT_STEPS_PER_EPOCH, train_segmentation
 
         return train_segmentation(out, n_train=synthetic or 0, data=data, epochs=epochs or _DEFAULT_EPOCHS[bundle], seed=seed,
                                   checkpoints=checkpoints, version=version, command=command, init=init,
-                                  lr=3e-3 if init is None else 1e-3, steps_per_epoch=steps_per_epoch or 8)
+                                  lr=3e-3 if init is None else 1e-3,
+                                  steps_per_epoch=steps_per_epoch or DEFAULT_STEPS_PER_EPOCH)
     if init is not None or steps_per_epoch is not None:
         raise ValueError("--init and --steps-per-epoch are supported for lv_segmentation only")
     if bundle not in _TRAINERS:

@@ -807,13 +807,11 @@ def calibrate_absent_uptake(
 def _tpd_factor(pairs: np.ndarray) -> float:
     """Least-squares factor ``f`` of calibrated TPD ``m / f`` against truth ``t`` (``pairs`` [n, (m, t)])."""
     m, t = pairs[:, 0], pairs[:, 1]
-    keep = np.ones(m.size, dtype=bool)
-    for _ in range(2):
-        f = float(np.sum(m[keep] ** 2) / np.sum(m[keep] * t[keep]))
-        error = m / f - t
-        spread = 1.4826 * float(np.median(np.abs(error - np.median(error))))
-        keep = np.abs(error) <= max(3.0 * spread, 0.5)
-    return f
+    f = float(np.sum(m**2) / np.sum(m * t))
+    error = m / f - t
+    spread = 1.4826 * float(np.median(np.abs(error - np.median(error))))
+    keep = np.abs(error) <= max(3.0 * spread, 0.5)
+    return float(np.sum(m[keep] ** 2) / np.sum(m[keep] * t[keep]))
 
 
 def replace_limits(limits: NormalLimits, **changes) -> NormalLimits:

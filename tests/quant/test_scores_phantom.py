@@ -41,8 +41,8 @@ def test_defect_phantoms_scores_sss_tpd(seed: int) -> None:
 
     Six random cases: four Tc-99m (sestamibi or tetrofosmin) and two Tl-201, territory and ring set
     drawn from _TC99M_CASES / _TL201_CASES, random sex, severity 0.25/0.5/0.75 +- 0.05. Measured on
-    600 fresh phantoms of part C's distribution (the wiring of bench/validate_spect.py part G, seeds
-    (300000-300599, 77), 2026-12-03): inside these sets TPD within +-2 in 366/366 Tc-99m phantoms
+    600 phantoms of part C's distribution (bench/validate_spect.py --parts G, seeds 300000-300599,
+    2026-12-03; the sets were chosen on these draws and on development draws): inside these sets TPD within +-2 in 366/366 Tc-99m phantoms
     (error -0.15 +- 0.39, worst +1.46) and 150/150 Tl-201 (-0.24 +- 0.61, worst -1.85); segment
     scores within +-1 in all 600; SSS off by 3 in 7 of 516, all of severity >= 0.70, so those cases
     are held to SSS +-3. The left-out configurations: Tc-99m whole LAD 1 of 44 outside +-2, Tl-201
