@@ -112,7 +112,12 @@ def test_normal_maps_have_low_tpd_and_no_scores(seed: int) -> None:
 
 
 def test_mild_defects_bias_is_bounded(seed: int) -> None:
-    """25 % deficits sit near the 2.5 SD threshold: TPD is underestimated (threshold truncation), never over."""
+    """25 % deficits sit near the 2.5 SD threshold, which truncates part of each deficit: TPD reads low on average.
+
+    Single cases spread by the subject's own attenuation (as for TPD_CASE_BOUND): in 2,000 runs of these
+    nine men (seeds 6000-7999) the case errors were -0.85 +- 0.74 TPD points, from -2.69 to +3.20 (+2.15 at
+    the 99.9th percentile), and the run means -0.85 +- 0.24, from -1.50 to -0.03.
+    """
     rng = np.random.default_rng(seed)
     errors = []
     for case in range(9):
@@ -120,7 +125,9 @@ def test_mild_defects_bias_is_bounded(seed: int) -> None:
         counts, weights, truth = _defect_case(rng, "tc99m", "M", TERRITORY_SEGMENTS[territory], 0.25)
         result = score_map(counts, weights, load_normal_limits("tc99m", "M", ANALYTIC), RULES)
         errors.append(result.tpd_pct - truth["tpd_pct"])
-    assert max(errors) < 2.0 and min(errors) > -6.0, f"seed {seed}: TPD errors {np.round(errors, 2)}"
+    msg = f"seed {seed}: TPD errors {np.round(errors, 2)}"
+    assert np.max(np.abs(errors)) <= TPD_CASE_BOUND, msg
+    assert -2.5 < np.mean(errors) < 0.5, f"{msg}: mean {np.mean(errors):+.2f} (truncation bias expected below 0)"
 
 
 def test_stress_rest_combination(seed: int) -> None:
