@@ -165,6 +165,7 @@ def _summary_json(result: Any, content: Any, timings: dict[str, float]) -> dict[
             entry["function"] = {
                 "edv_ml": _jsonable(f.edv_ml), "esv_ml": _jsonable(f.esv_ml), "lvef_pct": _jsonable(f.lvef_pct),
                 "stroke_volume_ml": _jsonable(f.stroke_volume_ml), "gate_volumes_ml": _jsonable(f.gate_volumes_ml),
+                "measured_gate_volumes_ml": _jsonable(f.measured_gate_volumes_ml),
                 "ed_gate": f.ed_gate, "es_gate": f.es_gate,
             }
         if state.phase is not None:

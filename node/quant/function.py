@@ -25,8 +25,15 @@ Method (count profiles normal to the mid-wall surface, constant myocardial volum
    mid-wall counts along the long axis fall to 50 % of their mid-ventricular
    level. The cavity volume is ``sum_psi dpsi/2 * integral r_endo(z)^2 dz``
    from the cavity apex to that plane.
-4. ``EDV = max``, ``ESV = min`` over gates, ``LVEF = 100 (EDV - ESV) / EDV``,
-   stroke volume ``EDV - ESV``. Wall motion (mm) = inward endocardial
+4. The volume curve (one cavity volume per gate) is reduced to its mean and
+   first ``VOLUME_CURVE_HARMONICS`` (3) Fourier harmonics over the cycle;
+   ``EDV = max``, ``ESV = min`` of that curve at the gate centres,
+   ``LVEF = 100 (EDV - ESV) / EDV``, stroke volume ``EDV - ESV``. Taking the
+   extremes of the unfitted noisy curve selects noise (16 gates at clinical
+   noise: EF +1.0 +- 1.7 points against +0.3 +- 1.3 fitted; 8 gates: the fit
+   drops only the Nyquist term, -0.1 +- 1.5 against -0.1 +- 1.4); three
+   harmonics keep the phantom's systolic shape (noise-free EF moves by under
+   0.2 points; two harmonics would raise it by ~1 point). Wall motion (mm) = inward endocardial
    displacement from ED to ES along the normal; thickening (%) is count-based,
    ``100 (p_ES - p_ED) / p_ED`` (partial-volume effect: valid while the wall is
    thinner than ~2 FWHM; it underestimates geometric thickening).
@@ -54,17 +61,30 @@ from node.quant.polar_map import (
 )
 from node.quant.segments import DEFAULT_GRID, PolarGrid
 
-__all__ = ["FunctionResult", "measure_function", "cavity_volume_ml", "tid_ratio", "PROFILE_STEP_MM"]
+__all__ = [
+    "FunctionResult",
+    "measure_function",
+    "cavity_volume_ml",
+    "tid_ratio",
+    "volume_curve",
+    "PROFILE_STEP_MM",
+    "VOLUME_CURVE_HARMONICS",
+]
 
 PROFILE_STEP_MM = 1.0
+#: Fourier harmonics kept in the volume curve before EDV/ESV are read off it (method step 4).
+VOLUME_CURVE_HARMONICS = 3
 
 
 @dataclass(frozen=True, eq=False)
 class FunctionResult:
     """Gated function results (units in the names).
 
-    ``gate_volumes_ml`` [gate]; ``wall_motion_mm`` and ``thickening_pct``
-    [n_u, n_psi]; ``wall_thickness_mm`` [gate] (constant-volume thickness).
+    ``gate_volumes_ml`` [gate] is the fitted volume curve that EDV, ESV and
+    the ED/ES gates come from, ``measured_gate_volumes_ml`` [gate] the cavity
+    volumes measured in each gate before the fit; ``wall_motion_mm`` and
+    ``thickening_pct`` [n_u, n_psi]; ``wall_thickness_mm`` [gate]
+    (constant-volume thickness).
     """
 
     edv_ml: float
@@ -79,6 +99,7 @@ class FunctionResult:
     myocardial_volume_ml: float
     wall_thickness_mm: np.ndarray
     fwhm_mm: float
+    measured_gate_volumes_ml: np.ndarray
     notes: tuple[str, ...] = ()
 
 
@@ -245,7 +266,8 @@ def measure_function(
     z_endo = surface.z_mm[None] + inward * surface.normal_z[None]
     r_endo = surface.radius_mm[None] + inward * surface.normal_r[None]
     z_base = _base_per_gate(z_rows, peak, location)
-    volumes = _cavity_volumes(z_endo, r_endo, z_base)
+    measured_volumes = _cavity_volumes(z_endo, r_endo, z_base)
+    volumes = volume_curve(measured_volumes)
     ed, es = int(np.argmax(volumes)), int(np.argmin(volumes))
     edv, esv = float(volumes[ed]), float(volumes[es])
     if edv <= 0:
@@ -282,8 +304,26 @@ def measure_function(
         myocardial_volume_ml=v_myo / 1000.0,
         wall_thickness_mm=t_const,
         fwhm_mm=fwhm,
+        measured_gate_volumes_ml=measured_volumes,
         notes=tuple(notes),
     )
+
+
+def volume_curve(gate_volumes_ml: np.ndarray, harmonics: int = VOLUME_CURVE_HARMONICS) -> np.ndarray:
+    """The cyclic volume curve ``[gate]`` (mL, gates in time order) reduced to its mean and first ``harmonics``.
+
+    The cardiac cycle is periodic, so the gates are one period of a Fourier
+    series; the result is that series truncated and evaluated at the same gate
+    centres. With ``harmonics >= n_gates // 2`` the curve is returned unchanged.
+    """
+    v = np.asarray(gate_volumes_ml, dtype=float)
+    if v.ndim != 1 or v.size < 2:
+        raise ValueError(f"volume curve must be one volume per gate (at least 2), got shape {v.shape}")
+    if harmonics < 1:
+        raise ValueError(f"harmonics must be at least 1, got {harmonics}")
+    spectrum = np.fft.rfft(v)
+    spectrum[harmonics + 1 :] = 0.0
+    return np.fft.irfft(spectrum, v.size)
 
 
 def cavity_volume_ml(volume: Volume, location: LVLocation, grid: PolarGrid = DEFAULT_GRID, fwhm_mm: float | None = None) -> float:
