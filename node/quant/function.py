@@ -33,8 +33,9 @@ Method (count profiles normal to the mid-wall surface, constant myocardial volum
    noise: EF +1.0 +- 1.7 points against +0.3 +- 1.3 fitted; 8 gates: the fit
    drops only the Nyquist term, -0.1 +- 1.5 against -0.1 +- 1.4); three
    harmonics keep the phantom's systolic shape (noise-free EF moves by under
-   0.2 points; two harmonics would raise it by ~1 point). Wall motion (mm) = inward endocardial
-   displacement from ED to ES along the normal; thickening (%) is count-based,
+   0.2 points; two harmonics would raise it by ~1 point). 240 phantoms,
+   docs/validation.md. Wall motion (mm) = inward endocardial displacement
+   from ED to ES along the normal; thickening (%) is count-based,
    ``100 (p_ES - p_ED) / p_ED`` (partial-volume effect: valid while the wall is
    thinner than ~2 FWHM; it underestimates geometric thickening).
 5. TID ratio = stress cavity volume / rest cavity volume, both measured the
