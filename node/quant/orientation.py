@@ -625,12 +625,18 @@ def _apex_shift_from_shell_model(
     step = _SHELL_GRID_MM
     z = np.arange(_SHELL_FIT_Z_MM[0] - 10.0, _SHELL_FIT_Z_MM[1] + 3.0 * sigma_mm + step, step)
     x = np.arange(-_SHELL_FIT_R_MM - 3.0 * sigma_mm, _SHELL_FIT_R_MM + 3.0 * sigma_mm + step, step)
-    zz, xx, yy = np.meshgrid(z, x, x, indexing="ij")
-    pts = tip + zz[..., None] * axis + xx[..., None] * frame.anterior + yy[..., None] * frame.septal
-    r = np.hypot(xx, yy)
+    xx, yy = np.meshgrid(x, x, indexing="ij")  # [anterior, septal] mm across the axis
+    pts = (
+        tip
+        + z[:, None, None, None] * axis
+        + xx[None, ..., None] * frame.anterior
+        + yy[None, ..., None] * frame.septal
+    )  # [z, x, y, 3]
+    r_xy = np.hypot(xx, yy)
     azimuth = np.mod(np.arctan2(yy, xx), 2 * np.pi) / (2 * np.pi)  # 0..1 from anterior toward septum
-    sector = np.minimum((azimuth * _SHELL_SECTORS).astype(int), _SHELL_SECTORS - 1)
-    fit = (zz >= _SHELL_FIT_Z_MM[0]) & (zz <= _SHELL_FIT_Z_MM[1]) & (r <= _SHELL_FIT_R_MM)
+    sector_xy = np.minimum((azimuth * _SHELL_SECTORS).astype(int), _SHELL_SECTORS - 1)
+    in_z = (z >= _SHELL_FIT_Z_MM[0]) & (z <= _SHELL_FIT_Z_MM[1])
+    fit = in_z[:, None, None] & (r_xy <= _SHELL_FIT_R_MM)[None]  # [z, x, y]
     data = _sample(smooth, volume, pts[fit])
     am, cm, half = max(a_mid, 8.0), max(c_mid, 15.0), 0.5 * thickness_mm
     sig = sigma_mm / step
@@ -642,7 +648,6 @@ def _apex_shift_from_shell_model(
     # shifted model; only the grid's ends differ, where the shell is absent (below the apex) or
     # more than 3 sigma beyond the fit region (above it): the apex moves by under 0.001 mm
     # against blurring each shift (8 phantoms, 2026-12-04), at 6 rather than 26 blurs of 9 parts.
-    r_xy, sector_xy = r[0], sector[0]
     sector_masks = [sector_xy == k for k in range(_SHELL_SECTORS)]
 
     def offset_of(shift: float) -> float:
