@@ -67,6 +67,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.special import erf
 
+from node.imaging import radiopharmaceuticals
 from node.quant.segments import DEFAULT_GRID, PolarGrid
 
 __all__ = [
@@ -635,7 +636,6 @@ def phantom_normal_subject_spec(tracer: str, sex: str, rng: np.random.Generator)
     (men, centre jitter +-10 deg) or U(0.05, 0.15) anterior (women, +-20 deg); ungated
     (perfusion limits use summed images).
     """
-    from node.imaging.radiopharmaceuticals import TRACERS as TRACERS_INFO
     from node.synth import phantom as synth  # lazy: only the offline builder needs the phantoms
 
     tracer_key, sex_key = normalise_tracer(tracer), normalise_sex(sex)
@@ -651,8 +651,9 @@ def phantom_normal_subject_spec(tracer: str, sex: str, rng: np.random.Generator)
     )
     tl = tracer_key == "tl201"
     synth_tracer = "tl201" if tl else str(rng.choice(["tc99m_sestamibi", "tc99m_tetrofosmin"]))
-    counts = synth.DEFAULT_COUNTS_PER_VOXEL * TRACERS_INFO[synth_tracer].relative_counts * rng.uniform(0.5, 1.5)
-    fwhm = TRACERS_INFO[synth_tracer].typical_fwhm_mm + rng.uniform(-1.5, 1.5)
+    radiopharmaceutical = radiopharmaceuticals.TRACERS[synth_tracer]
+    counts = synth.DEFAULT_COUNTS_PER_VOXEL * radiopharmaceutical.relative_counts * rng.uniform(0.5, 1.5)
+    fwhm = radiopharmaceutical.typical_fwhm_mm + rng.uniform(-1.5, 1.5)
     amplitude = rng.uniform(0.10, 0.20) if sex_key == "M" else rng.uniform(0.05, 0.15)
     return synth.PhantomSpec(
         shape=shape,
