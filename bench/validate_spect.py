@@ -26,6 +26,10 @@ Poisson noise at the default clinical count level, 64^3 x 6.4 mm, pose jitter +-
 * G (only with ``--parts G``): one ungated defect phantom of part C's distribution from its
   own generator (seed, 77), for larger score samples; ``--tracer`` fixes its tracer.
 
+* H (only with ``--parts H``): an ungated rest phantom with a hot liver next to the inferior wall and
+  one with a hot bowel loop, each from ``default_rng(seed)`` as in tests/quant/test_orientation.py
+  -> long-axis and centre error of the classical localisation beside a hot neighbour.
+
 ``--parts`` picks the parts (default ``ABCDE``; A-D always run together).
 
 It uses the pipeline's own functions and wiring (locate_lv, perfusion_polar_map,
@@ -210,7 +214,24 @@ def _scores_only(seed: int, fig: Figures, tracer: str | None = None) -> None:
     _score_defect(fig, "scores_g", make_acquisition(spec, "stress", rng), severity)
 
 
+def _hot_neighbours(seed: int, fig: Figures) -> None:
+    """Part H: localisation beside a hot liver and beside a hot bowel loop (rest, ungated)."""
+    for organ in ("liver", "bowel"):
+        acq = make_acquisition(PhantomSpec(n_gates=0, extracardiac=organ), "rest", np.random.default_rng(seed))
+        location = locate_lv(acq.frames)
+        truth = acq.truth.frame
+        axis_error = _axis_error_deg(location.frame.long_axis, truth.long_axis)
+        truth_centre = truth.apex_mm + truth.long_axis * 0.5 * (acq.spec.shape.ed_c_mm + acq.spec.shape.wall_mm)
+        centre_error = float(np.linalg.norm(location.centre_mm - truth_centre))
+        key = f"orientation.hot_{organ}"
+        fig.add(f"{key}.axis_error_deg", axis_error)
+        fig.add(f"{key}.centre_error_mm", centre_error)
+        fig.add(f"{key}.within_10deg_15mm", float(axis_error < 10.0 and centre_error < 15.0))
+
+
 def run_seed(seed: int, fig: Figures, parts: str = "ABCDE", tracer: str | None = None) -> None:
+    if "H" in parts:
+        _hot_neighbours(seed, fig)
     if "G" in parts:
         _scores_only(seed, fig, tracer)
     if "F" in parts:
@@ -306,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the summary as JSON to this path")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/validation.md)")
     parser.add_argument("--parts", default="ABCDE", help="parts to run (A-D run together; E sampling of defect "
-                        "phantoms, F phase at several count levels, G scores of part C's distribution); default ABCDE")
+                        "phantoms, F phase at several count levels, G scores of part C's distribution, H localisation beside a "
+                        "hot liver or bowel); default ABCDE")
     parser.add_argument("--tracer", choices=("tc99m_sestamibi", "tc99m_tetrofosmin", "tl201"), default=None,
                         help="part G: one tracer for every phantom (default: drawn at random)")
     args = parser.parse_args(argv)

@@ -89,6 +89,10 @@ _SMOOTH_MM = 3.0
 #: typical LV apex direction (apex minus base) in LPS: patient left, anterior, inferior
 _TYPICAL_APEX_DIRECTION = np.array([1.0, -1.0, -0.7]) / np.linalg.norm([1.0, -1.0, -0.7])
 
+#: mid-wall ray maxima this close (mm) to a hot structure peeled off as not LV-like are not used
+#: (:func:`_keep_out_zone`)
+_KEEP_OUT_MM = 10.0
+
 
 #: window along the axis (x the fitted long semi-axis, from the first apex) of the mid-ventricular
 #: plateau of the mid-wall counts that the base edge is measured against: beyond the apical third, so
@@ -442,6 +446,19 @@ def _refine_with_own_level(best: _Candidate, smooth: np.ndarray, excluded: np.nd
     return labels == (1 + int(np.argmax(overlap)))
 
 
+def _keep_out_zone(excluded: np.ndarray, volume: Volume, margin_mm: float = _KEEP_OUT_MM) -> np.ndarray:
+    """Voxels within ``margin_mm`` of the hot structures :func:`_threshold_candidates` peeled off.
+
+    The peeled region is the structure's core (above 0.7 x its peak) grown by 10 mm; its rim
+    beyond that is still hotter than the myocardium it borders (a liver 6 mm below the inferior
+    wall at 2.4 x its counts), and ray maxima there would pull the LV ellipsoid toward it.
+    """
+    if not excluded.any():
+        return excluded
+    distance = ndimage.distance_transform_edt(~excluded, sampling=volume.spacing_mm)
+    return distance < margin_mm
+
+
 def classical_myocardium_mask(volume: Volume) -> np.ndarray:
     """The boolean myocardium mask ``[slice, row, col]`` the classical method of :func:`locate_lv` uses.
 
@@ -463,9 +480,19 @@ def classical_myocardium_mask(volume: Volume) -> np.ndarray:
 
 
 def _midwall_points(
-    smooth: np.ndarray, volume: Volume, centre: np.ndarray, semi: np.ndarray, axes: np.ndarray, wall_level: float
+    smooth: np.ndarray,
+    volume: Volume,
+    centre: np.ndarray,
+    semi: np.ndarray,
+    axes: np.ndarray,
+    wall_level: float,
+    keep_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Count maxima along rays from ``centre`` within 0.4..1.4 x the ellipsoid radius of each ray."""
+    """Count maxima along rays from ``centre`` within 0.4..1.4 x the ellipsoid radius of each ray.
+
+    Rays whose maximum falls in ``keep_out`` (voxels next to a hot structure peeled off as not
+    LV-like, see :func:`_keep_out_zone`) are dropped: there the maximum is that structure's rim.
+    """
     dirs = _sphere_directions()
     # ellipsoid radius along each direction
     local = dirs @ axes.T / semi
@@ -478,7 +505,12 @@ def _midwall_points(
     interior = (k > 0) & (k < len(steps) - 1)
     # keep defect walls (>= 0.3 x the wall level) so that a defect does not tilt the fit; drop hot neighbours
     ok = interior & (peak > 0.3 * wall_level) & (peak < 1.6 * np.median(peak))
-    return pts[np.arange(len(dirs)), k][ok], peak[ok]
+    at_peak = pts[np.arange(len(dirs)), k]
+    if keep_out is not None and keep_out.any():
+        index = np.rint(volume.patient_to_index(at_peak)).astype(int)
+        index = np.clip(index, 0, np.array(keep_out.shape) - 1)
+        ok &= ~keep_out[tuple(index.T)]
+    return at_peak[ok], peak[ok]
 
 
 def _orient_axis(axis: np.ndarray, centre: np.ndarray, points: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, str]:
@@ -728,6 +760,7 @@ def locate_lv(
     geometry = Volume(vox, volume.affine)
     smooth = ndimage.gaussian_filter(vox, sigma=np.maximum(_SMOOTH_MM / spacing, 0.3))
     notes: list[str] = []
+    keep_out: np.ndarray | None = None
     if myocardium_mask is not None:
         mask = np.asarray(myocardium_mask).astype(bool)
         if mask.shape != vox.shape:
@@ -750,6 +783,7 @@ def locate_lv(
             detail = "; ".join(seen[:6]) or "no component above threshold"
             raise LVNotFoundError(f"no LV-shaped (hollow, ellipsoidal) structure found: {detail}")
         mask = _refine_with_own_level(best, smooth, excluded)
+        keep_out = _keep_out_zone(excluded, geometry)
         notes.extend(line for line in seen if "excluded" in line)
         fit = _fit_quadric(geometry.index_to_patient(np.argwhere(mask)), smooth[mask])
         centre, semi, axes = fit if fit is not None else (best.centre, best.semi, best.axes)
@@ -761,7 +795,7 @@ def locate_lv(
     # refine the ellipsoid on mid-wall points (count maxima along rays)
     points, peaks = geometry.index_to_patient(np.argwhere(mask)), smooth[mask]
     for _ in range(3):
-        mp, mv = _midwall_points(smooth, geometry, centre, semi, axes, wall_level)
+        mp, mv = _midwall_points(smooth, geometry, centre, semi, axes, wall_level, keep_out)
         if len(mp) < 30:
             break
         refit = _fit_quadric(mp, np.ones_like(mv))  # geometry only: perfusion must not weight the fit

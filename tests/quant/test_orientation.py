@@ -74,18 +74,20 @@ def test_long_axis_error_with_pose_jitter_and_noise() -> None:
 
 @pytest.mark.parametrize("organ", ["liver", "bowel"])
 def test_hot_neighbour_does_not_capture_the_lv(organ: str) -> None:
-    seed = _seed()
-    rng = np.random.default_rng(seed)
-    acq = make_acquisition(PhantomSpec(n_gates=0, extracardiac=organ), "rest", rng)
-    location = locate_lv(acq.frames)
-    truth = acq.truth.frame
-    error = _axis_error_deg(location, truth)
-    truth_centre = truth.apex_mm + truth.long_axis * 0.5 * (acq.spec.shape.ed_c_mm + acq.spec.shape.wall_mm)
-    centre_error = float(np.linalg.norm(location.centre_mm - truth_centre))
-    msg = f"seed={seed} organ={organ} axis_error={error:.2f} deg centre_error={centre_error:.1f} mm notes={location.notes}"
-    print(msg)
-    assert error < 10.0, msg
-    assert centre_error < 15.0, msg
+    # docs/validation.md: hot liver 250 seeds, axis 0.82 deg mean (worst 2.3), centre worst 7.7 mm
+    for _ in range(3):
+        seed = _seed()
+        rng = np.random.default_rng(seed)
+        acq = make_acquisition(PhantomSpec(n_gates=0, extracardiac=organ), "rest", rng)
+        location = locate_lv(acq.frames)
+        truth = acq.truth.frame
+        error = _axis_error_deg(location, truth)
+        truth_centre = truth.apex_mm + truth.long_axis * 0.5 * (acq.spec.shape.ed_c_mm + acq.spec.shape.wall_mm)
+        centre_error = float(np.linalg.norm(location.centre_mm - truth_centre))
+        msg = f"seed={seed} organ={organ} axis_error={error:.2f} deg centre_error={centre_error:.1f} mm notes={location.notes}"
+        print(msg)
+        assert error < 10.0, msg
+        assert centre_error < 15.0, msg
 
 
 def test_mask_replaces_threshold_and_bad_input_is_refused() -> None:
