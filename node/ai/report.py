@@ -51,7 +51,8 @@ def models_section(root: Path | None = None, extra: str = "") -> str:
                 f"Dice on {ev['n_test_phantoms']} held-out phantoms: U-Net mean {ev['unet_dice_mean']:.3f} "
                 f"(median {ev['unet_dice_median']:.3f}, min {ev['unet_dice_min']:.3f}); classical threshold mask mean "
                 f"{ev['classical_dice_mean']:.3f} (median {ev['classical_dice_median']:.3f}, min {ev['classical_dice_min']:.3f}); "
-                f"U-Net >= classical in {100 * ev['unet_better_fraction']:.0f} % of phantoms.", "",
+                f"U-Net >= classical in {100 * ev['unet_better_fraction']:.0f} % of phantoms."
+                + (f" {ev['note']}" if ev.get("note") else ""), "",
                 "Regenerate: " + (" then ".join(f"`{c}`" for c in meta["training"]["commands"]) if meta["training"].get("commands") else
                                   f"`cardionode train lv_segmentation --synthetic {meta['training'].get('n_train', 96)} "
                                   f"--epochs {meta['training'].get('epochs', 30)} --seed {meta['training']['seed']}`"), ""]

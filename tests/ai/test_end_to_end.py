@@ -45,7 +45,14 @@ def test_study_yields_prediction_groups_and_heat_maps(tmp_path: Path, seed: int)
 
 
 def test_cad_model_on_the_nodes_own_maps_of_full_volume_phantoms(seed: int) -> None:
-    """Transfer check: maps measured by the SPECT pipeline on full-volume phantoms (not polar-map cohorts)."""
+    """Transfer check: maps measured by the SPECT pipeline on full-volume phantoms (not polar-map cohorts).
+
+    docs/validation.md ("Transfer to the node's own maps"): on 60 seeds the highest territory output
+    was the defect's territory and Grad-CAM put >= 60 % of its mass there in 60/60 LAD and RCA studies,
+    but for LCx defects in 135/140 (argmax) and 58/60 (Grad-CAM) studies. A per-study LCx assertion
+    would fail about 1 run in 25, so the LCx defect is drawn three times and two must pass (a miss
+    rate of 4 % fails that about 1 run in 200; one of 30 % would fail it 1 run in 5).
+    """
     import node.ai as ai
     from node.ai.explain import summarise_attention
     from node.pipelines.spect_mpi import SpectMpiPipeline
@@ -55,19 +62,25 @@ def test_cad_model_on_the_nodes_own_maps_of_full_volume_phantoms(seed: int) -> N
 
     pipe = SpectMpiPipeline()
     sex = "M" if seed % 2 else "F"
-    results = {}
-    for defect in ("none", "LAD", "LCx", "RCA"):
-        rng = np.random.default_rng(seed)
+
+    def predicted(defect: str, draw: int) -> tuple[dict[str, float], dict[str, float]]:
+        rng = np.random.default_rng(seed if draw == 0 else (seed, draw))
         datasets, _ = build_study_datasets(ph.make_study(demo_spec(defect, "tc99m_sestamibi", sex=sex), rng, orientation="short_axis"))
         groups, images, _ = ai.predict_spect(pipe.analyse(datasets))
         p = {g.site: g.measurements[0].value for g in groups if g.finding == "obstructive_cad"}
         cam = next(i for i in images if i.key == "gradcam_cad")
-        results[defect] = (p, summarise_attention(cam.values).territory_share)
-    msg = f"seed {seed} sex {sex}: {results}"
+        return p, summarise_attention(cam.values).territory_share
+
+    def localised(territory: str, p: dict[str, float], share: dict[str, float]) -> bool:
+        top = max(("LAD", "LCx", "RCA"), key=lambda t: p[f"territory_{t.lower()}"])
+        return top == territory and share[territory] >= 0.6
+
+    results = {defect: predicted(defect, 0) for defect in ("none", "LAD", "LCx", "RCA")}
+    lcx_draws = [results["LCx"]] + [predicted("LCx", draw) for draw in (1, 2)]
+    msg = f"seed {seed} sex {sex}: {results}; LCx draws {lcx_draws}"
     normal = results["none"][0]["heart"]
-    assert normal < 0.75, msg  # docs/validation.md: normal phantoms 0.11-0.64 (women higher); calibration is open
+    assert normal < 0.75, msg  # docs/validation.md: normal phantoms 0.10-0.64 (women higher); calibration is open
     assert np.mean([results[t][0]["heart"] for t in ("LAD", "LCx", "RCA")]) > normal, msg
-    for territory in ("LAD", "LCx", "RCA"):
-        p, share = results[territory]
-        assert max(("LAD", "LCx", "RCA"), key=lambda t: p[f"territory_{t.lower()}"]) == territory, msg
-        assert share[territory] >= 0.6, msg
+    for territory in ("LAD", "RCA"):
+        assert localised(territory, *results[territory]), msg
+    assert sum(localised("LCx", *draw) for draw in lcx_draws) >= 2, msg
