@@ -3,8 +3,10 @@
 Method (after Germano et al., J Nucl Med 1995;36:1107, "Automatic reorientation"):
 
 1. **Candidate myocardium.** Either the caller's mask (e.g. the MONAI
-   segmentation of ``node.ai``) or a classical one: the lightly smoothed
-   summed volume is thresholded at a fraction of its robust maximum (99.9th
+   segmentation of ``node.ai``) or a classical one: while the hottest
+   structure of the lightly smoothed summed volume is not LV-like (a hot
+   liver, a bowel loop), its core is *peeled off* with a 10 mm margin (up to
+   four times); the rest is thresholded at a fraction of its robust maximum (99.9th
    percentile); large *solid* structures (liver, stomach/bowel, found by a
    morphological opening with a ball thicker than any blurred LV wall) are cut
    out, and the remaining connected components are scored. An LV candidate
@@ -15,8 +17,11 @@ Method (after Germano et al., J Nucl Med 1995;36:1107, "Automatic reorientation"
    re-thresholded at 0.5 x its own maximum so that a hot liver cannot set the
    level.
 2. **Long axis.** An ellipsoid (general quadric) is fitted to the candidate
-   voxels, then refined twice on the *mid-wall points*: the count maxima along
-   rays cast from the ellipsoid centre in all directions. The long axis is the
+   voxels, then refined up to three times on the *mid-wall points*: the count maxima along
+   rays cast from the ellipsoid centre in all directions (maxima within 10 mm
+   of a peeled structure are left out: on its rim the refit would grow toward
+   it; hot-liver phantoms, 250 seeds: axis 0.82 +- 0.45 deg, worst 2.30,
+   against 10 of 250 off by 8-82 deg before). The long axis is the
    ellipsoid axis with the largest semi-axis; it points from the apex (the
    closed end of the cup, where the myocardial mass is) to the base (the open
    end). The quadric of the whole cup still tilts by 1-3 degrees, which moves
@@ -450,8 +455,8 @@ def _keep_out_zone(excluded: np.ndarray, volume: Volume, margin_mm: float = _KEE
     """Voxels within ``margin_mm`` of the hot structures :func:`_threshold_candidates` peeled off.
 
     The peeled region is the structure's core (above 0.7 x its peak) grown by 10 mm; its rim
-    beyond that is still hotter than the myocardium it borders (a liver 6 mm below the inferior
-    wall at 2.4 x its counts), and ray maxima there would pull the LV ellipsoid toward it.
+    beyond that is still hotter than the myocardium it borders (the phantoms' hot liver, 6 mm below
+    the inferior wall, reaches 2.4 x the wall's counts), and ray maxima there would pull the LV ellipsoid toward it.
     """
     if not excluded.any():
         return excluded
