@@ -63,6 +63,7 @@ from node.synth.phantom import (
     TERRITORY_RING_SETS,
     Defect,
     PhantomSpec,
+    lv_centre_mm,
     make_acquisition,
     territory_defect,
 )
@@ -221,7 +222,7 @@ def _hot_neighbours(seed: int, fig: Figures) -> None:
         location = locate_lv(acq.frames)
         truth = acq.truth.frame
         axis_error = _axis_error_deg(location.frame.long_axis, truth.long_axis)
-        truth_centre = truth.apex_mm + truth.long_axis * 0.5 * (acq.spec.shape.ed_c_mm + acq.spec.shape.wall_mm)
+        truth_centre = lv_centre_mm(truth, acq.spec.shape)
         centre_error = float(np.linalg.norm(location.centre_mm - truth_centre))
         key = f"orientation.hot_{organ}"
         fig.add(f"{key}.axis_error_deg", axis_error)

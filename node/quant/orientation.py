@@ -451,17 +451,18 @@ def _refine_with_own_level(best: _Candidate, smooth: np.ndarray, excluded: np.nd
     return labels == (1 + int(np.argmax(overlap)))
 
 
-def _keep_out_zone(excluded: np.ndarray, volume: Volume, margin_mm: float = _KEEP_OUT_MM) -> np.ndarray:
-    """Voxels within ``margin_mm`` of the hot structures :func:`_threshold_candidates` peeled off.
+def _keep_out_zone(excluded: np.ndarray, volume: Volume, margin_mm: float = _KEEP_OUT_MM) -> np.ndarray | None:
+    """Voxels within ``margin_mm`` of the hot structures :func:`_threshold_candidates` peeled off,
+    or None when nothing was peeled.
 
     The peeled region is the structure's core (above 0.7 x its peak) grown by 10 mm; its rim
     beyond that is still hotter than the myocardium it borders (the phantoms' hot liver, 6 mm below
-    the inferior wall, reaches 2.4 x the wall's counts), and ray maxima there would pull the LV ellipsoid toward it.
+    the inferior wall, reaches 2.4 x the wall's counts), and ray maxima there would pull the LV
+    ellipsoid toward it.
     """
     if not excluded.any():
-        return excluded
-    distance = ndimage.distance_transform_edt(~excluded, sampling=volume.spacing_mm)
-    return distance < margin_mm
+        return None
+    return ndimage.binary_dilation(excluded, _ball(margin_mm / volume.spacing_mm))
 
 
 def classical_myocardium_mask(volume: Volume) -> np.ndarray:
@@ -511,7 +512,7 @@ def _midwall_points(
     # keep defect walls (>= 0.3 x the wall level) so that a defect does not tilt the fit; drop hot neighbours
     ok = interior & (peak > 0.3 * wall_level) & (peak < 1.6 * np.median(peak))
     at_peak = pts[np.arange(len(dirs)), k]
-    if keep_out is not None and keep_out.any():
+    if keep_out is not None:
         index = np.rint(volume.patient_to_index(at_peak)).astype(int)
         index = np.clip(index, 0, np.array(keep_out.shape) - 1)
         ok &= ~keep_out[tuple(index.T)]

@@ -14,7 +14,7 @@ from node.imaging.volume import Volume
 from node.quant.orientation import LVNotFoundError, locate_lv, reorient_to_short_axis
 from node.quant.polar_map import sample_polar_map
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS, bullseye
-from node.synth.phantom import PhantomSpec, make_acquisition, territory_defect
+from node.synth.phantom import PhantomSpec, lv_centre_mm, make_acquisition, territory_defect
 
 #: a segment is "flagged" when its mean relative uptake is below this (% of max)
 FLAG_PCT = 70.0
@@ -82,7 +82,7 @@ def test_hot_neighbour_does_not_capture_the_lv(organ: str) -> None:
         location = locate_lv(acq.frames)
         truth = acq.truth.frame
         error = _axis_error_deg(location, truth)
-        truth_centre = truth.apex_mm + truth.long_axis * 0.5 * (acq.spec.shape.ed_c_mm + acq.spec.shape.wall_mm)
+        truth_centre = lv_centre_mm(truth, acq.spec.shape)
         centre_error = float(np.linalg.norm(location.centre_mm - truth_centre))
         msg = f"seed={seed} organ={organ} axis_error={error:.2f} deg centre_error={centre_error:.1f} mm notes={location.notes}"
         print(msg)
