@@ -246,8 +246,8 @@ def _phase_noise_floor(seed: int, fig: Figures) -> None:
     location = locate_lv(acq.summed)
     surface = midwall_surface_rows(acq.summed, location, grid_rows_z(location, DEFAULT_GRID), DEFAULT_GRID.n_psi)
     area = surface.area_mm2()
-    basal = (np.arange(DEFAULT_GRID.n_u) + 0.5) / DEFAULT_GRID.n_u > 1.0 - PhaseParameters().basal_exclusion_fraction
-    truth_area = np.where(basal[:, None], 0.0, acq.truth.polar_cell_volume_mm3)
+    analysed = PhaseParameters().analysed_rows(DEFAULT_GRID.n_u)[:, None]
+    truth_area = np.where(analysed, acq.truth.polar_cell_volume_mm3, 0.0)
     model_truth = phase_statistics(_phase_model_fit(acq.truth.count_phase_deg, truth_area), truth_area)
     for sigma in PHASE_FLOOR_PREFILTERS_MM:
         noisy = _gated_phase(acq.frames, location, surface, sigma)

@@ -185,6 +185,11 @@ class PhaseParameters:
     def n_bins(self) -> int:
         return int(round(360.0 / self.bin_deg))
 
+    def analysed_rows(self, n_u: int) -> np.ndarray:
+        """``[n_u]`` bool, rows (apex to base) that enter the statistics: all but the basal
+        ``basal_exclusion_fraction``, i.e. rows ``i`` with ``(i + 0.5) / n_u <= 1 - fraction``."""
+        return (np.arange(n_u) + 0.5) / n_u <= 1.0 - self.basal_exclusion_fraction
+
 
 @dataclass(frozen=True)
 class PhaseStatistics:
@@ -434,10 +439,7 @@ def analyse_phase(
         maps = gaussian_filter1d(maps, su, axis=1, mode="nearest")
     phase, amplitude = first_harmonic(maps)
     w_eff = np.where(np.isfinite(w) & (w > 0), w, 0.0)
-    if params.basal_exclusion_fraction > 0:
-        n_u = maps.shape[1]
-        basal = (np.arange(n_u) + 0.5) / n_u > 1.0 - params.basal_exclusion_fraction
-        w_eff = np.where(basal[:, None], 0.0, w_eff)
+    w_eff = np.where(params.analysed_rows(maps.shape[1])[:, None], w_eff, 0.0)
     if params.amplitude_weighting > 0:
         baseline = np.abs(maps.mean(axis=0))
         relative = np.divide(amplitude, baseline, out=np.zeros_like(amplitude), where=baseline > 0)
