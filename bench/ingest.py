@@ -44,7 +44,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from node.dicom.uids import deterministic_uid  # noqa: E402
+from node.uids import deterministic_uid  # noqa: E402
 
 NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 

@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.synth.phantom import Defect, PhantomSpec, make_acquisition, make_study, territory_defect  # noqa: E402
-from node.synth.study import write_study  # noqa: E402
+from node.synth.spect.phantom import Defect, PhantomSpec, make_acquisition, make_study, territory_defect  # noqa: E402
+from node.synth.spect.study import write_study  # noqa: E402
 
 
 def _pin_one_core() -> str:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/validate_cad_transfer.py --seeds 24 --first-seed 3000 [--json out.json]
 
 For each seed (sex M on odd seeds, F on even, as in tests/ai/test_end_to_end.py) four short-axis
-Tc-99m studies with 8 gates (``node.synth.demo.demo_spec``: no defect, or a 50 % reversible LAD, LCx
+Tc-99m studies with 8 gates (``node.synth.spect.demo.demo_spec``: no defect, or a 50 % reversible LAD, LCx
 or RCA territory defect, each from ``default_rng(seed)``) go through the SPECT pipeline's
 ``analyse`` and ``node.ai.predict_spect``. Reported: p(CAD) of the normals per sex, p(CAD) of the
 defects, and per defect territory how often the highest territory output is the defect's territory
@@ -23,8 +23,8 @@ import node.ai as ai
 from node.ai.explain import summarise_attention
 from node.pipelines.spect_mpi import SpectMpiPipeline
 from node.synth import phantom as ph
-from node.synth.demo import demo_spec
-from node.synth.study import build_study_datasets
+from node.synth.spect.demo import demo_spec
+from node.synth.spect.study import build_study_datasets
 
 TERRITORIES = ("LAD", "LCx", "RCA")
 

@@ -78,7 +78,7 @@ from node.quant.polar_map import (
 )
 from node.quant.scores import score_map
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS
-from node.synth.phantom import (
+from node.synth.spect.phantom import (
     LATERAL_DELAY,
     SMALL,
     TERRITORY_RING_SETS,
@@ -197,7 +197,7 @@ def _phase_count_levels(seed: int, fig: Figures) -> None:
 
 #: part I: prefilter sigmas (mm) at which the count noise is separated from the method
 PHASE_FLOOR_PREFILTERS_MM = (4.0, 8.0, 12.0, 16.0)
-#: part I: azimuthal harmonics of the phantom's own phase model (node.synth.phantom.draw_pose)
+#: part I: azimuthal harmonics of the phantom's own phase model (node.synth.spect.phantom.draw_pose)
 PHASE_MODEL_HARMONICS = 3
 
 

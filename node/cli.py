@@ -19,12 +19,12 @@ _HANDLERS = {
     "serve": "node.service:serve_main",
     "worker": "node.queue.worker:worker_main",
     "config": "node.config:config_main",
-    "status": "node.dicom.admin:status_main",
-    "retry": "node.dicom.admin:retry_main",
-    "discard": "node.dicom.admin:discard_main",
-    "complete": "node.dicom.admin:complete_main",
+    "status": "node.ops.admin:status_main",
+    "retry": "node.ops.admin:retry_main",
+    "discard": "node.ops.admin:discard_main",
+    "complete": "node.ops.admin:complete_main",
     "process": "node.pipelines.process:process_main",
-    "demo": "node.synth.demo:demo_main",
+    "demo": "node.synth.spect.demo:demo_main",
     "train": "node.ai.train:train_main",
 }
 

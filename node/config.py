@@ -41,7 +41,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from node.dicom.uids import deterministic_uid, is_valid_uid
+from node.uids import deterministic_uid, is_valid_uid
 
 __all__ = [
     "ConfigError",

@@ -4,7 +4,7 @@ It runs, in one process:
 
 * the DICOM listener (:class:`node.dicom.scp.DicomListener`), which spools
   instances and records them in the ledger;
-* the conductor loop: completeness (:class:`node.dicom.assembler.Assembler`)
+* the conductor loop: completeness (:class:`node.workflow.completeness.Assembler`)
   and jobs (:class:`node.queue.conductor.Conductor`), every ``TICK_S`` seconds;
 * the export loop (:class:`node.dicom.sender.Exporter`), every ``SEND_TICK_S``;
 
@@ -91,9 +91,9 @@ class Node:
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
-        from node.dicom.assembler import Assembler
+        from node.workflow.completeness import Assembler
         from node.dicom.audit import AuditLog
-        from node.dicom.ledger import Ledger
+        from node.ledger import Ledger
         from node.dicom.scp import DicomListener
         from node.dicom.sender import Exporter, RetryPolicy, Target
         from node.dicom.tls import client_context

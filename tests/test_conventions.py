@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.dicom.uids import InvalidUIDError, deterministic_uid, is_valid_uid, validate_uid
+from node.uids import InvalidUIDError, deterministic_uid, is_valid_uid, validate_uid
 from node.quant.lv_frame import LVFrame
 from node.quant.segments import (
     DEFAULT_GRID,

@@ -1,127 +1,15 @@
 """Deep-learning models of CardioNode: MONAI bundles, inference, explanations, training.
 
-Entry points (torch and MONAI are imported only when these are called):
-
-* :func:`predict_spect` — the SPECT pipeline's ``predict()`` step:
-  ``predict_spect(result) -> (groups, images, notes)``.
-* :func:`predict_spect_batch` — the same for several studies at once.
-* ``node.ai.segmentation.segment_myocardium(volume) -> mask`` for
-  ``node.quant.orientation.locate_lv``.
-* ``node.ai.train.train_main`` — ``cardionode train``.
+One module per modality's models (:mod:`node.ai.spect` adapts the SPECT pipeline's
+result), shared pieces beside them (:mod:`node.ai.bundles`, :mod:`node.ai.networks`,
+:mod:`node.ai.inference`, :mod:`node.ai.explain`, :mod:`node.ai.segmentation`), and
+training apart from inference (:mod:`node.ai.train`, ``cardionode train``).
+torch and MONAI are imported only when a model is loaded or trained.
 
 Every model is research use only, trained on synthetic phantoms and not
 clinically validated; every output built from it says so.
 """
 
-from __future__ import annotations
+from node.ai.spect import AI_NOTICE, inputs_from_result, predict_spect, predict_spect_batch
 
-import os
-from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
-
-__all__ = ["predict_spect", "predict_spect_batch", "inputs_from_result", "AI_NOTICE"]
-
-AI_NOTICE = "Model predictions: research use; trained on synthetic phantoms; not clinically validated."
-
-
-def _get(obj: Any, *names: str) -> Any:
-    for name in names:
-        if obj is None:
-            return None
-        obj = getattr(obj, name, None)
-    return obj
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if np.isfinite(f) else None
-
-
-def _relative(state: Any) -> np.ndarray | None:
-    from node.ai.inference import renormalise_perfusion
-
-    values = _get(state, "relative_pct")
-    if values is None and _get(state, "perfusion") is not None:
-        values = _get(state, "perfusion", "values")
-    return None if values is None else renormalise_perfusion(values)
-
-
-def inputs_from_result(result: Any, clinical: dict[str, dict[str, float]] | None = None) -> Any:
-    """Build ``node.ai.inference.StudyInputs`` from a ``node.pipelines.spect_mpi.SpectMpiResult``.
-
-    Reads (when present) stress/rest relative perfusion maps, stress gated
-    motion and thickening, rest gated phase map and thickening, volumes and
-    LVEF, phase SD and bandwidth, age, sex, tracer key and, through the
-    optional clinical file (``$CARDIONODE_CLINICAL_CSV`` or ``clinical``),
-    QRS duration, LBBB and NYHA class keyed by accession number.
-    """
-    from node.ai.inference import StudyInputs, check_grid, load_clinical_csv
-
-    stress, rest = _get(result, "stress"), _get(result, "rest")
-    sex = _get(result, "sex")
-    if clinical is None and os.environ.get("CARDIONODE_CLINICAL_CSV"):
-        clinical = load_clinical_csv(Path(os.environ["CARDIONODE_CLINICAL_CSV"]))
-    extra = (clinical or {}).get(str(_get(result, "accession_number") or ""), {})
-    rest_perf = check_grid(_relative(rest), "rest perfusion")
-    stress_perf = check_grid(_relative(stress), "stress perfusion")
-    stats = _get(rest, "phase", "statistics")
-    return StudyInputs(
-        key=str(_get(result, "study_instance_uid") or "study"),
-        tracer=_get(result, "tracer"),
-        age=_num(_get(result, "age")),
-        sex_male={"M": 1.0, "F": 0.0}.get(str(sex).upper()) if sex else None,
-        stress_perfusion=stress_perf,
-        rest_perfusion=rest_perf,
-        stress_motion=check_grid(_get(stress, "function", "wall_motion_mm"), "stress wall motion"),
-        stress_thickening=check_grid(_get(stress, "function", "thickening_pct"), "stress thickening"),
-        stress_deficit=check_grid(_get(stress, "scores", "deficit_map"), "stress deficit"),
-        stress_severity=None if _get(stress, "scores", "tpd_severity_map") is None
-        else check_grid(np.asarray(_get(stress, "scores", "tpd_severity_map")) / 4.0, "stress severity"),
-        rest_deficit=check_grid(_get(rest, "scores", "deficit_map"), "rest deficit"),
-        rest_phase=check_grid(_get(rest, "phase", "phase_map"), "rest phase"),
-        rest_thickening=check_grid(_get(rest, "function", "thickening_pct"), "rest thickening"),
-        edv=_num(_get(stress, "function", "edv_ml")),
-        esv=_num(_get(stress, "function", "esv_ml")),
-        lvef=_num(_get(stress, "function", "lvef_pct")),
-        rest_lvef=_num(_get(rest, "function", "lvef_pct")),
-        rest_esv=_num(_get(rest, "function", "esv_ml")),
-        scar=None if rest_perf is None else float(100.0 * np.mean(rest_perf < 50.0)),
-        psd=_num(_get(stats, "psd_deg")),
-        pbw=_num(_get(stats, "bandwidth_deg")),
-        qrs=_num(extra.get("qrs")),
-        lbbb=_num(extra.get("lbbb")),
-        nyha=_num(extra.get("nyha")),
-    )
-
-
-def predict_spect_batch(results: Sequence[Any], models_root: Path | None = None, device: str | None = None,
-                        gradcam: bool = True) -> list[tuple[list, list, list[str]]]:
-    """:func:`predict_spect` for several studies in one batch per model (same order as ``results``)."""
-    from node.ai.inference import predict_studies
-
-    inputs = [inputs_from_result(r) for r in results]
-    seen: dict[str, int] = {}
-    for s in inputs:  # keys must be unique within a batch
-        n = seen.get(s.key, 0)
-        seen[s.key] = n + 1
-        if n:
-            s.key = f"{s.key}#{n}"
-    out = []
-    for p in predict_studies(inputs, models_root=models_root, device=device, gradcam=gradcam):
-        notes = [AI_NOTICE, *p.notes]
-        out.append((p.groups, p.images, notes))
-    return out
-
-
-def predict_spect(result: Any, models_root: Path | None = None, device: str | None = None,
-                  gradcam: bool = True) -> tuple[list, list, list[str]]:
-    """The SPECT pipeline's predict step: ``(MeasurementGroups, MapImages, notes)`` for one study.
-
-    Models load once per process. Missing inputs or bundles give notes, not errors.
-    """
-    return predict_spect_batch([result], models_root, device, gradcam)[0]
+__all__ = ["AI_NOTICE", "inputs_from_result", "predict_spect", "predict_spect_batch"]

@@ -1,7 +1,7 @@
 """Model inputs from polar maps and tabular values: scaling, missing values, tiling.
 
 All polar maps are canonical-grid arrays ``[n, 40, 72]`` (or ``[40, 72]``)
-in the units of ``node.synth.cohort``: perfusion in % of maximum, motion in mm,
+in the units of ``node.synth.spect.cohort``: perfusion in % of maximum, motion in mm,
 thickening in %, phase in degrees. Scaling constants are part of a bundle's
 contract and are written into its ``configs/metadata.json``.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from node.synth.cohort import crt_image
+from node.synth.spect.cohort import crt_image
 
 __all__ = [
     "CAD_TABULAR",
@@ -141,5 +141,5 @@ def crt_tabular(features: dict[str, np.ndarray], imputation: dict[str, float]) -
 
 
 def crt_inputs(rest_perfusion: np.ndarray, rest_phase: np.ndarray, rest_thickening: np.ndarray) -> np.ndarray:
-    """``x [n, 1, 128, 128]``: the four tiled bull's-eyes of :func:`node.synth.cohort.crt_image`."""
+    """``x [n, 1, 128, 128]``: the four tiled bull's-eyes of :func:`node.synth.spect.cohort.crt_image`."""
     return crt_image(_fill(_batch(rest_perfusion)), _fill(_batch(rest_phase)), _fill(_batch(rest_thickening)))[:, None]

@@ -38,7 +38,7 @@ def models_section(root: Path | None = None, extra: str = "") -> str:
     root = root or bundles.models_dir()
     out = ["## Models", "",
            "All models: **research use; trained on synthetic phantoms; not clinically validated.** Figures below are on "
-           "held-out synthetic cohorts (`node/synth/cohort.py`, version in each bundle's metadata) and on an external-like "
+           "held-out synthetic cohorts (`node/synth/spect/cohort.py`, version in each bundle's metadata) and on an external-like "
            "cohort with shifted counts, resolution, heart size, age and tracer mix. They show that the models learn the "
            "documented disease process better than the baselines do on the same cases; they are not clinical accuracy.", "",
            _LITERATURE, "",

@@ -14,7 +14,7 @@ trained on) gives the myocardium probability, which is resampled back to the
 input grid; voxels above the bundle's ``mask_threshold`` (chosen on the
 validation phantoms) in the largest connected component form the mask.
 
-Training data are phantoms of ``node.synth.phantom`` with varied shape,
+Training data are phantoms of ``node.synth.spect.phantom`` with varied shape,
 pose, counts, resolution, extracardiac activity, attenuation artefacts and
 defects (:func:`segmentation_phantoms`); the truth is the voxel set whose
 cycle-averaged myocardial fraction is >= 0.5 (:func:`phantom_myocardium_mask`),
@@ -150,7 +150,7 @@ def classical_myocardium_mask(volume: Volume) -> np.ndarray:
 
 
 def phantom_myocardium_mask(acquisition: Any, supersample: int = 2) -> np.ndarray:
-    """Truth mask of a ``node.synth.phantom.Acquisition``: voxels whose myocardial fraction,
+    """Truth mask of a ``node.synth.spect.phantom.Acquisition``: voxels whose myocardial fraction,
     averaged over the cycle snapshots, is >= 0.5 (same rule synth uses to scale counts)."""
     from node.synth import phantom as ph
     from node.synth.geometry import delay_profile_deg, gate_times, geometry_at
@@ -433,7 +433,7 @@ def _metadata(version: str, n_train: int, n_val: int, seed: int, evaluation: dic
     io_out = {"pred": {"type": "image", "format": "segmentation", "num_channels": 2, "spatial_shape": ["4*n", "4*n", "4*n"],
                        "dtype": "float32", "value_range": [0, 1], "is_patch_data": False,
                        "channel_def": {"0": "background", "1": "LV myocardium"}}}
-    training = (f"{n_train} training and {n_val} validation phantoms of node.synth.phantom (seed {seed}; random LV shape, pose, "
+    training = (f"{n_train} training and {n_val} validation phantoms of node.synth.spect.phantom (seed {seed}; random LV shape, pose, "
                 f"tracer, counts 40-400/voxel, FWHM 10-16 mm, liver/bowel activity, attenuation artefacts, defects); "
                 f"no real patient data, no pretrained weights")
     return {
@@ -443,8 +443,8 @@ def _metadata(version: str, n_train: int, n_val: int, seed: int, evaluation: dic
         "required_packages_version": {"cardionode": __version__}, "name": "lv_segmentation",
         "task": "LV myocardium segmentation of SPECT volumes", "description": "Small 3D MONAI U-Net; its mask replaces the threshold step of locate_lv.",
         "authors": "CardioNode contributors", "copyright": "Apache-2.0",
-        "intended_use": bundles.INTENDED_USE, "training_data": training, "training_cohort_version": f"node.synth.phantom via node.ai.segmentation.segmentation_phantoms (seed {seed})",
-        "data_source": "synthetic (node.synth.phantom)", "data_type": "SPECT volume",
+        "intended_use": bundles.INTENDED_USE, "training_data": training, "training_cohort_version": f"node.synth.spect.phantom via node.ai.segmentation.segmentation_phantoms (seed {seed})",
+        "data_source": "synthetic (node.synth.spect.phantom)", "data_type": "SPECT volume",
         "network_data_format": {"inputs": io_in, "outputs": io_out}, "inputs": io_in, "outputs": io_out,
         "canonical_voxel_mm": CANONICAL_VOXEL_MM,
         "mask_threshold": evaluation.get("mask_threshold", 0.5),

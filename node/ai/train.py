@@ -522,7 +522,7 @@ _LIMITS = {
     "tracer_heads": "The Tl-201 head has ~30 % of the training cases. Rest-only inputs see only scar, so the rest-only "
                     "variant is weak (see the table) and the node does not report it (variants with test AUC < 0.65 give "
                     "a note instead). An unknown tracer gets no prediction, with the reason.",
-    "crt_response": "The response process is an invented, documented latent model (node/synth/cohort.py); Larsen et al. "
+    "crt_response": "The response process is an invented, documented latent model (node/synth/spect/cohort.py); Larsen et al. "
                     "reported AUC 0.83 on 218 real patients, which our synthetic figures do not reproduce or confirm.",
 }
 
@@ -542,7 +542,7 @@ def readme_for(bundle: str, metadata: dict[str, Any], evaluation: dict[str, Any]
 ## Training data
 
 {metadata['training_data']}. The disease process (what makes a label positive, the attenuation artefacts, label
-noise, the external-like shift) is documented in `node/synth/cohort.py`. Train, validation, test and
+noise, the external-like shift) is documented in `node/synth/spect/cohort.py`. Train, validation, test and
 external-like cohorts are drawn from disjoint random streams of the generator.
 
 ## Pretraining

@@ -55,11 +55,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node import __version__
 from node.config import Settings, load_settings
 from node.dicom.audit import AuditLog
-from node.dicom.ledger import InstanceMeta, Ledger, utcnow
+from node.ledger import InstanceMeta, Ledger, utcnow
 from node.dicom.logs import hash_identifier, redact, setup_logging, silence_pynetdicom
 from node.dicom.spool import Spool
 from node.dicom.tls import server_context
-from node.dicom.uids import deterministic_uid, is_valid_uid
+from node.uids import deterministic_uid, is_valid_uid
 
 __all__ = [
     "STORAGE_SOP_CLASSES",

@@ -33,7 +33,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from node.dicom.audit import AuditLog
-from node.dicom.ledger import Ledger, LedgerError, Send, utcnow
+from node.ledger import Ledger, LedgerError, Send, utcnow
 
 __all__ = [
     "COMPREHENSIVE_3D_SR",

@@ -1,7 +1,7 @@
 """Durable files: the spool of received instances, and atomic writes for the outbox.
 
 A received instance is kept at ``<spool>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``.
-The three UIDs are validated (:func:`node.dicom.uids.validate_uid`) before they
+The three UIDs are validated (:func:`node.uids.validate_uid`) before they
 name anything, so a peer cannot choose a path.
 
 Writes are atomic and, with ``durable=True``, survive a crash or power loss
@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.dicom.uids import validate_uid
+from node.uids import validate_uid
 
 __all__ = ["StoredFile", "Spool", "write_file_atomic", "fsync_directory", "make_directories"]
 
@@ -103,7 +103,7 @@ class Spool:
         make_directories(self.root, durable)
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
-        """The file of an instance; raises :class:`node.dicom.uids.InvalidUIDError` for a bad UID."""
+        """The file of an instance; raises :class:`node.uids.InvalidUIDError` for a bad UID."""
         study = validate_uid(study_uid, "StudyInstanceUID (0020,000D)")
         series = validate_uid(series_uid, "SeriesInstanceUID (0020,000E)")
         sop = validate_uid(sop_instance_uid, "SOPInstanceUID (0008,0018)")

@@ -29,7 +29,6 @@ __all__ = [
     "StudySummary",
     "SeriesRule",
     "Acceptance",
-    "ReportContext",
     "Step",
     "Pipeline",
 ]
@@ -105,21 +104,6 @@ class Acceptance:
     series_by_rule: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ReportContext:
-    """What the node tells the ``report`` step about the world outside the pipeline.
-
-    ``predecessors`` are the SR documents of earlier runs of the same pipeline on
-    the same study that the new report supersedes, as ``(study_instance_uid,
-    series_instance_uid, sop_class_uid, sop_instance_uid)``.
-    """
-
-    device_uid: str
-    device_name: str
-    institution: str = ""
-    predecessors: tuple[tuple[str, str, str, str], ...] = ()
-    multiframe_screen: bool = False
-    pdf_summary: bool = True
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
 import node
-from node.pipelines.base import ReportContext, SeriesSummary, StudySummary
+from node.pipelines.base import SeriesSummary, StudySummary
+from node.results.content import ReportContext
 
 __all__ = ["process_main", "process_folder", "read_folder", "study_summary", "ProcessOutcome"]
 

@@ -33,7 +33,8 @@ from pydicom import Dataset
 
 from node.imaging.nm import NMReconstruction, group_nm_reconstructions
 from node.imaging.volume import Volume
-from node.pipelines.base import Pipeline, ReportContext, SeriesRule
+from node.pipelines.base import Pipeline, SeriesRule
+from node.results.content import ReportContext
 from node.quant.function import FunctionResult, cavity_volume_ml, measure_function, tid_ratio
 from node.quant.orientation import LVLocation, locate_lv, reorient_to_short_axis
 from node.quant.polar_map import (

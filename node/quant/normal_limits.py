@@ -18,7 +18,7 @@ are research outputs only.
 The simulated normal cohort (reference note section 7.2), two builders:
 
 * ``phantom`` (version 2, the one the pipeline loads): 40 voxel phantoms per tracer
-  and sex from :mod:`node.synth.phantom` (ungated, 64^3 x 6.4 mm, Poisson noise),
+  and sex from :mod:`node.synth.spect.phantom` (ungated, 64^3 x 6.4 mm, Poisson noise),
   localised and sampled exactly as the SPECT pipeline does
   (:func:`phantom_polar_map` = :func:`node.quant.polar_map.perfusion_polar_map` on
   the summed reconstruction). Per subject: ED/ES semi-axes and wall x U(0.9, 1.1) (+-10 %),
@@ -627,7 +627,7 @@ CohortBuilder = Callable[[str, str, int, np.random.Generator], tuple[np.ndarray,
 
 
 def phantom_normal_subject_spec(tracer: str, sex: str, rng: np.random.Generator):
-    """A :class:`node.synth.phantom.PhantomSpec` of one normal subject of the voxel-phantom cohort.
+    """A :class:`node.synth.spect.phantom.PhantomSpec` of one normal subject of the voxel-phantom cohort.
 
     Shape: ED/ES semi-axes and wall each scaled by U(0.9, 1.1); counts U(0.5, 1.5) x the
     tracer default; FWHM the tracer's typical resolution +- 1.5 mm (uniform: Tc-99m 10.5-13.5,
@@ -683,7 +683,7 @@ def phantom_normal_cohort(
     tracer: str, sex: str, n: int, rng: np.random.Generator, grid: PolarGrid = DEFAULT_GRID
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` normal voxel phantoms (node.synth) sampled by the pipeline's polar-map sampler."""
-    from node.synth.phantom import make_acquisition
+    from node.synth.spect.phantom import make_acquisition
 
     maps, weights = [], []
     for _ in range(n):
@@ -705,11 +705,11 @@ def _calibration_defect(i: int, partial: bool, rng: np.random.Generator) -> tupl
 
     ``partial=False``: the whole territory ``i mod 3`` (LAD, LCx, RCA), severity U(0.3, 0.9)
     (segment and TPD calibration). ``partial=True``: territory ``i mod 3`` within the rings
-    ``(i div 3) mod 3`` of ``node.synth.phantom.TERRITORY_RING_SETS`` (whole, basal + mid,
+    ``(i div 3) mod 3`` of ``node.synth.spect.phantom.TERRITORY_RING_SETS`` (whole, basal + mid,
     mid + apical + apex), severity
     U(0.2, 0.85) (TPD calibration only: spans the defect sizes and severities TPD is used on).
     """
-    from node.synth.phantom import TERRITORY_RING_SETS
+    from node.synth.spect.phantom import TERRITORY_RING_SETS
 
     territory = _CAL_TERRITORIES[i % 3]
     if not partial:
@@ -729,7 +729,7 @@ def analytic_defect_cases(
     from dataclasses import replace
 
     from node.quant.segments import TERRITORY_SEGMENTS
-    from node.synth.phantom import RINGS
+    from node.synth.spect.phantom import RINGS
 
     cases = []
     seg = DEFAULT_GRID.segment_ids()
@@ -751,7 +751,7 @@ def phantom_defect_cases(
     """``n`` voxel phantoms (cohort spec) with a territory defect (:func:`_calibration_defect`); truth from synth."""
     from dataclasses import replace
 
-    from node.synth.phantom import make_acquisition, territory_defect
+    from node.synth.spect.phantom import make_acquisition, territory_defect
 
     cases = []
     for i in range(n):

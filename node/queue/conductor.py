@@ -24,12 +24,13 @@ import pydicom
 
 from node.config import Settings
 from node.dicom.audit import AuditLog
-from node.dicom.ledger import Job, Ledger, LedgerError, OutputMeta, utcnow
+from node.ledger import Job, Ledger, LedgerError, OutputMeta, utcnow
 from node.dicom.logs import hash_identifier
 from node.dicom.spool import write_file_atomic
-from node.dicom.uids import validate_uid
+from node.uids import validate_uid
 from node.pipelines import registry
-from node.pipelines.base import Pipeline, ReportContext
+from node.pipelines.base import Pipeline
+from node.results.content import ReportContext
 from node.queue.dispatch import JobQueue, parse_task_id
 from node.queue.steps import context_to_dict
 

@@ -22,9 +22,9 @@ from typing import Any
 import pydicom
 from pydicom import Dataset
 
-from node.dicom.uids import validate_uid
+from node.uids import validate_uid
 from node.pipelines import registry
-from node.pipelines.base import ReportContext
+from node.results.content import ReportContext
 from node.queue.artifacts import ArtifactStore
 
 __all__ = [

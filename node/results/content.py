@@ -40,6 +40,7 @@ __all__ = [
     "MeasurementGroup",
     "MapImage",
     "ReportContent",
+    "ReportContext",
 ]
 
 
@@ -134,3 +135,19 @@ class ReportContent:
     images: tuple[MapImage, ...] = ()
     algorithms: tuple[Algorithm, ...] = ()
     notes: tuple[str, ...] = field(default=())  # lines for the PDF, e.g. disagreements, excluded features
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What the node tells the ``report`` step about the world outside the pipeline.
+
+    ``predecessors`` are the SR documents of earlier runs of the same pipeline on
+    the same study that the new report supersedes, as ``(study_instance_uid,
+    series_instance_uid, sop_class_uid, sop_instance_uid)``.
+    """
+
+    device_uid: str
+    device_name: str
+    institution: str = ""
+    predecessors: tuple[tuple[str, str, str, str], ...] = ()
+    multiframe_screen: bool = False
+    pdf_summary: bool = True

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom import Dataset
 
-from node.dicom.uids import deterministic_uid
+from node.uids import deterministic_uid
 from node.results.content import Algorithm, ReportContent
 
 __all__ = ["ContentIdentity", "content_digest", "algorithms_of", "algorithm_device_uid", "source_datetime"]

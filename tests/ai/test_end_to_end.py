@@ -21,8 +21,8 @@ def _dciodvfy() -> str | None:
 def test_study_yields_prediction_groups_and_heat_maps(tmp_path: Path, seed: int) -> None:
     from node.pipelines.process import process_folder
     from node.synth import phantom as ph
-    from node.synth.demo import demo_spec
-    from node.synth.study import write_study
+    from node.synth.spect.demo import demo_spec
+    from node.synth.spect.study import write_study
 
     rng = np.random.default_rng(seed)
     study = ph.make_study(demo_spec("LAD", "tc99m_sestamibi"), rng, orientation="short_axis")
@@ -57,8 +57,8 @@ def test_cad_model_on_the_nodes_own_maps_of_full_volume_phantoms(seed: int) -> N
     from node.ai.explain import summarise_attention
     from node.pipelines.spect_mpi import SpectMpiPipeline
     from node.synth import phantom as ph
-    from node.synth.demo import demo_spec
-    from node.synth.study import build_study_datasets
+    from node.synth.spect.demo import demo_spec
+    from node.synth.spect.study import build_study_datasets
 
     pipe = SpectMpiPipeline()
     sex = "M" if seed % 2 else "F"

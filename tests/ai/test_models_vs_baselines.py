@@ -1,7 +1,7 @@
 """Shipped weights on fresh held-out synthetic cohorts: models against the seed papers' baselines.
 
 Cohorts are drawn with a fresh seed (printed on failure) from the documented
-generator (node/synth/cohort.py); the shipped weights never saw them. The
+generator (node/synth/spect/cohort.py); the shipped weights never saw them. The
 documented AUC ranges are in docs/validation.md ("Models").
 """
 

@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from node.synth import phantom as ph
-from node.synth.demo import demo_spec
-from node.synth.study import write_study
+from node.synth.spect.demo import demo_spec
+from node.synth.spect.study import write_study
 
 pytestmark = pytest.mark.network
 

@@ -18,7 +18,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from node.dicom.uids import deterministic_uid
+from node.uids import deterministic_uid
 
 REPO = Path(__file__).resolve().parents[2]
 NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"

@@ -11,7 +11,7 @@ import pytest
 
 from core_support import REPO, write_config
 from node.config import ConfigError, load_settings
-from node.dicom.uids import is_valid_uid
+from node.uids import is_valid_uid
 
 
 @pytest.fixture(autouse=True)

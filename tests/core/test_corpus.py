@@ -11,9 +11,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from core_support import acknowledged_files, echoscu, node_config, storescu
 from node.config import load_settings
-from node.dicom.ledger import Ledger
+from node.ledger import Ledger
 from node.dicom.scp import DicomListener
-from node.dicom.uids import deterministic_uid
+from node.uids import deterministic_uid
 from test_scp import RunningListener, send_raw
 
 pytestmark = pytest.mark.network

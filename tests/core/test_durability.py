@@ -18,7 +18,7 @@ from core_support import (
     storescu,
     write_study,
 )
-from node.dicom.ledger import Ledger
+from node.ledger import Ledger
 from test_scp import encode, send_raw
 
 pytestmark = pytest.mark.network

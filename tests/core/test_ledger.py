@@ -10,7 +10,7 @@ import pytest
 
 from core_support import write_config
 from node.cli import main as cli_main
-from node.dicom.ledger import InstanceMeta, Ledger, LedgerError, OutputMeta, utcnow
+from node.ledger import InstanceMeta, Ledger, LedgerError, OutputMeta, utcnow
 
 NM = "1.2.840.10008.5.1.4.1.1.20"
 SR34 = "1.2.840.10008.5.1.4.1.1.88.34"

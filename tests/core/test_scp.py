@@ -32,9 +32,9 @@ from core_support import (
     write_study,
 )
 from node.config import load_settings
-from node.dicom.ledger import InstanceMeta, Ledger
+from node.ledger import InstanceMeta, Ledger
 from node.dicom.scp import DicomListener, Status
-from node.dicom.uids import deterministic_uid
+from node.uids import deterministic_uid
 
 pytestmark = pytest.mark.network
 

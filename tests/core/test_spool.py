@@ -9,7 +9,7 @@ import pytest
 
 from node.dicom import spool as spool_module
 from node.dicom.spool import Spool, write_file_atomic
-from node.dicom.uids import InvalidUIDError
+from node.uids import InvalidUIDError
 
 
 def test_store_writes_part10_bytes_under_uid_path(tmp_path: Path) -> None:

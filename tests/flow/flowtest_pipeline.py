@@ -27,9 +27,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from node import RESEARCH_USE_NOTICE
-from node.dicom.uids import deterministic_uid
+from node.uids import deterministic_uid
 from node.pipelines import registry
-from node.pipelines.base import Pipeline, ReportContext, SeriesRule
+from node.pipelines.base import Pipeline, SeriesRule
+from node.results.content import ReportContext
 
 NAME = "flowtest_nm"
 VERSION = "1.0"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import flowtest_pipeline  # noqa: F401  (registers the test pipeline)
 from node.config import CompletenessRule, Settings
-from node.dicom.assembler import Assembler
-from node.dicom.ledger import InstanceMeta, Ledger, utcnow
-from node.pipelines.base import ReportContext
+from node.workflow.completeness import Assembler
+from node.ledger import InstanceMeta, Ledger, utcnow
+from node.results.content import ReportContext
 
 NM = "1.2.840.10008.5.1.4.1.1.20"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -69,7 +69,7 @@ def test_force_deadline_give_up_and_manual_complete(tmp_path: Path) -> None:
 
 
 def test_late_instance_starts_a_second_run_with_predecessors(tmp_path: Path) -> None:
-    from node.dicom.ledger import OutputMeta
+    from node.ledger import OutputMeta
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
     assembler = Assembler(ledger, _settings(tmp_path))

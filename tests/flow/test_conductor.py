@@ -14,8 +14,8 @@ import pydicom
 import flowtest_pipeline  # noqa: F401  (registers the test pipeline)
 from flow_support import make_nm_study
 from node.config import CompletenessRule, Settings
-from node.dicom.assembler import Assembler
-from node.dicom.ledger import InstanceMeta, Ledger, utcnow
+from node.workflow.completeness import Assembler
+from node.ledger import InstanceMeta, Ledger, utcnow
 from node.queue.app import QueueSettings
 from node.queue.conductor import Conductor
 from node.queue.dispatch import JobQueue

@@ -18,7 +18,7 @@ from flow_support import free_port, make_nm_study
 from node.config import TLSSettings
 from node.dicom.sender import COMPREHENSIVE_3D_SR, ENHANCED_SR, Target, send_files
 from node.dicom.tls import client_context
-from node.pipelines.base import ReportContext
+from node.results.content import ReportContext
 
 
 @pytest.fixture

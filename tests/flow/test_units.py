@@ -9,7 +9,7 @@ import pytest
 import redis
 
 import flowtest_pipeline  # noqa: F401  (registers the test pipeline)
-from node.dicom.assembler import Rule, decide
+from node.workflow.completeness import Rule, decide
 from node.dicom.sender import RetryPolicy, classify_status
 from node.pipelines import registry
 from node.pipelines.base import SeriesSummary, StudySummary

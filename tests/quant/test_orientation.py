@@ -14,7 +14,7 @@ from node.imaging.volume import Volume
 from node.quant.orientation import LVNotFoundError, locate_lv, reorient_to_short_axis
 from node.quant.polar_map import sample_polar_map
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS, bullseye
-from node.synth.phantom import PhantomSpec, lv_centre_mm, make_acquisition, territory_defect
+from node.synth.spect.phantom import PhantomSpec, lv_centre_mm, make_acquisition, territory_defect
 
 #: a segment is "flagged" when its mean relative uptake is below this (% of max)
 FLAG_PCT = 70.0

@@ -1,7 +1,7 @@
 """The SPECT MPI pipeline end to end on written phantom studies (no server).
 
 ``cardionode process FOLDER --out DIR`` on a stress + rest (gated and summed) NM study written by
-``node.synth.study``; the LAD defect (reversible) must show in the stress results only.
+``node.synth.spect.study``; the LAD defect (reversible) must show in the stress results only.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from node.cli import main as cli_main
 from node.pipelines.base import SeriesSummary, StudySummary
 from node.pipelines.spect_mpi import PIPELINE, NoUsableSeriesError, SpectMpiResult, report_content
 from node.quant.segments import TERRITORY_SEGMENTS
-from node.synth.phantom import PhantomSpec, make_study, territory_defect
-from node.synth.study import write_study
+from node.synth.spect.phantom import PhantomSpec, make_study, territory_defect
+from node.synth.spect.study import write_study
 
 NM = "1.2.840.10008.5.1.4.1.1.20"
 

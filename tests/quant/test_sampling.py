@@ -9,7 +9,7 @@ import numpy as np
 from node.quant.orientation import locate_lv, reorient_to_short_axis
 from node.quant.polar_map import relative_pct, sample_gated_polar_maps, sample_polar_map
 from node.quant.segments import DEFAULT_GRID
-from node.synth.phantom import Defect, PhantomSpec, make_acquisition
+from node.synth.spect.phantom import Defect, PhantomSpec, make_acquisition
 
 #: Acceptance: every segment's mean relative uptake within this many % of max of the blurred-phantom
 #: truth, in every phantom. Measured 2026-12-03 (noise-free, normal shape, bench/validate_spect.py

@@ -15,7 +15,7 @@ import numpy as np
 
 from node.quant.normal_limits import load_normal_limits, phantom_polar_map
 from node.quant.scores import score_map, score_study
-from node.synth.phantom import TERRITORY_RING_SETS, PhantomSpec, make_acquisition, make_study, territory_defect
+from node.synth.spect.phantom import TERRITORY_RING_SETS, PhantomSpec, make_acquisition, make_study, territory_defect
 
 
 def _score(acquisition, tracer: str, sex: str):

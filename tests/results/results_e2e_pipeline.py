@@ -18,7 +18,8 @@ from pydicom import Dataset
 from results_factory import make_content
 
 from node.pipelines import registry
-from node.pipelines.base import Pipeline, ReportContext, SeriesRule
+from node.pipelines.base import Pipeline, SeriesRule
+from node.results.content import ReportContext
 from node.results import build_outputs
 from node.results.content import ReportContent
 

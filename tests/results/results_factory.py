@@ -60,8 +60,8 @@ def phantom_study(seed: int):
     """
     from datetime import datetime
 
-    from node.synth.phantom import PhantomSpec, make_study, territory_defect
-    from node.synth.study import build_study_datasets
+    from node.synth.spect.phantom import PhantomSpec, make_study, territory_defect
+    from node.synth.spect.study import build_study_datasets
 
     rng = np.random.default_rng(seed)
     spec = PhantomSpec(n_gates=8, defects=(territory_defect("LAD", 0.5, reversible=True),))

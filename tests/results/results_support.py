@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset
 
-from node.pipelines.base import ReportContext
+from node.results.content import ReportContext
 from node.results.content import ReportContent
 
 DCIODVFY = Path(sys.executable).parent / "dciodvfy"

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from node.imaging.nm import group_nm_reconstructions
-from node.synth.study import synthetic_patient
+from node.synth.spect.study import synthetic_patient
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 
 from node.imaging.nm import group_nm_reconstructions, load_nm_series, state_from_text
-from node.synth.phantom import PhantomSpec, make_study, territory_defect
-from node.synth.study import write_study
+from node.synth.spect.phantom import PhantomSpec, make_study, territory_defect
+from node.synth.spect.study import write_study
 
 DCIODVFY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dciodvfy"
 

@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset
 
 from node.imaging.errors import UnusableSeriesError
 from node.imaging.nm import group_nm_reconstructions, load_nm_series
-from node.synth.phantom import PhantomSpec, make_study
-from node.synth.study import build_study_datasets
+from node.synth.spect.phantom import PhantomSpec, make_study
+from node.synth.spect.study import build_study_datasets
 
 CORPUS_NM = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "real" / "nm"
 CORPUS_FILES = sorted(CORPUS_NM.glob("*.dcm")) if CORPUS_NM.is_dir() else []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS
-from node.synth.phantom import (
+from node.synth.spect.phantom import (
     LATERAL_DELAY,
     PhantomSpec,
     SMALL,

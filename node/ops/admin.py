@@ -14,7 +14,7 @@ from datetime import datetime
 
 from node.config import ConfigError, Settings, load_settings
 from node.dicom.audit import AuditLog
-from node.dicom.ledger import Job, Ledger, LedgerError
+from node.ledger import Job, Ledger, LedgerError
 
 __all__ = ["format_table", "status_main", "retry_main", "discard_main", "complete_main"]
 

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from node.config import Settings
 from node.dicom.audit import AuditLog
-from node.dicom.ledger import Ledger, LedgerError, Study, utcnow
+from node.ledger import Ledger, LedgerError, Study, utcnow
 from node.dicom.logs import hash_identifier
 from node.pipelines import registry
 from node.pipelines.base import StudySummary

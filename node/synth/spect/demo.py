@@ -22,8 +22,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node import RESEARCH_USE_NOTICE
-from node.synth.phantom import SHAPES, PhantomSpec, make_study, territory_defect
-from node.synth.study import build_study_datasets
+from node.synth.spect.phantom import SHAPES, PhantomSpec, make_study, territory_defect
+from node.synth.spect.study import build_study_datasets
 
 __all__ = ["demo_main", "demo_spec", "send_datasets", "save_datasets"]
 

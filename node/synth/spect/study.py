@@ -30,9 +30,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node import RESEARCH_USE_NOTICE
-from node.dicom.uids import deterministic_uid
-from node.synth.nm_dicom import PatientInfo, SeriesInfo, StudyInfo, build_nm_dataset
-from node.synth.phantom import Acquisition, StudyPhantom
+from node.uids import deterministic_uid
+from node.synth.spect.nm_dicom import PatientInfo, SeriesInfo, StudyInfo, build_nm_dataset
+from node.synth.spect.phantom import Acquisition, StudyPhantom
 
 __all__ = ["StudyFiles", "synthetic_patient", "build_study_datasets", "write_study", "series_description"]
 

@@ -1,0 +1,1 @@
+"""The operator's view of the node: status, admin actions (CLI now, the web page later)."""
