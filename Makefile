@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -ra tests
 
 bench: $(STAMP)
-	$(PY) bench/ingest.py
+	$(PY) -m bench.ingest
 	$(PY) bench/quant.py
 	$(PY) bench/infer.py
 

@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from node.ai import bundles
+from node.ai.features import cad_inputs, crt_inputs, crt_tabular, tracer_inputs
+from node.ai.inference import StudyInputs, predict_studies
+from node.ai.segmentation import segment_myocardium
+from node.synth.spect import cohort as cohorts
 
-from node.ai import bundles  # noqa: E402
-from node.ai.features import cad_inputs, crt_inputs, crt_tabular, tracer_inputs  # noqa: E402
-from node.ai.inference import StudyInputs, predict_studies  # noqa: E402
-from node.ai.segmentation import segment_myocardium  # noqa: E402
-from node.synth import cohort as cohorts  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def device_name(device: torch.device) -> str:
@@ -127,7 +126,7 @@ def node_mode(studies: list[StudyInputs], device: torch.device) -> float:
 
 def latency_one_core(studies: list[StudyInputs]) -> dict[str, float]:
     """Median seconds per study on one CPU thread: polar-map models incl. Grad-CAM, and segmentation."""
-    from node.synth import phantom as ph
+    from node.synth.spect import phantom as ph
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(3)

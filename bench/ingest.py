@@ -2,7 +2,7 @@
 
 Sends the same set of synthetic NM instances with dcmtk ``storescu`` (one
 association per round) alternately to ``storescp`` and to the node's
-listener (``python -m node.dicom.scp``, durable writes on: every instance
+listener (``cardionode listen``, durable writes on: every instance
 fsync'ed in the spool and committed to the SQLite ledger before Success),
 several rounds, and prints instances/s and MB/s of each and the ratio
 node/storescp of the medians. The node starts each round with an empty data
@@ -17,7 +17,11 @@ Two network set-ups are measured, because they give very different pictures:
 * ``tcp-nodelay``: ``TCP_NODELAY=1`` for storescu and storescp (the node always
   sets TCP_NODELAY on its sockets), so the receivers' own work is what is compared.
 
-    .venv/bin/python bench/ingest.py [--instances 300] [--rounds 5] [--size 128] [--modes dcmtk-defaults,tcp-nodelay]
+    .venv/bin/python -m bench.ingest [--instances 300] [--rounds 5] [--size 128] [--modes dcmtk-defaults,tcp-nodelay]
+
+Run it as a module from the repository root: the instances, the dcmtk client and
+the node's launcher are the tests' own (``tests.support``), so that the benchmark
+measures exactly what the tests start.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,36 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from node.uids import deterministic_uid  # noqa: E402
-
-NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+from tests.support.config import write_config
+from tests.support.dicom_clients import storescu
+from tests.support.nm import write_nm_study
+from tests.support.node import NodeProcess
+from tests.support.ports import free_port, wait_for_port
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -78,76 +56,34 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def write_instances(folder: Path, n: int, size: int, seed: int = 1) -> list[Path]:
-    """``n`` NM instances of ``size`` x ``size`` 16-bit pixels (one study, one series)."""
-    rng = np.random.default_rng(seed)
-    study, series = deterministic_uid("bench-study", seed), deterministic_uid("bench-series", seed)
-    paths = []
-    for i in range(n):
-        sop = deterministic_uid("bench-sop", seed, i)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = NM_STORAGE, sop
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID, ds.SOPInstanceUID = NM_STORAGE, sop
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.PatientName, ds.PatientID, ds.Modality = "Bench^Phantom", "BENCH", "NM"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "RECON TOMO", "EMISSION"]
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = rng.integers(0, 4000, size=(size, size), dtype=np.uint16).tobytes()
-        path = folder / f"{i:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
 MODES = {"dcmtk-defaults": {}, "tcp-nodelay": {"TCP_NODELAY": "1"}}
 
 
 def send(port: int, called: str, files: list[Path], env: dict[str, str]) -> float:
-    """Seconds for one storescu association sending ``files``; raises if any store failed."""
+    """Seconds for one storescu association sending ``files`` (quiet, all presentation contexts
+    proposed, the environment of the mode); fails if any store failed."""
     start = time.perf_counter()
-    result = subprocess.run(
-        ["storescu", "-aet", "BENCHSCU", "-aec", called, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-    )
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"storescu to {called} failed: {result.stderr[-1000:]}")
-    return elapsed
+    storescu(port, files, called=called, calling="BENCHSCU", verbose=False, required_only=False,
+             env={**os.environ, **env}, check=True, timeout_s=3600)
+    return time.perf_counter() - start
 
 
 class Node:
-    """The node's listener in its own process, with a fresh data directory."""
+    """The node's listener (the tests' launcher, listener mode) with a fresh data directory each start."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
         self.port = free_port()
-        self.config = work / "node.toml"
-        self.config.write_text(
-            f'ae_title = "CARDIONODE"\nport = {self.port}\ndata_dir = "{work / "var"}"\n'
-            "durable_writes = true\ndisk_watermark_mb = 100\nmax_associations = 4\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
+        config = write_config(work / "node.toml", ae_title="CARDIONODE", port=self.port, data_dir=work / "var",
+                              durable_writes=True, disk_watermark_mb=100, max_associations=4)
+        self.process = NodeProcess(config, self.port, work / "listener.out", mode="listener")
 
     def start(self) -> None:
         shutil.rmtree(self.work / "var", ignore_errors=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.dicom.scp", "--config", str(self.config)],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_listening(self.port, self.proc)
+        self.process.start()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
+        self.process.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cardionode-bench-") as tmp:
         work = Path(tmp)
         (work / "in").mkdir()
-        files = write_instances(work / "in", args.instances, args.size)
+        files = write_nm_study(work / "in", args.instances, seed=1, size=args.size).paths
         total_mb = sum(f.stat().st_size for f in files) / 1e6
         report["megabytes"] = round(total_mb, 2)
         for mode in modes:
@@ -214,7 +150,7 @@ def run_mode(work: Path, files: list[Path], total_mb: float, rounds: int, env: d
     node = Node(work)
     times: dict[str, list[float]] = {"storescp": [], "node": []}
     try:
-        wait_listening(scp_port, storescp)
+        wait_for_port(scp_port, 60, "storescp", process=storescp, interval_s=0.05)
         for rnd in range(rounds):
             order = ("storescp", "node") if rnd % 2 == 0 else ("node", "storescp")
             for target in order:

@@ -1,4 +1,4 @@
-"""Benchmark and validation figures of the SPECT quantification (quant-a).
+"""Benchmark and validation figures of the SPECT quantification.
 
 ``python bench/quant.py time [--runs 5] [--all-cores]``
     Times ``cardionode process`` (in-process :func:`node.pipelines.process.process_folder`) on one
@@ -30,9 +30,8 @@ if "--all-cores" not in sys.argv:  # single-threaded numerical libraries before 
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from node.synth.spect.phantom import Defect, PhantomSpec, make_acquisition, make_study, territory_defect  # noqa: E402
+from node.synth.anatomy import Defect  # noqa: E402
+from node.synth.spect.phantom import PhantomSpec, make_acquisition, make_study, territory_defect  # noqa: E402
 from node.synth.spect.study import write_study  # noqa: E402
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import node.ai as ai
 from node.ai.explain import summarise_attention
 from node.pipelines.spect_mpi import SpectMpiPipeline
-from node.synth import phantom as ph
+from node.synth.spect import phantom as ph
 from node.synth.spect.demo import demo_spec
 from node.synth.spect.study import build_study_datasets
 

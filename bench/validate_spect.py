@@ -57,8 +57,9 @@ import numpy as np
 
 from node.imaging.volume import Volume
 from node.quant.function import measure_function
+from node.quant.lv_frame import LVLocation
 from node.quant.normal_limits import load_normal_limits
-from node.quant.orientation import LVLocation, locate_lv
+from node.quant.orientation import locate_lv
 from node.quant.phase import (
     PHASE_PREFILTER_SIGMA_MM,
     PhaseParameters,
@@ -78,11 +79,10 @@ from node.quant.polar_map import (
 )
 from node.quant.scores import score_map
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS
+from node.synth.anatomy import Defect
+from node.synth.geometry import LATERAL_DELAY, SMALL
 from node.synth.spect.phantom import (
-    LATERAL_DELAY,
-    SMALL,
     TERRITORY_RING_SETS,
-    Defect,
     PhantomSpec,
     lv_centre_mm,
     make_acquisition,
@@ -121,7 +121,7 @@ def _gated_phase(
     frames: Volume, location: LVLocation, surface: MidWallSurface, prefilter_mm: float = PHASE_PREFILTER_SIGMA_MM
 ) -> PhaseResult:
     """The pipeline's phase wiring on a given summed mid-wall surface: prefilter, gated maps, defaults."""
-    smooth = Volume(prefilter_gated_voxels(frames.voxels, frames.spacing_mm, prefilter_mm), frames.affine)
+    smooth = frames.with_voxels(prefilter_gated_voxels(frames.voxels, frames.spacing_mm, prefilter_mm))
     gated = sample_gated_polar_maps(smooth, location, DEFAULT_GRID, surface=surface)
     return analyse_phase(gated.values, gated.weights)
 
@@ -187,7 +187,7 @@ def _phase_count_levels(seed: int, fig: Figures) -> None:
     for level in PHASE_COUNT_LEVELS:
         voxels = expected.voxels if level is None else rng.poisson(expected.voxels * level).astype(float)
         summed = Volume(voxels.sum(axis=0), expected.affine)
-        m = _measure_phase(Volume(voxels, expected.affine), summed, locate_lv(summed))
+        m = _measure_phase(expected.with_voxels(voxels), summed, locate_lv(summed))
         key = f"phase.counts_{'noise_free' if level is None else f'{level:g}x'}_{n_gates}g"
         fig.add(f"{key}.psd_error_deg", m.psd_deg - truth.psd_deg)
         fig.add(f"{key}.bandwidth_error_deg", m.bandwidth_deg - truth.bandwidth_deg)
@@ -270,7 +270,7 @@ def _phase_noise_floor(seed: int, fig: Figures) -> None:
 def _score_defect(fig: Figures, prefix: str, acq, severity: float) -> None:
     """Segment scores, SSS and TPD of one ungated defect acquisition against its truth."""
     truth, tracer = acq.truth, acq.spec.tracer
-    pm, _ = perfusion_polar_map(acq.summed)
+    pm, _ = perfusion_polar_map(acq.summed, locate_lv(acq.summed))
     result = score_map(pm.values, pm.weights, load_normal_limits(tracer, acq.spec.sex))
     true_scores = np.asarray(truth.segment_scores_severity)
     diff = result.segment_scores - true_scores
@@ -357,7 +357,7 @@ def run_seed(seed: int, fig: Figures, parts: str = "ABCDE", tracer: str | None =
     fig.add("orientation.noise_free.axis_error_deg", _axis_error_deg(location_nf.frame.long_axis, truth.frame.long_axis))
     for label, vol, loc in (("noisy", acq.summed, location), ("noise_free", acq.expected.summed(), location_nf)):
         pm = perfusion_polar_map(vol, loc)[0]
-        # measured: the sampler's own relative uptake (segment mean / max of the 3x3-smoothed map, quant-a);
+        # measured: the sampler's own relative uptake (segment mean / 99th percentile of the cells, relative_pct);
         # truth: segment mean / max of the blurred noise-free map along the true normals (node.synth)
         err = np.asarray(pm.segment_uptake_pct()) - np.asarray(truth.segment_uptake_blurred_pct)
         fig.add(f"sampling.{label}.max_abs_segment_error_pct", float(np.abs(err).max()))

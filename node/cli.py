@@ -17,6 +17,7 @@ from node import __version__
 # subcommand -> "module:function"
 _HANDLERS = {
     "serve": "node.service:serve_main",
+    "listen": "node.service:listen_main",
     "worker": "node.queue.worker:worker_main",
     "config": "node.config:config_main",
     "status": "node.ops.admin:status_main",
@@ -25,7 +26,7 @@ _HANDLERS = {
     "complete": "node.ops.admin:complete_main",
     "process": "node.pipelines.process:process_main",
     "demo": "node.synth.spect.demo:demo_main",
-    "train": "node.ai.train:train_main",
+    "train": "node.ai.training:train_main",
 }
 
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("serve", help="run the node: DICOM listener, assembler, sender and local workers")
+    sub.add_parser("listen", help="run the DICOM listener alone (spool and ledger; no processing, no sending)")
 
     p = sub.add_parser("worker", help="run a Celery worker on this machine")
     p.add_argument("--queues", default="cpu,gpu,io", help="comma-separated queues (cpu, gpu, io)")

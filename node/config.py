@@ -13,6 +13,14 @@ Sources, highest priority first:
 
 Relative paths are relative to the working directory of the process.
 
+Processing reads its settings only through the node: ``models_dir``,
+``templates_dir``, ``clinical_csv``, ``[outputs]`` and ``[pipelines.<name>]``
+are turned into the values each step message carries to the workers
+(:mod:`node.pipelines.configure`); unset folders mean the data shipped with the
+package (:mod:`node.resources`). Each pipeline checks its own
+``[pipelines.<name>]`` table (its options model), and :meth:`Settings.problems`
+reports what it refuses.
+
 Settings that have the wrong *type* fail loading with a
 :class:`ConfigError`; everything else an administrator could get wrong
 (ports, AE titles, certificate files, directories, duplicates) is reported by
@@ -51,6 +59,7 @@ __all__ = [
     "TLSSettings",
     "WorkerSpec",
     "SendRetry",
+    "OutputOptions",
     "Settings",
     "load_settings",
     "ae_title_problem",
@@ -166,6 +175,19 @@ class TLSSettings(_Model):
         return self.cert is not None and self.key is not None
 
 
+class OutputOptions(_Model):
+    """Which result objects a pipeline run makes besides its SR and bull's-eye SC images.
+
+    ``pdf_summary``: an Encapsulated PDF one-page summary (SOP class 1.2.840.10008.5.1.4.1.1.104.1);
+    ``multiframe_screen``: a multi-frame true-colour Secondary Capture "result screen" (every
+    map plus a table of the global results) for viewers that do not show SRs. These defaults are
+    also :class:`node.results.content.ReportContext`'s.
+    """
+
+    pdf_summary: bool = True
+    multiframe_screen: bool = False
+
+
 def _default_completeness() -> dict[str, CompletenessRule]:
     return {"default": CompletenessRule()}
 
@@ -217,6 +239,20 @@ class Settings(BaseSettings):
     visibility_timeout_s: float = Field(3600.0, description="Redis broker: seconds before an unacknowledged task is redelivered")
     job_timeout_s: float = Field(3600.0, description="a job step not finished after this many seconds fails as timed out")
     send_retry: SendRetry = Field(default_factory=SendRetry)
+    models_dir: Path | None = Field(
+        default=None, description="folder of the MONAI bundles, one sub-folder per bundle; unset: the bundles shipped with the package"
+    )
+    templates_dir: Path | None = Field(
+        default=None, description="folder of the output templates (*.toml); unset: the templates shipped with the package"
+    )
+    clinical_csv: Path | None = Field(
+        default=None, description="CSV of QRS duration, LBBB and NYHA class by accession number for the CRT model (docs/training.md); unset: none"
+    )
+    outputs: OutputOptions = Field(default_factory=OutputOptions)
+    pipelines: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="[pipelines.<name>]: options of one pipeline, checked by that pipeline's options model",
+    )
 
     # -- identity of the node in its outputs
     device_uid: str | None = None  # default: generated once and kept in <data_dir>/device_uid
@@ -333,6 +369,7 @@ class Settings(BaseSettings):
         out += _storage_problems(self)
         out += _completeness_problems(self.completeness)
         out += _queue_problems(self)
+        out += _processing_problems(self)
         return out
 
     def warnings(self) -> list[str]:
@@ -349,6 +386,8 @@ class Settings(BaseSettings):
             out.append(f"listening on {self.bind_address} without TLS")
         if not self.durable_writes:
             out.append("durable_writes is off: an acknowledged instance may be lost on power failure")
+        if os.environ.get("CARDIONODE_TEMPLATES"):
+            out.append("CARDIONODE_TEMPLATES is no longer read: set CARDIONODE_TEMPLATES_DIR (setting templates_dir)")
         return out
 
     def redacted(self) -> dict[str, Any]:
@@ -540,6 +579,34 @@ def _queue_problems(s: Settings) -> list[str]:
         out.append(f"send_retry: need 0 < initial_s <= max_s (got {r.initial_s:g} and {r.max_s:g} s)")
     if r.max_attempts < 1:
         out.append(f"send_retry.max_attempts is {r.max_attempts}; it must be at least 1")
+    return out
+
+
+def _folder_problem(path: Path | None, what: str) -> str | None:
+    if path is None:
+        return None
+    if not path.is_dir():
+        return f"{what} {path} is not a folder" if path.exists() else f"{what} {path} does not exist"
+    return None
+
+
+def _processing_problems(s: Settings) -> list[str]:
+    out = [
+        p
+        for p in (
+            _folder_problem(s.models_dir, "models_dir"),
+            _folder_problem(s.templates_dir, "templates_dir"),
+            _readable_file_problem(s.clinical_csv, "clinical_csv"),
+        )
+        if p
+    ]
+    if s.pipelines:
+        # Each pipeline declares its options, so checking [pipelines.<name>] means loading the
+        # pipelines (as serve and the workers do); the only import of the pipeline layer here.
+        from node.pipelines import registry
+
+        registry.load_modules(s.pipeline_modules)
+        out += registry.option_problems(s.pipelines)
     return out
 
 

@@ -6,7 +6,8 @@ It runs, in one process:
   instances and records them in the ledger;
 * the conductor loop: completeness (:class:`node.workflow.completeness.Assembler`)
   and jobs (:class:`node.queue.conductor.Conductor`), every ``TICK_S`` seconds;
-* the export loop (:class:`node.dicom.sender.Exporter`), every ``SEND_TICK_S``;
+* the export loop (:class:`node.dicom.sender.Exporter`, with
+  :func:`node.results.to_enhanced_sr` as its Enhanced SR fallback), every ``SEND_TICK_S``;
 
 and starts local Celery workers as subprocesses (setting ``workers``; an
 empty list when remote workers consume the queues), restarting one that exits.
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from node.config import Settings, WorkerSpec
 
-__all__ = ["Node", "serve_main"]
+__all__ = ["Node", "serve_main", "listen_main"]
 
 _log = logging.getLogger("node.service")
 
@@ -91,17 +92,19 @@ class Node:
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
-        from node.workflow.completeness import Assembler
         from node.dicom.audit import AuditLog
-        from node.ledger import Ledger
         from node.dicom.scp import DicomListener
         from node.dicom.sender import Exporter, RetryPolicy, Target
         from node.dicom.tls import client_context
+        from node.ledger import Ledger
         from node.pipelines import registry
+        from node.pipelines.routing import routing_attributes
         from node.queue.app import QueueSettings
         from node.queue.conductor import Conductor
         from node.queue.dispatch import JobQueue
         from node.queue.recovery import restore_unfinished
+        from node.results import to_enhanced_sr
+        from node.workflow.completeness import Assembler
 
         s = self.settings
         self.ledger = Ledger.from_settings(s)
@@ -131,12 +134,12 @@ class Node:
         }
         self.exporter = Exporter(
             self.ledger, targets, calling_ae=s.ae_title, retry=RetryPolicy.from_settings(s),
-            timeout_s=float(s.network_timeout_s), audit=self.audit,
+            timeout_s=float(s.network_timeout_s), audit=self.audit, enhanced_sr=to_enhanced_sr,
         )
         for spec in specs:
             self._start_worker(spec)
 
-        self.listener = DicomListener(s, self.ledger, audit=self.audit)
+        self.listener = DicomListener(s, self.ledger, routing_attributes, audit=self.audit)
         self.listener.start()
         self.audit.record("node.started", ae_title=s.ae_title, port=self.listener.port)
         _log.info(
@@ -186,12 +189,12 @@ class Node:
 
     def _log_progress(self) -> None:
         studies: dict[str, int] = {}
-        for study in self.ledger.studies():
+        for study in self.ledger.studies.find():
             studies[study.state] = studies.get(study.state, 0) + 1
         jobs: dict[str, int] = {}
-        for job in self.ledger.jobs():
+        for job in self.ledger.jobs.find():
             jobs[job.state] = jobs.get(job.state, 0) + 1
-        sends = {st: len(self.ledger.sends((st,))) for st in ("pending", "retrying", "dead_letter")}
+        sends = {st: len(self.ledger.sends.find(states=(st,))) for st in ("pending", "retrying", "dead_letter")}
         _log.info("progress: studies %s; jobs %s; sends %s", studies or "none", jobs or "none", sends)
 
     # ------------------------------------------------------------------ stop
@@ -232,10 +235,9 @@ class Node:
         _log.info("stopped")
 
 
-def serve_main(args: argparse.Namespace) -> int:
-    """``cardionode serve``: run the node until SIGTERM/SIGINT; 2 if the configuration has problems."""
+def _settings_or_exit(args: argparse.Namespace, command: str) -> tuple[Settings | None, Path | None]:
+    """The checked settings of ``--config`` (or $CARDIONODE_CONFIG); None after printing the problems."""
     from node.config import ConfigError, load_settings
-    from node.dicom.logs import setup_logging
 
     config_path = getattr(args, "config", None)
     if config_path is None and os.environ.get("CARDIONODE_CONFIG"):
@@ -243,13 +245,23 @@ def serve_main(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(config_path)
     except ConfigError as exc:
-        print(f"cardionode serve: {exc}", file=sys.stderr)
-        return 2
+        print(f"cardionode {command}: {exc}", file=sys.stderr)
+        return None, config_path
     problems = settings.problems()
     if problems:
         for problem in problems:
             print(f"PROBLEM: {problem}", file=sys.stderr)
-        print("cardionode serve: fix these problems first (`cardionode config check`)", file=sys.stderr)
+        print(f"cardionode {command}: fix these problems first (`cardionode config check`)", file=sys.stderr)
+        return None, config_path
+    return settings, config_path
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """``cardionode serve``: run the node until SIGTERM/SIGINT; 2 if the configuration has problems."""
+    from node.dicom.logs import setup_logging
+
+    settings, config_path = _settings_or_exit(args, "serve")
+    if settings is None:
         return 2
     setup_logging(settings.log_dir, "node")
     for warning in settings.warnings():
@@ -262,4 +274,29 @@ def serve_main(args: argparse.Namespace) -> int:
         node.wait()
     finally:
         node.stop()
+    return 0
+
+
+def listen_main(args: argparse.Namespace) -> int:
+    """``cardionode listen``: the DICOM listener alone (spool and ledger; no completeness, queue or sending).
+
+    For ingest tests and benchmarks, and for a site that runs the listener on its own
+    machine beside a shared ledger. 2 if the configuration has problems.
+    """
+    from node.dicom.audit import AuditLog
+    from node.dicom.logs import setup_logging
+    from node.dicom.scp import DicomListener
+    from node.ledger import Ledger
+    from node.pipelines.routing import routing_attributes
+
+    settings, _ = _settings_or_exit(args, "listen")
+    if settings is None:
+        return 2
+    setup_logging(settings.log_dir, "listener")
+    ledger = Ledger.from_settings(settings)
+    try:
+        with AuditLog(settings.audit_log_path, durable=settings.durable_writes) as audit:
+            DicomListener(settings, ledger, routing_attributes, audit=audit).serve_forever()
+    finally:
+        ledger.close()
     return 0

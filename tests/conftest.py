@@ -1,11 +1,14 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite, built on the harness in ``tests/support``."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.orthanc import Orthanc
 
 
 @pytest.fixture
@@ -20,13 +23,14 @@ def seed() -> int:
 def _test_pipelines_stay_in_their_own_tests(request: pytest.FixtureRequest):
     """Keep pipelines that tests register out of tests of the shipped pipelines.
 
-    Test pipelines (tests/flow, tests/results) register themselves when their
+    Test pipelines (tests/support/pipelines) register themselves when their
     module is imported, as the node's ``pipeline_modules`` require, and
-    pytest imports them at collection. Elsewhere only the pipelines in
-    ``node`` may route a study; the registry is restored in its original
+    pytest imports them at collection. Only tests marked
+    ``uses_test_pipelines`` see them; elsewhere only the pipelines in
+    ``node`` may route a study. The registry is restored in its original
     order afterwards.
     """
-    if Path(str(request.node.fspath)).parent.name in ("flow", "results"):
+    if request.node.get_closest_marker("uses_test_pipelines") is not None:
         yield
         return
     from node.pipelines import registry
@@ -42,13 +46,9 @@ def _test_pipelines_stay_in_their_own_tests(request: pytest.FixtureRequest):
         registry.register(pipeline)
 
 
-@pytest.fixture(scope="session")
-def node_harness():
-    """The flow tests' helpers for a real Orthanc (routing to the node) and ``cardionode serve`` subprocesses."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent / "flow" / "flow_support.py"
-    spec = importlib.util.spec_from_file_location("node_harness", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """A started Orthanc (no routing to a node) with its files under ``tmp_path/orthanc``; stopped afterwards."""
+    server = Orthanc(tmp_path / "orthanc").start()
+    yield server
+    server.stop()

@@ -3,7 +3,7 @@
 One module per modality's models (:mod:`node.ai.spect` adapts the SPECT pipeline's
 result), shared pieces beside them (:mod:`node.ai.bundles`, :mod:`node.ai.networks`,
 :mod:`node.ai.inference`, :mod:`node.ai.explain`, :mod:`node.ai.segmentation`), and
-training apart from inference (:mod:`node.ai.train`, ``cardionode train``).
+training apart from inference (:mod:`node.ai.training`, ``cardionode train``).
 torch and MONAI are imported only when a model is loaded or trained.
 
 Every model is research use only, trained on synthetic phantoms and not

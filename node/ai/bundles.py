@@ -10,15 +10,15 @@ A bundle is a folder ``models/<name>/`` with
   weights_only=True)``; no pickled code);
 * ``docs/README.md``: model card (training data, metrics, limits).
 
-Loading never touches the network. The folder holding the bundles is
-``$CARDIONODE_MODELS_DIR`` or ``models/`` next to the ``node`` package.
+Loading never touches the network. The folder holding the bundles is the one the
+caller names (the setting ``models_dir``, sent to the workers in the step message), by
+default the bundles shipped with the package (:func:`models_dir`, :mod:`node.resources`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from node import RESEARCH_USE_NOTICE
+from node.resources import default_models_dir
 from node.results.content import Algorithm
 
 __all__ = [
@@ -57,9 +58,8 @@ _GRADCAM_LAYERS = {"cad_polar": "encoder.body.stage2", "tracer_heads": "encoder.
 
 
 def models_dir() -> Path:
-    """Folder with the bundles: ``$CARDIONODE_MODELS_DIR`` or the repository's ``models/``."""
-    env = os.environ.get("CARDIONODE_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    """The folder of the bundles shipped with the package (``node.models``, the repository's ``models/``)."""
+    return default_models_dir()
 
 
 def file_sha256(path: Path) -> str:
@@ -121,6 +121,7 @@ _LOCK = threading.Lock()
 def load_bundle(name: str, root: Path | None = None, device: str | torch.device | None = None) -> LoadedBundle:
     """Load bundle ``name`` once per process (cached by folder and device).
 
+    ``root`` is the bundle's folder; None = ``models_dir() / name`` (shipped with the package).
     The network comes from ``configs/inference.json`` via
     ``monai.bundle.ConfigParser``; weights from ``models/model.pt`` with
     ``torch.load(weights_only=True)``. ``device`` defaults to CUDA when

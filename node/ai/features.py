@@ -1,9 +1,12 @@
 """Model inputs from polar maps and tabular values: scaling, missing values, tiling.
 
-All polar maps are canonical-grid arrays ``[n, 40, 72]`` (or ``[40, 72]``)
-in the units of ``node.synth.spect.cohort``: perfusion in % of maximum, motion in mm,
+All polar maps are canonical-grid arrays ``[n, 40, 72]`` (or ``[40, 72]``,
+:data:`node.quant.segments.DEFAULT_GRID`) in the units the node measures and the
+synthetic training cohorts use: perfusion in % of maximum, motion in mm,
 thickening in %, phase in degrees. Scaling constants are part of a bundle's
-contract and are written into its ``configs/metadata.json``.
+contract and are written into its ``configs/metadata.json``. Training and
+inference share these transforms; this module knows nothing of how the maps were
+made (no phantoms, no cohorts).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from node.synth.spect.cohort import crt_image
+from node.quant.segments import bullseye
 
 __all__ = [
     "CAD_TABULAR",
@@ -21,6 +24,7 @@ __all__ = [
     "cad_inputs",
     "tracer_inputs",
     "crt_tabular",
+    "crt_image",
     "crt_inputs",
     "CRTTabular",
 ]
@@ -140,6 +144,31 @@ def crt_tabular(features: dict[str, np.ndarray], imputation: dict[str, float]) -
     return CRTTabular(values, used, imputed)
 
 
+def crt_image(rest_perfusion: np.ndarray, rest_phase: np.ndarray, rest_thickening: np.ndarray) -> np.ndarray:
+    """The CRT model's input: four 64x64 bull's-eyes tiled into one ``[128, 128]`` float32 image.
+
+    Tiles (row-major): top-left perfusion / 100, top-right systolic phase / 360,
+    bottom-left thickening / 100, bottom-right perfusion thresholded at 0.5 of
+    the maximum (1 where uptake >= 50 %). Pixels outside the discs are 0.
+    Accepts single maps ``[n_u, n_psi]`` or batches ``[n, n_u, n_psi]``.
+    """
+    perf = np.asarray(rest_perfusion, dtype=float)
+    if perf.ndim == 2:
+        return crt_image(perf[None], np.asarray(rest_phase)[None], np.asarray(rest_thickening)[None])[0]
+    out = np.zeros((perf.shape[0], 128, 128), np.float32)
+    for i in range(perf.shape[0]):
+        tiles = (
+            perf[i] / 100.0,
+            np.asarray(rest_phase[i], float) / 360.0,
+            np.asarray(rest_thickening[i], float) / 100.0,
+            (perf[i] >= 50.0).astype(float),
+        )
+        for k, tile in enumerate(tiles):
+            r, c = divmod(k, 2)
+            out[i, r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64] = np.nan_to_num(bullseye(tile, 64), nan=0.0)
+    return out
+
+
 def crt_inputs(rest_perfusion: np.ndarray, rest_phase: np.ndarray, rest_thickening: np.ndarray) -> np.ndarray:
-    """``x [n, 1, 128, 128]``: the four tiled bull's-eyes of :func:`node.synth.spect.cohort.crt_image`."""
+    """``x [n, 1, 128, 128]``: the four tiled bull's-eyes of :func:`crt_image` (NaN cells filled first)."""
     return crt_image(_fill(_batch(rest_perfusion)), _fill(_batch(rest_phase)), _fill(_batch(rest_thickening)))[:, None]

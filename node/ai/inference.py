@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from node.ai import bundles
 from node.ai.explain import gradcam_maps, summarise_attention
@@ -130,10 +131,6 @@ def _r(p: float, digits: int = 4) -> float:
     return float(round(float(p), digits))
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 def _threshold(bundle: bundles.LoadedBundle, *path: str, default: float = 0.5) -> float:
     node: Any = bundle.metadata.get("evaluation_summary", {}).get("thresholds", {})
     for p in path:
@@ -183,7 +180,7 @@ def _predict_cad(studies: list[StudyInputs], preds: dict[str, StudyPredictions],
                       np.stack([s.stress_deficit for s in usable]), np.stack([s.stress_severity for s in usable]))
     xt, tt = torch.from_numpy(x).to(bundle.device), torch.from_numpy(t).to(bundle.device)
     with torch.no_grad():
-        probs = _sigmoid(bundle.network(xt, tt).cpu().numpy().astype(np.float64))
+        probs = expit(bundle.network(xt, tt).cpu().numpy().astype(np.float64))
     cams = gradcam_maps(bundle.network, bundle.config["gradcam_target_layer"], xt, 0, tabular=tt) if gradcam else None
     algorithm = bundle.algorithm()
     t_patient = _threshold(bundle, "model")
@@ -249,7 +246,7 @@ def _predict_tracer(studies: list[StudyInputs], preds: dict[str, StudyPrediction
             s.rest_deficit = _score_with_node_limits(s, "rest")[0]
         x = torch.from_numpy(tracer_inputs(s.stress_perfusion, s.rest_perfusion, 1, s.stress_deficit, s.rest_deficit)).to(bundle.device)
         with torch.no_grad():
-            p = _r(_sigmoid(bundle.network(x).cpu().numpy().astype(np.float64))[0, col])
+            p = _r(expit(bundle.network(x).cpu().numpy().astype(np.float64))[0, col])
         algorithm = bundle.algorithm((f"head={family}", f"variant={variant}"))
         heat_key = None
         out = preds[s.key]
@@ -291,7 +288,7 @@ def _predict_crt(studies: list[StudyInputs], preds: dict[str, StudyPredictions],
     x = crt_inputs(np.stack([s.rest_perfusion for s in usable]), np.stack([s.rest_phase for s in usable]),
                    np.stack([s.rest_thickening for s in usable]))
     with torch.no_grad():
-        probs = _sigmoid(bundle.network(torch.from_numpy(x).to(bundle.device), torch.from_numpy(tab.values).to(bundle.device))
+        probs = expit(bundle.network(torch.from_numpy(x).to(bundle.device), torch.from_numpy(tab.values).to(bundle.device))
                          .cpu().numpy().astype(np.float64))[:, 0]
     threshold = _threshold(bundle, "model")
     for i, s in enumerate(usable):

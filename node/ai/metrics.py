@@ -2,6 +2,7 @@
 
 Scores are arrays ``[n]`` where larger means "more likely positive"; labels
 are 0/1 arrays ``[n]``. AUC is the Mann-Whitney statistic (ties count 1/2).
+:func:`dice` compares two segmentation masks.
 """
 
 from __future__ import annotations
@@ -10,9 +11,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy.special import expit
 from scipy.stats import rankdata
 
-__all__ = ["auc", "bootstrap_auc_ci", "BinaryReport", "binary_report", "LogisticRegression", "youden_threshold"]
+__all__ = ["auc", "bootstrap_auc_ci", "BinaryReport", "binary_report", "LogisticRegression", "youden_threshold", "dice"]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient of two boolean masks (1.0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -151,4 +160,4 @@ class LogisticRegression:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         z = ((np.asarray(x, dtype=float) - self.mean) / self.scale) @ self.weight + self.bias
-        return 1.0 / (1.0 + np.exp(-z))
+        return expit(z)

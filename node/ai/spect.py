@@ -12,7 +12,6 @@ built from it says so.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,16 +52,14 @@ def inputs_from_result(result: Any, clinical: dict[str, dict[str, float]] | None
 
     Reads (when present) stress/rest relative perfusion maps, stress gated
     motion and thickening, rest gated phase map and thickening, volumes and
-    LVEF, phase SD and bandwidth, age, sex, tracer key and, through the
-    optional clinical file (``$CARDIONODE_CLINICAL_CSV`` or ``clinical``),
+    LVEF, phase SD and bandwidth, age, sex, tracer key and, from ``clinical``
+    (the rows of a clinical file, :func:`node.ai.inference.load_clinical_csv`),
     QRS duration, LBBB and NYHA class keyed by accession number.
     """
-    from node.ai.inference import StudyInputs, check_grid, load_clinical_csv
+    from node.ai.inference import StudyInputs, check_grid
 
     stress, rest = _get(result, "stress"), _get(result, "rest")
     sex = _get(result, "sex")
-    if clinical is None and os.environ.get("CARDIONODE_CLINICAL_CSV"):
-        clinical = load_clinical_csv(Path(os.environ["CARDIONODE_CLINICAL_CSV"]))
     extra = (clinical or {}).get(str(_get(result, "accession_number") or ""), {})
     rest_perf = check_grid(_relative(rest), "rest perfusion")
     stress_perf = check_grid(_relative(stress), "stress perfusion")
@@ -97,11 +94,12 @@ def inputs_from_result(result: Any, clinical: dict[str, dict[str, float]] | None
 
 
 def predict_spect_batch(results: Sequence[Any], models_root: Path | None = None, device: str | None = None,
-                        gradcam: bool = True) -> list[tuple[list, list, list[str]]]:
+                        gradcam: bool = True, clinical_csv: Path | None = None) -> list[tuple[list, list, list[str]]]:
     """:func:`predict_spect` for several studies in one batch per model (same order as ``results``)."""
-    from node.ai.inference import predict_studies
+    from node.ai.inference import load_clinical_csv, predict_studies
 
-    inputs = [inputs_from_result(r) for r in results]
+    clinical = load_clinical_csv(Path(clinical_csv)) if clinical_csv is not None else None
+    inputs = [inputs_from_result(r, clinical) for r in results]
     seen: dict[str, int] = {}
     for s in inputs:  # keys must be unique within a batch
         n = seen.get(s.key, 0)
@@ -116,9 +114,12 @@ def predict_spect_batch(results: Sequence[Any], models_root: Path | None = None,
 
 
 def predict_spect(result: Any, models_root: Path | None = None, device: str | None = None,
-                  gradcam: bool = True) -> tuple[list, list, list[str]]:
+                  gradcam: bool = True, clinical_csv: Path | None = None) -> tuple[list, list, list[str]]:
     """The SPECT pipeline's predict step: ``(MeasurementGroups, MapImages, notes)`` for one study.
 
+    ``models_root``: folder of the bundles (None: those shipped with the package,
+    :func:`node.ai.bundles.models_dir`); ``clinical_csv``: the site's clinical file
+    (QRS duration, LBBB, NYHA class by accession number; docs/training.md) or None.
     Models load once per process. Missing inputs or bundles give notes, not errors.
     """
-    return predict_spect_batch([result], models_root, device, gradcam)[0]
+    return predict_spect_batch([result], models_root, device, gradcam, clinical_csv)[0]

@@ -3,9 +3,11 @@
 One association per destination and batch. Only the SOP classes being sent are
 proposed, each with the transfer syntax the file is encoded in plus the
 uncompressed ones. A Comprehensive 3D SR (``1.2.840.10008.5.1.4.1.1.88.34``)
-is also proposed as Enhanced SR (``...88.22``); when the peer accepts only the
-latter, the object is sent re-encoded as Enhanced SR with the same SOP Instance
-UID.
+is also proposed as Enhanced SR (``...88.22``) when the caller gives a converter
+(``enhanced_sr``; the node passes :func:`node.results.to_enhanced_sr`, since SR
+content rules are the results package's, not the network's); when the peer
+accepts only the latter, the object is sent re-encoded as Enhanced SR with the
+same SOP Instance UID.
 
 Every object gets an :class:`SendOutcome` that tells success from *transient*
 failures (worth retrying later: connection refused or timed out, association
@@ -20,10 +22,11 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pydicom
 from pydicom import Dataset
@@ -38,10 +41,10 @@ from node.ledger import Ledger, LedgerError, Send, utcnow
 __all__ = [
     "COMPREHENSIVE_3D_SR",
     "ENHANCED_SR",
+    "EnhancedSRConverter",
     "Target",
     "SendOutcome",
     "classify_status",
-    "as_enhanced_sr",
     "send_files",
     "RetryPolicy",
     "Exporter",
@@ -49,6 +52,10 @@ __all__ = [
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
+
+#: ``dataset`` (Comprehensive 3D SR) as an Enhanced SR with the same SOP Instance UID;
+#: raises ``ValueError`` when the report cannot be expressed as Enhanced SR (3D coordinates)
+EnhancedSRConverter = Callable[[Dataset], Dataset]
 
 _log = logging.getLogger(__name__)
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -99,24 +106,13 @@ def classify_status(status: int) -> str:
     return "permanent"
 
 
-def as_enhanced_sr(dataset: Dataset) -> Dataset:
-    """``dataset`` (Comprehensive 3D SR) as an Enhanced SR with the same SOP Instance UID.
-
-    Delegates to :func:`node.results.sr.to_enhanced_sr`, which knows the
-    content rules; raises ``ValueError`` when the report cannot be expressed as
-    Enhanced SR (3D spatial coordinates).
-    """
-    from node.results.sr import to_enhanced_sr  # the results package owns SR content rules
-
-    return to_enhanced_sr(dataset)
-
-
-def _contexts_for(datasets: Sequence[Dataset]) -> list[PresentationContext]:
+def _contexts_for(datasets: Sequence[Dataset], fallback: bool) -> list[PresentationContext]:
+    """One context per SOP class sent (and Enhanced SR beside 3D SR when ``fallback``)."""
     syntaxes: dict[str, list[str]] = {}
     for ds in datasets:
         sop_class = str(ds.SOPClassUID)
         own = str(ds.file_meta.TransferSyntaxUID)
-        for uid_ in ([sop_class, ENHANCED_SR] if sop_class == COMPREHENSIVE_3D_SR else [sop_class]):
+        for uid_ in ([sop_class, ENHANCED_SR] if fallback and sop_class == COMPREHENSIVE_3D_SR else [sop_class]):
             wanted = syntaxes.setdefault(uid_, [])
             for ts in (own, *_UNCOMPRESSED):
                 if ts not in wanted:
@@ -146,19 +142,22 @@ def send_files(
     *,
     calling_ae: str,
     timeout_s: float = 30.0,
+    enhanced_sr: EnhancedSRConverter | None = None,
 ) -> list[SendOutcome]:
     """Send the DICOM files at ``paths`` to ``target`` over one association.
 
     ``timeout_s`` bounds connecting, association negotiation and each
-    C-STORE response (seconds). Returns one outcome per path, in order; never
-    raises for network or peer problems.
+    C-STORE response (seconds). ``enhanced_sr`` re-encodes a Comprehensive 3D
+    SR for a peer that accepts only Enhanced SR (without it, Enhanced SR is not
+    proposed). Returns one outcome per path, in order; never raises for network
+    or peer problems.
     """
     datasets = [pydicom.dcmread(str(p)) for p in paths]
     if not datasets:
         return []
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    ae.requested_contexts = _contexts_for(datasets)
+    ae.requested_contexts = _contexts_for(datasets, enhanced_sr is not None)
     tls_args = (target.ssl_context, target.host) if target.ssl_context is not None else None
     try:
         assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args)
@@ -172,7 +171,7 @@ def send_files(
     outcomes: list[SendOutcome] = []
     try:
         for ds in datasets:
-            outcomes.append(_store_one(assoc, ds, accepted))
+            outcomes.append(_store_one(assoc, ds, accepted, enhanced_sr))
             if not assoc.is_established:  # aborted mid-batch: the rest waits for the next attempt
                 break
     finally:
@@ -183,12 +182,19 @@ def send_files(
     return outcomes
 
 
-def _store_one(assoc: Association, ds: Dataset, accepted: set[str]) -> SendOutcome:
+def _store_one(
+    assoc: Association, ds: Dataset, accepted: set[str], enhanced_sr: EnhancedSRConverter | None
+) -> SendOutcome:
     uid_ = str(ds.SOPInstanceUID)
     sop_class = str(ds.SOPClassUID)
-    if sop_class not in accepted and sop_class == COMPREHENSIVE_3D_SR and ENHANCED_SR in accepted:
+    if (
+        enhanced_sr is not None
+        and sop_class not in accepted
+        and sop_class == COMPREHENSIVE_3D_SR
+        and ENHANCED_SR in accepted
+    ):
         try:
-            ds = as_enhanced_sr(ds)
+            ds = enhanced_sr(ds)
         except ValueError as exc:
             return SendOutcome(uid_, "permanent", None, f"the destination refuses 3D SR and {exc}")
         sop_class = ENHANCED_SR
@@ -238,7 +244,8 @@ class RetryPolicy:
 class Exporter:
     """Sends the ledger's due sends, one association per destination and batch.
 
-    ``targets`` maps destination names (as in the ledger) to :class:`Target`.
+    ``targets`` maps destination names (as in the ledger) to :class:`Target`;
+    ``enhanced_sr`` is the Enhanced SR fallback given to :func:`send_files`.
     Outcomes are recorded per send: ``sent``; ``retrying`` with the next
     attempt time; ``dead_letter`` for permanent failures, for destinations no
     longer configured, and after ``retry.max_attempts`` attempts. A job whose
@@ -256,6 +263,7 @@ class Exporter:
         timeout_s: float = 30.0,
         batch_size: int = 50,
         audit: AuditLog | None = None,
+        enhanced_sr: EnhancedSRConverter | None = None,
     ) -> None:
         self.ledger = ledger
         self.targets = targets
@@ -264,10 +272,11 @@ class Exporter:
         self.timeout_s = timeout_s
         self.batch_size = batch_size
         self.audit = audit
+        self.enhanced_sr = enhanced_sr
 
     def run_once(self) -> int:
         """Attempt every due send once; returns the number of attempts made."""
-        due = self.ledger.sends_due()
+        due = self.ledger.sends.due()
         by_destination: dict[str, list[Send]] = {}
         for send in due:
             by_destination.setdefault(send.destination, []).append(send)
@@ -281,7 +290,7 @@ class Exporter:
                 attempts += len(batch)
                 if target is None:
                     for send in batch:
-                        self.ledger.record_send_attempt(
+                        self.ledger.sends.record_attempt(
                             send.id, "dead_letter", error=f"destination {name!r} is no longer configured"
                         )
                     continue
@@ -294,9 +303,9 @@ class Exporter:
         paths: list[Path] = []
         ready: list[Send] = []
         for send in sends:
-            output = self.ledger.output(send.output_uid)
+            output = self.ledger.outputs.get(send.output_uid)
             if output is None or not Path(output.path).is_file():
-                self.ledger.record_send_attempt(
+                self.ledger.sends.record_attempt(
                     send.id, "dead_letter", error="the result object is missing from the outbox"
                 )
                 continue
@@ -304,22 +313,24 @@ class Exporter:
             ready.append(send)
         if not ready:
             return
-        outcomes = send_files(target, paths, calling_ae=self.calling_ae, timeout_s=self.timeout_s)
+        outcomes = send_files(
+            target, paths, calling_ae=self.calling_ae, timeout_s=self.timeout_s, enhanced_sr=self.enhanced_sr
+        )
         sent = 0
         for send, outcome in zip(ready, outcomes):
             if outcome.ok:
-                self.ledger.record_send_attempt(send.id, "sent", status=outcome.status)
+                self.ledger.sends.record_attempt(send.id, "sent", status=outcome.status)
                 sent += 1
                 continue
             attempt = send.attempts + 1
             if outcome.kind == "permanent" or attempt >= self.retry.max_attempts:
                 why = outcome.error if outcome.kind == "permanent" else f"{outcome.error}; gave up after {attempt} attempts"
-                self.ledger.record_send_attempt(send.id, "dead_letter", status=outcome.status, error=why)
+                self.ledger.sends.record_attempt(send.id, "dead_letter", status=outcome.status, error=why)
                 _log.warning("send %d to %s dead-lettered: %s", send.id, target.name, why)
                 self._audit("send.dead_letter", send, target, error=why)
             else:
                 delay = self.retry.delay_s(attempt)
-                self.ledger.record_send_attempt(
+                self.ledger.sends.record_attempt(
                     send.id, "retrying", status=outcome.status, error=outcome.error,
                     next_attempt_at=now + timedelta(seconds=delay),
                 )
@@ -329,16 +340,16 @@ class Exporter:
             self._audit_batch(target, sent)
 
     def _settle_job(self, job_id: int) -> None:
-        sends = self.ledger.sends(job_id=job_id)
+        sends = self.ledger.sends.find(job_id=job_id)
         states = {s.state for s in sends}
         if not sends or states & {"pending", "retrying"}:
             return
         try:
             if states == {"sent"}:
-                self.ledger.transition_job(job_id, "sent", f"{len(sends)} sends done", expected_from=("reported",))
+                self.ledger.jobs.transition(job_id, "sent", f"{len(sends)} sends done", expected_from=("reported",))
             else:
                 dead = sum(1 for s in sends if s.state == "dead_letter")
-                self.ledger.transition_job(
+                self.ledger.jobs.transition(
                     job_id, "dead", f"{dead} of {len(sends)} sends dead-lettered; see `cardionode status`",
                     expected_from=("reported", "sent"),
                 )

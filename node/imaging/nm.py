@@ -21,11 +21,8 @@ present, the View Code Sequence says "Short axis" (SCT 103340004), or the
 series description has a short-axis token (``SA``, ``SAX``, ``SHORT AXIS``);
 otherwise ``"transaxial"`` (the data still need reorienting).
 
-``state`` comes from the Series Description (then Protocol Name), uppercase,
-split on non-alphanumerics: ``stress`` when a token is one of STRESS, STR,
-STRS, EX, EXERCISE, ADENOSINE, ADENO, REGADENOSON, LEXISCAN, DIPYRIDAMOLE,
-PERSANTINE, DOBUTAMINE; ``rest`` when a token is one of REST, RST, RE,
-REDISTRIBUTION, REDIST, DELAY, DELAYED; ``unknown`` when none or both match.
+``state`` (``stress``, ``rest`` or ``unknown``) is
+:func:`node.imaging.states.acquisition_state`, the rule routing uses too.
 
 ``tracer`` comes from the Radiopharmaceutical Code Sequence (CID 3111/25),
 else from the Radiopharmaceutical text (see
@@ -50,6 +47,7 @@ from pydicom.dataset import Dataset
 
 from node.imaging.errors import UnusableSeriesError
 from node.imaging.radiopharmaceuticals import tracer_from_code, tracer_from_text
+from node.imaging.states import acquisition_state
 from node.imaging.volume import Volume
 
 __all__ = [
@@ -58,7 +56,6 @@ __all__ = [
     "Rejection",
     "load_nm_series",
     "group_nm_reconstructions",
-    "state_from_text",
 ]
 
 NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
@@ -68,11 +65,6 @@ PROJECTION_TYPES = ("TOMO", "GATED TOMO")
 PLANAR_TYPES = ("STATIC", "WHOLE BODY", "DYNAMIC", "GATED")
 SHORT_AXIS_CODE = "103340004"
 
-_STRESS_TOKENS = {
-    "STRESS", "STR", "STRS", "EX", "EXERCISE", "ADENOSINE", "ADENO", "REGADENOSON", "LEXISCAN",
-    "DIPYRIDAMOLE", "PERSANTINE", "DOBUTAMINE",
-}
-_REST_TOKENS = {"REST", "RST", "RE", "REDISTRIBUTION", "REDIST", "DELAY", "DELAYED"}
 _SA_TOKENS = {"SA", "SAX", "SHORTAXIS"}
 
 
@@ -109,20 +101,6 @@ class Rejection:
     series_uid: str
     sop_instance_uid: str
     reason: str
-
-
-def state_from_text(*texts: str | None) -> str:
-    """``"stress"``, ``"rest"`` or ``"unknown"`` from description texts (first decisive one wins)."""
-    for text in texts:
-        if not text:
-            continue
-        tokens = set(re.split(r"[^A-Z0-9]+", str(text).upper()))
-        stress, rest = bool(tokens & _STRESS_TOKENS), bool(tokens & _REST_TOKENS)
-        if stress and not rest:
-            return "stress"
-        if rest and not stress:
-            return "rest"
-    return "unknown"
 
 
 def _age_years(value: object) -> float | None:
@@ -349,7 +327,7 @@ def load_nm_series(datasets: Sequence[Dataset] | Dataset) -> NMReconstruction:
         volume=volume,
         gates=gates,
         orientation="short_axis" if _is_short_axis(ds) else "transaxial",
-        state=state_from_text(ds.get("SeriesDescription"), ds.get("ProtocolName")),
+        state=acquisition_state(ds),
         tracer=_tracer(ds),
         age=_age_years(ds.get("PatientAge")),
         sex=sex if sex in ("M", "F") else None,

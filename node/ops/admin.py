@@ -1,5 +1,7 @@
 """Operator commands on the ledger: ``cardionode status``, ``retry``, ``discard``, ``complete``.
 
+``status`` prints the status model of :mod:`node.ops.status` as plain-text tables.
+
 They act on the ledger only (the running node's conductor picks the changes
 up), so they work whether or not the node is running. Each change is also
 written to the audit log.
@@ -15,10 +17,9 @@ from datetime import datetime
 from node.config import ConfigError, Settings, load_settings
 from node.dicom.audit import AuditLog
 from node.ledger import Job, Ledger, LedgerError
+from node.ops.status import StatusSnapshot, status_snapshot
 
-__all__ = ["format_table", "status_main", "retry_main", "discard_main", "complete_main"]
-
-_LIMIT = 50  # rows per table
+__all__ = ["complete_main", "discard_main", "format_status", "format_table", "retry_main", "status_main"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], max_width: int = 60) -> str:
@@ -57,6 +58,48 @@ def _audit(settings: Settings, event: str, **fields: object) -> None:
         print(f"warning: cannot write the audit log {settings.audit_log_path}: {exc}", file=sys.stderr)
 
 
+def format_status(status: StatusSnapshot) -> str:
+    """``status`` as the plain-text tables `cardionode status` prints: studies, jobs, sends, rejections."""
+    parts = [
+        f"STUDIES ({len(status.studies)} most recent)",
+        format_table(
+            ("study", "state", "rule", "pipeline", "run", "instances", "last instance (UTC)", "reason"),
+            [
+                (s.study_uid, s.state, s.rule, s.pipeline, s.run, s.instance_count, s.last_received_at, s.reason)
+                for s in status.studies
+            ],
+            max_width=64,
+        ),
+        f"\nJOBS ({len(status.jobs)} most recent)",
+        format_table(
+            ("job", "study", "pipeline", "run", "state", "attempts", "updated (UTC)", "reason / last error"),
+            [
+                (j.id, j.study_uid, j.pipeline, j.run, j.state, j.attempts, j.updated_at,
+                 f"{j.reason}; {j.last_error}" if j.last_error else j.reason)
+                for j in status.jobs
+            ],
+            max_width=64,
+        ),
+        f"\nSENDS ({len(status.sends)} most recent)",
+        format_table(
+            ("send", "job", "destination", "state", "attempts", "next attempt (UTC)", "last status", "last error"),
+            [
+                (x.id, x.job_id, x.destination, x.state, x.attempts, x.next_attempt_at,
+                 f"0x{x.last_status:04X}" if x.last_status is not None else None, x.last_error)
+                for x in status.sends
+            ],
+        ),
+        f"\nREJECTIONS ({len(status.rejections)} most recent)",
+        format_table(
+            ("at (UTC)", "calling AE", "address", "status", "reason"),
+            [(r.at, r.calling_ae, r.peer_address, f"0x{r.status:04X}" if r.status else "assoc", r.reason)
+             for r in status.rejections],
+            max_width=100,
+        ),
+    ]
+    return "\n".join(parts)
+
+
 def status_main(args: argparse.Namespace) -> int:
     """Print studies, jobs, sends and recent rejections with their states and reasons."""
     opened = _open(args)
@@ -64,54 +107,10 @@ def status_main(args: argparse.Namespace) -> int:
         return 1
     settings, ledger = opened
     try:
-        studies = ledger.studies(limit=_LIMIT)
-        print(f"STUDIES ({len(studies)} most recent)")
-        print(
-            format_table(
-                ("study", "state", "rule", "pipeline", "run", "instances", "last instance (UTC)", "reason"),
-                [
-                    (s.study_uid, s.state, s.rule, s.pipeline, s.run, s.instance_count, s.last_received_at, s.reason)
-                    for s in studies
-                ],
-                max_width=64,
-            )
-        )
-        jobs = ledger.jobs(limit=_LIMIT)
-        print(f"\nJOBS ({len(jobs)} most recent)")
-        print(
-            format_table(
-                ("job", "study", "pipeline", "run", "state", "attempts", "updated (UTC)", "reason / last error"),
-                [
-                    (j.id, j.study_uid, j.pipeline, j.run, j.state, j.attempts, j.updated_at,
-                     f"{j.reason}; {j.last_error}" if j.last_error else j.reason)
-                    for j in jobs
-                ],
-                max_width=64,
-            )
-        )
-        sends = ledger.sends(limit=_LIMIT)
-        print(f"\nSENDS ({len(sends)} most recent)")
-        print(
-            format_table(
-                ("send", "job", "destination", "state", "attempts", "next attempt (UTC)", "last status", "last error"),
-                [
-                    (x.id, x.job_id, x.destination, x.state, x.attempts, x.next_attempt_at,
-                     f"0x{x.last_status:04X}" if x.last_status is not None else None, x.last_error)
-                    for x in sends
-                ],
-            )
-        )
-        rejections = ledger.rejections(limit=10)
-        print(f"\nREJECTIONS ({len(rejections)} most recent)")
-        print(
-            format_table(
-                ("at (UTC)", "calling AE", "address", "status", "reason"),
-                [(r.at, r.calling_ae, r.peer_address, f"0x{r.status:04X}" if r.status else "assoc", r.reason) for r in rejections],
-                max_width=100,
-            )
-        )
+        status = status_snapshot(ledger, settings)
     finally:
         ledger.close()
+    print(format_status(status))
     return 0
 
 
@@ -125,12 +124,12 @@ def _job_id(text: str) -> int | None:
 
 def retry_main(args: argparse.Namespace) -> int:
     """Queue a failed/dead/discarded job again, or resend a job's dead-lettered results."""
-    return _act_on_job(args, "retry", lambda ledger, job_id: ledger.retry_job(job_id))
+    return _act_on_job(args, "retry", lambda ledger, job_id: ledger.jobs.retry(job_id))
 
 
 def discard_main(args: argparse.Namespace) -> int:
     """Mark a job discarded; its unsent results are dead-lettered."""
-    return _act_on_job(args, "discard", lambda ledger, job_id: ledger.discard_job(job_id))
+    return _act_on_job(args, "discard", lambda ledger, job_id: ledger.jobs.discard(job_id))
 
 
 def _act_on_job(args: argparse.Namespace, action: str, act: Callable[[Ledger, int], Job]) -> int:
@@ -159,7 +158,7 @@ def complete_main(args: argparse.Namespace) -> int:
         return 1
     settings, ledger = opened
     try:
-        study = ledger.complete_study_manually(args.study)
+        study = ledger.studies.complete_manually(args.study)
     except LedgerError as exc:
         print(f"PROBLEM: {exc}", file=sys.stderr)
         return 1

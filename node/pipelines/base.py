@@ -2,8 +2,10 @@
 
 A pipeline declares
 
-* which studies it accepts: :class:`SeriesRule` objects over modality, SOP
-  class, image type, radiopharmaceutical code and series description;
+* which studies it accepts: :class:`SeriesRule` objects over the routing
+  attributes of each series (:mod:`node.pipelines.routing`: modality, SOP
+  class, image type, radiopharmaceutical code, acquisition state, series
+  description);
 * which series it needs before a study counts as complete (the rules marked
   ``required``);
 * its steps, each bound to a queue: ``analyse`` (``cpu``: DICOM to volumes to
@@ -13,20 +15,31 @@ A pipeline declares
 Pipelines know nothing of Celery, the ledger or the network: the queue layer
 calls these methods with plain values, and every step must be deterministic so
 that a redelivered task produces the same result.
+
+A pipeline may declare options (:attr:`Pipeline.options_model`, the site's
+``[pipelines.<name>]`` table). Each run's steps execute on a copy made by
+:meth:`Pipeline.configured` with the run's :class:`~node.pipelines.options.RunConfig`
+(options, models folder, clinical file), which the node sends in every step message;
+steps read ``self.options`` and ``self.run_config``, never the environment.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Self, Sequence
 
 from pydicom import Dataset
 
+from node.pipelines.options import OptionsError, PipelineOptions, RunConfig, option_problems
+from node.pipelines.routing import SeriesSummary, StudySummary
+
+if TYPE_CHECKING:  # the report step's context; results is imported by the pipelines that report
+    from node.results.content import ReportContext
+
 __all__ = [
-    "SeriesSummary",
-    "StudySummary",
     "SeriesRule",
     "Acceptance",
     "Step",
@@ -35,33 +48,15 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class SeriesSummary:
-    """What routing needs to know about one received series (from the ledger)."""
-
-    series_instance_uid: str
-    modality: str
-    sop_class_uid: str
-    image_type: tuple[str, ...] = ()
-    series_description: str = ""
-    radiopharmaceutical_codes: tuple[str, ...] = ()  # code values, e.g. SCT "424299003"
-    instance_count: int = 0
-
-
-@dataclass(frozen=True)
-class StudySummary:
-    """The series of one study as received so far."""
-
-    study_instance_uid: str
-    series: tuple[SeriesSummary, ...]
-
-
-@dataclass(frozen=True)
 class SeriesRule:
     """A condition one series must meet; every field left empty matches anything.
 
     ``image_type_values`` matches when any of the given values appears anywhere
-    in Image Type (0008,0008); ``description_pattern`` is a case-insensitive
-    regular expression searched in Series Description (0008,103E).
+    in Image Type (0008,0008); ``states`` when the series' acquisition state
+    (:mod:`node.imaging.states`, the rule loading uses too) is one of them;
+    ``description_pattern`` is a case-insensitive regular expression searched
+    in Series Description (0008,103E), for site pipelines with their own
+    naming (a pipeline that tells stress from rest uses ``states``).
     """
 
     name: str
@@ -69,6 +64,7 @@ class SeriesRule:
     sop_class_uids: frozenset[str] = frozenset()
     image_type_values: frozenset[str] = frozenset()
     radiopharmaceutical_codes: frozenset[str] = frozenset()
+    states: frozenset[str] = frozenset()
     description_pattern: str = ""
     required: bool = True
 
@@ -84,6 +80,8 @@ class SeriesRule:
             series.radiopharmaceutical_codes
         ):
             return "radiopharmaceutical code not accepted"
+        if self.states and series.state not in self.states:
+            return f"acquisition state is {series.state} (from the series description), not {'/'.join(sorted(self.states))}"
         if self.description_pattern and not re.search(
             self.description_pattern, series.series_description, re.IGNORECASE
         ):
@@ -127,6 +125,34 @@ class Pipeline(ABC):
     series_rules: tuple[SeriesRule, ...]
 
     steps: tuple[Step, ...] = (Step("analyse", "cpu"), Step("predict", "gpu"), Step("report", "cpu"))
+
+    #: the pydantic model of the ``[pipelines.<name>]`` options; the base model accepts none
+    options_model: ClassVar[type[PipelineOptions]] = PipelineOptions
+    #: the processing configuration the steps run with: defaults on the registered
+    #: instance, a run's own on the copy :meth:`configured` returns
+    run_config: RunConfig = RunConfig()
+
+    def option_problems(self, options: Mapping[str, Any]) -> list[str]:
+        """Why this pipeline refuses ``options`` (a ``[pipelines.<name>]`` table), in words; [] when fine."""
+        return option_problems(self.options_model, options, f"pipelines.{self.name}")
+
+    def configured(self, config: RunConfig) -> Self:
+        """A copy of this pipeline whose steps run with ``config``.
+
+        Raises :class:`~node.pipelines.options.OptionsError` when ``config.options``
+        is not valid for :attr:`options_model`.
+        """
+        problems = self.option_problems(config.options)
+        if problems:
+            raise OptionsError("; ".join(problems))
+        clone = copy.copy(self)
+        clone.run_config = config
+        return clone
+
+    @property
+    def options(self) -> PipelineOptions:
+        """This run's options, validated by :attr:`options_model` (its defaults unless :meth:`configured`)."""
+        return self.options_model.model_validate(dict(self.run_config.options))
 
     def accept(self, study: StudySummary) -> Acceptance:
         """Decide whether this pipeline accepts ``study`` and whether it is complete."""

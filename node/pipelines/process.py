@@ -12,6 +12,13 @@ per study when the folder holds several):
   bull's-eyes with colour bar and segment grid, ``summary.pdf``,
   ``report.html``) through :mod:`node.results`.
 
+The settings (``--config`` or ``$CARDIONODE_CONFIG``, and ``CARDIONODE_*``)
+apply as in the node: ``[pipelines.<name>]`` options, ``models_dir``,
+``clinical_csv``, ``templates_dir``, ``[outputs]`` (PDF summary, multi-frame
+result screen) and the device identity (``device_uid``, else the UID kept in
+``<data_dir>/device_uid``; ``device_name``; ``institution``), so a study gets
+the same objects, with the same UIDs, either way.
+
 No patient name, ID or birth date is printed. Every output carries
 :data:`node.RESEARCH_USE_NOTICE`.
 """
@@ -31,10 +38,11 @@ from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
 import node
-from node.pipelines.base import SeriesSummary, StudySummary
-from node.results.content import ReportContext
+from node.config import ConfigError, Settings, load_settings
+from node.pipelines.configure import report_context, run_config
+from node.pipelines.routing import StudySummary
 
-__all__ = ["process_main", "process_folder", "read_folder", "study_summary", "ProcessOutcome"]
+__all__ = ["process_main", "process_folder", "read_folder", "ProcessOutcome"]
 
 Progress = Callable[[str], None]
 
@@ -70,37 +78,6 @@ def read_folder(folder: Path, exclude: Path | None = None, progress: Progress = 
             continue
         datasets.append(ds)
     return datasets, skipped
-
-
-def _radiopharmaceutical_codes(ds: Dataset) -> tuple[str, ...]:
-    codes = []
-    for item in ds.get("RadiopharmaceuticalInformationSequence", []) or []:
-        for code in item.get("RadiopharmaceuticalCodeSequence", []) or []:
-            if code.get("CodeValue"):
-                codes.append(str(code.CodeValue))
-    return tuple(codes)
-
-
-def study_summary(datasets: list[Dataset]) -> StudySummary:
-    """The routing summary of one study's instances."""
-    series: dict[str, list[Dataset]] = {}
-    for ds in datasets:
-        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
-    summaries = []
-    for uid, members in series.items():
-        first = members[0]
-        summaries.append(
-            SeriesSummary(
-                series_instance_uid=uid,
-                modality=str(first.get("Modality", "") or ""),
-                sop_class_uid=str(first.get("SOPClassUID", "") or ""),
-                image_type=tuple(str(v) for v in (first.get("ImageType") or ())),
-                series_description=str(first.get("SeriesDescription", "") or ""),
-                radiopharmaceutical_codes=_radiopharmaceutical_codes(first),
-                instance_count=len(members),
-            )
-        )
-    return StudySummary(str(datasets[0].StudyInstanceUID), tuple(summaries))
 
 
 def _jsonable(value: Any) -> Any:
@@ -195,12 +172,21 @@ def process_folder(
     models: bool = True,
     outputs: bool = True,
     progress: Progress = print,
+    settings: Settings | None = None,
 ) -> list[ProcessOutcome]:
     """Process every study found under ``folder``; see the module docstring.
 
-    ``outputs=False`` skips the DICOM/PDF/HTML outputs (JSON summary only).
+    ``outputs=False`` skips the DICOM/PDF/HTML outputs (JSON summary only);
+    ``models=False`` skips the predict step. ``settings`` (default:
+    :func:`node.config.load_settings`) give what the node would give the same
+    study: ``[pipelines.<name>]`` options, ``models_dir``, ``clinical_csv``,
+    ``templates_dir``, ``[outputs]`` and the device identity
+    (:mod:`node.pipelines.configure`).
     """
     from node.pipelines import registry
+    from node.results.templates import load_templates
+
+    settings = settings if settings is not None else load_settings()
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -223,7 +209,7 @@ def process_folder(
         outcome = ProcessOutcome(study_uid, None, study_out, timings_s=dict(timings))
         outcomes.append(outcome)
         progress(f"study {n}/{len(studies)}: {len(members)} instances")
-        summary = study_summary(members)
+        summary = StudySummary.from_datasets(members)
         if pipeline_name:
             try:
                 pipeline = registry.get(pipeline_name)
@@ -241,6 +227,7 @@ def process_folder(
         outcome.pipeline = pipeline.name
         t = outcome.timings_s
         try:
+            pipeline = pipeline.configured(run_config(settings, pipeline.name))
             result = _timed("analyse", t, progress, lambda: pipeline.analyse(members))
             for step, seconds in getattr(result, "timings_s", {}).items():
                 progress(f"    {step}: {seconds:.2f} s")
@@ -255,12 +242,15 @@ def process_folder(
                 path.write_text(json.dumps(_summary_json(result, content, t), indent=1))
                 outcome.written.append(path)
             if outputs:
-                context = ReportContext(device_uid="2.25.1", device_name="cardionode-process", pdf_summary=True)
+                context = report_context(settings)
                 datasets_out = _timed("report", t, progress, lambda: pipeline.report(result, context))
                 if content is not None:
                     from node.results import write_preview
 
-                    outcome.written += _timed("preview", t, progress, lambda: write_preview(datasets_out, content, study_out))
+                    templates = load_templates(context.templates_dir)
+                    outcome.written += _timed(
+                        "preview", t, progress, lambda: write_preview(datasets_out, content, study_out, templates)
+                    )
                 if content is not None:  # timings now include report and preview
                     (study_out / "summary.json").write_text(json.dumps(_summary_json(result, content, t), indent=1))
             progress(f"  wrote {len(outcome.written)} files to {study_out}")
@@ -274,10 +264,15 @@ def process_main(args: Any) -> int:
     """Handler of ``cardionode process`` (see :mod:`node.cli`)."""
     print(node.RESEARCH_USE_NOTICE)
     try:
+        settings = load_settings(getattr(args, "config", None))
         outcomes = process_folder(
-            Path(args.folder), args.out, getattr(args, "pipeline", None), models=not getattr(args, "no_models", False)
+            Path(args.folder),
+            args.out,
+            getattr(args, "pipeline", None),
+            models=not getattr(args, "no_models", False),
+            settings=settings,
         )
-    except FileNotFoundError as exc:
+    except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not outcomes:

@@ -23,9 +23,10 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
-from node.pipelines.base import Acceptance, Pipeline, StudySummary
+from node.pipelines.base import Acceptance, Pipeline
+from node.pipelines.routing import StudySummary
 
 __all__ = [
     "KNOWN_MODULES",
@@ -37,6 +38,7 @@ __all__ = [
     "load_modules",
     "route",
     "acceptance",
+    "option_problems",
 ]
 
 #: modules of the pipelines shipped with the node; each registers itself on import
@@ -164,3 +166,17 @@ def route(study: StudySummary) -> tuple[Pipeline | None, str]:
     if not study.series:
         return None, "the study has no series"
     return None, "no pipeline accepts the study: " + " | ".join(d.reason for _, d in decisions)
+
+
+def option_problems(tables: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Problems of the ``[pipelines.<name>]`` tables, in words: a name no registered pipeline
+    carries, or options its pipeline refuses (:meth:`Pipeline.option_problems`); [] when fine."""
+    problems: list[str] = []
+    for name, options in tables.items():
+        try:
+            pipeline = get(name)
+        except UnknownPipelineError as exc:
+            problems.append(f"pipelines.{name}: {exc}")
+            continue
+        problems += pipeline.option_problems(options)
+    return problems

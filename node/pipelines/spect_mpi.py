@@ -3,9 +3,14 @@
 Series rules (a study is *complete* when both required rules match):
 
 * ``stress`` (required): NM, Image Type ``RECON TOMO`` or ``RECON GATED TOMO``,
-  Series Description naming a stress protocol (stress, exercise, adenosine,
-  regadenoson, dipyridamole, dobutamine ...);
-* ``rest`` (required): the same with a rest/redistribution description.
+  acquisition state ``stress`` (Series Description or Protocol Name naming a
+  stress protocol: stress, exercise, adenosine, regadenoson, dipyridamole,
+  dobutamine ...);
+* ``rest`` (required): the same with state ``rest`` (rest, redistribution, delayed).
+
+The state is :func:`node.imaging.states.acquisition_state`, the same rule
+:mod:`node.imaging.nm` loads with, so a study that loads as stress and rest is
+also complete for routing.
 
 Rest is required so that a study is not reported before its rest series
 arrives; a stress-only protocol (or a rest series that never comes) is
@@ -19,6 +24,10 @@ Steps: ``analyse`` (load NM with :mod:`node.imaging.nm`, locate the LV,
 reorient transaxial input to short axis, sample polar maps, per-gate maps,
 function, phase, scores/TPD), ``predict`` (:mod:`node.ai` models when their
 bundles load), ``report`` (:func:`node.results.build_outputs`).
+
+Options (``[pipelines.spect_mpi]``, :class:`SpectMpiOptions`): ``normal_limits_version``
+(the normal limits the scores use; newest by default) and ``models`` (run the
+deep-learning models in ``predict``; on by default).
 """
 
 from __future__ import annotations
@@ -26,17 +35,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Sequence, cast
 
 import numpy as np
+from pydantic import Field, field_validator
 from pydicom import Dataset
 
+from node.imaging.errors import UnusableSeriesError
 from node.imaging.nm import NMReconstruction, group_nm_reconstructions
 from node.imaging.volume import Volume
+from node.pipelines import registry
 from node.pipelines.base import Pipeline, SeriesRule
+from node.pipelines.options import PipelineOptions
 from node.results.content import ReportContext
 from node.quant.function import FunctionResult, cavity_volume_ml, measure_function, tid_ratio
-from node.quant.orientation import LVLocation, locate_lv, reorient_to_short_axis
+from node.quant.lv_frame import LVLocation
+from node.quant.orientation import locate_lv, reorient_to_short_axis
 from node.quant.polar_map import (
     GatedPolarMaps,
     PolarMap,
@@ -45,6 +60,9 @@ from node.quant.polar_map import (
     perfusion_polar_map,
     sample_gated_polar_maps,
 )
+from node.quant.normal_limits import available_normal_limits, load_normal_limits
+from node.quant.phase import PhaseResult, analyse_phase, prefilter_gated_voxels
+from node.quant.scores import PerfusionScores, StudyScores, score_map, score_study
 from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, PolarGrid
 from node.results.content import (
     Algorithm,
@@ -59,11 +77,11 @@ from node.results.content import (
 __all__ = [
     "StateResult",
     "SpectMpiResult",
+    "SpectMpiOptions",
     "SpectMpiPipeline",
     "analyse_reconstructions",
     "report_content",
     "PIPELINE",
-    "NoUsableSeriesError",
 ]
 
 _log = logging.getLogger(__name__)
@@ -71,8 +89,6 @@ _log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 SHORT_AXIS_VOXEL_MM = 2.0
-_STRESS_PATTERN = r"stress|\bstr\b|exercise|\bex\b|adenosine|regadenoson|lexiscan|dipyridamole|persantine|dobutamine"
-_REST_PATTERN = r"rest|\brst\b|redistribution|redist|delay"
 
 ALGORITHM = Algorithm(
     name="CardioNode SPECT MPI quantification",
@@ -88,10 +104,6 @@ ALGORITHM = Algorithm(
 )
 
 
-class NoUsableSeriesError(ValueError):
-    """The study holds no NM reconstruction the pipeline can use; the message lists why."""
-
-
 @dataclass(frozen=True, eq=False)
 class StateResult:
     """Results of one acquisition state (``stress`` or ``rest``). Units in the field docs.
@@ -100,8 +112,8 @@ class StateResult:
       ``segment_uptake_pct`` [17] mean relative uptake (%), index 0 = segment 1.
     * ``gated`` per-gate maps [gate, 40, 72] (counts) or None; ``function`` volumes (mL),
       LVEF (%), wall motion (mm) and thickening (%) maps, or None when ungated;
-      ``phase`` (quant-b ``PhaseResult``: phase map in degrees, statistics) or None.
-    * ``scores`` (quant-b ``PerfusionScores``) or None when scoring was unavailable.
+      ``phase`` (:class:`~node.quant.phase.PhaseResult`: phase map in degrees, statistics) or None.
+    * ``scores`` (:class:`~node.quant.scores.PerfusionScores`) or None when scoring was unavailable.
     * ``cavity_volume_ml``: cavity volume of the summed image (mL), used for TID.
     """
 
@@ -118,8 +130,8 @@ class StateResult:
     segment_uptake_pct: np.ndarray
     gated: GatedPolarMaps | None
     function: FunctionResult | None
-    phase: Any | None
-    scores: Any | None
+    phase: PhaseResult | None
+    scores: PerfusionScores | None
     cavity_volume_ml: float
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -129,7 +141,7 @@ class SpectMpiResult:
     """Everything ``analyse`` (and ``predict``) found for one study; picklable.
 
     ``age`` years, ``sex`` "M"/"F"/None, ``tracer`` key; ``tid_ratio`` stress/rest
-    cavity volume (1); ``study_scores`` quant-b ``StudyScores`` (SSS/SRS/SDS, TPD %);
+    cavity volume (1); ``study_scores`` :class:`~node.quant.scores.StudyScores` (SSS/SRS/SDS, TPD %);
     ``predictions`` the ``(groups, images, notes)`` of :mod:`node.ai` (empty when
     no model ran); ``notes`` lines for the report (QC, missing series, disagreements).
     """
@@ -142,7 +154,7 @@ class SpectMpiResult:
     accession_number: str
     stress: StateResult | None
     rest: StateResult | None
-    study_scores: Any | None
+    study_scores: StudyScores | None
     tid_ratio: float | None
     notes: tuple[str, ...] = ()
     predictions: tuple[tuple[MeasurementGroup, ...], tuple[MapImage, ...], tuple[str, ...]] = ((), (), ())
@@ -172,6 +184,7 @@ def _analyse_state(
     sex: str | None,
     grid: PolarGrid,
     notes: list[str],
+    normal_limits_version: int | None = None,
 ) -> StateResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -196,15 +209,10 @@ def _analyse_state(
     perfusion, _ = perfusion_polar_map(source, location, grid)
     gated_maps = None
     if source_gated is not None:
-        # per-gate maps for phase analysis and ED/ES display: gates prefiltered (3D Gaussian, quant-b's
-        # setting) because single-gate counts are too noisy for the first harmonic
-        try:
-            from node.quant.phase import prefilter_gated_voxels
-
-            filtered = Volume(prefilter_gated_voxels(source_gated.voxels, source_gated.spacing_mm), source_gated.affine)
-        except ImportError:
-            filtered = source_gated
-            notes.append(f"{state}: gate prefilter unavailable; per-gate maps unfiltered")
+        # per-gate maps for phase analysis and ED/ES display: gates prefiltered (3D Gaussian,
+        # node.quant.phase.PHASE_PREFILTER_SIGMA_MM) because single-gate counts are too noisy
+        # for the first harmonic
+        filtered = Volume(prefilter_gated_voxels(source_gated.voxels, source_gated.spacing_mm), source_gated.affine)
         surface = midwall_surface_rows(source, location, grid_rows_z(location, grid), grid.n_psi)
         gated_maps = sample_gated_polar_maps(filtered, location, grid, surface=surface)
     timings["polar_maps"] = time.perf_counter() - t0
@@ -223,20 +231,12 @@ def _analyse_state(
 
     t0 = time.perf_counter()
     if gated_maps is not None:
-        try:
-            from node.quant.phase import analyse_phase
-
-            phase = analyse_phase(gated_maps.values, gated_maps.weights)
-        except ImportError as exc:  # quant-b module missing in this installation
-            notes.append(f"{state}: phase analysis unavailable ({exc})")
+        phase = analyse_phase(gated_maps.values, gated_maps.weights)
     scores = None
     try:
-        from node.quant.normal_limits import load_normal_limits
-        from node.quant.scores import score_map
-
-        limits = load_normal_limits(summed.tracer, sex)
+        limits = load_normal_limits(summed.tracer, sex, None if normal_limits_version is None else str(normal_limits_version))
         scores = score_map(perfusion.values, perfusion.weights, limits, grid=grid)
-    except (ImportError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (FileNotFoundError, KeyError, ValueError) as exc:  # no limits for this tracer/sex, or unusable map
         notes.append(f"{state}: perfusion scoring unavailable ({exc})")
     timings["scores_phase"] = time.perf_counter() - t0
     return StateResult(
@@ -266,11 +266,15 @@ def analyse_reconstructions(
     accession_number: str = "",
     grid: PolarGrid = DEFAULT_GRID,
     extra_notes: Sequence[str] = (),
+    normal_limits_version: int | None = None,
 ) -> SpectMpiResult:
-    """Run the quantification on loaded NM reconstructions (the part of ``analyse`` after DICOM)."""
+    """Run the quantification on loaded NM reconstructions (the part of ``analyse`` after DICOM).
+
+    ``normal_limits_version``: the normal limits the perfusion scores use; None = the newest.
+    """
     notes = list(extra_notes)
     if not recons:
-        raise NoUsableSeriesError("no usable NM reconstruction (RECON TOMO / RECON GATED TOMO) in the study")
+        raise UnusableSeriesError("no usable NM reconstruction (RECON TOMO / RECON GATED TOMO) in the study", "ImageType")
     unknown = [r for r in recons if r.state == "unknown"]
     if unknown and not any(r.state == "stress" for r in recons):
         notes.append("no series described as stress; a series of unknown state is analysed as stress")
@@ -286,16 +290,11 @@ def analyse_reconstructions(
             notes.append(f"no {state} series: {state} results omitted")
             results[state] = None
             continue
-        results[state] = _analyse_state(state, summed, gated, sex, grid, notes)
+        results[state] = _analyse_state(state, summed, gated, sex, grid, notes, normal_limits_version)
     stress, rest = results["stress"], results["rest"]
     study_scores = None
     if stress is not None and stress.scores is not None:
-        try:
-            from node.quant.scores import score_study
-
-            study_scores = score_study(stress.scores, rest.scores if rest is not None else None)
-        except ImportError as exc:
-            notes.append(f"summed scores unavailable ({exc})")
+        study_scores = score_study(stress.scores, rest.scores if rest is not None else None)
     tid = None
     if stress is not None and rest is not None and rest.cavity_volume_ml > 0:
         tid = tid_ratio(stress.cavity_volume_ml, rest.cavity_volume_ml)
@@ -514,32 +513,67 @@ def report_content(result: SpectMpiResult, grid: PolarGrid = DEFAULT_GRID) -> Re
 # --------------------------------------------------------------------------- pipeline
 
 
-def _nm_rule(name: str, pattern: str) -> SeriesRule:
+def _nm_rule(state: str) -> SeriesRule:
+    """The rule of one acquisition state: an NM reconstruction whose state is ``state``."""
     return SeriesRule(
-        name=name,
+        name=state,
         modalities=frozenset({"NM"}),
         image_type_values=frozenset({"RECON TOMO", "RECON GATED TOMO"}),
-        description_pattern=pattern,
+        states=frozenset({state}),
         required=True,
     )
 
 
+class SpectMpiOptions(PipelineOptions):
+    """``[pipelines.spect_mpi]``: the SPECT MPI pipeline's options; the defaults give its standard results."""
+
+    normal_limits_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="version of the synthetic normal limits the perfusion scores use "
+        "(node/quant/data/normal_limits.json); unset: the newest",
+    )
+    models: bool = Field(
+        default=True,
+        description="run the deep-learning models in the predict step (AI segmentation cross-check, CAD, "
+        "tracer and CRT predictions); false: the report holds the quantification only",
+    )
+
+    @field_validator("normal_limits_version")
+    @classmethod
+    def _shipped_version(cls, version: int | None) -> int | None:
+        if version is not None:
+            shipped = sorted({int(entry["version"]) for entry in available_normal_limits()})
+            if version not in shipped:
+                raise ValueError(f"no normal limits of version {version} (shipped: {', '.join(map(str, shipped))})")
+        return version
+
+
 class SpectMpiPipeline(Pipeline):
-    """SPECT myocardial perfusion: stress and rest NM reconstructions (gated when present)."""
+    """SPECT myocardial perfusion: stress and rest NM reconstructions (gated when present).
+
+    Options: :class:`SpectMpiOptions`.
+    """
 
     name = "spect_mpi"
     version = VERSION
     title = "SPECT myocardial perfusion (polar maps, 17-segment scores, TPD, gated function, phase)"
-    series_rules = (_nm_rule("stress", _STRESS_PATTERN), _nm_rule("rest", _REST_PATTERN))
+    series_rules = (_nm_rule("stress"), _nm_rule("rest"))
+    options_model = SpectMpiOptions
 
     def analyse(self, instances: Sequence[Dataset]) -> SpectMpiResult:
-        """Load the NM reconstructions among ``instances`` and quantify them (cpu step)."""
-        instances = list(instances)
+        """Load the NM reconstructions among ``instances`` and quantify them (cpu step).
+
+        The series are taken in order of Series Instance UID (instances of one series in the
+        order given), as the ledger hands them to the node's workers, so the results and
+        their UIDs do not depend on the order in which ``cardionode process`` reads files.
+        """
+        instances = sorted(instances, key=lambda ds: str(ds.get("SeriesInstanceUID", "")))
         recons, rejected = group_nm_reconstructions(instances)
         notes = [f"series {r.series_uid[-12:]} not used: {r.reason}" for r in rejected]
         if not recons:
             why = "; ".join(notes) or "no NM instance"
-            raise NoUsableSeriesError(f"no usable NM reconstruction: {why}")
+            raise UnusableSeriesError(f"no usable NM reconstruction: {why}", "ImageType")
         used = {uid for r in recons for uid in r.sop_instance_uids}
         sources = tuple(
             SourceInstance(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), str(ds.SOPInstanceUID))
@@ -547,7 +581,10 @@ class SpectMpiPipeline(Pipeline):
             if str(ds.get("SOPInstanceUID", "")) in used
         )
         accession = next((str(ds.get("AccessionNumber", "") or "") for ds in instances if ds.get("AccessionNumber")), "")
-        result = analyse_reconstructions(recons, sources, accession, extra_notes=notes)
+        options = cast(SpectMpiOptions, self.options)
+        result = analyse_reconstructions(
+            recons, sources, accession, extra_notes=notes, normal_limits_version=options.normal_limits_version
+        )
         headers = tuple(_header(ds) for ds in instances if str(ds.get("SOPInstanceUID", "")) in used)
         return replace(result, source_headers=headers)
 
@@ -560,17 +597,23 @@ class SpectMpiPipeline(Pipeline):
            reported in the notes. The classical result stays the one quantified.
         2. ``node.ai.predict_spect`` adds prediction groups, Grad-CAM maps and notes.
 
-        Missing models or the AI package give notes, never a failed study.
+        Bundles come from ``run_config.models_dir`` (None: those shipped with the
+        package), the CRT model's clinical values from ``run_config.clinical_csv``.
+        With the option ``models = false`` the result is returned unchanged.
+
+        Missing or unloadable model bundles give notes, never a failed study. The
+        models are imported here, not at module level, so that processes that only
+        route studies (the listener, ``cardionode status``) never load torch.
         """
+        if not cast(SpectMpiOptions, self.options).models:
+            return result
+        from node.ai import predict_spect
+
+        config = self.run_config
         notes = list(result.notes)
-        notes.extend(_segmentation_cross_check(result))
+        notes.extend(_segmentation_cross_check(result, config.models_dir))
         try:
-            from node.ai import predict_spect
-        except ImportError as exc:
-            notes.append(f"deep-learning predictions not run: {exc}")
-            return replace(result, notes=tuple(notes))
-        try:
-            groups, images, ai_notes = predict_spect(result)
+            groups, images, ai_notes = predict_spect(result, config.models_dir, clinical_csv=config.clinical_csv)
         except (FileNotFoundError, RuntimeError) as exc:  # bundle absent or not loadable on this installation
             notes.append(f"deep-learning predictions not run: {type(exc).__name__}: {str(exc)[:160]}")
             return replace(result, notes=tuple(notes))
@@ -588,16 +631,19 @@ class SpectMpiPipeline(Pipeline):
         return build_outputs(report_content(result), list(result.source_headers), context)
 
 
-def _segmentation_cross_check(result: SpectMpiResult) -> list[str]:
-    """Locate the LV again with the AI myocardium mask; words about (dis)agreement per state."""
-    try:
-        from node.ai.segmentation import segment_myocardium
-    except ImportError as exc:
-        return [f"AI segmentation not run: {exc}"]
+def _segmentation_cross_check(result: SpectMpiResult, models_dir: Path | None = None) -> list[str]:
+    """Locate the LV again with the AI myocardium mask; words about (dis)agreement per state.
+
+    ``models_dir``: folder of the bundles (None: those shipped with the package).
+    """
+    from node.ai.bundles import load_bundle  # torch: only in the predict step
+    from node.ai.segmentation import segment_myocardium
+
     lines = []
     for state in result.states:
         try:
-            mask = segment_myocardium(state.volume)
+            bundle = load_bundle("lv_segmentation", None if models_dir is None else models_dir / "lv_segmentation")
+            mask = segment_myocardium(state.volume, bundle)
         except (FileNotFoundError, RuntimeError, ValueError) as exc:
             return lines + [f"AI segmentation not run: {exc}"]
         if not np.any(mask):
@@ -632,10 +678,4 @@ def _header(ds: Dataset) -> Dataset:
 
 
 PIPELINE = SpectMpiPipeline()
-
-try:  # register with the node's registry (flow); absent registry = standalone use
-    from node.pipelines import registry as _registry
-
-    _registry.register(PIPELINE)
-except ImportError:  # pragma: no cover - registry ships with the node
-    pass
+registry.register(PIPELINE)

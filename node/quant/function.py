@@ -42,7 +42,11 @@ Method (count profiles normal to the mid-wall surface, constant myocardial volum
    same way: the SPECT pipeline uses the mean of the gated volume curve, or
    :func:`cavity_volume_ml` of the summed volume when a state is ungated.
 
-Maps are ``[n_u, n_psi]`` on :class:`~node.quant.segments.PolarGrid`.
+Maps are ``[n_u, n_psi]`` on :class:`~node.quant.segments.PolarGrid`. The
+gated volume is ``[gate, slice, row, col]`` (its :class:`~node.imaging.volume.FrameAxis`
+must be gates, in time order). The wall model of step 2 is here
+(:func:`blurred_slab_profile`, :func:`fit_wall_profile`); the LV may have been
+located by any method (:class:`~node.quant.lv_frame.LVLocation`).
 """
 
 from __future__ import annotations
@@ -50,16 +54,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
-from node.imaging.volume import Volume
-from node.quant.orientation import LVLocation, fit_wall_profile, lv_to_index, map_points
-from node.quant.polar_map import (
-    MidWallSurface,
-    _surface_at,
-    fit_midwall_surface,
-    grid_rows_z,
-)
+from node.imaging.volume import FrameAxis, Volume
+from node.quant.lv_frame import LVLocation, lv_to_index, map_points
+from node.quant.polar_map import MidWallSurface, fit_midwall_surface, grid_rows_z, surface_from_meridians
 from node.quant.segments import DEFAULT_GRID, PolarGrid
 
 __all__ = [
@@ -68,6 +67,8 @@ __all__ = [
     "cavity_volume_ml",
     "tid_ratio",
     "volume_curve",
+    "blurred_slab_profile",
+    "fit_wall_profile",
     "PROFILE_STEP_MM",
     "VOLUME_CURVE_HARMONICS",
 ]
@@ -216,7 +217,7 @@ def measure_function(
     notes: list[str] = []
     z_rays, r_rays, peak_rays, psi_deg, _ = fit_midwall_surface(gated_volume, location, grid.n_psi, curvature_shift=False)
     rows = _internal_rows(location, grid)
-    surface = _surface_at(z_rays, r_rays, peak_rays, psi_deg, rows)
+    surface = surface_from_meridians(z_rays, r_rays, peak_rays, psi_deg, rows)
     half = location.wall_thickness_mm / 2.0 + fwhm + 6.0
     offsets = np.arange(-half, half + 1e-9, PROFILE_STEP_MM)
     prof = _profiles(vox, gated_volume, location, surface, offsets)  # [g, rows, psi, K]
@@ -276,7 +277,7 @@ def measure_function(
     lvef = 100.0 * (edv - esv) / edv
 
     # canonical maps: wall motion and count-based thickening
-    canon = _surface_at(z_rays, r_rays, peak_rays, psi_deg, grid_rows_z(location, grid))
+    canon = surface_from_meridians(z_rays, r_rays, peak_rays, psi_deg, grid_rows_z(location, grid))
     cprof = _profiles(vox[[ed, es]], gated_volume, location, canon, offsets)
     cprof = ndimage.gaussian_filter(cprof, sigma=(0, 0.7, 1.0, 0), mode=("nearest", "nearest", "wrap", "nearest"))
     cpos, cpeak = _peaks(cprof, offsets)
@@ -310,6 +311,60 @@ def measure_function(
     )
 
 
+def blurred_slab_profile(x: np.ndarray, thickness_mm: np.ndarray, sigma_mm: np.ndarray) -> np.ndarray:
+    """Unit-activity slab of ``thickness_mm`` centred at 0, blurred by a Gaussian of ``sigma_mm`` (values at ``x``)."""
+    t = np.asarray(thickness_mm, dtype=float)
+    s = np.asarray(sigma_mm, dtype=float) * np.sqrt(2.0)
+    return 0.5 * (special.erf((x + t / 2.0) / s) - special.erf((x - t / 2.0) / s))
+
+
+def fit_wall_profile(
+    offsets_mm: np.ndarray, profile: np.ndarray, sigma_mm: float | None
+) -> tuple[float, float, float, float]:
+    """Fit ``b_in step + c slab(t) + b_out step`` (all blurred) to a mean wall profile.
+
+    ``offsets_mm`` run from inside (cavity, negative) to outside, 0 at the
+    profile peak. With ``sigma_mm`` given only the thickness and levels are
+    fitted; otherwise sigma too. Returns ``(thickness_mm, sigma_mm, amplitude, centre_mm)``.
+    """
+    from scipy.optimize import least_squares
+
+    x = np.asarray(offsets_mm, dtype=float)
+    y = np.asarray(profile, dtype=float)
+    peak = float(y.max()) or 1.0
+    y = y / peak
+
+    def model(params: np.ndarray) -> np.ndarray:
+        centre, t, sig, c, b_in, b_out = params
+        xs = x - centre
+        inner = 0.5 * (1.0 - special.erf((xs + t / 2.0) / (np.sqrt(2.0) * sig)))
+        outer = 0.5 * (1.0 + special.erf((xs - t / 2.0) / (np.sqrt(2.0) * sig)))
+        return c * blurred_slab_profile(xs, t, sig) + b_in * inner + b_out * outer
+
+    fixed_sigma = sigma_mm is not None
+
+    def residual(free: np.ndarray) -> np.ndarray:
+        if fixed_sigma:
+            params = np.array([free[0], free[1], sigma_mm, free[2], free[3], free[4]])
+        else:
+            params = free
+        return model(params) - y
+
+    if fixed_sigma:
+        start = np.array([0.0, 10.0, 1.3, 0.05, 0.05])
+        lower = [-5.0, 1.0, 0.1, -0.2, -0.2]
+        upper = [5.0, 40.0, 10.0, 0.8, 0.8]
+    else:
+        start = np.array([0.0, 10.0, 5.0, 1.3, 0.05, 0.05])
+        lower = [-5.0, 1.0, 1.0, 0.1, -0.2, -0.2]
+        upper = [5.0, 40.0, 15.0, 10.0, 0.8, 0.8]
+    fit = least_squares(residual, start, bounds=(lower, upper))
+    p = fit.x
+    if fixed_sigma:
+        return float(p[1]), float(sigma_mm), float(p[2] * peak), float(p[0])
+    return float(p[1]), float(p[2]), float(p[3] * peak), float(p[0])
+
+
 def volume_curve(gate_volumes_ml: np.ndarray, harmonics: int = VOLUME_CURVE_HARMONICS) -> np.ndarray:
     """The cyclic volume curve ``[gate]`` (mL, gates in time order) reduced to its mean and first ``harmonics``.
 
@@ -332,7 +387,7 @@ def cavity_volume_ml(volume: Volume, location: LVLocation, grid: PolarGrid = DEF
     vox = np.asarray(volume.voxels, dtype=float)
     if vox.ndim == 4:
         vox = vox.sum(axis=0)
-    doubled = Volume(np.stack([vox, vox]), volume.affine)
+    doubled = Volume(np.stack([vox, vox]), volume.affine, FrameAxis.gates(2))
     return measure_function(doubled, location, grid, fwhm_mm).edv_ml
 
 

@@ -13,15 +13,23 @@ Azimuth ``psi`` is measured from ``a`` toward ``s`` (0 anterior, 90 septal,
 along ``l``, rows running from anterior to inferior (``-a``) and columns from
 septal to lateral (``-s``), so that displayed slices are seen from the apex
 with anterior up and septum left.
+
+This module holds the modality-free LV geometry that sampling and function build on:
+:class:`LVFrame` (apex and axis), :class:`LVLocation` (where the LV is and its landmarks,
+whoever found them: the count-threshold locator of :mod:`node.quant.orientation`, a
+segmentation, a short-axis stack) and the linear map from LV coordinates to voxel indices
+(:func:`lv_to_index`, :func:`map_points`). Lengths are millimetres, points patient LPS.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LVFrame", "PATIENT_ANTERIOR"]
+from node.imaging.volume import Volume
+
+__all__ = ["LVFrame", "LVLocation", "PATIENT_ANTERIOR", "lv_to_index", "map_points"]
 
 PATIENT_ANTERIOR = np.array([0.0, -1.0, 0.0])
 
@@ -76,3 +84,66 @@ class LVFrame:
     def to_patient(self, lv_mm: np.ndarray) -> np.ndarray:
         """Patient LPS mm of LV coordinates ``[..., (l, a, s)]``."""
         return np.asarray(lv_mm, dtype=float) @ self.rotation + self.apex_mm
+
+
+@dataclass(frozen=True, eq=False)
+class LVLocation:
+    """Where the LV is, in patient LPS millimetres.
+
+    ``frame.apex_mm`` is the *epicardial* apex on the long axis and
+    ``frame.long_axis`` the unit vector apex -> base (same convention as the
+    phantom truth of ``node.synth``). Distances along the axis (``z``) are
+    measured from that apex.
+    """
+
+    frame: LVFrame
+    centre_mm: np.ndarray  # (3,) point on the long axis halfway between cavity apex and base
+    length_mm: float  # epicardial apex -> base plane along the axis
+    cavity_apex_mm: float  # epicardial apex -> endocardial (cavity) apex along the axis = apical wall
+    mid_wall_radius_mm: float  # mid-ventricular mid-wall radius
+    wall_thickness_mm: float  # estimated wall thickness (resolution-corrected)
+    cavity_volume_ml: float  # rough cavity volume (half prolate ellipsoid of the landmarks)
+    method: str  # how it was found, e.g. "threshold" | "mask" | "short_axis" (node.quant.orientation)
+    fwhm_mm: float  # system resolution assumed or estimated (mm)
+    notes: tuple[str, ...] = field(default=())
+    source_voxel_mm: float = 0.0  # mean voxel size of the located volume (mm)
+
+    @property
+    def effective_sigma_mm(self) -> float:
+        """Gaussian sigma of the resolution plus voxelisation and trilinear sampling (``h^2/4``), mm."""
+        sigma = self.fwhm_mm / 2.3548
+        return float(np.sqrt(sigma**2 + self.source_voxel_mm**2 / 4.0))
+
+    @property
+    def base_mm(self) -> float:
+        """``z`` of the base plane (mm from the epicardial apex)."""
+        return self.length_mm
+
+    @property
+    def cavity_length_mm(self) -> float:
+        return self.length_mm - self.cavity_apex_mm
+
+    def u_to_z(self, u: np.ndarray, u_cap: float) -> np.ndarray:
+        """Map polar-grid ``u`` (0 apex .. 1 base, first ``u_cap`` = cap) to ``z`` mm from the epicardial apex.
+
+        The cap spans ``z`` in [0, cavity apex); the rest spans the cavity
+        linearly to the base, so segment thirds are thirds of the cavity length.
+        """
+        u = np.asarray(u, dtype=float)
+        cap = u / u_cap * self.cavity_apex_mm
+        body = self.cavity_apex_mm + (u - u_cap) / (1.0 - u_cap) * self.cavity_length_mm
+        return np.where(u < u_cap, cap, body)
+
+
+def lv_to_index(frame: LVFrame, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """Linear map ``(A, b)`` from LV coordinates (l, a, s) mm to fractional voxel index of ``volume``."""
+    inverse = np.linalg.inv(volume.affine)
+    a = inverse[:3, :3] @ frame.rotation.T
+    b = inverse[:3, :3] @ frame.apex_mm + inverse[:3, 3]
+    return a, b
+
+
+def map_points(a: np.ndarray, b: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``a @ p + b`` for points ``[..., 3]``, returned as coordinates ``[3, ...]`` (for map_coordinates)."""
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    return np.stack([a[k, 0] * x + a[k, 1] * y + a[k, 2] * z + b[k] for k in range(3)])

@@ -57,6 +57,11 @@ Method (after Germano et al., J Nucl Med 1995;36:1107, "Automatic reorientation"
    clinical noise (seeds 61000-61049): Tc-99m -0.27 +- 0.37 / +0.44 +- 0.61,
    Tl-201 -0.22 +- 0.56 / +0.41 +- 0.77 mm (normal / cap defect).
 
+:func:`locate_lv` runs these stages as one private function each and returns a
+:class:`node.quant.lv_frame.LVLocation`; sampling and function
+(:mod:`node.quant.polar_map`, :mod:`node.quant.function`) take any
+``LVLocation`` and do not depend on this locator.
+
 Coordinates are patient LPS millimetres; the LV frame is
 :class:`node.quant.lv_frame.LVFrame` (azimuth reference = patient anterior).
 Short-axis volumes (:func:`reorient_to_short_axis`) have slices from apex to
@@ -65,23 +70,20 @@ base, rows from anterior to inferior and columns from septal to lateral.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, special
+from scipy import ndimage
 
 from node.imaging.volume import Volume
-from node.quant.lv_frame import LVFrame
+from node.quant.lv_frame import LVFrame, LVLocation, map_points
 
 __all__ = [
     "LVNotFoundError",
-    "LVLocation",
     "locate_lv",
     "classical_myocardium_mask",
     "reorient_to_short_axis",
     "short_axis_frame",
-    "blurred_slab_profile",
-    "fit_wall_profile",
     "DEFAULT_FWHM_MM",
 ]
 
@@ -129,70 +131,7 @@ class LVNotFoundError(ValueError):
     """No left ventricle could be located; the message says what was seen."""
 
 
-@dataclass(frozen=True, eq=False)
-class LVLocation:
-    """Where the LV is, in patient LPS millimetres.
-
-    ``frame.apex_mm`` is the *epicardial* apex on the long axis and
-    ``frame.long_axis`` the unit vector apex -> base (same convention as the
-    phantom truth of ``node.synth``). Distances along the axis (``z``) are
-    measured from that apex.
-    """
-
-    frame: LVFrame
-    centre_mm: np.ndarray  # (3,) point on the long axis halfway between cavity apex and base
-    length_mm: float  # epicardial apex -> base plane along the axis
-    cavity_apex_mm: float  # epicardial apex -> endocardial (cavity) apex along the axis = apical wall
-    mid_wall_radius_mm: float  # mid-ventricular mid-wall radius
-    wall_thickness_mm: float  # estimated wall thickness (resolution-corrected)
-    cavity_volume_ml: float  # rough cavity volume (half prolate ellipsoid of the landmarks)
-    method: str  # "threshold" | "mask" | "short_axis"
-    fwhm_mm: float  # system resolution assumed or estimated (mm)
-    notes: tuple[str, ...] = field(default=())
-    source_voxel_mm: float = 0.0  # mean voxel size of the located volume (mm)
-
-    @property
-    def effective_sigma_mm(self) -> float:
-        """Gaussian sigma of the resolution plus voxelisation and trilinear sampling (``h^2/4``), mm."""
-        sigma = self.fwhm_mm / 2.3548
-        return float(np.sqrt(sigma**2 + self.source_voxel_mm**2 / 4.0))
-
-    @property
-    def base_mm(self) -> float:
-        """``z`` of the base plane (mm from the epicardial apex)."""
-        return self.length_mm
-
-    @property
-    def cavity_length_mm(self) -> float:
-        return self.length_mm - self.cavity_apex_mm
-
-    def u_to_z(self, u: np.ndarray, u_cap: float) -> np.ndarray:
-        """Map polar-grid ``u`` (0 apex .. 1 base, first ``u_cap`` = cap) to ``z`` mm from the epicardial apex.
-
-        The cap spans ``z`` in [0, cavity apex); the rest spans the cavity
-        linearly to the base, so segment thirds are thirds of the cavity length.
-        """
-        u = np.asarray(u, dtype=float)
-        cap = u / u_cap * self.cavity_apex_mm
-        body = self.cavity_apex_mm + (u - u_cap) / (1.0 - u_cap) * self.cavity_length_mm
-        return np.where(u < u_cap, cap, body)
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def lv_to_index(frame: LVFrame, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """Linear map ``(A, b)`` from LV coordinates (l, a, s) mm to fractional voxel index of ``volume``."""
-    inverse = np.linalg.inv(volume.affine)
-    a = inverse[:3, :3] @ frame.rotation.T
-    b = inverse[:3, :3] @ frame.apex_mm + inverse[:3, 3]
-    return a, b
-
-
-def map_points(a: np.ndarray, b: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``a @ p + b`` for points ``[..., 3]``, returned as coordinates ``[3, ...]`` (for map_coordinates)."""
-    x, y, z = points[..., 0], points[..., 1], points[..., 2]
-    return np.stack([a[k, 0] * x + a[k, 1] * y + a[k, 2] * z + b[k] for k in range(3)])
 
 
 def _ball(radius_vox: np.ndarray) -> np.ndarray:
@@ -241,60 +180,6 @@ def _sphere_directions(n_polar: int = 24, n_azimuth: int = 48) -> np.ndarray:
     azim = (np.arange(n_azimuth) + 0.5) * 2.0 * np.pi / n_azimuth
     pp, aa = np.meshgrid(polar, azim, indexing="ij")
     return np.stack([np.sin(pp) * np.cos(aa), np.sin(pp) * np.sin(aa), np.cos(pp)], axis=-1).reshape(-1, 3)
-
-
-def blurred_slab_profile(x: np.ndarray, thickness_mm: np.ndarray, sigma_mm: np.ndarray) -> np.ndarray:
-    """Unit-activity slab of ``thickness_mm`` centred at 0, blurred by a Gaussian of ``sigma_mm`` (values at ``x``)."""
-    t = np.asarray(thickness_mm, dtype=float)
-    s = np.asarray(sigma_mm, dtype=float) * np.sqrt(2.0)
-    return 0.5 * (special.erf((x + t / 2.0) / s) - special.erf((x - t / 2.0) / s))
-
-
-def fit_wall_profile(
-    offsets_mm: np.ndarray, profile: np.ndarray, sigma_mm: float | None
-) -> tuple[float, float, float, float]:
-    """Fit ``b_in step + c slab(t) + b_out step`` (all blurred) to a mean wall profile.
-
-    ``offsets_mm`` run from inside (cavity, negative) to outside, 0 at the
-    profile peak. With ``sigma_mm`` given only the thickness and levels are
-    fitted; otherwise sigma too. Returns ``(thickness_mm, sigma_mm, amplitude, centre_mm)``.
-    """
-    from scipy.optimize import least_squares
-
-    x = np.asarray(offsets_mm, dtype=float)
-    y = np.asarray(profile, dtype=float)
-    peak = float(y.max()) or 1.0
-    y = y / peak
-
-    def model(params: np.ndarray) -> np.ndarray:
-        centre, t, sig, c, b_in, b_out = params
-        xs = x - centre
-        inner = 0.5 * (1.0 - special.erf((xs + t / 2.0) / (np.sqrt(2.0) * sig)))
-        outer = 0.5 * (1.0 + special.erf((xs - t / 2.0) / (np.sqrt(2.0) * sig)))
-        return c * blurred_slab_profile(xs, t, sig) + b_in * inner + b_out * outer
-
-    fixed_sigma = sigma_mm is not None
-
-    def residual(free: np.ndarray) -> np.ndarray:
-        if fixed_sigma:
-            params = np.array([free[0], free[1], sigma_mm, free[2], free[3], free[4]])
-        else:
-            params = free
-        return model(params) - y
-
-    if fixed_sigma:
-        start = np.array([0.0, 10.0, 1.3, 0.05, 0.05])
-        lower = [-5.0, 1.0, 0.1, -0.2, -0.2]
-        upper = [5.0, 40.0, 10.0, 0.8, 0.8]
-    else:
-        start = np.array([0.0, 10.0, 5.0, 1.3, 0.05, 0.05])
-        lower = [-5.0, 1.0, 1.0, 0.1, -0.2, -0.2]
-        upper = [5.0, 40.0, 15.0, 10.0, 0.8, 0.8]
-    fit = least_squares(residual, start, bounds=(lower, upper))
-    p = fit.x
-    if fixed_sigma:
-        return float(p[1]), float(sigma_mm), float(p[2] * peak), float(p[0])
-    return float(p[1]), float(p[2]), float(p[3] * peak), float(p[0])
 
 
 # --------------------------------------------------------------------------- candidates
@@ -734,10 +619,17 @@ def locate_lv(
 ) -> LVLocation:
     """Locate the left ventricle in a SPECT/PET volume.
 
+    The stages of the module docstring, one private function each: candidate
+    myocardium (:func:`_candidate_myocardium`), ellipsoid refined on mid-wall
+    points (:func:`_refine_on_midwall_points`), long axis
+    (:func:`_long_axis`), landmarks along it (:func:`_apex_from_count_peak`,
+    :func:`_midventricular_rings`, :func:`_base_from_counts`) and the
+    shell-model apex (:func:`_apex_from_shell_model`).
+
     Parameters
     ----------
     volume:
-        3D ``[slice, row, col]`` or gated 4D volume (gates are summed).
+        3D ``[slice, row, col]`` or 4D ``[frame, slice, row, col]`` volume (the frames are summed).
     myocardium_mask:
         Optional boolean myocardium mask of ``volume.shape3d`` (e.g. from the
         AI segmentation). When given it replaces the threshold step; the
@@ -766,152 +658,26 @@ def locate_lv(
     geometry = Volume(vox, volume.affine)
     smooth = ndimage.gaussian_filter(vox, sigma=np.maximum(_SMOOTH_MM / spacing, 0.3))
     notes: list[str] = []
-    keep_out: np.ndarray | None = None
-    if myocardium_mask is not None:
-        mask = np.asarray(myocardium_mask).astype(bool)
-        if mask.shape != vox.shape:
-            raise ValueError(f"myocardium mask has shape {mask.shape}, the volume {vox.shape}")
-        if mask.sum() < 12:
-            raise LVNotFoundError("the myocardium mask is (almost) empty")
-        labels, n = ndimage.label(mask)
-        if n > 1:
-            sizes = ndimage.sum_labels(mask, labels, np.arange(1, n + 1))
-            mask = labels == (1 + int(np.argmax(sizes)))
-            notes.append(f"mask had {n} components; largest used")
-        method = "mask"
-        fit = _fit_quadric(geometry.index_to_patient(np.argwhere(mask)), smooth[mask] + 1e-9)
-        if fit is None:
-            raise LVNotFoundError("the myocardium mask is not ellipsoid-shaped")
-        centre, semi, axes = fit
-    else:
-        best, seen, excluded = _threshold_candidates(smooth, geometry)
-        if best is None:
-            detail = "; ".join(seen[:6]) or "no component above threshold"
-            raise LVNotFoundError(f"no LV-shaped (hollow, ellipsoidal) structure found: {detail}")
-        mask = _refine_with_own_level(best, smooth, excluded)
-        keep_out = _keep_out_zone(excluded, geometry)
-        notes.extend(line for line in seen if "excluded" in line)
-        fit = _fit_quadric(geometry.index_to_patient(np.argwhere(mask)), smooth[mask])
-        centre, semi, axes = fit if fit is not None else (best.centre, best.semi, best.axes)
-        method = "short_axis" if short_axis else "threshold"
-    if short_axis and myocardium_mask is None:
-        method = "short_axis"
-    wall_level = float(np.percentile(smooth[mask], 90))
-
-    # refine the ellipsoid on mid-wall points (count maxima along rays)
-    points, peaks = geometry.index_to_patient(np.argwhere(mask)), smooth[mask]
-    for _ in range(3):
-        mp, mv = _midwall_points(smooth, geometry, centre, semi, axes, wall_level, keep_out)
-        if len(mp) < 30:
-            break
-        refit = _fit_quadric(mp, np.ones_like(mv))  # geometry only: perfusion must not weight the fit
-        if refit is None:
-            break
-        centre, semi, axes = refit
-        points, peaks = mp, mv
-    long_idx = int(np.argmax(semi))
-    axis = axes[long_idx] / np.linalg.norm(axes[long_idx])
-    if short_axis:
-        slice_dir = volume.affine[:3, 0] / np.linalg.norm(volume.affine[:3, 0])
-        if abs(axis @ slice_dir) < np.cos(np.radians(30.0)):
-            notes.append("fitted long axis far from the short-axis slice direction; slice direction used")
-            axis = slice_dir
-        axis = axis if axis @ slice_dir > 0 else -axis
-    else:
-        axis, note = _orient_axis(axis, centre, points, peaks)
-        if note:
-            notes.append(note)
-    if abs(axis @ np.array([0.0, -1.0, 0.0])) > 0.98:
-        raise LVNotFoundError("long axis parallel to the anterior direction; azimuth undefined")
-    c_mid = float(semi[long_idx])
-    a_mid = float(np.sqrt(np.prod(np.delete(semi, long_idx))))
-    ring_centre, ring_axis = _axis_through_ring_centres(smooth, geometry, centre, axis, c_mid, a_mid)
-    if ring_axis @ axis >= np.cos(np.radians(_RING_MAX_TILT_DEG)):
-        centre, axis = ring_centre, ring_axis
-    else:
-        notes.append("ring centres disagree with the fitted long axis; fitted axis kept")
+    mask, ellipsoid, keep_out, method = _candidate_myocardium(smooth, geometry, myocardium_mask, short_axis, notes)
+    centre, semi, axes, points, peaks = _refine_on_midwall_points(smooth, geometry, mask, ellipsoid, keep_out)
+    centre, axis, c_mid, a_mid = _long_axis(smooth, geometry, centre, semi, axes, points, peaks, short_axis, notes)
 
     # landmarks along the axis from profiles of the smoothed volume
     sigma = float(np.sqrt(((fwhm_mm or DEFAULT_FWHM_MM) / 2.3548) ** 2 + float(np.mean(spacing)) ** 2 / 4.0))
-    tip_guess = centre - axis * c_mid
-    z_axis = np.arange(-25.0, 25.5, 1.0)
-    axis_profile = _sample(smooth, geometry, tip_guess + z_axis[:, None] * axis)
-    k_tip = int(np.argmax(axis_profile))
-    if 0 < k_tip < len(z_axis) - 1:  # parabolic sub-sample peak
-        y0, y1, y2 = axis_profile[k_tip - 1 : k_tip + 2]
-        denom = y0 - 2 * y1 + y2
-        frac = 0.5 * (y0 - y2) / denom if denom < 0 else 0.0
-    else:
-        frac = 0.0
-    z_peak = z_axis[k_tip] + frac
-    # The count peak of a blurred dome lies sigma^2 * H inside its mid-wall (H = c / a^2 at the tip of
-    # the fitted mid-wall ellipsoid); the mid-wall apex is moved out by that amount.
-    h_tip = float(np.clip(c_mid / max(a_mid, 1.0) ** 2, 0.0, 0.15))
     sigma_s = float(np.sqrt(sigma**2 + _SMOOTH_MM**2))  # the landmarks are read on the smoothed volume
-    tip = tip_guess + axis * (z_peak - sigma_s**2 * h_tip)
+    tip = _apex_from_count_peak(smooth, geometry, centre, axis, c_mid, a_mid, sigma_s)
     # Apical wall thickness: a 12-15 mm FWHM blur hides it (a slab fit of the axial profile
     # overestimates it 1.5-2x because of the dome's curvature), so a typical value is assumed.
     thickness = float(wall_mm)
-
-    # mid-ventricular mid-wall radius
     frame0 = LVFrame(tip, axis)
-    psi = np.radians(np.arange(0.0, 360.0, 10.0))
-    z_rings = np.linspace(0.45, 0.8, 5) * c_mid
-    radial = np.cos(psi)[:, None] * frame0.anterior + np.sin(psi)[:, None] * frame0.septal  # [psi,3]
-    base_pts = tip + z_rings[:, None, None] * axis  # [z,1,3]
-    r_search = np.linspace(0.4, 1.6, 49) * a_mid
-    pts = base_pts[:, :, None, :] + radial[None, :, None, :] * r_search[None, None, :, None]
-    vals = _sample(smooth, geometry, pts)  # [z, psi, r]
-    r_peak = r_search[np.argmax(vals, axis=2)]  # [z, psi]
+    z_rings, r_peak = _midventricular_rings(smooth, geometry, frame0, c_mid, a_mid)
     mid_radius = float(np.median(r_peak))
-
-    # base: mid-wall counts along z fall to 50 % of the mid-ventricular level
-    z_scan = np.arange(0.3 * c_mid, 2.0 * c_mid + 30.0, 1.0)  # blurred small hearts fit near-spheres
-    ring_r = np.interp(z_scan, z_rings, np.median(r_peak, axis=1))
-    ring_r = np.where(z_scan > z_rings[-1], np.median(r_peak[-1]), ring_r)
-    psi_fine = np.radians(np.arange(0.0, 360.0, 10.0))
-    rad_fine = np.cos(psi_fine)[:, None] * frame0.anterior + np.sin(psi_fine)[:, None] * frame0.septal
-    wall_offs = np.linspace(-0.5, 0.5, 9) * thickness
-    scan_pts = (
-        tip
-        + z_scan[:, None, None, None] * axis
-        + rad_fine[None, :, None, :] * (ring_r[:, None, None, None] + wall_offs[None, None, :, None])
-    )
-    ring_vals = _sample(smooth, geometry, scan_pts).max(axis=2)  # [z, psi]
-    ring_level = np.percentile(ring_vals, 75, axis=1)
-    in_plateau = (z_scan >= _BASE_PLATEAU_WINDOW[0] * c_mid) & (z_scan <= _BASE_PLATEAU_WINDOW[1] * c_mid)
-    plateau = float(np.median(ring_level[in_plateau]))
-    below = np.nonzero((ring_level < 0.5 * plateau) & (z_scan > 0.8 * c_mid))[0]
-    if below.size:
-        # The wall ends where the counts are half-way between the plateau and the level beyond the
-        # base (blood pool, background): 50 % of the plateau alone puts the base 1-2 mm too far out.
-        k = int(below[0])
-        past = (z_scan >= z_scan[k]) & (z_scan <= z_scan[k] + 3.0 * sigma_s)
-        floor = float(np.clip(ring_level[past].min(), 0.0, 0.5 * plateau))
-        level = floor + 0.5 * (plateau - floor)
-        k = int(np.nonzero((ring_level < level) & (z_scan > 0.8 * c_mid))[0][0])
-        z0, z1 = z_scan[k - 1], z_scan[k]
-        v0, v1 = ring_level[k - 1], ring_level[k]
-        z_base_tip = float(z0 + (level - v0) * (z1 - z0) / (v1 - v0 + 1e-12))
-    else:
+    z_base_tip = _base_from_counts(smooth, geometry, frame0, c_mid, z_rings, r_peak, thickness, sigma_s)
+    if z_base_tip is None:
         z_base_tip = c_mid
         notes.append("base plane not found from counts; ellipsoid centre used")
-    # Apex from the blurred shell model with free amplitudes (cap and wall sectors): the count peak
-    # above is only the starting point, it moves toward the cavity when the cap is hypoperfused.
-    # Mid-wall semi-axes of the model: c = mid-wall apex -> base; a from the mid-ventricular rings
-    # (peaks moved out by sigma^2 / (2 r) for the blur of a curved wall) on that half-ellipsoid.
-    ring_mid_r = np.median(r_peak, axis=1)
-    ring_mid_r = ring_mid_r + sigma_s**2 / (2.0 * np.maximum(ring_mid_r, 5.0))
-    for shifts in _SHELL_SHIFTS_MM:
-        c_model = max(z_base_tip, 20.0)
-        meridian = np.sqrt(np.clip(1.0 - ((z_rings - c_model) / c_model) ** 2, 0.05, 1.0))
-        a_model = float(np.median(ring_mid_r / meridian))
-        shift = _apex_shift_from_shell_model(
-            smooth, geometry, tip, axis, a_model, c_model, sigma_s, thickness, shifts
-        )
-        tip = tip + axis * shift
-        z_rings = z_rings - shift
-        z_base_tip -= shift
+    tip, z_base_tip = _apex_from_shell_model(smooth, geometry, tip, axis, z_rings, r_peak, z_base_tip, sigma_s, thickness)
+
     apex_epi = tip - axis * thickness / 2.0
     length = z_base_tip + thickness / 2.0
     cavity_apex = thickness
@@ -936,6 +702,234 @@ def locate_lv(
         notes=tuple(notes),
         source_voxel_mm=float(np.mean(spacing)),
     )
+
+
+_Ellipsoid = tuple[np.ndarray, np.ndarray, np.ndarray]  # centre (3,) mm, semi-axes (3,) mm, axes [3, 3] rows
+
+
+def _candidate_myocardium(
+    smooth: np.ndarray, geometry: Volume, myocardium_mask: np.ndarray | None, short_axis: bool, notes: list[str]
+) -> tuple[np.ndarray, _Ellipsoid, np.ndarray | None, str]:
+    """Stage 1: the candidate myocardium and its first ellipsoid.
+
+    The caller's mask (largest component) or the classical threshold candidate
+    re-thresholded at its own level. Returns ``(mask, ellipsoid, keep-out zone
+    or None, method)``; notes on what was excluded go to ``notes``.
+    """
+    keep_out: np.ndarray | None = None
+    if myocardium_mask is not None:
+        mask = np.asarray(myocardium_mask).astype(bool)
+        if mask.shape != smooth.shape:
+            raise ValueError(f"myocardium mask has shape {mask.shape}, the volume {smooth.shape}")
+        if mask.sum() < 12:
+            raise LVNotFoundError("the myocardium mask is (almost) empty")
+        labels, n = ndimage.label(mask)
+        if n > 1:
+            sizes = ndimage.sum_labels(mask, labels, np.arange(1, n + 1))
+            mask = labels == (1 + int(np.argmax(sizes)))
+            notes.append(f"mask had {n} components; largest used")
+        fit = _fit_quadric(geometry.index_to_patient(np.argwhere(mask)), smooth[mask] + 1e-9)
+        if fit is None:
+            raise LVNotFoundError("the myocardium mask is not ellipsoid-shaped")
+        return mask, fit, keep_out, "mask"
+    best, seen, excluded = _threshold_candidates(smooth, geometry)
+    if best is None:
+        detail = "; ".join(seen[:6]) or "no component above threshold"
+        raise LVNotFoundError(f"no LV-shaped (hollow, ellipsoidal) structure found: {detail}")
+    mask = _refine_with_own_level(best, smooth, excluded)
+    keep_out = _keep_out_zone(excluded, geometry)
+    notes.extend(line for line in seen if "excluded" in line)
+    fit = _fit_quadric(geometry.index_to_patient(np.argwhere(mask)), smooth[mask])
+    ellipsoid = fit if fit is not None else (best.centre, best.semi, best.axes)
+    return mask, ellipsoid, keep_out, "short_axis" if short_axis else "threshold"
+
+
+def _refine_on_midwall_points(
+    smooth: np.ndarray, geometry: Volume, mask: np.ndarray, ellipsoid: _Ellipsoid, keep_out: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stage 2: refit the ellipsoid (up to three times) on the mid-wall points, the count maxima along rays.
+
+    Returns ``(centre, semi, axes, points [n, 3] mm, peak counts [n])`` of the last
+    fit; the points are the candidate voxels when no refit succeeded.
+    """
+    centre, semi, axes = ellipsoid
+    wall_level = float(np.percentile(smooth[mask], 90))
+    points, peaks = geometry.index_to_patient(np.argwhere(mask)), smooth[mask]
+    for _ in range(3):
+        mp, mv = _midwall_points(smooth, geometry, centre, semi, axes, wall_level, keep_out)
+        if len(mp) < 30:
+            break
+        refit = _fit_quadric(mp, np.ones_like(mv))  # geometry only: perfusion must not weight the fit
+        if refit is None:
+            break
+        centre, semi, axes = refit
+        points, peaks = mp, mv
+    return centre, semi, axes, points, peaks
+
+
+def _long_axis(
+    smooth: np.ndarray,
+    geometry: Volume,
+    centre: np.ndarray,
+    semi: np.ndarray,
+    axes: np.ndarray,
+    points: np.ndarray,
+    peaks: np.ndarray,
+    short_axis: bool,
+    notes: list[str],
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Stage 3: the long axis, apex -> base, refitted through the centres of mid-ventricular rings.
+
+    The ellipsoid axis with the largest semi-axis, pointed at the base (the
+    slice direction of a short-axis volume), then replaced by the line
+    through :func:`_axis_through_ring_centres` unless that tilts by more than
+    :data:`_RING_MAX_TILT_DEG`. Returns ``(centre, axis, c_mid, a_mid)``: a point
+    on the axis, the unit axis and the fitted long and mean short semi-axes (mm).
+    """
+    long_idx = int(np.argmax(semi))
+    axis = axes[long_idx] / np.linalg.norm(axes[long_idx])
+    if short_axis:
+        slice_dir = geometry.affine[:3, 0] / np.linalg.norm(geometry.affine[:3, 0])
+        if abs(axis @ slice_dir) < np.cos(np.radians(30.0)):
+            notes.append("fitted long axis far from the short-axis slice direction; slice direction used")
+            axis = slice_dir
+        axis = axis if axis @ slice_dir > 0 else -axis
+    else:
+        axis, note = _orient_axis(axis, centre, points, peaks)
+        if note:
+            notes.append(note)
+    if abs(axis @ np.array([0.0, -1.0, 0.0])) > 0.98:
+        raise LVNotFoundError("long axis parallel to the anterior direction; azimuth undefined")
+    c_mid = float(semi[long_idx])
+    a_mid = float(np.sqrt(np.prod(np.delete(semi, long_idx))))
+    ring_centre, ring_axis = _axis_through_ring_centres(smooth, geometry, centre, axis, c_mid, a_mid)
+    if ring_axis @ axis >= np.cos(np.radians(_RING_MAX_TILT_DEG)):
+        centre, axis = ring_centre, ring_axis
+    else:
+        notes.append("ring centres disagree with the fitted long axis; fitted axis kept")
+    return centre, axis, c_mid, a_mid
+
+
+def _apex_from_count_peak(
+    smooth: np.ndarray, geometry: Volume, centre: np.ndarray, axis: np.ndarray, c_mid: float, a_mid: float, sigma_s: float
+) -> np.ndarray:
+    """Stage 4a: a first mid-wall apex (patient mm), the count peak on the axis moved out by ``sigma_s^2 H``."""
+    tip_guess = centre - axis * c_mid
+    z_axis = np.arange(-25.0, 25.5, 1.0)
+    axis_profile = _sample(smooth, geometry, tip_guess + z_axis[:, None] * axis)
+    k_tip = int(np.argmax(axis_profile))
+    if 0 < k_tip < len(z_axis) - 1:  # parabolic sub-sample peak
+        y0, y1, y2 = axis_profile[k_tip - 1 : k_tip + 2]
+        denom = y0 - 2 * y1 + y2
+        frac = 0.5 * (y0 - y2) / denom if denom < 0 else 0.0
+    else:
+        frac = 0.0
+    z_peak = z_axis[k_tip] + frac
+    # The count peak of a blurred dome lies sigma^2 * H inside its mid-wall (H = c / a^2 at the tip of
+    # the fitted mid-wall ellipsoid); the mid-wall apex is moved out by that amount.
+    h_tip = float(np.clip(c_mid / max(a_mid, 1.0) ** 2, 0.0, 0.15))
+    return tip_guess + axis * (z_peak - sigma_s**2 * h_tip)
+
+
+def _midventricular_rings(
+    smooth: np.ndarray, geometry: Volume, frame0: LVFrame, c_mid: float, a_mid: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 4b: mid-wall radii of five mid-ventricular rings.
+
+    Returns ``(z_rings [5] mm from the first mid-wall apex, r_peak [5, 36] mm)``:
+    the count maximum along 36 radial rays per ring.
+    """
+    tip, axis = frame0.apex_mm, frame0.long_axis
+    psi = np.radians(np.arange(0.0, 360.0, 10.0))
+    z_rings = np.linspace(0.45, 0.8, 5) * c_mid
+    radial = np.cos(psi)[:, None] * frame0.anterior + np.sin(psi)[:, None] * frame0.septal  # [psi,3]
+    base_pts = tip + z_rings[:, None, None] * axis  # [z,1,3]
+    r_search = np.linspace(0.4, 1.6, 49) * a_mid
+    pts = base_pts[:, :, None, :] + radial[None, :, None, :] * r_search[None, None, :, None]
+    vals = _sample(smooth, geometry, pts)  # [z, psi, r]
+    return z_rings, r_search[np.argmax(vals, axis=2)]  # [z, psi]
+
+
+def _base_from_counts(
+    smooth: np.ndarray,
+    geometry: Volume,
+    frame0: LVFrame,
+    c_mid: float,
+    z_rings: np.ndarray,
+    r_peak: np.ndarray,
+    thickness: float,
+    sigma_s: float,
+) -> float | None:
+    """Stage 4c: ``z`` of the base plane (mm from the first mid-wall apex), or None when not found.
+
+    The wall ends where the mid-wall counts along ``z`` fall half-way from their
+    mid-ventricular plateau (:data:`_BASE_PLATEAU_WINDOW`) to the level beyond
+    the base.
+    """
+    tip, axis = frame0.apex_mm, frame0.long_axis
+    z_scan = np.arange(0.3 * c_mid, 2.0 * c_mid + 30.0, 1.0)  # blurred small hearts fit near-spheres
+    ring_r = np.interp(z_scan, z_rings, np.median(r_peak, axis=1))
+    ring_r = np.where(z_scan > z_rings[-1], np.median(r_peak[-1]), ring_r)
+    psi_fine = np.radians(np.arange(0.0, 360.0, 10.0))
+    rad_fine = np.cos(psi_fine)[:, None] * frame0.anterior + np.sin(psi_fine)[:, None] * frame0.septal
+    wall_offs = np.linspace(-0.5, 0.5, 9) * thickness
+    scan_pts = (
+        tip
+        + z_scan[:, None, None, None] * axis
+        + rad_fine[None, :, None, :] * (ring_r[:, None, None, None] + wall_offs[None, None, :, None])
+    )
+    ring_vals = _sample(smooth, geometry, scan_pts).max(axis=2)  # [z, psi]
+    ring_level = np.percentile(ring_vals, 75, axis=1)
+    in_plateau = (z_scan >= _BASE_PLATEAU_WINDOW[0] * c_mid) & (z_scan <= _BASE_PLATEAU_WINDOW[1] * c_mid)
+    plateau = float(np.median(ring_level[in_plateau]))
+    below = np.nonzero((ring_level < 0.5 * plateau) & (z_scan > 0.8 * c_mid))[0]
+    if not below.size:
+        return None
+    # The wall ends where the counts are half-way between the plateau and the level beyond the
+    # base (blood pool, background): 50 % of the plateau alone puts the base 1-2 mm too far out.
+    k = int(below[0])
+    past = (z_scan >= z_scan[k]) & (z_scan <= z_scan[k] + 3.0 * sigma_s)
+    floor = float(np.clip(ring_level[past].min(), 0.0, 0.5 * plateau))
+    level = floor + 0.5 * (plateau - floor)
+    k = int(np.nonzero((ring_level < level) & (z_scan > 0.8 * c_mid))[0][0])
+    z0, z1 = z_scan[k - 1], z_scan[k]
+    v0, v1 = ring_level[k - 1], ring_level[k]
+    return float(z0 + (level - v0) * (z1 - z0) / (v1 - v0 + 1e-12))
+
+
+def _apex_from_shell_model(
+    smooth: np.ndarray,
+    geometry: Volume,
+    tip: np.ndarray,
+    axis: np.ndarray,
+    z_rings: np.ndarray,
+    r_peak: np.ndarray,
+    z_base_tip: float,
+    sigma_s: float,
+    thickness: float,
+) -> tuple[np.ndarray, float]:
+    """Stage 5: the mid-wall apex from the blurred shell model with free amplitudes (cap and wall sectors).
+
+    The count peak of stage 4a is only the starting point: it moves toward the
+    cavity when the cap is hypoperfused. Mid-wall semi-axes of the model: ``c`` =
+    mid-wall apex -> base; ``a`` from the mid-ventricular rings (peaks moved out
+    by ``sigma^2 / (2 r)`` for the blur of a curved wall) on that half-ellipsoid.
+    A coarse then a fine pass of :data:`_SHELL_SHIFTS_MM`. Returns ``(mid-wall apex
+    mm, z of the base plane from it)``.
+    """
+    ring_mid_r = np.median(r_peak, axis=1)
+    ring_mid_r = ring_mid_r + sigma_s**2 / (2.0 * np.maximum(ring_mid_r, 5.0))
+    for shifts in _SHELL_SHIFTS_MM:
+        c_model = max(z_base_tip, 20.0)
+        meridian = np.sqrt(np.clip(1.0 - ((z_rings - c_model) / c_model) ** 2, 0.05, 1.0))
+        a_model = float(np.median(ring_mid_r / meridian))
+        shift = _apex_shift_from_shell_model(
+            smooth, geometry, tip, axis, a_model, c_model, sigma_s, thickness, shifts
+        )
+        tip = tip + axis * shift
+        z_rings = z_rings - shift
+        z_base_tip -= shift
+    return tip, z_base_tip
 
 
 # --------------------------------------------------------------------------- reorientation
@@ -964,11 +958,11 @@ def short_axis_frame(location: LVLocation, voxel_mm: float = 2.0, margin_mm: flo
 
 
 def reorient_to_short_axis(volume: Volume, location: LVLocation, voxel_mm: float = 2.0) -> Volume:
-    """Resample ``volume`` (3D or gated 4D) into the LV short-axis box (trilinear).
+    """Resample ``volume`` (3D, or 4D with a frame axis) into the LV short-axis box (trilinear).
 
     Slices apex -> base, rows anterior -> inferior, columns septal -> lateral
     (DESIGN section 5); voxels are ``voxel_mm`` cubes. Points outside the input
-    are 0. Gated input keeps its gate axis first.
+    are 0. 4D input keeps its frame axis (gates or dynamic frames) first.
     """
     if voxel_mm <= 0:
         raise ValueError("voxel_mm must be positive")
@@ -980,4 +974,4 @@ def reorient_to_short_axis(volume: Volume, location: LVLocation, voxel_mm: float
     out = np.stack(
         [ndimage.affine_transform(g, matrix, offset, output_shape=shape, order=1, mode="constant", cval=0.0) for g in stack]
     )
-    return Volume(out[0] if vox.ndim == 3 else out, affine)
+    return Volume(out[0] if vox.ndim == 3 else out, affine, volume.frame_axis)

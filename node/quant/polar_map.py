@@ -31,9 +31,14 @@ normals):
    the area weight is the mid-wall surface area of the cell (mm^2).
 
 Arrays are ``[n_u, n_psi]`` (row 0 apex, column ``j`` = azimuth
-``[5j, 5j+5)`` degrees from anterior toward septum); gated maps are
-``[gate, n_u, n_psi]``. Values are raw counts; :meth:`PolarMap.relative_pct`
-gives % of the map maximum.
+``[5j, 5j+5)`` degrees from anterior toward septum); the maps of a 4-D volume
+are ``[frame, n_u, n_psi]`` (:class:`FramePolarMaps`: gates or timed dynamic
+frames, :class:`~node.imaging.volume.FrameAxis`; :class:`GatedPolarMaps` for
+gates). Values are in the volume's unit (counts for SPECT);
+:meth:`PolarMap.relative_pct` gives % of the map maximum.
+
+Sampling takes any :class:`~node.quant.lv_frame.LVLocation`, whoever located
+the LV (:mod:`node.quant.orientation` for count images, a segmentation, ...).
 """
 
 from __future__ import annotations
@@ -43,17 +48,24 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from node.imaging.volume import Volume
-from node.quant.orientation import LVLocation, lv_to_index, map_points
+from node.imaging.volume import FrameAxis, Volume
+from node.quant.lv_frame import LVLocation, lv_to_index, map_points
 from node.quant.segments import DEFAULT_GRID, PolarGrid, bullseye
 
 __all__ = [
     "MidWallSurface",
     "PolarMap",
+    "FramePolarMaps",
     "GatedPolarMaps",
+    "GATED_SEARCH_WIDENING_MM",
     "fit_midwall_surface",
+    "surface_from_meridians",
+    "midwall_surface_rows",
+    "grid_rows_z",
+    "default_half_width",
     "sample_polar_map",
     "perfusion_polar_map",
+    "sample_frame_polar_maps",
     "sample_gated_polar_maps",
     "sample_along_normals",
     "relative_pct",
@@ -66,6 +78,8 @@ RAY_STEP_MM = 1.0
 #: curve sets the cap's curvature, and points per cap meridian curve
 CAP_FIT_Z_MM = (4.0, 7.0, 10.0, 13.0, 16.0)
 CAP_POINTS = 24
+#: mm added to the search half-width along the normals when the frames are gates (the wall moves)
+GATED_SEARCH_WIDENING_MM = 4.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,21 +147,40 @@ class PolarMap:
 
 
 @dataclass(frozen=True, eq=False)
-class GatedPolarMaps:
-    """Per-gate maps sampled along the fixed normals of the summed mid-wall surface.
+class FramePolarMaps:
+    """Per-frame maps of a 4-D volume, sampled along the fixed normals of one mid-wall surface.
 
-    ``values`` [gate, n_u, n_psi] counts, ``weights`` [n_u, n_psi] mm^2.
-    ``ed_gate`` / ``es_gate`` are set by the caller from the volume curve
-    (:mod:`node.quant.function`); None until then.
+    ``values`` [frame, n_u, n_psi] in the volume's unit (counts), ``weights``
+    [n_u, n_psi] mid-wall cell areas (mm^2), ``frame_axis`` what the frames are
+    (gates, or dynamic frames with their times in seconds).
     """
 
     values: np.ndarray
     weights: np.ndarray
     grid: PolarGrid
+    frame_axis: FrameAxis
+
+    def __post_init__(self) -> None:
+        if self.values.shape != (self.frame_axis.n,) + self.grid.shape:
+            raise ValueError(f"values must be {(self.frame_axis.n,) + self.grid.shape}, got {self.values.shape}")
+
+    @property
+    def n_frames(self) -> int:
+        return self.frame_axis.n
+
+
+@dataclass(frozen=True, eq=False)
+class GatedPolarMaps(FramePolarMaps):
+    """:class:`FramePolarMaps` of cardiac gates: ``values`` [gate, n_u, n_psi] in time order (gated SPECT)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.frame_axis.kind != "gates":
+            raise ValueError(f"gated polar maps need gates, got {self.frame_axis.kind} frames")
 
     @property
     def n_gates(self) -> int:
-        return int(self.values.shape[0])
+        return self.frame_axis.n
 
 
 def relative_pct(values: np.ndarray) -> np.ndarray:
@@ -279,8 +312,15 @@ def _meridian_curvature(z: np.ndarray, r: np.ndarray) -> np.ndarray:
     return (z2 * r1 - r2 * z1) / np.maximum((z1**2 + r1**2) ** 1.5, 1e-9)
 
 
-def _surface_at(z_rays: np.ndarray, r_rays: np.ndarray, peak: np.ndarray, psi_deg: np.ndarray, z_rows: np.ndarray) -> MidWallSurface:
-    """Interpolate the meridian curves at ``z_rows`` (same for every azimuth); normals and mean curvature."""
+def surface_from_meridians(
+    z_rays: np.ndarray, r_rays: np.ndarray, peak: np.ndarray, psi_deg: np.ndarray, z_rows: np.ndarray
+) -> MidWallSurface:
+    """The mid-wall surface at ``z_rows`` (mm from the epicardial apex, same for every azimuth).
+
+    Interpolates the meridian curves ``z_rays``, ``r_rays`` [n_rays, n_psi] (mm) and their
+    ``peak`` counts, as :func:`fit_midwall_surface` returns them, and adds normals and mean
+    curvature.
+    """
     n_psi = psi_deg.size
     radius = np.empty((z_rows.size, n_psi))
     nz = np.empty_like(radius)
@@ -346,11 +386,11 @@ def midwall_surface_rows(volume: Volume, location: LVLocation, z_rows: np.ndarra
     """
     z_rows = np.asarray(z_rows, dtype=float)
     z, r, peak, psi_deg, _ = fit_midwall_surface(volume, location, n_psi)
-    surface = _surface_at(z, r, peak, psi_deg, z_rows)
+    surface = surface_from_meridians(z, r, peak, psi_deg, z_rows)
     cap = z_rows < location.cavity_apex_mm
     if not cap.any():
         return surface
-    cap_surface = _surface_at(*_apical_cap_curves(z, r, peak, location), psi_deg, z_rows[cap])
+    cap_surface = surface_from_meridians(*_apical_cap_curves(z, r, peak, location), psi_deg, z_rows[cap])
     fields = {}
     for name in ("z_mm", "radius_mm", "normal_z", "normal_r", "peak_counts", "mean_curvature"):
         values = getattr(surface, name).copy()
@@ -372,7 +412,7 @@ def grid_rows_z(location: LVLocation, grid: PolarGrid) -> np.ndarray:
 def sample_along_normals(
     voxels: np.ndarray, volume: Volume, location: LVLocation, surface: MidWallSurface, half_width_mm: float, n_steps: int = 25
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Max of ``voxels`` (3D, or 4D with gates first) along each cell normal within ``+-half_width_mm``.
+    """Max of ``voxels`` (3D, or 4D with frames first) along each cell normal within ``+-half_width_mm``.
 
     Returns ``(max values [..., n_rows, n_psi], offset of the max along the normal [mm])``.
     """
@@ -409,8 +449,8 @@ def sample_polar_map(
 
     ``sa_volume`` may be the short-axis volume from
     :func:`~node.quant.orientation.reorient_to_short_axis` or any volume with
-    a patient affine (gated volumes are summed). ``half_width_mm`` defaults to
-    :func:`default_half_width`.
+    a patient affine (the frames of a 4-D volume are summed). ``half_width_mm``
+    defaults to :func:`default_half_width`.
     """
     vox = np.asarray(sa_volume.voxels, dtype=float)
     if vox.ndim == 4:
@@ -432,20 +472,57 @@ def sample_polar_map(
 
 
 def perfusion_polar_map(
-    volume: Volume, location: LVLocation | None = None, grid: PolarGrid = DEFAULT_GRID
+    volume: Volume, location: LVLocation, grid: PolarGrid = DEFAULT_GRID
 ) -> tuple[PolarMap, LVLocation]:
     """The perfusion polar map exactly as the SPECT pipeline computes it (one entry point for the
-    pipeline and for building normal limits): locate the LV when ``location`` is None (short-axis
-    input is not assumed), fit the mid-wall surface on the (summed) reconstruction and sample it.
+    pipeline and for building normal limits): fit the mid-wall surface on the (summed)
+    reconstruction and sample it.
 
-    Returns ``(polar map, location)``.
+    Returns ``(polar map, location)``, ``location`` being the one given.
     """
-    from node.quant.orientation import locate_lv
-
-    if location is None:
-        location = locate_lv(volume)
     surface = midwall_surface_rows(volume, location, grid_rows_z(location, grid), grid.n_psi)
     return sample_polar_map(volume, location, grid, surface=surface), location
+
+
+def _sample_frames(
+    volume: Volume,
+    location: LVLocation,
+    grid: PolarGrid,
+    half_width_mm: float | None,
+    surface: MidWallSurface | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(values [frame, n_u, n_psi], weights [n_u, n_psi] mm^2)`` of a 4-D volume (see :func:`sample_frame_polar_maps`)."""
+    axis = volume.frame_axis
+    if axis is None:
+        raise ValueError("per-frame polar maps need a 4D [frame, slice, row, col] volume")
+    if surface is None:
+        surface = midwall_surface_rows(volume, location, grid_rows_z(location, grid), grid.n_psi)
+    if half_width_mm is None:
+        hw = default_half_width(location) + (GATED_SEARCH_WIDENING_MM if axis.kind == "gates" else 0.0)
+    else:
+        hw = float(half_width_mm)
+    values, _ = sample_along_normals(volume.voxels, volume, location, surface, hw)
+    return values, surface.area_mm2()
+
+
+def sample_frame_polar_maps(
+    volume: Volume,
+    location: LVLocation,
+    grid: PolarGrid = DEFAULT_GRID,
+    *,
+    half_width_mm: float | None = None,
+    surface: MidWallSurface | None = None,
+) -> FramePolarMaps:
+    """Per-frame polar maps ``[frame, n_u, n_psi]`` of a 4-D volume ``[frame, slice, row, col]``.
+
+    Every frame (gate or timed dynamic frame) is sampled along the normals of one
+    mid-wall surface: ``surface``, or the surface of the frames' sum. The search
+    half-width defaults to :func:`default_half_width`, widened by
+    :data:`GATED_SEARCH_WIDENING_MM` when the frames are gates (to follow the wall
+    motion). The maps carry the volume's :class:`~node.imaging.volume.FrameAxis`.
+    """
+    values, weights = _sample_frames(volume, location, grid, half_width_mm, surface)
+    return FramePolarMaps(values=values, weights=weights, grid=grid, frame_axis=volume.frame_axis)
 
 
 def sample_gated_polar_maps(
@@ -458,15 +535,14 @@ def sample_gated_polar_maps(
 ) -> GatedPolarMaps:
     """Per-gate polar maps ``[gate, n_u, n_psi]`` along the normals of the summed mid-wall surface.
 
-    The search half-width is widened by 4 mm over the ungated default to follow the wall motion.
+    The gated SPECT use of :func:`sample_frame_polar_maps`: the volume's frames must be
+    gates, and the search half-width is widened by :data:`GATED_SEARCH_WIDENING_MM` over
+    the ungated default to follow the wall motion.
     """
     if not gated_sa_volume.is_gated:
         raise ValueError("sample_gated_polar_maps needs a gated [gate, slice, row, col] volume")
-    if surface is None:
-        surface = midwall_surface_rows(gated_sa_volume, location, grid_rows_z(location, grid), grid.n_psi)
-    hw = default_half_width(location) + 4.0 if half_width_mm is None else float(half_width_mm)
-    values, _ = sample_along_normals(gated_sa_volume.voxels, gated_sa_volume, location, surface, hw)
-    return GatedPolarMaps(values=values, weights=surface.area_mm2(), grid=grid)
+    values, weights = _sample_frames(gated_sa_volume, location, grid, half_width_mm, surface)
+    return GatedPolarMaps(values=values, weights=weights, grid=grid, frame_axis=gated_sa_volume.frame_axis)
 
 
 def bullseye_image(polar_values: np.ndarray, size: int = 128, grid: PolarGrid = DEFAULT_GRID) -> np.ndarray:

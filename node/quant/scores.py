@@ -87,6 +87,7 @@ __all__ = [
     "scores_from_deficit",
     "score_map",
     "score_study",
+    "weighted_median",
 ]
 
 
@@ -355,7 +356,9 @@ def _round_half_up(x: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(x, dtype=float) + 0.5 + 1e-9).astype(int)
 
 
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted median of ``values``: the first sorted value whose cumulative weight reaches half the
+    total (NaN when the weights sum to 0). Segment scores take it over cell severities with area weights."""
     order = np.argsort(values, kind="stable")
     v, w = values[order], weights[order]
     cum = np.cumsum(w)
@@ -381,7 +384,7 @@ def segment_scores_from_severity(
     elif statistic == "median":
         ids = grid.segment_ids()
         seg_sev = np.array(
-            [_weighted_median(severity_map[ids == s], weights[ids == s]) for s in range(1, N_SEGMENTS + 1)]
+            [weighted_median(severity_map[ids == s], weights[ids == s]) for s in range(1, N_SEGMENTS + 1)]
         )
     else:
         raise ValueError(f"segment statistic must be 'median' or 'mean', got {statistic!r}")

@@ -30,6 +30,7 @@ from node.dicom.spool import write_file_atomic
 from node.uids import validate_uid
 from node.pipelines import registry
 from node.pipelines.base import Pipeline
+from node.pipelines.configure import report_context, run_config
 from node.results.content import ReportContext
 from node.queue.dispatch import JobQueue, parse_task_id
 from node.queue.steps import context_to_dict
@@ -64,10 +65,10 @@ class Conductor:
     # ------------------------------------------------------------------ loop
     def tick(self, now: datetime | None = None) -> None:
         """Dispatch queued jobs and advance running ones, once each."""
-        for job in reversed(self.ledger.jobs(("queued",))):  # oldest first
+        for job in reversed(self.ledger.jobs.find(states=("queued",))):  # oldest first
             if job.task_id is None:
                 self._guard(job, self._dispatch)
-        for job in reversed(self.ledger.jobs(("running",))):
+        for job in reversed(self.ledger.jobs.find(states=("running",))):
             self._guard(job, lambda j: self._advance(j, now or utcnow()))
 
     def _guard(self, job: Job, action: Callable[[Job], None]) -> None:
@@ -87,21 +88,18 @@ class Conductor:
         return registry.get(job.pipeline)
 
     def _context(self, job: Job) -> ReportContext:
-        return ReportContext(
-            device_uid=self.settings.effective_device_uid(),
-            device_name=self.settings.device_name,
-            institution=self.settings.institution,
-            predecessors=self.ledger.predecessors(job.study_uid, job.pipeline, before_run=job.run),
-        )
+        predecessors = self.ledger.outputs.predecessors(job.study_uid, job.pipeline, before_run=job.run)
+        return report_context(self.settings, predecessors)
 
     def _submit(self, job: Job, pipeline: Pipeline, attempt: int, index: int) -> str:
         step = pipeline.steps[index]
         previous = pipeline.steps[index - 1].name if index > 0 else ""
         context = context_to_dict(self._context(job)) if step.name == "report" else {}
+        config = run_config(self.settings, pipeline.name).to_dict()
         task_id = self.queue.submit(
-            job.id, attempt, pipeline.name, pipeline.version, step.name, step.queue, previous, context
+            job.id, attempt, pipeline.name, pipeline.version, step.name, step.queue, previous, context, config
         )
-        self.ledger.transition_job(
+        self.ledger.jobs.transition(
             job.id, "running", f"{step.name} on queue {step.queue}", task_id=task_id,
             expected_from=("queued", "running"),
         )
@@ -110,10 +108,10 @@ class Conductor:
     def _dispatch(self, job: Job) -> None:
         pipeline = self._pipeline(job)
         attempt = job.attempts + 1
-        summary = self.ledger.study_summary(job.study_uid)
+        summary = self.ledger.studies.summary(job.study_uid)
         accepted = pipeline.accept(summary)
         series = sorted({uid for uids in accepted.series_by_rule.values() for uid in uids})
-        instances = self.ledger.instances(job.study_uid, series or None)
+        instances = self.ledger.instances.of_study(job.study_uid, series or None)
         if not instances:
             self._fail(job, "the study has no instances the pipeline can use")
             return
@@ -163,21 +161,21 @@ class Conductor:
             path = self.settings.outbox_dir / study_uid / series_uid / f"{sop_uid}.dcm"
             write_file_atomic(path, data, durable=True)
             meta = OutputMeta(sop_uid, study_uid, series_uid, str(header.SOPClassUID), str(path.resolve()), len(data))
-            if self.ledger.record_output(job.id, pipeline.name, meta):
+            if self.ledger.outputs.record(job.id, pipeline.name, meta):
                 recorded.append(sop_uid)
         if destinations:  # after all outputs are recorded, so that one association sends them all
             for sop_uid in recorded:
-                self.ledger.create_sends(sop_uid, destinations)
-        self.ledger.transition_job(
+                self.ledger.sends.create(sop_uid, destinations)
+        self.ledger.jobs.transition(
             job.id, "reported", f"{len(keys)} result objects in the outbox", expected_from=("running",)
         )
         if keys and not recorded:
             # deterministic UIDs: an unchanged re-run reproduces objects an earlier job already recorded and sent
-            self.ledger.transition_job(
+            self.ledger.jobs.transition(
                 job.id, "sent", f"all {len(keys)} result objects identical to an earlier run; nothing new to send",
                 expected_from=("reported",),
             )
-        study = self.ledger.transition_study(
+        study = self.ledger.studies.transition(
             job.study_uid, "done", f"{pipeline.name} run {job.run}: {len(keys)} result objects",
             expected_from=("processing",),
         )
@@ -191,9 +189,9 @@ class Conductor:
 
     def _fail(self, job: Job, reason: str) -> None:
         _log.warning("job %d failed: %s", job.id, reason)
-        self.ledger.transition_job(job.id, "failed", reason, error=reason, expected_from=("queued", "running"))
+        self.ledger.jobs.transition(job.id, "failed", reason, error=reason, expected_from=("queued", "running"))
         try:
-            self.ledger.transition_study(job.study_uid, "failed", f"job {job.id}: {reason}", expected_from=("processing",))
+            self.ledger.studies.transition(job.study_uid, "failed", f"job {job.id}: {reason}", expected_from=("processing",))
         except LedgerError:
             pass
         self._audit("job.failed", job, reason=reason)

@@ -108,8 +108,12 @@ class JobQueue:
         queue: str,
         previous: str = "",
         context: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
     ) -> str:
-        """Send one step task to ``queue`` and return its task id (deterministic)."""
+        """Send one step task to ``queue`` and return its task id (deterministic).
+
+        ``config`` and ``context`` are the :class:`StepMessage` fields of the same names.
+        """
         message = StepMessage(
             job_key=job_key(self.node, job_id, attempt),
             pipeline=pipeline,
@@ -117,6 +121,7 @@ class JobQueue:
             step=step,
             previous=previous,
             context=context or {},
+            config=config or {},
         )
         task_id = task_id_for(self.node, job_id, attempt, step)
         self.app.send_task(STEP_TASK, args=[message.to_dict()], task_id=task_id, queue=queue)

@@ -7,9 +7,14 @@ A job attempt owns the artifact prefix ``jobs/<job_key>/``:
 * ``outputs/<SOPInstanceUID>.dcm`` the DICOM objects made by ``report``.
 
 The task message (:class:`StepMessage`) names the job, the pipeline and its
-version, the step, and the :class:`~node.pipelines.base.ReportContext` fields;
-it never carries images. Every step is deterministic, so a message delivered
-twice writes the same artifacts twice.
+version, the step, the run's processing configuration
+(:class:`~node.pipelines.options.RunConfig`: pipeline options, models folder,
+clinical file) and, for ``report``, the
+:class:`~node.results.content.ReportContext` fields (identity, output options,
+templates folder); it never carries images. The worker runs the step on the
+pipeline :meth:`~node.pipelines.base.Pipeline.configured` with that RunConfig, so
+it reads no configuration of its own for processing. Every step is
+deterministic, so a message delivered twice writes the same artifacts twice.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import io
 import pickle
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -24,6 +30,7 @@ from pydicom import Dataset
 
 from node.uids import validate_uid
 from node.pipelines import registry
+from node.pipelines.options import RunConfig
 from node.results.content import ReportContext
 from node.queue.artifacts import ArtifactStore
 
@@ -52,7 +59,9 @@ class StepMessage:
     """The JSON-able body of a step task.
 
     ``previous`` is the step whose pickled result this step reads (``""`` for
-    the first step, which reads the inputs).
+    the first step, which reads the inputs). ``config`` is
+    :meth:`RunConfig.to_dict` of the run (every step); ``context`` is
+    :func:`context_to_dict` of its :class:`ReportContext` (``report`` only).
     """
 
     job_key: str
@@ -61,13 +70,16 @@ class StepMessage:
     step: str
     previous: str = ""
     context: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StepMessage":
-        return cls(**{k: data[k] for k in ("job_key", "pipeline", "pipeline_version", "step", "previous", "context")})
+        """Inverse of :meth:`to_dict`; a message without ``config`` (an older node) runs with the defaults."""
+        fields = ("job_key", "pipeline", "pipeline_version", "step", "previous", "context")
+        return cls(**{k: data[k] for k in fields}, config=dict(data.get("config") or {}))
 
 
 def job_prefix(job_key: str) -> str:
@@ -81,14 +93,19 @@ def input_key(job_key: str, index: int) -> str:
 
 
 def context_to_dict(context: ReportContext) -> dict[str, Any]:
+    """JSON-able form of ``context`` for the step message."""
     data = asdict(context)
     data["predecessors"] = [list(p) for p in context.predecessors]
+    data["templates_dir"] = None if context.templates_dir is None else str(context.templates_dir)
     return data
 
 
 def context_from_dict(data: dict[str, Any]) -> ReportContext:
+    """Inverse of :func:`context_to_dict`."""
     values = dict(data)
     values["predecessors"] = tuple(tuple(p) for p in values.get("predecessors", ()))
+    if values.get("templates_dir") is not None:
+        values["templates_dir"] = Path(values["templates_dir"])
     return ReportContext(**values)
 
 
@@ -111,6 +128,8 @@ def run_step(store: ArtifactStore, message: StepMessage) -> dict[str, Any]:
 
     Returns ``{"result": key}`` for ``analyse``/``predict`` and
     ``{"outputs": [key, ...], "sop_instance_uids": [...]}`` for ``report``.
+    The pipeline runs :meth:`~node.pipelines.base.Pipeline.configured` with the
+    message's :class:`RunConfig`.
     """
     pipeline = registry.get(message.pipeline)
     if pipeline.version != message.pipeline_version:
@@ -118,6 +137,7 @@ def run_step(store: ArtifactStore, message: StepMessage) -> dict[str, Any]:
             f"job {message.job_key}: the node asked for {message.pipeline} {message.pipeline_version}, "
             f"this worker has {pipeline.version}; update the worker"
         )
+    pipeline = pipeline.configured(RunConfig.from_dict(message.config))
     prefix = job_prefix(message.job_key)
     if message.previous:
         value: Any = pickle.loads(store.get(f"{prefix}/{message.previous}.pkl"))

@@ -29,8 +29,11 @@ Keys used by the SPECT pipeline (extend the templates, not the code, for new one
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from node.config import OutputOptions
 
 __all__ = [
     "SourceInstance",
@@ -136,18 +139,29 @@ class ReportContent:
     algorithms: tuple[Algorithm, ...] = ()
     notes: tuple[str, ...] = field(default=())  # lines for the PDF, e.g. disagreements, excluded features
 
+
+_OUTPUTS = OutputOptions()
+
+
 @dataclass(frozen=True)
 class ReportContext:
     """What the node tells the ``report`` step about the world outside the pipeline.
 
-    ``predecessors`` are the SR documents of earlier runs of the same pipeline on
-    the same study that the new report supersedes, as ``(study_instance_uid,
-    series_instance_uid, sop_class_uid, sop_instance_uid)``.
+    ``device_uid``, ``device_name``, ``institution``: the node's identity (the SR's
+    Device Observer UID and Name, Institution Name). ``predecessors`` are the SR documents
+    of earlier runs of the same pipeline on the same study that the new report
+    supersedes, as ``(study_instance_uid, series_instance_uid, sop_class_uid,
+    sop_instance_uid)``. ``multiframe_screen`` and ``pdf_summary`` are the
+    ``[outputs]`` settings (:class:`node.config.OutputOptions`, whose defaults these
+    are). ``templates_dir``: the output templates to use; None = those shipped with
+    the package (:mod:`node.resources`). The node makes it from its settings
+    (:func:`node.pipelines.configure.report_context`).
     """
 
     device_uid: str
     device_name: str
     institution: str = ""
     predecessors: tuple[tuple[str, str, str, str], ...] = ()
-    multiframe_screen: bool = False
-    pdf_summary: bool = True
+    multiframe_screen: bool = _OUTPUTS.multiframe_screen
+    pdf_summary: bool = _OUTPUTS.pdf_summary
+    templates_dir: Path | None = None

@@ -65,9 +65,10 @@ def build_outputs(
     context.multiframe_screen), Encapsulated PDF (if context.pdf_summary)]``.
     ``sources`` are the datasets of ``content.sources`` (headers suffice).
     Deterministic: the same inputs give the same UIDs and bytes; predecessor
-    SRs in ``context.predecessors`` are referenced, not hashed.
+    SRs in ``context.predecessors`` are referenced, not hashed. ``templates``
+    default to those in ``context.templates_dir`` (None: the package's).
     """
-    templates = templates or load_templates()
+    templates = templates or load_templates(context.templates_dir)
     if not sources:
         raise ContentError("build_outputs needs the source instances (patient and study come from them)")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}

@@ -30,7 +30,7 @@ from node.results.content import ReportContent
 from node.results.pdf import ENCAPSULATED_PDF
 from node.results.sc import MULTIFRAME_TRUE_COLOR_SC, SECONDARY_CAPTURE
 from node.results.sr import COMPREHENSIVE_3D_SR, ENHANCED_SR
-from node.results.templates import load_templates
+from node.results.templates import Templates, load_templates
 
 __all__ = ["write_preview", "sr_to_html"]
 
@@ -46,14 +46,17 @@ def _save(ds: Dataset, path: Path) -> Path:
     return path
 
 
-def write_preview(datasets: Sequence[Dataset], content: ReportContent, out_dir: Path) -> list[Path]:
+def write_preview(
+    datasets: Sequence[Dataset], content: ReportContent, out_dir: Path, templates: Templates | None = None
+) -> list[Path]:
     """Write the DICOM objects and their PNG/PDF/HTML renderings to ``out_dir``; return the paths written.
 
-    ``datasets`` is the list :func:`node.results.build_outputs` returned for ``content``.
+    ``datasets`` is the list :func:`node.results.build_outputs` returned for ``content``;
+    ``templates`` the ones it used (None: the package's), for the file names.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = load_templates().pipeline(content.pipeline)
+    names = (templates or load_templates()).pipeline(content.pipeline)
     written: list[Path] = []
     sc_keys = iter([image.key for image in content.images])
     for ds in datasets:

@@ -239,9 +239,10 @@ def build_sr(
         Secondary Capture datasets by MapImage key; heat maps referenced by a
         group's ``explanation_image`` must be here.
     templates:
-        Code templates (default: ``dicom_templates/``).
+        Code templates (default: those in ``context.templates_dir``, else the
+        package's ``dicom_templates/``).
     """
-    templates = templates or load_templates()
+    templates = templates or load_templates(context.templates_dir)
     images = dict(images or {})
     source_ds = [_library_view(ds) for ds in _source_datasets(content, sources)]
     identity = ContentIdentity.of(content, source_ds)

@@ -5,20 +5,24 @@ quantities, evaluation values, procedures) to DICOM codes, and hold the series
 attributes of each output object. Code in :mod:`node.results` never spells a
 code value itself: a new pipeline or model adds entries to the TOML files.
 
-The directory defaults to ``dicom_templates/`` at the repository root and can
-be overridden with the ``CARDIONODE_TEMPLATES`` environment variable.
+The directory is the one the caller names (the setting ``templates_dir``, which
+the node sends to the ``report`` step in :class:`~node.results.content.ReportContext`),
+by default the templates shipped with the package (:func:`default_templates_dir`:
+the repository's ``dicom_templates/``, installed as ``node.dicom_templates``, see
+:mod:`node.resources`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from highdicom.sr import CodedConcept
+
+from node import resources
 
 __all__ = [
     "TemplateError",
@@ -60,14 +64,8 @@ class Quantity:
 
 
 def default_templates_dir() -> Path:
-    """``$CARDIONODE_TEMPLATES`` if set, else ``<repository>/dicom_templates``, else ``./dicom_templates``."""
-    env = os.environ.get("CARDIONODE_TEMPLATES")
-    if env:
-        return Path(env)
-    beside_package = Path(__file__).resolve().parents[2] / "dicom_templates"
-    if beside_package.is_dir():
-        return beside_package
-    return Path.cwd() / "dicom_templates"
+    """The folder of the templates shipped with the package (``node.dicom_templates``)."""
+    return resources.default_templates_dir()
 
 
 def _code(raw: Any, where: str) -> Code:
@@ -90,7 +88,7 @@ class Templates:
                     self._raw[name] = tomllib.load(fh)
             except FileNotFoundError as exc:
                 raise TemplateError(
-                    f"template file {path} is missing (set CARDIONODE_TEMPLATES to the dicom_templates directory)"
+                    f"template file {path} is missing (the setting templates_dir must name a folder with every template file)"
                 ) from exc
             except tomllib.TOMLDecodeError as exc:
                 raise TemplateError(f"template file {path} is not valid TOML: {exc}") from exc
@@ -203,5 +201,5 @@ def _load_cached(directory: str) -> Templates:
 
 
 def load_templates(directory: Path | None = None) -> Templates:
-    """Load (once per process and directory) the templates from ``directory``."""
+    """Load (once per process and directory) the templates from ``directory``; None = :func:`default_templates_dir`."""
     return _load_cached(str(Path(directory) if directory is not None else default_templates_dir()))

@@ -1,7 +1,10 @@
-"""Digital SPECT phantoms with exact ground truth and synthetic NM DICOM studies (research use only).
+"""Digital phantoms and synthetic studies with exact ground truth, per modality (research use only).
 
-Modules: :mod:`node.synth.spect.phantom` (phantom API), :mod:`node.synth.geometry`,
-:mod:`node.synth.anatomy`, :mod:`node.synth.truth`, :mod:`node.synth.spect.nm_dicom`,
-:mod:`node.synth.spect.study` (files + truth JSON), :mod:`node.synth.spect.demo`
-(``cardionode demo``), :mod:`node.synth.spect.cohort` (polar-map cohorts for the models).
+The modality-free LV model: :mod:`node.synth.geometry` (shapes, motion, phase delays),
+:mod:`node.synth.anatomy` (heart, torso, defects) and :mod:`node.synth.truth` (ground
+truth on the canonical polar grid). Per modality: :mod:`node.synth.spect` (SPECT MPI
+phantoms, NM DICOM studies, the demo, training cohorts, the normal-limits builder).
+
+Phantoms are for the demo, tests, training and validation; no runtime module imports
+this package.
 """

@@ -33,7 +33,7 @@ from node.synth.geometry import PSI_FINE_DEG, LVGeometry
 __all__ = [
     "Truth",
     "first_harmonic_phase",
-    "phase_statistics",
+    "truth_phase_statistics",
     "midwall_samples",
     "sample_max_along_normals",
     "transmural_mean_activity",
@@ -54,8 +54,11 @@ def first_harmonic_phase(counts: np.ndarray) -> np.ndarray:
     return np.mod(180.0 / n - np.degrees(np.angle(x1)), 360.0)
 
 
-def phase_statistics(phases_deg: np.ndarray, weights: np.ndarray | None = None, bin_deg: float = 1.0) -> dict[str, float]:
-    """Phase statistics of (weighted) samples, in degrees.
+def truth_phase_statistics(phases_deg: np.ndarray, weights: np.ndarray | None = None, bin_deg: float = 1.0) -> dict[str, float]:
+    """Phase statistics of a phantom's true (weighted) phase samples, in degrees (the ``Truth`` record's).
+
+    The node measures patients with :func:`node.quant.phase.phase_statistics`; this one
+    summarises a phantom's truth.
 
     Histogram with ``bin_deg`` bins on [0, 360); the mode bin centre is the
     peak phase. Phases are re-centred so that the mode sits at 180 deg, then:
@@ -279,7 +282,7 @@ class Truth:
     segment_volume_ml: np.ndarray
     segment_scores: np.ndarray  # %-of-normal classes (>=70:0, 60s:1, 50s:2, 40s:3, <40:4)
     sss: int
-    segment_scores_severity: np.ndarray  # round-half-up(4 x segment_deficit) (quant-b default mapping)
+    segment_scores_severity: np.ndarray  # round-half-up(4 x segment_deficit) (the default mapping of node.quant.scores)
     sss_severity: int
     tpd_pct: float
     polar_map_unblurred: np.ndarray

@@ -35,7 +35,7 @@ from node.dicom.audit import AuditLog
 from node.ledger import Ledger, LedgerError, Study, utcnow
 from node.dicom.logs import hash_identifier
 from node.pipelines import registry
-from node.pipelines.base import StudySummary
+from node.pipelines.routing import StudySummary
 
 __all__ = ["Rule", "Decision", "decide", "Assembler"]
 
@@ -139,8 +139,8 @@ class Assembler:
         being created. Returns the number of jobs created.
         """
         created = 0
-        for study in self.ledger.studies(("processing",)):
-            jobs = [j for j in self.ledger.jobs(study_uid=study.study_uid) if j.run == study.run]
+        for study in self.ledger.studies.find(states=("processing",)):
+            jobs = [j for j in self.ledger.jobs.find(study_uid=study.study_uid) if j.run == study.run]
             if not jobs and study.pipeline:
                 self._create_job(study, study.pipeline, "job re-created after a restart")
                 created += 1
@@ -149,7 +149,7 @@ class Assembler:
     def tick(self, now: datetime | None = None) -> int:
         """Examine every receiving or complete study once; returns the number of jobs created."""
         created = 0
-        for study in self.ledger.studies_to_examine():
+        for study in self.ledger.studies.to_examine():
             try:
                 if study.state == "receiving":
                     study = self._examine(study, now or utcnow())
@@ -160,7 +160,7 @@ class Assembler:
         return created
 
     def _examine(self, study: Study, now: datetime) -> Study | None:
-        summary = self.ledger.study_summary(study.study_uid)
+        summary = self.ledger.studies.summary(study.study_uid)
         decision = decide(summary, study.first_received_at, study.last_received_at, now, self.rule_for)
         tag = hash_identifier(study.study_uid)
         if decision.action == "wait":
@@ -168,11 +168,11 @@ class Assembler:
         if decision.action == "ignore":
             _log.info("study %s ignored: %s", tag, decision.reason)
             self._audit("study.ignored", study.study_uid, reason=decision.reason)
-            return self.ledger.transition_study(study.study_uid, "ignored", decision.reason, expected_from=("receiving",))
+            return self.ledger.studies.transition(study.study_uid, "ignored", decision.reason, expected_from=("receiving",))
         if decision.action == "give_up":
             _log.info("study %s given up (%s): %s", tag, decision.rule, decision.reason)
             self._audit("study.given_up", study.study_uid, rule=decision.rule, reason=decision.reason)
-            return self.ledger.transition_study(
+            return self.ledger.studies.transition(
                 study.study_uid, "given_up", decision.reason, pipeline=decision.pipeline, expected_from=("receiving",)
             )
         _log.info(
@@ -184,7 +184,7 @@ class Assembler:
             study.instance_count,
         )
         self._audit("study.complete", study.study_uid, rule=decision.rule, pipeline=decision.pipeline)
-        return self.ledger.transition_study(
+        return self.ledger.studies.transition(
             study.study_uid,
             "complete",
             decision.reason,
@@ -196,12 +196,12 @@ class Assembler:
     def _start_run(self, study: Study) -> int:
         pipeline_name = study.pipeline
         if not pipeline_name:  # e.g. `cardionode complete` on a study never routed
-            pipeline, reason = registry.route(self.ledger.study_summary(study.study_uid))
+            pipeline, reason = registry.route(self.ledger.studies.summary(study.study_uid))
             if pipeline is None:
-                self.ledger.transition_study(study.study_uid, "ignored", reason, expected_from=("complete",))
+                self.ledger.studies.transition(study.study_uid, "ignored", reason, expected_from=("complete",))
                 return 0
             pipeline_name = pipeline.name
-        study = self.ledger.transition_study(
+        study = self.ledger.studies.transition(
             study.study_uid,
             "processing",
             f"run {study.run + 1} of {pipeline_name} ({study.rule})",
@@ -212,7 +212,7 @@ class Assembler:
         return 1
 
     def _create_job(self, study: Study, pipeline_name: str, reason: str) -> None:
-        job = self.ledger.create_job(study.study_uid, pipeline_name, reason)
+        job = self.ledger.jobs.create(study.study_uid, pipeline_name, reason)
         _log.info(
             "job %d: %s run %d of study %s queued", job.id, pipeline_name, job.run, hash_identifier(study.study_uid)
         )

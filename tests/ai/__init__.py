@@ -1,0 +1,1 @@
+"""Tests of node.ai: bundles, inference, explanations, training, the synthetic cohort, segmentation."""

@@ -1,8 +1,7 @@
-"""Shared fixtures of the AI tests: fresh seeds, a socket guard, one thread."""
+"""Fixtures of the AI tests: a socket guard, one thread (the seed fixture is the suite's, tests/conftest.py)."""
 
 from __future__ import annotations
 
-import random
 import socket
 
 import pytest
@@ -12,12 +11,6 @@ import torch
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
-
-
-@pytest.fixture
-def seed() -> int:
-    """A fresh random seed per test (printed in assertion messages)."""
-    return random.SystemRandom().randrange(2**31)
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from node.ai.metrics import auc
-from node.synth import cohort as cohorts
+from node.ai.features import crt_image
+from node.synth.spect import cohort as cohorts
 
 
 def test_same_seed_same_cohort_and_splits_are_disjoint(seed: int) -> None:
@@ -61,7 +62,7 @@ def test_crt_response_depends_on_documented_factors(seed: int) -> None:
     known = np.isfinite(lbbb)
     assert y[known & (lbbb == 1)].mean() > y[known & (lbbb == 0)].mean(), f"seed {seed}"
     assert 0.05 < np.mean(~known) < 0.5
-    img = cohorts.crt_image(c.maps["rest_perfusion"][0], c.maps["rest_phase"][0], c.maps["rest_thickening"][0])
+    img = crt_image(c.maps["rest_perfusion"][0], c.maps["rest_phase"][0], c.maps["rest_thickening"][0])
     assert img.shape == (128, 128) and img[64:, 64:].max() == 1.0
 
 

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _dciodvfy() -> str | None:
-    local = REPO / ".venv" / "bin" / "dciodvfy"
-    return str(local) if local.exists() else shutil.which("dciodvfy")
+from tests.support.tools import dciodvfy_tool
 
 
 def test_study_yields_prediction_groups_and_heat_maps(tmp_path: Path, seed: int) -> None:
     from node.pipelines.process import process_folder
-    from node.synth import phantom as ph
+    from node.synth.spect import phantom as ph
     from node.synth.spect.demo import demo_spec
     from node.synth.spect.study import write_study
 
@@ -35,9 +28,7 @@ def test_study_yields_prediction_groups_and_heat_maps(tmp_path: Path, seed: int)
     assert "AI classification of the finding" in text
     heat = pydicom.dcmread(out / "sc_gradcam_cad.dcm")
     assert heat.Modality in ("OT", "NM") and "DERIVED" in heat.ImageType
-    tool = _dciodvfy()
-    if tool is None:
-        pytest.skip("dciodvfy not installed")
+    tool = dciodvfy_tool()
     for path in (out / "sr.dcm", out / "sc_gradcam_cad.dcm"):
         proc = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
         errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
@@ -56,7 +47,7 @@ def test_cad_model_on_the_nodes_own_maps_of_full_volume_phantoms(seed: int) -> N
     import node.ai as ai
     from node.ai.explain import summarise_attention
     from node.pipelines.spect_mpi import SpectMpiPipeline
-    from node.synth import phantom as ph
+    from node.synth.spect import phantom as ph
     from node.synth.spect.demo import demo_spec
     from node.synth.spect.study import build_study_datasets
 

@@ -11,20 +11,20 @@ import node.ai as ai
 from node.ai.explain import summarise_attention
 from node.ai.inference import StudyInputs, predict_studies
 from node.results.content import MapImage, MeasurementGroup
-from node.synth import cohort as cohorts
+from node.synth.spect import cohort as cohorts
 
 
-_LIMITS: dict[int, cohorts.NormalLimits] = {}
+_LIMITS: dict[int, cohorts.CohortLimits] = {}
 
 
-def _limits(seed: int) -> cohorts.NormalLimits:
+def _limits(seed: int) -> cohorts.CohortLimits:
     """Normal limits of the synthetic normal database (the models' training domain)."""
     if seed not in _LIMITS:
         _LIMITS[seed] = cohorts.normal_limits(seed % 1000, n_per_group=40)
     return _LIMITS[seed]
 
 
-def _study(key: str, case: dict, tracer: str | None = "tc99m_sestamibi", limits: cohorts.NormalLimits | None = None,
+def _study(key: str, case: dict, tracer: str | None = "tc99m_sestamibi", limits: cohorts.CohortLimits | None = None,
            **extra) -> StudyInputs:
     """StudyInputs of a synthetic case; with ``limits`` the deficit maps come from the cohort's normal database,
     without them inference scores the maps against the node's own limits."""
@@ -103,19 +103,18 @@ def test_unknown_tracer_gets_no_tracer_prediction_and_a_reason(seed: int) -> Non
     assert any(g.finding == "obstructive_cad" for g in pred.groups)
 
 
-def test_predict_spect_reads_the_pipeline_result_and_clinical_file(seed: int, tmp_path, monkeypatch) -> None:
+def test_predict_spect_reads_the_pipeline_result_and_clinical_file(seed: int, tmp_path) -> None:
     case = cohorts.single_territory_case("LCx", seed)
     crt = _crt_case(seed)
     csv = tmp_path / "clinical.csv"
     csv.write_text("accession_number,qrs_ms,lbbb,nyha\nACC1,168,yes,3\n")
-    monkeypatch.setenv("CARDIONODE_CLINICAL_CSV", str(csv))
     fn = SimpleNamespace
     stress = fn(relative_pct=case["stress_perfusion"], function=fn(wall_motion_mm=case["stress_motion"], thickening_pct=case["stress_thickening"],
                                                                     edv_ml=180.0, esv_ml=130.0, lvef_pct=28.0))
     rest = fn(relative_pct=crt["rest_perfusion"], function=fn(thickening_pct=crt["rest_thickening"], lvef_pct=27.0, esv_ml=140.0),
               phase=fn(phase_map=crt["rest_phase"], statistics=fn(psd_deg=35.0, bandwidth_deg=120.0)))
     result = fn(study_instance_uid="1.2.3", age=70, sex="F", tracer="tc99m_tetrofosmin", accession_number="ACC1", stress=stress, rest=rest)
-    groups, images, notes = ai.predict_spect(result)
+    groups, images, notes = ai.predict_spect(result, clinical_csv=csv)
     assert notes[0] == ai.AI_NOTICE
     crt_groups = [g for g in groups if g.finding == "crt_response"]
     assert len(crt_groups) == 1

@@ -12,17 +12,14 @@ import numpy as np
 from node.ai import bundles
 from node.ai.features import cad_inputs, crt_inputs, crt_tabular, tracer_inputs
 from node.ai.metrics import LogisticRegression, auc
-from node.ai.train import guideline_criteria
-from node.synth import cohort as cohorts
+from node.ai.training.polar import guideline_criteria
+from node.synth.spect import cohort as cohorts
 
 import torch
+from scipy.special import expit
 
 CAD_AUC_RANGE = (0.78, 0.93)
 CRT_AUC_RANGE = (0.70, 0.92)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 def _logits(net: torch.nn.Module, *inputs: np.ndarray) -> np.ndarray:
@@ -37,7 +34,7 @@ def test_cad_model_beats_stress_tpd_on_the_same_cases(seed: int) -> None:
     b = bundles.load_bundle("cad_polar", device="cpu")
     x, tab = cad_inputs(c.maps["stress_perfusion"], c.maps["stress_motion"], c.maps["stress_thickening"], c.features,
                         deficit, severity)
-    p = _sigmoid(_logits(b.network, x, tab))[:, 0]
+    p = expit(_logits(b.network, x, tab))[:, 0]
     model_auc, tpd_auc = auc(c.labels["cad"], p), auc(c.labels["cad"], tpd)
     msg = f"seed {seed}: model AUC {model_auc:.3f}, stress TPD AUC {tpd_auc:.3f}"
     print(msg)
@@ -51,7 +48,7 @@ def test_tracer_heads_discriminate_their_own_labels(seed: int) -> None:
     stress_deficit = cohorts.quantitative_maps(c.maps["stress_perfusion"], c.tracer, c.features["sex_male"], limits)[0]
     rest_deficit = cohorts.quantitative_maps(c.maps["rest_perfusion"], c.tracer, c.features["sex_male"], limits)[0]
     b = bundles.load_bundle("tracer_heads", device="cpu")
-    p = _sigmoid(_logits(b.network, tracer_inputs(c.maps["stress_perfusion"], c.maps["rest_perfusion"], len(c),
+    p = expit(_logits(b.network, tracer_inputs(c.maps["stress_perfusion"], c.maps["rest_perfusion"], len(c),
                                                   stress_deficit, rest_deficit)))
     tc, tl = c.tracer == "tc99m", c.tracer == "tl201"
     tc_auc = auc(c.labels["tc_abnormal"][tc], p[tc, 0])
@@ -60,7 +57,7 @@ def test_tracer_heads_discriminate_their_own_labels(seed: int) -> None:
     print(msg)
     assert tc_auc > 0.75 and tl_auc > 0.70, msg
     # stress-only and rest-only variants run through the same weights; rest-only sees only scar and is weaker
-    p_rest = _sigmoid(_logits(b.network, tracer_inputs(None, c.maps["rest_perfusion"], len(c), None, rest_deficit)))
+    p_rest = expit(_logits(b.network, tracer_inputs(None, c.maps["rest_perfusion"], len(c), None, rest_deficit)))
     assert auc(c.labels["tc_abnormal"][tc], p_rest[tc, 0]) < tc_auc + 0.02, msg
 
 
@@ -73,7 +70,7 @@ def test_crt_model_beats_logistic_regression_and_guideline_criteria(seed: int) -
     tab_test = crt_tabular(test.features, imputation).values
     logreg = LogisticRegression().fit(tab_train, train.labels["crt_response"])
     x = crt_inputs(test.maps["rest_perfusion"], test.maps["rest_phase"], test.maps["rest_thickening"])
-    p = _sigmoid(_logits(b.network, x, tab_test))[:, 0]
+    p = expit(_logits(b.network, x, tab_test))[:, 0]
     y = test.labels["crt_response"]
     model_auc = auc(y, p)
     lr_auc = auc(y, logreg.predict_proba(tab_test))

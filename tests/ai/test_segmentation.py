@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from node.ai.segmentation import dice, evaluate_segmentation, segment_myocardium, segmentation_phantoms
+from node.ai.metrics import dice
+from node.ai.segmentation import segment_myocardium
+from node.ai.training.segmentation import evaluate_segmentation, phantom_myocardium_mask, segmentation_phantoms
+from node.synth.spect.phantom import PhantomSpec, make_acquisition
 
 
 def test_unet_dice_on_held_out_phantoms(seed: int) -> None:
@@ -26,13 +29,9 @@ def test_unet_dice_on_held_out_phantoms(seed: int) -> None:
 
 
 def test_mask_shape_matches_a_gated_volume_on_another_grid(seed: int) -> None:
-    from node.synth import phantom as ph
-
     rng = np.random.default_rng(seed)
-    acq = ph.make_acquisition(ph.PhantomSpec(matrix=96, voxel_mm=4.4, n_gates=8), "rest", rng)
+    acq = make_acquisition(PhantomSpec(matrix=96, voxel_mm=4.4, n_gates=8), "rest", rng)
     mask = segment_myocardium(acq.frames)  # gated 4D input is summed
     assert mask.shape == acq.frames.shape3d and mask.dtype == bool
-    from node.ai.segmentation import phantom_myocardium_mask
-
     truth = phantom_myocardium_mask(acq)
     assert dice(mask, truth) > 0.7, f"seed {seed}: Dice {dice(mask, truth):.3f} on a 4.4 mm grid"

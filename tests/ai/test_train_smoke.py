@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from node.ai.bundles import load_bundle
-from node.ai.train import train_bundle
-from node.synth import cohort as cohorts
+from node.ai.training import train_bundle
+from node.synth.spect import cohort as cohorts
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -34,7 +34,8 @@ from node.quant.orientation import locate_lv
 from node.quant.phase import analyse_phase, phase_statistics, prefilter_gated_voxels
 from node.quant.polar_map import grid_rows_z, midwall_surface_rows, sample_gated_polar_maps
 from node.quant.segments import DEFAULT_GRID
-from node.synth.spect.phantom import LATERAL_DELAY, PhantomSpec, make_acquisition
+from node.synth.geometry import LATERAL_DELAY
+from node.synth.spect.phantom import PhantomSpec, make_acquisition
 
 
 def _measure(n_gates: int, delays: tuple, rng: np.random.Generator):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
+from node.imaging.volume import FrameAxis, Volume
 from node.quant.orientation import locate_lv, reorient_to_short_axis
-from node.quant.polar_map import relative_pct, sample_gated_polar_maps, sample_polar_map
+from node.quant.polar_map import relative_pct, sample_frame_polar_maps, sample_gated_polar_maps, sample_polar_map
 from node.quant.segments import DEFAULT_GRID
-from node.synth.spect.phantom import Defect, PhantomSpec, make_acquisition
+from node.synth.anatomy import Defect
+from node.synth.spect.phantom import PhantomSpec, make_acquisition
 
 #: Acceptance: every segment's mean relative uptake within this many % of max of the blurred-phantom
 #: truth, in every phantom. Measured 2026-12-03 (noise-free, normal shape, bench/validate_spect.py
@@ -80,3 +83,21 @@ def test_gated_maps_follow_the_summed_map() -> None:
     # the mean of the per-gate maps, relative, is close to the summed relative map
     diff = np.abs(relative_pct(gated.values.mean(axis=0)) - summed.relative_pct())
     assert np.median(diff) < 5.0, f"seed={seed} median diff={np.median(diff):.2f}"
+
+
+def test_dynamic_frames_are_sampled_per_frame_on_one_surface() -> None:
+    """Timed dynamic frames (PET-like): every frame along the same normals, no gated widening, times kept."""
+    seed = _seed()
+    rng = np.random.default_rng(seed)
+    acq = make_acquisition(PhantomSpec(n_gates=0), "rest", rng)
+    location = locate_lv(acq.expected)
+    scale = np.array([0.5, 1.0, 2.0])
+    frames = FrameAxis.dynamic(start_s=[0.0, 30.0, 90.0], duration_s=[30.0, 60.0, 120.0])
+    dynamic = Volume(scale[:, None, None, None] * acq.expected.voxels[None], acq.expected.affine, frames)
+    maps = sample_frame_polar_maps(dynamic, location)
+    single = sample_polar_map(acq.expected, location)
+    assert maps.frame_axis is frames and maps.n_frames == 3
+    assert np.allclose(maps.values, scale[:, None, None] * single.values), f"seed={seed}"
+    assert np.allclose(maps.weights, single.weights)
+    with pytest.raises(ValueError, match="gated"):
+        sample_gated_polar_maps(dynamic, location)

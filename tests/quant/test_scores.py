@@ -1,4 +1,4 @@
-"""Perfusion scores on polar maps from the analytic polar-map model (node.quant.normal_limits).
+"""Perfusion scores on polar maps from the analytic polar-map model (node.synth.spect.normal_db).
 
 These maps come from the same simulated population model as the v1 normal limits
 (blur along the surface, partial volume, base roll-off, sex-specific attenuation,
@@ -18,9 +18,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from node.quant.normal_limits import AnalyticPolarModel, load_normal_limits, random_normal_subject
+from node.quant.normal_limits import load_normal_limits
 from node.quant.scores import ScoreParameters, score_map, score_study, scores_from_deficit
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS
+from node.synth.spect.normal_db import AnalyticPolarModel, random_normal_subject
 
 GRID = DEFAULT_GRID
 SEG = GRID.segment_ids()

@@ -2,7 +2,7 @@
 
 Phantoms: node.synth (Tier A: blur + Poisson noise at the default clinical count level,
 pose jitter +-15 deg, sex-specific attenuation-like artefact). Polar maps: the pipeline's
-path (node.quant.normal_limits.phantom_polar_map = locate_lv + sample_polar_map), scored
+path (node.synth.spect.normal_db.phantom_polar_map = locate_lv + perfusion_polar_map), scored
 with the shipped SYNTHETIC normal limits. Truth: Truth.segment_scores_severity
 (round_half_up(4 x true segment deficit)) and Truth.tpd_pct (100 x volume-weighted mean
 deficit). Severities are drawn at 0.25/0.5/0.75 +- 0.05, away from the rounding
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from node.quant.normal_limits import load_normal_limits, phantom_polar_map
+from node.quant.normal_limits import load_normal_limits
 from node.quant.scores import score_map, score_study
+from node.synth.spect.normal_db import phantom_polar_map
 from node.synth.spect.phantom import TERRITORY_RING_SETS, PhantomSpec, make_acquisition, make_study, territory_defect
 
 

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import random
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import Dataset
 
-sys.path.insert(0, str(Path(__file__).parent))
+from node.results import build_outputs
+from node.results.content import ReportContent, ReportContext
+from tests.support.report import context, make_content, phantom_study, write_outputs
 
-from results_factory import make_content, phantom_study  # noqa: E402
-from results_support import Run, context, write_outputs  # noqa: E402
 
-from node.results import build_outputs  # noqa: E402
+@dataclass
+class Run:
+    seed: int
+    sources: list[Dataset]  # summed stress and rest NM instances of a gated phantom study
+    gated: list[Dataset]  # the gated series of the same study (the "late series" of the revision tests)
+    content: ReportContent
+    context: ReportContext
+    outputs: list[Dataset]
+    files: dict[str, Path]  # kind -> file: sr, sc_<key>, screen, pdf
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,13 @@ import subprocess
 
 import numpy as np
 import pydicom
-from results_support import require_tool
 
 from node import RESEARCH_USE_NOTICE
 from node.quant.segments import DEFAULT_GRID
 from node.results import write_preview
 from node.results.content import MapImage
 from node.results.render import render_bullseye, segment_label_positions
+from tests.support.tools import require_tool
 
 
 def test_bullseye_orientation_anterior_top_septum_left():

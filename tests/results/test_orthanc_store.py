@@ -7,27 +7,19 @@ import io
 
 import pydicom
 import pytest
-from results_support import context, write_outputs
-from orthanc_support import findscu_images, store
-from results_factory import make_content
 
 from node.results import build_outputs
+from tests.support.dicom_clients import findscu_images, pynetdicom_store
+from tests.support.report import context, make_content, write_outputs
 
 pytestmark = pytest.mark.network
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
-@pytest.fixture
-def orthanc(tmp_path, node_harness):
-    server = node_harness.Orthanc(tmp_path / "orthanc").start()
-    yield server
-    server.stop()
-
-
 def test_orthanc_accepts_every_object_and_finds_the_sr_at_image_level(run, orthanc):
     files = list(run.files.values())
-    statuses = store(orthanc.dicom_port, orthanc.ae_title, files)
+    statuses = pynetdicom_store(orthanc.dicom_port, orthanc.ae_title, files)
     assert statuses == [0] * len(files), dict(zip(run.files, statuses))
     assert len(orthanc.instance_ids()) == len(files), "Orthanc did not keep every object"
     sr = run.outputs[0]
@@ -57,7 +49,7 @@ def test_late_series_gives_two_srs_and_an_unchanged_rerun_none_more(run, orthanc
     first = build_outputs(run.content, run.sources, context())
     for attempt in range(2):  # processing the same study twice without change
         files = list(write_outputs(first, run.content, tmp_path / f"first{attempt}").values())
-        assert set(store(orthanc.dicom_port, orthanc.ae_title, files)) <= {0x0000, 0xB000, 0xB007}
+        assert set(pynetdicom_store(orthanc.dicom_port, orthanc.ae_title, files)) <= {0x0000, 0xB000, 0xB007}
         again = build_outputs(run.content, run.sources, context(predecessors=(
             (study_uid, first[0].SeriesInstanceUID, SR_CLASS, first[0].SOPInstanceUID),)))
         first = again  # the node may name the stored SR as predecessor of an unchanged re-run: same UIDs
@@ -69,7 +61,7 @@ def test_late_series_gives_two_srs_and_an_unchanged_rerun_none_more(run, orthanc
     second = build_outputs(revised, sources, context(predecessors=(predecessor,)))
     for attempt in range(2):
         files = list(write_outputs(second, revised, tmp_path / f"second{attempt}").values())
-        assert set(store(orthanc.dicom_port, orthanc.ae_title, files)) <= {0x0000, 0xB000, 0xB007}
+        assert set(pynetdicom_store(orthanc.dicom_port, orthanc.ae_title, files)) <= {0x0000, 0xB000, 0xB007}
         second = build_outputs(revised, sources, context(predecessors=(predecessor,)))
 
     srs = {f["SOPInstanceUID"] for f in _srs_in_study(orthanc, study_uid)}

@@ -14,10 +14,10 @@ import subprocess
 import highdicom as hd
 import pydicom
 import pytest
-from results_support import context, dciodvfy, write_outputs
-from results_factory import phantom_study
 
 from node.results.templates import load_templates
+from tests.support.report import context, phantom_study, write_outputs
+from tests.support.tools import dciodvfy
 
 
 @pytest.fixture(scope="module")

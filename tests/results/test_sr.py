@@ -8,13 +8,13 @@ import io
 import highdicom as hd
 import pydicom
 import pytest
-from results_support import context, dciodvfy, write_outputs
 from highdicom.sr import CodedConcept
-from results_factory import MODEL, make_content
 
 from node.results import ContentError, TemplateError, build_outputs, to_enhanced_sr
 from node.results.content import Algorithm, Measurement
 from node.results.templates import load_templates
+from tests.support.report import MODEL, context, make_content, write_outputs
+from tests.support.tools import dciodvfy
 
 
 def _text_items(group, code_value):

@@ -6,7 +6,8 @@ import re
 import subprocess
 
 import pytest
-from results_support import dciodvfy, require_tool
+
+from tests.support.tools import dciodvfy, require_tool
 
 # dciodvfy warnings that are expected, with the reason:
 DCIODVFY_KNOWN_WARNINGS = {

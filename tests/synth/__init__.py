@@ -1,0 +1,1 @@
+"""Tests of node.synth: phantoms against their truth, NM DICOM writing, the demo."""

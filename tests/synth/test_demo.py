@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pydicom
 import pytest
 
 from node.imaging.nm import group_nm_reconstructions
 from node.synth.spect.study import synthetic_patient
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"storescp did not listen on port {port}")
-
+from tests.support import REPO
+from tests.support.ports import free_port, wait_for_port
 
 # A storage SCP in its own process, bound to 127.0.0.1 (dcmtk 3.6.7's storescp cannot bind to one address).
 SCP_SCRIPT = """
@@ -54,11 +34,11 @@ ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE,
 def test_demo_sends_a_loadable_study_and_never_prints_the_identity(seed, tmp_path):
     received = tmp_path / "received"
     received.mkdir()
-    port = _free_port()
+    port = free_port()
     scp = subprocess.Popen([sys.executable, "-c", SCP_SCRIPT, str(received), str(port)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        _wait_for_port(port)
+        wait_for_port(port, 20, "the storage SCP", process=scp)
         run = subprocess.run(
             [sys.executable, "-m", "node.cli", "demo", "--seed", str(seed), "--defect", "RCA", "--tracer", "tl201",
              "--port", str(port), "--called-aet", "DEMOPACS", "--save", str(tmp_path / "saved")],
@@ -83,7 +63,7 @@ def test_demo_sends_a_loadable_study_and_never_prints_the_identity(seed, tmp_pat
 
 
 def test_demo_reports_a_refused_association(seed, tmp_path):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     run = subprocess.run(
         [sys.executable, "-m", "node.cli", "demo", "--seed", str(seed), "--defect", "none", "--gates", "0",
          "--port", str(port), "--called-aet", "NOBODY"],

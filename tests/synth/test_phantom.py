@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS
+from node.synth.geometry import LATERAL_DELAY, SMALL
 from node.synth.spect.phantom import (
-    LATERAL_DELAY,
     PhantomSpec,
-    SMALL,
     draw_pose,
     make_acquisition,
     make_study,

@@ -111,26 +111,28 @@ from typing import Iterable
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
+from scipy.special import expit
 
-from node.quant.segments import DEFAULT_GRID, TERRITORIES, TERRITORY_SEGMENTS, bullseye
+from node.quant.normal_limits import NormalLimits, build_normal_limits, load_normal_limits
+from node.quant.scores import score_map
+from node.quant.segments import DEFAULT_GRID, TERRITORIES, TERRITORY_SEGMENTS
 
 __all__ = [
     "COHORT_VERSION",
     "SPLITS",
     "TRACERS",
     "Cohort",
-    "NormalLimits",
+    "CohortLimits",
     "make_cad_cohort",
     "make_crt_cohort",
     "normal_limits",
     "stress_tpd",
     "quantitative_maps",
     "node_normal_limits",
-    "phase_statistics",
+    "phase_sd_bandwidth",
     "territory_masks",
     "smooth_polar",
     "single_territory_case",
-    "crt_image",
     "write_cohort",
     "read_cohort",
 ]
@@ -280,10 +282,6 @@ def _true_tpd(defect_depth: np.ndarray) -> float:
     return float(100.0 * np.mean(np.clip(defect_depth, 0, 1)))
 
 
-def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 @dataclass(frozen=True)
 class _Shift:
     counts: float = 1.0
@@ -321,7 +319,7 @@ def make_cad_cohort(n: int, split: str = "train", seed: int = 0, normals_only: b
         tr = "tl201" if rng.random() < shift.tl_share else "tc99m"
         edv = max(40.0, rng.normal(105 if male else 80, 18 if male else 14)) * shift.heart
         lvef = float(np.clip(rng.normal(63 if male else 66, 6), 40, 80))
-        p_cad = 0.0 if normals_only else float(_sigmoid(-0.6 + 0.05 * (age - 62) + 0.6 * male))
+        p_cad = 0.0 if normals_only else float(expit(-0.6 + 0.05 * (age - 62) + 0.6 * male))
         has_cad = rng.random() < p_cad
         diseased: list[str] = []
         if has_cad:
@@ -412,8 +410,11 @@ def single_territory_case(territory: str, seed: int, depth: float = 0.5, tracer:
 # --------------------------------------------------------------------------- CRT
 
 
-def phase_statistics(phase_deg: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
-    """Phase SD and 95 % bandwidth (central 2.5..97.5 percentile width), degrees, of a phase map.
+def phase_sd_bandwidth(phase_deg: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """Phase SD and 95 % bandwidth (central 2.5..97.5 percentile width), degrees, of a cohort phase map.
+
+    The PSD/PBW features of the synthetic CRT cohort; the node measures patients
+    with :func:`node.quant.phase.phase_statistics`.
 
     The phases are re-centred so that the circular mean sits at 180 deg before
     the statistics (no wrap-around). Weights default to equal cell weights.
@@ -486,7 +487,7 @@ def make_crt_cohort(n: int, split: str = "train", seed: int = 0) -> Cohort:
         thick = smooth_polar(thick, *sigma) + 5.0 * t_noise / max(t_noise.std(), 1e-9) / np.sqrt(counts / 300.0)
         maps["rest_perfusion"][i], maps["rest_phase"][i], maps["rest_thickening"][i] = perf, phase, thick
         scar_pct = float(100.0 * np.mean(perf < 50.0))
-        psd, pbw = phase_statistics(phase)
+        psd, pbw = phase_sd_bandwidth(phase)
         d_eff = delay * (1 - lateral_scar)
         z = (
             2.2 * d_eff / 60.0 + 0.3 * lbbb + 0.3 * (qrs - 150.0) / 25.0 - 2.5 * float(np.mean(scar > 0.25))
@@ -509,45 +510,26 @@ def make_crt_cohort(n: int, split: str = "train", seed: int = 0) -> Cohort:
     )
 
 
-def crt_image(rest_perfusion: np.ndarray, rest_phase: np.ndarray, rest_thickening: np.ndarray) -> np.ndarray:
-    """The CRT model's input: four 64x64 bull's-eyes tiled into one ``[128, 128]`` float32 image.
-
-    Tiles (row-major): top-left perfusion / 100, top-right systolic phase / 360,
-    bottom-left thickening / 100, bottom-right perfusion thresholded at 0.5 of
-    the maximum (1 where uptake >= 50 %). Pixels outside the discs are 0.
-    Accepts single maps ``[n_u, n_psi]`` or batches ``[n, n_u, n_psi]``.
-    """
-    perf = np.asarray(rest_perfusion, dtype=float)
-    if perf.ndim == 2:
-        return crt_image(perf[None], np.asarray(rest_phase)[None], np.asarray(rest_thickening)[None])[0]
-    out = np.zeros((perf.shape[0], 128, 128), np.float32)
-    for i in range(perf.shape[0]):
-        tiles = (
-            perf[i] / 100.0,
-            np.asarray(rest_phase[i], float) / 360.0,
-            np.asarray(rest_thickening[i], float) / 100.0,
-            (perf[i] >= 50.0).astype(float),
-        )
-        for k, tile in enumerate(tiles):
-            r, c = divmod(k, 2)
-            out[i, r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64] = np.nan_to_num(bullseye(tile, 64), nan=0.0)
-    return out
-
-
 # --------------------------------------------------------------------------- TPD baseline
 
 
 @dataclass(frozen=True)
-class NormalLimits:
-    """Per-pixel normal mean and SD (% of max) of stress perfusion, per ``(tracer, sex)``."""
+class CohortLimits:
+    """Normal limits of a synthetic normal database, per ``(tracer, male)``.
+
+    ``mean`` and ``sd`` are per-pixel ``[n_u, n_psi]`` (% of max) of stress perfusion
+    (the reference formula of :func:`stress_tpd`); ``node_limits`` are the same
+    database in the node's form (:class:`node.quant.normal_limits.NormalLimits`),
+    for the node's own scorer.
+    """
 
     mean: dict[tuple[str, int], np.ndarray]
     sd: dict[tuple[str, int], np.ndarray]
     version: str = COHORT_VERSION
-    node_limits: dict = field(default_factory=dict)  # (tracer, male) -> node.quant.normal_limits.NormalLimits
+    node_limits: dict[tuple[str, int], NormalLimits] = field(default_factory=dict)
 
 
-def normal_limits(seed: int = 0, n_per_group: int = 120) -> NormalLimits:
+def normal_limits(seed: int = 0, n_per_group: int = 120) -> CohortLimits:
     """Normal limits from a synthetic normal database (split ``normal_db``, patients without CAD).
 
     Also builds the node's own limits (``node.quant.normal_limits.build_normal_limits``)
@@ -555,37 +537,30 @@ def normal_limits(seed: int = 0, n_per_group: int = 120) -> NormalLimits:
     """
     cohort = make_cad_cohort(4 * n_per_group, "normal_db", seed, normals_only=True)
     mean, sd, node_limits = {}, {}, {}
-    try:
-        from node.quant.normal_limits import build_normal_limits
-    except ImportError:  # pragma: no cover - quant-b's module is part of the node
-        build_normal_limits = None
     for tr in TRACERS:
         for male in (0, 1):
             sel = (cohort.tracer == tr) & (cohort.features["sex_male"] == male)
             maps = cohort.maps["stress_perfusion"][sel]
             mean[(tr, male)] = maps.mean(axis=0)
             sd[(tr, male)] = np.maximum(maps.std(axis=0), 1.0)
-            if build_normal_limits is not None:
-                node_limits[(tr, male)] = build_normal_limits(
-                    maps, None, tr, "M" if male else "F", COHORT_VERSION, f"synthetic cohort normal_db seed {seed}")
-    return NormalLimits(mean, sd, node_limits=node_limits)
+            node_limits[(tr, male)] = build_normal_limits(
+                maps, None, tr, "M" if male else "F", COHORT_VERSION, f"synthetic cohort normal_db seed {seed}")
+    return CohortLimits(mean, sd, node_limits=node_limits)
 
 
-def node_normal_limits() -> NormalLimits:
+def node_normal_limits() -> CohortLimits:
     """The node's shipped normal limits (``node.quant.normal_limits.load_normal_limits``) in this module's form.
 
     Used when training on a site folder: those maps come from the node's own
     pipeline, so they are scored against the node's own limits.
     """
-    from node.quant.normal_limits import load_normal_limits
-
     node_limits = {(tr, male): load_normal_limits(tr, "M" if male else "F") for tr in TRACERS for male in (0, 1)}
     mean = {k: 100.0 * v.mean for k, v in node_limits.items()}
     sd = {k: 100.0 * v.sd for k, v in node_limits.items()}
-    return NormalLimits(mean, sd, version="node", node_limits=node_limits)
+    return CohortLimits(mean, sd, version="node", node_limits=node_limits)
 
 
-def quantitative_maps(maps: np.ndarray, tracer: Iterable[str], sex_male: Iterable[float], limits: NormalLimits
+def quantitative_maps(maps: np.ndarray, tracer: Iterable[str], sex_male: Iterable[float], limits: CohortLimits
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(deficit [n, n_u, n_psi] 0..1, tpd severity / 4 [n, n_u, n_psi] 0..1, stress TPD [n] %)`` of perfusion maps.
 
@@ -594,8 +569,6 @@ def quantitative_maps(maps: np.ndarray, tracer: Iterable[str], sex_male: Iterabl
     database; these are the "quantitative polar maps" (defect / severity)
     that Betancur et al. fed to their network next to the raw maps.
     """
-    from node.quant.scores import score_map
-
     maps = np.asarray(maps, dtype=float)
     deficit = np.zeros(maps.shape, np.float32)
     severity = np.zeros(maps.shape, np.float32)
@@ -606,7 +579,7 @@ def quantitative_maps(maps: np.ndarray, tracer: Iterable[str], sex_male: Iterabl
     return deficit, severity, tpd
 
 
-def stress_tpd(maps: np.ndarray, tracer: Iterable[str], sex_male: Iterable[float], limits: NormalLimits,
+def stress_tpd(maps: np.ndarray, tracer: Iterable[str], sex_male: Iterable[float], limits: CohortLimits,
                threshold_sd: float = 2.5, method: str = "node") -> np.ndarray:
     """Stress total perfusion deficit (% of LV) of maps ``[n, n_u, n_psi]``.
 
@@ -616,16 +589,14 @@ def stress_tpd(maps: np.ndarray, tracer: Iterable[str], sex_male: Iterable[float
     ``4 clip((mu - s P) / mu, 0, 1)``; TPD = 100 sum(sev) / (4 n_pixels)
     (equal pixel weights on the canonical grid).
 
-    ``method="node"`` (default when available) scores with the node's own
-    ``node.quant.scores.score_map`` (quant-b's TPD, default parameters) against
-    limits built from the same normal database; ``"reference"`` uses the
-    formula above.
+    ``method="node"`` (default when ``limits`` carry the node's form) scores with
+    the node's own ``node.quant.scores.score_map`` (the node's TPD, default
+    parameters) against limits built from the same normal database;
+    ``"reference"`` uses the formula above.
     """
     maps = np.asarray(maps, dtype=float)
     out = np.zeros(len(maps))
     if method == "node" and limits.node_limits:
-        from node.quant.scores import score_map
-
         for i, (p, tr, male) in enumerate(zip(maps, tracer, sex_male)):
             out[i] = score_map(np.clip(p, 0, None), None, limits.node_limits[(str(tr), int(male))]).tpd_pct
         return out

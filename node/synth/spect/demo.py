@@ -22,7 +22,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node import RESEARCH_USE_NOTICE
-from node.synth.spect.phantom import SHAPES, PhantomSpec, make_study, territory_defect
+from node.config import load_settings
+from node.synth.geometry import SHAPES
+from node.synth.spect.phantom import PhantomSpec, make_study, territory_defect
 from node.synth.spect.study import build_study_datasets
 
 __all__ = ["demo_main", "demo_spec", "send_datasets", "save_datasets"]
@@ -83,12 +85,6 @@ def _destination(args: argparse.Namespace) -> tuple[int, str]:
     port, called = args.port, args.called_aet
     if port is not None and called is not None:
         return port, called
-    try:
-        from node.config import load_settings
-    except ImportError as exc:
-        raise SystemExit(
-            f"error: node.config is not available ({exc}); pass --port and --called-aet explicitly"
-        ) from None
     try:
         settings = load_settings(getattr(args, "config", None))
     except Exception as exc:  # ConfigError and validation errors name the setting

@@ -48,12 +48,7 @@ from node.quant.polar_map import relative_pct
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS, PolarGrid
 from node.synth.anatomy import UPTAKE, Defect, HeartModel, TorsoModel, default_attenuation
 from node.synth.geometry import (
-    DILATED,
-    LATERAL_DELAY,
     NORMAL,
-    SHAPES,
-    SMALL,
-    THICK,
     LVGeometry,
     LVShape,
     PhaseDelay,
@@ -67,24 +62,17 @@ from node.synth.truth import (
     analytic_segment_truth,
     first_harmonic_phase,
     midwall_samples,
-    phase_statistics,
     sample_max_along_normals,
     score_from_uptake,
     territories_of,
     transmural_mean_activity,
+    truth_phase_statistics,
 )
 
 __all__ = [
-    "LVShape",
-    "NORMAL",
-    "SMALL",
-    "DILATED",
-    "THICK",
-    "SHAPES",
-    "Defect",
     "territory_defect",
-    "PhaseDelay",
-    "LATERAL_DELAY",
+    "RINGS",
+    "TERRITORY_RING_SETS",
     "PhantomSpec",
     "Pose",
     "draw_pose",
@@ -94,11 +82,9 @@ __all__ = [
     "StudyPhantom",
     "make_acquisition",
     "make_study",
-    "Truth",
     "lv_centre_mm",
-    "phase_statistics",
-    "first_harmonic_phase",
     "DEFAULT_COUNTS_PER_VOXEL",
+    "INTERNAL_UNGATED_SNAPSHOTS",
 ]
 
 DEFAULT_COUNTS_PER_VOXEL = 240.0
@@ -567,9 +553,9 @@ def _make_truth(
             a, A = g.radii_at(grid.psi_centres_deg)
             thickness[k] = np.where(cap[:, None], g.apex_wall_mm, (A - a)[None, :])
         sample_phase = first_harmonic_phase(np.moveaxis(thickness, 0, -1))
-        phase_stats = phase_statistics(sample_phase, cell_volume)
+        phase_stats = truth_phase_statistics(sample_phase, cell_volume)
         count_phase = first_harmonic_phase(np.moveaxis(gate_maps, 0, -1))
-        count_stats = phase_statistics(count_phase, cell_volume)
+        count_stats = truth_phase_statistics(count_phase, cell_volume)
     else:
         edv, esv = spec.shape.edv_ml, spec.shape.esv_ml
     return Truth(

@@ -1,0 +1,57 @@
+"""``cardionode train BUNDLE --data DIR | --synthetic N``: pick the trainer, run it, report.
+
+:func:`train_bundle` trains ``lv_segmentation`` with :mod:`node.ai.training.segmentation`
+(phantoms only) and the polar-map bundles with :mod:`node.ai.training.polar`;
+:func:`train_main` is the handler of the ``cardionode train`` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from node.ai import bundles
+from node.ai.training import segmentation
+from node.ai.training.common import TrainResult, seed_everything
+from node.ai.training.polar import evaluation_markdown, train_polar_bundle
+
+__all__ = ["train_bundle", "train_main"]
+
+
+def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: int | None = None, epochs: int | None = None,
+                 seed: int = 0, checkpoints: Path | None = None, version: str = "1.0.0", pretrain: int = 0,
+                 command: str = "", init: Path | None = None, steps_per_epoch: int | None = None) -> TrainResult:
+    """Train ``bundle`` on a folder or a synthetic cohort (phantoms for ``lv_segmentation``), evaluate, and write
+    the bundle to ``out``. ``init`` and ``steps_per_epoch`` apply to ``lv_segmentation`` only."""
+    seed_everything(seed)
+    if bundle == "lv_segmentation":
+        return segmentation.train_segmentation(
+            out, n_train=synthetic or 0, data=data, epochs=epochs or segmentation.DEFAULT_EPOCHS, seed=seed,
+            checkpoints=checkpoints, version=version, command=command, init=init, lr=3e-3 if init is None else 1e-3,
+            steps_per_epoch=steps_per_epoch or segmentation.DEFAULT_STEPS_PER_EPOCH)
+    if init is not None or steps_per_epoch is not None:
+        raise ValueError("--init and --steps-per-epoch are supported for lv_segmentation only")
+    return train_polar_bundle(bundle, out, data=data, synthetic=synthetic, epochs=epochs, seed=seed,
+                              checkpoints=checkpoints, version=version, pretrain=pretrain, command=command)
+
+
+def train_main(args: argparse.Namespace) -> int:
+    """Handler of ``cardionode train``."""
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    out = args.out or bundles.models_dir() / args.bundle
+    checkpoints = getattr(args, "checkpoints", None) or Path("var") / "checkpoints" / args.bundle
+    cmd = "cardionode train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
+    try:
+        result = train_bundle(args.bundle, Path(out), data=args.data, synthetic=args.synthetic, epochs=args.epochs,
+                              seed=args.seed, checkpoints=Path(checkpoints), pretrain=getattr(args, "pretrain", 0) or 0,
+                              command=cmd, init=getattr(args, "init", None),
+                              steps_per_epoch=getattr(args, "steps_per_epoch", None))
+    except (ValueError, FileNotFoundError) as exc:
+        sys.stderr.write(f"cardionode train: {exc}\n")
+        return 2
+    sys.stderr.write(f"wrote bundle {result.out} in {result.seconds:.0f} s\n")
+    sys.stdout.write(evaluation_markdown(args.bundle, result.evaluation) + "\n")
+    return 0

@@ -1,0 +1,448 @@
+"""The Storage SCP service: C-STORE validation, spooling, recording and rejections.
+
+All storage SOP classes are negotiated so that the node can answer every
+instance with a precise status; instances of classes outside
+:data:`STORAGE_SOP_CLASSES` are answered 0x0122 (SOP class not supported).
+
+An instance is answered Success (0x0000) only after it is in the spool
+(atomic, fsync'ed) and in the ledger. Failures:
+
+* 0xA700 out of resources: the disk is below the watermark, or writing failed;
+* 0xA900 data set does not match SOP class: SOP Class UID differs from the
+  request, an image without Pixel Data, Pixel Data shorter than its header says;
+* 0xC000 cannot understand: the data set cannot be parsed;
+* 0xC001 cannot understand: a UID is missing or invalid (it would name a file);
+* 0x0122 SOP class not supported.
+
+Each failure response carries an Error Comment and is recorded as a rejection.
+The service is offered by :class:`node.dicom.scp.DicomListener` beside
+Verification (see :mod:`node.dicom.services`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import zlib
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom import AllStoragePresentationContexts, build_context, evt
+from pynetdicom.presentation import PresentationContext
+
+from node.config import Settings
+from node.dicom.audit import AuditLog
+from node.dicom.logs import hash_identifier, redact
+from node.dicom.services import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Peer, Peers, audit_quietly
+from node.dicom.spool import Spool
+from node.ledger import InstanceMeta, Ledger, utcnow
+from node.uids import is_valid_uid
+
+__all__ = [
+    "STORAGE_SOP_CLASSES",
+    "TRANSFER_SYNTAXES",
+    "Describe",
+    "Status",
+    "StorageService",
+    "StoreRefusedError",
+    "disk_space_problem",
+    "recover_unrecorded_instances",
+]
+
+_log = logging.getLogger("cardionode.scp")
+
+#: routing attributes of a stored instance (JSON values), given to the ledger with it
+Describe = Callable[[Dataset], Mapping[str, Any]]
+
+#: SOP classes stored by the node (UID -> name)
+STORAGE_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.20": "Nuclear Medicine Image Storage",
+    "1.2.840.10008.5.1.4.1.1.128": "Positron Emission Tomography Image Storage",
+    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
+    "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.88.11": "Basic Text SR Storage",
+    "1.2.840.10008.5.1.4.1.1.88.22": "Enhanced SR Storage",
+    "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR Storage",
+    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR Storage",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.1": "Multi-frame Single Bit Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF Storage",
+}
+#: SOP classes whose instances carry no Pixel Data
+_NON_IMAGE_CLASSES = frozenset(uid for uid, name in STORAGE_SOP_CLASSES.items() if " SR " in name or "PDF" in name)
+
+#: transfer syntaxes accepted (UID -> name)
+TRANSFER_SYNTAXES: dict[str, str] = {
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
+    "1.2.840.10008.1.2": "Implicit VR Little Endian",
+    "1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+    "1.2.840.10008.1.2.2": "Explicit VR Big Endian (retired)",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline (Process 1)",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended (Process 2 & 4)",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless, Non-Hierarchical (Process 14)",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless, First-Order Prediction (Process 14 SV1)",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 (Lossless Only)",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
+
+
+class Status:
+    """DIMSE status codes the C-STORE SCP answers with (PS3.4 B.2.3)."""
+
+    SUCCESS = 0x0000
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    INVALID_UID = 0xC001
+
+
+class StoreRefusedError(Exception):
+    """An instance the node will not store; ``status`` is the DIMSE status to answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def disk_space_problem(data_dir: Path, watermark_mb: float) -> str | None:
+    """A reason when the free space of the file system holding ``data_dir`` is below
+    ``watermark_mb`` MiB, else None."""
+    free = shutil.disk_usage(data_dir).free / 2**20
+    if free < watermark_mb:
+        return f"free disk space in {data_dir} is {free:.0f} MiB, below the watermark of {watermark_mb:.0f} MiB"
+    return None
+
+
+def _failure(status: int, reason: str) -> Dataset:
+    rsp = Dataset()
+    rsp.Status = status
+    rsp.ErrorComment = reason[:64]  # LO
+    return rsp
+
+
+def _read_dataset(raw: bytes, transfer_syntax: UID) -> Dataset:
+    """Parse ``raw`` (a data set encoded in ``transfer_syntax``), raising on any structural problem."""
+    if transfer_syntax == "1.2.840.10008.1.2.1.99":
+        raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+    fp = io.BytesIO(raw)
+    ds = read_dataset(fp, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian)
+    if fp.tell() != len(raw):
+        raise ValueError(f"parsing stopped at byte {fp.tell()} of {len(raw)}")
+    for elem in ds.elements():  # raw elements: pydicom accepts a value shorter than its length
+        length = getattr(elem, "length", None)
+        value = getattr(elem, "value", None)
+        if isinstance(value, bytes) and length is not None and length != _UNDEFINED_LENGTH and len(value) != length:
+            raise ValueError(f"element {elem.tag} claims {length} bytes but only {len(value)} arrived (truncated)")
+    return ds
+
+
+def _required_uid(ds: Dataset, keyword: str, tag: str) -> str:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise StoreRefusedError(Status.INVALID_UID, f"{keyword} {tag} is missing")
+    value = str(value).rstrip("\x00 ")
+    if not is_valid_uid(value):
+        raise StoreRefusedError(Status.INVALID_UID, f"{keyword} {tag} is not a valid UID")
+    return value
+
+
+def _pixel_data_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
+    """Why the pixel data cannot be right, for image SOP classes; None if it may be."""
+    pixel = None
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            pixel = ds[keyword]
+            break
+    if pixel is None:
+        return "image SOP class without Pixel Data (7FE0,0010)"
+    if str(transfer_syntax) not in _NATIVE_SYNTAXES or pixel.keyword != "PixelData":
+        return None
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        return "Rows, Columns or Bits Allocated missing or not a number"
+    expected = (rows * cols * frames * samples * bits + 7) // 8  # bytes; 1-bit images are packed
+    actual = len(pixel.value or b"")
+    if actual < expected:
+        return f"Pixel Data has {actual} bytes; {rows}x{cols}x{frames} frames x {samples} x {bits} bits need {expected}"
+    return None
+
+
+def _instance_meta(
+    ds: Dataset,
+    path: Path,
+    size_bytes: int,
+    transfer_syntax: str,
+    calling_ae: str,
+    received_at: datetime,
+    describe: Describe,
+) -> InstanceMeta:
+    """The ledger's view of a validated instance (UIDs, routing attributes; no patient data)."""
+    return InstanceMeta(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        path=str(path),
+        size_bytes=size_bytes,
+        transfer_syntax_uid=transfer_syntax,
+        routing=describe(ds),
+        calling_ae=calling_ae,
+        received_at=received_at,
+    )
+
+
+def recover_unrecorded_instances(spool: Spool, ledger: Ledger, describe: Describe) -> int:
+    """Record spooled files the ledger does not know; returns how many.
+
+    Every acknowledged instance was fsync'ed into the spool before its ledger
+    commit; the ledger's last commits may be lost on power failure (SQLite WAL,
+    ``synchronous=NORMAL``), so the storage service calls this before the
+    listener accepts associations. Files that cannot be read are left in place
+    and logged.
+    """
+    known = ledger.instances.uids()
+    recovered = 0
+    for path in spool.root.glob("*/*/*.dcm"):
+        if path.stem in known:
+            continue
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            meta = _instance_meta(
+                ds,
+                path,
+                path.stat().st_size,
+                str(ds.file_meta.TransferSyntaxUID),
+                str(ds.file_meta.get("SourceApplicationEntityTitle") or "").strip(),
+                datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).replace(tzinfo=None),
+                describe,
+            )
+            if ledger.instances.record(meta):
+                recovered += 1
+        except Exception:
+            _log.exception("spooled file %s cannot be recorded; left in place", path.name)
+    return recovered
+
+
+def _part10(raw: bytes, sop_class: str, sop_instance: str, transfer_syntax: UID, calling_ae: str) -> bytes:
+    """The instance as a DICOM Part 10 file: preamble, File Meta Information, data set as received."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if calling_ae:
+        meta.SourceApplicationEntityTitle = calling_ae
+    buffer = io.BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    buffer.write(raw)
+    return buffer.getvalue()
+
+
+class StorageService:
+    """Storage SCP for ``settings``: validates each C-STORE, spools it and records it in ``ledger``.
+
+    ``describe(ds)`` gives the routing attributes the ledger keeps for each
+    stored instance (the node passes :func:`node.pipelines.routing.routing_attributes`;
+    this package itself knows no medicine).
+    ``on_instance_stored(meta)`` is called, in the association's thread, after
+    each *new* instance is spooled and recorded (not for duplicates); an
+    exception in it is logged and does not change the answer to the peer.
+    Counts per association: ``stored``, ``duplicates``, ``refused``.
+    """
+
+    counters: tuple[str, ...] = ("stored", "duplicates", "refused")
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        describe: Describe,
+        *,
+        audit: AuditLog | None = None,
+        on_instance_stored: Callable[[InstanceMeta], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.describe = describe
+        self.audit = audit
+        self.on_instance_stored = on_instance_stored
+        self.spool = Spool(settings.spool_dir, durable=settings.durable_writes)
+        self._peers = Peers()
+
+    # ------------------------------------------------------------------ the service contract
+    def contexts(self) -> list[PresentationContext]:
+        """Every storage SOP class pynetdicom knows plus :data:`STORAGE_SOP_CLASSES`, with
+        :data:`TRANSFER_SYNTAXES`."""
+        syntaxes = list(TRANSFER_SYNTAXES)
+        known = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+        extra = [uid for uid in STORAGE_SOP_CLASSES if uid not in known]
+        return [build_context(uid, syntaxes) for uid in known + extra]
+
+    def handlers(self, peers: Peers) -> list[evt.EventHandlerType]:
+        self._peers = peers
+        return [(evt.EVT_C_STORE, self._on_store)]
+
+    def prepare(self) -> None:
+        """Remove partial spool files and record spooled instances the ledger lacks (after a crash)."""
+        removed = self.spool.remove_partial_files()
+        if removed:
+            _log.info("removed %d partial spool file(s) left by an interrupted write", removed)
+        recovered = recover_unrecorded_instances(self.spool, self.ledger, self.describe)
+        if recovered:
+            _log.warning("recorded %d spooled instance(s) missing from the ledger (after a crash)", recovered)
+            audit_quietly(self.audit, "spool.recovered", instances=recovered)
+
+    # ------------------------------------------------------------------ C-STORE
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        peer = self._peers.get(event.assoc)
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID or "")
+        sop_instance = str(request.AffectedSOPInstanceUID or "")
+        uids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_instance}
+        try:
+            meta = self._store(event, peer, sop_class, sop_instance, uids)
+        except StoreRefusedError as refusal:
+            return self._reject_instance(peer, refusal, **uids)
+        except Exception as exc:  # never let one instance take the association down
+            _log.exception("unexpected error storing instance %s", hash_identifier(sop_instance))
+            return self._reject_instance(
+                peer, StoreRefusedError(Status.OUT_OF_RESOURCES, f"internal error: {type(exc).__name__}"), **uids
+            )
+        if meta is not None and self.on_instance_stored is not None:
+            try:
+                self.on_instance_stored(meta)
+            except Exception:
+                _log.exception("on_instance_stored callback failed")
+        return Status.SUCCESS
+
+    def _reject_instance(self, peer: Peer | None, refusal: StoreRefusedError, **uids: str) -> Dataset:
+        calling = peer.calling_ae if peer else ""
+        address = peer.address if peer else ""
+        if peer:
+            peer.count("refused")
+        _log.warning(
+            "refused instance %s from %s (%s): 0x%04X %s",
+            hash_identifier(uids.get("sop_instance_uid", "")),
+            calling,
+            address,
+            refusal.status,
+            refusal.reason,
+        )
+        try:
+            self.ledger.rejections.record(
+                refusal.reason, refusal.status, calling_ae=calling, peer_address=address, **uids
+            )
+        except Exception:  # the answer to the peer must not depend on the ledger being writable
+            _log.exception("cannot record the rejection in the ledger")
+        audit_quietly(
+            self.audit,
+            "instance.refused",
+            calling_ae=calling,
+            address=address,
+            status=refusal.status,
+            reason=refusal.reason,
+            study_uid=uids.get("study_uid", "") if is_valid_uid(uids.get("study_uid", "")) else "",
+        )
+        return _failure(refusal.status, refusal.reason)
+
+    def _store(
+        self, event: evt.Event, peer: Peer | None, sop_class: str, sop_instance: str, uids: dict[str, str]
+    ) -> InstanceMeta | None:
+        """Validate, spool and record one instance; the new instance's meta, or None for a duplicate."""
+        if sop_class not in STORAGE_SOP_CLASSES:
+            raise StoreRefusedError(Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class[:64]} is not stored by this node")
+        low = disk_space_problem(self.settings.data_dir, self.settings.disk_watermark_mb)
+        if low:
+            raise StoreRefusedError(Status.OUT_OF_RESOURCES, low)
+        if not is_valid_uid(sop_instance):
+            raise StoreRefusedError(Status.INVALID_UID, "Affected SOP Instance UID is not a valid UID")
+        transfer_syntax = UID(str(event.context.transfer_syntax))
+        raw = event.request.DataSet.getvalue() if event.request.DataSet is not None else b""
+        try:
+            ds = _read_dataset(raw, transfer_syntax)
+        except Exception as exc:  # includes RecursionError from nesting bombs
+            raise StoreRefusedError(
+                Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {redact(str(exc), quoted=True)[:200]}"
+            ) from None
+        try:
+            return self._store_parsed(ds, raw, transfer_syntax, peer, sop_class, sop_instance, uids)
+        except StoreRefusedError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            raise StoreRefusedError(
+                Status.CANNOT_UNDERSTAND, f"data set cannot be read: {redact(str(exc), quoted=True)[:200]}"
+            ) from None
+
+    def _store_parsed(
+        self,
+        ds: Dataset,
+        raw: bytes,
+        transfer_syntax: UID,
+        peer: Peer | None,
+        sop_class: str,
+        sop_instance: str,
+        uids: dict[str, str],
+    ) -> InstanceMeta | None:
+        study_value = ds.get("StudyInstanceUID")
+        if study_value:
+            uids["study_uid"] = str(study_value)[:80]
+        ds_class = _required_uid(ds, "SOPClassUID", "(0008,0016)")
+        ds_instance = _required_uid(ds, "SOPInstanceUID", "(0008,0018)")
+        if ds_class != sop_class:
+            raise StoreRefusedError(
+                Status.DATASET_DOES_NOT_MATCH, f"SOP Class UID in the data set is {ds_class}, request says {sop_class}"
+            )
+        if ds_instance != sop_instance:
+            raise StoreRefusedError(Status.INVALID_UID, "SOP Instance UID in the data set differs from the request")
+        study = _required_uid(ds, "StudyInstanceUID", "(0020,000D)")
+        series = _required_uid(ds, "SeriesInstanceUID", "(0020,000E)")
+        if sop_class not in _NON_IMAGE_CLASSES:
+            problem = _pixel_data_problem(ds, transfer_syntax)
+            if problem:
+                raise StoreRefusedError(Status.DATASET_DOES_NOT_MATCH, problem)
+
+        calling = peer.calling_ae if peer else ""
+        file_bytes = _part10(raw, sop_class, sop_instance, transfer_syntax, calling)
+        try:
+            stored = self.spool.store(study, series, sop_instance, file_bytes)
+        except OSError as exc:
+            raise StoreRefusedError(Status.OUT_OF_RESOURCES, f"cannot write to the spool: {exc.strerror or exc}") from None
+        meta = _instance_meta(ds, stored.path, stored.size_bytes, str(transfer_syntax), calling, utcnow(), self.describe)
+        try:
+            new = self.ledger.instances.record(meta)
+        except Exception as exc:
+            _log.exception("cannot record instance %s in the ledger", hash_identifier(sop_instance))
+            raise StoreRefusedError(Status.OUT_OF_RESOURCES, f"cannot record in the ledger: {type(exc).__name__}") from None
+        if peer:
+            peer.study_uids.add(study)
+            peer.count("stored" if new else "duplicates")
+        return meta if new else None

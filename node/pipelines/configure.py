@@ -1,0 +1,54 @@
+"""From the node's settings to what one pipeline run is told: the one place that decides it.
+
+:func:`run_config` makes the :class:`~node.pipelines.options.RunConfig` every step gets
+(``[pipelines.<name>]``, ``models_dir``, ``clinical_csv``); :func:`report_context` the
+:class:`~node.results.content.ReportContext` the ``report`` step gets (the node's identity,
+``[outputs]``, ``templates_dir``, predecessor SRs). The node's conductor and ``cardionode
+process`` both call them, so a study gets the same options, outputs and device identity
+either way.
+
+Paths are made absolute here, against the working directory of the node: they must name
+the same folders on the workers (one configuration file, shared layout), or be left unset so
+that each machine uses the data shipped with its installed package (:mod:`node.resources`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from node.config import Settings
+from node.pipelines.options import RunConfig
+from node.results.content import ReportContext
+
+__all__ = ["report_context", "run_config"]
+
+
+def _absolute(path: Path | None) -> Path | None:
+    return None if path is None else path.resolve()
+
+
+def run_config(settings: Settings, pipeline: str) -> RunConfig:
+    """The :class:`RunConfig` of ``pipeline`` under ``settings``."""
+    return RunConfig(
+        options=dict(settings.pipelines.get(pipeline, {})),
+        models_dir=_absolute(settings.models_dir),
+        clinical_csv=_absolute(settings.clinical_csv),
+    )
+
+
+def report_context(settings: Settings, predecessors: tuple[tuple[str, str, str, str], ...] = ()) -> ReportContext:
+    """The :class:`ReportContext` of a run under ``settings``.
+
+    Identity: :meth:`Settings.effective_device_uid <node.config.Settings.effective_device_uid>`
+    (configured, else generated once and kept in ``<data_dir>/device_uid``), ``device_name``,
+    ``institution``; ``predecessors``: the SRs the new report supersedes.
+    """
+    return ReportContext(
+        device_uid=settings.effective_device_uid(),
+        device_name=settings.device_name,
+        institution=settings.institution,
+        predecessors=predecessors,
+        multiframe_screen=settings.outputs.multiframe_screen,
+        pdf_summary=settings.outputs.pdf_summary,
+        templates_dir=_absolute(settings.templates_dir),
+    )

@@ -1,0 +1,160 @@
+"""Routing attributes: what the node reads from each received instance to choose a pipeline.
+
+One extractor, :func:`routing_attributes`, used by the listener (stored once per
+series in the ledger) and by ``cardionode process`` (read straight from the
+files), so that a study is routed the same way whichever way it arrives. The
+attributes are plain JSON values (strings and lists of strings), never patient
+identifiers.
+
+A series' attributes are those of its first instance, with list values united
+over its instances in arrival order (:func:`merge_attributes`): a second
+radiopharmaceutical code met in a later instance is kept.
+
+To route on a new attribute (a PET Series Type, an MR inversion time), add its
+extractor to :data:`EXTRACTORS` and the field of the same name to
+:class:`SeriesSummary`; the ledger, the listener and ``cardionode process``
+need no change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Union
+
+from pydicom import Dataset
+
+from node.imaging.states import acquisition_state
+
+__all__ = [
+    "AttributeValue",
+    "EXTRACTORS",
+    "routing_attributes",
+    "merge_attributes",
+    "SeriesSummary",
+    "StudySummary",
+]
+
+#: a routing attribute's value: a string or a list of strings (JSON-serialisable)
+AttributeValue = Union[str, list[str]]
+
+
+def _text(keyword: str) -> Callable[[Dataset], str]:
+    def extract(ds: Dataset) -> str:
+        return str(ds.get(keyword) or "")
+
+    extract.__doc__ = f"{keyword} as text ('' when absent)."
+    return extract
+
+
+def _multi(value: object) -> list[str]:
+    """A multi-valued attribute (pydicom MultiValue, list or backslash-joined string) as a list."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (str, bytes)):
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        return text.split("\\")
+    if isinstance(value, Iterable):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _image_type(ds: Dataset) -> list[str]:
+    return _multi(ds.get("ImageType"))
+
+
+def _radiopharmaceutical_codes(ds: Dataset) -> list[str]:
+    """Code values of the Radiopharmaceutical Code Sequence items (CID 25), without repeats."""
+    codes: list[str] = []
+    for info in ds.get("RadiopharmaceuticalInformationSequence") or []:
+        for code in info.get("RadiopharmaceuticalCodeSequence") or []:
+            value = code.get("CodeValue")
+            if value and str(value) not in codes:
+                codes.append(str(value))
+    return codes
+
+
+#: attribute name -> extractor; the one place that says what routing reads from an instance
+EXTRACTORS: dict[str, Callable[[Dataset], AttributeValue]] = {
+    "modality": _text("Modality"),
+    "sop_class_uid": _text("SOPClassUID"),
+    "image_type": _image_type,
+    "series_description": _text("SeriesDescription"),
+    "radiopharmaceutical_codes": _radiopharmaceutical_codes,
+    "state": acquisition_state,
+}
+
+
+def routing_attributes(ds: Dataset) -> dict[str, AttributeValue]:
+    """The routing attributes of one instance (JSON values; no patient data)."""
+    return {name: extract(ds) for name, extract in EXTRACTORS.items()}
+
+
+def merge_attributes(
+    series: Mapping[str, AttributeValue], instance: Mapping[str, AttributeValue]
+) -> dict[str, AttributeValue]:
+    """A series' attributes after one more instance: first values kept, list values united in order."""
+    merged = dict(series)
+    for name, value in instance.items():
+        if name not in merged:
+            merged[name] = list(value) if isinstance(value, list) else value
+        elif isinstance(value, list):
+            known = merged[name]
+            known_list = list(known) if isinstance(known, list) else [known]
+            merged[name] = known_list + [v for v in value if v not in known_list]
+    return merged
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """What routing knows about one received series.
+
+    Every field but ``series_instance_uid`` and ``instance_count`` is a routing
+    attribute of the same name (:data:`EXTRACTORS`); ``state`` is ``stress``,
+    ``rest`` or ``unknown`` (:mod:`node.imaging.states`).
+    """
+
+    series_instance_uid: str
+    modality: str = ""
+    sop_class_uid: str = ""
+    image_type: tuple[str, ...] = ()
+    series_description: str = ""
+    radiopharmaceutical_codes: tuple[str, ...] = ()  # code values, e.g. SCT "424299003"
+    state: str = "unknown"
+    instance_count: int = 0
+
+    @classmethod
+    def from_attributes(
+        cls, series_instance_uid: str, attributes: Mapping[str, AttributeValue], instance_count: int
+    ) -> "SeriesSummary":
+        """From stored routing attributes; names this summary does not know are ignored (older or newer rows)."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name in attributes:
+                value = attributes[f.name]
+                values[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(series_instance_uid=series_instance_uid, instance_count=instance_count, **values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """The series of one study as received so far, in order of arrival."""
+
+    study_instance_uid: str
+    series: tuple[SeriesSummary, ...]
+
+    @classmethod
+    def from_datasets(cls, datasets: Sequence[Dataset]) -> "StudySummary":
+        """The summary of one study's instances (files read by ``cardionode process``), as the ledger builds it."""
+        if not datasets:
+            raise ValueError("a study summary needs at least one instance")
+        attributes: dict[str, dict[str, AttributeValue]] = {}
+        counts: dict[str, int] = {}
+        for ds in datasets:
+            uid = str(ds.get("SeriesInstanceUID", ""))
+            attributes[uid] = merge_attributes(attributes.get(uid, {}), routing_attributes(ds))
+            counts[uid] = counts.get(uid, 0) + 1
+        return cls(
+            str(datasets[0].StudyInstanceUID),
+            tuple(SeriesSummary.from_attributes(uid, attributes[uid], counts[uid]) for uid in attributes),
+        )

@@ -1,0 +1,1 @@
+"""CardioNode's tests: one package per node package, plus tests/support (the one harness) and tests/e2e."""

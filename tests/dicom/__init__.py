@@ -1,0 +1,1 @@
+"""Tests of node.dicom: listener, spool, TLS, logs and audit, durability, the vendor corpus, the sender."""

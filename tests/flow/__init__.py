@@ -1,1 +1,0 @@
-"""Flow tests: queue, completeness, sender, service, end to end."""

@@ -1,0 +1,1 @@
+"""Tests of node.imaging: loading and rejecting NM series."""

@@ -1,0 +1,1 @@
+"""Tests of node.ledger and the admin commands on it."""

@@ -1,0 +1,1 @@
+"""Tests of node.pipelines: registry and routing, the SPECT MPI pipeline through ``cardionode process``."""

@@ -1,0 +1,1 @@
+"""Tests of node.quant against phantom truth."""

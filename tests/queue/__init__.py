@@ -1,0 +1,1 @@
+"""Tests of node.queue: the conductor, dispatch, workers, artifact stores."""

@@ -1,0 +1,1 @@
+"""Tests of node.results: SR, images, PDF, templates, validators, a real PACS."""
