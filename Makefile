@@ -1,14 +1,14 @@
 # CardioNode: two commands do all the set-up.
 #   make run   create .venv, install everything, start the node with its embedded defaults
-#   make test  the same set-up, then the whole test suite
+#   make test  the same set-up, then ruff, mypy and the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean bench
+.PHONY: run test lint install clean bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# Pin torch first: this resolves to the local CPU wheel; a looser requirement pulls CUDA packages.
@@ -21,8 +21,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/cardionode serve
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q -ra tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check node tests bench
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) -m bench.ingest

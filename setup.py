@@ -1,6 +1,6 @@
 """Which files the ``cardionode`` distribution installs (the rest of the build is in pyproject.toml).
 
-* ``node`` and its sub-packages, with their data files (``*.json``, ``*.toml``, ``*.npz``:
+* ``node`` and its sub-packages, with their data files (``py.typed``, ``*.json``, ``*.toml``, ``*.npz``:
   the normal limits in ``node/quant/data/``);
 * the top-level folders ``models/`` (MONAI bundles) and ``dicom_templates/`` (output
   templates) as the data packages ``node.models`` and ``node.dicom_templates``, every file
@@ -29,5 +29,5 @@ _data = [name for package, folder in DATA_PACKAGES.items() for name in _data_pac
 setup(
     packages=find_namespace_packages(include=["node", "node.*"], exclude=_NOT_PACKAGES) + _data,
     package_dir=DATA_PACKAGES,
-    package_data={"node": ["**/*.json", "**/*.toml", "**/*.npz"], **{name: ["*"] for name in _data}},
+    package_data={"node": ["py.typed", "**/*.json", "**/*.toml", "**/*.npz"], **{name: ["*"] for name in _data}},
 )

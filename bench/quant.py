@@ -64,7 +64,7 @@ def bench_time(runs: int, all_cores: bool) -> None:
         for run in range(runs + 1):  # first run warms imports and caches; not counted
             t0 = time.perf_counter()
             for f in files:
-                pydicom.dcmread(f).pixel_array  # every byte read and decoded once
+                _ = pydicom.dcmread(f).pixel_array  # every byte read and decoded once
             reference = time.perf_counter() - t0
             out = Path(tmp) / f"out{run}"
             t0 = time.perf_counter()

@@ -206,18 +206,18 @@ class Settings(BaseSettings):
     ae_title: str = "CARDIONODE"
     port: int = 11112
     bind_address: str = Field(
-        "127.0.0.1", description="address to listen on; 0.0.0.0 to accept connections from other machines"
+        default="127.0.0.1", description="address to listen on; 0.0.0.0 to accept connections from other machines"
     )
     peers: list[Peer] = Field(
         default_factory=list,
         description="allowed calling peers; an EMPTY list accepts any calling AE title (fine on a laptop, not on a hospital network)",
     )
     max_associations: int = 10
-    disk_watermark_mb: float = Field(500.0, description="refuse new associations when free space in data_dir is below this (MiB)")
+    disk_watermark_mb: float = Field(default=500.0, description="refuse new associations when free space in data_dir is below this (MiB)")
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
-    durable_writes: bool = Field(True, description="fsync every spooled instance before answering Success")
+    durable_writes: bool = Field(default=True, description="fsync every spooled instance before answering Success")
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
     # -- results
@@ -236,8 +236,8 @@ class Settings(BaseSettings):
     workers: list[WorkerSpec] = Field(
         default_factory=lambda: [WorkerSpec()], description="local workers started by serve; [] = remote workers only"
     )
-    visibility_timeout_s: float = Field(3600.0, description="Redis broker: seconds before an unacknowledged task is redelivered")
-    job_timeout_s: float = Field(3600.0, description="a job step not finished after this many seconds fails as timed out")
+    visibility_timeout_s: float = Field(default=3600.0, description="Redis broker: seconds before an unacknowledged task is redelivered")
+    job_timeout_s: float = Field(default=3600.0, description="a job step not finished after this many seconds fails as timed out")
     send_retry: SendRetry = Field(default_factory=SendRetry)
     models_dir: Path | None = Field(
         default=None, description="folder of the MONAI bundles, one sub-folder per bundle; unset: the bundles shipped with the package"

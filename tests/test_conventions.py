@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.uids import InvalidUIDError, deterministic_uid, is_valid_uid, validate_uid
 from node.quant.lv_frame import LVFrame
 from node.quant.segments import (
     DEFAULT_GRID,
@@ -16,6 +15,7 @@ from node.quant.segments import (
     segment_of,
     territory_of_segment,
 )
+from node.uids import InvalidUIDError, deterministic_uid, is_valid_uid, validate_uid
 
 # (segment, ring, psi span start, psi span end) from the reference table (Cerqueira 2002)
 TABLE = [

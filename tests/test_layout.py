@@ -162,7 +162,7 @@ def test_no_import_cycles_in_node() -> None:
 
 def test_package_faces_have_a_docstring_and_all_and_no_logic() -> None:
     for module, path in MODULES.items():
-        if path.name != "__init__.py" or module == "node":
+        if path.name != "__init__.py":
             continue
         tree = ast.parse(path.read_text())
         assert ast.get_docstring(tree), f"{module}: no docstring"
@@ -170,7 +170,7 @@ def test_package_faces_have_a_docstring_and_all_and_no_logic() -> None:
         logic = [n for n in body if not isinstance(n, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign))]
         assert logic == [], f"{module}: logic in a package face ({[type(n).__name__ for n in logic]})"
         names = {t.id for n in body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
-        assert "__all__" in names or not body, f"{module}: imports names but declares no __all__"
+        assert "__all__" in names, f"{module}: no __all__"
 
 
 def test_no_import_error_guards_around_the_projects_own_modules() -> None:
@@ -186,3 +186,7 @@ def test_no_import_error_guards_around_the_projects_own_modules() -> None:
             own = [n for b in node.body for n in ast.walk(b)
                    if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("node")]
             assert not (catches_import_error and own), f"{module}:{node.lineno}: try/except ImportError around node imports"
+
+
+def test_the_package_ships_its_type_information() -> None:
+    assert (NODE / "py.typed").is_file()

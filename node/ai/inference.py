@@ -20,9 +20,10 @@ maps to 3.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,6 +161,13 @@ def _heat_image(key: str, title: str, cam: np.ndarray, overlay: str, algorithm: 
     )
 
 
+def _present(value: np.ndarray | None, what: str, study: StudyInputs) -> np.ndarray:
+    """A map the caller already checked is there (a None here is a bug in that check)."""
+    if value is None:
+        raise ValueError(f"study {study.key}: {what} map is missing after the model's input check")
+    return value
+
+
 def _predict_cad(studies: list[StudyInputs], preds: dict[str, StudyPredictions], bundle: bundles.LoadedBundle, gradcam: bool) -> None:
     usable = []
     for s in studies:
@@ -175,9 +183,11 @@ def _predict_cad(studies: list[StudyInputs], preds: dict[str, StudyPredictions],
             s.stress_deficit, s.stress_severity = _score_with_node_limits(s)
             preds[s.key].notes.append("CAD model: stress deficit/severity maps scored here against the node's normal limits")
     tab = {k: np.array([np.nan if getattr(s, k) is None else float(getattr(s, k)) for s in usable]) for k in ("age", "sex_male", "edv", "esv")}
-    x, t = cad_inputs(np.stack([s.stress_perfusion for s in usable]), np.stack([s.stress_motion for s in usable]),
-                      np.stack([s.stress_thickening for s in usable]), tab,
-                      np.stack([s.stress_deficit for s in usable]), np.stack([s.stress_severity for s in usable]))
+    x, t = cad_inputs(np.stack([_present(s.stress_perfusion, "stress perfusion", s) for s in usable]),
+                      np.stack([_present(s.stress_motion, "stress motion", s) for s in usable]),
+                      np.stack([_present(s.stress_thickening, "stress thickening", s) for s in usable]), tab,
+                      np.stack([_present(s.stress_deficit, "stress deficit", s) for s in usable]),
+                      np.stack([_present(s.stress_severity, "stress severity", s) for s in usable]))
     xt, tt = torch.from_numpy(x).to(bundle.device), torch.from_numpy(t).to(bundle.device)
     with torch.no_grad():
         probs = expit(bundle.network(xt, tt).cpu().numpy().astype(np.float64))
@@ -212,7 +222,7 @@ def _score_with_node_limits(s: StudyInputs, state: str = "stress") -> tuple[np.n
     from node.quant.normal_limits import load_normal_limits
     from node.quant.scores import score_map
 
-    sex = {1.0: "M", 0.0: "F"}.get(s.sex_male if s.sex_male is None else float(s.sex_male))
+    sex = None if s.sex_male is None else {1.0: "M", 0.0: "F"}.get(float(s.sex_male))
     limits = load_normal_limits(tracer_family(s.tracer) or "tc99m", sex)
     perfusion = s.stress_perfusion if state == "stress" else s.rest_perfusion
     sc = score_map(np.clip(np.nan_to_num(np.asarray(perfusion, float)), 0, None), None, limits)
@@ -285,8 +295,9 @@ def _predict_crt(studies: list[StudyInputs], preds: dict[str, StudyPredictions],
     }
     arrays = {k: np.array([np.nan if v is None else float(v) for v in vals]) for k, vals in feats.items()}
     tab = crt_tabular(arrays, bundle.metadata["imputation"])
-    x = crt_inputs(np.stack([s.rest_perfusion for s in usable]), np.stack([s.rest_phase for s in usable]),
-                   np.stack([s.rest_thickening for s in usable]))
+    x = crt_inputs(np.stack([_present(s.rest_perfusion, "rest perfusion", s) for s in usable]),
+                   np.stack([_present(s.rest_phase, "rest phase", s) for s in usable]),
+                   np.stack([_present(s.rest_thickening, "rest thickening", s) for s in usable]))
     with torch.no_grad():
         probs = expit(bundle.network(torch.from_numpy(x).to(bundle.device), torch.from_numpy(tab.values).to(bundle.device))
                          .cpu().numpy().astype(np.float64))[:, 0]

@@ -137,7 +137,7 @@ class LogisticRegression:
         self.weight = np.zeros(0)
         self.bias = 0.0
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "LogisticRegression":
+    def fit(self, x: np.ndarray, y: np.ndarray) -> LogisticRegression:
         x = np.asarray(x, dtype=float)
         self.mean = x.mean(axis=0)
         self.scale = np.where(x.std(axis=0) > 1e-12, x.std(axis=0), 1.0)

@@ -63,6 +63,7 @@ class TabularMLP(nn.Module):
 
     def __init__(self, n_features: int, hidden: int = 32, out: int = 16) -> None:
         super().__init__()
+        self.n_features = n_features
         self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, out), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +95,8 @@ class CADPolarNet(nn.Module):
     Grad-CAM on the encoder's last stage shows.
     """
 
+    territory_weights: torch.Tensor  # registered buffer
+
     def __init__(self, in_channels: int = 5, n_tabular: int = 4, stages: tuple[int, ...] = (16, 32, 48), n_outputs: int = 4,
                  sharpness: float = 4.0) -> None:
         super().__init__()
@@ -118,7 +121,7 @@ class CADPolarNet(nn.Module):
         weights = torch.cat([whole, self.territory_weights], dim=0)  # [4, h, w]
         pooled = self._lse(e, weights[None])  # [b, 4]
         if tabular is None:
-            tabular = torch.zeros(x.shape[0], self.tabular.net[0].in_features, dtype=x.dtype, device=x.device)
+            tabular = torch.zeros(x.shape[0], self.tabular.n_features, dtype=x.dtype, device=x.device)
         return pooled * self.scale + self.offset(self.tabular(tabular))
 
 
@@ -162,7 +165,7 @@ class CRTResponseNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c = 1
-        for k, block in enumerate(blocks):
+        for block in blocks:
             for out in block:
                 layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
                 c = out
@@ -174,5 +177,5 @@ class CRTResponseNet(nn.Module):
     def forward(self, x: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
         f = self.features(x).mean(dim=(2, 3))
         if tabular is None:
-            tabular = torch.zeros(x.shape[0], self.tabular.net[0].in_features, dtype=x.dtype, device=x.device)
+            tabular = torch.zeros(x.shape[0], self.tabular.n_features, dtype=x.dtype, device=x.device)
         return self.head(torch.cat([f, self.tabular(tabular)], dim=1))

@@ -21,3 +21,15 @@ medical package: what needs them (routing attributes of a stored instance, the
 Enhanced SR fallback of the sender) is passed in as a callable by the
 composition root, :mod:`node.service`.
 """
+
+#: the package's modules (this face imports none of them: import the one you need)
+__all__ = [
+    "audit",
+    "logs",
+    "scp",
+    "sender",
+    "services",
+    "spool",
+    "storage",
+    "tls",
+]

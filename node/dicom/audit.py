@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class AuditLog:
         for key in fields:
             if key.lower().replace("_", "") in FORBIDDEN_FIELDS:
                 raise ValueError(f"audit field {key!r} would carry patient data; hash it or leave it out")
-        entry = {"at": datetime.now(timezone.utc).isoformat(timespec="microseconds"), "event": event, **fields}
+        entry = {"at": datetime.now(UTC).isoformat(timespec="microseconds"), "event": event, **fields}
         line = (json.dumps(entry, ensure_ascii=True, sort_keys=False, default=str) + "\n").encode("ascii")
         with self._lock:
             os.write(self._fd, line)
@@ -58,7 +58,7 @@ class AuditLog:
                 os.close(self._fd)
                 self._fd = -1
 
-    def __enter__(self) -> "AuditLog":
+    def __enter__(self) -> AuditLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

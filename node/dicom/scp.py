@@ -77,7 +77,7 @@ class AssociationPolicy:
     def _addresses_of(self, host: str) -> set[str]:
         if host not in self._resolved:
             try:
-                self._resolved[host] = {info[4][0] for info in socket.getaddrinfo(host, None)}
+                self._resolved[host] = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
             except OSError:
                 self._resolved[host] = {host}
         return self._resolved[host]
@@ -225,6 +225,8 @@ class DicomListener:
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         rq = assoc.requestor.primitive
+        if rq is None:  # pynetdicom sets it before EVT_REQUESTED
+            raise RuntimeError("association request event without the A-ASSOCIATE request primitive")
         calling = str(rq.calling_ae_title).strip()
         called = str(rq.called_ae_title).strip()
         address = str(assoc.requestor.address)

@@ -235,7 +235,7 @@ class RetryPolicy:
         return float(min(self.max_s, self.initial_s * (2 ** max(0, attempts - 1))))
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "RetryPolicy":
+    def from_settings(cls, settings: Any) -> RetryPolicy:
         """The ``send_retry`` setting of a :class:`node.config.Settings`."""
         r = settings.send_retry
         return cls(float(r.initial_s), float(r.max_s), int(r.max_attempts))

@@ -26,7 +26,7 @@ import logging
 import shutil
 import zlib
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +240,7 @@ def recover_unrecorded_instances(spool: Spool, ledger: Ledger, describe: Describ
                 path.stat().st_size,
                 str(ds.file_meta.TransferSyntaxUID),
                 str(ds.file_meta.get("SourceApplicationEntityTitle") or "").strip(),
-                datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).replace(tzinfo=None),
+                datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None),
                 describe,
             )
             if ledger.instances.record(meta):

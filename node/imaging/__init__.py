@@ -1,1 +1,20 @@
-"""DICOM to volumes with patient geometry: NM reconstructions (:mod:`node.imaging.nm`), volumes, radiopharmaceutical codes."""
+"""DICOM to volumes with patient geometry and a frames axis (gates or timed dynamic frames).
+
+* :mod:`node.imaging.volume`: :class:`~node.imaging.volume.Volume` and
+  :class:`~node.imaging.volume.FrameAxis` (numpy only: the plain types :mod:`node.quant` uses);
+* :mod:`node.imaging.nm`: reconstructed NM (SPECT) multi-frame images to volumes;
+* :mod:`node.imaging.states`: the acquisition state (stress or rest) of a series, the one
+  rule routing and loading share;
+* :mod:`node.imaging.radiopharmaceuticals`: tracer codes and names;
+* :mod:`node.imaging.errors`: :class:`~node.imaging.errors.UnusableSeriesError`.
+"""
+
+#: the package's modules (this face imports none of them, so that :mod:`node.quant`, which
+#: imports the plain volume types, does not load pydicom)
+__all__ = [
+    "errors",
+    "nm",
+    "radiopharmaceuticals",
+    "states",
+    "volume",
+]

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -48,7 +48,7 @@ from pydicom.dataset import Dataset
 from node.imaging.errors import UnusableSeriesError
 from node.imaging.radiopharmaceuticals import tracer_from_code, tracer_from_text
 from node.imaging.states import acquisition_state
-from node.imaging.volume import Volume
+from node.imaging.volume import FrameAxis, Volume
 
 __all__ = [
     "NM_IMAGE_STORAGE",
@@ -320,7 +320,7 @@ def load_nm_series(datasets: Sequence[Dataset] | Dataset) -> NMReconstruction:
         flipped[:3, 0] = -affine[:3, 0]
         affine = flipped
     data = np.ascontiguousarray(data)
-    gates = Volume(data, affine.copy()) if gated else None
+    gates = Volume(data, affine.copy(), FrameAxis.gates(n_slots)) if gated else None
     volume = Volume(data.sum(axis=0) if gated else data[0], affine.copy())
     sex = str(ds.get("PatientSex", "") or "").upper()
     return NMReconstruction(
@@ -354,7 +354,7 @@ def group_nm_reconstructions(
     ignored. Results keep series order of first appearance; each NM instance
     is one reconstruction (a series may hold several, e.g. gated and summed).
     """
-    by_series: "OrderedDict[str, list[Dataset]]" = OrderedDict()
+    by_series: OrderedDict[str, list[Dataset]] = OrderedDict()
     for ds in datasets:
         if _is_nm(ds):
             by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)

@@ -62,12 +62,12 @@ class FrameAxis:
             raise ValueError("dynamic frames must be in time order and must not overlap")
 
     @classmethod
-    def gates(cls, n: int) -> "FrameAxis":
+    def gates(cls, n: int) -> FrameAxis:
         """``n`` cardiac gates in time order."""
         return cls("gates", int(n))
 
     @classmethod
-    def dynamic(cls, start_s: "np.ndarray | list[float]", duration_s: "np.ndarray | list[float]") -> "FrameAxis":
+    def dynamic(cls, start_s: np.ndarray | list[float], duration_s: np.ndarray | list[float]) -> FrameAxis:
         """Timed frames: start times and durations in seconds from the acquisition start."""
         start = tuple(float(t) for t in np.ravel(start_s))
         duration = tuple(float(d) for d in np.ravel(duration_s))
@@ -127,7 +127,7 @@ class Volume:
         """Voxel size along (slice, row, column) in mm."""
         return np.linalg.norm(self.affine[:3, :3], axis=0)
 
-    def summed(self) -> "Volume":
+    def summed(self) -> Volume:
         """The ungated 3-D volume (sum over the gates); itself when 3-D.
 
         Dynamic frames are refused: whether their sum means anything depends on the unit
@@ -139,7 +139,7 @@ class Volume:
             raise ValueError("summed() adds gates; dynamic frames need a time-weighted combination")
         return Volume(self.voxels.sum(axis=0), self.affine)
 
-    def with_voxels(self, voxels: np.ndarray) -> "Volume":
+    def with_voxels(self, voxels: np.ndarray) -> Volume:
         """The same geometry and frame axis with other voxels of the same shape (e.g. filtered)."""
         voxels = np.asarray(voxels)
         if voxels.shape != self.voxels.shape:

@@ -63,7 +63,7 @@ class Ledger:
         self.events = EventStore(self.database)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Ledger":
+    def from_settings(cls, settings: Any) -> Ledger:
         """The ledger configured in ``settings`` (a :class:`node.config.Settings`); creates data_dir."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return cls(settings.effective_ledger_url)

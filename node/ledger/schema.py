@@ -37,7 +37,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ _PG_WRITE_LOCK_KEY = 0x43_4E_4C_45_44  # "CNLED"
 
 def utcnow() -> datetime:
     """Now, as naive UTC (the ledger's time convention)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def clip(text: str | None, n: int) -> str:

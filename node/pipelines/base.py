@@ -28,8 +28,9 @@ from __future__ import annotations
 import copy
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Self, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydicom import Dataset
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -156,10 +157,11 @@ def _summary_json(result: Any, content: Any, timings: dict[str, float]) -> dict[
     return doc
 
 
-def _timed(name: str, timings: dict[str, float], progress: Progress, fn: Callable[[], Any]) -> Any:
+def _timed(name: str, timings: dict[str, float], progress: Progress, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, with its duration in ``timings[name]`` (seconds) and two progress lines."""
     progress(f"  {name} ...")
     t0 = time.perf_counter()
-    value = fn()
+    value = fn(*args)
     timings[name] = time.perf_counter() - t0
     progress(f"  {name} done ({timings[name]:.2f} s)")
     return value
@@ -228,11 +230,11 @@ def process_folder(
         t = outcome.timings_s
         try:
             pipeline = pipeline.configured(run_config(settings, pipeline.name))
-            result = _timed("analyse", t, progress, lambda: pipeline.analyse(members))
+            result = _timed("analyse", t, progress, pipeline.analyse, members)
             for step, seconds in getattr(result, "timings_s", {}).items():
                 progress(f"    {step}: {seconds:.2f} s")
             if models:
-                result = _timed("predict", t, progress, lambda: pipeline.predict(result))
+                result = _timed("predict", t, progress, pipeline.predict, result)
             outcome.result = result
             study_out.mkdir(parents=True, exist_ok=True)
             module = sys.modules.get(type(pipeline).__module__)
@@ -243,13 +245,13 @@ def process_folder(
                 outcome.written.append(path)
             if outputs:
                 context = report_context(settings)
-                datasets_out = _timed("report", t, progress, lambda: pipeline.report(result, context))
+                datasets_out = _timed("report", t, progress, pipeline.report, result, context)
                 if content is not None:
                     from node.results import write_preview
 
                     templates = load_templates(context.templates_dir)
                     outcome.written += _timed(
-                        "preview", t, progress, lambda: write_preview(datasets_out, content, study_out, templates)
+                        "preview", t, progress, write_preview, datasets_out, content, study_out, templates
                     )
                 if content is not None:  # timings now include report and preview
                     (study_out / "summary.json").write_text(json.dumps(_summary_json(result, content, t), indent=1))

@@ -23,7 +23,8 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from node.pipelines.base import Acceptance, Pipeline
 from node.pipelines.routing import StudySummary

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Union
 
 from pydicom import Dataset
 
@@ -36,7 +35,7 @@ __all__ = [
 ]
 
 #: a routing attribute's value: a string or a list of strings (JSON-serialisable)
-AttributeValue = Union[str, list[str]]
+AttributeValue = str | list[str]
 
 
 def _text(keyword: str) -> Callable[[Dataset], str]:
@@ -126,7 +125,7 @@ class SeriesSummary:
     @classmethod
     def from_attributes(
         cls, series_instance_uid: str, attributes: Mapping[str, AttributeValue], instance_count: int
-    ) -> "SeriesSummary":
+    ) -> SeriesSummary:
         """From stored routing attributes; names this summary does not know are ignored (older or newer rows)."""
         values: dict[str, object] = {}
         for f in fields(cls):
@@ -144,7 +143,7 @@ class StudySummary:
     series: tuple[SeriesSummary, ...]
 
     @classmethod
-    def from_datasets(cls, datasets: Sequence[Dataset]) -> "StudySummary":
+    def from_datasets(cls, datasets: Sequence[Dataset]) -> StudySummary:
         """The summary of one study's instances (files read by ``cardionode process``), as the ledger builds it."""
         if not datasets:
             raise ValueError("a study summary needs at least one instance")

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence, cast
+from typing import cast
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -48,10 +49,11 @@ from node.imaging.volume import Volume
 from node.pipelines import registry
 from node.pipelines.base import Pipeline, SeriesRule
 from node.pipelines.options import PipelineOptions
-from node.results.content import ReportContext
 from node.quant.function import FunctionResult, cavity_volume_ml, measure_function, tid_ratio
 from node.quant.lv_frame import LVLocation
+from node.quant.normal_limits import available_normal_limits, load_normal_limits
 from node.quant.orientation import locate_lv, reorient_to_short_axis
+from node.quant.phase import PhaseResult, analyse_phase, prefilter_gated_voxels
 from node.quant.polar_map import (
     GatedPolarMaps,
     PolarMap,
@@ -60,8 +62,6 @@ from node.quant.polar_map import (
     perfusion_polar_map,
     sample_gated_polar_maps,
 )
-from node.quant.normal_limits import available_normal_limits, load_normal_limits
-from node.quant.phase import PhaseResult, analyse_phase, prefilter_gated_voxels
 from node.quant.scores import PerfusionScores, StudyScores, score_map, score_study
 from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, PolarGrid
 from node.results.content import (
@@ -71,6 +71,7 @@ from node.results.content import (
     Measurement,
     MeasurementGroup,
     ReportContent,
+    ReportContext,
     SourceInstance,
 )
 
@@ -212,7 +213,7 @@ def _analyse_state(
         # per-gate maps for phase analysis and ED/ES display: gates prefiltered (3D Gaussian,
         # node.quant.phase.PHASE_PREFILTER_SIGMA_MM) because single-gate counts are too noisy
         # for the first harmonic
-        filtered = Volume(prefilter_gated_voxels(source_gated.voxels, source_gated.spacing_mm), source_gated.affine)
+        filtered = source_gated.with_voxels(prefilter_gated_voxels(source_gated.voxels, source_gated.spacing_mm))
         surface = midwall_surface_rows(source, location, grid_rows_z(location, grid), grid.n_psi)
         gated_maps = sample_gated_polar_maps(filtered, location, grid, surface=surface)
     timings["polar_maps"] = time.perf_counter() - t0

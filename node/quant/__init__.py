@@ -16,3 +16,16 @@ Modules, in the direction of the data flow:
 
 The offline builder of the normal-limit files is :mod:`node.synth.spect.normal_db`.
 """
+
+#: the package's modules (this face imports none of them: import the one you need)
+__all__ = [
+    "function",
+    "kinetics",
+    "lv_frame",
+    "normal_limits",
+    "orientation",
+    "phase",
+    "polar_map",
+    "scores",
+    "segments",
+]

@@ -220,7 +220,7 @@ class FrameSchedule:
 
     @classmethod
     def from_durations(cls, durations_s: Sequence[float] | Sequence[tuple[int, float]],
-                       start_s: float = 0.0) -> "FrameSchedule":
+                       start_s: float = 0.0) -> FrameSchedule:
         """Contiguous frames from durations, e.g. ``[(12, 10), (2, 30), (1, 60), (1, 120)]``."""
         flat: list[float] = []
         for item in durations_s:
@@ -257,7 +257,7 @@ class FrameSchedule:
         """Boolean mask of the frames that end no later than ``end_s`` (a fit window)."""
         return self.end_s <= end_s + 1e-6
 
-    def subset(self, mask: np.ndarray) -> "FrameSchedule":
+    def subset(self, mask: np.ndarray) -> FrameSchedule:
         return FrameSchedule(self.start_s[mask], self.duration_s[mask])
 
 
@@ -1446,7 +1446,7 @@ def _fit_one(spec: _Spec, ctx: _Context, y: np.ndarray, w: np.ndarray, starts: l
     return RegionFit(region, model.name, float(mbf), mbf_se, parameters, errors, tuple(flags), ssr, n, constants)
 
 
-def _fit_study_dv(model: "Rb82Lortie", prepared: _Prepared, use_rv: np.ndarray, labels: Sequence[str],
+def _fit_study_dv(model: Rb82Lortie, prepared: _Prepared, use_rv: np.ndarray, labels: Sequence[str],
                   se_limit: float) -> tuple[list[RegionFit], float, float, bool]:
     """Fit all TACs at once with one shared distribution volume (Rb-82, ``distribution_volume="study"``).
 

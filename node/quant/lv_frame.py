@@ -42,15 +42,15 @@ class LVFrame:
     long_axis: np.ndarray  # (3,) unit vector apex -> base
 
     @classmethod
-    def from_points(cls, apex_mm: np.ndarray, base_mm: np.ndarray) -> "LVFrame":
+    def from_points(cls, apex_mm: np.ndarray, base_mm: np.ndarray) -> LVFrame:
         apex_mm = np.asarray(apex_mm, dtype=float)
         axis = np.asarray(base_mm, dtype=float) - apex_mm
         return cls(apex_mm, axis / np.linalg.norm(axis))
 
     @property
     def anterior(self) -> np.ndarray:
-        l = self.long_axis / np.linalg.norm(self.long_axis)
-        a = PATIENT_ANTERIOR - np.dot(PATIENT_ANTERIOR, l) * l
+        axis = self.long_axis / np.linalg.norm(self.long_axis)
+        a = PATIENT_ANTERIOR - np.dot(PATIENT_ANTERIOR, axis) * axis
         norm = np.linalg.norm(a)
         if norm < 1e-6:
             raise ValueError("long axis is parallel to the patient anterior direction; azimuth undefined")

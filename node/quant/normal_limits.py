@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -392,7 +392,7 @@ def write_normal_limits(
     if limits.cell_area is not None:
         arrays["cell_area"] = limits.cell_area.astype(np.float32)
     with open(path, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+        np.savez_compressed(fh, allow_pickle=True, **arrays)  # numpy's default, named so that **arrays cannot bind it
     entry = {
         "file": name,
         "tracer": limits.tracer,
@@ -423,7 +423,7 @@ def write_normal_limits(
     manifest = {
         "description": "Normal limits of normalised myocardial uptake per polar-map cell for node.quant.scores.",
         "label": SYNTHETIC_LABEL,
-        "generated_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "generated_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "entries": entries,
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -296,7 +296,7 @@ def fit_scale(
     s = float(np.median(mu[upper] / p[upper]))
     mask = valid
     it = 0
-    for it in range(1, params.fit_iterations + 1):
+    for it in range(1, params.fit_iterations + 1):  # noqa: B007 (the count is reported after the loop)
         z = (mu - s * p) / sd
         new_mask = valid & (np.abs(z) < params.fit_z)
         if new_mask.sum() < 10:

@@ -9,3 +9,15 @@
 * :mod:`node.queue.recovery` — restores tasks of workers killed with the node (SQLite broker)
 * :mod:`node.queue.worker` — ``cardionode worker``
 """
+
+#: the package's modules (this face imports none of them, so that importing one does not start Celery)
+__all__ = [
+    "app",
+    "artifacts",
+    "conductor",
+    "dispatch",
+    "recovery",
+    "steps",
+    "tasks",
+    "worker",
+]

@@ -55,7 +55,7 @@ class QueueSettings:
     visibility_timeout_s: float = 3600.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "QueueSettings":
+    def from_settings(cls, settings: Any) -> QueueSettings:
         """Resolve the defaults of a :class:`node.config.Settings`: SQLite files under
         ``data_dir`` unless URLs are given; Redis for results when the broker is Redis."""
         return cls(

@@ -22,8 +22,8 @@ import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["ArtifactStore", "DirectoryStore", "RedisStore", "MissingArtifactError", "open_store", "validate_key"]
 

@@ -17,23 +17,24 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import pydicom
 
 from node.config import Settings
 from node.dicom.audit import AuditLog
-from node.ledger import Job, Ledger, LedgerError, OutputMeta, utcnow
 from node.dicom.logs import hash_identifier
 from node.dicom.spool import write_file_atomic
-from node.uids import validate_uid
+from node.ledger import Job, Ledger, LedgerError, OutputMeta, utcnow
 from node.pipelines import registry
 from node.pipelines.base import Pipeline
 from node.pipelines.configure import report_context, run_config
-from node.results.content import ReportContext
 from node.queue.dispatch import JobQueue, parse_task_id
 from node.queue.steps import context_to_dict
+from node.results.content import ReportContext
+from node.uids import validate_uid
 
 __all__ = ["Conductor"]
 

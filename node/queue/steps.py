@@ -28,11 +28,11 @@ from typing import Any
 import pydicom
 from pydicom import Dataset
 
-from node.uids import validate_uid
 from node.pipelines import registry
 from node.pipelines.options import RunConfig
-from node.results.content import ReportContext
 from node.queue.artifacts import ArtifactStore
+from node.results.content import ReportContext
+from node.uids import validate_uid
 
 __all__ = [
     "STEP_ORDER",
@@ -76,7 +76,7 @@ class StepMessage:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StepMessage":
+    def from_dict(cls, data: dict[str, Any]) -> StepMessage:
         """Inverse of :meth:`to_dict`; a message without ``config`` (an older node) runs with the defaults."""
         fields = ("job_key", "pipeline", "pipeline_version", "step", "previous", "context")
         return cls(**{k: data[k] for k in fields}, config=dict(data.get("config") or {}))

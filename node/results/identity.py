@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom import Dataset
 
-from node.uids import deterministic_uid
 from node.results.content import Algorithm, ReportContent
+from node.uids import deterministic_uid
 
 __all__ = ["ContentIdentity", "content_digest", "algorithms_of", "algorithm_device_uid", "source_datetime"]
 
@@ -118,7 +118,7 @@ class ContentIdentity:
     content_time: str
 
     @classmethod
-    def of(cls, content: ReportContent, sources: Sequence[Dataset]) -> "ContentIdentity":
+    def of(cls, content: ReportContent, sources: Sequence[Dataset]) -> ContentIdentity:
         algos = algorithms_of(content)
         algorithm_key = "|".join(f"{a.name}={a.version};{','.join(a.parameters)}" for a in algos)
         date, time = source_datetime(sources)

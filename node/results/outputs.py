@@ -14,14 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 from pydicom import Dataset
 
-from node.results.content import ReportContext
-from node.results.content import ReportContent
+from node.results.content import ReportContent, ReportContext
 from node.results.identity import ContentIdentity, algorithms_of
+from node.results.pdf import build_encapsulated_pdf, global_rows, render_summary_pdf
+from node.results.preview import write_preview
 from node.results.render import render_bullseye, render_table_screen
 from node.results.sc import build_multiframe_screen, build_sc, contributing_algorithms
 from node.results.sr import ContentError, build_sr, to_enhanced_sr
-from node.results.pdf import build_encapsulated_pdf, global_rows, render_summary_pdf
-from node.results.preview import write_preview
 from node.results.templates import TemplateError, Templates, load_templates
 
 __all__ = [

@@ -35,8 +35,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
 
 import node
-from node.results.content import ReportContext
-from node.results.content import Algorithm, MeasurementGroup, ReportContent
+from node.results.content import Algorithm, MeasurementGroup, ReportContent, ReportContext
 from node.results.identity import ContentIdentity, algorithm_device_uid, algorithms_of
 from node.results.templates import Templates, load_templates
 

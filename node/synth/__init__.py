@@ -8,3 +8,12 @@ phantoms, NM DICOM studies, the demo, training cohorts, the normal-limits builde
 Phantoms are for the demo, tests, training and validation; no runtime module imports
 this package.
 """
+
+#: the package's modules (this face imports none of them: import the one you need)
+__all__ = [
+    "anatomy",
+    "geometry",
+    "pet",
+    "spect",
+    "truth",
+]

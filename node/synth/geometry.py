@@ -233,7 +233,7 @@ class LVGeometry:
         )
 
     @staticmethod
-    def mean(geometries: list["LVGeometry"]) -> "LVGeometry":
+    def mean(geometries: list[LVGeometry]) -> LVGeometry:
         """Cycle-mean geometry (semi-axes averaged over snapshots)."""
         return LVGeometry(
             np.mean([g.a_endo for g in geometries], axis=0),

@@ -27,7 +27,14 @@ from scipy import ndimage
 
 from node.quant.lv_frame import LVFrame
 from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, TERRITORY_SEGMENTS, PolarGrid
-from node.synth.anatomy import Defect, HeartModel, attenuation_factor, defect_deficit, depth_fraction, myocardial_segments
+from node.synth.anatomy import (
+    Defect,
+    HeartModel,
+    attenuation_factor,
+    defect_deficit,
+    depth_fraction,
+    myocardial_segments,
+)
 from node.synth.geometry import PSI_FINE_DEG, LVGeometry
 
 __all__ = [

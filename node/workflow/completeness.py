@@ -26,14 +26,15 @@ predecessors, so its results supersede them rather than duplicate them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from node.config import Settings
 from node.dicom.audit import AuditLog
-from node.ledger import Ledger, LedgerError, Study, utcnow
 from node.dicom.logs import hash_identifier
+from node.ledger import Ledger, LedgerError, Study, utcnow
 from node.pipelines import registry
 from node.pipelines.routing import StudySummary
 
@@ -55,7 +56,7 @@ class Rule:
     settle_s: float = DEFAULT_SETTLE_S
 
     @classmethod
-    def from_setting(cls, setting: Any) -> "Rule":
+    def from_setting(cls, setting: Any) -> Rule:
         """From a :class:`node.config.CompletenessRule` (settle time capped by the quiet period)."""
         quiet = float(setting.quiet_period_s)
         return cls(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from node.ai.metrics import auc
 from node.ai.features import crt_image
+from node.ai.metrics import auc
 from node.synth.spect import cohort as cohorts
 
 
@@ -26,7 +26,9 @@ def test_disease_process_shows_where_documented(seed: int) -> None:
     healthy = (c.truth["cad"] == 0) & (c.truth["attenuation"] == 0)
     for t, m in masks.items():
         sick = (c.truth[f"cad_{t.lower()}"] == 1) & (c.truth["balanced"] == 0)
-        region = lambda maps: maps[:, m].mean(axis=1)  # noqa: E731
+        def region(maps: np.ndarray, m: np.ndarray = m) -> np.ndarray:
+            return maps[:, m].mean(axis=1)
+
         assert region(c.maps["stress_perfusion"])[sick].mean() < region(c.maps["stress_perfusion"])[healthy].mean(), f"seed {seed} {t}"
     # balanced ischaemia: global thickening falls although relative perfusion looks near normal
     bal = c.truth["balanced"] == 1

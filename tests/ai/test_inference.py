@@ -13,7 +13,6 @@ from node.ai.inference import StudyInputs, predict_studies
 from node.results.content import MapImage, MeasurementGroup
 from node.synth.spect import cohort as cohorts
 
-
 _LIMITS: dict[int, cohorts.CohortLimits] = {}
 
 

@@ -8,15 +8,14 @@ documented AUC ranges are in docs/validation.md ("Models").
 from __future__ import annotations
 
 import numpy as np
+import torch
+from scipy.special import expit
 
 from node.ai import bundles
 from node.ai.features import cad_inputs, crt_inputs, crt_tabular, tracer_inputs
 from node.ai.metrics import LogisticRegression, auc
 from node.ai.training.polar import guideline_criteria
 from node.synth.spect import cohort as cohorts
-
-import torch
-from scipy.special import expit
 
 CAD_AUC_RANGE = (0.78, 0.93)
 CRT_AUC_RANGE = (0.70, 0.92)

@@ -39,4 +39,4 @@ def test_frame_axes_that_contradict_the_voxels_are_refused() -> None:
     with pytest.raises(ValueError, match="no frame times"):
         FrameAxis("gates", 2, (0.0, 1.0), (1.0, 1.0))
     with pytest.raises(ValueError, match="no frame times"):
-        FrameAxis.gates(8).mid_s
+        _ = FrameAxis.gates(8).mid_s

@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from node.cli import main as cli_main
 from node.ledger import InstanceMeta, Ledger, LedgerError, OutputMeta, utcnow
@@ -177,3 +179,17 @@ def test_admin_commands(tmp_path: Path, ledger_url: str, capsys: pytest.CaptureF
     audit = (tmp_path / "var" / "audit" / "audit.jsonl").read_text()
     assert '"event": "admin.complete"' in audit and '"event": "admin.discard"' in audit
     ledger.close()
+
+
+def test_a_ledger_of_an_earlier_version_is_refused_in_words(ledger_url: str) -> None:
+    """Series rows without routing attributes (the ledger before one extractor) are not silently misread."""
+    database = make_url(ledger_url).database
+    if ledger_url.startswith("sqlite") and database:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(ledger_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE series (series_uid VARCHAR(64) PRIMARY KEY, study_uid VARCHAR(64), "
+                          "modality VARCHAR(16), description TEXT, instance_count INTEGER)"))
+    engine.dispose()
+    with pytest.raises(LedgerError, match="created by an earlier CardioNode .* move it aside"):
+        Ledger(ledger_url)

@@ -12,7 +12,6 @@ the expected-series rule, not wait for the quiet period.
 from __future__ import annotations
 
 import copy
-
 from datetime import datetime, timedelta
 from pathlib import Path
 

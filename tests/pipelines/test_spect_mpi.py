@@ -16,9 +16,9 @@ import pydicom
 import pytest
 
 from node.cli import main as cli_main
+from node.imaging.errors import UnusableSeriesError
 from node.imaging.states import state_from_text
 from node.pipelines.routing import SeriesSummary, StudySummary
-from node.imaging.errors import UnusableSeriesError
 from node.pipelines.spect_mpi import PIPELINE, SpectMpiResult, report_content
 from node.quant.segments import TERRITORY_SEGMENTS
 from node.synth.spect.phantom import PhantomSpec, make_study, territory_defect

@@ -14,8 +14,8 @@ import pytest
 from node.imaging.volume import Volume
 from node.quant.function import measure_function, tid_ratio, volume_curve
 from node.quant.orientation import locate_lv
-from node.synth.spect.phantom import PhantomSpec, make_acquisition
 from node.synth.geometry import SMALL
+from node.synth.spect.phantom import PhantomSpec, make_acquisition
 
 
 def _seed() -> int:

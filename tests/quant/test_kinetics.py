@@ -60,14 +60,14 @@ class ExpSum:
         out = sum(c * np.exp(-mu * np.clip(x, 0, None)) for c, mu in self.terms)
         return np.where(x > 0, out, 0.0)
 
-    def scaled(self, s: float) -> "ExpSum":
+    def scaled(self, s: float) -> ExpSum:
         return ExpSum([(s * c, mu) for c, mu in self.terms], self.t0)
 
-    def plus(self, other: "ExpSum") -> "ExpSum":
+    def plus(self, other: ExpSum) -> ExpSum:
         assert other.t0 == self.t0
         return ExpSum(self.terms + other.terms, self.t0)
 
-    def convolve_exp(self, k: float) -> "ExpSum":
+    def convolve_exp(self, k: float) -> ExpSum:
         """int_0^x f(s) exp(-k (x - s)) ds = sum c (e^{-mu x} - e^{-k x}) / (k - mu), as an ExpSum.
 
         A term with k == mu is x e^{-k x}; it never occurs below (asserted).
@@ -290,15 +290,17 @@ def test_frame_mean_input_limit_for_nh3_and_water(model, short_frames, seed) -> 
                          fit_regional_tacs=False)
     err = fit.segment_mbf_ml_per_min_per_g / study.truth.mbf_ml_per_min_per_g - 1
     assert np.abs(err).max() <= 0.01, (seed, err)
-    # clinical schedule (10 s / 5 s first frames): F <= 2 stays within 1 %; the F = 3-5 errors
-    # (bench part A: up to ~1.5 % NH3, ~3.5 % water) come from the frame-averaged bolus
+    # clinical schedule (10 s / 5 s first frames): the frame-averaged bolus limits high F. Measured
+    # over 40 random input shapes (bench part A): NH3 <= 1 % up to F = 3, <= 2.3 % at F = 5; water
+    # <= 1 % up to F = 1, up to ~10 % at F = 5 with the narrowest boluses (beta = 2 s).
     study = tac.make_tac_study(model, _flows17(), rng, noise_level=0.0)
     fit = K.fit_segments(model, study.schedule, study.blood_bq_per_ml, study.segment_tacs_bq_per_ml,
                          fit_regional_tacs=False)
     err = fit.segment_mbf_ml_per_min_per_g / study.truth.mbf_ml_per_min_per_g - 1
-    low = study.truth.mbf_ml_per_min_per_g <= 2.0
+    water = isinstance(model, K.H2OIida)
+    low = study.truth.mbf_ml_per_min_per_g <= (1.0 if water else 3.0)
     assert np.abs(err[low]).max() <= 0.01, (seed, err)
-    assert np.abs(err).max() <= (0.03 if isinstance(model, K.NH3DeGrado | K.NH3UCLA) else 0.06), (seed, err)
+    assert np.abs(err).max() <= (0.12 if water else 0.03), (seed, err)
 
 
 def test_decay_uncorrected_frames_give_the_same_mbf(seed) -> None:

@@ -13,7 +13,7 @@ import pytest
 from node.imaging.volume import Volume
 from node.quant.orientation import LVNotFoundError, locate_lv, reorient_to_short_axis
 from node.quant.polar_map import sample_polar_map
-from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS, bullseye
+from node.quant.segments import TERRITORY_SEGMENTS, bullseye
 from node.synth.spect.phantom import PhantomSpec, lv_centre_mm, make_acquisition, territory_defect
 
 #: a segment is "flagged" when its mean relative uptake is below this (% of max)

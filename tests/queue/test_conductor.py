@@ -11,12 +11,12 @@ import pydicom
 import pytest
 
 from node.config import CompletenessRule, Settings
-from node.workflow.completeness import Assembler
-from node.pipelines.routing import routing_attributes
 from node.ledger import InstanceMeta, Ledger, utcnow
+from node.pipelines.routing import routing_attributes
 from node.queue.app import QueueSettings
 from node.queue.conductor import Conductor
 from node.queue.dispatch import JobQueue
+from node.workflow.completeness import Assembler
 from tests.support.nm import write_nm_study
 from tests.support.pipelines import flowtest as flowtest_pipeline  # noqa: F401  (registers the test pipeline)
 

@@ -54,7 +54,7 @@ class NodeProcess:
     #: a new session, so that a terminal's signals to pytest do not reach the node (and its workers)
     new_session: ClassVar[bool] = True
 
-    def __new__(cls, *args: Any, mode: str | None = None, **kwargs: Any) -> "NodeProcess":
+    def __new__(cls, *args: Any, mode: str | None = None, **kwargs: Any) -> NodeProcess:
         if cls is NodeProcess:
             variants = {c.mode: c for c in NodeProcess.__subclasses__()}
             if mode not in variants:
@@ -79,7 +79,7 @@ class NodeProcess:
     def command(self) -> list[str]:
         return [PYTHON, "-m", "node.cli", "--config", str(self.config), *COMMANDS[self.mode]]
 
-    def start(self) -> "NodeProcess":
+    def start(self) -> NodeProcess:
         """Start the process and wait (60 s at most) until it accepts connections on ``port``."""
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env, stdout=self._log,
@@ -128,7 +128,7 @@ class NodeProcess:
         return subprocess.run([PYTHON, "-m", "node.cli", "--config", str(self.config), *args],
                               cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120)
 
-    def __enter__(self) -> "NodeProcess":
+    def __enter__(self) -> NodeProcess:
         if self.process is None:
             self.start()
         return self

@@ -40,7 +40,7 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self) -> "Orthanc":
+    def start(self) -> Orthanc:
         self.folder.mkdir(parents=True, exist_ok=True)
         lua = self.folder / "route.lua"
         lua.write_text(ROUTING_LUA)

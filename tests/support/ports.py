@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import closing
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["free_port", "port_open", "wait_for", "wait_for_port"]
 

@@ -17,7 +17,6 @@ from node.synth.spect.study import write_study
 from tests.support.tools import dciodvfy_tool
 
 
-
 @pytest.mark.parametrize(
     "orientation,n_gates,tracer",
     [("short_axis", 8, "tc99m_sestamibi"), ("transaxial", 8, "tc99m_tetrofosmin"),

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from node.config import CompletenessRule, Settings
-from node.workflow.completeness import Assembler
 from node.ledger import InstanceMeta, Ledger, utcnow
 from node.results.content import ReportContext
+from node.workflow.completeness import Assembler
 from tests.support.pipelines import flowtest as flowtest_pipeline  # noqa: F401  (registers the test pipeline)
 
 pytestmark = pytest.mark.uses_test_pipelines

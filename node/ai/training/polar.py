@@ -22,16 +22,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import monai
 import numpy as np
 import torch
 from scipy.special import expit
 from torch import nn
 
-import monai
 from node import __version__
 from node.ai import bundles
 from node.ai.features import CAD_TABULAR, CRT_OPTIONAL, CRT_TABULAR, cad_inputs, crt_inputs, crt_tabular, tracer_inputs
@@ -70,6 +71,12 @@ class _Data:
     y: torch.Tensor  # [n, n_outputs]
     mask: torch.Tensor  # [n, n_outputs] which outputs have a label (1) or not (0)
     cohort: cohorts.Cohort
+
+    def tab_numpy(self) -> np.ndarray:
+        """The tabular inputs as an array (for the bundles that have them)."""
+        if self.tab is None:
+            raise ValueError("this bundle's data has no tabular inputs")
+        return self.tab.numpy()
 
 
 def _quantitative(c: cohorts.Cohort, limits: cohorts.CohortLimits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -236,7 +243,7 @@ def _train_cad(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: Path
     limits = _limits_for(cs, seed)
     data = {s: _cad_data(c, limits) for s, c in cs.items()}
     net = CADPolarNet()
-    history: list[dict[str, float]] = []
+    history: list[Mapping[str, float | str]] = []
     if pretrain:
         pre = _cad_data(cohorts.make_cad_cohort(pretrain, "pretrain", seed), limits)
         history += [{"phase": "pretrain", **h} for h in _fit(net, pre, data["validation"], max(epochs // 2, 1), seed + 1, "cad_polar pretrain", None)]
@@ -313,7 +320,7 @@ def _train_tracer(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: P
                     continue
                 th = evaluation["thresholds"][tr]
                 block.setdefault(tr, {})[f"model_{variant}"] = _report(c.labels[lab][sel], p[sel, col], th["model"], True, seed)
-        for tr, (col, lab) in heads.items():
+        for tr, (_, lab) in heads.items():
             sel = c.tracer == tr
             if np.any(sel):
                 block[tr]["stress_tpd"] = _report(c.labels[lab][sel], tpd[sel], evaluation["thresholds"][tr]["stress_tpd_percent"], False, seed)
@@ -344,12 +351,12 @@ def _train_crt(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: Path
                                                               "crt_response pretrain", None, lr=1.5e-3, batch=32)]
     history += _fit(net, data["train"], data["validation"], epochs, seed, "crt_response", ckpt, lr=1.5e-3 if not pretrain else 7e-4,
                     batch=32)
-    logreg = LogisticRegression(l2=1e-3).fit(data["train"].tab.numpy(), cs["train"].labels["crt_response"])
+    logreg = LogisticRegression(l2=1e-3).fit(data["train"].tab_numpy(), cs["train"].labels["crt_response"])
     val = cs["validation"]
     val_p = expit(predict_logits(net, data["validation"]))[:, 0]
     evaluation: dict[str, Any] = {
         "thresholds": {"model": youden_threshold(val.labels["crt_response"], val_p),
-                       "logistic": youden_threshold(val.labels["crt_response"], logreg.predict_proba(data["validation"].tab.numpy()))},
+                       "logistic": youden_threshold(val.labels["crt_response"], logreg.predict_proba(data["validation"].tab_numpy()))},
         "imputation": imputation,
         "logistic_features": list(CRT_TABULAR) + [f"{k}_missing" for k in CRT_OPTIONAL],
     }
@@ -359,7 +366,7 @@ def _train_crt(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: Path
         c = cs[split]
         y = c.labels["crt_response"]
         p = expit(predict_logits(net, data[split]))[:, 0]
-        lr_p = logreg.predict_proba(data[split].tab.numpy())
+        lr_p = logreg.predict_proba(data[split].tab_numpy())
         evaluation[split] = {
             "model": _report(y, p, evaluation["thresholds"]["model"], True, seed),
             "logistic_regression": _report(y, lr_p, evaluation["thresholds"]["logistic"], True, seed),

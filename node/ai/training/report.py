@@ -119,9 +119,9 @@ def compare_cad_bundles(folders: dict[str, Path], n: int = 800, seed: int = 2026
         b = bundles.load_bundle("cad_polar", root=Path(folder), device="cpu")
         cells = []
         for split in ("test", "external"):
-            y, x, tab, _ = data[split]
+            y, x_t, tab_t, _ = data[split]
             with torch.no_grad():
-                cells.append(cell(y, b.network(x, tab).numpy()[:, 0]))
+                cells.append(cell(y, b.network(x_t, tab_t).numpy()[:, 0]))
         rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
     rows.append(f"| stress TPD (baseline) | {cell(data['test'][0], data['test'][3])} | {cell(data['external'][0], data['external'][3])} |")
     return "\n".join(rows)

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import monai
 import numpy as np
@@ -50,6 +50,9 @@ from node.synth.spect.phantom import (
     make_acquisition,
     territory_defect,
 )
+
+if TYPE_CHECKING:
+    from node.synth.anatomy import Defect
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -125,7 +128,7 @@ def segmentation_phantoms(n: int, split: str, seed: int, matrix: int = 64, voxel
         ed_a = rng.uniform(18, 38)
         ed_c = ed_a * rng.uniform(1.9, 2.6)
         shape = LVShape(f"random{i}", ed_a, ed_c, rng.uniform(7, 15), ed_a * rng.uniform(0.65, 0.9), ed_c * rng.uniform(0.88, 0.95))
-        defects = ()
+        defects: tuple[Defect, ...] = ()
         if rng.random() < 0.5:
             defects = (territory_defect(str(rng.choice(["LAD", "LCx", "RCA"])), float(rng.uniform(0.2, 0.7))),)
         spec = PhantomSpec(
@@ -159,7 +162,7 @@ def _cached_phantoms(n: int, split: str, seed: int, cache: Path | None) -> list[
     arrays: dict[str, np.ndarray] = {}
     for i, c in enumerate(cases):
         arrays[f"v{i}"], arrays[f"a{i}"], arrays[f"m{i}"], arrays[f"d{i}"] = c.volume.voxels.astype(np.float32), c.volume.affine, c.mask, np.array(c.description)
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, allow_pickle=True, **arrays)  # numpy's default, named so that **arrays cannot bind it
     return cases
 
 
@@ -288,7 +291,7 @@ def train_segmentation(out: Path, n_train: int = 0, data: Path | None = None, ep
     probs = [myocardium_probability(c.volume, loaded) for c in val_cases]
     scores = {t: float(np.mean([dice(largest_component(p >= t), c.mask) for p, c in zip(probs, val_cases)]))
               for t in (0.3, 0.4, 0.5, 0.6)}
-    threshold = max(scores, key=scores.get)
+    threshold = max(scores, key=scores.__getitem__)
     loaded.metadata["mask_threshold"] = threshold
     sys.stderr.write(f"[lv_segmentation] mask threshold {threshold} (validation Dice by threshold {scores})\n")
     evaluation = evaluate_segmentation(test_cases, loaded)

@@ -46,12 +46,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from node.quant.kinetics import (
+    NH3UCLA,
     SEPTAL_SEGMENTS,
     FrameSchedule,
     H2OIida,
     KineticModel,
     NH3DeGrado,
-    NH3UCLA,
     Rb82Lortie,
     SampledInput,
     fine_grid,
@@ -151,7 +151,7 @@ class InputShape:
     def peak_time_s(self) -> float:
         return self.delay_s + self.alpha * self.beta_s
 
-    def rv(self, lead_s: float, narrowing: float = 0.7, peak_ratio: float = 1.2) -> "InputShape":
+    def rv(self, lead_s: float, narrowing: float = 0.7, peak_ratio: float = 1.2) -> InputShape:
         """The RV curve: ``lead_s`` earlier, ``beta x narrowing``, ``peak x peak_ratio``, same plateau level."""
         return replace(self, delay_s=self.delay_s - lead_s, beta_s=self.beta_s * narrowing,
                        peak_bq_per_ml=self.peak_bq_per_ml * peak_ratio,

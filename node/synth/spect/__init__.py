@@ -7,3 +7,13 @@ truth JSON), :mod:`node.synth.spect.demo` (``cardionode demo``),
 :mod:`node.synth.spect.normal_db` (the offline builder of the node's SYNTHETIC normal
 limits).
 """
+
+#: the package's modules (this face imports none of them: import the one you need)
+__all__ = [
+    "cohort",
+    "demo",
+    "nm_dicom",
+    "normal_db",
+    "phantom",
+    "study",
+]

@@ -105,9 +105,9 @@ input maps (:func:`quantitative_maps`); ``pretrain`` is a separate cohort for
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -200,7 +200,7 @@ class Cohort:
     def __len__(self) -> int:
         return len(self.case_ids)
 
-    def subset(self, index: np.ndarray) -> "Cohort":
+    def subset(self, index: np.ndarray) -> Cohort:
         index = np.asarray(index)
         return Cohort(
             self.kind,

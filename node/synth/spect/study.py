@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node import RESEARCH_USE_NOTICE
-from node.uids import deterministic_uid
 from node.synth.spect.nm_dicom import PatientInfo, SeriesInfo, StudyInfo, build_nm_dataset
 from node.synth.spect.phantom import Acquisition, StudyPhantom
+from node.uids import deterministic_uid
 
 __all__ = ["StudyFiles", "synthetic_patient", "build_study_datasets", "write_study", "series_description"]
 
@@ -54,7 +54,7 @@ class StudyFiles:
 def synthetic_patient(sex: str, age_years: int, key: str) -> PatientInfo:
     """A synthetic patient identity derived from ``key`` (names and IDs are obviously fake)."""
     digest = int(deterministic_uid("cardionode-synth-patient", key).split(".")[-1])
-    birth_year = datetime.now(timezone.utc).year - int(age_years)
+    birth_year = datetime.now(UTC).year - int(age_years)
     birth = datetime(birth_year, 1 + digest % 12, 1 + (digest // 12) % 28)
     family = _FAMILY[(digest // 400) % len(_FAMILY)]
     given = _GIVEN[(digest // 4000) % len(_GIVEN)]
@@ -95,7 +95,7 @@ def build_study_datasets(
     key = key if key is not None else secrets.token_hex(16)
     spec = study.spec
     patient = patient or synthetic_patient(spec.sex, spec.age, key)
-    when = when or datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
+    when = when or datetime.now(UTC).replace(microsecond=0, tzinfo=None)
     study_uid = deterministic_uid("cardionode-synth", key, "study")
     info = StudyInfo(
         study_uid=study_uid,

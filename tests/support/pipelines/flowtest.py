@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from pydicom import Dataset
@@ -27,10 +27,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from node import RESEARCH_USE_NOTICE
-from node.uids import deterministic_uid
 from node.pipelines import registry
 from node.pipelines.base import Pipeline, SeriesRule
 from node.results.content import ReportContext
+from node.uids import deterministic_uid
 
 NAME = "flowtest_nm"
 VERSION = "1.0"

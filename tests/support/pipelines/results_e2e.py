@@ -10,17 +10,16 @@ revised report that must reference the first one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from pydicom import Dataset
 
 from node.pipelines import registry
 from node.pipelines.base import Pipeline, SeriesRule
-from node.results.content import ReportContext
 from node.results import build_outputs
-from node.results.content import ReportContent
+from node.results.content import ReportContent, ReportContext
 from tests.support.report import make_content
 
 NAME = "results_e2e"
