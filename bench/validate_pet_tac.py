@@ -1,7 +1,8 @@
 """Validation and timing of the PET kinetic models on the time-activity tier (issue 15).
 
 ``python bench/validate_pet_tac.py [--parts ABCD] [--replicates 300] [--seed S] [--tracers rb82,nh3,ucla,h2o]
-[--noise 0.05,0.10] [--json out.json] [--all-cores]``
+[--sweep-tracers rb82] [--noise 0.05,0.10] [--other-noise 0.05] [--compare-weights] [--json out.json]
+[--all-cores]``
 
 Parts (the acceptance figures of reference note pet_mbf.md 8.3 and issue 15):
 
@@ -14,6 +15,7 @@ B. Clinical noise (default 5 % relative SD on the last frame), ``--replicates`` 
    percentiles, 95th percentile of |error|, share within the bounds (rest +-20 %, stress
    +-14 %, MFR +-25 %; at 10 % noise +-35 / +-25 %), global (mean of 17) figures, SE calibration
    (SD of error/SE), share of flagged fits. Bounds are Rb-82's; other tracers are informative.
+   ``--compare-weights`` adds the same fits with the reference simulation's data weights.
 C. Basis-function voxel method against the per-segment fit on noise-free TACs (max |difference|).
 D. Timing on one core (pinned unless ``--all-cores``): a 17-segment fit (Rb-82 default model,
    with and without the territory/global TAC fits) against one ``np.convolve`` of the fine-grid
@@ -139,16 +141,18 @@ def part_a(seed: int, shapes: int, tracers: list[str]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-def part_b(seed: int, replicates: int, tracers: list[str], noises: list[float]) -> dict:
+def part_b(seed: int, replicates: int, tracers: list[str], noises: list[float], other_noises: list[float],
+           compare_weights: bool) -> dict:
     out: dict = {}
     for key in tracers:
         model = MODELS[key]
-        for noise in noises:
+        for noise in (noises if key == "rb82" else other_noises):
             bounds = BOUNDS.get(noise, {"rest": None, "stress": None, "mfr": None, "bias": None})
             print(f"\nB. {model.name}: {replicates} rest/stress studies x 17 segments, {100 * noise:.0f} % noise on the "
                   f"last frame (seed {seed}; rest MBF U(0.6, 1.4), MFR U(2, 3.5), stress capped at 4.5 mL/min/g)")
             seg = {"rest": [], "stress": [], "mfr": []}
             glob = {"rest": [], "stress": [], "mfr": []}
+            data_weights = {"rest": [], "stress": []}  # the reference's weights from the noisy data
             z, flagged, total = [], 0, 0
             t0 = time.perf_counter()
             for rng in _rngs(seed, replicates):
@@ -164,6 +168,11 @@ def part_b(seed: int, replicates: int, tracers: list[str], noises: list[float]) 
                     z.append((fit.segment_mbf_ml_per_min_per_g - truth) / fit.segment_mbf_se_ml_per_min_per_g)
                     flagged += sum(1 for f in fit.segment_flags if f)
                     total += 17
+                    if compare_weights:
+                        other = K.fit_segments(model, study.schedule, study.blood_bq_per_ml,
+                                               study.segment_tacs_bq_per_ml, fit_regional_tacs=False,
+                                               weights="counts_data")
+                        data_weights[state].append(other.segment_mbf_ml_per_min_per_g / truth - 1)
                 reserve = K.flow_reserve(fits["rest"], fits["stress"])
                 true_mfr = stress.truth.mbf_ml_per_min_per_g / rest.truth.mbf_ml_per_min_per_g
                 seg["mfr"].append(reserve.segment_mfr / true_mfr - 1)
@@ -179,6 +188,12 @@ def part_b(seed: int, replicates: int, tracers: list[str], noises: list[float]) 
                 s = _stats(np.array(glob[cond]), None)
                 result["global"][cond] = s
                 print(_row(f"global {'MBF ' + cond if cond != 'mfr' else 'MFR'}", s))
+            if compare_weights:
+                result["data_weights"] = {}
+                for cond in ("rest", "stress"):
+                    s = _stats(np.concatenate(data_weights[cond]), bounds[cond])
+                    result["data_weights"][cond] = s
+                    print(_row(f"segment MBF {cond}, data weights", s))
             zz = np.concatenate(z)
             zz = zz[np.isfinite(zz)]
             result["z_sd"] = float(zz.std())
@@ -192,7 +207,8 @@ def part_b(seed: int, replicates: int, tracers: list[str], noises: list[float]) 
             result["meets_bounds"] = bool(all(checks)) if checks else None
             print(f"  SE calibration: SD of (error / SE) = {zz.std():.2f} (1 = calibrated); flagged segment fits "
                   f"{result['flagged_pct']:.2f} %; {seconds:.1f} s"
-                  + ("" if result["meets_bounds"] is None else f"; meets the bounds: {result['meets_bounds']}"))
+                  + ("" if result["meets_bounds"] is None else
+                     f"; meets the {'' if key == 'rb82' else 'Rb-82 '}bounds: {result['meets_bounds']}"))
             out[f"{model.name}@{noise:g}"] = result
     return out
 
@@ -298,7 +314,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--tracers", default="rb82,nh3,ucla,h2o")
     parser.add_argument("--sweep-tracers", default="rb82", help="tracers of part B (slow; default Rb-82)")
-    parser.add_argument("--noise", default="0.05,0.10")
+    parser.add_argument("--noise", default="0.05,0.10", help="noise levels of the Rb-82 sweep")
+    parser.add_argument("--other-noise", default="0.05", help="noise levels of the other tracers' sweeps")
+    parser.add_argument("--compare-weights", action="store_true",
+                        help="part B: also fit every study with the reference's data weights (twice the time)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--all-cores", action="store_true")
     args = parser.parse_args()
@@ -313,7 +332,8 @@ def main() -> None:
     if "A" in args.parts:
         report["A"] = part_a(seed, args.shapes, tracers)
     if "B" in args.parts:
-        report["B"] = part_b(seed, args.replicates, sweep, noises)
+        report["B"] = part_b(seed, args.replicates, sweep, noises, [float(x) for x in args.other_noise.split(",")],
+                             args.compare_weights)
     if "C" in args.parts:
         report["C"] = part_c(seed, max(3, args.shapes // 4), tracers)
     if "D" in args.parts:

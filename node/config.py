@@ -61,6 +61,7 @@ __all__ = [
     "SendRetry",
     "OutputOptions",
     "Settings",
+    "config_path",
     "load_settings",
     "ae_title_problem",
     "config_main",
@@ -620,14 +621,20 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def config_path(path: Path | None = None) -> Path | None:
+    """The configuration file: ``path`` (``--config``), else ``$CARDIONODE_CONFIG``, else None (defaults)."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return path
+
+
 def load_settings(path: Path | None = None) -> Settings:
-    """Load the settings from ``path`` (or ``$CARDIONODE_CONFIG``), the environment and the defaults.
+    """Load the settings from :func:`config_path` of ``path``, the environment and the defaults.
 
     Raises :class:`ConfigError` when the file is missing or not valid TOML, or
     a value has the wrong type; the message names the setting.
     """
-    if path is None and os.environ.get(CONFIG_ENV):
-        path = Path(os.environ[CONFIG_ENV])
+    path = config_path(path)
     source = str(path) if path is not None else "embedded defaults + environment"
     if path is not None:
         if not path.is_file():

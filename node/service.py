@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -238,23 +237,21 @@ class Node:
 
 def _settings_or_exit(args: argparse.Namespace, command: str) -> tuple[Settings | None, Path | None]:
     """The checked settings of ``--config`` (or $CARDIONODE_CONFIG); None after printing the problems."""
-    from node.config import ConfigError, load_settings
+    from node.config import ConfigError, config_path, load_settings
 
-    config_path = getattr(args, "config", None)
-    if config_path is None and os.environ.get("CARDIONODE_CONFIG"):
-        config_path = Path(os.environ["CARDIONODE_CONFIG"])
+    path = config_path(getattr(args, "config", None))
     try:
-        settings = load_settings(config_path)
+        settings = load_settings(path)
     except ConfigError as exc:
         print(f"cardionode {command}: {exc}", file=sys.stderr)
-        return None, config_path
+        return None, path
     problems = settings.problems()
     if problems:
         for problem in problems:
             print(f"PROBLEM: {problem}", file=sys.stderr)
         print(f"cardionode {command}: fix these problems first (`cardionode config check`)", file=sys.stderr)
-        return None, config_path
-    return settings, config_path
+        return None, path
+    return settings, path
 
 
 def serve_main(args: argparse.Namespace) -> int:

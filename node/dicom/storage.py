@@ -32,10 +32,12 @@ from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom import AllStoragePresentationContexts, build_context, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 
 from node.config import Settings
@@ -253,18 +255,26 @@ def recover_unrecorded_instances(spool: Spool, ledger: Ledger, describe: Describ
 def _part10(raw: bytes, sop_class: str, sop_instance: str, transfer_syntax: UID, calling_ae: str) -> bytes:
     """The instance as a DICOM Part 10 file: preamble, File Meta Information, data set as received."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
     meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     if calling_ae:
         meta.SourceApplicationEntityTitle = calling_ae
-    buffer = io.BytesIO()
+    buffer = DicomBytesIO()
     buffer.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buffer, meta, enforce_standard=True)
     buffer.write(raw)
     return buffer.getvalue()
+
+
+def _c_store_request(event: evt.Event) -> C_STORE:
+    """The request of an EVT_C_STORE event."""
+    request = event.request
+    if not isinstance(request, C_STORE):
+        raise RuntimeError(f"C-STORE handler called for a {type(request).__name__} request")
+    return request
 
 
 class StorageService:
@@ -324,7 +334,7 @@ class StorageService:
     # ------------------------------------------------------------------ C-STORE
     def _on_store(self, event: evt.Event) -> int | Dataset:
         peer = self._peers.get(event.assoc)
-        request = event.request
+        request = _c_store_request(event)
         sop_class = str(request.AffectedSOPClassUID or "")
         sop_instance = str(request.AffectedSOPInstanceUID or "")
         uids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_instance}
@@ -386,7 +396,8 @@ class StorageService:
         if not is_valid_uid(sop_instance):
             raise StoreRefusedError(Status.INVALID_UID, "Affected SOP Instance UID is not a valid UID")
         transfer_syntax = UID(str(event.context.transfer_syntax))
-        raw = event.request.DataSet.getvalue() if event.request.DataSet is not None else b""
+        request = _c_store_request(event)
+        raw = request.DataSet.getvalue() if request.DataSet is not None else b""
         try:
             ds = _read_dataset(raw, transfer_syntax)
         except Exception as exc:  # includes RecursionError from nesting bombs

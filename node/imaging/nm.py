@@ -41,6 +41,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -112,7 +113,8 @@ def _age_years(value: object) -> float | None:
     return float(number) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[unit]
 
 
-def _floats(value: object, count: int, attribute: str) -> np.ndarray:
+def _floats(value: Any, count: int, attribute: str) -> np.ndarray:
+    """``count`` finite numbers from an element value (pydicom types element values as Any)."""
     items = [value] if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") else list(value)
     try:
         values = np.array([float(v) for v in items])

@@ -120,7 +120,7 @@ class Volume:
 
     @property
     def shape3d(self) -> tuple[int, int, int]:
-        return tuple(self.voxels.shape[-3:])  # type: ignore[return-value]
+        return tuple(self.voxels.shape[-3:])
 
     @property
     def spacing_mm(self) -> np.ndarray:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydicom
@@ -42,6 +42,9 @@ import node
 from node.config import ConfigError, Settings, load_settings
 from node.pipelines.configure import report_context, run_config
 from node.pipelines.routing import StudySummary
+
+if TYPE_CHECKING:
+    from node.pipelines.base import Pipeline
 
 __all__ = ["process_main", "process_folder", "read_folder", "ProcessOutcome"]
 
@@ -212,6 +215,7 @@ def process_folder(
         outcomes.append(outcome)
         progress(f"study {n}/{len(studies)}: {len(members)} instances")
         summary = StudySummary.from_datasets(members)
+        pipeline: Pipeline | None
         if pipeline_name:
             try:
                 pipeline = registry.get(pipeline_name)
@@ -238,7 +242,7 @@ def process_folder(
             outcome.result = result
             study_out.mkdir(parents=True, exist_ok=True)
             module = sys.modules.get(type(pipeline).__module__)
-            content = module.report_content(result) if hasattr(module, "report_content") else None
+            content = module.report_content(result) if module is not None and hasattr(module, "report_content") else None
             if content is not None:  # the JSON summary first: it does not depend on the DICOM outputs
                 path = study_out / "summary.json"
                 path.write_text(json.dumps(_summary_json(result, content, t), indent=1))

@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import cast
+from typing import TypeGuard, cast
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -319,7 +319,7 @@ def analyse_reconstructions(
 # --------------------------------------------------------------------------- report content
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeGuard[float]:
     return value is not None and bool(np.isfinite(value))
 
 
@@ -420,7 +420,7 @@ def _global_groups(result: SpectMpiResult) -> list[MeasurementGroup]:
     if _finite(result.tid_ratio):
         perfusion.append(Measurement("tid_ratio", round(float(result.tid_ratio), 3), "1"))
     if perfusion:
-        evaluations = ()
+        evaluations: tuple[Evaluation, ...] = ()
         if s is not None:
             verdict = "abnormal" if s.sss >= 4 else "normal"
             evaluations = (Evaluation("perfusion_category", verdict),)
@@ -468,8 +468,10 @@ def _images(result: SpectMpiResult, grid: PolarGrid) -> list[MapImage]:
         )
     gated_state = next((s for s in (result.rest, result.stress) if s is not None and s.function is not None), None)
     if gated_state is not None:
-        f = gated_state.function
-        maps = gated_state.gated.values
+        f, gated = gated_state.function, gated_state.gated
+        if f is None or gated is None:  # the function result is measured on the gated maps
+            raise RuntimeError(f"{gated_state.state}: function result without gated polar maps")
+        maps = gated.values
         images.append(_map("ed_perfusion", f"End-diastole ({gated_state.state}, % of max)",
                            100.0 * maps[f.ed_gate] / max(float(maps[f.ed_gate].max()), 1e-9), "%", (0.0, 100.0), grid))
         images.append(_map("es_perfusion", f"End-systole ({gated_state.state}, % of max)",
@@ -640,7 +642,7 @@ def _segmentation_cross_check(result: SpectMpiResult, models_dir: Path | None = 
     from node.ai.bundles import load_bundle  # torch: only in the predict step
     from node.ai.segmentation import segment_myocardium
 
-    lines = []
+    lines: list[str] = []
     for state in result.states:
         try:
             bundle = load_bundle("lv_segmentation", None if models_dir is None else models_dir / "lv_segmentation")

@@ -360,7 +360,7 @@ def fit_wall_profile(
         upper = [5.0, 40.0, 15.0, 10.0, 0.8, 0.8]
     fit = least_squares(residual, start, bounds=(lower, upper))
     p = fit.x
-    if fixed_sigma:
+    if sigma_mm is not None:
         return float(p[1]), float(sigma_mm), float(p[2] * peak), float(p[0])
     return float(p[1]), float(p[2]), float(p[3] * peak), float(p[0])
 

@@ -330,9 +330,12 @@ def phase_statistics(
     re-centring rule.
     """
     phases = np.asarray(phases_deg, dtype=float).ravel()
-    w = np.ones_like(phases) if weights is None else np.asarray(weights, dtype=float).ravel()
-    if w.shape != phases.shape:
-        raise ValueError(f"weights shape {np.shape(weights)} does not match phases shape {np.shape(phases_deg)}")
+    if weights is None:
+        w = np.ones_like(phases)
+    else:
+        w = np.asarray(weights, dtype=float).ravel()
+        if w.shape != phases.shape:
+            raise ValueError(f"weights shape {np.shape(weights)} does not match phases shape {np.shape(phases_deg)}")
     if np.any(w < 0):
         raise ValueError("phase weights must be non-negative")
     keep = np.isfinite(phases) & np.isfinite(w) & (w > 0)

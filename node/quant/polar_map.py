@@ -266,7 +266,7 @@ def fit_midwall_surface(
     z_cyl = np.arange(z_c + 2.0, location.length_mm + base_margin_mm, 2.0)
     dist_c = np.arange(0.35 * r_mid, 1.6 * r_mid + 8.0, RAY_STEP_MM)
 
-    def ray_points(origin_z, dz, dr, dist):
+    def ray_points(origin_z: np.ndarray, dz: np.ndarray, dr: np.ndarray, dist: np.ndarray) -> np.ndarray:
         # origin_z [n], dz/dr [n, n_psi], dist [k] -> lv points [n, n_psi, k, 3]
         zz = origin_z[:, None, None] + dz[:, :, None] * dist[None, None, :]
         rr = dr[:, :, None] * dist[None, None, :]
@@ -490,8 +490,8 @@ def _sample_frames(
     grid: PolarGrid,
     half_width_mm: float | None,
     surface: MidWallSurface | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(values [frame, n_u, n_psi], weights [n_u, n_psi] mm^2)`` of a 4-D volume (see :func:`sample_frame_polar_maps`)."""
+) -> tuple[np.ndarray, np.ndarray, FrameAxis]:
+    """``(values [frame, n_u, n_psi], weights [n_u, n_psi] mm^2, frame axis)`` of a 4-D volume (see :func:`sample_frame_polar_maps`)."""
     axis = volume.frame_axis
     if axis is None:
         raise ValueError("per-frame polar maps need a 4D [frame, slice, row, col] volume")
@@ -502,7 +502,7 @@ def _sample_frames(
     else:
         hw = float(half_width_mm)
     values, _ = sample_along_normals(volume.voxels, volume, location, surface, hw)
-    return values, surface.area_mm2()
+    return values, surface.area_mm2(), axis
 
 
 def sample_frame_polar_maps(
@@ -521,8 +521,8 @@ def sample_frame_polar_maps(
     :data:`GATED_SEARCH_WIDENING_MM` when the frames are gates (to follow the wall
     motion). The maps carry the volume's :class:`~node.imaging.volume.FrameAxis`.
     """
-    values, weights = _sample_frames(volume, location, grid, half_width_mm, surface)
-    return FramePolarMaps(values=values, weights=weights, grid=grid, frame_axis=volume.frame_axis)
+    values, weights, axis = _sample_frames(volume, location, grid, half_width_mm, surface)
+    return FramePolarMaps(values=values, weights=weights, grid=grid, frame_axis=axis)
 
 
 def sample_gated_polar_maps(
@@ -541,8 +541,8 @@ def sample_gated_polar_maps(
     """
     if not gated_sa_volume.is_gated:
         raise ValueError("sample_gated_polar_maps needs a gated [gate, slice, row, col] volume")
-    values, weights = _sample_frames(gated_sa_volume, location, grid, half_width_mm, surface)
-    return GatedPolarMaps(values=values, weights=weights, grid=grid, frame_axis=gated_sa_volume.frame_axis)
+    values, weights, axis = _sample_frames(gated_sa_volume, location, grid, half_width_mm, surface)
+    return GatedPolarMaps(values=values, weights=weights, grid=grid, frame_axis=axis)
 
 
 def bullseye_image(polar_values: np.ndarray, size: int = 128, grid: PolarGrid = DEFAULT_GRID) -> np.ndarray:

@@ -24,6 +24,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 __all__ = ["ArtifactStore", "DirectoryStore", "RedisStore", "MissingArtifactError", "open_store", "validate_key"]
 
@@ -145,7 +146,8 @@ class RedisStore(ArtifactStore):
         return key
 
     def get(self, key: str) -> bytes:
-        value = self._redis.get(self._name(key))
+        # redis-py types replies as bytes | str whatever decode_responses; this client keeps the default (bytes)
+        value = cast("bytes | None", self._redis.get(self._name(key)))
         if value is None:
             raise MissingArtifactError(key)
         return bytes(value)

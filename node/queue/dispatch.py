@@ -89,7 +89,7 @@ class JobQueue:
             for queue in self.app.conf.task_queues:
                 queue.bind(channel).declare()
 
-    def upload_inputs(self, job_id: int, attempt: int, paths: Sequence[Path]) -> int:
+    def upload_inputs(self, job_id: int, attempt: int, paths: Sequence[str | Path]) -> int:
         """Put the study's instance files in the artifact store for this attempt; returns bytes moved."""
         key = job_key(self.node, job_id, attempt)
         total = 0

@@ -71,7 +71,7 @@ def segment_table(content: ReportContent, templates: Templates) -> tuple[list[st
     for state, quantity in columns:
         state_label = templates.state_short_label(state) if state else ""
         header.append(f"{state_label}\n{short.get(quantity, quantity.replace('_', ' '))}".strip())
-    rows = []
+    rows: list[list[str]] = []
     if not columns:
         return header, rows
     for segment in range(1, 18):

@@ -14,6 +14,7 @@ shape ``[rows, columns, 3]``, row 0 at the top. Rendering is deterministic
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,6 +23,9 @@ from matplotlib.figure import Figure
 import node
 from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, PolarGrid, bullseye
 from node.results.content import MapImage
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = [
     "IMAGE_SIZE",
@@ -50,8 +54,11 @@ def _figure(size: int) -> Figure:
 
 def figure_to_rgb(fig: Figure) -> np.ndarray:
     """Rasterise a matplotlib figure to an RGB ``uint8`` array ``[rows, columns, 3]``."""
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())
+    canvas = fig.canvas
+    if not isinstance(canvas, FigureCanvasAgg):
+        raise TypeError(f"figure_to_rgb needs a figure on an Agg canvas, not {type(canvas).__name__}")
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
     return np.ascontiguousarray(rgba[..., :3], dtype=np.uint8)
 
 
@@ -81,7 +88,7 @@ def segment_label_positions(grid: PolarGrid = DEFAULT_GRID) -> dict[int, tuple[f
     return positions
 
 
-def _draw_grid(ax, grid: PolarGrid) -> None:
+def _draw_grid(ax: Axes, grid: PolarGrid) -> None:
     cap, r1, r2 = _ring_radii(grid)
     t = np.linspace(0, 2 * np.pi, 361)
     for r in (cap, r1, r2, 1.0):

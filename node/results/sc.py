@@ -148,7 +148,8 @@ def build_sc(
         series_date=identity.content_date,
         series_time=identity.content_time,
     )
-    sc.PatientOrientation = ""  # a polar map has no patient orientation (pitfall 7)
+    # a polar map has no patient orientation (pitfall 7); highdicom's __init__ makes mypy infer list[str]
+    sc.PatientOrientation = ""  # type: ignore[assignment]
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import highdicom as hd
 from pydicom import Dataset
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
 
 import node
@@ -333,7 +332,7 @@ def to_enhanced_sr(sr: Dataset) -> Dataset:
     if str(sr.SOPClassUID) != COMPREHENSIVE_3D_SR:
         raise ValueError(f"expected a Comprehensive 3D SR, got SOP class {sr.SOPClassUID}")
 
-    def has_3d(items: DicomSequence) -> bool:
+    def has_3d(items: Iterable[Dataset]) -> bool:
         return any(i.ValueType == "SCOORD3D" or has_3d(getattr(i, "ContentSequence", [])) for i in items)
 
     if has_3d(sr.ContentSequence):

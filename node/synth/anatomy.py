@@ -137,7 +137,12 @@ class HeartModel:
     rv_base_z: float
 
     def myocardial_activity(
-        self, z: np.ndarray, r: np.ndarray, psi: np.ndarray, geom: LVGeometry, weights=None
+        self,
+        z: np.ndarray,
+        r: np.ndarray,
+        psi: np.ndarray,
+        geom: LVGeometry,
+        weights: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Activity of myocardial points (caller ensures they are in the myocardium)."""
         a, A = geom.radii_at(psi, weights)
@@ -159,7 +164,7 @@ class HeartModel:
         r: np.ndarray,
         psi: np.ndarray,
         geom: LVGeometry,
-        weights=None,
+        weights: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         rv_quadrics: tuple[np.ndarray, np.ndarray] | None = None,
         base_ramp_mm: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,7 +196,7 @@ class HeartModel:
         lv_activity = np.zeros(z.shape)
         lv_activity[in_endo] = self.uptake.blood
         idx = np.nonzero(myo)
-        sub_weights = tuple(w[idx] for w in weights)
+        sub_weights = (weights[0][idx], weights[1][idx], weights[2][idx])
         lv_activity[idx] = self.myocardial_activity(z[idx], r[idx], psi[idx], geom, sub_weights)
         lv_weight = np.where(in_epi, base_weight, 0.0)
         # right ventricle: ellipsoidal shell outside the LV, truncated at the base plane
@@ -224,7 +229,7 @@ class TorsoModel:
     def evaluate_components(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Activity at patient points given as separate (broadcastable) x, y, z arrays in mm."""
 
-        def inside(centre, axes) -> np.ndarray:
+        def inside(centre: tuple[float, float, float], axes: tuple[float, float, float]) -> np.ndarray:
             return ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + ((z - centre[2]) / axes[2]) ** 2 <= 1.0
 
         bx, by = self.body_semi_axes_xy

@@ -253,7 +253,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "f":
             rounded = np.round(value, 5)
-            return np.where(np.isfinite(rounded), rounded, None).tolist()
+            return np.where(np.isfinite(rounded), rounded, np.array(None, dtype=object)).tolist()
         return value.tolist()
     if isinstance(value, (np.floating, np.integer)):
         return value.item()

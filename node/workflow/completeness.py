@@ -152,10 +152,11 @@ class Assembler:
         created = 0
         for study in self.ledger.studies.to_examine():
             try:
+                current: Study | None = study
                 if study.state == "receiving":
-                    study = self._examine(study, now or utcnow())
-                if study is not None and study.state == "complete":
-                    created += self._start_run(study)
+                    current = self._examine(study, now or utcnow())
+                if current is not None and current.state == "complete":
+                    created += self._start_run(current)
             except LedgerError as exc:  # another actor moved the study meanwhile; look again next tick
                 _log.info("study %s changed while examined: %s", hash_identifier(study.study_uid), exc)
         return created

@@ -164,7 +164,7 @@ def test_lortie_k1_anchors_and_inverse() -> None:
     np.testing.assert_allclose(K.lortie_mbf(K.lortie_k1(flows)), flows, rtol=1e-12)
     for f in (0.05, 0.7, 6.0):  # a bracketing root search agrees
         k1 = float(K.lortie_k1(f))
-        ref = optimize.brentq(lambda x: x * (1 - 0.77 * math.exp(-0.63 / x)) - k1, 1e-3, 20.0, xtol=1e-14)
+        ref = optimize.brentq(lambda x, k1=k1: x * (1 - 0.77 * math.exp(-0.63 / x)) - k1, 1e-3, 20.0, xtol=1e-14)
         assert abs(float(K.lortie_mbf(k1)) - ref) < 1e-10
     assert float(K.lortie_mbf(0.0)) == 0.0 and np.isnan(K.lortie_mbf(np.nan))
     model = K.Rb82Lortie()
@@ -291,8 +291,8 @@ def test_frame_mean_input_limit_for_nh3_and_water(model, short_frames, seed) -> 
     err = fit.segment_mbf_ml_per_min_per_g / study.truth.mbf_ml_per_min_per_g - 1
     assert np.abs(err).max() <= 0.01, (seed, err)
     # clinical schedule (10 s / 5 s first frames): the frame-averaged bolus limits high F. Measured
-    # over 40 random input shapes (bench part A): NH3 <= 1 % up to F = 3, <= 2.3 % at F = 5; water
-    # <= 1 % up to F = 1, up to ~10 % at F = 5 with the narrowest boluses (beta = 2 s).
+    # over 40 random input shapes and the corners of the shape ranges (bench part A): NH3 <= 1 %
+    # up to F = 3 and <= 1.5 % at F = 5; water <= 1 % up to F = 1 and <= 5 % at F = 5.
     study = tac.make_tac_study(model, _flows17(), rng, noise_level=0.0)
     fit = K.fit_segments(model, study.schedule, study.blood_bq_per_ml, study.segment_tacs_bq_per_ml,
                          fit_regional_tacs=False)
@@ -300,7 +300,7 @@ def test_frame_mean_input_limit_for_nh3_and_water(model, short_frames, seed) -> 
     water = isinstance(model, K.H2OIida)
     low = study.truth.mbf_ml_per_min_per_g <= (1.0 if water else 3.0)
     assert np.abs(err[low]).max() <= 0.01, (seed, err)
-    assert np.abs(err).max() <= (0.12 if water else 0.03), (seed, err)
+    assert np.abs(err).max() <= (0.08 if water else 0.025), (seed, err)
 
 
 def test_decay_uncorrected_frames_give_the_same_mbf(seed) -> None:
@@ -314,6 +314,10 @@ def test_decay_uncorrected_frames_give_the_same_mbf(seed) -> None:
     a = K.fit_segments(model, corrected.schedule, corrected.blood_bq_per_ml, corrected.segment_tacs_bq_per_ml)
     b = K.fit_segments(model, raw.schedule, raw.blood_bq_per_ml, raw.segment_tacs_bq_per_ml, decay_corrected=False)
     np.testing.assert_allclose(b.segment_mbf_ml_per_min_per_g, a.segment_mbf_ml_per_min_per_g, rtol=1e-6)
+    bf_a = K.basis_function_map(model, corrected.schedule, corrected.blood_bq_per_ml, corrected.segment_tacs_bq_per_ml)
+    bf_b = K.basis_function_map(model, raw.schedule, raw.blood_bq_per_ml, raw.segment_tacs_bq_per_ml,
+                                decay_corrected=False)
+    np.testing.assert_allclose(bf_b.mbf_ml_per_min_per_g, bf_a.mbf_ml_per_min_per_g, rtol=1e-6)
     # treating uncorrected Rb-82 data as corrected is a gross error, not a rounding
     c = K.fit_segments(model, raw.schedule, raw.blood_bq_per_ml, raw.segment_tacs_bq_per_ml, fit_regional_tacs=False)
     assert np.max(np.abs(c.segment_mbf_ml_per_min_per_g / mbf - 1)) > 0.05

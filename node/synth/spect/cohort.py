@@ -384,7 +384,7 @@ def make_cad_cohort(n: int, split: str = "train", seed: int = 0, normals_only: b
     )
 
 
-def single_territory_case(territory: str, seed: int, depth: float = 0.5, tracer: str = "tc99m") -> dict[str, np.ndarray]:
+def single_territory_case(territory: str, seed: int, depth: float = 0.5, tracer: str = "tc99m") -> dict[str, np.ndarray | float]:
     """One patient with a single-territory stress defect and no attenuation artefact.
 
     Returns maps ``stress_perfusion``, ``stress_motion``, ``stress_thickening``,

@@ -17,6 +17,7 @@ import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -53,7 +54,7 @@ def save_datasets(datasets: Sequence[Dataset], truth: dict, folder: Path) -> lis
 
 
 def send_datasets(
-    datasets: Sequence[Dataset], host: str, port: int, called_aet: str, calling_aet: str, out=sys.stdout
+    datasets: Sequence[Dataset], host: str, port: int, called_aet: str, calling_aet: str, out: TextIO = sys.stdout
 ) -> int:
     """C-STORE ``datasets`` over one association; returns the number of failed stores (-1: no association)."""
     from pynetdicom import AE

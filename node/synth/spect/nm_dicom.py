@@ -31,7 +31,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from node import RESEARCH_USE_NOTICE, __version__
 from node.imaging.radiopharmaceuticals import TRACERS
@@ -146,10 +146,10 @@ def build_nm_dataset(
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = NM_IMAGE_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = series.sop_instance_uid
+    ds.file_meta.MediaStorageSOPClassUID = UID(NM_IMAGE_STORAGE)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(series.sop_instance_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"  # pydicom's root (implementation id)
+    ds.file_meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.8.498.1")  # pydicom's root (implementation id)
     ds.file_meta.ImplementationVersionName = f"CARDIONODE_{__version__}"[:16]
 
     # SOP common

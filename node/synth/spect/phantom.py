@@ -120,7 +120,7 @@ def territory_defect(
     key = {t.lower(): t for t in TERRITORY_SEGMENTS}.get(territory.lower())
     if key is None:
         raise ValueError(f"territory must be one of {sorted(TERRITORY_SEGMENTS)}, got {territory!r}")
-    allowed = set()
+    allowed: set[int] = set()
     for ring in rings:
         if ring not in RINGS:
             raise ValueError(f"ring must be one of {sorted(RINGS)}, got {ring!r}")
@@ -543,6 +543,8 @@ def _make_truth(
     gate_volumes = np.array([g.cavity_volume_ml for g in geometries])
     gate_maps = sample_phase = phase_stats = count_phase = count_stats = None
     if spec.n_gates:
+        if gated_expected is None:
+            raise ValueError("the truth of a gated phantom needs its gated expected counts")
         edv, esv = float(gate_volumes.max()), float(gate_volumes.min())
         gate_maps = np.stack(
             [sample_max_along_normals(gated_expected[k], affine, frame, g, grid) for k, g in enumerate(geometries)]

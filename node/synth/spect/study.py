@@ -169,7 +169,7 @@ def _spec_doc(study: StudyPhantom) -> dict[str, Any]:
         "extracardiac": spec.extracardiac,
         "attenuation_depth": spec.attenuation_depth,
         "attenuation_centre_jitter_deg": spec.attenuation_centre_jitter_deg,
-        "phase_delays": [vars(d) if hasattr(d, "__dict__") else list(d) for d in spec.phase_delays],
+        "phase_delays": [vars(d) for d in spec.phase_delays],
         "phase_jitter_sd_deg": spec.phase_jitter_sd_deg,
         "waveform": spec.waveform,
         "es_fraction": spec.es_fraction,
