@@ -44,8 +44,7 @@ if "--all-cores" not in sys.argv:  # single-threaded numerical libraries before 
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from node.imaging.volume import FrameSchedule  # noqa: E402
 from node.quant import kinetics as K  # noqa: E402
 from node.synth.pet import tac  # noqa: E402
 
@@ -97,7 +96,7 @@ def part_a(seed: int, shapes: int, tracers: list[str]) -> dict:
         variants = list(tac.FRAME_SCHEDULES[tac._tracer_key(model)])
         cases = [("exact input", "default", None, True)] + [(f"frame means, {v}", v, None, False) for v in variants]
         if key in SHORT_FRAMES:
-            cases.append(("frame means, short first frames", None, K.FrameSchedule.from_durations(SHORT_FRAMES[key]), False))
+            cases.append(("frame means, short first frames", None, FrameSchedule.from_durations(SHORT_FRAMES[key]), False))
         for label, variant, schedule, exact in cases:
             errs = []
             for rng in _rngs(seed, shapes):

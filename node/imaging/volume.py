@@ -17,27 +17,99 @@ patient frame (LPS: +x patient left, +y posterior, +z superior)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["FrameAxis", "Volume"]
+__all__ = ["FrameAxis", "FrameSchedule", "Volume"]
+
+
+@dataclass(frozen=True, eq=False)
+class FrameSchedule:
+    """Timing of the frames of a dynamic series (PET): the one description of timed frames.
+
+    Parameters
+    ----------
+    start_s : array [frames]
+        Frame start in seconds after time zero (injection / scan start), increasing.
+    duration_s : array [frames]
+        Frame duration in seconds (> 0). Frames may leave gaps but must not overlap.
+    """
+
+    start_s: np.ndarray
+    duration_s: np.ndarray
+
+    def __post_init__(self) -> None:
+        start = np.asarray(self.start_s, dtype=float).reshape(-1)
+        duration = np.asarray(self.duration_s, dtype=float).reshape(-1)
+        if start.shape != duration.shape or start.size == 0:
+            raise ValueError("start_s and duration_s must be non-empty and of equal length")
+        if not (np.all(np.isfinite(start)) and np.all(np.isfinite(duration))):
+            raise ValueError("frame times must be finite")
+        if np.any(duration <= 0) or np.any(start < 0):
+            raise ValueError("frame durations must be > 0 s and starts >= 0 s")
+        if np.any(start[1:] < start[:-1] + duration[:-1] - 1e-6):
+            raise ValueError("frames must be in time order and must not overlap")
+        object.__setattr__(self, "start_s", start)
+        object.__setattr__(self, "duration_s", duration)
+
+    @classmethod
+    def from_durations(cls, durations_s: Sequence[float] | Sequence[tuple[int, float]],
+                       start_s: float = 0.0) -> FrameSchedule:
+        """Contiguous frames from durations, e.g. ``[(12, 10), (2, 30), (1, 60), (1, 120)]``."""
+        flat: list[float] = []
+        for item in durations_s:
+            if isinstance(item, tuple):
+                count, duration = item
+                flat.extend([float(duration)] * int(count))
+            else:
+                flat.append(float(item))
+        durations = np.asarray(flat, dtype=float)
+        starts = start_s + np.concatenate([[0.0], np.cumsum(durations)[:-1]])
+        return cls(starts, durations)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.start_s.size)
+
+    @property
+    def end_s(self) -> np.ndarray:
+        return self.start_s + self.duration_s
+
+    @property
+    def mid_s(self) -> np.ndarray:
+        return self.start_s + 0.5 * self.duration_s
+
+    def mean_decay_factor(self, decay_constant_per_s: float) -> np.ndarray:
+        """``D_i = (1/duration) int exp(-lambda t) dt`` over each frame (relative to time zero)."""
+        lam = float(decay_constant_per_s)
+        if lam == 0.0:
+            return np.ones(self.n_frames)
+        x = lam * self.duration_s
+        return np.exp(-lam * self.start_s) * (-np.expm1(-x)) / x
+
+    def within(self, end_s: float) -> np.ndarray:
+        """Boolean mask of the frames that end no later than ``end_s`` (a fit window)."""
+        return self.end_s <= end_s + 1e-6
+
+    def subset(self, mask: np.ndarray) -> FrameSchedule:
+        return FrameSchedule(self.start_s[mask], self.duration_s[mask])
 
 
 @dataclass(frozen=True)
 class FrameAxis:
     """What axis 0 of a 4-D volume holds: ``n`` cardiac gates, or ``n`` timed dynamic frames.
 
-    ``start_s`` and ``duration_s`` (``n`` each, seconds from the acquisition start) are set
-    for dynamic frames only: in time order, not overlapping (gaps allowed), durations > 0.
-    Build one with :meth:`gates` or :meth:`dynamic`.
+    ``schedule`` (:class:`FrameSchedule`: start times and durations in seconds from the
+    acquisition start) is set for dynamic frames only. Build one with :meth:`gates` or
+    :meth:`dynamic`.
     """
 
     kind: Literal["gates", "dynamic"]
     n: int
-    start_s: tuple[float, ...] = ()
-    duration_s: tuple[float, ...] = ()
+    schedule: FrameSchedule | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("gates", "dynamic"):
@@ -45,21 +117,12 @@ class FrameAxis:
         if self.n < 1:
             raise ValueError(f"a frame axis needs at least one frame, got {self.n}")
         if self.kind == "gates":
-            if self.start_s or self.duration_s:
+            if self.schedule is not None:
                 raise ValueError("gates have no frame times (they are fractions of one R-R interval)")
             return
-        if len(self.start_s) != self.n or len(self.duration_s) != self.n:
-            raise ValueError(
-                f"{self.n} dynamic frames need {self.n} start times and durations, "
-                f"got {len(self.start_s)} and {len(self.duration_s)}"
-            )
-        start, duration = np.asarray(self.start_s), np.asarray(self.duration_s)
-        if not (np.all(np.isfinite(start)) and np.all(np.isfinite(duration))):
-            raise ValueError("dynamic frame times must be finite")
-        if np.any(duration <= 0) or np.any(start < 0):
-            raise ValueError("dynamic frames need positive durations and start times >= 0 s")
-        if np.any(start[1:] < start[:-1] + duration[:-1] - 1e-6):
-            raise ValueError("dynamic frames must be in time order and must not overlap")
+        if self.schedule is None or self.schedule.n_frames != self.n:
+            got = "none" if self.schedule is None else str(self.schedule.n_frames)
+            raise ValueError(f"{self.n} dynamic frames need {self.n} start times and durations, got {got}")
 
     @classmethod
     def gates(cls, n: int) -> FrameAxis:
@@ -69,16 +132,15 @@ class FrameAxis:
     @classmethod
     def dynamic(cls, start_s: np.ndarray | list[float], duration_s: np.ndarray | list[float]) -> FrameAxis:
         """Timed frames: start times and durations in seconds from the acquisition start."""
-        start = tuple(float(t) for t in np.ravel(start_s))
-        duration = tuple(float(d) for d in np.ravel(duration_s))
-        return cls("dynamic", len(start), start, duration)
+        schedule = FrameSchedule(np.asarray(start_s, dtype=float), np.asarray(duration_s, dtype=float))
+        return cls("dynamic", schedule.n_frames, schedule)
 
     @property
     def mid_s(self) -> np.ndarray:
         """Mid-frame times ``[n]`` in seconds from the acquisition start (dynamic frames only)."""
-        if self.kind != "dynamic":
+        if self.schedule is None:
             raise ValueError("gates have no frame times")
-        return np.asarray(self.start_s) + 0.5 * np.asarray(self.duration_s)
+        return self.schedule.mid_s
 
 
 @dataclass(frozen=True, eq=False)

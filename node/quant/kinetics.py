@@ -110,6 +110,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from scipy import optimize, signal, sparse
 
+from node.imaging.volume import FrameSchedule
 from node.quant.segments import N_SEGMENTS, TERRITORY_SEGMENTS
 
 __all__ = [
@@ -119,7 +120,6 @@ __all__ = [
     "RB82",
     "N13_AMMONIA",
     "O15_WATER",
-    "FrameSchedule",
     "SampledInput",
     "lortie_k1",
     "lortie_mbf",
@@ -198,78 +198,6 @@ RB82 = Tracer("Rb-82", 75.45)
 N13_AMMONIA = Tracer("N-13 ammonia", 597.9)
 #: O-15 water, T1/2 122.24 s.
 O15_WATER = Tracer("O-15 water", 122.24)
-
-
-@dataclass(frozen=True, eq=False)
-class FrameSchedule:
-    """Timing of the frames of a dynamic series.
-
-    Parameters
-    ----------
-    start_s : array [frames]
-        Frame start in seconds after time zero (injection / scan start), increasing.
-    duration_s : array [frames]
-        Frame duration in seconds (> 0). Frames may leave gaps but must not overlap.
-    """
-
-    start_s: np.ndarray
-    duration_s: np.ndarray
-
-    def __post_init__(self) -> None:
-        start = np.asarray(self.start_s, dtype=float).reshape(-1)
-        duration = np.asarray(self.duration_s, dtype=float).reshape(-1)
-        if start.shape != duration.shape or start.size == 0:
-            raise ValueError("start_s and duration_s must be non-empty and of equal length")
-        if not (np.all(np.isfinite(start)) and np.all(np.isfinite(duration))):
-            raise ValueError("frame times must be finite")
-        if np.any(duration <= 0) or np.any(start < 0):
-            raise ValueError("frame durations must be > 0 s and starts >= 0 s")
-        if np.any(start[1:] < start[:-1] + duration[:-1] - 1e-6):
-            raise ValueError("frames must be in time order and must not overlap")
-        object.__setattr__(self, "start_s", start)
-        object.__setattr__(self, "duration_s", duration)
-
-    @classmethod
-    def from_durations(cls, durations_s: Sequence[float] | Sequence[tuple[int, float]],
-                       start_s: float = 0.0) -> FrameSchedule:
-        """Contiguous frames from durations, e.g. ``[(12, 10), (2, 30), (1, 60), (1, 120)]``."""
-        flat: list[float] = []
-        for item in durations_s:
-            if isinstance(item, tuple):
-                count, duration = item
-                flat.extend([float(duration)] * int(count))
-            else:
-                flat.append(float(item))
-        durations = np.asarray(flat, dtype=float)
-        starts = start_s + np.concatenate([[0.0], np.cumsum(durations)[:-1]])
-        return cls(starts, durations)
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.start_s.size)
-
-    @property
-    def end_s(self) -> np.ndarray:
-        return self.start_s + self.duration_s
-
-    @property
-    def mid_s(self) -> np.ndarray:
-        return self.start_s + 0.5 * self.duration_s
-
-    def mean_decay_factor(self, decay_constant_per_s: float) -> np.ndarray:
-        """``D_i = (1/duration) int exp(-lambda t) dt`` over each frame (relative to time zero)."""
-        lam = float(decay_constant_per_s)
-        if lam == 0.0:
-            return np.ones(self.n_frames)
-        x = lam * self.duration_s
-        return np.exp(-lam * self.start_s) * (-np.expm1(-x)) / x
-
-    def within(self, end_s: float) -> np.ndarray:
-        """Boolean mask of the frames that end no later than ``end_s`` (a fit window)."""
-        return self.end_s <= end_s + 1e-6
-
-    def subset(self, mask: np.ndarray) -> FrameSchedule:
-        return FrameSchedule(self.start_s[mask], self.duration_s[mask])
 
 
 @dataclass(frozen=True, eq=False)

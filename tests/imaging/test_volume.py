@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.imaging.volume import FrameAxis, Volume
+from node.imaging.volume import FrameAxis, FrameSchedule, Volume
 
 
 def test_a_4d_volume_knows_what_its_frames_are() -> None:
@@ -31,12 +31,12 @@ def test_frame_axes_that_contradict_the_voxels_are_refused() -> None:
     with pytest.raises(ValueError, match="3D"):
         Volume(np.ones((4, 5, 6)), affine, FrameAxis.gates(4))
     with pytest.raises(ValueError, match="start times"):
-        FrameAxis("dynamic", 3, (0.0, 10.0), (10.0, 10.0))
-    with pytest.raises(ValueError, match="positive durations"):
+        FrameAxis("dynamic", 3, FrameSchedule(np.array([0.0, 10.0]), np.array([10.0, 10.0])))
+    with pytest.raises(ValueError, match="durations must be > 0"):
         FrameAxis.dynamic([0.0, 10.0], [10.0, 0.0])
     with pytest.raises(ValueError, match="time order"):
         FrameAxis.dynamic([0.0, 5.0], [10.0, 10.0])
     with pytest.raises(ValueError, match="no frame times"):
-        FrameAxis("gates", 2, (0.0, 1.0), (1.0, 1.0))
+        FrameAxis("gates", 2, FrameSchedule(np.array([0.0, 1.0]), np.array([1.0, 1.0])))
     with pytest.raises(ValueError, match="no frame times"):
         _ = FrameAxis.gates(8).mid_s

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize
 
+from node.imaging.volume import FrameSchedule
 from node.quant import kinetics as K
 from node.quant.segments import TERRITORY_SEGMENTS
 from node.synth.pet import tac
@@ -104,7 +105,7 @@ def _sampled(f: ExpSum, end_s: float, dt: float = 0.02) -> K.SampledInput:
     return K.SampledInput(t, f(t))
 
 
-def _closed_form(model: K.KineticModel, params: dict[str, float], schedule: K.FrameSchedule, corrected: bool) -> np.ndarray:
+def _closed_form(model: K.KineticModel, params: dict[str, float], schedule: FrameSchedule, corrected: bool) -> np.ndarray:
     lam = math.log(2) / model.half_life_s
     s, e = schedule.start_s, schedule.end_s
     blood = BOLUS.frame_values(s, e, lam, corrected)
@@ -132,7 +133,7 @@ def _closed_form(model: K.KineticModel, params: dict[str, float], schedule: K.Fr
     raise AssertionError(model)
 
 
-def _ode_degrado(params: dict[str, float], schedule: K.FrameSchedule, half_life_s: float) -> np.ndarray:
+def _ode_degrado(params: dict[str, float], schedule: FrameSchedule, half_life_s: float) -> np.ndarray:
     """DeGrado by an ODE solver: dC/dt = F C_LV(t) (1 - 0.077 t/60) - k2 C, frames by quadrature."""
     f = params["mbf_ml_per_min_per_g"] / 60.0
     k2 = params["k2_per_min"] / 60.0
@@ -284,7 +285,7 @@ def test_rb82_noise_free_recovery_from_frame_means_within_1_percent(variant, mod
 def test_frame_mean_input_limit_for_nh3_and_water(model, short_frames, seed) -> None:
     """With 5 s (NH3) / 2 s (water) first frames the 1 % holds; the clinical schedule's limit is measured."""
     rng = np.random.default_rng(seed)
-    fast = K.FrameSchedule.from_durations(short_frames)
+    fast = FrameSchedule.from_durations(short_frames)
     study = tac.make_tac_study(model, _flows17(), rng, noise_level=0.0, schedule=fast)
     fit = K.fit_segments(model, study.schedule, study.blood_bq_per_ml, study.segment_tacs_bq_per_ml,
                          fit_regional_tacs=False)
@@ -393,9 +394,9 @@ def test_segment_fit_result_and_flow_reserve(seed) -> None:
 
 def test_invalid_inputs_are_refused() -> None:
     with pytest.raises(ValueError):
-        K.FrameSchedule(np.array([0.0, 5.0]), np.array([10.0, 10.0]))  # overlap
+        FrameSchedule(np.array([0.0, 5.0]), np.array([10.0, 10.0]))  # overlap
     with pytest.raises(ValueError):
-        K.FrameSchedule(np.array([0.0]), np.array([0.0]))
+        FrameSchedule(np.array([0.0]), np.array([0.0]))
     schedule = tac.frame_schedule("Rb-82")
     model = K.Rb82Lortie()
     with pytest.raises(ValueError):

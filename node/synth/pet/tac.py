@@ -49,10 +49,10 @@ from typing import Any
 
 import numpy as np
 
+from node.imaging.volume import FrameSchedule
 from node.quant.kinetics import (
     NH3UCLA,
     SEPTAL_SEGMENTS,
-    FrameSchedule,
     H2OIida,
     KineticModel,
     NH3DeGrado,
