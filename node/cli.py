@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="configuration tools")
     p.add_argument("action", choices=["check"], help="check: print the effective configuration and its problems")
 
-    sub.add_parser("status", help="list studies, jobs and sends with their states and reasons")
+    p = sub.add_parser("status", help="list studies, jobs and sends with their states and reasons")
+    p.add_argument("--peer-text", action="store_true",
+                   help="also show what destinations said about failed sends (patient identifiers replaced; audited)")
     p = sub.add_parser("retry", help="run a failed or dead-lettered job again")
     p.add_argument("job", help="job id, as shown by `cardionode status`")
     p = sub.add_parser("discard", help="stop working on a job and mark it discarded")

@@ -40,6 +40,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
@@ -57,6 +58,7 @@ __all__ = [
     "Destination",
     "CompletenessRule",
     "TLSSettings",
+    "RedisTLSSettings",
     "WorkerSpec",
     "SendRetry",
     "OutputOptions",
@@ -65,6 +67,7 @@ __all__ = [
     "load_settings",
     "ae_title_problem",
     "config_main",
+    "redact_url",
 ]
 
 #: environment variable naming the TOML file when ``--config`` is not given
@@ -176,6 +179,23 @@ class TLSSettings(_Model):
         return self.cert is not None and self.key is not None
 
 
+class RedisTLSSettings(_Model):
+    """TLS to Redis, for every ``rediss://`` URL (broker, result backend, artifact store).
+
+    The server's certificate is always verified: against ``ca`` (a PEM file of the CA
+    that signed it) or, when ``ca`` is unset, the system's CAs; with ``check_hostname``
+    it must also name the URL's host. ``cert``/``key`` are the client certificate and key
+    the node and its workers present to a Redis with ``tls-auth-clients yes``. The
+    password goes in the URL (``rediss://:PASSWORD@host:6379/0``, or ``USER:PASSWORD``
+    for a Redis ACL user), best through ``CARDIONODE_BROKER_URL`` rather than the file.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    check_hostname: bool = True
+
+
 class OutputOptions(_Model):
     """Which result objects a pipeline run makes besides its SR and bull's-eye SC images.
 
@@ -215,7 +235,26 @@ class Settings(BaseSettings):
     )
     max_associations: int = 10
     disk_watermark_mb: float = Field(default=500.0, description="refuse new associations when free space in data_dir is below this (MiB)")
-    acse_timeout_s: float = 30.0
+    max_instance_mb: float = Field(
+        default=512.0,
+        description="largest data set stored (MiB), as received and, for Deflated Explicit VR Little Endian, once inflated; larger: 0xC002",
+    )
+    max_inflight_mb: float = Field(
+        default=256.0, description="memory (MiB) all associations together may use to parse received data sets (node.dicom.intake)"
+    )
+    inflight_wait_s: float = Field(
+        default=10.0, description="how long an instance waits for its share of max_inflight_mb before it is refused 0xA700 (busy)"
+    )
+    acse_timeout_s: float = Field(
+        default=10.0,
+        description="ARTIM: seconds from a connection (after TLS) until its whole A-ASSOCIATE-RQ has arrived; also the wait for a release to end",
+    )
+    tls_handshake_timeout_s: float = Field(default=10.0, description="seconds a peer has to complete the TLS handshake")
+    pdu_timeout_s: float = Field(
+        default=30.0,
+        description="seconds a peer has to send one PDU from its first byte (at most the maximum PDU size, 1 MiB); "
+        "the idle time between PDUs is network_timeout_s, so a long transfer is not limited",
+    )
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     durable_writes: bool = Field(default=True, description="fsync every spooled instance before answering Success")
@@ -230,6 +269,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # default sqla+sqlite:///<data_dir>/broker.sqlite
     result_backend: str | None = None  # default db+sqlite:///<data_dir>/results.sqlite
     artifact_store: str | None = None  # default <data_dir>/artifacts (a directory); or redis://...
+    redis_tls: RedisTLSSettings = Field(default_factory=RedisTLSSettings)
 
     # -- processing
     completeness: dict[str, CompletenessRule] = Field(default_factory=_default_completeness)
@@ -294,6 +334,11 @@ class Settings(BaseSettings):
     def audit_log_path(self) -> Path:
         """Append-only JSON-lines audit log."""
         return self.data_dir / "audit" / "audit.jsonl"
+
+    @property
+    def refusal_counts_path(self) -> Path:
+        """The listener's refusals by reason since it started (JSON, node.dicom.refusals), read by ``status``."""
+        return self.data_dir / "listener" / "refusals.json"
 
     @property
     def effective_ledger_url(self) -> str:
@@ -368,8 +413,10 @@ class Settings(BaseSettings):
         out += _destination_problems(self.destinations)
         out += _tls_problems(self.tls, bool(any(d.tls for d in self.destinations)))
         out += _storage_problems(self)
+        out += _intake_limit_problems(self)
         out += _completeness_problems(self.completeness)
         out += _queue_problems(self)
+        out += _redis_problems(self)
         out += _processing_problems(self)
         return out
 
@@ -387,6 +434,7 @@ class Settings(BaseSettings):
             out.append(f"listening on {self.bind_address} without TLS")
         if not self.durable_writes:
             out.append("durable_writes is off: an acknowledged instance may be lost on power failure")
+        out += _redis_warnings(self)
         if os.environ.get("CARDIONODE_TEMPLATES"):
             out.append("CARDIONODE_TEMPLATES is no longer read: set CARDIONODE_TEMPLATES_DIR (setting templates_dir)")
         return out
@@ -395,23 +443,34 @@ class Settings(BaseSettings):
         """The effective configuration as plain data, passwords in URLs hidden."""
         data = self.model_dump(mode="json")
         data["device_uid"] = self.device_uid or "(generated, kept in data_dir/device_uid)"
-        data["ledger_url"] = _hide_password(self.effective_ledger_url)
-        data["broker_url"] = _hide_password(self.effective_broker_url)
-        data["result_backend"] = _hide_password(self.effective_result_backend)
-        data["artifact_store"] = _hide_password(self.effective_artifact_store)
+        data["ledger_url"] = redact_url(self.effective_ledger_url)
+        data["broker_url"] = redact_url(self.effective_broker_url)
+        data["result_backend"] = redact_url(self.effective_result_backend)
+        data["artifact_store"] = redact_url(self.effective_artifact_store)
         data["spool_dir"] = str(self.spool_dir)
         data["outbox_dir"] = str(self.outbox_dir)
         data["audit_log"] = str(self.audit_log_path)
         return data
 
 
-def _hide_password(url: str) -> str:
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        if ":" in creds:
-            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
+def redact_url(url: str) -> str:
+    """``url`` without secrets, for logs and messages: a password becomes ``***`` (a user name stays),
+    a lone credential (``redis://SECRET@host``) and a ``password=`` query value too. A URL that cannot
+    be parsed is not shown at all."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    shown = url
+    if "@" in parts.netloc:
+        credentials, host = parts.netloc.rsplit("@", 1)
+        hidden = f"{credentials.split(':', 1)[0]}:***@{host}" if ":" in credentials else f"***@{host}"
+        shown = shown.replace(parts.netloc, hidden, 1)
+    if parts.query:
+        query = "&".join(f"{item.split('=', 1)[0]}=***" if item.split("=", 1)[0].lower() == "password" else item
+                         for item in parts.query.split("&"))
+        shown = shown.replace(f"?{parts.query}", f"?{query}", 1)
+    return shown
 
 
 def _port_problem(port: int, where: str) -> str | None:
@@ -430,7 +489,7 @@ def _listener_problems(s: Settings) -> list[str]:
         out.append(f"max_associations is {s.max_associations}; it must be at least 1")
     if s.disk_watermark_mb < 0:
         out.append(f"disk_watermark_mb is {s.disk_watermark_mb}; it must be 0 or more (MiB)")
-    for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
+    for name in ("acse_timeout_s", "tls_handshake_timeout_s", "pdu_timeout_s", "dimse_timeout_s", "network_timeout_s"):
         if getattr(s, name) <= 0:
             out.append(f"{name} must be more than 0 seconds")
     if s.device_uid is not None and not is_valid_uid(s.device_uid):
@@ -541,7 +600,19 @@ def _storage_problems(s: Settings) -> list[str]:
         ("result_backend", s.effective_result_backend, ("db+", "redis://", "rediss://", "rpc://")),
     ):
         if not url.startswith(ok):
-            out.append(f"{name} {_hide_password(url)!r} is not supported; use one starting with {' or '.join(ok)}")
+            out.append(f"{name} {redact_url(url)!r} is not supported; use one starting with {' or '.join(ok)}")
+    return out
+
+
+def _intake_limit_problems(s: Settings) -> list[str]:
+    """Problems of the limits on received data sets (max_instance_mb, max_inflight_mb, inflight_wait_s)."""
+    out: list[str] = []
+    if s.max_instance_mb <= 0:
+        out.append(f"max_instance_mb is {s.max_instance_mb:g}; it must be more than 0 (MiB)")
+    if s.max_inflight_mb < 8:
+        out.append(f"max_inflight_mb is {s.max_inflight_mb:g}; it must be at least 8 (MiB) so that an ordinary instance can be parsed")
+    if s.inflight_wait_s < 0:
+        out.append(f"inflight_wait_s is {s.inflight_wait_s:g}; it must be 0 or more seconds")
     return out
 
 
@@ -580,6 +651,84 @@ def _queue_problems(s: Settings) -> list[str]:
         out.append(f"send_retry: need 0 < initial_s <= max_s (got {r.initial_s:g} and {r.max_s:g} s)")
     if r.max_attempts < 1:
         out.append(f"send_retry.max_attempts is {r.max_attempts}; it must be at least 1")
+    return out
+
+
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# ssl_cert_reqs values that turn off the verification of the server's certificate
+_UNVERIFIED = ("none", "cert_none", "optional", "cert_optional")
+
+
+def _redis_urls(s: Settings) -> dict[str, list[str]]:
+    """The Redis URLs of the broker, result backend and artifact store, each with the settings that use it."""
+    urls: dict[str, list[str]] = {}
+    for name, url in (("broker_url", s.effective_broker_url), ("result_backend", s.effective_result_backend),
+                      ("artifact_store", s.effective_artifact_store)):
+        if url.startswith(("redis://", "rediss://")):
+            urls.setdefault(url, []).append(name)
+    return urls
+
+
+def _redis_problems(s: Settings) -> list[str]:
+    """Redis URLs that cannot work (host, port, database, certificate checks turned off) and redis_tls files."""
+    out: list[str] = []
+    for url, names in _redis_urls(s).items():
+        where = f"{' and '.join(names)} {redact_url(url)}"
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (parsing the port raises ValueError when it is not a number in range)
+        except ValueError as exc:
+            out.append(f"{where}: not a valid Redis URL ({exc}); use redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]")
+            continue
+        if not parts.hostname:
+            out.append(f"{where}: no host; use redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]")
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            out.append(f"{where}: the database {database!r} must be a number (e.g. /0)")
+        query = {k.lower(): v for k, v in parse_qs(parts.query).items()}
+        if any(v.lower() in _UNVERIFIED for v in query.get("ssl_cert_reqs", [])):
+            out.append(f"{where}: ssl_cert_reqs turns off the check of the Redis server's certificate; remove it "
+                       "(the node always verifies) and set redis_tls.ca to the CA that signed the server's certificate")
+        if parts.scheme == "redis" and any(k.startswith("ssl") for k in query):
+            out.append(f"{where}: TLS options on a plain redis:// URL; use rediss:// and the redis_tls settings")
+    tls = s.redis_tls
+    if (tls.cert is None) != (tls.key is None):
+        out.append("redis_tls: set both redis_tls.cert and redis_tls.key (PEM files), or neither")
+    files = [_readable_file_problem(path, f"redis_tls.{what}") for path, what in
+             ((tls.ca, "ca"), (tls.cert, "cert"), (tls.key, "key"))]
+    out += [p for p in files if p]
+    if not any(files):
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+            if tls.cert is not None and tls.key is not None:
+                context.load_cert_chain(str(tls.cert), str(tls.key))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            out.append(f"redis_tls: the CA file, certificate or key cannot be loaded ({exc})")
+    return out
+
+
+def _redis_warnings(s: Settings) -> list[str]:
+    """Redis set-ups that work but expose the queue: no password, or no TLS off this machine."""
+    out: list[str] = []
+    urls = _redis_urls(s)
+    for url, names in urls.items():
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            continue  # a problem already
+        if (parts.hostname or "") in _LOOPBACK_HOSTS:
+            continue
+        where = f"{' and '.join(names)} {redact_url(url)}"
+        if parts.password is None and "password" not in parts.query.lower():
+            out.append(f"{where} has no password: anyone who reaches that Redis can read and change the node's "
+                       "queue, results and artifacts; set one in Redis (requirepass or an ACL user) and in the URL")
+        if parts.scheme == "redis":
+            out.append(f"{where} is not encrypted: the password and study data cross the network in clear; "
+                       "use rediss:// (TLS) with redis_tls.ca")
+    if (s.redis_tls.ca or s.redis_tls.cert) and not any(u.startswith("rediss://") for u in urls):
+        out.append("redis_tls is set but no broker, result backend or artifact store URL uses rediss://; it is not used")
     return out
 
 

@@ -255,7 +255,8 @@ def _settings_or_exit(args: argparse.Namespace, command: str) -> tuple[Settings 
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    """``cardionode serve``: run the node until SIGTERM/SIGINT; 2 if the configuration has problems."""
+    """``cardionode serve``: run the node until SIGTERM/SIGINT; 2 if the configuration has problems
+    or a Redis server of the queue refuses the node (wrong or missing password, TLS failure)."""
     from node.dicom.logs import setup_logging
 
     settings, config_path = _settings_or_exit(args, "serve")
@@ -264,6 +265,17 @@ def serve_main(args: argparse.Namespace) -> int:
     setup_logging(settings.log_dir, "node")
     for warning in settings.warnings():
         _log.warning("%s", warning)
+    from node.queue.app import QueueSettings, connection_problems
+
+    refused, unreachable = connection_problems(QueueSettings.from_settings(settings))
+    for problem in unreachable:  # Celery keeps trying to connect
+        _log.warning("%s; retrying", problem)
+    if refused:
+        for problem in refused:
+            _log.error("%s", problem)
+            print(f"PROBLEM: {problem}", file=sys.stderr)
+        print("cardionode serve: the queue's Redis refused the node; fix redis_tls or the password in the URL", file=sys.stderr)
+        return 2
     node = Node(settings, config_path.resolve() if config_path else None)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)

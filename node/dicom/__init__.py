@@ -10,6 +10,8 @@ that needs only the spool or the audit log does not load pynetdicom and the ledg
   Verification (C-ECHO);
 * :mod:`node.dicom.storage`: the Storage SCP service (C-STORE checks and statuses,
   spooling, recording, rejections);
+* :mod:`node.dicom.intake`: receiving a data set within bounds (to disk as it arrives,
+  bounded inflation, structure walk before parsing, the in-flight memory budget);
 * :mod:`node.dicom.sender`: the C-STORE SCU and the export loop over the ledger's sends;
 * :mod:`node.dicom.spool`: atomic, fsync'ed files (spool, outbox);
 * :mod:`node.dicom.tls`: TLS contexts for the listener and the sender;
@@ -25,6 +27,7 @@ composition root, :mod:`node.service`.
 #: the package's modules (this face imports none of them: import the one you need)
 __all__ = [
     "audit",
+    "intake",
     "logs",
     "scp",
     "sender",

@@ -5,7 +5,9 @@ name such as ``association.accepted``, ``instances.stored``, ``job.sent``) and
 the event's fields. Fields carry AE titles, addresses, counts, statuses and
 Study Instance UIDs (study level only); SOP Instance UIDs, if a step needs
 them, are passed through :func:`node.dicom.logs.hash_identifier`. Field names
-that denote patient data are refused.
+that denote patient data are refused, and so are those that would carry a peer's
+free text (``peer_text``, ``error_comment``): what a destination says is kept only
+in the ledger's protected ``sends.peer_text`` (docs/conformance.md 5.2).
 
 Several processes may append to the same file: each record is written with
 one ``write`` on a descriptor opened with ``O_APPEND``.
@@ -24,9 +26,10 @@ from node.dicom.spool import make_directories
 
 __all__ = ["AuditLog", "FORBIDDEN_FIELDS"]
 
-#: field names the audit log refuses (compared lower-case, without "_")
+#: field names the audit log refuses (compared lower-case, without "_"): patient data, and peers' free text
 FORBIDDEN_FIELDS = frozenset(
-    {"patientname", "patientid", "patientbirthdate", "patientsname", "patientsbirthdate", "name", "birthdate", "otherpatientids"}
+    {"patientname", "patientid", "patientbirthdate", "patientsname", "patientsbirthdate", "name", "birthdate", "otherpatientids",
+     "peertext", "errorcomment"}
 )
 
 

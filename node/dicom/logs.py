@@ -10,6 +10,22 @@ switched off and its loggers are kept at WARNING.
 The node's code never logs names, patient IDs or birth dates in the first place;
 where a log line must correlate something patient-related it logs
 :func:`hash_identifier` of it.
+
+Text that peers send (a destination's Error Comment, anything a remote AE says) may
+echo the patient in free text, where no keyword announces it. :class:`PatientIdentifiers`
+holds one study's identifiers, taken from a dataset that carries the patient module
+(names in every spelling peers use, IDs, accession number, birth date in DICOM and
+common civil formats), and replaces every occurrence; :func:`clean_peer_text` makes a
+peer's words fit to keep (identifiers replaced, quoted values and control characters
+removed, length bounded). While a sender works on a study it makes that study's
+identifiers *active* (:meth:`PatientIdentifiers.active`): :class:`RedactingFilter`
+then replaces them in every log record as well, library records included.
+
+The filter sits on the root handlers that :func:`setup_logging` installs and also,
+through :func:`silence_pynetdicom`, on the pydicom and pynetdicom loggers themselves,
+so that their records (e.g. pynetdicom's ERROR lines and tracebacks for exceptions
+in notification handlers) are redacted whichever handler finally writes them, also
+in a process that never called :func:`setup_logging`.
 """
 
 from __future__ import annotations
@@ -18,10 +34,24 @@ import hashlib
 import logging
 import re
 import sys
+import threading
+import unicodedata
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["hash_identifier", "RedactingFilter", "setup_logging", "silence_pynetdicom"]
+__all__ = [
+    "PEER_TEXT_LIMIT",
+    "PatientIdentifiers",
+    "RedactingFilter",
+    "clean_peer_text",
+    "hash_identifier",
+    "redact",
+    "setup_logging",
+    "silence_pynetdicom",
+]
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 _REDACTED = "<redacted>"
@@ -34,6 +64,19 @@ _IDENTIFIER_VALUE = re.compile(
 )
 _QUOTED = re.compile(r"('[^'\n]*'|\"[^\"\n]*\")")
 _CHATTY_LIBRARIES = ("pydicom", "pynetdicom", "py.warnings")
+
+#: what replaces a patient's identifier found in free text, by kind
+#: (hyphenated: the keyword rule of :func:`redact` must not take them for "patient name: value")
+NAME_PLACEHOLDER, ID_PLACEHOLDER, DATE_PLACEHOLDER = "<patient-name>", "<patient-id>", "<birth-date>"
+#: characters of a peer's text kept (:func:`clean_peer_text`); a DICOM Error Comment (LO) holds 64
+PEER_TEXT_LIMIT = 1024
+#: shortest name word or ID replaced in free text (one character would erase every "a" or "1")
+_SHORTEST = 2
+# data elements whose values identify the patient in free text
+_NAME_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")
+_ID_KEYWORDS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "AdmissionID")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_NAME_RUN = re.compile(re.escape(NAME_PLACEHOLDER) + r"(?:[\s^,.=\-']*" + re.escape(NAME_PLACEHOLDER) + r")+")
 
 
 def hash_identifier(value: str, length: int = 12) -> str:
@@ -49,31 +92,186 @@ def redact(text: str, quoted: bool = False) -> str:
     return text
 
 
+def _values(value: Any) -> list[str]:
+    """A data element value (single, multi-valued or None) as non-empty strings."""
+    from pydicom.multival import MultiValue
+
+    if value is None or value == "":
+        return []
+    items = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _folded(text: str) -> str:
+    """``text`` without diacritics (Müller -> Muller), as peers that speak ASCII write it."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
+def _date_spellings(value: str) -> list[str]:
+    """A DICOM DA ``YYYYMMDD`` and the civil spellings of it peers write (ISO, European, US)."""
+    if not re.fullmatch(r"\d{8}", value):
+        return [value] if len(value) >= _SHORTEST else []
+    y, m, d = value[:4], value[4:6], value[6:]
+    return [value, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}",
+            f"{d}-{m}-{y}", f"{m}/{d}/{y}", f"{m}-{d}-{y}"]
+
+
+@dataclass(frozen=True)
+class PatientIdentifiers:
+    """One study's patient identifiers, to find and replace in free text (lower-case spellings).
+
+    ``names``: each name component (family, given, middle) of the patient's names, whole
+    and word by word, with and without diacritics; ``ids``: patient ID, other IDs,
+    accession and admission numbers; ``dates``: the birth date in DICOM and civil
+    spellings. Matching ignores case and needs a non-alphanumeric character (or the end
+    of the text) on both sides, so "SMITH^JOHN", "Smith, John", "JOHN SMITH" and
+    "smith_john" all lose both words, but "Smithson" keeps its own. Words and IDs
+    shorter than two characters are not replaced.
+    """
+
+    names: frozenset[str] = frozenset()
+    ids: frozenset[str] = frozenset()
+    dates: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_dataset(cls, ds: Any) -> PatientIdentifiers:
+        """The identifiers of the patient module of ``ds`` (a pydicom Dataset; missing elements are skipped)."""
+        names: set[str] = set()
+        for keyword in _NAME_KEYWORDS:
+            for value in _values(ds.get(keyword)):
+                for group in value.split("="):  # alphabetic, ideographic, phonetic
+                    for component in group.split("^")[:3]:  # family, given, middle (not prefix or suffix)
+                        for spelling in {component, _folded(component)}:
+                            names.add(spelling.strip())
+                            names.update(w for w in re.split(r"[\s\-.,']+", spelling) if w)
+        ids = {v for keyword in _ID_KEYWORDS for v in _values(ds.get(keyword))}
+        for item in ds.get("OtherPatientIDsSequence") or []:
+            ids.update(_values(item.get("PatientID")))
+        dates = {spelling for v in _values(ds.get("PatientBirthDate")) for spelling in _date_spellings(v)}
+        return cls(*(frozenset(x.lower() for x in group if len(x) >= _SHORTEST) for group in (names, ids, dates)))
+
+    @classmethod
+    def union(cls, identifiers: Iterable[PatientIdentifiers]) -> PatientIdentifiers:
+        """All of ``identifiers`` in one (e.g. the studies of one batch of sends)."""
+        items = list(identifiers)
+        return cls(frozenset().union(*(i.names for i in items)), frozenset().union(*(i.ids for i in items)),
+                   frozenset().union(*(i.dates for i in items)))
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.ids or self.dates)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every occurrence of these identifiers replaced by ``<patient-name>``,
+        ``<patient-id>`` or ``<birth-date>`` (a run of name words becomes one ``<patient-name>``)."""
+        if not self or not text:
+            return text
+        pattern, placeholders = _compiled(self)
+        text = pattern.sub(lambda m: placeholders.get(m.group(0).lower(), NAME_PLACEHOLDER), text)
+        return _NAME_RUN.sub(NAME_PLACEHOLDER, text)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """While the block runs, :class:`RedactingFilter` replaces these identifiers in every log record."""
+        with _ACTIVE_LOCK:
+            _ACTIVE.append(self)
+        try:
+            yield
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.remove(self)
+
+
+_ACTIVE: list[PatientIdentifiers] = []  # identifiers of the studies being worked on now (any thread)
+_ACTIVE_LOCK = threading.Lock()
+_PATTERNS: dict[PatientIdentifiers, tuple[re.Pattern[str], dict[str, str]]] = {}
+_PATTERNS_LOCK = threading.Lock()
+
+
+def _compiled(ids: PatientIdentifiers) -> tuple[re.Pattern[str], dict[str, str]]:
+    """One regular expression matching every spelling of ``ids`` (longest first), and the placeholder of each."""
+    with _PATTERNS_LOCK:
+        found = _PATTERNS.get(ids)
+        if found is None:
+            placeholders = {**{n: NAME_PLACEHOLDER for n in ids.names}, **{d: DATE_PLACEHOLDER for d in ids.dates},
+                            **{i: ID_PLACEHOLDER for i in ids.ids}}
+            alternatives = "|".join(re.escape(s) for s in sorted(placeholders, key=len, reverse=True))
+            found = (re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE), placeholders)
+            if len(_PATTERNS) > 256:  # a long-running node sees many studies: keep the cache small
+                _PATTERNS.clear()
+            _PATTERNS[ids] = found
+        return found
+
+
+def _redact_active(text: str) -> str:
+    with _ACTIVE_LOCK:
+        active = tuple(_ACTIVE)
+    for ids in active:
+        text = ids.redact(text)
+    return text
+
+
+def clean_peer_text(
+    text: str | bytes | None, identifiers: PatientIdentifiers, limit: int = PEER_TEXT_LIMIT, quoted: bool = True
+) -> str:
+    """What a peer said (e.g. a C-STORE Error Comment), fit to keep: control characters and runs of
+    blanks made one space, values after patient keywords and (with ``quoted``) quoted values removed
+    (:func:`redact`), ``identifiers`` replaced (:meth:`PatientIdentifiers.redact`), at most ``limit``
+    characters. ``quoted=False`` suits the node's own exception texts, which quote names of SOP classes
+    and hosts.
+
+    Still free text from outside: keep it out of logs and the audit log (see docs/conformance.md 5.2).
+    """
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = " ".join(_CONTROL.sub(" ", str(text)).split())
+    text = identifiers.redact(redact(text, quoted=quoted))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class RedactingFilter(logging.Filter):
-    """Rewrites every record's message so that it carries no patient identifiers."""
+    """Rewrites every record's message (and traceback) so that it carries no patient identifiers:
+    values after patient keywords (:func:`redact`), quoted values in library records, and the
+    identifiers of the studies being worked on (:meth:`PatientIdentifiers.active`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         quoted = record.name.startswith(_CHATTY_LIBRARIES)
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        record.msg, record.args = redact(message, quoted), None
+        record.msg, record.args = _redact_active(redact(message, quoted)), None
         if record.exc_text:
-            record.exc_text = redact(record.exc_text, True)
+            record.exc_text = _redact_active(redact(record.exc_text, True))
         record.exc_info = None if record.exc_text else record.exc_info
         return True
 
 
 def silence_pynetdicom() -> None:
-    """Stop pynetdicom from logging datasets, identifiers and PDU dumps."""
+    """Stop pynetdicom from logging datasets, identifiers and PDU dumps, and redact what it still logs.
+
+    pynetdicom has no switch for the exceptions of notification handlers (``events.trigger``
+    logs them at ERROR with a traceback): every pydicom and pynetdicom logger gets a
+    :class:`RedactingFilter` of its own, so those records are redacted before any handler
+    sees them, whether or not :func:`setup_logging` configured the handlers. Idempotent.
+    """
     from pynetdicom import _config
 
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
-    # pynetdicom has no switch for the exceptions of notification handlers (events.trigger logs them at
-    # ERROR); those records go through RedactingFilter like every other one
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pydicom").setLevel(logging.WARNING)
+    _filter_library_loggers()
+
+
+def _filter_library_loggers() -> None:
+    """A :class:`RedactingFilter` on every existing pydicom/pynetdicom logger that has none (a logger's
+    filters apply to the records logged on it, not to those of its children: hence each one)."""
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n.startswith(_CHATTY_LIBRARIES)]
+    for name in {*names, "pydicom", "pynetdicom", "py.warnings"}:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
 
 
 def setup_logging(log_dir: Path | None, component: str, level: int | str = logging.INFO, stream: Any = sys.stderr) -> Path | None:

@@ -16,6 +16,18 @@ failure, a broken association) and *permanent* ones (association rejected
 permanently, ``0xA9xx``, ``0xCxxx``, ``0x01xx`` refusals, SOP class not
 accepted): the caller retries the first with backoff and dead-letters the second
 (:class:`Exporter`).
+
+What the peer says is kept apart from the node's own words. ``SendOutcome.error``
+holds only the node's words (status codes, reasons); the destination's Error Comment
+goes to ``SendOutcome.comment`` after :func:`node.dicom.logs.clean_peer_text` has
+replaced the identifiers of the object's patient (read from the object's own patient
+module: names in every spelling, IDs, accession number, birth date) and removed
+quoted values; exception texts (which may quote the peer, e.g. its certificate)
+pass the same filter. While an association runs, the batch's patient identifiers are
+active in the log filter, so pynetdicom's own records are redacted too. The
+:class:`Exporter` stores the comment only in the ledger's protected ``sends.peer_text``,
+never in a log, the audit log or the default ``cardionode status`` (see
+docs/conformance.md, 5.2).
 """
 
 from __future__ import annotations
@@ -36,11 +48,13 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from node.dicom.audit import AuditLog
+from node.dicom.logs import PatientIdentifiers, clean_peer_text, silence_pynetdicom
 from node.ledger import Ledger, LedgerError, Send, utcnow
 
 __all__ = [
     "COMPREHENSIVE_3D_SR",
     "ENHANCED_SR",
+    "PEER_TEXT_KEPT",
     "EnhancedSRConverter",
     "Target",
     "SendOutcome",
@@ -56,6 +70,9 @@ ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
 #: ``dataset`` (Comprehensive 3D SR) as an Enhanced SR with the same SOP Instance UID;
 #: raises ``ValueError`` when the report cannot be expressed as Enhanced SR (3D coordinates)
 EnhancedSRConverter = Callable[[Dataset], Dataset]
+
+#: appended to the node's words when the destination said more (kept in the ledger's protected ``peer_text``)
+PEER_TEXT_KEPT = "; comment: `status --peer-text`"
 
 _log = logging.getLogger(__name__)
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -78,7 +95,10 @@ class SendOutcome:
 
     ``status`` is the DIMSE status the peer answered (None when none came:
     no association, lost connection); ``kind`` is ``"sent"``, ``"transient"``
-    or ``"permanent"``; ``sent_as`` the SOP Class UID actually sent.
+    or ``"permanent"``; ``error`` the node's words for a failure (never the
+    peer's text); ``sent_as`` the SOP Class UID actually sent; ``comment`` the
+    peer's Error Comment, if any, with the patient's identifiers replaced
+    (:func:`node.dicom.logs.clean_peer_text`): free text from outside, not for logs.
     """
 
     sop_instance_uid: str
@@ -86,6 +106,7 @@ class SendOutcome:
     status: int | None
     error: str
     sent_as: str = ""
+    comment: str = ""
 
     @property
     def ok(self) -> bool:
@@ -155,6 +176,23 @@ def send_files(
     datasets = [pydicom.dcmread(str(p)) for p in paths]
     if not datasets:
         return []
+    patients = [PatientIdentifiers.from_dataset(ds) for ds in datasets]
+    everyone = PatientIdentifiers.union(patients)
+    with everyone.active():  # pynetdicom's records during this association lose these identifiers too
+        return _send_datasets(target, datasets, patients, everyone, calling_ae, timeout_s, enhanced_sr)
+
+
+def _send_datasets(
+    target: Target,
+    datasets: Sequence[Dataset],
+    patients: Sequence[PatientIdentifiers],
+    everyone: PatientIdentifiers,
+    calling_ae: str,
+    timeout_s: float,
+    enhanced_sr: EnhancedSRConverter | None,
+) -> list[SendOutcome]:
+    """:func:`send_files` on read datasets; ``patients[i]`` are the identifiers of ``datasets[i]``,
+    ``everyone`` those of the whole batch (for texts that concern the association)."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     ae.requested_contexts = _contexts_for(datasets, enhanced_sr is not None)
@@ -162,7 +200,8 @@ def send_files(
     try:
         assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args)
     except (OSError, ssl.SSLError) as exc:
-        return [SendOutcome(str(ds.SOPInstanceUID), "transient", None, f"cannot connect: {exc}") for ds in datasets]
+        words = f"cannot connect: {clean_peer_text(str(exc), everyone, quoted=False)}"
+        return [SendOutcome(str(ds.SOPInstanceUID), "transient", None, words) for ds in datasets]
     if not assoc.is_established:
         kind, words = _association_failure(assoc)
         return [SendOutcome(str(ds.SOPInstanceUID), kind, None, words) for ds in datasets]
@@ -170,8 +209,8 @@ def send_files(
     accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
     outcomes: list[SendOutcome] = []
     try:
-        for ds in datasets:
-            outcomes.append(_store_one(assoc, ds, accepted, enhanced_sr))
+        for ds, patient in zip(datasets, patients):
+            outcomes.append(_store_one(assoc, ds, accepted, enhanced_sr, patient))
             if not assoc.is_established:  # aborted mid-batch: the rest waits for the next attempt
                 break
     finally:
@@ -183,7 +222,11 @@ def send_files(
 
 
 def _store_one(
-    assoc: Association, ds: Dataset, accepted: set[str], enhanced_sr: EnhancedSRConverter | None
+    assoc: Association,
+    ds: Dataset,
+    accepted: set[str],
+    enhanced_sr: EnhancedSRConverter | None,
+    patient: PatientIdentifiers,
 ) -> SendOutcome:
     uid_ = str(ds.SOPInstanceUID)
     sop_class = str(ds.SOPClassUID)
@@ -196,24 +239,25 @@ def _store_one(
         try:
             ds = enhanced_sr(ds)
         except ValueError as exc:
-            return SendOutcome(uid_, "permanent", None, f"the destination refuses 3D SR and {exc}")
+            return SendOutcome(uid_, "permanent", None,
+                               f"the destination refuses 3D SR and {clean_peer_text(str(exc), patient, quoted=False)}")
         sop_class = ENHANCED_SR
     if sop_class not in accepted:
         return SendOutcome(uid_, "permanent", None, f"the destination does not accept SOP class {sop_class}")
     try:
         status_ds = assoc.send_c_store(ds)
     except (ValueError, RuntimeError) as exc:  # e.g. no context with a usable transfer syntax
-        return SendOutcome(uid_, "permanent", None, f"cannot send: {exc}", sop_class)
+        return SendOutcome(uid_, "permanent", None, f"cannot send: {clean_peer_text(str(exc), patient, quoted=False)}",
+                           sop_class)
     status = getattr(status_ds, "Status", None) if status_ds is not None else None
     if status is None:
         return SendOutcome(uid_, "transient", None, "no response (timeout or connection lost)", sop_class)
     status = int(status)
     kind = classify_status(status)
     error = "" if kind == "sent" else f"destination answered 0x{status:04X}"
-    comment = getattr(status_ds, "ErrorComment", "")
-    if comment and kind != "sent":
-        error += f" ({comment})"
-    return SendOutcome(uid_, kind, status, error, sop_class)
+    # the peer's words: the patient's identifiers out before the text goes anywhere
+    comment = clean_peer_text(getattr(status_ds, "ErrorComment", None), patient)
+    return SendOutcome(uid_, kind, status, error, sop_class, comment)
 
 
 
@@ -251,6 +295,11 @@ class Exporter:
     longer configured, and after ``retry.max_attempts`` attempts. A job whose
     sends are all ``sent`` becomes ``sent``; one whose sends are all finished
     with some dead-lettered becomes ``dead``.
+
+    The destination's comment (:attr:`SendOutcome.comment`, already cleaned of the
+    patient's identifiers) goes only to the send's protected ``peer_text`` in the
+    ledger; the ledger's ``last_error``, the log and the audit log get the node's
+    words and say that a comment was kept (``cardionode status --peer-text`` shows it).
     """
 
     def __init__(
@@ -273,6 +322,7 @@ class Exporter:
         self.batch_size = batch_size
         self.audit = audit
         self.enhanced_sr = enhanced_sr
+        silence_pynetdicom()  # pynetdicom's loggers redact, with or without setup_logging
 
     def run_once(self) -> int:
         """Attempt every due send once; returns the number of attempts made."""
@@ -319,22 +369,25 @@ class Exporter:
         sent = 0
         for send, outcome in zip(ready, outcomes):
             if outcome.ok:
-                self.ledger.sends.record_attempt(send.id, "sent", status=outcome.status)
+                self.ledger.sends.record_attempt(send.id, "sent", status=outcome.status, peer_text=outcome.comment)
                 sent += 1
                 continue
             attempt = send.attempts + 1
+            error = outcome.error + (PEER_TEXT_KEPT if outcome.comment else "")
             if outcome.kind == "permanent" or attempt >= self.retry.max_attempts:
-                why = outcome.error if outcome.kind == "permanent" else f"{outcome.error}; gave up after {attempt} attempts"
-                self.ledger.sends.record_attempt(send.id, "dead_letter", status=outcome.status, error=why)
+                why = error if outcome.kind == "permanent" else f"{error}; gave up after {attempt} attempts"
+                self.ledger.sends.record_attempt(
+                    send.id, "dead_letter", status=outcome.status, error=why, peer_text=outcome.comment
+                )
                 _log.warning("send %d to %s dead-lettered: %s", send.id, target.name, why)
-                self._audit("send.dead_letter", send, target, error=why)
+                self._audit("send.dead_letter", send, target, error=why, peer_comment=bool(outcome.comment))
             else:
                 delay = self.retry.delay_s(attempt)
                 self.ledger.sends.record_attempt(
-                    send.id, "retrying", status=outcome.status, error=outcome.error,
+                    send.id, "retrying", status=outcome.status, error=error, peer_text=outcome.comment,
                     next_attempt_at=now + timedelta(seconds=delay),
                 )
-                _log.info("send %d to %s failed (%s); retry in %.0f s", send.id, target.name, outcome.error, delay)
+                _log.info("send %d to %s failed (%s); retry in %.0f s", send.id, target.name, error, delay)
         if sent:
             _log.info("sent %d of %d objects to %s", sent, len(ready), target.name)
             self._audit_batch(target, sent)

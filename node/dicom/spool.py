@@ -9,20 +9,38 @@ once the call returns: the bytes go to a temporary file in the same directory,
 which is flushed and fsync'ed, renamed over the final name, and the directory
 is fsync'ed so the rename itself is on disk. Newly created directories are
 fsync'ed into their parents the same way. A reader never sees a partial file.
+
+A file may be written from parts (:func:`write_parts_atomic`): bytes in memory and
+ranges of other files (:class:`FileRange`), which are copied by the kernel
+(``copy_file_range``) without passing through the process's memory; the storage
+service spools a large instance that way from the file it was received into, in the
+spool's ``.incoming`` folder (emptied, like partial files, when the listener starts).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.uids import validate_uid
 
-__all__ = ["StoredFile", "Spool", "write_file_atomic", "fsync_directory", "make_directories"]
+__all__ = [
+    "FileRange",
+    "StoredFile",
+    "Spool",
+    "write_file_atomic",
+    "write_parts_atomic",
+    "fsync_directory",
+    "make_directories",
+]
 
 _TEMP_SUFFIX = ".partial"
+#: the spool's folder of data sets being received (never an instance: no UID starts with a dot)
+INCOMING = ".incoming"
+_COPY_CHUNK = 1 << 20  # bytes per step when the kernel cannot copy between the files
 
 
 def fsync_directory(path: Path) -> None:
@@ -55,20 +73,68 @@ def make_directories(path: Path, durable: bool = True) -> None:
                 fsync_directory(directory.parent)
 
 
+@dataclass(frozen=True)
+class FileRange:
+    """``length`` bytes of the file at ``path`` from ``offset`` (bytes), a part of a file to write."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+Part = bytes | bytearray | memoryview | FileRange
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_range(fd: int, part: FileRange) -> None:
+    """Append ``part`` to ``fd``: in the kernel where it can, else in chunks of 1 MiB."""
+    with open(part.path, "rb", buffering=0) as source:
+        offset, left = part.offset, part.length
+        while left > 0:
+            try:
+                copied = os.copy_file_range(source.fileno(), fd, min(left, 1 << 30), offset)
+            except OSError:  # e.g. EXDEV on old kernels, ENOSYS, EINVAL on some file systems
+                copied = 0
+            if copied == 0:
+                break
+            offset, left = offset + copied, left - copied
+        source.seek(offset)
+        while left > 0:
+            chunk = source.read(min(left, _COPY_CHUNK))
+            if not chunk:
+                raise OSError(f"{part.path.name} ended {left} bytes before the range to copy")
+            _write_all(fd, chunk)
+            left -= len(chunk)
+
+
 def write_file_atomic(path: Path, data: bytes | bytearray | memoryview, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename, dir fsync).
 
     The parent directory is created if needed. An existing file is replaced.
+    """
+    write_parts_atomic(path, [data], durable)
+
+
+def write_parts_atomic(path: Path, parts: Sequence[Part], durable: bool = True) -> None:
+    """Write ``parts`` one after the other to ``path``, atomically as :func:`write_file_atomic` does.
+
+    A :class:`FileRange` part is copied from its file without holding it in memory.
     """
     path = Path(path)
     make_directories(path.parent, durable)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for part in parts:
+            if isinstance(part, FileRange):
+                _copy_range(fd, part)
+            else:
+                _write_all(fd, part)
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -109,8 +175,16 @@ class Spool:
         sop = validate_uid(sop_instance_uid, "SOPInstanceUID (0008,0018)")
         return self.root / study / series / f"{sop}.dcm"
 
-    def store(self, study_uid: str, series_uid: str, sop_instance_uid: str, data: bytes) -> StoredFile:
-        """Spool one instance (``data``: a DICOM Part 10 file, bytes).
+    @property
+    def incoming_dir(self) -> Path:
+        """The folder of data sets being received and inflated (created on first use)."""
+        path = self.root / INCOMING
+        make_directories(path, self.durable)
+        return path
+
+    def store(self, study_uid: str, series_uid: str, sop_instance_uid: str, data: bytes | Sequence[Part]) -> StoredFile:
+        """Spool one instance (``data``: a DICOM Part 10 file, as bytes or as parts, see
+        :func:`write_parts_atomic`).
 
         Idempotent on the SOP Instance UID: if the file exists, it is kept as it
         is (first copy wins) and ``created`` is False.
@@ -118,13 +192,22 @@ class Spool:
         path = self.path_for(study_uid, series_uid, sop_instance_uid)
         if path.is_file():
             return StoredFile(path, path.stat().st_size, False)
-        write_file_atomic(path, data, self.durable)
-        return StoredFile(path, len(data), True)
+        parts: Sequence[Part] = [data] if isinstance(data, bytes | bytearray | memoryview) else data
+        write_parts_atomic(path, parts, self.durable)
+        size = sum(p.length if isinstance(p, FileRange) else len(p) for p in parts)
+        return StoredFile(path, size, True)
 
     def remove_partial_files(self) -> int:
-        """Delete temporary files left by a crash mid-write; returns how many. Call before listening."""
+        """Delete temporary files left by a crash mid-write, and data sets left half received;
+        returns how many. Call before listening."""
         count = 0
         for tmp in self.root.rglob(f".*{_TEMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)
             count += 1
+        incoming = self.root / INCOMING
+        if incoming.is_dir():
+            for leftover in incoming.iterdir():
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+                    count += 1
         return count

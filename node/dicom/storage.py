@@ -7,12 +7,29 @@ instance with a precise status; instances of classes outside
 An instance is answered Success (0x0000) only after it is in the spool
 (atomic, fsync'ed) and in the ledger. Failures:
 
-* 0xA700 out of resources: the disk is below the watermark, or writing failed;
+* 0xA700 out of resources: the node's own resources only: the disk is below the
+  watermark, writing failed, or the in-flight memory budget stayed full
+  (``max_inflight_mb``, waited ``inflight_wait_s``);
 * 0xA900 data set does not match SOP class: SOP Class UID differs from the
   request, an image without Pixel Data, Pixel Data shorter than its header says;
-* 0xC000 cannot understand: the data set cannot be parsed;
+* 0xC000 cannot understand: the data set cannot be parsed or read (truncated,
+  lengths past the data, unclosed or too deep sequences, values that do not decode);
 * 0xC001 cannot understand: a UID is missing or invalid (it would name a file);
+* 0xC002 cannot understand: the data set is larger than this node accepts: over
+  ``max_instance_mb`` as received or once inflated, or more than
+  ``max_inflight_mb`` of memory to parse;
 * 0x0122 SOP class not supported.
+
+Whatever is wrong with the sender's data is 0xA9xx or 0xCxxx (permanent: a
+sender does not retry it), never 0xA700 (transient: retried).
+
+Memory stays bounded whatever arrives (:mod:`node.dicom.intake`): the data set
+goes to a file in the spool's incoming folder as it arrives (bytes past
+``max_instance_mb`` are dropped), a deflated one is inflated file to file
+within ``max_instance_mb``, its encoding is walked before pydicom parses it,
+pydicom leaves values over 64 KiB on disk, and the parse waits for its share
+of ``max_inflight_mb``. The spool file is written from the received file (the
+kernel copies it), so no copy of the instance is ever held in memory.
 
 Each failure response carries an Error Comment and is recorded as a rejection.
 The service is offered by :class:`node.dicom.scp.DicomListener` beside
@@ -21,30 +38,42 @@ Verification (see :mod:`node.dicom.services`).
 
 from __future__ import annotations
 
-import io
 import logging
+import secrets
 import shutil
-import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AllStoragePresentationContexts, build_context, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 
 from node.config import Settings
 from node.dicom.audit import AuditLog
+from node.dicom.intake import (
+    BASE_COST,
+    DEFER_BYTES,
+    BudgetBusy,
+    LimitExceeded,
+    MemoryBudget,
+    Receiver,
+    data_set_offset,
+    inflate_bounded,
+    scan_structure,
+)
 from node.dicom.logs import hash_identifier, redact
 from node.dicom.services import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Peer, Peers, audit_quietly
-from node.dicom.spool import Spool
+from node.dicom.spool import FileRange, Spool
 from node.ledger import InstanceMeta, Ledger, utcnow
 from node.uids import is_valid_uid
 
@@ -105,7 +134,11 @@ TRANSFER_SYNTAXES: dict[str, str] = {
     "1.2.840.10008.1.2.4.91": "JPEG 2000",
     "1.2.840.10008.1.2.5": "RLE Lossless",
 }
-_UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_MiB = 2**20
+#: bytes pynetdicom's File Meta may take ahead of the data set in a received file (UIDs are at most 64 characters)
+_META_ALLOWANCE = 64 * 1024
+_PIXEL_TAGS = {"PixelData": 0x7FE00010, "FloatPixelData": 0x7FE00008, "DoubleFloatPixelData": 0x7FE00009}
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
 
 
@@ -118,6 +151,7 @@ class Status:
     DATASET_DOES_NOT_MATCH = 0xA900
     CANNOT_UNDERSTAND = 0xC000
     INVALID_UID = 0xC001
+    TOO_LARGE = 0xC002
 
 
 class StoreRefusedError(Exception):
@@ -145,22 +179,6 @@ def _failure(status: int, reason: str) -> Dataset:
     return rsp
 
 
-def _read_dataset(raw: bytes, transfer_syntax: UID) -> Dataset:
-    """Parse ``raw`` (a data set encoded in ``transfer_syntax``), raising on any structural problem."""
-    if transfer_syntax == "1.2.840.10008.1.2.1.99":
-        raw = zlib.decompress(raw, -zlib.MAX_WBITS)
-    fp = io.BytesIO(raw)
-    ds = read_dataset(fp, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian)
-    if fp.tell() != len(raw):
-        raise ValueError(f"parsing stopped at byte {fp.tell()} of {len(raw)}")
-    for elem in ds.elements():  # raw elements: pydicom accepts a value shorter than its length
-        length = getattr(elem, "length", None)
-        value = getattr(elem, "value", None)
-        if isinstance(value, bytes) and length is not None and length != _UNDEFINED_LENGTH and len(value) != length:
-            raise ValueError(f"element {elem.tag} claims {length} bytes but only {len(value)} arrived (truncated)")
-    return ds
-
-
 def _required_uid(ds: Dataset, keyword: str, tag: str) -> str:
     value = ds.get(keyword)
     if value is None or value == "":
@@ -171,16 +189,23 @@ def _required_uid(ds: Dataset, keyword: str, tag: str) -> str:
     return value
 
 
+def _value_length(ds: Dataset, tag: int) -> int:
+    """Bytes in the value of ``tag`` without reading a value pydicom left on disk."""
+    elem = ds.get_item(tag, keep_deferred=True)
+    value = elem.value if elem is not None else None
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if value is None and isinstance(elem, RawDataElement) and elem.length != 0xFFFFFFFF:
+        return int(elem.length)  # deferred: the structure walk checked that all of it arrived
+    return 0
+
+
 def _pixel_data_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
     """Why the pixel data cannot be right, for image SOP classes; None if it may be."""
-    pixel = None
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if keyword in ds:
-            pixel = ds[keyword]
-            break
-    if pixel is None:
+    keyword = next((k for k in _PIXEL_TAGS if k in ds), None)
+    if keyword is None:
         return "image SOP class without Pixel Data (7FE0,0010)"
-    if str(transfer_syntax) not in _NATIVE_SYNTAXES or pixel.keyword != "PixelData":
+    if str(transfer_syntax) not in _NATIVE_SYNTAXES or keyword != "PixelData":
         return None
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -190,31 +215,36 @@ def _pixel_data_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
     except (AttributeError, TypeError, ValueError):
         return "Rows, Columns or Bits Allocated missing or not a number"
     expected = (rows * cols * frames * samples * bits + 7) // 8  # bytes; 1-bit images are packed
-    actual = len(pixel.value or b"")
+    actual = _value_length(ds, _PIXEL_TAGS["PixelData"])
     if actual < expected:
         return f"Pixel Data has {actual} bytes; {rows}x{cols}x{frames} frames x {samples} x {bits} bits need {expected}"
     return None
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What the checks of one received instance keep for spooling and the ledger (no data set)."""
+
+    sop_class: str
+    sop_instance: str
+    study: str
+    series: str
+    routing: Mapping[str, Any]
+
+
 def _instance_meta(
-    ds: Dataset,
-    path: Path,
-    size_bytes: int,
-    transfer_syntax: str,
-    calling_ae: str,
-    received_at: datetime,
-    describe: Describe,
+    checked: _Checked, path: Path, size_bytes: int, transfer_syntax: str, calling_ae: str, received_at: datetime
 ) -> InstanceMeta:
     """The ledger's view of a validated instance (UIDs, routing attributes; no patient data)."""
     return InstanceMeta(
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.SOPClassUID),
-        study_uid=str(ds.StudyInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID),
+        sop_instance_uid=checked.sop_instance,
+        sop_class_uid=checked.sop_class,
+        study_uid=checked.study,
+        series_uid=checked.series,
         path=str(path),
         size_bytes=size_bytes,
         transfer_syntax_uid=transfer_syntax,
-        routing=describe(ds),
+        routing=checked.routing,
         calling_ae=calling_ae,
         received_at=received_at,
     )
@@ -236,14 +266,16 @@ def recover_unrecorded_instances(spool: Spool, ledger: Ledger, describe: Describ
             continue
         try:
             ds = dcmread(path, stop_before_pixels=True)
+            checked = _Checked(
+                str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), describe(ds)
+            )
             meta = _instance_meta(
-                ds,
+                checked,
                 path,
                 path.stat().st_size,
                 str(ds.file_meta.TransferSyntaxUID),
                 str(ds.file_meta.get("SourceApplicationEntityTitle") or "").strip(),
                 datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None),
-                describe,
             )
             if ledger.instances.record(meta):
                 recovered += 1
@@ -252,8 +284,9 @@ def recover_unrecorded_instances(spool: Spool, ledger: Ledger, describe: Describ
     return recovered
 
 
-def _part10(raw: bytes, sop_class: str, sop_instance: str, transfer_syntax: UID, calling_ae: str) -> bytes:
-    """The instance as a DICOM Part 10 file: preamble, File Meta Information, data set as received."""
+def _part10_header(sop_class: str, sop_instance: str, transfer_syntax: UID, calling_ae: str) -> bytes:
+    """The start of the instance's DICOM Part 10 file: preamble and File Meta Information (the
+    data set as received follows)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(sop_instance)
@@ -265,7 +298,6 @@ def _part10(raw: bytes, sop_class: str, sop_instance: str, transfer_syntax: UID,
     buffer = DicomBytesIO()
     buffer.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buffer, meta, enforce_standard=True)
-    buffer.write(raw)
     return buffer.getvalue()
 
 
@@ -287,6 +319,11 @@ class StorageService:
     each *new* instance is spooled and recorded (not for duplicates); an
     exception in it is logged and does not change the answer to the peer.
     Counts per association: ``stored``, ``duplicates``, ``refused``.
+
+    ``budget`` (:class:`node.dicom.intake.MemoryBudget`) is the memory the instances
+    being parsed share across associations (``max_inflight_mb``); ``receiver``
+    (:class:`node.dicom.intake.Receiver`) puts data sets in the spool's incoming
+    folder as they arrive.
     """
 
     counters: tuple[str, ...] = ("stored", "duplicates", "refused")
@@ -307,6 +344,11 @@ class StorageService:
         self.on_instance_stored = on_instance_stored
         self.spool = Spool(settings.spool_dir, durable=settings.durable_writes)
         self._peers = Peers()
+        self.max_instance_bytes = int(settings.max_instance_mb * _MiB)
+        self.budget = MemoryBudget(int(settings.max_inflight_mb * _MiB))
+        self.receiver = Receiver(
+            self.spool.incoming_dir, self.max_instance_bytes + _META_ALLOWANCE, lambda assoc: self._peers.get(assoc) is not None
+        )
 
     # ------------------------------------------------------------------ the service contract
     def contexts(self) -> list[PresentationContext]:
@@ -319,7 +361,14 @@ class StorageService:
 
     def handlers(self, peers: Peers) -> list[evt.EventHandlerType]:
         self._peers = peers
-        return [(evt.EVT_C_STORE, self._on_store)]
+        self.receiver.install()  # data sets of these peers' associations go to the spool as they arrive
+        return [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_CLOSE, self._on_connection_closed)]
+
+    def _on_connection_closed(self, event: evt.Event) -> None:
+        """Delete what a connection closed mid-transfer left half received."""
+        left = self.receiver.discard(event.assoc)
+        if left:
+            _log.info("removed %d data set(s) left half received by a closed connection", left)
 
     def prepare(self) -> None:
         """Remove partial spool files and record spooled instances the ledger lacks (after a crash)."""
@@ -387,7 +436,7 @@ class StorageService:
     def _store(
         self, event: evt.Event, peer: Peer | None, sop_class: str, sop_instance: str, uids: dict[str, str]
     ) -> InstanceMeta | None:
-        """Validate, spool and record one instance; the new instance's meta, or None for a duplicate."""
+        """Check, spool and record one instance; the new instance's meta, or None for a duplicate."""
         if sop_class not in STORAGE_SOP_CLASSES:
             raise StoreRefusedError(Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class[:64]} is not stored by this node")
         low = disk_space_problem(self.settings.data_dir, self.settings.disk_watermark_mb)
@@ -396,64 +445,174 @@ class StorageService:
         if not is_valid_uid(sop_instance):
             raise StoreRefusedError(Status.INVALID_UID, "Affected SOP Instance UID is not a valid UID")
         transfer_syntax = UID(str(event.context.transfer_syntax))
-        request = _c_store_request(event)
-        raw = request.DataSet.getvalue() if request.DataSet is not None else b""
+        with self._received(event, sop_class, sop_instance, transfer_syntax) as received:
+            checked = self._check(received, transfer_syntax, sop_class, sop_instance, uids)
+            return self._spool_and_record(checked, received, transfer_syntax, peer)
+
+    # ------------------------------------------------------------------ the steps of one instance
+    def _too_large(self, size_bytes: int) -> StoreRefusedError:
+        limit = self.settings.max_instance_mb
+        return StoreRefusedError(
+            Status.TOO_LARGE, f"data set of {size_bytes / _MiB:.0f} MiB exceeds max_instance_mb ({limit:g} MiB)"
+        )
+
+    def _incoming_path(self, suffix: str) -> Path:
+        return self.spool.incoming_dir / f"{secrets.token_hex(8)}{suffix}"
+
+    @contextmanager
+    def _received(self, event: evt.Event, sop_class: str, sop_instance: str, transfer_syntax: UID) -> Iterator[FileRange]:
+        """The received data set, as a range of a file (deleted afterwards).
+
+        Normally the :class:`~node.dicom.intake.ReceivedFile` the receiver gave pynetdicom;
+        pynetdicom's own temporary file for an association the receiver did not claim; a
+        file written here when chunked receive is off (the data set then came in memory).
+        """
         try:
-            ds = _read_dataset(raw, transfer_syntax)
-        except Exception as exc:  # includes RecursionError from nesting bombs
+            path = event.dataset_path
+        except AttributeError:
+            path = None
+        received = self.receiver.take(path) if path else None
+        written: Path | None = None
+        try:
+            if received is not None:
+                received.close()
+                if received.error is not None:
+                    raise StoreRefusedError(
+                        Status.OUT_OF_RESOURCES, f"cannot write the received data set: {received.error.strerror or received.error}"
+                    )
+                if received.overflow:
+                    raise self._too_large(received.received_bytes)
+                file = received.path
+            elif path:
+                file = Path(path)
+            else:
+                request = _c_store_request(event)
+                raw = request.DataSet.getvalue() if request.DataSet is not None else b""
+                written = file = self._incoming_path(".received")
+                with open(file, "xb") as out:
+                    out.write(_part10_header(sop_class, sop_instance, transfer_syntax, ""))
+                    out.write(raw)
+                del raw
+            with open(file, "rb") as fp:
+                offset = data_set_offset(fp)
+                size = fp.seek(0, 2) - offset
+            yield FileRange(file, offset, size)
+        finally:
+            if received is not None:
+                received.remove()
+            if written is not None:
+                written.unlink(missing_ok=True)
+
+    def _check(
+        self, received: FileRange, transfer_syntax: UID, sop_class: str, sop_instance: str, uids: dict[str, str]
+    ) -> _Checked:
+        """Check the received data set within the memory budget; what spooling and the ledger need.
+
+        Whatever is wrong with the data is a 0xCxxx or 0xA9xx refusal; only the node's own
+        trouble (its disk, its memory, a budget that stays full) is 0xA700.
+        """
+        if received.length > self.max_instance_bytes:
+            raise self._too_large(received.length)
+        inflated: Path | None = None
+        try:
+            try:
+                parsed = received
+                implicit, little = transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
+                if transfer_syntax == _DEFLATED:
+                    inflated = self._incoming_path(".inflated")
+                    parsed = self._inflate(received, inflated, sop_class, sop_instance)
+                    implicit, little = False, True
+                with open(parsed.path, "rb", buffering=_MiB) as fp:
+                    structure = scan_structure(
+                        fp, parsed.offset, parsed.offset + parsed.length, implicit, little, self.budget.capacity_bytes - BASE_COST
+                    )
+                with self.budget.reserve(BASE_COST + structure.parse_memory_bytes, self.settings.inflight_wait_s):
+                    ds = dcmread(parsed.path, defer_size=DEFER_BYTES)
+                    return self._checked(ds, transfer_syntax, sop_class, sop_instance, uids)
+            except (StoreRefusedError, LimitExceeded, BudgetBusy, OSError, MemoryError):
+                raise
+            except _ReadError as exc:
+                raise StoreRefusedError(
+                    Status.CANNOT_UNDERSTAND, f"data set cannot be read: {redact(str(exc.__cause__), quoted=True)[:200]}"
+                ) from None
+            except Exception as exc:  # DataSetProblem, pydicom's errors, RecursionError, zlib, struct ...
+                raise StoreRefusedError(
+                    Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {redact(str(exc), quoted=True)[:200]}"
+                ) from None
+        except LimitExceeded as exc:
             raise StoreRefusedError(
-                Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {redact(str(exc), quoted=True)[:200]}"
+                Status.TOO_LARGE, f"data set too complex for max_inflight_mb ({self.settings.max_inflight_mb:g} MiB): {exc}"
             ) from None
+        except BudgetBusy as exc:
+            raise StoreRefusedError(Status.OUT_OF_RESOURCES, f"node busy, in-flight memory budget full: {exc}") from None
+        except (OSError, MemoryError) as exc:
+            _log.exception("cannot check instance %s", hash_identifier(sop_instance))
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise StoreRefusedError(Status.OUT_OF_RESOURCES, f"cannot check the data set: {detail}") from None
+        finally:
+            if inflated is not None:
+                inflated.unlink(missing_ok=True)
+
+    def _inflate(self, received: FileRange, target: Path, sop_class: str, sop_instance: str) -> FileRange:
+        """Inflate a Deflated Explicit VR Little Endian data set into ``target`` (a Part 10 file
+        in Explicit VR Little Endian, for parsing), within ``max_instance_mb``."""
+        with open(received.path, "rb") as source, open(target, "xb") as out:
+            out.write(_part10_header(sop_class, sop_instance, UID(ExplicitVRLittleEndian), ""))
+            start = out.tell()
+            try:
+                size = inflate_bounded(source, received.offset, out, self.max_instance_bytes)
+            except LimitExceeded:
+                raise StoreRefusedError(
+                    Status.TOO_LARGE, f"deflated data set inflates past max_instance_mb ({self.settings.max_instance_mb:g} MiB)"
+                ) from None
+        return FileRange(target, start, size)
+
+    def _checked(self, ds: Dataset, transfer_syntax: UID, sop_class: str, sop_instance: str, uids: dict[str, str]) -> _Checked:
+        """The checks of a parsed data set (bulk values still on disk); errors reading its
+        values are raised as :class:`_ReadError`."""
         try:
-            return self._store_parsed(ds, raw, transfer_syntax, peer, sop_class, sop_instance, uids)
-        except StoreRefusedError:
+            study_value = ds.get("StudyInstanceUID")
+            if study_value:
+                uids["study_uid"] = str(study_value)[:80]
+            ds_class = _required_uid(ds, "SOPClassUID", "(0008,0016)")
+            ds_instance = _required_uid(ds, "SOPInstanceUID", "(0008,0018)")
+            if ds_class != sop_class:
+                raise StoreRefusedError(
+                    Status.DATASET_DOES_NOT_MATCH, f"SOP Class UID in the data set is {ds_class}, request says {sop_class}"
+                )
+            if ds_instance != sop_instance:
+                raise StoreRefusedError(Status.INVALID_UID, "SOP Instance UID in the data set differs from the request")
+            study = _required_uid(ds, "StudyInstanceUID", "(0020,000D)")
+            series = _required_uid(ds, "SeriesInstanceUID", "(0020,000E)")
+            if sop_class not in _NON_IMAGE_CLASSES:
+                problem = _pixel_data_problem(ds, transfer_syntax)
+                if problem:
+                    raise StoreRefusedError(Status.DATASET_DOES_NOT_MATCH, problem)
+            return _Checked(sop_class, sop_instance, study, series, dict(self.describe(ds)))
+        except (StoreRefusedError, OSError, MemoryError):
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-            raise StoreRefusedError(
-                Status.CANNOT_UNDERSTAND, f"data set cannot be read: {redact(str(exc), quoted=True)[:200]}"
-            ) from None
+        except Exception as exc:  # a value that does not decode (e.g. a US of 3 bytes), in our checks or describe
+            raise _ReadError() from exc
 
-    def _store_parsed(
-        self,
-        ds: Dataset,
-        raw: bytes,
-        transfer_syntax: UID,
-        peer: Peer | None,
-        sop_class: str,
-        sop_instance: str,
-        uids: dict[str, str],
-    ) -> InstanceMeta | None:
-        study_value = ds.get("StudyInstanceUID")
-        if study_value:
-            uids["study_uid"] = str(study_value)[:80]
-        ds_class = _required_uid(ds, "SOPClassUID", "(0008,0016)")
-        ds_instance = _required_uid(ds, "SOPInstanceUID", "(0008,0018)")
-        if ds_class != sop_class:
-            raise StoreRefusedError(
-                Status.DATASET_DOES_NOT_MATCH, f"SOP Class UID in the data set is {ds_class}, request says {sop_class}"
-            )
-        if ds_instance != sop_instance:
-            raise StoreRefusedError(Status.INVALID_UID, "SOP Instance UID in the data set differs from the request")
-        study = _required_uid(ds, "StudyInstanceUID", "(0020,000D)")
-        series = _required_uid(ds, "SeriesInstanceUID", "(0020,000E)")
-        if sop_class not in _NON_IMAGE_CLASSES:
-            problem = _pixel_data_problem(ds, transfer_syntax)
-            if problem:
-                raise StoreRefusedError(Status.DATASET_DOES_NOT_MATCH, problem)
-
+    def _spool_and_record(self, checked: _Checked, received: FileRange, transfer_syntax: UID, peer: Peer | None) -> InstanceMeta | None:
+        """Spool the instance (File Meta, then the data set as received, copied from its file) and record it."""
         calling = peer.calling_ae if peer else ""
-        file_bytes = _part10(raw, sop_class, sop_instance, transfer_syntax, calling)
+        header = _part10_header(checked.sop_class, checked.sop_instance, transfer_syntax, calling)
         try:
-            stored = self.spool.store(study, series, sop_instance, file_bytes)
+            stored = self.spool.store(checked.study, checked.series, checked.sop_instance, [header, received])
         except OSError as exc:
             raise StoreRefusedError(Status.OUT_OF_RESOURCES, f"cannot write to the spool: {exc.strerror or exc}") from None
-        meta = _instance_meta(ds, stored.path, stored.size_bytes, str(transfer_syntax), calling, utcnow(), self.describe)
+        meta = _instance_meta(checked, stored.path, stored.size_bytes, str(transfer_syntax), calling, utcnow())
         try:
             new = self.ledger.instances.record(meta)
         except Exception as exc:
-            _log.exception("cannot record instance %s in the ledger", hash_identifier(sop_instance))
+            _log.exception("cannot record instance %s in the ledger", hash_identifier(checked.sop_instance))
             raise StoreRefusedError(Status.OUT_OF_RESOURCES, f"cannot record in the ledger: {type(exc).__name__}") from None
         if peer:
-            peer.study_uids.add(study)
+            peer.study_uids.add(checked.study)
             peer.count("stored" if new else "duplicates")
         return meta if new else None
+
+
+class _ReadError(Exception):
+    """A value of the data set could not be read (its cause is the library's error)."""

@@ -4,6 +4,11 @@ Each result object a job writes to the outbox is an output; each output gets
 one send per destination, which moves ``pending`` -> ``sent`` | ``retrying``
 | ``dead_letter`` through :meth:`SendStore.record_attempt`, one event per
 attempt.
+
+A send's ``last_error`` (and its events) hold the node's words only. What the
+destination said (its Error Comment, already cleaned of the study's patient
+identifiers by the sender) is kept in the protected ``peer_text``: no event,
+log or default status view carries it.
 """
 
 from __future__ import annotations
@@ -113,6 +118,7 @@ class SendStore(Store):
                         attempts=0,
                         next_attempt_at=now,
                         last_error="",
+                        peer_text="",
                         created_at=now,
                         updated_at=now,
                     )
@@ -129,11 +135,18 @@ class SendStore(Store):
         *,
         status: int | None = None,
         error: str = "",
+        peer_text: str = "",
         next_attempt_at: datetime | None = None,
     ) -> Send:
         """Record one sending attempt: counts it and sets ``sent``, ``retrying`` (with
         ``next_attempt_at``) or ``dead_letter``; ``status`` is the DIMSE status (None when
-        no association)."""
+        no association).
+
+        ``error`` is the node's account of a failure (also written to the send's event);
+        ``peer_text`` what the destination said at this attempt, cleaned of the patient's
+        identifiers (:func:`node.dicom.logs.clean_peer_text`): stored in the protected
+        ``sends.peer_text`` only, never in an event.
+        """
         if to_state not in ("sent", "retrying", "dead_letter"):
             raise LedgerError(f"an attempt ends sent, retrying or dead_letter, not {to_state!r}")
         with self.database.write() as s:
@@ -142,7 +155,7 @@ class SendStore(Store):
                 raise LedgerError(f"no send {send_id} in the ledger")
             old = send.state
             send.attempts += 1
-            send.last_status, send.last_error = status, error
+            send.last_status, send.last_error, send.peer_text = status, error, peer_text
             send.next_attempt_at = next_attempt_at if to_state == "retrying" else None
             send.state, send.updated_at = to_state, utcnow()
             status_text = f"status 0x{status:04X}" if status is not None else "no status"

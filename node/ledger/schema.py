@@ -56,6 +56,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from node.pipelines.routing import AttributeValue
@@ -196,7 +197,10 @@ class Send(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
     last_status: Mapped[int | None] = mapped_column(Integer, default=None)  # DIMSE status of the last attempt
-    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")  # the node's words, never the peer's
+    # protected: the destination's Error Comment at the last attempt, the study's patient identifiers
+    # replaced (node.dicom.logs.clean_peer_text); never logged, shown only by `cardionode status --peer-text`
+    peer_text: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
@@ -244,6 +248,7 @@ class Database:
         self.engine: Engine = _make_engine(url, busy_timeout_s)
         Base.metadata.create_all(self.engine)
         _check_schema(self.engine, url)
+        _add_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._postgresql = self.engine.dialect.name == "postgresql"
         # SQLite serialises writers anyway; this lock keeps threads of one process from
@@ -286,6 +291,24 @@ def _check_schema(engine: Engine, url: str) -> None:
             "CardioNode (series without a 'routing' column); move it aside (finished studies are in the PACS, "
             "unfinished ones are re-recorded from the spool when the listener starts) or recreate it"
         )
+
+
+#: columns added to existing tables since the ledger format began: (table, column, SQL definition);
+#: a ledger that lacks one gets it when opened
+_ADDED_COLUMNS = (("sends", "peer_text", "TEXT NOT NULL DEFAULT ''"),)
+
+
+def _add_columns(engine: Engine) -> None:
+    """Add the :data:`_ADDED_COLUMNS` an older ledger lacks (another process may add them at the same time)."""
+    for table, column, definition in _ADDED_COLUMNS:
+        if column in {c["name"] for c in inspect(engine).get_columns(table)}:
+            continue
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        except DBAPIError:
+            if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                raise
 
 
 def _make_engine(url: str, busy_timeout_s: float) -> Engine:

@@ -1,6 +1,11 @@
 """Operator commands on the ledger: ``cardionode status``, ``retry``, ``discard``, ``complete``.
 
 ``status`` prints the status model of :mod:`node.ops.status` as plain-text tables.
+``status --peer-text`` also prints what destinations said about failed sends (their
+Error Comments, with the study's patient identifiers replaced; kept in the ledger's
+protected ``sends.peer_text``), and records in the audit log that it was shown: that
+text comes from outside the node and may name other patients, so it is never in the
+default view nor in any log.
 
 They act on the ledger only (the running node's conductor picks the changes
 up), so they work whether or not the node is running. Each change is also
@@ -16,6 +21,7 @@ from datetime import datetime
 
 from node.config import ConfigError, Settings, load_settings
 from node.dicom.audit import AuditLog
+from node.dicom.refusals import REASONS
 from node.ledger import Job, Ledger, LedgerError
 from node.ops.status import StatusSnapshot, status_snapshot
 
@@ -58,8 +64,9 @@ def _audit(settings: Settings, event: str, **fields: object) -> None:
         print(f"warning: cannot write the audit log {settings.audit_log_path}: {exc}", file=sys.stderr)
 
 
-def format_status(status: StatusSnapshot) -> str:
-    """``status`` as the plain-text tables `cardionode status` prints: studies, jobs, sends, rejections."""
+def format_status(status: StatusSnapshot, peer_text: bool = False) -> str:
+    """``status`` as the plain-text tables `cardionode status` prints: studies, jobs, sends, rejections;
+    with ``peer_text``, also the destinations' comments (``sends.peer_text``) of the sends listed."""
     parts = [
         f"STUDIES ({len(status.studies)} most recent)",
         format_table(
@@ -97,6 +104,25 @@ def format_status(status: StatusSnapshot) -> str:
             max_width=100,
         ),
     ]
+    if status.refusals.since is not None:  # the listener's refusals by reason (node.dicom.refusals)
+        parts += [
+            f"\nLISTENER REFUSALS ({status.refusals.total} since {status.refusals.since:%Y-%m-%d %H:%M:%S} UTC)",
+            format_table(("reason", "count", "meaning"),
+                         [(reason, n, REASONS[reason]) for reason, n in status.refusals.counts.items() if n], max_width=110),
+        ]
+    commented = [x for x in status.sends if x.peer_text]
+    if peer_text:
+        parts += [
+            f"\nDESTINATIONS' COMMENTS ({len(commented)} of the sends above; patient identifiers replaced)",
+            format_table(
+                ("send", "destination", "last status", "comment"),
+                [(x.id, x.destination, f"0x{x.last_status:04X}" if x.last_status is not None else None, x.peer_text)
+                 for x in commented],
+                max_width=200,
+            ),
+        ]
+    elif commented:
+        parts.append(f"\n{len(commented)} send(s) carry a comment of the destination: `cardionode status --peer-text`")
     return "\n".join(parts)
 
 
@@ -110,7 +136,10 @@ def status_main(args: argparse.Namespace) -> int:
         status = status_snapshot(ledger, settings)
     finally:
         ledger.close()
-    print(format_status(status))
+    peer_text = bool(getattr(args, "peer_text", False))
+    if peer_text:
+        _audit(settings, "admin.peer_text_shown", sends=[x.id for x in status.sends if x.peer_text])
+    print(format_status(status, peer_text=peer_text))
     return 0
 
 

@@ -3,7 +3,10 @@
 :func:`status_snapshot` reads the ledger once per table and returns a
 :class:`StatusSnapshot`: counts by state (studies, jobs, sends), the most
 recent studies, jobs, sends, rejections and state changes (ledger rows:
-detached snapshots with their states and reasons), and who the node is. The
+detached snapshots with their states and reasons), the listener's refusals by
+reason since it started (:mod:`node.dicom.refusals`: association requests refused
+by the policy and connections refused before a request, which the ledger does not
+keep one by one), and who the node is. The
 CLI (:func:`node.ops.admin.status_main`) prints it as tables; the web page
 renders the same object. Nothing here writes.
 """
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from node.dicom.refusals import RefusalSnapshot, read_refusal_counts
 from node.ledger import Event, Job, Ledger, RejectionRecord, Send, Study, utcnow
 
 __all__ = ["StatusSnapshot", "status_snapshot"]
@@ -41,6 +45,7 @@ class StatusSnapshot:
     sends: tuple[Send, ...]  # newest first
     rejections: tuple[RejectionRecord, ...]  # newest first
     events: tuple[Event, ...]  # newest first
+    refusals: RefusalSnapshot  # the listener's refusals by reason since it started (node.dicom.refusals.REASONS)
 
 
 def status_snapshot(
@@ -69,4 +74,5 @@ def status_snapshot(
         sends=tuple(ledger.sends.find(limit=rows)),
         rejections=tuple(ledger.rejections.find(limit=rejections)),
         events=tuple(ledger.events.recent(events)),
+        refusals=read_refusal_counts(settings.refusal_counts_path),
     )

@@ -126,6 +126,11 @@ class Pipeline(ABC):
     series_rules: tuple[SeriesRule, ...]
 
     steps: tuple[Step, ...] = (Step("analyse", "cpu"), Step("predict", "gpu"), Step("report", "cpu"))
+    #: the type ``analyse`` and ``predict`` return: a dataclass whose fields hold numbers, strings,
+    #: tuples, lists, dicts, NumPy arrays, pydicom Datasets and further dataclasses, all annotated.
+    #: Between steps the queue stores it as JSON and ``.npy`` arrays (:mod:`node.queue.codec`); the
+    #: dataclasses its annotations reach are the only ones a stored result may contain.
+    result_type: ClassVar[type[Any]]
 
     #: the pydantic model of the ``[pipelines.<name>]`` options; the base model accepts none
     options_model: ClassVar[type[PipelineOptions]] = PipelineOptions
@@ -177,10 +182,11 @@ class Pipeline(ABC):
 
     @abstractmethod
     def analyse(self, instances: Sequence[Dataset]) -> Any:
-        """``cpu`` step: DICOM instances of the study to a picklable result object."""
+        """``cpu`` step: DICOM instances of the study to a :attr:`result_type` value."""
 
     def predict(self, result: Any) -> Any:
-        """``gpu`` step: add model predictions to ``result``. Pipelines without models return it unchanged."""
+        """``gpu`` step: add model predictions to ``result`` (a :attr:`result_type` value, as is the return
+        value). Pipelines without models return it unchanged."""
         return result
 
     @abstractmethod

@@ -20,6 +20,7 @@ the same studies as a shipped one takes precedence.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import threading
@@ -71,6 +72,12 @@ def register(pipeline: Pipeline) -> Pipeline:
     for attribute in ("name", "version", "title", "series_rules"):
         if not getattr(pipeline, attribute, None):
             raise ValueError(f"pipeline {type(pipeline).__name__} has no {attribute!r}")
+    result_type = getattr(pipeline, "result_type", None)
+    if not (isinstance(result_type, type) and dataclasses.is_dataclass(result_type)):
+        raise ValueError(
+            f"pipeline {type(pipeline).__name__}: result_type must be the dataclass its analyse and predict "
+            f"return (the queue stores only declared dataclasses between steps), got {result_type!r}"
+        )
     with _lock:
         previous = _pipelines.get(pipeline.name)
         if previous is not None and previous is not pipeline:

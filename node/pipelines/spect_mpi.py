@@ -139,7 +139,8 @@ class StateResult:
 
 @dataclass(frozen=True, eq=False)
 class SpectMpiResult:
-    """Everything ``analyse`` (and ``predict``) found for one study; picklable.
+    """Everything ``analyse`` (and ``predict``) found for one study; every field annotated (the queue
+    stores it with :mod:`node.queue.codec`, whose allow-list these annotations make).
 
     ``age`` years, ``sex`` "M"/"F"/None, ``tracer`` key; ``tid_ratio`` stress/rest
     cavity volume (1); ``study_scores`` :class:`~node.quant.scores.StudyScores` (SSS/SRS/SDS, TPD %);
@@ -563,6 +564,7 @@ class SpectMpiPipeline(Pipeline):
     title = "SPECT myocardial perfusion (polar maps, 17-segment scores, TPD, gated function, phase)"
     series_rules = (_nm_rule("stress"), _nm_rule("rest"))
     options_model = SpectMpiOptions
+    result_type = SpectMpiResult
 
     def analyse(self, instances: Sequence[Dataset]) -> SpectMpiResult:
         """Load the NM reconstructions among ``instances`` and quantify them (cpu step).

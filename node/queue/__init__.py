@@ -3,7 +3,8 @@
 * :mod:`node.queue.app` — the Celery app (queues ``cpu``, ``gpu``, ``io``; late acks, prefetch 1)
 * :mod:`node.queue.tasks` — the one task, ``cardionode.step``
 * :mod:`node.queue.steps` — running a pipeline step against the artifact store
-* :mod:`node.queue.artifacts` — directory or Redis store for instances and results
+* :mod:`node.queue.artifacts` — directory or Redis store for instances and results (password, TLS)
+* :mod:`node.queue.codec` — step results as JSON and ``.npy`` arrays, never pickles (an allow-list of types)
 * :mod:`node.queue.dispatch` — the node's side: submit steps, read their state
 * :mod:`node.queue.conductor` — drives jobs from ``queued`` to ``reported``
 * :mod:`node.queue.recovery` — restores tasks of workers killed with the node (SQLite broker)
@@ -14,6 +15,7 @@
 __all__ = [
     "app",
     "artifacts",
+    "codec",
     "conductor",
     "dispatch",
     "recovery",

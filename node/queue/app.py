@@ -16,7 +16,11 @@ Default broker and result backend are SQLite files in the data directory
 (kombu's SQLAlchemy transport, Celery's database backend): nothing to install.
 A ``redis://`` broker URL switches broker, result backend and (unless
 configured otherwise) the artifact store to Redis, for workers on other
-machines.
+machines. A password goes in the URL (``redis://:PASSWORD@host:6379/0``);
+``rediss://`` URLs speak TLS and always verify the server's certificate
+(:class:`~node.queue.artifacts.RedisTLS`: CA file, client certificate and key).
+Messages and results are JSON only (``accept_content``): neither the broker nor
+the result backend ever unpickles what it reads.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from node.queue.artifacts import ArtifactStore, open_store
+from node.queue.artifacts import ArtifactStore, RedisTLS, open_store, redis_problem
 
-__all__ = ["QUEUES", "QueueSettings", "create_app"]
+__all__ = ["QUEUES", "QueueSettings", "create_app", "connection_problems"]
 
 #: the queues every worker may consume
 QUEUES: tuple[str, ...] = ("cpu", "gpu", "io")
@@ -46,6 +50,7 @@ class QueueSettings:
 
     ``visibility_timeout_s``: seconds after which Redis hands an unacknowledged
     message to another worker (the longest job must finish within it).
+    ``redis_tls``: TLS options of every ``rediss://`` URL.
     """
 
     data_dir: Path
@@ -53,6 +58,7 @@ class QueueSettings:
     result_backend: str
     artifact_store: str
     visibility_timeout_s: float = 3600.0
+    redis_tls: RedisTLS = RedisTLS()
 
     @classmethod
     def from_settings(cls, settings: Any) -> QueueSettings:
@@ -64,6 +70,8 @@ class QueueSettings:
             result_backend=settings.effective_result_backend,
             artifact_store=settings.effective_artifact_store,
             visibility_timeout_s=float(settings.visibility_timeout_s),
+            redis_tls=RedisTLS(settings.redis_tls.ca, settings.redis_tls.cert, settings.redis_tls.key,
+                               settings.redis_tls.check_hostname),
         )
 
     @property
@@ -71,7 +79,29 @@ class QueueSettings:
         return self.broker_url.startswith("sqla+sqlite")
 
     def open_artifacts(self) -> ArtifactStore:
-        return open_store(self.artifact_store)
+        return open_store(self.artifact_store, self.redis_tls)
+
+
+def connection_problems(queue_settings: QueueSettings) -> tuple[list[str], list[str]]:
+    """Connect to each Redis server of the broker, result backend and artifact store once.
+
+    Returns ``(refused, unreachable)`` in words, passwords redacted: servers that refused
+    this client (wrong or missing password, TLS failure: the configuration must change)
+    and servers that did not answer (down or unreachable: Celery keeps retrying). Both
+    are empty when every server answers or none is Redis.
+    """
+    refused: list[str] = []
+    unreachable: list[str] = []
+    names: dict[str, list[str]] = {}
+    for what, url in (("broker_url", queue_settings.broker_url), ("result_backend", queue_settings.result_backend),
+                      ("artifact_store", queue_settings.artifact_store)):
+        if _is_redis(url):
+            names.setdefault(url, []).append(what)
+    for url, settings_names in names.items():
+        problem = redis_problem(url, queue_settings.redis_tls, " and ".join(settings_names))
+        if problem is not None:
+            (refused if problem[1] else unreachable).append(problem[0])
+    return refused, unreachable
 
 
 def create_app(queue_settings: QueueSettings) -> Celery:
@@ -92,6 +122,11 @@ def create_app(queue_settings: QueueSettings) -> Celery:
         }
     elif queue_settings.broker_is_sqlite:
         transport_options = {"connect_args": {"timeout": 30}}
+    tls_options = queue_settings.redis_tls.redis_options()
+    if queue_settings.broker_url.startswith("rediss://"):
+        app.conf.broker_use_ssl = tls_options
+    if queue_settings.result_backend.startswith("rediss://"):
+        app.conf.redis_backend_use_ssl = tls_options
     app.conf.update(
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_exchange="cpu",
@@ -105,6 +140,7 @@ def create_app(queue_settings: QueueSettings) -> Celery:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
+        result_accept_content=["json"],
         result_expires=7 * 24 * 3600,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,

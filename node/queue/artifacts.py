@@ -9,7 +9,16 @@ keys. Two stores:
   atomically (temporary file, fsync, rename). Workers on the same machine, or on
   machines mounting the same volume, read the same files.
 * :class:`RedisStore`: values in Redis (the broker's server when it is Redis),
-  with an expiry so that abandoned jobs do not fill the server.
+  with an expiry so that abandoned jobs do not fill the server. The URL carries
+  the password (``redis://:PASSWORD@host:6379/0``, or ``USER:PASSWORD`` for a
+  Redis ACL user); ``rediss://`` speaks TLS, verifying the server with
+  :class:`RedisTLS` (a CA file, or the system's CAs) and optionally presenting a
+  client certificate.
+
+Whoever can write to the store can change what the workers read, so nothing
+read from it is trusted: step results are decoded by :mod:`node.queue.codec`
+(no code runs), instances and outputs are parsed as DICOM, and :meth:`ArtifactStore.get`
+takes a size bound.
 
 Keys are relative POSIX-like paths made of ``[A-Za-z0-9._-]`` components, e.g.
 ``jobs/12.1/inputs/0003.dcm``.
@@ -20,13 +29,31 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import ssl
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
-__all__ = ["ArtifactStore", "DirectoryStore", "RedisStore", "MissingArtifactError", "open_store", "validate_key"]
+from node.config import redact_url
+
+__all__ = [
+    "ArtifactStore",
+    "DirectoryStore",
+    "RedisStore",
+    "RedisTLS",
+    "MissingArtifactError",
+    "ArtifactTooLargeError",
+    "open_store",
+    "validate_key",
+    "redis_client",
+    "redis_problem",
+]
+
+#: seconds to wait for a Redis server to accept a connection before giving up with an error
+REDIS_CONNECT_TIMEOUT_S = 10.0
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
 
@@ -36,6 +63,35 @@ class MissingArtifactError(KeyError):
 
     def __str__(self) -> str:
         return f"artifact {self.args[0]!r} is not in the store (expired or deleted?)"
+
+
+class ArtifactTooLargeError(ValueError):
+    """An artifact larger than the reader accepts (a bound against memory exhaustion)."""
+
+
+@dataclass(frozen=True)
+class RedisTLS:
+    """TLS for ``rediss://`` URLs: the server is always verified.
+
+    ``ca``: PEM file of the CA(s) that signed the Redis server's certificate (None: the
+    system's CAs); ``cert``/``key``: the client certificate and key, for a Redis with
+    ``tls-auth-clients yes``; ``check_hostname``: the certificate must name the host of the URL.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    check_hostname: bool = True
+
+    def redis_options(self) -> dict[str, Any]:
+        """Keyword arguments of redis-py's ``SSLConnection`` (also what kombu and Celery pass on)."""
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": self.check_hostname}
+        if self.ca is not None:
+            options["ssl_ca_certs"] = str(self.ca)
+        if self.cert is not None and self.key is not None:
+            options["ssl_certfile"] = str(self.cert)
+            options["ssl_keyfile"] = str(self.key)
+        return options
 
 
 def validate_key(key: str) -> str:
@@ -53,8 +109,9 @@ class ArtifactStore(ABC):
         """Store ``data`` under ``key`` (replacing any value) and return the key."""
 
     @abstractmethod
-    def get(self, key: str) -> bytes:
-        """Return the bytes under ``key``; raise :class:`MissingArtifactError` if absent."""
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        """Return the bytes under ``key``; raise :class:`MissingArtifactError` if absent and
+        :class:`ArtifactTooLargeError`, before reading it, if it holds more than ``max_bytes``."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:
@@ -97,9 +154,12 @@ class DirectoryStore(ArtifactStore):
             raise
         return key
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with self._path(key).open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                _check_size(key, size, max_bytes)
+                return handle.read()
         except FileNotFoundError:
             raise MissingArtifactError(key) from None
 
@@ -127,13 +187,13 @@ class DirectoryStore(ArtifactStore):
 class RedisStore(ArtifactStore):
     """Artifacts as Redis strings under ``namespace``, expiring after ``ttl_s`` seconds."""
 
-    def __init__(self, url: str, namespace: str = "cardionode:artifacts", ttl_s: int = 7 * 24 * 3600) -> None:
-        import redis  # only needed when this store is used
-
+    def __init__(
+        self, url: str, namespace: str = "cardionode:artifacts", ttl_s: int = 7 * 24 * 3600, tls: RedisTLS | None = None
+    ) -> None:
         self.url = url
         self.namespace = namespace
         self.ttl_s = int(ttl_s)
-        self._redis = redis.Redis.from_url(url)
+        self._redis = redis_client(url, tls)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.namespace!r})"
@@ -145,9 +205,14 @@ class RedisStore(ArtifactStore):
         self._redis.set(self._name(key), data, ex=self.ttl_s)
         return key
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        name = self._name(key)
+        if max_bytes is not None:
+            _check_size(key, int(cast(int, self._redis.strlen(name))), max_bytes)
         # redis-py types replies as bytes | str whatever decode_responses; this client keeps the default (bytes)
-        value = cast("bytes | None", self._redis.get(self._name(key)))
+        value = cast("bytes | None", self._redis.get(name))
+        if value is not None and max_bytes is not None:
+            _check_size(key, len(value), max_bytes)  # replaced between the two commands
         if value is None:
             raise MissingArtifactError(key)
         return bytes(value)
@@ -166,17 +231,71 @@ class RedisStore(ArtifactStore):
             self._redis.delete(*names[i : i + 500])
 
 
-def open_store(spec: str) -> ArtifactStore:
+def _check_size(key: str, size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise ArtifactTooLargeError(f"artifact {key!r} holds {size} bytes, more than the {max_bytes} accepted")
+
+
+def redis_client(url: str, tls: RedisTLS | None = None) -> Any:
+    """A redis-py client for ``url`` (password in the URL; TLS options from ``tls`` for ``rediss://``)."""
+    import redis  # only needed when Redis is used
+
+    options: dict[str, Any] = {"socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S, "health_check_interval": 30}
+    if url.startswith("rediss://"):
+        options.update((tls or RedisTLS()).redis_options())
+    return redis.Redis.from_url(url, **options)
+
+
+def redis_problem(url: str, tls: RedisTLS | None, what: str) -> tuple[str, bool] | None:
+    """Why the Redis server of ``url`` cannot be used, or None when it answers a ping.
+
+    Returns ``(words, refused)``: the reason with the password redacted, naming the
+    setting ``what`` (``broker_url``, ...), and whether the server *refused* this client
+    (wrong or missing password, unknown user, TLS failure: a configuration error) rather
+    than being unreachable (down, or the network: maybe transient).
+    """
+    import redis
+
+    shown = f"{what} {redact_url(url)}"
+    hint = "put it in the URL (redis://:PASSWORD@host:port/db, or USER:PASSWORD for an ACL user)"
+    try:
+        client = redis_client(url, tls)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.AuthenticationError as exc:  # wrong password or user; "Authentication required" without one
+        if "required" in str(exc).lower():
+            return f"{shown}: the Redis server needs a password; {hint} ({exc})", True
+        return f"{shown}: the Redis server refused the password (or user) in the URL ({exc})", True
+    except redis.ResponseError as exc:  # NOAUTH, NOPERM, or AUTH sent to a server without a password
+        if "NOAUTH" in str(exc):
+            return f"{shown}: the Redis server needs a password; {hint} ({exc})", True
+        return f"{shown}: the Redis server refused this client ({exc})", True
+    except redis.ConnectionError as exc:
+        text = str(exc)
+        if isinstance(exc.__context__, ssl.SSLError) or "SSL" in text or "certificate" in text.lower():
+            return (f"{shown}: TLS with the Redis server failed ({text}); check that redis_tls.ca holds the CA "
+                    "of the server's certificate, that the certificate names the URL's host, and redis_tls.cert/key"), True
+        return f"{shown}: cannot connect ({text})", False
+    except (redis.RedisError, OSError) as exc:
+        return f"{shown}: {type(exc).__name__}: {exc}", False
+    except ValueError as exc:  # from_url: a URL redis-py cannot parse
+        return f"{shown}: not a usable Redis URL ({exc})", True
+    return None
+
+
+def open_store(spec: str, tls: RedisTLS | None = None) -> ArtifactStore:
     """Open the artifact store named by ``Settings.effective_artifact_store``.
 
-    ``spec`` is a ``redis://`` / ``rediss://`` URL or a directory path
-    (optionally ``file://``).
+    ``spec`` is a ``redis://`` / ``rediss://`` URL (``tls`` applies to ``rediss://``)
+    or a directory path (optionally ``file://``).
     """
     spec = spec.strip()
     if not spec:
         raise ValueError("artifact store is empty: give a directory or a redis:// URL")
     if spec.startswith(("redis://", "rediss://")):
-        return RedisStore(spec)
+        return RedisStore(spec, tls=tls)
     if spec.startswith("file://"):
         spec = spec[len("file://") :]
     return DirectoryStore(Path(spec))

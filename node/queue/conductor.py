@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import pydicom
+from pydicom import Dataset
 
 from node.config import Settings
 from node.dicom.audit import AuditLog
@@ -149,13 +150,42 @@ class Conductor:
         self._collect(job, pipeline, attempt, state.result or {})
 
     # ------------------------------------------------------------------ results
+    def _outputs(self, job: Job, attempt: int, result: dict[str, Any]) -> list[tuple[str, bytes, Dataset]] | str:
+        """The report step's objects ``(key, bytes, header)``, or why they are refused (nothing is written then).
+
+        The task's result names the keys; each must be ``<job prefix>/outputs/<SOP Instance UID>.dcm`` of
+        this job attempt and hold a DICOM object with that SOP Instance UID, so that a forged result cannot
+        make the node copy another job's instances (or anything else in the store) to the outbox.
+        """
+        keys = result.get("outputs", [])
+        if not isinstance(keys, list):
+            return f"report returned {type(keys).__name__} where a list of output keys belongs; refused"
+        prefix = self.queue.outputs_prefix(job.id, attempt)
+        objects: list[tuple[str, bytes, Dataset]] = []
+        for key in keys:
+            name = key[len(prefix):] if isinstance(key, str) and key.startswith(prefix) else ""
+            if not name.endswith(".dcm") or "/" in name:
+                return f"report named the artifact {str(key)[:120]!r}, not one of this job's outputs ({prefix}*.dcm); refused"
+            data = self.queue.fetch(key)
+            try:
+                header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                uid = str(header.SOPInstanceUID)
+            except Exception as exc:  # not DICOM, truncated, no SOP Instance UID
+                return f"result object {key} is not a DICOM object ({type(exc).__name__}: {str(exc)[:200]}); refused"
+            if name != f"{uid}.dcm":
+                return f"result object {key} holds SOP Instance UID {uid[:64]!r}, not the one its key names; refused"
+            objects.append((key, data, header))
+        return objects
+
     def _collect(self, job: Job, pipeline: Pipeline, attempt: int, result: dict[str, Any]) -> None:
         destinations = [d.name for d in self.settings.destinations]
-        keys = list(result.get("outputs", []))
+        objects = self._outputs(job, attempt, result)
+        if isinstance(objects, str):
+            self._fail(job, objects)
+            return
+        keys = [key for key, _, _ in objects]
         recorded: list[str] = []
-        for key in keys:
-            data = self.queue.fetch(key)
-            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        for _key, data, header in objects:
             study_uid = validate_uid(str(header.StudyInstanceUID), "StudyInstanceUID of a result object")
             series_uid = validate_uid(str(header.SeriesInstanceUID), "SeriesInstanceUID of a result object")
             sop_uid = validate_uid(str(header.SOPInstanceUID), "SOPInstanceUID of a result object")

@@ -145,6 +145,10 @@ class JobQueue:
         """Drop a finished step's result from the backend."""
         self.app.AsyncResult(task_id_for(self.node, job_id, attempt, step)).forget()
 
+    def outputs_prefix(self, job_id: int, attempt: int) -> str:
+        """The key prefix under which the report step of a job attempt writes its objects (ends with ``/``)."""
+        return f"{job_prefix(job_key(self.node, job_id, attempt))}/outputs/"
+
     def fetch(self, key: str) -> bytes:
         """Bytes of an artifact written by a worker (e.g. an output object)."""
         return self.store.get(key)

@@ -3,7 +3,10 @@
 A job attempt owns the artifact prefix ``jobs/<job_key>/``:
 
 * ``inputs/NNNNN.dcm`` the study's instances, put there by the node;
-* ``<step>.pkl`` the pickled result of ``analyse`` and ``predict``;
+* ``<step>.values`` the result of ``analyse`` and ``predict``, stored by
+  :mod:`node.queue.codec` (JSON and ``.npy`` arrays in a ZIP archive; never a
+  pickle) and read back as the pipeline's declared
+  :attr:`~node.pipelines.base.Pipeline.result_type` only;
 * ``outputs/<SOPInstanceUID>.dcm`` the DICOM objects made by ``report``.
 
 The task message (:class:`StepMessage`) names the job, the pipeline and its
@@ -15,12 +18,17 @@ templates folder); it never carries images. The worker runs the step on the
 pipeline :meth:`~node.pipelines.base.Pipeline.configured` with that RunConfig, so
 it reads no configuration of its own for processing. Every step is
 deterministic, so a message delivered twice writes the same artifacts twice.
+
+Nothing a worker reads can make it run code: a step reads only the result of
+the step before it in its pipeline (not a key the message names), and a stored
+result that is not a valid value of the pipeline's result type fails the step
+with :class:`~node.queue.codec.CodecError` before the pipeline runs.
 """
 
 from __future__ import annotations
 
 import io
-import pickle
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +37,9 @@ import pydicom
 from pydicom import Dataset
 
 from node.pipelines import registry
+from node.pipelines.base import Step
 from node.pipelines.options import RunConfig
+from node.queue import codec
 from node.queue.artifacts import ArtifactStore
 from node.results.content import ReportContext
 from node.uids import validate_uid
@@ -40,6 +50,8 @@ __all__ = [
     "PipelineVersionMismatch",
     "job_prefix",
     "input_key",
+    "result_key",
+    "StepMessageError",
     "run_step",
     "context_to_dict",
     "context_from_dict",
@@ -54,12 +66,21 @@ class PipelineVersionMismatch(RuntimeError):
     """The worker runs another version of the pipeline than the node asked for."""
 
 
+class StepMessageError(ValueError):
+    """A step message that no node sends: unknown step, a ``previous`` step that is not the one before, a bad job key."""
+
+
+#: ``<node tag>-<job id>.<attempt>`` (:func:`node.queue.dispatch.job_key`)
+_JOB_KEY_RE = re.compile(r"^[0-9a-z]{1,64}-[0-9]{1,18}\.[0-9]{1,9}$")
+
+
 @dataclass(frozen=True)
 class StepMessage:
     """The JSON-able body of a step task.
 
-    ``previous`` is the step whose pickled result this step reads (``""`` for
-    the first step, which reads the inputs). ``config`` is
+    ``previous`` is the step whose stored result this step reads (``""`` for
+    the first step, which reads the inputs); the worker checks that it is the
+    step before this one in the pipeline. ``config`` is
     :meth:`RunConfig.to_dict` of the run (every step); ``context`` is
     :func:`context_to_dict` of its :class:`ReportContext` (``report`` only).
     """
@@ -90,6 +111,11 @@ def job_prefix(job_key: str) -> str:
 def input_key(job_key: str, index: int) -> str:
     """The artifact key of the ``index``-th input instance (0-based)."""
     return f"{job_prefix(job_key)}/inputs/{index:05d}.dcm"
+
+
+def result_key(job_key: str, step: str) -> str:
+    """The artifact key of the stored result of ``step`` (``analyse`` or ``predict``)."""
+    return f"{job_prefix(job_key)}/{step}.values"
 
 
 def context_to_dict(context: ReportContext) -> dict[str, Any]:
@@ -138,9 +164,11 @@ def run_step(store: ArtifactStore, message: StepMessage) -> dict[str, Any]:
             f"this worker has {pipeline.version}; update the worker"
         )
     pipeline = pipeline.configured(RunConfig.from_dict(message.config))
+    previous = _previous_step(pipeline.steps, message)
     prefix = job_prefix(message.job_key)
-    if message.previous:
-        value: Any = pickle.loads(store.get(f"{prefix}/{message.previous}.pkl"))
+    schema = codec.schema_for(pipeline.result_type)
+    if previous:
+        value: Any = _load_result(store, result_key(message.job_key, previous), schema)
     else:
         value = _load_inputs(store, message.job_key)
 
@@ -157,8 +185,39 @@ def run_step(store: ArtifactStore, message: StepMessage) -> dict[str, Any]:
             keys.append(store.put(f"{prefix}/outputs/{uid}.dcm", dataset_to_bytes(dataset)))
             uids.append(uid)
         return {"outputs": keys, "sop_instance_uids": uids}
-    else:
-        raise ValueError(f"unknown step {message.step!r} (known: {', '.join(STEP_ORDER)})")
+    else:  # _previous_step refused it already
+        raise StepMessageError(f"unknown step {message.step!r} (known: {', '.join(STEP_ORDER)})")
 
-    key = store.put(f"{prefix}/{message.step}.pkl", pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    key = store.put(result_key(message.job_key, message.step), codec.encode(result, schema))
     return {"result": key}
+
+
+def _previous_step(steps: tuple[Step, ...], message: StepMessage) -> str:
+    """The step whose result ``message``'s step reads ("" for the first), after checking the message.
+
+    The worker derives it from the pipeline rather than trusting the message: a
+    forged message cannot make a worker read any other key.
+    """
+    if not _JOB_KEY_RE.match(message.job_key):
+        raise StepMessageError(f"job key {message.job_key[:80]!r} is not <node>-<job>.<attempt>")
+    names = [step.name for step in steps]
+    if message.step not in names or message.step not in STEP_ORDER:
+        raise StepMessageError(
+            f"job {message.job_key}: step {message.step!r} is not a step of {message.pipeline} ({', '.join(names)})"
+        )
+    index = names.index(message.step)
+    previous = names[index - 1] if index > 0 else ""
+    if message.previous != previous:
+        raise StepMessageError(
+            f"job {message.job_key}: {message.step} reads the result of {previous or 'no step (the inputs)'}, "
+            f"the message names {message.previous!r}"
+        )
+    return previous
+
+
+def _load_result(store: ArtifactStore, key: str, schema: codec.Schema) -> Any:
+    """The stored result at ``key``, decoded and checked against ``schema``; :class:`~node.queue.codec.CodecError` names the key."""
+    try:
+        return codec.decode(store.get(key, max_bytes=codec.DEFAULT_LIMITS.max_archive_bytes), schema)
+    except codec.CodecError as exc:
+        raise codec.CodecError(f"{key}: {exc}") from None

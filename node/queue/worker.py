@@ -14,11 +14,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
 
-from node.queue.app import QUEUES, QueueSettings, create_app
+from node.queue.app import QUEUES, QueueSettings, connection_problems, create_app
 
 __all__ = ["parse_queues", "worker_argv", "worker_main"]
 
@@ -50,7 +51,11 @@ def worker_argv(queues: list[str], concurrency: int) -> list[str]:
 
 
 def worker_main(args: argparse.Namespace) -> int:
-    """Run a worker until it is stopped (SIGTERM: finish the current tasks, then exit)."""
+    """Run a worker until it is stopped (SIGTERM: finish the current tasks, then exit).
+
+    2 without starting when the configuration is wrong, or a Redis server of the queue refuses
+    the worker (wrong or missing password, TLS failure); an unreachable one is retried.
+    """
     from node.config import ConfigError, load_settings
     from node.dicom.logs import setup_logging
     from node.pipelines import registry
@@ -63,10 +68,18 @@ def worker_main(args: argparse.Namespace) -> int:
         print(f"cardionode worker: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_dir, f"worker-{'-'.join(queues)}")
+    queue_settings = QueueSettings.from_settings(settings)
+    refused, unreachable = connection_problems(queue_settings)
+    for problem in unreachable:  # Celery keeps trying to connect
+        logging.getLogger("node.queue.worker").warning("%s; retrying", problem)
+    if refused:
+        for problem in refused:
+            print(f"cardionode worker: {problem}", file=sys.stderr)
+        return 2
     failed = registry.load_modules(settings.pipeline_modules)
     for module, error in failed.items():
         print(f"cardionode worker: pipeline module {module} not loaded: {error}", file=sys.stderr)
     registry.all_pipelines()  # import the shipped pipelines now: the pool processes inherit them
-    app = create_app(QueueSettings.from_settings(settings))
+    app = create_app(queue_settings)
     app.worker_main(argv)
     return 0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import ssl
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -12,11 +15,24 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import EnhancedSRStorage, NuclearMedicineImageStorage
 
 from node.config import TLSSettings
-from node.dicom.sender import COMPREHENSIVE_3D_SR, ENHANCED_SR, RetryPolicy, Target, classify_status, send_files
+from node.dicom.audit import AuditLog
+from node.dicom.sender import (
+    COMPREHENSIVE_3D_SR,
+    ENHANCED_SR,
+    PEER_TEXT_KEPT,
+    Exporter,
+    RetryPolicy,
+    Target,
+    classify_status,
+    send_files,
+)
 from node.dicom.tls import client_context
+from node.ledger import InstanceMeta, Ledger, OutputMeta
+from node.ops.admin import format_status
+from node.ops.status import status_snapshot
 from node.results import to_enhanced_sr
 from node.results.content import ReportContext
-from tests.support.nm import write_nm_study
+from tests.support.nm import NM_STORAGE, PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, write_nm_study
 from tests.support.pipelines import flowtest as flowtest_pipeline
 from tests.support.ports import free_port
 
@@ -35,14 +51,18 @@ def outputs(tmp_path: Path, seed: int) -> list[Path]:
     return files
 
 
-def _scp(contexts: list[str], status: int = 0x0000, reject: bool = False):  # type: ignore[no-untyped-def]
+def _scp(contexts: list[str], status: int = 0x0000, reject: bool = False, comment: str = ""):  # type: ignore[no-untyped-def]
     received: list[pydicom.Dataset] = []
 
     def on_store(event):  # type: ignore[no-untyped-def]
         ds = event.dataset
         ds.file_meta = event.file_meta
         received.append(ds)
-        return status
+        if not comment:
+            return status
+        rsp = pydicom.Dataset()
+        rsp.Status, rsp.ErrorComment = status, comment  # LO: at most 64 characters
+        return rsp
 
     ae = AE(ae_title="TESTSCP")
     for uid in contexts:
@@ -90,6 +110,75 @@ def test_association_rejected_permanently_and_nobody_listening(outputs: list[Pat
     outcomes = send_files(Target("t", "TESTSCP", "127.0.0.1", free_port()), outputs, calling_ae="CARDIONODE",
                           timeout_s=3)
     assert {o.kind for o in outcomes} == {"transient"}, outcomes
+
+
+#: what the peers in these tests say: the patient of the outputs (tests.support.nm), as peers spell it
+ECHO = f"{PATIENT_NAME.upper()} id {PATIENT_ID} born 1937-09-14 conflicts"
+SECRETS = ("quillfeather", "zebedee", PATIENT_ID.lower(), PATIENT_BIRTH_DATE, "1937-09-14")
+
+
+def _secrets_in(text: str) -> list[str]:
+    return [s for s in SECRETS if s in text.lower()]
+
+
+def test_the_peers_comment_is_cleaned_of_the_patient_and_kept_apart(outputs: list[Path]) -> None:
+    for status, kind in ((0xC000, "permanent"), (0xB000, "sent")):
+        server, port, _ = _scp(["1.2.840.10008.5.1.4.1.1.7", COMPREHENSIVE_3D_SR], status=status, comment=ECHO)
+        try:
+            outcomes = send_files(Target("t", "TESTSCP", "127.0.0.1", port), outputs, calling_ae="CARDIONODE")
+        finally:
+            server.shutdown()
+        assert [o.kind for o in outcomes] == [kind, kind], outcomes
+        for o in outcomes:
+            assert o.error == ("" if kind == "sent" else f"destination answered 0x{status:04X}"), o.error
+            assert o.comment == "<patient-name> id <patient-id> born <birth-date> conflicts", o.comment
+
+
+def test_exporter_keeps_the_peers_words_out_of_logs_audit_events_and_default_status(
+    outputs: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    ds = pydicom.dcmread(outputs[0])
+    study, series = str(ds.StudyInstanceUID), "1.2.3.4.5"
+    ledger.instances.record(InstanceMeta(sop_instance_uid="1.2.3.4.5.6", sop_class_uid=NM_STORAGE, study_uid=study,
+                                         series_uid=series, path="/spool/x.dcm", size_bytes=1,
+                                         routing={"sop_class_uid": NM_STORAGE}))
+    ledger.studies.transition(study, "complete", "manual", rule="manual")
+    ledger.studies.transition(study, "processing", "run 1")
+    job = ledger.jobs.create(study, "flowtest_nm")
+    ledger.jobs.transition(job.id, "running", "test")
+    ledger.jobs.transition(job.id, "reported", "2 outputs")
+    for path in outputs:
+        out = pydicom.dcmread(path)
+        meta = OutputMeta(str(out.SOPInstanceUID), study, str(out.SeriesInstanceUID), str(out.SOPClassUID), str(path))
+        ledger.outputs.record(job.id, "flowtest_nm", meta)
+        ledger.sends.create(meta.sop_instance_uid, ["refuser"])
+    server, port, _ = _scp(["1.2.840.10008.5.1.4.1.1.7", COMPREHENSIVE_3D_SR], status=0xA900, comment=ECHO)
+    caplog.set_level(logging.DEBUG)
+    try:
+        with AuditLog(tmp_path / "audit.jsonl") as audit:
+            exporter = Exporter(ledger, {"refuser": Target("refuser", "TESTSCP", "127.0.0.1", port)},
+                                calling_ae="CARDIONODE", audit=audit)
+            assert exporter.run_once() == 2
+        sends = ledger.sends.find()
+        events = [e.reason for e in ledger.events.recent(50)]
+        settings = SimpleNamespace(ae_title="CARDIONODE", destinations=[SimpleNamespace(name="refuser")])
+        snapshot = status_snapshot(ledger, settings)
+    finally:
+        server.shutdown()
+        ledger.close()
+    assert [s.state for s in sends] == ["dead_letter", "dead_letter"]
+    assert {s.last_error for s in sends} == {f"destination answered 0xA900{PEER_TEXT_KEPT}"}
+    assert {s.peer_text for s in sends} == {"<patient-name> id <patient-id> born <birth-date> conflicts"}
+    audit_lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [a["peer_comment"] for a in audit_lines if a["event"] == "send.dead_letter"] == [True, True]
+    default, shown = format_status(snapshot), format_status(snapshot, peer_text=True)
+    for what, text in (("log", caplog.text), ("audit", json.dumps(audit_lines)), ("events", "\n".join(events)),
+                       ("last_error", "\n".join(s.last_error for s in sends)), ("status", default),
+                       ("status --peer-text", shown)):
+        assert not _secrets_in(text), f"{_secrets_in(text)} in the {what}: {text}"
+    assert "conflicts" not in default and "--peer-text" in default
+    assert "<patient-name> id <patient-id> born <birth-date> conflicts" in shown
 
 
 def test_only_the_sent_sop_classes_are_proposed(outputs: list[Path]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from node.dicom import spool as spool_module
-from node.dicom.spool import Spool, write_file_atomic
+from node.dicom.spool import FileRange, Spool, write_file_atomic
 from node.uids import InvalidUIDError
 
 
@@ -76,3 +76,30 @@ def test_replace_is_atomic_and_partials_are_cleaned(tmp_path: Path) -> None:
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half")
     assert spool.remove_partial_files() == 1 and not leftover.exists()
+
+
+def test_store_from_parts_copies_file_ranges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage service spools a received data set as File Meta bytes plus a range of the received file."""
+    received = tmp_path / "received.bin"
+    received.write_bytes(b"H" * 300 + os.urandom(3 * 2**20 + 17))
+    spool = Spool(tmp_path / "spool")
+    stored = spool.store("1.2", "1.2.3", "1.2.3.4", [b"META", FileRange(received, 300, 3 * 2**20 + 17)])
+    assert stored.created and stored.size_bytes == 4 + 3 * 2**20 + 17
+    assert stored.path.read_bytes() == b"META" + received.read_bytes()[300:]
+
+    def no_kernel_copy(*args: object) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(spool_module.os, "copy_file_range", no_kernel_copy)  # the chunked fallback
+    again = spool.store("1.2", "1.2.3", "1.2.3.5", [b"META", FileRange(received, 300, 3 * 2**20 + 17)])
+    assert again.path.read_bytes() == stored.path.read_bytes()
+    with pytest.raises(OSError, match="ended"):
+        spool.store("1.2", "1.2.3", "1.2.3.6", [FileRange(received, 300, 4 * 2**20)])
+    assert not spool.path_for("1.2", "1.2.3", "1.2.3.6").exists()
+
+
+def test_half_received_data_sets_are_removed_before_listening(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    (spool.incoming_dir / "0123.received").write_bytes(b"half")
+    (spool.incoming_dir / "4567.inflated").write_bytes(b"half")
+    assert spool.remove_partial_files() == 2 and list(spool.incoming_dir.iterdir()) == []

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import random
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from node.imaging.states import state_from_text
 from node.pipelines.routing import SeriesSummary, StudySummary
 from node.pipelines.spect_mpi import PIPELINE, SpectMpiResult, report_content
 from node.quant.segments import TERRITORY_SEGMENTS
+from node.queue.codec import decode, encode, schema_for
 from node.synth.spect.phantom import PhantomSpec, make_study, territory_defect
 from node.synth.spect.study import write_study
 
@@ -69,7 +69,7 @@ def test_process_transaxial_study_end_to_end(tmp_path: Path) -> None:
         assert (out / "sr.dcm").exists()
 
 
-def test_short_axis_study_and_result_pickling(tmp_path: Path) -> None:
+def test_short_axis_study_and_stored_result(tmp_path: Path) -> None:
     seed = _seed()
     folder = _write(tmp_path / "sa", seed, "short_axis")
     datasets = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
@@ -78,7 +78,7 @@ def test_short_axis_study_and_result_pickling(tmp_path: Path) -> None:
     assert result.stress is not None and result.rest is not None
     assert result.stress.orientation == "short_axis"
     assert result.stress.function is not None and result.stress.phase is not None
-    clone = pickle.loads(pickle.dumps(result))
+    clone = decode(encode(result, schema_for(PIPELINE.result_type)), schema_for(PIPELINE.result_type))  # as workers store it
     np.testing.assert_array_equal(clone.stress.perfusion.values, result.stress.perfusion.values)
     # deterministic: a second run gives the same numbers
     again = PIPELINE.analyse(datasets)

@@ -8,18 +8,28 @@ import pytest
 import redis
 
 from node.config import Settings
-from node.queue.artifacts import DirectoryStore, MissingArtifactError, RedisStore, open_store, validate_key
+from node.queue.artifacts import (
+    ArtifactTooLargeError,
+    DirectoryStore,
+    MissingArtifactError,
+    RedisStore,
+    open_store,
+    validate_key,
+)
 
 
 def _exercise(store) -> None:  # type: ignore[no-untyped-def]
     store.put("jobs/9.1/inputs/00000.dcm", b"abc")
-    store.put("jobs/9.1/analyse.pkl", b"\x00" * 1000)
+    store.put("jobs/9.1/analyse.values", b"\x00" * 1000)
     assert store.get("jobs/9.1/inputs/00000.dcm") == b"abc"
-    assert list(store.keys("jobs/9.1")) == ["jobs/9.1/analyse.pkl", "jobs/9.1/inputs/00000.dcm"]
+    assert list(store.keys("jobs/9.1")) == ["jobs/9.1/analyse.values", "jobs/9.1/inputs/00000.dcm"]
+    assert store.get("jobs/9.1/analyse.values", max_bytes=1000) == b"\x00" * 1000
+    with pytest.raises(ArtifactTooLargeError, match="1000 bytes, more than the 999 accepted"):
+        store.get("jobs/9.1/analyse.values", max_bytes=999)  # refused before it is read
     store.delete_prefix("jobs/9.1")
-    assert not store.exists("jobs/9.1/analyse.pkl")
+    assert not store.exists("jobs/9.1/analyse.values")
     with pytest.raises(MissingArtifactError):
-        store.get("jobs/9.1/analyse.pkl")
+        store.get("jobs/9.1/analyse.values")
 
 
 def test_directory_store(tmp_path: Path) -> None:

@@ -6,55 +6,35 @@ process`` with the same settings must give the same objects (same UIDs, same dev
 
 from __future__ import annotations
 
-import json
-import pickle
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from celery import states
 
 from node.config import CompletenessRule, OutputOptions, Settings
-from node.ledger import InstanceMeta, Ledger, utcnow
+from node.ledger import Ledger, utcnow
 from node.pipelines.process import process_folder
-from node.pipelines.routing import routing_attributes
+from node.pipelines.spect_mpi import SpectMpiResult
 from node.queue.app import QueueSettings
+from node.queue.codec import decode, schema_for
 from node.queue.conductor import Conductor
 from node.queue.dispatch import JobQueue
-from node.queue.steps import StepMessage, run_step
+from node.queue.steps import result_key
 from node.resources import default_templates_dir
 from node.synth.spect.phantom import PhantomSpec, make_study
 from node.synth.spect.study import write_study
 from node.workflow.completeness import Assembler
+from tests.support.worker import record_instances, run_taken_step, take_step, work_step
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 MULTIFRAME_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
-
-
-def _take(queue: JobQueue, name: str) -> tuple[str, StepMessage]:
-    """The next step message on broker queue ``name``, as a worker receives it: (task id, message)."""
-    with queue.app.connection_for_read() as connection:
-        simple = connection.SimpleQueue(queue.app.amqp.queues[name])
-        try:
-            received = simple.get(timeout=10)
-            received.ack()
-        finally:
-            simple.close()
-    args, _kwargs, _embed = received.decode()
-    return received.headers["id"], StepMessage.from_dict(json.loads(json.dumps(args[0])))
 
 
 def _device_observer_uids(sr: pydicom.Dataset) -> list[str]:
     """Device Observer UID (121012, DCM) items of an SR's observation context."""
     return [str(item.UID) for item in sr.ContentSequence
             if "UID" in item and item.ConceptNameCodeSequence[0].CodeValue == "121012"]
-
-
-def _work(queue: JobQueue, name: str) -> StepMessage:
-    task_id, message = _take(queue, name)
-    queue.app.backend.store_result(task_id, run_step(queue.store, message), states.SUCCESS)
-    return message
 
 
 def test_step_messages_carry_pipeline_options_and_output_flags(tmp_path: Path, seed: int) -> None:
@@ -71,37 +51,36 @@ def test_step_messages_carry_pipeline_options_and_output_flags(tmp_path: Path, s
         institution="Test Hospital",
     )
     ledger = Ledger.from_settings(settings)
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        ledger.instances.record(InstanceMeta(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.StudyInstanceUID),
-                                            str(ds.SeriesInstanceUID), str(path), path.stat().st_size,
-                                            routing=routing_attributes(ds)))
+    record_instances(ledger, files)
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     Assembler(ledger, settings).tick(utcnow() + timedelta(seconds=2))
     queue = JobQueue(QueueSettings.from_settings(settings), settings.effective_device_uid())
     conductor = Conductor(ledger, queue, settings)
     try:
         conductor.tick()
-        analyse = _work(queue, "cpu")
+        analyse = work_step(queue, "cpu")
         assert analyse.step == "analyse"
         assert analyse.config["options"] == {"normal_limits_version": 1, "models": False}
         assert analyse.config["models_dir"] is None and analyse.config["clinical_csv"] is None
-        analysed = pickle.loads(queue.store.get(f"jobs/{analyse.job_key}/analyse.pkl"))
+        schema = schema_for(SpectMpiResult)  # the stored results are JSON + .npy (node.queue.codec), never pickles
+        analysed = decode(queue.store.get(result_key(analyse.job_key, "analyse")), schema)
+        assert isinstance(analysed, SpectMpiResult)
         assert all("normal limits tc99m" in s.scores.limits and " v1 " in s.scores.limits for s in analysed.states), [
             s.scores.limits for s in analysed.states
         ]
         conductor.tick()
-        predict = _work(queue, "gpu")
+        predict = work_step(queue, "gpu")
         assert predict.step == "predict" and predict.config == analyse.config
-        predicted = pickle.loads(queue.store.get(f"jobs/{predict.job_key}/predict.pkl"))
+        predicted = decode(queue.store.get(result_key(predict.job_key, "predict")), schema)
+        assert isinstance(predicted, SpectMpiResult)
         assert predicted.predictions == ((), (), ()) and predicted.notes == analysed.notes  # models = false
         conductor.tick()
-        task_id, report = _take(queue, "cpu")
+        task_id, report = take_step(queue, "cpu")
         assert report.step == "report" and report.config == analyse.config
         assert report.context["pdf_summary"] is False and report.context["multiframe_screen"] is True
         assert report.context["templates_dir"] == str(default_templates_dir().resolve())
         assert report.context["device_uid"] == settings.effective_device_uid()
-        queue.app.backend.store_result(task_id, run_step(queue.store, report), states.SUCCESS)
+        run_taken_step(queue, task_id, report)
         conductor.tick()
 
         job = ledger.jobs.find(study_uid=study_uid)[0]

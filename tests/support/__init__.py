@@ -9,6 +9,11 @@ that needs only a free port does not load pydicom or requests):
 * :mod:`tests.support.dicom_clients`: dcmtk ``echoscu``/``storescu``/``findscu`` and pynetdicom clients;
 * :mod:`tests.support.node`: the node in its own process, listener-only or ``cardionode serve``;
 * :mod:`tests.support.orthanc`: a real Orthanc PACS on loopback ports;
+* :mod:`tests.support.hostile_dicom`: deflate bombs, huge and malformed data sets for the listener's refusal tests;
+* :mod:`tests.support.redis_server`: a private Redis (own port, password, TLS) for one test;
+* :mod:`tests.support.pki`: a throw-away CA with server and client certificates for TLS tests;
+* :mod:`tests.support.payloads`: hostile bytes (a pickle that runs code) for the refusal tests;
+* :mod:`tests.support.worker`: a worker in the test's process (take a step message, run it, store the outcome);
 * :mod:`tests.support.tools`: external validators (dciodvfy) and required command-line tools;
 * :mod:`tests.support.report`: realistic SPECT report content and phantom source instances (``node.synth``);
 * :mod:`tests.support.pipelines`: the test pipelines (registered when imported, never shipped).

@@ -28,6 +28,7 @@ __all__ = [
     "findscu_images",
     "pynetdicom_store",
     "send_raw",
+    "send_raw_answers",
     "send_raw_many",
     "storescu",
 ]
@@ -159,23 +160,31 @@ def pynetdicom_store(port: int, called_ae: str, files: list[Path], calling: str 
         assoc.release()
 
 
-def send_raw(port: int, sop_class: str, sop_instance: str, payload: bytes, transfer_syntax: str = ExplicitVRLittleEndian,
-             calling: str = CALLING_AE) -> int | None:
-    """C-STORE ``payload`` (an encoded data set, sent as is, whatever it holds) announced as
-    ``sop_class``/``sop_instance``; the response status, or None when no context was accepted."""
+def send_raw(port: int, sop_class: str, sop_instance: str, payload: bytes | Path,
+             transfer_syntax: str = ExplicitVRLittleEndian, calling: str = CALLING_AE) -> int | None:
+    """C-STORE ``payload`` (an encoded data set, or a file holding one, sent as is, whatever it holds)
+    announced as ``sop_class``/``sop_instance``; the response status, or None when no context was accepted."""
     return send_raw_many(port, [(sop_class, sop_instance, payload, transfer_syntax)], calling)[0]
 
 
-def send_raw_many(port: int, items: list[tuple[str, str, bytes, str]], calling: str = CALLING_AE) -> list[int | None]:
-    """Several raw C-STOREs on one association (pynetdicom sends a file's data set bytes unparsed
-    when STORE_SEND_CHUNKED_DATASET is on, taking the request's UIDs from its File Meta)."""
+def send_raw_many(port: int, items: list[tuple[str, str, bytes | Path, str]], calling: str = CALLING_AE) -> list[int | None]:
+    """Several raw C-STOREs on one association; the status of each (see :func:`send_raw_answers`)."""
+    return [status for status, _ in send_raw_answers(port, items, calling)]
+
+
+def send_raw_answers(port: int, items: list[tuple[str, str, bytes | Path, str]],
+                     calling: str = CALLING_AE) -> list[tuple[int | None, str]]:
+    """Several raw C-STOREs on one association: (status, Error Comment) of each; (None, "") when no
+    context was accepted. A payload is the encoded data set, or a file holding it (copied in chunks,
+    so that a large one never sits in the test's memory). pynetdicom sends a file's data set bytes
+    unparsed when STORE_SEND_CHUNKED_DATASET is on, taking the request's UIDs from its File Meta."""
     ae = AE(ae_title=calling)
     for sop_class, _, _, ts in items:
         ae.add_requested_context(sop_class, [ts])
     assoc = ae.associate("127.0.0.1", port, ae_title="CARDIONODE")
     if not assoc.is_established:  # e.g. no presentation context accepted
-        return [None] * len(items)
-    statuses: list[int | None] = []
+        return [(None, "")] * len(items)
+    answers: list[tuple[int | None, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         old = _config.STORE_SEND_CHUNKED_DATASET
         _config.STORE_SEND_CHUNKED_DATASET = True
@@ -189,17 +198,23 @@ def send_raw_many(port: int, items: list[tuple[str, str, bytes, str]], calling: 
                 with open(path, "wb") as f:
                     f.write(b"\x00" * 128 + b"DICM")
                     write_file_meta_info(f, meta, enforce_standard=False)
-                    f.write(payload)
+                    if isinstance(payload, Path):
+                        with open(payload, "rb") as source:
+                            shutil.copyfileobj(source, f, 1 << 20)
+                    else:
+                        f.write(payload)
                 try:
                     rsp = assoc.send_c_store(path)
                 except (ValueError, RuntimeError):
-                    statuses.append(None)  # no accepted context for this class/syntax
+                    answers.append((None, ""))  # no accepted context for this class/syntax
                     continue
-                statuses.append(int(rsp.Status) if "Status" in rsp else None)
+                finally:
+                    path.unlink(missing_ok=True)
+                answers.append((int(rsp.Status) if "Status" in rsp else None, str(rsp.get("ErrorComment", ""))))
         finally:
             _config.STORE_SEND_CHUNKED_DATASET = old
             assoc.release()
-    return statuses
+    return answers
 
 
 def encode(ds: Dataset) -> bytes:

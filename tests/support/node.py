@@ -92,6 +92,16 @@ class NodeProcess:
             raise AssertionError(f"the node ({self.mode}) exited with {self.process.returncode}: {self.output()[-3000:]}")
         return port_open(self.port)
 
+    def memory_mib(self, field: str = "VmHWM") -> float:
+        """``field`` of ``/proc/<pid>/status`` in MiB: ``VmHWM`` (default) is the peak resident set
+        size since the process started, ``VmRSS`` the resident set size now."""
+        if self.process is None:
+            raise RuntimeError("the node is not started")
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024  # kB
+        raise AssertionError(f"no {field} in /proc/{self.process.pid}/status")
+
     def output(self) -> str:
         """What the process wrote to its standard output and error so far."""
         if self._log is not None and not self._log.closed:
@@ -158,12 +168,21 @@ class ServeProcess(NodeProcess):
 # --------------------------------------------------------------------------- in process
 @dataclass
 class RunningListener:
-    """A :class:`node.dicom.scp.DicomListener` running in the test's process, with its ledger and
-    the instances its ``on_instance_stored`` callback saw."""
+    """A :class:`node.dicom.scp.DicomListener` running in the test's process, with its ledger,
+    the instances its ``on_instance_stored`` callback saw, and its audit log when it has one."""
 
     listener: Any
     ledger: Any
     stored: list[Any] = field(default_factory=list)
+    audit: Any = None
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        """The audit log's records so far (the listener must have been started with ``audit=True``)."""
+        import json
+
+        if self.audit is None:
+            raise AssertionError("this listener has no audit log: start it with audit=True")
+        return [json.loads(line) for line in self.audit.path.read_text().splitlines() if line.strip()]
 
     @property
     def port(self) -> int:
@@ -172,12 +191,15 @@ class RunningListener:
     def stop(self) -> None:
         self.listener.stop()
         self.ledger.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
-def listener_in_process(tmp: Path, record: bool = True, **overrides: Any) -> RunningListener:
+def listener_in_process(tmp: Path, record: bool = True, audit: bool = False, **overrides: Any) -> RunningListener:
     """A listener in this process on a free port (``port = 0`` unless overridden), configured by
     :func:`tests.support.config.listener_config` with ``overrides``; ``record``: collect the
-    instances stored in ``stored``. Stop it with :meth:`RunningListener.stop`."""
+    instances stored in ``stored``; ``audit``: write the audit log (``settings.audit_log_path``,
+    read back by :meth:`RunningListener.audit_records`). Stop it with :meth:`RunningListener.stop`."""
     from node.config import load_settings
     from node.dicom.scp import DicomListener
     from node.ledger import Ledger
@@ -188,7 +210,12 @@ def listener_in_process(tmp: Path, record: bool = True, **overrides: Any) -> Run
     settings = load_settings(config)
     ledger = Ledger.from_settings(settings)
     running = RunningListener(None, ledger)
-    callback = {"on_instance_stored": running.stored.append} if record else {}
+    callback: dict[str, Any] = {"on_instance_stored": running.stored.append} if record else {}
+    if audit:
+        from node.dicom.audit import AuditLog
+
+        running.audit = AuditLog(settings.audit_log_path, durable=False)
+        callback["audit"] = running.audit
     running.listener = DicomListener(settings, ledger, routing_attributes, **callback)
     running.listener.start()
     return running

@@ -55,6 +55,7 @@ class FlowTestPipeline(Pipeline):
     version = VERSION
     title = "flow test: summed NM counts"
     series_rules = (SeriesRule("nm", modalities=frozenset({"NM"})),)
+    result_type = Analysis
 
     def analyse(self, instances: Sequence[Dataset]) -> Analysis:
         hold = os.environ.get("FLOWTEST_HOLD_DIR")

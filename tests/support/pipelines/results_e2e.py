@@ -36,6 +36,7 @@ class ResultsEndToEndPipeline(Pipeline):
     version = "1.0"
     title = "results end-to-end test: SPECT report content from NM instances"
     series_rules = (SeriesRule("nm", modalities=frozenset({"NM"})),)
+    result_type = Analysis
 
     def analyse(self, instances: Sequence[Dataset]) -> Analysis:
         nm = sorted((d for d in instances if d.Modality == "NM"), key=lambda d: str(d.SOPInstanceUID))
