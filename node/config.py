@@ -279,6 +279,9 @@ class Settings(BaseSettings):
     )
     visibility_timeout_s: float = Field(default=3600.0, description="Redis broker: seconds before an unacknowledged task is redelivered")
     job_timeout_s: float = Field(default=3600.0, description="a job step not finished after this many seconds fails as timed out")
+    step_start_timeout_s: float = Field(
+        default=20.0, description="a step a local worker took but did not start within this many seconds is sent again and the worker restarted"
+    )
     send_retry: SendRetry = Field(default_factory=SendRetry)
     models_dir: Path | None = Field(
         default=None, description="folder of the MONAI bundles, one sub-folder per bundle; unset: the bundles shipped with the package"
@@ -643,7 +646,7 @@ def _queue_problems(s: Settings) -> list[str]:
             out.append(f"workers[{i}].queues {worker.queues!r}: use a comma-separated list of cpu, gpu, io")
         if worker.concurrency < 1:
             out.append(f"workers[{i}].concurrency is {worker.concurrency}; it must be at least 1")
-    for name in ("visibility_timeout_s", "job_timeout_s"):
+    for name in ("visibility_timeout_s", "job_timeout_s", "step_start_timeout_s"):
         if getattr(s, name) <= 0:
             out.append(f"{name} must be more than 0 seconds")
     r = s.send_retry

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -126,7 +127,8 @@ class Node:
         if recreated:
             _log.info("resumed: %d job(s) re-created for studies left processing", recreated)
         self.conductor = Conductor(
-            self.ledger, self.queue, s, self.audit, job_timeout_s=s.job_timeout_s
+            self.ledger, self.queue, s, self.audit, job_timeout_s=s.job_timeout_s,
+            step_start_timeout_s=s.step_start_timeout_s, restart_worker=self._kill_stalled_worker,
         )
         targets = {
             d.name: Target(d.name, d.ae_title, d.host, d.port, client_context(s.tls) if d.tls else None)
@@ -172,6 +174,26 @@ class Node:
         if now - self._last_status >= STATUS_EVERY_S:
             self._last_status = now
             self._log_progress()
+
+    def _kill_stalled_worker(self, main_pid: int) -> None:
+        """SIGKILL a local worker whose main process took a step and did not start it (a wedged
+        pool process), with its pool processes; :meth:`_check_workers` starts it again."""
+        process = next((p for p in self.workers if p.pid == main_pid and p.poll() is None), None)
+        if process is None:  # not one of ours (a remote worker), or already gone
+            return
+        children = Path(f"/proc/{main_pid}/task/{main_pid}/children")
+        try:
+            pool = [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            pool = []
+        _log.error("worker pid %d (queues %s) took a step and did not start it; killing it",
+                   main_pid, self._worker_spec[main_pid][0].queues)
+        for pid in pool:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        process.kill()
 
     def _check_workers(self) -> None:
         """Restart a local worker that exited (at most once per ``WORKER_RESTART_S`` per worker)."""

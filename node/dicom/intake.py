@@ -189,7 +189,9 @@ class Receiver:
 
     @classmethod
     def _open_for(cls, assoc: Any) -> ReceivedFile | None:
-        for receiver in list(cls._receivers):
+        with cls._lock:
+            receivers = list(cls._receivers)
+        for receiver in receivers:
             if assoc is not None and receiver.claims(assoc):
                 return receiver._open(assoc)
         return None
@@ -227,7 +229,11 @@ class _Router:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         assoc = getattr(threading.current_thread(), "assoc", None)  # pynetdicom decodes in the DUL thread
-        received = Receiver._open_for(assoc)
+        try:
+            received = Receiver._open_for(assoc)
+        except OSError:  # e.g. the spool's file system is full: the handler will answer 0xA700
+            _log.exception("cannot open a file in the spool's incoming folder; using a temporary file")
+            received = None
         return received if received is not None else self.original(*args, **kwargs)
 
 

@@ -303,17 +303,19 @@ class PduGuard:
         self.refuse("pdu-timeout", f"PDU not complete within {self.limits.pdu_timeout_s:g} s of its first byte")
 
     # ------------------------------------------------------------------ ending
-    def refuse(self, reason: str, detail: str, *, raise_: bool = True, **fields: Any) -> None:
-        """Shut the connection down, tell ``on_refusal`` (once), and raise :class:`ConnectionRefused`."""
+    def refuse(self, reason: str, detail: str, *, raise_: bool = True, shutdown: bool = True, **fields: Any) -> None:
+        """Shut the connection down (unless ``shutdown`` is false: the caller answers first), tell
+        ``on_refusal`` (once), and raise :class:`ConnectionRefused` (unless ``raise_`` is false)."""
         with self._lock:
             first_time = not self._refused
             self._refused = True
             self.awaiting_request = False
         if first_time:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            if shutdown:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             self.on_refusal(ConnectionRefusal(reason, detail, self.address, **fields))
         if raise_:
             raise ConnectionRefused(detail)
@@ -504,18 +506,26 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         return True
 
     def _reject_malformed(self, guard: PduGuard, detail: str, called: bytes, calling: bytes, diagnostic: int) -> None:
-        """Read the rest of the request (bounded by the guard), answer A-ASSOCIATE-RJ rejected-permanent,
-        service-user, ``diagnostic``, and close."""
-        try:
-            guard.skip_request()
-            rj = A_ASSOCIATE_RJ()
-            rj.result, rj.source, rj.reason_diagnostic = 0x01, 0x01, diagnostic
-            guard.sock.sendall(rj.encode())
-        except OSError:
-            pass  # the peer went away or stalled (then the guard has refused it); it is still counted below
+        """Read the rest of the request (bounded by the guard), report the refusal (so that it is
+        recorded before the peer hears of it), answer A-ASSOCIATE-RJ rejected-permanent, service-user,
+        ``diagnostic``, and close."""
+        guard.skip_request()  # a peer that stalls now is refused by the guard (artim-timeout)
         guard.refuse(
-            "malformed-ae", detail, raise_=False, called_ae=shown_ae(called), calling_ae=shown_ae(calling), diagnostic=diagnostic
+            "malformed-ae",
+            detail,
+            raise_=False,
+            shutdown=False,
+            called_ae=shown_ae(called),
+            calling_ae=shown_ae(calling),
+            diagnostic=diagnostic,
         )
+        rj = A_ASSOCIATE_RJ()
+        rj.result, rj.source, rj.reason_diagnostic = 0x01, 0x01, diagnostic
+        try:
+            guard.sock.sendall(rj.encode())
+            guard.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the peer went away
 
     def _artim_from_connection(self, event: evt.Event) -> None:
         """pynetdicom's ARTIM timer (and its wait for the request) get the time left of the guard's

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from node.dicom.refusals import RefusalSnapshot, read_refusal_counts
+from node.dicom.refusals import REASONS, RefusalSnapshot, read_refusal_counts
 from node.ledger import Event, Job, Ledger, RejectionRecord, Send, Study, utcnow
 
 __all__ = ["StatusSnapshot", "status_snapshot"]
@@ -74,5 +74,11 @@ def status_snapshot(
         sends=tuple(ledger.sends.find(limit=rows)),
         rejections=tuple(ledger.rejections.find(limit=rejections)),
         events=tuple(ledger.events.recent(events)),
-        refusals=read_refusal_counts(settings.refusal_counts_path),
+        refusals=_refusals(settings),
     )
+
+
+def _refusals(settings: Any) -> RefusalSnapshot:
+    """The listener's refusal counts; none for settings without ``refusal_counts_path`` (a stand-in)."""
+    path = getattr(settings, "refusal_counts_path", None)
+    return read_refusal_counts(path) if path is not None else RefusalSnapshot(None, dict.fromkeys(REASONS, 0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,7 @@ from node.pipelines.base import Pipeline
 from node.pipelines.configure import report_context, run_config
 from node.queue.dispatch import JobQueue, parse_task_id
 from node.queue.steps import context_to_dict
+from node.queue.supervision import owner_problem
 from node.results.content import ReportContext
 from node.uids import validate_uid
 
@@ -48,6 +50,15 @@ class Conductor:
     ``job_timeout_s``: a step that has neither finished nor failed this many
     seconds after it was sent fails the job (no worker consumes the queue, or
     its message was lost); ``cardionode retry`` runs it again.
+
+    A step whose worker is gone (its main or pool process died, or its main
+    process took the step but did not start it within ``step_start_timeout_s``
+    seconds) is sent again, at most ``max_resends`` times per step, with the
+    reason in the ledger's job events (:mod:`node.queue.supervision`);
+    ``restart_worker(main_pid)`` (the node's supervisor) restarts a stalled
+    local worker. Deterministic task ids and output UIDs make a late result of
+    the first delivery and the result of the second interchangeable: the
+    first one the conductor sees moves the job on, later ones are ignored.
     """
 
     def __init__(
@@ -57,12 +68,19 @@ class Conductor:
         settings: Settings,
         audit: AuditLog | None = None,
         job_timeout_s: float = 3600.0,
+        step_start_timeout_s: float = 20.0,
+        max_resends: int = 3,
+        restart_worker: Callable[[int], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.queue = queue
         self.settings = settings
         self.audit = audit
         self.job_timeout_s = job_timeout_s
+        self.step_start_timeout_s = step_start_timeout_s
+        self.max_resends = max_resends
+        self.restart_worker = restart_worker
+        self._resends: dict[str, int] = {}  # task id -> times sent again (since the node started)
 
     # ------------------------------------------------------------------ loop
     def tick(self, now: datetime | None = None) -> None:
@@ -93,7 +111,7 @@ class Conductor:
         predecessors = self.ledger.outputs.predecessors(job.study_uid, job.pipeline, before_run=job.run)
         return report_context(self.settings, predecessors)
 
-    def _submit(self, job: Job, pipeline: Pipeline, attempt: int, index: int) -> str:
+    def _submit(self, job: Job, pipeline: Pipeline, attempt: int, index: int, note: str = "") -> str:
         step = pipeline.steps[index]
         previous = pipeline.steps[index - 1].name if index > 0 else ""
         context = context_to_dict(self._context(job)) if step.name == "report" else {}
@@ -102,7 +120,7 @@ class Conductor:
             job.id, attempt, pipeline.name, pipeline.version, step.name, step.queue, previous, context, config
         )
         self.ledger.jobs.transition(
-            job.id, "running", f"{step.name} on queue {step.queue}", task_id=task_id,
+            job.id, "running", f"{step.name} on queue {step.queue}{note}", task_id=task_id,
             expected_from=("queued", "running"),
         )
         return task_id
@@ -132,6 +150,10 @@ class Conductor:
         _, attempt, step_name = parse_task_id(job.task_id)
         state = self.queue.state(job.task_id)
         if state.status == "waiting":
+            problem = None  # REVERT-CHECK owner_problem(state.owner, time.time(), self.step_start_timeout_s)
+            if problem is not None:
+                self._resend(job, attempt, step_name, *problem)
+                return
             waited = (now - job.updated_at).total_seconds()
             if waited > self.job_timeout_s:
                 self._fail(job, f"{step_name} did not finish within {self.job_timeout_s:g} s "
@@ -148,6 +170,23 @@ class Conductor:
             _log.info("job %d: %s done -> %s", job.id, step_name, names[index + 1])
             return
         self._collect(job, pipeline, attempt, state.result or {})
+
+    def _resend(self, job: Job, attempt: int, step_name: str, reason: str, stalled_pid: int | None) -> None:
+        """Send a step whose worker is gone again (same task id), or fail the job after ``max_resends``."""
+        task_id = job.task_id or ""
+        count = self._resends.get(task_id, 0) + 1
+        if count > self.max_resends:
+            self._fail(job, f"{step_name} lost its worker {count - 1} times (last: {reason}); "
+                            "see the worker logs; `cardionode retry` runs the job again")
+            return
+        self._resends[task_id] = count
+        if stalled_pid is not None and self.restart_worker is not None:
+            self.restart_worker(stalled_pid)
+        self.queue.forget(job.id, attempt, step_name)  # the gone owner's RECEIVED/STARTED record
+        pipeline = self._pipeline(job)
+        index = [s.name for s in pipeline.steps].index(step_name)
+        _log.warning("job %d: %s %s; sending it again (%d of %d)", job.id, step_name, reason, count, self.max_resends)
+        self._submit(job, pipeline, attempt, index, note=f"; sent again ({count} of {self.max_resends}): {reason}")
 
     # ------------------------------------------------------------------ results
     def _outputs(self, job: Job, attempt: int, result: dict[str, Any]) -> list[tuple[str, bytes, Dataset]] | str:

@@ -23,6 +23,7 @@ from celery import Celery, states
 from node.queue.app import QueueSettings, create_app
 from node.queue.artifacts import ArtifactStore
 from node.queue.steps import StepMessage, input_key, job_prefix
+from node.queue.supervision import StepOwner, owner_of
 from node.queue.tasks import STEP_TASK
 
 __all__ = ["StepState", "JobQueue", "node_tag", "job_key", "task_id_for", "parse_task_id"]
@@ -58,13 +59,15 @@ class StepState:
     """Where a step task is: ``waiting`` (queued or running), ``done`` or ``failed``.
 
     ``result`` is the task's return value when done; ``error`` the exception
-    in words when failed; ``celery_state`` the raw Celery state.
+    in words when failed; ``celery_state`` the raw Celery state; ``owner`` the
+    worker that took it (``RECEIVED``/``STARTED``, :mod:`node.queue.supervision`).
     """
 
     status: str
     celery_state: str
     result: dict[str, Any] | None = None
     error: str = ""
+    owner: StepOwner | None = None
 
 
 class JobQueue:
@@ -139,7 +142,7 @@ class JobQueue:
             error = result.result
             words = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
             return StepState("failed", celery_state, error=words)
-        return StepState("waiting", celery_state)
+        return StepState("waiting", celery_state, owner=owner_of(celery_state, result.info))
 
     def forget(self, job_id: int, attempt: int, step: str) -> None:
         """Drop a finished step's result from the backend."""

@@ -9,12 +9,15 @@ node finds the result again after a restart from the ledger alone.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from node.queue.artifacts import ArtifactStore
 from node.queue.steps import StepMessage, run_step
+from node.queue.supervision import RECEIVED
 
 __all__ = ["STEP_TASK", "register"]
 
@@ -24,7 +27,24 @@ _log = logging.getLogger(__name__)
 
 
 def register(app: Celery, store: ArtifactStore) -> None:
-    """Register the node's tasks on ``app``; they read and write ``store``."""
+    """Register the node's tasks on ``app``; they read and write ``store``.
+
+    Also records, in the worker's main process, which worker took each step message
+    (state ``RECEIVED`` with the worker's node name, main pid and time; see
+    :mod:`node.queue.supervision`), so that the node notices a step whose worker died.
+    """
+
+    def received(sender: Any = None, request: Any = None, **_: Any) -> None:
+        if request is None or getattr(request, "name", "") != STEP_TASK or sender is None or sender.app is not app:
+            return
+        try:
+            app.backend.store_result(
+                request.id, {"hostname": request.hostname, "pid": os.getpid(), "at": time.time()}, RECEIVED
+            )
+        except Exception:  # ownership is a hint for the node; the task runs anyway
+            _log.warning("task %s: could not record its owner", request.id, exc_info=True)
+
+    signals.task_received.connect(received, weak=False)
 
     @app.task(name=STEP_TASK, bind=True)
     def step(self: Any, message: dict[str, Any]) -> dict[str, Any]:

@@ -27,12 +27,13 @@ from node.dicom.intake import (
     LimitExceeded,
     MemoryBudget,
     ReceivedFile,
+    Structure,
     inflate_bounded,
     scan_structure,
 )
 from tests.support import PYTHON, REPO
 from tests.support.dicom_clients import encode
-from tests.support.hostile_dicom import image_header, malformed_cases, write_large_instance
+from tests.support.hostile_dicom import MalformedCase, image_header, malformed_cases, write_large_instance
 from tests.support.nm import NM_STORAGE, nm_instance
 from tests.support.node import RunningListener, listener_in_process
 from tests.support.ports import wait_for
@@ -40,7 +41,7 @@ from tests.support.ports import wait_for
 MiB = 2**20
 
 
-def _scan(data: bytes, implicit: bool = False, limit: int = 64 * MiB) -> object:
+def _scan(data: bytes, implicit: bool = False, limit: int = 64 * MiB) -> Structure:
     return scan_structure(io.BytesIO(data), 0, len(data), implicit, True, limit)
 
 
@@ -68,9 +69,9 @@ def test_large_top_level_values_stay_on_disk() -> None:
 @pytest.mark.parametrize("case", [c for c in malformed_cases("1.2.3", "1.2.3.4", "1.2.3.9")
                                   if c.allowed == {0xC000} and c.transfer_syntax == "1.2.840.10008.1.2.1"
                                   and "US value" not in c.name and "UID" not in c.name], ids=lambda c: c.name)
-def test_malformed_encodings_are_found_without_parsing(case: object) -> None:
+def test_malformed_encodings_are_found_without_parsing(case: MalformedCase) -> None:
     with pytest.raises(DataSetProblem):
-        _scan(case.payload)  # type: ignore[attr-defined]
+        _scan(case.payload)
 
 
 def test_nesting_limit() -> None:

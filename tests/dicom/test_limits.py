@@ -15,6 +15,7 @@ small header (about 5 MiB measured, docs/conformance.md).
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_large_instance_is_streamed_and_stored_byte_identical(listener: tuple[No
     ds = nm_instance(study, series, sop)
     with open(sent, "wb") as out:
         out.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(out, ds.file_meta)
+        write_file_meta_info(out, ds.file_meta)  # type: ignore[arg-type]  # any binary file will do
         with open(encoded, "rb") as source:
             while chunk := source.read(2**20):
                 out.write(chunk)
@@ -176,3 +177,20 @@ def test_limit_settings_are_checked(tmp_path: Path) -> None:
     assert "max_instance_mb is 0" in problems and "max_inflight_mb is 1" in problems and "inflight_wait_s is -1" in problems
     defaults = Settings(data_dir=tmp_path)
     assert (defaults.max_instance_mb, defaults.max_inflight_mb, defaults.inflight_wait_s) == (512, 256, 10)
+
+
+def test_deflated_instance_is_stored_as_received(node_here: RunningListener, seed: int) -> None:
+    """An ordinary deflated instance is inflated only to be checked: the spool keeps the deflated bytes sent."""
+    good = nm_instance(deterministic_uid("s", seed), deterministic_uid("se", seed), deterministic_uid("deflated", seed),
+                       frames=8, rows=64, cols=64, seed=seed)
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    payload = deflater.compress(encode(good)) + deflater.flush()
+    ((status, comment),) = send_raw_answers(node_here.port, [(NM_STORAGE, str(good.SOPInstanceUID), payload, DEFLATED)])
+    assert status == Status.SUCCESS, comment
+    row = node_here.ledger.instances.get(str(good.SOPInstanceUID))
+    assert row is not None and row.transfer_syntax_uid == DEFLATED
+    stored = Path(row.path).read_bytes()
+    assert stored.endswith(payload) and len(stored) == row.size_bytes
+    kept = dcmread(row.path)
+    assert kept.PixelData == good.PixelData and kept.file_meta.TransferSyntaxUID == DEFLATED
+    assert list(node_here.listener.storage.spool.incoming_dir.iterdir()) == []

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +24,9 @@ from pynetdicom import AE, _config
 
 __all__ = [
     "CALLING_AE",
+    "associate_rq",
+    "closed_within",
+    "read_pdu",
     "DCMTK_ENV",
     "acknowledged_files",
     "echoscu",
@@ -50,13 +56,13 @@ _PROPOSE = {
 
 # --------------------------------------------------------------------------- dcmtk
 def echoscu(port: int, calling: str = CALLING_AE, called: str = "CARDIONODE",
-            extra: Sequence[str] | None = None) -> subprocess.CompletedProcess[str]:
-    """dcmtk echoscu (C-ECHO) to 127.0.0.1:``port``."""
+            extra: Sequence[str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """dcmtk echoscu (C-ECHO) to 127.0.0.1:``port``; ``subprocess.TimeoutExpired`` after ``timeout_s``."""
     return subprocess.run(
         ["echoscu", "-aet", calling, "-aec", called, *(extra or []), "127.0.0.1", str(port)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout_s,
     )
 
 
@@ -215,6 +221,77 @@ def send_raw_answers(port: int, items: list[tuple[str, str, bytes | Path, str]],
             _config.STORE_SEND_CHUNKED_DATASET = old
             assoc.release()
     return answers
+
+
+# --------------------------------------------------------------------------- raw PDUs
+#: PDU types (PS3.8 9.3)
+A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = range(1, 8)
+
+
+def _item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", kind, 0, len(value)) + value
+
+
+def associate_rq(called: bytes | str = "CARDIONODE", calling: bytes | str = CALLING_AE,
+                 abstract_syntax: str = "1.2.840.10008.1.1", max_pdu: int = 16384) -> bytes:
+    """An A-ASSOCIATE-RQ PDU, byte for byte: ``called``/``calling`` go into their 16-byte fields as
+    given (bytes are not checked, so that a test can send malformed AE titles; str is space-padded),
+    one presentation context (``abstract_syntax`` with Implicit VR Little Endian), and a maximum PDU length."""
+    def field16(value: bytes | str) -> bytes:
+        raw = value.encode("ascii").ljust(16) if isinstance(value, str) else value
+        if len(raw) != 16:
+            raise ValueError(f"an AE title field is 16 bytes, not {len(raw)}")
+        return raw
+
+    context = (struct.pack(">BBBB", 1, 0, 0, 0) + _item(0x30, abstract_syntax.encode())
+               + _item(0x40, b"1.2.840.10008.1.2"))
+    body = (struct.pack(">HH", 1, 0) + field16(called) + field16(calling) + b"\x00" * 32
+            + _item(0x10, b"1.2.840.10008.3.1.1.1") + _item(0x20, context)
+            + _item(0x50, _item(0x51, struct.pack(">I", max_pdu))))
+    return struct.pack(">BBI", A_ASSOCIATE_RQ, 0, len(body)) + body
+
+
+def read_pdu(sock: socket.socket, timeout_s: float = 10.0) -> tuple[int, bytes] | None:
+    """The next PDU from ``sock`` as (type, body), or None when the connection ends first (closed,
+    reset, or ``timeout_s`` passed: then ``socket.timeout``/``TimeoutError`` is raised instead)."""
+    sock.settimeout(timeout_s)
+
+    def exactly(n: int) -> bytes | None:
+        data = bytearray()
+        while len(data) < n:
+            try:
+                chunk = sock.recv(n - len(data))
+            except ConnectionResetError:
+                return None
+            if not chunk:
+                return None
+            data += chunk
+        return bytes(data)
+
+    header = exactly(6)
+    if header is None:
+        return None
+    kind, _, length = struct.unpack(">BBI", header)
+    body = exactly(length)
+    return None if body is None else (kind, body)
+
+
+def closed_within(sock: socket.socket, timeout_s: float) -> float | None:
+    """Seconds until the peer closed (or reset) ``sock``, reading and dropping what it sends; None if
+    it is still open after ``timeout_s``."""
+    started = time.monotonic()
+    while True:
+        left = timeout_s - (time.monotonic() - started)
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - started
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - started
+        except TimeoutError:
+            return None
 
 
 def encode(ds: Dataset) -> bytes:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
-
-from pydicom import Dataset
 
 from tests.support.dicom_clients import encode
 from tests.support.nm import nm_instance
@@ -114,11 +112,10 @@ def malformed_cases(study: str, series: str, uid_root: str) -> list[MalformedCas
     cannot_parse, bad_uid, too_large = frozenset({0xC000}), frozenset({0xC001}), frozenset({0xC002})
     cases: list[MalformedCase] = []
 
-    def add(name: str, build: object, allowed: frozenset[int], syntax: str = "1.2.840.10008.1.2.1") -> None:
-        n = len(cases) + 1
-        sop = f"{uid_root}.{n}"
-        good: Dataset = nm_instance(study, series, sop)
-        encoded = encode(good)
+    def add(name: str, build: bytes | Callable[[bytes], bytes], allowed: frozenset[int],
+            syntax: str = "1.2.840.10008.1.2.1") -> None:
+        sop = f"{uid_root}.{len(cases) + 1}"
+        encoded = encode(nm_instance(study, series, sop))
         payload = build(encoded) if callable(build) else build
         cases.append(MalformedCase(name, sop, payload, syntax, allowed))
 
