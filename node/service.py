@@ -87,6 +87,7 @@ class Node:
         self.stop_event = threading.Event()
         self.workers: list[subprocess.Popen[bytes]] = []
         self._worker_spec: dict[int, tuple[WorkerSpec, float]] = {}  # pid -> (spec, monotonic start time)
+        self._own_worker_pids: set[int] = set()  # every local worker this node started (main pids)
         self.threads: list[_Loop] = []
         self.listener: Any = None
         self._last_status = 0.0
@@ -119,6 +120,7 @@ class Node:
         self.queue = JobQueue(queue_settings, s.effective_device_uid())
         self.queue.declare_queues()
         specs = list(s.workers)
+        restored = 0
         if queue_settings.broker_is_sqlite and specs:
             restored, deleted = restore_unfinished(self.queue.app, queue_settings.broker_url)
             _log.info("broker: %d unfinished task(s) restored, %d finished message(s) removed", restored, deleted)
@@ -129,6 +131,9 @@ class Node:
         self.conductor = Conductor(
             self.ledger, self.queue, s, self.audit, job_timeout_s=s.job_timeout_s,
             step_start_timeout_s=s.step_start_timeout_s, restart_worker=self._kill_stalled_worker,
+            # restored messages reach the new workers within this; their steps' old owners are dead
+            redelivery_until=time.time() + s.step_start_timeout_s if restored else 0.0,
+            own_worker=self._own_worker_pids.__contains__,
         )
         targets = {
             d.name: Target(d.name, d.ae_title, d.host, d.port, client_context(s.tls) if d.tls else None)
@@ -164,6 +169,7 @@ class Node:
         process = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: S603 (own command)
         self.workers.append(process)
         self._worker_spec[process.pid] = (spec, time.monotonic())
+        self._own_worker_pids.add(process.pid)
         _log.info("worker started: queues %s, %d process(es), pid %d", spec.queues, spec.concurrency, process.pid)
 
     def _conduct(self) -> None:

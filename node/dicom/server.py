@@ -41,8 +41,15 @@ changes this, using socketserver's and pynetdicom's documented hooks only:
   so a burst of that many clients is accepted by the kernel at once.
 
 Every refusal is reported to ``on_refusal`` with a reason code of
-:data:`node.dicom.refusals.REASONS`. ``test_server_pins`` in the tests pins the
-pynetdicom behaviour this module relies on.
+:data:`node.dicom.refusals.REASONS`.
+
+What this relies on in pynetdicom 3.0 (pinned by ``tests/dicom/test_connection_limits.py``):
+``AE.make_server`` passes extra keywords to ``server_class``; the request handler wraps
+``request`` in an ``AssociationSocket`` and reads each PDU as ``recv(6)`` then ``recv(length)``
+(in chunks), only after ``select`` (or, for a TLS socket, ``pending()``) says data is ready
+— which is why 42 pushed-back bytes are served through ``recv`` and counted by
+``pending()``, and why at least the rest of the request is left in the kernel; and an AE
+title field pynetdicom cannot decode makes it answer A-ABORT, so the server checks them first.
 """
 
 from __future__ import annotations
@@ -225,15 +232,10 @@ class PduGuard:
         if remaining <= 0:
             self._timed_out()
         try:
-            self.sock.settimeout(remaining)
+            self.sock.settimeout(remaining)  # back to pdu_timeout_s (for sends) when the PDU is complete
             data = read(want)
         except TimeoutError:
             self._timed_out()
-        finally:
-            try:
-                self.sock.settimeout(self.limits.pdu_timeout_s)
-            except OSError:
-                pass
         if not data:
             self.awaiting_request = False  # the peer closed
             return data
@@ -293,6 +295,7 @@ class PduGuard:
         self._header.clear()
         self._in_body = False
         self._deadline = None
+        self.sock.settimeout(self.limits.pdu_timeout_s)
         if self._first:
             self._first = False
             self.awaiting_request = False
@@ -380,7 +383,9 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     :class:`GuardedSSLSocket`.
     """
 
-    daemon_threads = True  # a connection thread ends by its own deadlines; stopping does not wait for it
+    # a connection's thread ends by its own deadlines: stopping the server does not wait for it
+    daemon_threads = True
+    block_on_close = False
 
     def __init__(
         self,
@@ -400,7 +405,8 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         self.on_refusal = on_refusal
         self.request_queue_size = limits.backlog(max_associations)  # read by listen() in the base __init__
         self._lock = threading.Lock()
-        self._handshaking = 0
+        self._admitting = 0  # connections accepted whose guard is not registered yet (TLS handshake included)
+        self._closing = False
         self._guards: weakref.WeakSet[PduGuard] = weakref.WeakSet()
         if ssl_context is not None:
             ssl_context.sslsocket_class = GuardedSSLSocket
@@ -413,14 +419,17 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         return socketserver.TCPServer.get_request(self)
 
     def pending_connections(self) -> int:
-        """Connections in their TLS handshake or still waiting for their association request."""
+        """Connections accepted (in their TLS handshake, say) or still waiting for their association request."""
         now = time.monotonic()
         with self._lock:
-            return self._handshaking + sum(1 for guard in list(self._guards) if guard.waiting(now))
+            return self._admitting + sum(1 for guard in list(self._guards) if guard.waiting(now))
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse (close) the connection when ``max_pending`` connections already wait for their request."""
+        """Refuse (close) the connection when ``max_pending`` connections already wait for their request;
+        else count it as pending from now on (until its guard counts it, or it ends)."""
         if self.pending_connections() < self.limits.max_pending:
+            with self._lock:
+                self._admitting += 1
             return True
         self.on_refusal(
             ConnectionRefusal(
@@ -431,11 +440,29 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         )
         return False
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's thread (socketserver's ThreadingMixIn)."""
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._admitted(None)  # no thread: nothing will count it down
+            raise
+
+    def _admitted(self, guard: PduGuard | None) -> None:
+        """The connection stops counting as admitting: its ``guard`` (if any) counts it from now on."""
+        with self._lock:
+            self._admitting -= 1
+            if guard is not None:
+                self._guards.add(guard)
+
     # ------------------------------------------------------------------ the connection's thread
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """TLS handshake and the start of the request (:meth:`admit`), then pynetdicom's request handler."""
         sock = self.admit(request, str(client_address[0]))
         if sock is None:
+            return
+        if self._closing:  # stopped while this connection was admitted
+            self._close(sock)
             return
         try:
             self.finish_request(sock, client_address)
@@ -446,14 +473,16 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     def admit(self, request: socket.socket, address: str) -> socket.socket | None:
         """The guarded socket of a connection whose request started well, or None (refused or closed)."""
         sock: GuardedSocket | GuardedSSLSocket | None = None
+        guard: PduGuard | None = None
         try:
-            sock = self._handshake(request, address) if self.ssl_context is not None else GuardedSocket(fileno=request.detach())
-            if sock is None:
-                return None
-            guard = PduGuard(sock, self.limits, address, self.on_refusal, time.monotonic())
-            sock.guard = guard
-            with self._lock:
-                self._guards.add(guard)
+            try:
+                sock = self._handshake(request, address) if self.ssl_context is not None else GuardedSocket(fileno=request.detach())
+                if sock is None:
+                    return None
+                guard = PduGuard(sock, self.limits, address, self.on_refusal, time.monotonic())
+                sock.guard = guard
+            finally:
+                self._admitted(guard)
             sock.settimeout(self.limits.pdu_timeout_s)
             if self._request_starts_well(guard):
                 return sock
@@ -472,8 +501,6 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         context = self.ssl_context
         assert context is not None
         limit = self.limits.handshake_timeout_s
-        with self._lock:
-            self._handshaking += 1
         try:
             request.settimeout(limit)  # CPython bounds the whole handshake by the socket's timeout
             wrapped = context.wrap_socket(request, server_side=True)
@@ -483,9 +510,6 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             self.on_refusal(ConnectionRefusal("tls-timeout", f"TLS handshake not complete within {limit:g} s", address))
         except (ssl.SSLError, OSError, ValueError) as exc:
             self.on_refusal(ConnectionRefusal("tls-failed", f"TLS handshake failed: {_ssl_reason(exc)}", address))
-        finally:
-            with self._lock:
-                self._handshaking -= 1
         return None
 
     def _request_starts_well(self, guard: PduGuard) -> bool:
@@ -545,9 +569,10 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def server_close(self) -> None:
         """Close the listening socket and the connections still waiting for their request."""
-        super().server_close()
         with self._lock:
+            self._closing = True
             guards = list(self._guards)
+        super().server_close()
         for guard in guards:
             if guard.awaiting_request:
                 guard.stopping = True

@@ -7,7 +7,9 @@ keys. Two stores:
 
 * :class:`DirectoryStore` (default): files under a directory, written
   atomically (temporary file, fsync, rename). Workers on the same machine, or on
-  machines mounting the same volume, read the same files.
+  machines mounting the same volume, read the same files. Input instances are
+  hard links to the spool files when the store is on the spool's file system
+  (:meth:`DirectoryStore.put_file`), copies otherwise.
 * :class:`RedisStore`: values in Redis (the broker's server when it is Redis),
   with an expiry so that abandoned jobs do not fill the server. The URL carries
   the password (``redis://:PASSWORD@host:6379/0``, or ``USER:PASSWORD`` for a
@@ -26,6 +28,7 @@ Keys are relative POSIX-like paths made of ``[A-Za-z0-9._-]`` components, e.g.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -125,6 +128,13 @@ class ArtifactStore(ABC):
     def delete_prefix(self, prefix: str) -> None:
         """Delete ``prefix`` and every key below it."""
 
+    def put_file(self, key: str, path: Path) -> int:
+        """Store the bytes of file ``path`` under ``key``; returns the bytes written to the store
+        (0 when the store could reference the file instead, see :meth:`DirectoryStore.put_file`)."""
+        data = Path(path).read_bytes()
+        self.put(key, data)
+        return len(data)
+
 
 class DirectoryStore(ArtifactStore):
     """Artifacts as files below ``root``; writes are atomic and durable."""
@@ -153,6 +163,27 @@ class DirectoryStore(ArtifactStore):
             Path(tmp).unlink(missing_ok=True)
             raise
         return key
+
+    def put_file(self, key: str, path: Path) -> int:
+        """Reference ``path`` under ``key`` by a hard link when both are on one file system (no
+        second copy of the bytes: a study needs its disk space once); else copy it like :meth:`put`.
+
+        A link is safe because nothing writes a stored file or a spool file in place (both are
+        replaced by rename), and workers read it through the store like any other artifact.
+        """
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-link-{os.getpid()}-{target.name}"
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(path, tmp)
+            os.replace(tmp, target)
+            return 0
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                raise
+        return super().put_file(key, path)
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         try:

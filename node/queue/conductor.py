@@ -29,17 +29,23 @@ from node.config import Settings
 from node.dicom.audit import AuditLog
 from node.dicom.logs import hash_identifier
 from node.dicom.spool import write_file_atomic
+from node.dicom.storage import disk_space_problem
 from node.ledger import Job, Ledger, LedgerError, OutputMeta, utcnow
 from node.pipelines import registry
 from node.pipelines.base import Pipeline
 from node.pipelines.configure import report_context, run_config
-from node.queue.dispatch import JobQueue, parse_task_id
+from node.queue.dispatch import JobQueue, is_disk_full, parse_task_id
 from node.queue.steps import context_to_dict
 from node.queue.supervision import owner_problem
 from node.results.content import ReportContext
 from node.uids import validate_uid
 
-__all__ = ["Conductor"]
+__all__ = ["Conductor", "WAITING_FOR_DISK"]
+
+#: how a job's reason starts while a step waits for disk space (shown by `cardionode status`)
+WAITING_FOR_DISK = "waiting for disk space:"
+#: least time between a step's ENOSPC and sending it again (s)
+DISK_RETRY_S = 5.0
 
 _log = logging.getLogger(__name__)
 
@@ -51,12 +57,16 @@ class Conductor:
     seconds after it was sent fails the job (no worker consumes the queue, or
     its message was lost); ``cardionode retry`` runs it again.
 
-    A step whose worker is gone (its main or pool process died, or its main
-    process took the step but did not start it within ``step_start_timeout_s``
-    seconds) is sent again, at most ``max_resends`` times per step, with the
+    A step whose local worker is gone (its main process died, or it took the
+    step but did not start it within ``step_start_timeout_s`` seconds) is sent
+    again, at most ``max_resends`` times per step, with the
     reason in the ledger's job events (:mod:`node.queue.supervision`);
     ``restart_worker(main_pid)`` (the node's supervisor) restarts a stalled
-    local worker. Deterministic task ids and output UIDs make a late result of
+    local worker. Until ``redelivery_until`` (``time.time()``) a step of a dead
+    worker is left to the broker: the node restored its message at start-up
+    (:func:`node.queue.recovery.restore_unfinished`). ``own_worker(main_pid)``
+    says whether the node started that worker; others (even on this host) are
+    left to their broker. Deterministic task ids and output UIDs make a late result of
     the first delivery and the result of the second interchangeable: the
     first one the conductor sees moves the job on, later ones are ignored.
     """
@@ -71,6 +81,8 @@ class Conductor:
         step_start_timeout_s: float = 20.0,
         max_resends: int = 3,
         restart_worker: Callable[[int], None] | None = None,
+        redelivery_until: float = 0.0,
+        own_worker: Callable[[int], bool] | None = None,
     ) -> None:
         self.ledger = ledger
         self.queue = queue
@@ -81,6 +93,8 @@ class Conductor:
         self.max_resends = max_resends
         self.restart_worker = restart_worker
         self._resends: dict[str, int] = {}  # task id -> times sent again (since the node started)
+        self.redelivery_until = redelivery_until  # time.time() before which the broker redelivers restored messages
+        self.own_worker = own_worker
 
     # ------------------------------------------------------------------ loop
     def tick(self, now: datetime | None = None) -> None:
@@ -97,6 +111,9 @@ class Conductor:
         except LedgerError as exc:  # moved by an operator meanwhile (discard, retry)
             _log.info("job %d changed while handled: %s", job.id, exc)
         except Exception as exc:  # one broken job must not stop the others
+            if is_disk_full(exc) or "database or disk is full" in str(exc):  # transient: try again next tick
+                _log.warning("job %d waits: the node's disk is full (%s: %s)", job.id, type(exc).__name__, str(exc)[:200])
+                return
             _log.exception("job %d: unexpected error", job.id)
             try:
                 self._fail(job, f"node error while handling the job: {type(exc).__name__}: {exc}")
@@ -138,7 +155,7 @@ class Conductor:
         moved = self.queue.upload_inputs(job.id, attempt, [i.path for i in instances])
         self._submit(job, pipeline, attempt, 0)
         _log.info(
-            "job %d: %s %s attempt %d on study %s: %d instances (%.1f MB) -> %s",
+            "job %d: %s %s attempt %d on study %s: %d instances (%.1f MB copied to the artifact store) -> %s",
             job.id, pipeline.name, pipeline.version, attempt, hash_identifier(job.study_uid),
             len(instances), moved / 1e6, pipeline.steps[0].name,
         )
@@ -150,14 +167,21 @@ class Conductor:
         _, attempt, step_name = parse_task_id(job.task_id)
         state = self.queue.state(job.task_id)
         if state.status == "waiting":
-            problem = None  # REVERT-CHECK owner_problem(state.owner, time.time(), self.step_start_timeout_s)
-            if problem is not None:
+            clock = time.time()
+            owner = state.owner
+            if owner is not None and self.own_worker is not None and not self.own_worker(owner.main_pid):
+                owner = None  # a worker the node did not start is left to its broker (Redis visibility timeout)
+            problem = owner_problem(owner, clock, self.step_start_timeout_s)
+            if problem is not None and (problem[1] is not None or clock >= self.redelivery_until):
                 self._resend(job, attempt, step_name, *problem)
                 return
             waited = (now - job.updated_at).total_seconds()
             if waited > self.job_timeout_s:
                 self._fail(job, f"{step_name} did not finish within {self.job_timeout_s:g} s "
                                 f"(task {state.celery_state}); is a worker consuming its queue?")
+            return
+        if state.status == "failed" and state.disk_full:
+            self._wait_for_disk(job, attempt, step_name, state.error, now)
             return
         if state.status == "failed":
             self._fail(job, f"{step_name} failed: {state.error}")
@@ -170,6 +194,32 @@ class Conductor:
             _log.info("job %d: %s done -> %s", job.id, step_name, names[index + 1])
             return
         self._collect(job, pipeline, attempt, state.result or {})
+
+    def _wait_for_disk(self, job: Job, attempt: int, step_name: str, error: str, now: datetime) -> None:
+        """A step that ran out of disk space waits (the job stays ``running``, its reason says why)
+        and is sent again once the data directory has ``disk_watermark_mb`` free, at least
+        ``DISK_RETRY_S`` seconds after it failed (a worker whose own disk is full is not asked
+        again and again); it fails only after waiting ``job_timeout_s``."""
+        problem = disk_space_problem(self.settings.data_dir, self.settings.disk_watermark_mb)
+        waiting = job.reason.startswith(WAITING_FOR_DISK)
+        waited = (now - job.updated_at).total_seconds()
+        if problem is None and waiting and waited >= DISK_RETRY_S:
+            pipeline = self._pipeline(job)
+            index = [s.name for s in pipeline.steps].index(step_name)
+            self.queue.forget(job.id, attempt, step_name)
+            _log.warning("job %d: disk space is back; sending %s again", job.id, step_name)
+            self._submit(job, pipeline, attempt, index, note="; sent again: disk space is back")
+            return
+        if waiting:
+            if waited > self.job_timeout_s:
+                self._fail(job, f"{step_name} waited {waited:.0f} s for disk space ({problem or 'a worker disk'}): {error}")
+            return
+        _log.warning("job %d: %s ran out of disk space; waiting until %s", job.id, step_name,
+                     f"{self.settings.disk_watermark_mb:g} MiB are free")
+        self.ledger.jobs.transition(
+            job.id, "running", f"{WAITING_FOR_DISK} {step_name} ran out of space ({problem or 'on its worker'}); "
+            "it runs again when space returns", error=f"{step_name}: {error}", expected_from=("running",),
+        )
 
     def _resend(self, job: Job, attempt: int, step_name: str, reason: str, stalled_pid: int | None) -> None:
         """Send a step whose worker is gone again (same task id), or fail the job after ``max_resends``."""
@@ -185,7 +235,7 @@ class Conductor:
         self.queue.forget(job.id, attempt, step_name)  # the gone owner's RECEIVED/STARTED record
         pipeline = self._pipeline(job)
         index = [s.name for s in pipeline.steps].index(step_name)
-        _log.warning("job %d: %s %s; sending it again (%d of %d)", job.id, step_name, reason, count, self.max_resends)
+        _log.warning("job %d: %s: %s; sending it again (%d of %d)", job.id, step_name, reason, count, self.max_resends)
         self._submit(job, pipeline, attempt, index, note=f"; sent again ({count} of {self.max_resends}): {reason}")
 
     # ------------------------------------------------------------------ results
@@ -223,16 +273,15 @@ class Conductor:
             self._fail(job, objects)
             return
         keys = [key for key, _, _ in objects]
-        recorded: list[str] = []
-        for _key, data, header in objects:
+        metas: list[OutputMeta] = []
+        for _key, data, header in objects:  # every file first: a full disk here leaves the ledger untouched
             study_uid = validate_uid(str(header.StudyInstanceUID), "StudyInstanceUID of a result object")
             series_uid = validate_uid(str(header.SeriesInstanceUID), "SeriesInstanceUID of a result object")
             sop_uid = validate_uid(str(header.SOPInstanceUID), "SOPInstanceUID of a result object")
             path = self.settings.outbox_dir / study_uid / series_uid / f"{sop_uid}.dcm"
             write_file_atomic(path, data, durable=True)
-            meta = OutputMeta(sop_uid, study_uid, series_uid, str(header.SOPClassUID), str(path.resolve()), len(data))
-            if self.ledger.outputs.record(job.id, pipeline.name, meta):
-                recorded.append(sop_uid)
+            metas.append(OutputMeta(sop_uid, study_uid, series_uid, str(header.SOPClassUID), str(path.resolve()), len(data)))
+        recorded = [meta.sop_instance_uid for meta in metas if self.ledger.outputs.record(job.id, pipeline.name, meta)]
         if destinations:  # after all outputs are recorded, so that one association sends them all
             for sop_uid in recorded:
                 self.ledger.sends.create(sop_uid, destinations)

@@ -11,6 +11,7 @@ from mistaking each other's tasks and artifacts in a shared Redis.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from node.queue.steps import StepMessage, input_key, job_prefix
 from node.queue.supervision import StepOwner, owner_of
 from node.queue.tasks import STEP_TASK
 
-__all__ = ["StepState", "JobQueue", "node_tag", "job_key", "task_id_for", "parse_task_id"]
+__all__ = ["StepState", "JobQueue", "is_disk_full", "node_tag", "job_key", "task_id_for", "parse_task_id"]
 
 _TASK_ID_RE = re.compile(r"^cn-(?P<node>[0-9a-z]+)-(?P<job>\d+)\.(?P<attempt>\d+)-(?P<step>[a-z_]+)$")
 
@@ -54,6 +55,15 @@ def parse_task_id(task_id: str) -> tuple[int, int, str]:
     return int(match["job"]), int(match["attempt"]), match["step"]
 
 
+def is_disk_full(error: object) -> bool:
+    """Whether ``error`` (an exception, or a step's error in words) is "no space left on device" or
+    "disk quota exceeded": a fault that passes when space returns."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    return f"[Errno {errno.ENOSPC}]" in text or f"[Errno {errno.EDQUOT}]" in text
+
+
 @dataclass(frozen=True)
 class StepState:
     """Where a step task is: ``waiting`` (queued or running), ``done`` or ``failed``.
@@ -68,6 +78,7 @@ class StepState:
     result: dict[str, Any] | None = None
     error: str = ""
     owner: StepOwner | None = None
+    disk_full: bool = False  # failed with ENOSPC/EDQUOT: transient, the step runs again when space returns
 
 
 class JobQueue:
@@ -93,14 +104,10 @@ class JobQueue:
                 queue.bind(channel).declare()
 
     def upload_inputs(self, job_id: int, attempt: int, paths: Sequence[str | Path]) -> int:
-        """Put the study's instance files in the artifact store for this attempt; returns bytes moved."""
+        """Put the study's instance files in the artifact store for this attempt; returns bytes copied
+        (a directory store on the spool's file system references the spool files: 0 bytes)."""
         key = job_key(self.node, job_id, attempt)
-        total = 0
-        for index, path in enumerate(paths):
-            data = Path(path).read_bytes()
-            self.store.put(input_key(key, index), data)
-            total += len(data)
-        return total
+        return sum(self.store.put_file(input_key(key, index), Path(path)) for index, path in enumerate(paths))
 
     def submit(
         self,
@@ -141,7 +148,7 @@ class JobQueue:
         if celery_state in (states.FAILURE, states.REVOKED):
             error = result.result
             words = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
-            return StepState("failed", celery_state, error=words)
+            return StepState("failed", celery_state, error=words, disk_full=is_disk_full(error))
         return StepState("waiting", celery_state, owner=owner_of(celery_state, result.info))
 
     def forget(self, job_id: int, attempt: int, step: str) -> None:

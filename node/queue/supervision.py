@@ -10,9 +10,13 @@ A worker records ownership of each task it takes in the result backend:
 
 The worker's node name is ``cardionode-<queues>-<main pid>@<host>``
 (:func:`node.queue.worker.worker_argv`), so both states name the main process.
-For a worker on this host, :func:`owner_problem` checks those processes; a step
-whose owner is gone (or which a live worker took but did not start within
-``start_timeout_s``: a wedged pool process) is sent again by the conductor.
+For a worker on this host, :func:`owner_problem` checks the main process; a step
+whose worker's main process is gone (nobody will put its message back: the
+SQLite broker restores taken messages only when the node starts), or which a
+live worker took but did not start within ``start_timeout_s`` (a wedged pool
+process, as after a pool process was killed between two steps), is sent again
+by the conductor. A pool process that dies mid-task while its main process lives
+is Celery's to handle (``task_reject_on_worker_lost``).
 Remote workers are left to the broker (Redis visibility timeout).
 """
 
@@ -86,8 +90,8 @@ def owner_problem(owner: StepOwner | None, now: float, start_timeout_s: float,
         return None
     if not pid_alive(owner.main_pid):
         return f"its worker (main process {owner.main_pid}) is gone", None
-    if owner.pool_pid is not None and not pid_alive(owner.pool_pid):
-        return f"its worker's pool process {owner.pool_pid} is gone", None
+    # a pool process that died while the main process lives: Celery puts the message back itself
+    # (task_reject_on_worker_lost), and its next delivery records a new owner
     if owner.state == RECEIVED and owner.at and now - owner.at > start_timeout_s:
         return (f"its worker (main process {owner.main_pid}) took it {now - owner.at:.0f} s ago "
                 f"and did not start it", owner.main_pid)

@@ -113,7 +113,10 @@ def test_stalled_and_garbage_connections_hold_no_association_slot(
     node = start_listener(max_associations=4, acse_timeout_s=artim_s)
     rng = random.Random(seed)
     request = associate_rq()
-    stalled = [_connect(node.port, request[:10]) for _ in range(4)]  # header and 4 bytes of an A-ASSOCIATE-RQ
+    # A-ASSOCIATE-RQs that stop: 4 bytes after the header (still read by the server's own thread), right
+    # after the AE titles (the server hands it to pynetdicom, whose ARTIM timer ends it), in the rest
+    # (pynetdicom reads; the guard's deadline ends it), one byte short
+    stalled = [_connect(node.port, request[:cut]) for cut in (10, 42, 50, len(request) - 1)]
     silent = [_connect(node.port) for _ in range(4)]
     opened = time.monotonic()
     garbage = {
@@ -172,6 +175,27 @@ def test_a_stalled_pdu_is_cut_at_pdu_timeout_not_the_idle_time_between_pdus(star
         assert closed_within(sock, 1.0) is not None
     assert _refusals(node, "pdu-timeout", 1) == 1
     assert _refusals(node, "oversized-pdu", 1) == 1
+
+
+def test_connections_waiting_for_their_request_are_limited(start_listener: Callable[..., RunningListener]) -> None:
+    """Connections that have not sent their request hold no association slot, so they are limited
+    apart (max(32, 2 × max_associations)); past the limit a new connection is closed at once."""
+    artim_s = 2.0
+    node = start_listener(max_associations=2, acse_timeout_s=artim_s)
+    limit = pending_limit(2)
+    silent = [_connect(node.port) for _ in range(limit)]
+    try:
+        wait_for(lambda: node.listener._server.pending_connections() == limit, 5, f"{limit} pending connections")
+        with _connect(node.port) as extra:
+            assert closed_within(extra, 1.0) is not None, "a connection past the pending limit was left open"
+        assert _refusals(node, "pending-limit", 1) == 1
+        for sock in silent:
+            assert closed_within(sock, artim_s + 3) is not None
+    finally:
+        for sock in silent:
+            sock.close()
+    assert echoscu(node.port).returncode == 0
+    assert _refusals(node, "artim-timeout", limit) == limit
 
 
 # --------------------------------------------------------------------------- defect 8: a burst of senders
