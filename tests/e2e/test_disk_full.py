@@ -24,7 +24,7 @@ from tests.support.node import NodeProcess
 from tests.support.ports import free_port, wait_for
 from tests.support.tmpfs import fill, small_tmpfs
 
-pytestmark = [pytest.mark.network, pytest.mark.slow]
+pytestmark = pytest.mark.network
 
 
 def test_step_out_of_disk_space_waits_and_resumes(tmp_path: Path, seed: int) -> None:
