@@ -103,6 +103,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -496,7 +497,7 @@ class _Spec:
     default_start: Callable[[float], np.ndarray]  # MBF start -> kinetic start values
 
 
-class KineticModel:
+class KineticModel(ABC):
     """Common behaviour of the models; the concrete models are frozen dataclasses below."""
 
     name: ClassVar[str]
@@ -522,8 +523,9 @@ class KineticModel:
                 out[key] = value
         return out
 
-    def _spec(self, use_rv: bool, distribution_volume_ml_per_g: float | None = None) -> _Spec:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def _spec(self, use_rv: bool, distribution_volume_ml_per_g: float | None = None) -> _Spec:
+        """The model's parameter layout and curve functions (each concrete model says its own)."""
 
     def _linear_bounds(self, use_rv: bool) -> tuple[list[str], list[float], list[float], list[float]]:
         names, lower, upper, scale = ["blood_fraction"], [self.blood_fraction_bounds[0]], [self.blood_fraction_bounds[1]], [0.3]

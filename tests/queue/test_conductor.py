@@ -7,18 +7,17 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from node.config import CompletenessRule, Settings
-from node.ledger import InstanceMeta, Ledger, utcnow
-from node.pipelines.routing import routing_attributes
+from node.ledger import Ledger, utcnow
 from node.queue.app import QueueSettings
 from node.queue.conductor import Conductor
 from node.queue.dispatch import JobQueue
 from node.workflow.completeness import Assembler
 from tests.support.nm import write_nm_study
 from tests.support.pipelines import flowtest as flowtest_pipeline  # noqa: F401  (registers the test pipeline)
+from tests.support.worker import record_instances
 
 pytestmark = pytest.mark.uses_test_pipelines
 
@@ -28,11 +27,7 @@ def test_dispatch_then_timeout_without_workers(tmp_path: Path, seed: int) -> Non
                         completeness={"default": CompletenessRule(quiet_period_s=5.0, settle_s=1.0)})
     ledger = Ledger.from_settings(settings)
     study_uid, _, files = write_nm_study(tmp_path / "study", 2, seed, frames=4)
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        ledger.instances.record(InstanceMeta(str(ds.SOPInstanceUID), str(ds.SOPClassUID), study_uid,
-                                            str(ds.SeriesInstanceUID), str(path), path.stat().st_size,
-                                            routing=routing_attributes(ds)))
+    record_instances(ledger, files)
     Assembler(ledger, settings).tick(utcnow() + timedelta(seconds=2))
     queue = JobQueue(QueueSettings.from_settings(settings), settings.effective_device_uid())
     conductor = Conductor(ledger, queue, settings, job_timeout_s=settings.job_timeout_s)
