@@ -3,6 +3,7 @@
 * :mod:`node.imaging.volume`: :class:`~node.imaging.volume.Volume` and
   :class:`~node.imaging.volume.FrameAxis` (numpy only: the plain types :mod:`node.quant` uses);
 * :mod:`node.imaging.nm`: reconstructed NM (SPECT) multi-frame images to volumes;
+* :mod:`node.imaging.pet`: dynamic PET (one instance per slice per frame) to timed 4-D volumes;
 * :mod:`node.imaging.states`: the acquisition state (stress or rest) of a series, the one
   rule routing and loading share;
 * :mod:`node.imaging.radiopharmaceuticals`: tracer codes and names;
@@ -14,6 +15,7 @@
 __all__ = [
     "errors",
     "nm",
+    "pet",
     "radiopharmaceuticals",
     "states",
     "volume",

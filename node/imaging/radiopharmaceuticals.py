@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Tracer", "TRACERS", "tracer_from_code", "tracer_from_text"]
+__all__ = [
+    "PET_TRACERS", "PETTracer", "Tracer", "TRACERS", "pet_tracer_from_code", "pet_tracer_from_text", "tracer_from_code",
+    "tracer_from_text",
+]
 
 
 @dataclass(frozen=True)
@@ -119,4 +122,67 @@ def tracer_from_text(text: str | None) -> str | None:
         return "tc99m_tetrofosmin"
     if "thall" in lowered or "tl201" in lowered or "tl-201" in lowered or "201tl" in lowered:
         return "tl201"
+    return None
+
+
+@dataclass(frozen=True)
+class PETTracer:
+    """One PET perfusion (or viability) tracer: codes, name and physical half-life in seconds.
+
+    Agent codes from CID 4021 "PET Radiopharmaceutical" (SCT; flurpiridaz DCM 126718),
+    radionuclide codes from CID 4020, half-lives from pet_mbf.md section 4.2 (the same values
+    as :mod:`node.quant.kinetics` within 1 %). Kept apart from :data:`TRACERS` (SPECT tracers
+    carry gamma-camera energy windows a PET tracer has not).
+    """
+
+    key: str
+    display_name: str
+    agent_code: tuple[str, str, str]
+    radionuclide_code: tuple[str, str, str]
+    half_life_s: float
+
+
+PET_TRACERS: dict[str, PETTracer] = {
+    "rb82_chloride": PETTracer("rb82_chloride", "Rb-82 chloride", ("129503007", "SCT", "Rubidium chloride Rb^82^"),
+                               ("79197006", "SCT", "^82^Rubidium"), 75.45),
+    "n13_ammonia": PETTracer("n13_ammonia", "N-13 ammonia", ("129508003", "SCT", "Ammonia N^13^"),
+                             ("21576001", "SCT", "^13^Nitrogen"), 597.9),
+    "o15_water": PETTracer("o15_water", "O-15 water", ("129505000", "SCT", "Oxygen-water O^15^"),
+                           ("129504001", "SCT", "^15^Oxygen"), 122.24),
+    "f18_flurpiridaz": PETTracer("f18_flurpiridaz", "F-18 flurpiridaz", ("126718", "DCM", "Flurpiridaz F^18^"),
+                                 ("77004003", "SCT", "^18^Fluorine"), 6586.2),
+    "f18_fdg": PETTracer("f18_fdg", "F-18 FDG", ("35321007", "SCT", "Fluorodeoxyglucose F^18^"),
+                         ("77004003", "SCT", "^18^Fluorine"), 6586.2),
+}
+
+
+def pet_tracer_from_code(code_value: str | None) -> str | None:
+    """PET tracer key for a Radiopharmaceutical Code Sequence value (CID 4021), or None."""
+    if not code_value:
+        return None
+    for tracer in PET_TRACERS.values():
+        if tracer.agent_code[0] == code_value:
+            return tracer.key
+    return None
+
+
+def pet_tracer_from_text(text: str | None) -> str | None:
+    """PET tracer key guessed from free text (Radiopharmaceutical (0018,0031)), or None.
+
+    Recognises rubidium / Rb-82, ammonia / NH3 / N-13, water / H2O / O-15, flurpiridaz and
+    FDG / fluorodeoxyglucose (case-insensitive).
+    """
+    if not text:
+        return None
+    lowered = text.lower().replace(" ", "").replace("^", "")
+    if "rubidium" in lowered or "rb82" in lowered or "rb-82" in lowered or "82rb" in lowered:
+        return "rb82_chloride"
+    if "ammonia" in lowered or "nh3" in lowered or "n13" in lowered or "n-13" in lowered or "13n" in lowered:
+        return "n13_ammonia"
+    if "water" in lowered or "h2o" in lowered or "o15" in lowered or "o-15" in lowered or "15o" in lowered:
+        return "o15_water"
+    if "flurpiridaz" in lowered:
+        return "f18_flurpiridaz"
+    if "fdg" in lowered or "fluorodeoxyglucose" in lowered:
+        return "f18_fdg"
     return None
