@@ -67,7 +67,7 @@ _CHATTY_LIBRARIES = ("pydicom", "pynetdicom", "py.warnings")
 
 #: what replaces a patient's identifier found in free text, by kind
 #: (hyphenated: the keyword rule of :func:`redact` must not take them for "patient name: value")
-NAME_PLACEHOLDER, ID_PLACEHOLDER, DATE_PLACEHOLDER = "<patient-name>", "<patient-id>", "<birth-date>"
+NAME_MARK, ID_MARK, DATE_MARK = "<patient-name>", "<patient-id>", "<birth-date>"
 #: characters of a peer's text kept (:func:`clean_peer_text`); a DICOM Error Comment (LO) holds 64
 PEER_TEXT_LIMIT = 1024
 #: shortest name word or ID replaced in free text (one character would erase every "a" or "1")
@@ -76,7 +76,7 @@ _SHORTEST = 2
 _NAME_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")
 _ID_KEYWORDS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "AdmissionID")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-_NAME_RUN = re.compile(re.escape(NAME_PLACEHOLDER) + r"(?:[\s^,.=\-']*" + re.escape(NAME_PLACEHOLDER) + r")+")
+_NAME_RUN = re.compile(re.escape(NAME_MARK) + r"(?:[\s^,.=\-']*" + re.escape(NAME_MARK) + r")+")
 
 
 def hash_identifier(value: str, length: int = 12) -> str:
@@ -165,9 +165,9 @@ class PatientIdentifiers:
         ``<patient-id>`` or ``<birth-date>`` (a run of name words becomes one ``<patient-name>``)."""
         if not self or not text:
             return text
-        pattern, placeholders = _compiled(self)
-        text = pattern.sub(lambda m: placeholders.get(m.group(0).lower(), NAME_PLACEHOLDER), text)
-        return _NAME_RUN.sub(NAME_PLACEHOLDER, text)
+        pattern, marks = _compiled(self)
+        text = pattern.sub(lambda m: marks.get(m.group(0).lower(), NAME_MARK), text)
+        return _NAME_RUN.sub(NAME_MARK, text)
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -188,14 +188,14 @@ _PATTERNS_LOCK = threading.Lock()
 
 
 def _compiled(ids: PatientIdentifiers) -> tuple[re.Pattern[str], dict[str, str]]:
-    """One regular expression matching every spelling of ``ids`` (longest first), and the placeholder of each."""
+    """One regular expression matching every spelling of ``ids`` (longest first), and the mark that replaces each."""
     with _PATTERNS_LOCK:
         found = _PATTERNS.get(ids)
         if found is None:
-            placeholders = {**{n: NAME_PLACEHOLDER for n in ids.names}, **{d: DATE_PLACEHOLDER for d in ids.dates},
-                            **{i: ID_PLACEHOLDER for i in ids.ids}}
-            alternatives = "|".join(re.escape(s) for s in sorted(placeholders, key=len, reverse=True))
-            found = (re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE), placeholders)
+            marks = {**{n: NAME_MARK for n in ids.names}, **{d: DATE_MARK for d in ids.dates},
+                            **{i: ID_MARK for i in ids.ids}}
+            alternatives = "|".join(re.escape(s) for s in sorted(marks, key=len, reverse=True))
+            found = (re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE), marks)
             if len(_PATTERNS) > 256:  # a long-running node sees many studies: keep the cache small
                 _PATTERNS.clear()
             _PATTERNS[ids] = found
