@@ -20,27 +20,33 @@ def seed() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _test_pipelines_stay_in_their_own_tests(request: pytest.FixtureRequest):
+def _test_pipelines_stay_in_their_own_tests(request: pytest.FixtureRequest) -> Iterator[None]:
     """Keep pipelines that tests register out of tests of the shipped pipelines.
 
     Test pipelines (tests/support/pipelines) register themselves when their
     module is imported, as the node's ``pipeline_modules`` require, and
     pytest imports them at collection. Only tests marked
     ``uses_test_pipelines`` see them; elsewhere only the pipelines in
-    ``node`` may route a study. The registry is restored in its original
-    order afterwards.
+    ``node`` may route a study, and they come before the shipped ones, as the
+    node orders ``pipeline_modules`` (so a test does not depend on which test
+    module was imported first). Every test leaves the registry as it found it.
     """
-    if request.node.get_closest_marker("uses_test_pipelines") is not None:
-        yield
-        return
     from node.pipelines import registry
 
     registered = registry.all_pipelines()
+    shipped = [p for p in registered if type(p).__module__.startswith("node.")]
     for pipeline in registered:
-        if not type(pipeline).__module__.startswith("node."):
-            registry.unregister(pipeline.name)
+        registry.unregister(pipeline.name)
+    if request.node.get_closest_marker("uses_test_pipelines") is not None:
+        # as the node orders them: site (here: test) pipelines before the shipped ones, whatever
+        # order the test modules happened to be imported in
+        for pipeline in registered:
+            if pipeline not in shipped:
+                registry.register(pipeline)
+    for pipeline in shipped:
+        registry.register(pipeline)
     yield
-    for pipeline in registered:
+    for pipeline in registry.all_pipelines():
         registry.unregister(pipeline.name)
     for pipeline in registered:
         registry.register(pipeline)

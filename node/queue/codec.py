@@ -365,10 +365,12 @@ class _Decoder:
             raise CodecError(f"the archive has no member {name!r}")
         if info.file_size > limit:
             raise CodecError(f"member {name} is {info.file_size} bytes, more than the limit of {limit}")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CodecError(f"member {name} uses compression method {info.compress_type}; only stored or deflated")
         try:
             with self.archive.open(info) as handle:
                 data = handle.read(limit + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:  # CRC, zlib errors
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:  # CRC, zlib errors
             raise CodecError(f"member {name} cannot be read: {exc}") from exc
         if len(data) != info.file_size:
             raise CodecError(f"member {name} holds {len(data)} bytes where the archive says {info.file_size}")
