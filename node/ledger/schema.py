@@ -166,7 +166,7 @@ class Job(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
-    task_id: Mapped[str | None] = mapped_column(String(128), default=None)  # queue task id, owned by flow
+    task_id: Mapped[str | None] = mapped_column(String(128), default=None)  # Celery task id of the running step (node.queue)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
