@@ -20,12 +20,14 @@ _HANDLERS = {
     "listen": "node.service:listen_main",
     "worker": "node.queue.worker:worker_main",
     "config": "node.config:config_main",
+    "db": "node.ledger.commands:db_main",
     "status": "node.ops.admin:status_main",
     "retry": "node.ops.admin:retry_main",
     "discard": "node.ops.admin:discard_main",
     "complete": "node.ops.admin:complete_main",
     "process": "node.pipelines.process:process_main",
     "demo": "node.synth.spect.demo:demo_main",
+    "demo --modality pet": "node.synth.pet.demo:pet_demo_main",
     "train": "node.ai.training:train_main",
 }
 
@@ -54,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="configuration tools")
     p.add_argument("action", choices=["check"], help="check: print the effective configuration and its problems")
 
+    p = sub.add_parser("db", help="the ledger's schema revision: upgrade it after installing a new CardioNode, or show it")
+    p.add_argument("action", choices=["upgrade", "current"],
+                   help="upgrade: bring the configured ledger to this CardioNode's revision, keeping every record "
+                        "(creates an empty one); current: show its revision (exit 1 unless the node can use it)")
+
     p = sub.add_parser("status", help="list studies, jobs and sends with their states and reasons")
     p.add_argument("--peer-text", action="store_true",
                    help="also show what destinations said about failed sends (patient identifiers replaced; audited)")
@@ -70,19 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default=None, help="pipeline name (default: the one that accepts the study)")
     p.add_argument("--no-models", action="store_true", help="skip the deep-learning models")
 
-    p = sub.add_parser("demo", help="send a synthetic SPECT study to a running node")
+    p = sub.add_parser("demo", help="send a synthetic SPECT or PET study to a running node")
+    p.add_argument("--modality", choices=("spect", "pet"), default="spect",
+                   help="spect: stress/rest NM reconstructions (default); pet: rest/stress dynamic PET series")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: the configured listening port")
     p.add_argument("--called-aet", default=None, help="default: the configured AE title")
     p.add_argument("--calling-aet", default="CARDIODEMO")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
     p.add_argument("--defect", default="LAD", help="LAD, LCx, RCA or none")
-    p.add_argument("--tracer", default="tc99m_sestamibi", help="tc99m_sestamibi, tc99m_tetrofosmin or tl201")
-    p.add_argument("--save", type=Path, default=None, help="also write the files to this folder")
-    p.add_argument("--gates", type=int, choices=(0, 8, 16), default=8, help="time slots of the gated series (0: ungated)")
-    p.add_argument("--orientation", choices=("sa", "transaxial"), default="sa", help="short-axis or transaxial reconstructions")
-    p.add_argument("--shape", choices=("normal", "small", "dilated", "thick"), default="normal", help="LV shape preset")
-    p.add_argument("--sex", choices=("M", "F"), default="M")
+    p.add_argument("--tracer", default=None, help="SPECT: tc99m_sestamibi (default), tc99m_tetrofosmin or tl201; "
+                   "PET: rb82_chloride (default) or n13_ammonia")
+    p.add_argument("--save", type=Path, default=None, help="also write the files (and truth.json) to this folder")
+    p.add_argument("--gates", type=int, choices=(0, 8, 16), default=8,
+                   help="SPECT: time slots of the gated series (0: ungated)")
+    p.add_argument("--orientation", choices=("sa", "transaxial"), default="sa",
+                   help="SPECT: short-axis or transaxial reconstructions")
+    p.add_argument("--shape", choices=("normal", "small", "dilated", "thick"), default="normal",
+                   help="SPECT: LV shape preset")
+    p.add_argument("--sex", choices=("M", "F"), default="M", help="SPECT: patient sex")
+    p.add_argument("--vendor", choices=("ge", "philips", "siemens"), default="ge",
+                   help="PET: frame timing convention of the instances (default ge)")
+    p.add_argument("--decay", choices=("START", "ADMIN", "NONE"), default="START",
+                   help="PET: Decay Correction of the stored values (default START)")
+    p.add_argument("--two-days", action="store_true", help="PET: rest and stress in two studies on two days")
+    p.add_argument("--shuffle", action="store_true", help="PET: send each series' instances in random order")
+    p.add_argument("--voxel-mm", type=float, default=3.2,
+                   help="PET: voxel size in mm, same field of view (default 3.2: 40 x 64 x 64 voxels per frame)")
     p.add_argument("--no-send", action="store_true", help="only generate (use with --save)")
 
     p = sub.add_parser("train", help="train a model bundle from polar maps or a synthetic cohort")
@@ -106,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    module_name, function_name = _HANDLERS[args.command].split(":")
+    command = "demo --modality pet" if args.command == "demo" and args.modality == "pet" else args.command
+    module_name, function_name = _HANDLERS[command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
     try:
         return int(handler(args) or 0)

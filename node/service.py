@@ -283,8 +283,9 @@ def _settings_or_exit(args: argparse.Namespace, command: str) -> tuple[Settings 
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    """``cardionode serve``: run the node until SIGTERM/SIGINT; 2 if the configuration has problems
-    or a Redis server of the queue refuses the node (wrong or missing password, TLS failure)."""
+    """``cardionode serve``: run the node until SIGTERM/SIGINT; 2 if the configuration has problems,
+    a Redis server of the queue refuses the node (wrong or missing password, TLS failure), or the
+    ledger is at another schema revision (:mod:`node.ledger.schema`; `cardionode db upgrade`)."""
     from node.dicom.logs import setup_logging
 
     settings, config_path = _settings_or_exit(args, "serve")
@@ -304,12 +305,18 @@ def serve_main(args: argparse.Namespace) -> int:
             print(f"PROBLEM: {problem}", file=sys.stderr)
         print("cardionode serve: the queue's Redis refused the node; fix redis_tls or the password in the URL", file=sys.stderr)
         return 2
+    from node.ledger import LedgerSchemaError
+
     node = Node(settings, config_path.resolve() if config_path else None)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     try:
         node.start()
         node.wait()
+    except LedgerSchemaError as exc:  # a ledger at another schema revision: `cardionode db upgrade`
+        _log.error("%s", exc)
+        print(f"cardionode serve: {exc}", file=sys.stderr)
+        return 2
     finally:
         node.stop()
     return 0
@@ -319,19 +326,25 @@ def listen_main(args: argparse.Namespace) -> int:
     """``cardionode listen``: the DICOM listener alone (spool and ledger; no completeness, queue or sending).
 
     For ingest tests and benchmarks, and for a site that runs the listener on its own
-    machine beside a shared ledger. 2 if the configuration has problems.
+    machine beside a shared ledger. 2 if the configuration has problems or the ledger is at another
+    schema revision (`cardionode db upgrade`).
     """
     from node.dicom.audit import AuditLog
     from node.dicom.logs import setup_logging
     from node.dicom.scp import DicomListener
-    from node.ledger import Ledger
+    from node.ledger import Ledger, LedgerSchemaError
     from node.pipelines.routing import routing_attributes
 
     settings, _ = _settings_or_exit(args, "listen")
     if settings is None:
         return 2
     setup_logging(settings.log_dir, "listener")
-    ledger = Ledger.from_settings(settings)
+    try:
+        ledger = Ledger.from_settings(settings)
+    except LedgerSchemaError as exc:  # a ledger at another schema revision: `cardionode db upgrade`
+        _log.error("%s", exc)
+        print(f"cardionode listen: {exc}", file=sys.stderr)
+        return 2
     try:
         with AuditLog(settings.audit_log_path, durable=settings.durable_writes) as audit:
             DicomListener(settings, ledger, routing_attributes, audit=audit).serve_forever()

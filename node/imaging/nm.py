@@ -47,7 +47,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node.imaging.errors import UnusableSeriesError
-from node.imaging.radiopharmaceuticals import tracer_from_code, tracer_from_text
+from node.imaging.dicom_tracer import tracer_of
 from node.imaging.states import acquisition_state
 from node.imaging.volume import FrameAxis, Volume
 
@@ -238,18 +238,6 @@ def _pixels(ds: Dataset, n_frames: int) -> np.ndarray:
     return pixels
 
 
-def _tracer(ds: Dataset) -> str | None:
-    seq = ds.get("RadiopharmaceuticalInformationSequence")
-    if not seq:
-        return None
-    item = seq[0]
-    codes = item.get("RadiopharmaceuticalCodeSequence")
-    if codes:
-        key = tracer_from_code(str(codes[0].get("CodeValue", "")))
-        if key:
-            return key
-    return tracer_from_text(str(item.get("Radiopharmaceutical", "")))
-
 
 def _is_short_axis(ds: Dataset) -> bool:
     if ds.get("SliceProgressionDirection"):
@@ -330,7 +318,7 @@ def load_nm_series(datasets: Sequence[Dataset] | Dataset) -> NMReconstruction:
         gates=gates,
         orientation="short_axis" if _is_short_axis(ds) else "transaxial",
         state=acquisition_state(ds),
-        tracer=_tracer(ds),
+        tracer=tracer_of(ds),
         age=_age_years(ds.get("PatientAge")),
         sex=sex if sex in ("M", "F") else None,
         study_uid=str(ds.get("StudyInstanceUID", "")),

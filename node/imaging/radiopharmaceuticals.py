@@ -186,3 +186,4 @@ def pet_tracer_from_text(text: str | None) -> str | None:
     if "fdg" in lowered or "fluorodeoxyglucose" in lowered:
         return "f18_fdg"
     return None
+

@@ -5,8 +5,11 @@ entity: ``ledger.instances`` (:mod:`node.ledger.instances`), ``ledger.studies``
 (studies, series and their states, :mod:`node.ledger.studies`), ``ledger.jobs``
 (:mod:`node.ledger.jobs`), ``ledger.outputs`` and ``ledger.sends``
 (:mod:`node.ledger.outputs`), ``ledger.rejections`` and ``ledger.events``
-(:mod:`node.ledger.events`). Tables, states, the time convention, thread safety and
-durability are in :mod:`node.ledger.schema`.
+(:mod:`node.ledger.events`). Tables, states, the time convention, thread safety,
+durability and what the node does with a database at each schema revision are in
+:mod:`node.ledger.schema`; the revisions themselves (Alembic) in
+:mod:`node.ledger.migrations`, run through :mod:`node.ledger.revisions`;
+``cardionode db upgrade`` and ``db current`` in :mod:`node.ledger.commands`.
 """
 
 from node.ledger.events import EventStore, RejectionStore
@@ -17,17 +20,22 @@ from node.ledger.outputs import OutputMeta, OutputStore, SendStore
 from node.ledger.schema import (
     COMPLETENESS_RULES,
     JOB_STATES,
+    SCHEMA_STATES,
     SEND_STATES,
     STUDY_STATES,
     Event,
     Instance,
     Job,
     LedgerError,
+    LedgerSchemaError,
     Output,
     RejectionRecord,
+    SchemaStatus,
     Send,
     Series,
     Study,
+    read_schema_status,
+    upgrade_schema,
     utcnow,
 )
 from node.ledger.studies import StudyStore
@@ -35,6 +43,7 @@ from node.ledger.studies import StudyStore
 __all__ = [
     "COMPLETENESS_RULES",
     "JOB_STATES",
+    "SCHEMA_STATES",
     "SEND_STATES",
     "STUDY_STATES",
     "Event",
@@ -46,15 +55,19 @@ __all__ = [
     "JobStore",
     "Ledger",
     "LedgerError",
+    "LedgerSchemaError",
     "Output",
     "OutputMeta",
     "OutputStore",
     "RejectionRecord",
     "RejectionStore",
+    "SchemaStatus",
     "Send",
     "SendStore",
     "Series",
     "Study",
     "StudyStore",
+    "read_schema_status",
+    "upgrade_schema",
     "utcnow",
 ]

@@ -31,8 +31,10 @@ __all__ = ["Ledger"]
 class Ledger:
     """The node's ledger at ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``).
 
-    Tables are created if missing. Use one :class:`Ledger` per process; it
-    may be shared by threads (see :mod:`node.ledger.schema`).
+    An empty database is created at the head schema revision; a database at
+    another revision is refused with :class:`node.ledger.schema.LedgerSchemaError`
+    (``cardionode db upgrade``). Use one :class:`Ledger` per process; it may be
+    shared by threads (see :mod:`node.ledger.schema`).
 
     Attributes
     ----------

@@ -30,13 +30,32 @@ processes cannot both create the row of a new study). SQLite runs with
 after a power failure the last commits may be missing, which is why received
 instances are fsync'ed in the spool first and re-recorded from it at start
 (:func:`node.dicom.storage.recover_unrecorded_instances`).
+
+Schema revisions (Alembic, :mod:`node.ledger.revisions` and the revisions in
+:mod:`node.ledger.migrations`): every process that opens the ledger
+(:class:`Database`) goes through :func:`prepare_schema`, the one place that decides
+what to do with the database it finds (:func:`schema_status`):
+
+* ``empty`` (none of the ledger's tables, no revision): created at the head
+  revision, by running the revisions; two processes starting at once create it once;
+* ``current`` (at the head revision): used;
+* ``behind`` (at an older revision), ``unversioned`` (a ledger made before schema
+  revisions: the ledger's tables but no ``alembic_version``): refused with
+  :class:`LedgerSchemaError`, whose message says to run ``cardionode db upgrade``
+  (:func:`upgrade_schema`, which keeps every row);
+* ``newer`` (a revision this CardioNode does not know: a newer one upgraded it),
+  ``obsolete`` (series without routing attributes: older than the baseline) and
+  ``foreign`` (some of the ledger's table names, not all, and no revision): refused,
+  and not upgraded either.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,16 +74,17 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from node.ledger import revisions
 from node.pipelines.routing import AttributeValue
 
 __all__ = [
     "COMPLETENESS_RULES",
     "JOB_FINISHED",
     "JOB_STATES",
+    "SCHEMA_STATES",
     "SEND_STATES",
     "STUDY_FINISHED",
     "STUDY_STATES",
@@ -74,15 +94,24 @@ __all__ = [
     "Instance",
     "Job",
     "LedgerError",
+    "LedgerSchemaError",
     "Output",
     "RejectionRecord",
+    "SchemaStatus",
     "Send",
     "Series",
     "Store",
     "Study",
     "clip",
+    "prepare_schema",
+    "read_schema_status",
+    "refusal",
+    "schema_status",
+    "upgrade_schema",
     "utcnow",
 ]
+
+_log = logging.getLogger("node.ledger")
 
 STUDY_STATES = ("receiving", "complete", "processing", "done", "ignored", "failed", "given_up")
 STUDY_FINISHED = ("done", "ignored", "failed", "given_up")
@@ -107,6 +136,10 @@ def clip(text: str | None, n: int) -> str:
 
 class LedgerError(RuntimeError):
     """A ledger operation that cannot be done (unknown id, forbidden transition)."""
+
+
+class LedgerSchemaError(LedgerError):
+    """The ledger's database is not at this CardioNode's schema revision; the message says what to do."""
 
 
 class Base(DeclarativeBase):
@@ -236,19 +269,21 @@ class RejectionRecord(Base):
 
 
 class Database:
-    """The ledger's database at ``url``: engine, schema check, and sessions for the stores.
+    """The ledger's database at ``url``: engine, schema revision check, and sessions for the stores.
 
-    Tables are created if missing; a ledger written by an earlier, incompatible
-    CardioNode is refused with :class:`LedgerError`. Thread safety and
-    durability: see the module docstring.
+    An empty database is created at the head revision; one at any other revision is
+    refused with :class:`LedgerSchemaError` (:func:`prepare_schema`). Thread safety
+    and durability: see the module docstring.
     """
 
     def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
         self.url = url
         self.engine: Engine = _make_engine(url, busy_timeout_s)
-        Base.metadata.create_all(self.engine)
-        _check_schema(self.engine, url)
-        _add_columns(self.engine)
+        try:
+            prepare_schema(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._postgresql = self.engine.dialect.name == "postgresql"
         # SQLite serialises writers anyway; this lock keeps threads of one process from
@@ -282,33 +317,177 @@ class Store:
         self.database = database
 
 
-def _check_schema(engine: Engine, url: str) -> None:
-    """Refuse a ledger written by an earlier CardioNode whose series rows lack the routing attributes."""
-    columns = {c["name"] for c in inspect(engine).get_columns("series")}
-    if "routing" not in columns:
-        raise LedgerError(
-            f"the ledger at {make_url(url).render_as_string(hide_password=True)} was created by an earlier "
-            "CardioNode (series without a 'routing' column); move it aside (finished studies are in the PACS, "
+# ---------------------------------------------------------------- schema revisions
+
+#: what :func:`schema_status` finds in a database (see the module docstring)
+SCHEMA_STATES = ("empty", "current", "behind", "unversioned", "newer", "obsolete", "foreign")
+
+#: the tables of a ledger made before schema revisions (the baseline revision's tables)
+_UNVERSIONED_TABLES = ("studies", "series", "instances", "jobs", "outputs", "sends", "events", "rejections")
+#: a ledger made before schema revisions is at the first of these revisions whose
+#: (table, column) it has, else at :data:`_BASELINE_REVISION`; fixed history, never extended
+_UNVERSIONED_MARKERS = (("0002", "sends", "peer_text"),)
+_BASELINE_REVISION = "0001"
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a ledger database stands against this CardioNode's schema revisions.
+
+    Attributes
+    ----------
+    state : str
+        One of :data:`SCHEMA_STATES`.
+    revision : str or None
+        The revision recorded in the database; for an ``unversioned`` ledger, the
+        revision its tables match; None when ``empty``, ``obsolete`` or ``foreign``.
+    head : str
+        This CardioNode's revision (the newest).
+    missing : tuple of str
+        For ``foreign``: the ledger's tables the database lacks.
+    """
+
+    state: str
+    revision: str | None
+    head: str
+    missing: tuple[str, ...] = ()
+
+
+def schema_status(connection: Connection) -> SchemaStatus:
+    """What the database on ``connection`` holds: no ledger, a ledger at some revision, or something else."""
+    head = revisions.head_revision()
+    revision = revisions.current_revision(connection)
+    if revision is not None:
+        if revision == head:
+            return SchemaStatus("current", revision, head)
+        return SchemaStatus("behind" if revisions.is_known(revision) else "newer", revision, head)
+    inspector = inspect(connection)
+    ledger_tables = set(inspector.get_table_names()) & (set(Base.metadata.tables) | set(_UNVERSIONED_TABLES))
+    if not ledger_tables:
+        return SchemaStatus("empty", None, head)
+    if "series" in ledger_tables and "routing" not in {c["name"] for c in inspector.get_columns("series")}:
+        return SchemaStatus("obsolete", None, head)
+    missing = tuple(t for t in _UNVERSIONED_TABLES if t not in ledger_tables)
+    if missing:
+        return SchemaStatus("foreign", None, head, missing)
+    matched = next(
+        (rev for rev, table, column in _UNVERSIONED_MARKERS if column in {c["name"] for c in inspector.get_columns(table)}),
+        _BASELINE_REVISION,
+    )
+    return SchemaStatus("unversioned", matched, head)
+
+
+def prepare_schema(engine: Engine) -> None:
+    """Make the ledger at ``engine`` usable by this CardioNode, or refuse it in words.
+
+    An ``empty`` database is created at the head revision (under the write lock, so
+    that processes starting together create it once); a ``current`` one is used as it
+    is; any other is refused with :class:`LedgerSchemaError` (see :func:`refusal`).
+    Every process that opens the ledger goes through here (:class:`Database`).
+    """
+    with engine.connect() as connection:
+        status = schema_status(connection)
+    if status.state == "empty":
+        with _locked(engine) as connection:
+            status = schema_status(connection)  # another process may have created it meanwhile
+            if status.state == "empty":
+                revisions.upgrade(connection)
+                _log.info("ledger at %s created at schema revision %s", _where(engine), status.head)
+                return
+    if status.state != "current":
+        raise LedgerSchemaError(refusal(status, _where(engine)))
+
+
+def refusal(status: SchemaStatus, where: str) -> str:
+    """Why the node does not use the ledger at ``where`` in ``status``, and what the operator does about it."""
+    upgrade = "run `cardionode db upgrade` (with the same configuration) to upgrade it; it keeps every record"
+    messages = {
+        "behind": (
+            f"the ledger at {where} is at schema revision {status.revision} and this CardioNode needs "
+            f"revision {status.head}: {upgrade}"
+        ),
+        "unversioned": (
+            f"the ledger at {where} was created by a CardioNode from before schema revisions (no "
+            f"{revisions.VERSION_TABLE} table) and this CardioNode needs revision {status.head}: {upgrade}"
+        ),
+        "newer": (
+            f"the ledger at {where} is at schema revision {status.revision}, which this CardioNode does not know "
+            f"(its newest is {status.head}): a newer CardioNode upgraded it; run that version, or restore the "
+            "ledger from a backup taken before the upgrade"
+        ),
+        "obsolete": (
+            f"the ledger at {where} was created by an earlier CardioNode (series without a 'routing' column), "
+            "older than `cardionode db upgrade` can convert; move it aside (finished studies are in the PACS, "
             "unfinished ones are re-recorded from the spool when the listener starts) or recreate it"
-        )
+        ),
+        "foreign": (
+            f"the database at {where} has some of the ledger's tables but not {', '.join(status.missing)}, and no "
+            f"{revisions.VERSION_TABLE} table: it is not a CardioNode ledger; set ledger_url to an empty "
+            "database or to a CardioNode ledger"
+        ),
+    }
+    if status.state not in messages:
+        raise ValueError(f"a ledger in state {status.state!r} is used, not refused")
+    return messages[status.state]
 
 
-#: columns added to existing tables since the ledger format began: (table, column, SQL definition);
-#: a ledger that lacks one gets it when opened
-_ADDED_COLUMNS = (("sends", "peer_text", "TEXT NOT NULL DEFAULT ''"),)
+def read_schema_status(url: str) -> SchemaStatus:
+    """:func:`schema_status` of the ledger at ``url``, changing nothing (``cardionode db current``)."""
+    engine = _make_engine(url, busy_timeout_s=30.0)
+    try:
+        with engine.connect() as connection:
+            return schema_status(connection)
+    finally:
+        engine.dispose()
 
 
-def _add_columns(engine: Engine) -> None:
-    """Add the :data:`_ADDED_COLUMNS` an older ledger lacks (another process may add them at the same time)."""
-    for table, column, definition in _ADDED_COLUMNS:
-        if column in {c["name"] for c in inspect(engine).get_columns(table)}:
-            continue
-        try:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-        except DBAPIError:
-            if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
-                raise
+def upgrade_schema(url: str) -> tuple[SchemaStatus, SchemaStatus]:
+    """Bring the ledger at ``url`` to the head revision, keeping its rows (``cardionode db upgrade``).
+
+    ``empty``: created; ``behind``: the revisions after its own run; ``unversioned``
+    (made before revisions): recorded at the revision its tables match, then upgraded;
+    ``current``: nothing to do. ``newer``, ``obsolete`` and ``foreign`` are refused with
+    :class:`LedgerSchemaError`. Everything runs in one transaction under the ledger's
+    write lock: a failed upgrade changes nothing.
+
+    Returns
+    -------
+    before, after : SchemaStatus
+        The ledger's status before and after.
+    """
+    engine = _make_engine(url, busy_timeout_s=30.0)
+    try:
+        with _locked(engine) as connection:
+            before = schema_status(connection)
+            if before.state in ("newer", "obsolete", "foreign"):
+                raise LedgerSchemaError(refusal(before, _where(engine)))
+            if before.state == "unversioned":
+                assert before.revision is not None
+                revisions.stamp(connection, before.revision)
+            if before.state != "current":
+                revisions.upgrade(connection)
+            after = schema_status(connection)
+    finally:
+        engine.dispose()
+    if before.state != "current":
+        _log.info("ledger at %s upgraded from %s (revision %s) to revision %s",
+                  _where(engine), before.state, before.revision, after.revision)
+    return before, after
+
+
+@contextmanager
+def _locked(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that holds the ledger's write lock (SQLite: ``BEGIN IMMEDIATE``;
+    PostgreSQL: the advisory lock of :meth:`Database.write`), committed when the block ends."""
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_WRITE_LOCK_KEY})
+        yield connection
+
+
+def _where(engine: Engine) -> str:
+    """The database's URL for messages, password hidden."""
+    return engine.url.render_as_string(hide_password=True)
 
 
 def _make_engine(url: str, busy_timeout_s: float) -> Engine:

@@ -22,7 +22,7 @@ from datetime import datetime
 from node.config import ConfigError, Settings, load_settings
 from node.dicom.audit import AuditLog
 from node.dicom.refusals import REASONS
-from node.ledger import Job, Ledger, LedgerError
+from node.ledger import Job, Ledger, LedgerError, LedgerSchemaError
 from node.ops.status import StatusSnapshot, status_snapshot
 
 __all__ = ["complete_main", "discard_main", "format_status", "format_table", "retry_main", "status_main"]
@@ -53,7 +53,11 @@ def _open(args: argparse.Namespace) -> tuple[Settings, Ledger] | None:
     except ConfigError as exc:
         print(f"PROBLEM: {exc}", file=sys.stderr)
         return None
-    return settings, Ledger.from_settings(settings)
+    try:
+        return settings, Ledger.from_settings(settings)
+    except LedgerSchemaError as exc:  # a ledger at another schema revision: `cardionode db upgrade`
+        print(f"PROBLEM: {exc}", file=sys.stderr)
+        return None
 
 
 def _audit(settings: Settings, event: str, **fields: object) -> None:

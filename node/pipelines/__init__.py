@@ -7,7 +7,7 @@
   run configuration that travels with every step; :mod:`node.pipelines.configure` makes
   both from the node's settings;
 * :mod:`node.pipelines.registry` — the pipelines the node knows, and routing;
-* one module per study kind: :mod:`node.pipelines.spect_mpi`;
+* one module per study kind: :mod:`node.pipelines.spect_mpi`, :mod:`node.pipelines.pet_mbf`;
 * :mod:`node.pipelines.process` — ``cardionode process FOLDER``.
 
 Pipelines wire :mod:`node.imaging`, :mod:`node.quant`, :mod:`node.ai` and :mod:`node.results`

@@ -4,8 +4,8 @@ A pipeline declares
 
 * which studies it accepts: :class:`SeriesRule` objects over the routing
   attributes of each series (:mod:`node.pipelines.routing`: modality, SOP
-  class, image type, radiopharmaceutical code, acquisition state, series
-  description);
+  class, image type, PET series type, radiopharmaceutical code, tracer,
+  acquisition state, series description);
 * which series it needs before a study counts as complete (the rules marked
   ``required``);
 * its steps, each bound to a queue: ``analyse`` (``cpu``: DICOM to volumes to
@@ -45,6 +45,7 @@ __all__ = [
     "Acceptance",
     "Step",
     "Pipeline",
+    "source_header",
 ]
 
 
@@ -53,7 +54,10 @@ class SeriesRule:
     """A condition one series must meet; every field left empty matches anything.
 
     ``image_type_values`` matches when any of the given values appears anywhere
-    in Image Type (0008,0008); ``states`` when the series' acquisition state
+    in Image Type (0008,0008), ``series_type_values`` when value 1 of Series Type
+    (0054,1000) is one of them (PET: ``DYNAMIC``, ``STATIC``, ``GATED``); ``tracers``
+    when the series' tracer key (:func:`node.imaging.dicom_tracer.tracer_of`:
+    the coded radiopharmaceutical, else its name) is one of them; ``states`` when the series' acquisition state
     (:mod:`node.imaging.states`, the rule loading uses too) is one of them;
     ``description_pattern`` is a case-insensitive regular expression searched
     in Series Description (0008,103E), for site pipelines with their own
@@ -65,6 +69,8 @@ class SeriesRule:
     sop_class_uids: frozenset[str] = frozenset()
     image_type_values: frozenset[str] = frozenset()
     radiopharmaceutical_codes: frozenset[str] = frozenset()
+    series_type_values: frozenset[str] = frozenset()
+    tracers: frozenset[str] = frozenset()
     states: frozenset[str] = frozenset()
     description_pattern: str = ""
     required: bool = True
@@ -81,6 +87,11 @@ class SeriesRule:
             series.radiopharmaceutical_codes
         ):
             return "radiopharmaceutical code not accepted"
+        if self.series_type_values and series.series_type[:1] not in {(v,) for v in self.series_type_values}:
+            shown = "\\".join(series.series_type) or "absent"
+            return f"series type (0054,1000) is {shown}, value 1 not in {sorted(self.series_type_values)}"
+        if self.tracers and series.tracer not in self.tracers:
+            return f"tracer {series.tracer or '(not recognised)'} not in {sorted(self.tracers)}"
         if self.states and series.state not in self.states:
             return f"acquisition state is {series.state} (from the series description), not {'/'.join(sorted(self.states))}"
         if self.description_pattern and not re.search(
@@ -103,6 +114,17 @@ class Acceptance:
     series_by_rule: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+
+
+def source_header(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` without Pixel Data (elements shared, not deep-copied): what ``report`` needs of a source."""
+    header = Dataset()
+    for element in ds:
+        if element.tag != 0x7FE00010:
+            header.add(element)
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    return header
 
 
 @dataclass(frozen=True)

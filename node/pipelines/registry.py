@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: modules of the pipelines shipped with the node; each registers itself on import
-KNOWN_MODULES: tuple[str, ...] = ("node.pipelines.spect_mpi",)
+KNOWN_MODULES: tuple[str, ...] = ("node.pipelines.spect_mpi", "node.pipelines.pet_mbf")
 
 _log = logging.getLogger(__name__)
 _lock = threading.RLock()

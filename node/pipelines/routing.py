@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 
 from pydicom import Dataset
 
+from node.imaging.dicom_tracer import tracer_of
 from node.imaging.states import acquisition_state
 
 __all__ = [
@@ -62,6 +63,14 @@ def _image_type(ds: Dataset) -> list[str]:
     return _multi(ds.get("ImageType"))
 
 
+def _series_type(ds: Dataset) -> list[str]:
+    return [v.strip().upper() for v in _multi(ds.get("SeriesType"))]
+
+
+def _tracer(ds: Dataset) -> str:
+    return tracer_of(ds) or ""
+
+
 def _radiopharmaceutical_codes(ds: Dataset) -> list[str]:
     """Code values of the Radiopharmaceutical Code Sequence items (CID 25), without repeats."""
     codes: list[str] = []
@@ -80,6 +89,8 @@ EXTRACTORS: dict[str, Callable[[Dataset], AttributeValue]] = {
     "image_type": _image_type,
     "series_description": _text("SeriesDescription"),
     "radiopharmaceutical_codes": _radiopharmaceutical_codes,
+    "tracer": _tracer,
+    "series_type": _series_type,
     "state": acquisition_state,
 }
 
@@ -119,6 +130,8 @@ class SeriesSummary:
     image_type: tuple[str, ...] = ()
     series_description: str = ""
     radiopharmaceutical_codes: tuple[str, ...] = ()  # code values, e.g. SCT "424299003"
+    tracer: str = ""  # tracer key (node.imaging.radiopharmaceuticals.tracer_of), "" when not recognised
+    series_type: tuple[str, ...] = ()  # Series Type (0054,1000) of PET, e.g. ("DYNAMIC", "IMAGE")
     state: str = "unknown"
     instance_count: int = 0
 

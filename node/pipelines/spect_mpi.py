@@ -47,7 +47,7 @@ from node.imaging.errors import UnusableSeriesError
 from node.imaging.nm import NMReconstruction, group_nm_reconstructions
 from node.imaging.volume import Volume
 from node.pipelines import registry
-from node.pipelines.base import Pipeline, SeriesRule
+from node.pipelines.base import Pipeline, SeriesRule, source_header
 from node.pipelines.options import PipelineOptions
 from node.quant.function import FunctionResult, cavity_volume_ml, measure_function, tid_ratio
 from node.quant.lv_frame import LVLocation
@@ -590,7 +590,7 @@ class SpectMpiPipeline(Pipeline):
         result = analyse_reconstructions(
             recons, sources, accession, extra_notes=notes, normal_limits_version=options.normal_limits_version
         )
-        headers = tuple(_header(ds) for ds in instances if str(ds.get("SOPInstanceUID", "")) in used)
+        headers = tuple(source_header(ds) for ds in instances if str(ds.get("SOPInstanceUID", "")) in used)
         return replace(result, source_headers=headers)
 
     def predict(self, result: SpectMpiResult) -> SpectMpiResult:
@@ -670,16 +670,6 @@ def _segmentation_cross_check(result: SpectMpiResult, models_dir: Path | None = 
         )
     return lines
 
-
-def _header(ds: Dataset) -> Dataset:
-    """A copy of ``ds`` without pixel data (elements shared, not deep-copied)."""
-    header = Dataset()
-    for element in ds:
-        if element.tag != 0x7FE00010:
-            header.add(element)
-    if hasattr(ds, "file_meta"):
-        header.file_meta = ds.file_meta
-    return header
 
 
 PIPELINE = SpectMpiPipeline()

@@ -6,7 +6,7 @@ Encapsulated PDF). Everything here is named by *keys*; the codes, concept
 names, units' display names and series attributes for those keys live in
 ``dicom_templates/`` so that a new pipeline adds content, not code paths.
 
-Keys used by the SPECT pipeline (extend the templates, not the code, for new ones):
+Keys used by the SPECT and PET pipelines (extend the templates, not the code, for new ones):
 
 * sites: ``aha_1`` .. ``aha_17``, ``left_ventricle``, ``lv_myocardium``,
   ``heart``, ``territory_lad``, ``territory_lcx``, ``territory_rca``
@@ -17,13 +17,30 @@ Keys used by the SPECT pipeline (extend the templates, not the code, for new one
   ``tpd_stress``/``tpd_rest``/``tpd_ischemic`` (%), ``wall_motion`` (mm),
   ``thickening`` (%), ``phase_peak``/``phase_sd``/``phase_bandwidth`` (deg),
   ``phase_skewness``/``phase_kurtosis``/``phase_entropy`` (1),
-  ``probability`` (1)
+  ``probability`` (1); PET: ``mbf`` (ml/min/g), ``mfr`` ({ratio}),
+  ``mbf_rpp_corrected`` (ml/min/g), ``mfr_rpp_corrected`` ({ratio}),
+  ``blood_fraction`` (1), ``heart_rate`` (/min), ``systolic_pressure`` (mm[Hg]),
+  ``rate_pressure_product`` (mm[Hg]/min)
 * findings: ``perfusion_normal``, ``perfusion_abnormal``, ``perfusion_equivocal``,
   ``defect_reversible``, ``defect_partially_reversible``, ``defect_fixed``,
   ``lv_function``, ``dyssynchrony``, ``obstructive_cad``, ``abnormal_perfusion``,
-  ``high_risk``, ``crt_response``
+  ``high_risk``, ``crt_response``; PET: ``myocardial_blood_flow``,
+  ``myocardial_flow_reserve``, ``haemodynamics``, ``mbf_quality``
+* evaluation concepts: ``classification``, ``perfusion_category``, ``lv_function_category``,
+  ``defect_type``, ``dyssynchrony_category``, ``risk_category``, ``normality``,
+  ``study_impression``; PET:
+  ``impaired_flow_reserve`` (values ``present``/``absent``), ``quality_flag`` (one value per
+  code of ``node.quant.mbf.QUALITY_FLAG_CODES``, same keys)
 * evaluation values: ``present``, ``absent``, ``undetermined``, ``normal``,
-  ``abnormal``, ``high_risk``, ``low_risk``
+  ``abnormal``, ``high_risk``, ``low_risk``; PET quality flags: ``bolus_start_missed``,
+  ``input_peak_late``, ``rv_peak_after_lv``, ``input_near_wall``, ``unstable_fit``,
+  ``blood_fraction_high``, ``motion``, ``rest_mbf_implausible``, ``stress_mbf_implausible``,
+  ``tracer_code_missing``, ``timing_inconsistent``
+
+Besides the measurement groups and bull's-eyes (:class:`MapImage`, optionally with
+contour lines), a report may carry curve plots (:class:`CurvePlot`, e.g. time-activity
+curves, each rendered as one Secondary Capture) and voxel maps in the source images' space
+(:class:`ParametricVolume`, each written as a DICOM Parametric Map).
 """
 
 from __future__ import annotations
@@ -42,6 +59,9 @@ __all__ = [
     "Evaluation",
     "MeasurementGroup",
     "MapImage",
+    "Curve",
+    "CurvePlot",
+    "ParametricVolume",
     "ReportContent",
     "ReportContext",
 ]
@@ -111,6 +131,8 @@ class MapImage:
     :class:`node.quant.segments.PolarGrid` (row 0 apex, azimuth from anterior
     toward septum). ``overlay_on`` names another MapImage drawn underneath (for
     heat maps). ``derivation`` is a key: ``polar_map`` or ``gradcam``.
+    ``contour_levels`` are values (in ``unit``) drawn as iso-lines over the map, the
+    lowest dashed and the others solid (e.g. ``(1.5, 2.0)`` on a flow-reserve map).
     """
 
     key: str
@@ -123,6 +145,58 @@ class MapImage:
     derivation: str = "polar_map"
     algorithm: Algorithm | None = None
     overlay_on: str | None = None
+    contour_levels: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One curve of a :class:`CurvePlot`.
+
+    ``x`` and ``y`` are ``[n]`` arrays in the plot's units (time curves: ``x`` in
+    seconds, frame mid-times). ``style`` is ``"points"`` (measured values, drawn as
+    markers) or ``"line"`` (a model curve, drawn as a line).
+    """
+
+    label: str  # "LV blood", "RV blood", "LAD", "LAD fit", ...
+    x: np.ndarray
+    y: np.ndarray
+    style: str = "points"
+
+
+@dataclass(frozen=True)
+class CurvePlot:
+    """A plot of curves (e.g. time-activity curves with their model fits), rendered as one SC image.
+
+    ``x_label`` and ``y_label`` name the axes with their units, e.g. ``"Time after
+    injection (s)"`` and ``"Activity concentration (kBq/mL)"``.
+    """
+
+    key: str
+    title: str
+    x_label: str
+    y_label: str
+    curves: tuple[Curve, ...]
+
+
+@dataclass(frozen=True)
+class ParametricVolume:
+    """A voxel map in the space of the source images, written as a DICOM Parametric Map.
+
+    ``values`` is float32 ``[slice, row, column]`` on the grid of the source images;
+    ``source_sop_instance_uids`` names one single-frame source instance per slice, in
+    slice order (their datasets must be among the ``sources`` given to
+    :func:`node.results.build_outputs`; headers suffice). ``quantity`` is a
+    ``concepts.toml`` key (e.g. ``mbf``) and ``unit`` its UCUM unit (``ml/min/g``).
+    """
+
+    key: str
+    title: str
+    quantity: str
+    unit: str
+    state: str | None
+    values: np.ndarray
+    source_sop_instance_uids: tuple[str, ...]
+    algorithm: Algorithm | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +212,8 @@ class ReportContent:
     images: tuple[MapImage, ...] = ()
     algorithms: tuple[Algorithm, ...] = ()
     notes: tuple[str, ...] = field(default=())  # lines for the PDF, e.g. disagreements, excluded features
+    plots: tuple[CurvePlot, ...] = ()
+    parametric_maps: tuple[ParametricVolume, ...] = ()
 
 
 _OUTPUTS = OutputOptions()

@@ -29,18 +29,32 @@ def _fmt(value: float) -> str:
     return "nan" if isinstance(value, float) and math.isnan(value) else repr(float(value))
 
 
+def _array_bytes(values: object, dtype: str = "<f8") -> bytes:
+    """Shape and little-endian bytes of an array, for the digest."""
+    array = np.ascontiguousarray(np.asarray(values, dtype=dtype))
+    return str(array.shape).encode("ascii") + b":" + array.tobytes()
+
+
 def algorithms_of(content: ReportContent) -> tuple[Algorithm, ...]:
-    """All algorithms that contributed: ``content.algorithms`` then those of groups and images, without repeats."""
+    """All algorithms that contributed, without repeats.
+
+    ``content.algorithms`` first, then those of the groups, the images and the parametric maps.
+    """
     seen: dict[tuple, Algorithm] = {}
     candidates = list(content.algorithms) + [g.algorithm for g in content.groups]
     candidates += [m.algorithm for m in content.images if m.algorithm is not None]
+    candidates += [p.algorithm for p in content.parametric_maps if p.algorithm is not None]
     for algo in candidates:
         seen.setdefault((algo.name, algo.version, tuple(algo.parameters)), algo)
     return tuple(seen.values())
 
 
 def content_digest(content: ReportContent) -> str:
-    """SHA-256 (hex) over every reported value, key, label and map pixel, in order."""
+    """SHA-256 (hex) over every reported value, key, label, map pixel, curve point and voxel, in order.
+
+    Contour levels, plots and parametric maps enter only when present, so a report
+    without them has the digest it had before they existed (its outputs keep their UIDs).
+    """
     h = hashlib.sha256()
 
     def put(*parts: object) -> None:
@@ -66,6 +80,18 @@ def content_digest(content: ReportContent) -> str:
         put(*(map(_fmt, image.segment_values) if image.segment_values is not None else ["-"]))
         if image.algorithm is not None:
             put(image.algorithm.name, image.algorithm.version, *image.algorithm.parameters)
+        if image.contour_levels:
+            put("contours", *map(_fmt, image.contour_levels))
+    for plot in content.plots:
+        put("plot", plot.key, plot.title, plot.x_label, plot.y_label)
+        for curve in plot.curves:
+            put("curve", curve.label, curve.style, _array_bytes(curve.x), _array_bytes(curve.y))
+    for volume in content.parametric_maps:
+        put("parametric_map", volume.key, volume.title, volume.quantity, volume.unit, volume.state or "")
+        put(*volume.source_sop_instance_uids)
+        put(_array_bytes(volume.values, "<f4"))
+        if volume.algorithm is not None:
+            put(volume.algorithm.name, volume.algorithm.version, *volume.algorithm.parameters)
     for algo in algorithms_of(content):
         put("algorithm", algo.name, algo.version, *algo.parameters, algo.training_data, algo.intended_use)
     for note in content.notes:

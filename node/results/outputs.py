@@ -1,4 +1,4 @@
-"""DICOM results of a pipeline run: TID 1500 SR, bull's-eye SC images, result screen, PDF.
+"""DICOM results of a pipeline run: TID 1500 SR, SC images (bull's-eyes, plots, tables), parametric maps, result screen, PDF.
 
 ``build_outputs(content, sources, context)`` is the one entry point the
 pipelines call from their ``report`` step; ``write_preview`` writes the same
@@ -16,17 +16,27 @@ from pydicom import Dataset
 
 from node.results.content import ReportContent, ReportContext
 from node.results.identity import ContentIdentity, algorithms_of
-from node.results.pdf import build_encapsulated_pdf, global_rows, render_summary_pdf
-from node.results.preview import write_preview
-from node.results.render import render_bullseye, render_table_screen
-from node.results.sc import build_multiframe_screen, build_sc, contributing_algorithms
-from node.results.sr import ContentError, build_sr, to_enhanced_sr
+from node.results.pdf import ENCAPSULATED_PDF, build_encapsulated_pdf, render_summary_pdf
+from node.results.pm import PARAMETRIC_MAP, build_parametric_map
+from node.results.render import render_bullseye, render_curve_plot, render_grid_screen, render_table_screen
+from node.results.sc import (
+    MULTIFRAME_TRUE_COLOR_SC,
+    SECONDARY_CAPTURE,
+    build_multiframe_screen,
+    build_rendered_sc,
+    build_sc,
+    contributing_algorithms,
+)
+from node.results.sr import COMPREHENSIVE_3D_SR, ENHANCED_SR, ContentError, build_sr, to_enhanced_sr
+from node.results.tables import global_rows, segment_table
 from node.results.templates import TemplateError, Templates, load_templates
 
 __all__ = [
+    "SEGMENT_TABLE_KEY",
     "build_outputs",
+    "output_names",
     "render_images",
-    "write_preview",
+    "render_plots",
     "to_enhanced_sr",
     "ContentError",
     "TemplateError",
@@ -52,6 +62,57 @@ def render_images(content: ReportContent) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+#: names of the segment-table SC and its screen frame
+SEGMENT_TABLE_KEY = "segment_table"
+_SEGMENT_TABLE_TITLE = "Results per AHA segment"
+#: rows of the global-results table per screen frame (more rows continue on further frames)
+_GLOBAL_ROWS_PER_FRAME = 34
+
+
+def render_plots(content: ReportContent) -> list[tuple[str, np.ndarray]]:
+    """Render every CurvePlot: ``[(key, RGB uint8 [rows, columns, 3]), ...]`` in content order."""
+    keys = [plot.key for plot in content.plots]
+    if len(set(keys)) != len(keys) or set(keys) & {image.key for image in content.images}:
+        raise ContentError("CurvePlot keys must be unique within a report and differ from the MapImage keys")
+    return [(plot.key, render_curve_plot(plot)) for plot in content.plots]
+
+
+def output_names(content: ReportContent, outputs: Sequence[Dataset]) -> list[str]:
+    """A file-name stem for each object :func:`build_outputs` returned, in its order.
+
+    ``sr``, ``sc_<image key>``, ``sc_<plot key>``, ``sc_segment_table``, ``pm_<map key>``,
+    ``screen``, ``pdf``.
+    """
+    sc_keys = iter([*(image.key for image in content.images), *(plot.key for plot in content.plots),
+                    SEGMENT_TABLE_KEY])
+    pm_keys = iter(volume.key for volume in content.parametric_maps)
+    names = []
+    for ds in outputs:
+        sop_class = str(ds.SOPClassUID)
+        if sop_class in (COMPREHENSIVE_3D_SR, ENHANCED_SR):
+            names.append("sr")
+        elif sop_class == SECONDARY_CAPTURE:
+            names.append(f"sc_{next(sc_keys)}")
+        elif sop_class == PARAMETRIC_MAP:
+            names.append(f"pm_{next(pm_keys)}")
+        elif sop_class == MULTIFRAME_TRUE_COLOR_SC:
+            names.append("screen")
+        elif sop_class == ENCAPSULATED_PDF:
+            names.append("pdf")
+        else:
+            names.append(str(ds.SOPInstanceUID))
+    return names
+
+
+def _global_frames(rows: list[tuple[str, str, str]]) -> list[tuple[str, np.ndarray]]:
+    """The global-results table as screen frames, ``_GLOBAL_ROWS_PER_FRAME`` rows each (at least one frame)."""
+    if len(rows) <= _GLOBAL_ROWS_PER_FRAME:
+        return [("GLOBAL RESULTS", render_table_screen("Global results", rows))]
+    chunks = [rows[i: i + _GLOBAL_ROWS_PER_FRAME] for i in range(0, len(rows), _GLOBAL_ROWS_PER_FRAME)]
+    return [(f"GLOBAL RESULTS {k}", render_table_screen(f"Global results ({k} of {len(chunks)})", chunk))
+            for k, chunk in enumerate(chunks, start=1)]
+
+
 def build_outputs(
     content: ReportContent,
     sources: Sequence[Dataset],
@@ -60,12 +121,18 @@ def build_outputs(
 ) -> list[Dataset]:
     """All DICOM result objects of one pipeline run, in the source study.
 
-    Returns ``[SR, SC per MapImage..., multi-frame result screen (if
-    context.multiframe_screen), Encapsulated PDF (if context.pdf_summary)]``.
-    ``sources`` are the datasets of ``content.sources`` (headers suffice).
-    Deterministic: the same inputs give the same UIDs and bytes; predecessor
-    SRs in ``context.predecessors`` are referenced, not hashed. ``templates``
-    default to those in ``context.templates_dir`` (None: the package's).
+    Returns, in this order: ``[SR, SC per MapImage..., SC per CurvePlot..., segment-table SC
+    (if the pipeline's ``segment_table_image`` template setting is on and the content has
+    segment results), Parametric Map per ParametricVolume..., multi-frame result screen (if
+    context.multiframe_screen), Encapsulated PDF (if context.pdf_summary)]``
+    (:func:`output_names` names them). The result screen's frames are the bull's-eyes, the
+    plots, the segment table (when the SC is made) and the global results (one frame per 34
+    rows); the PDF shows the bull's-eyes and plots and every result in its tables.
+
+    ``sources`` are the datasets of ``content.sources`` plus those of every parametric map's
+    ``source_sop_instance_uids`` (headers suffice). Deterministic: the same inputs give the
+    same UIDs and bytes; predecessor SRs in ``context.predecessors`` are referenced, not
+    hashed. ``templates`` default to those in ``context.templates_dir`` (None: the package's).
     """
     templates = templates or load_templates(context.templates_dir)
     if not sources:
@@ -76,26 +143,47 @@ def build_outputs(
         missing = [s.sop_instance_uid for s in content.sources if s.sop_instance_uid not in by_uid]
         raise ContentError(f"datasets missing for source instances {missing[:3]} ({len(missing)} in all)")
     identity = ContentIdentity.of(content, used)
+    algorithms = algorithms_of(content)
     renders = render_images(content)
+    plots = render_plots(content)
     images: dict[str, Dataset] = {}
     for number, ((key, rgb), image) in enumerate(zip(renders, content.images), start=1):
         images[key] = build_sc(rgb, image, used, identity, templates, number, content.pipeline, content.pipeline_version)
     sr = build_sr(content, used, context, images=images, templates=templates)
     outputs: list[Dataset] = [sr, *images.values()]
+    for number, ((key, rgb), plot) in enumerate(zip(plots, content.plots), start=1):
+        outputs.append(build_rendered_sc(rgb, "sc_plot", key, plot.title, None, algorithms, used, identity, templates,
+                                         number, content.pipeline, content.pipeline_version))
+    header, segment_rows = segment_table(content, templates)
+    table_screen = None
+    if segment_rows and templates.pipeline(content.pipeline).get("segment_table_image", False):
+        table_screen = render_grid_screen(_SEGMENT_TABLE_TITLE, header, segment_rows)
+        outputs.append(build_rendered_sc(table_screen, "sc_table", SEGMENT_TABLE_KEY, _SEGMENT_TABLE_TITLE, None,
+                                         algorithms, used, identity, templates, 1, content.pipeline,
+                                         content.pipeline_version))
+    if len({volume.key for volume in content.parametric_maps}) != len(content.parametric_maps):
+        raise ContentError("ParametricVolume keys must be unique within a report")
+    for number, volume in enumerate(content.parametric_maps, start=1):
+        outputs.append(build_parametric_map(volume, by_uid, identity, templates, number, content.pipeline,
+                                            content.pipeline_version, context.device_uid, algorithms))
     table = global_rows(content, templates)
     if context.multiframe_screen:
-        frames = [rgb for _, rgb in renders]
-        labels = [image.key.upper()[:16] for image in content.images]  # Frame Label Vector is SH
-        frames.append(render_table_screen("Global results", table))
-        labels.append("GLOBAL RESULTS")
+        frames = [rgb for _, rgb in renders] + [rgb for _, rgb in plots]
+        labels = [key.upper()[:16] for key, _ in [*renders, *plots]]  # Frame Label Vector is SH
+        if table_screen is not None:
+            frames.append(table_screen)
+            labels.append("SEGMENT TABLE")
+        for label, frame in _global_frames(table):
+            frames.append(frame)
+            labels.append(label)
         screen = build_multiframe_screen(frames, labels, used, identity, templates, content.pipeline, content.pipeline_version)
-        contributing_algorithms(screen, algorithms_of(content), templates, identity)
+        contributing_algorithms(screen, algorithms, templates, identity)
         outputs.append(screen)
     if context.pdf_summary:
         titled = [(image.title, rgb) for image, (_, rgb) in zip(content.images, renders)]
+        titled += [(plot.title, rgb) for plot, (_, rgb) in zip(content.plots, plots)]
         pdf_bytes = render_summary_pdf(content, titled, templates, identity)
         pdf = build_encapsulated_pdf(pdf_bytes, content, used, identity, templates)
-        contributing_algorithms(pdf, algorithms_of(content), templates, identity)
+        contributing_algorithms(pdf, algorithms, templates, identity)
         outputs.append(pdf)
     return outputs
-

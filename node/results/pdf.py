@@ -1,8 +1,8 @@
 """One-page PDF summary (reportlab) and its Encapsulated PDF Storage wrapper.
 
 The page holds, top to bottom: title and research-use disclaimer, the
-bull's-eye images, the per-segment table (left) and the global results table
-(right), the algorithm card (name, version, parameters, training data, intended
+bull's-eye images and curve plots, the per-segment table (left) and the table of
+every other result (right; :mod:`node.results.tables`), the algorithm card (name, version, parameters, training data, intended
 use), notes, and the disclaimer again. The PDF is built with reportlab's
 ``invariant`` mode, so the same content gives the same bytes.
 
@@ -13,7 +13,7 @@ numbers (reference ``dicom_outputs.md`` sections 0.6 and 7).
 from __future__ import annotations
 
 import io
-import re
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +25,7 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.utils import ImageReader
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen import canvas
 from reportlab.platypus import Paragraph, Table, TableStyle
 
@@ -32,74 +33,16 @@ import node
 from node.results.content import ReportContent
 from node.results.identity import ContentIdentity, algorithms_of
 from node.results.sc import source_image_sequence
+from node.results.tables import global_rows, segment_table
 from node.results.templates import Templates
 
-__all__ = ["ENCAPSULATED_PDF", "segment_table", "global_rows", "render_summary_pdf", "build_encapsulated_pdf"]
+__all__ = ["ENCAPSULATED_PDF", "render_summary_pdf", "build_encapsulated_pdf"]
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
-_SEGMENT_SITE = re.compile(r"^aha_(\d+)$")
 _MARGIN = 30.0
-
-
-def _fmt(value: float) -> str:
-    if not np.isfinite(value):
-        return "-"
-    if value == 0:
-        value = 0.0  # no "-0"
-    if float(value).is_integer() and abs(value) < 1000:
-        return f"{value:.0f}"
-    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.2f}"
-
-
-def segment_table(content: ReportContent, templates: Templates) -> tuple[list[str], list[list[str]]]:
-    """Header and 17 rows of the per-segment table: one column per (state, quantity) found in segment groups."""
-    columns: list[tuple[str | None, str]] = []
-    cells: dict[tuple[int, str | None, str], float] = {}
-    for group in content.groups:
-        match = _SEGMENT_SITE.match(group.site)
-        if not match:
-            continue
-        segment = int(match.group(1))
-        for m in group.measurements:
-            key = (group.state, m.quantity)
-            if key not in columns:
-                columns.append(key)
-            cells[(segment, group.state, m.quantity)] = m.value
-    header = ["Segment"]
-    short = {"relative_uptake": "uptake %", "segment_score": "score"}
-    for state, quantity in columns:
-        state_label = templates.state_short_label(state) if state else ""
-        header.append(f"{state_label}\n{short.get(quantity, quantity.replace('_', ' '))}".strip())
-    rows: list[list[str]] = []
-    if not columns:
-        return header, rows
-    for segment in range(1, 18):
-        _, label = templates.site(f"aha_{segment}")
-        name = label.split("(")[-1].rstrip(")") if "(" in label else label
-        row = [f"{segment} {name}"]
-        for state, quantity in columns:
-            value = cells.get((segment, state, quantity))
-            row.append(_fmt(value) if value is not None else "")
-        rows.append(row)
-    return header, rows
-
-
-def global_rows(content: ReportContent, templates: Templates) -> list[tuple[str, str, str]]:
-    """``(label, value, unit)`` rows of every non-segment group: measurements then coded evaluations."""
-    rows: list[tuple[str, str, str]] = []
-    for group in content.groups:
-        if _SEGMENT_SITE.match(group.site):
-            continue
-        prefix = group.label
-        for m in group.measurements:
-            quantity = templates.quantity(m.quantity, content.pipeline)
-            unit = "" if m.unit == "1" else ("score" if m.unit == "{score}" else m.unit)
-            rows.append((f"{prefix}: {quantity.code.meaning}", _fmt(m.value), unit))
-        for e in group.evaluations:
-            concept = templates.evaluation_concept(e.quantity).meaning
-            rows.append((f"{prefix}: {concept}", templates.evaluation_value(e.value).meaning, ""))
-    return rows
+#: table cells longer than this are wrapped (a Paragraph) instead of drawn on one line
+_WRAP_CHARS = 12
 
 
 def _png(rgb: np.ndarray) -> ImageReader:
@@ -107,7 +50,8 @@ def _png(rgb: np.ndarray) -> ImageReader:
 
 
 def _table(data: list[list], col_widths: list[float], font_size: float, fixed_rows: bool = True) -> Table:
-    heights = [2 * font_size + 4.0] + [font_size + 3.0] * (len(data) - 1) if fixed_rows else None
+    head_lines = max([2, *(str(cell).count("\n") + 1 for cell in data[0])])
+    heights = [head_lines * font_size + 4.0] + [font_size + 3.0] * (len(data) - 1) if fixed_rows else None
     table = Table(data, colWidths=col_widths, rowHeights=heights)
     table.setStyle(
         TableStyle(
@@ -139,7 +83,7 @@ def render_summary_pdf(
     identity: ContentIdentity,
     header_lines: Sequence[str] = (),
 ) -> bytes:
-    """The one-page A4 summary as PDF bytes. ``renders`` are ``(title, RGB uint8 image)`` bull's-eyes.
+    """The one-page A4 summary as PDF bytes. ``renders`` are ``(title, RGB uint8 image)`` bull's-eyes and plots.
 
     Larger reports get smaller fonts and images, then a global table cut to
     its first rows with a pointer to the SR, so the summary stays one page.
@@ -188,7 +132,7 @@ def _draw_page(
 
     shown = list(renders)[:8]
     if shown:
-        per_row = min(4, len(shown))
+        per_row = len(shown) if len(shown) <= 4 else math.ceil(len(shown) / math.ceil(len(shown) / 4))
         side = min(image_side, (width - 2 * _MARGIN - (per_row - 1) * 6) / per_row)
         for i, (_title, rgb) in enumerate(shown):
             row, col = divmod(i, per_row)
@@ -218,8 +162,12 @@ def _draw_page(
         grows = grows[: max_global_rows - 1] + [(f"... {hidden} more results in the Structured Report", "", "")]
     if grows:
         cell = ParagraphStyle("cell", fontName="Helvetica", fontSize=font, leading=font + 1.2)
-        data = [["Global result", "Value", "Unit"]] + [[Paragraph(_esc(label), cell), v, u] for label, v, u in grows]
-        glob = _table(data, [right_width - 78, 50, 28], font, fixed_rows=False)
+        data = [["Global result", "Value", "Unit"]] + [
+            [Paragraph(_esc(label), cell), Paragraph(_esc(v), cell) if len(v) > _WRAP_CHARS else v, u]
+            for label, v, u in grows
+        ]
+        unit_width = max([28.0, *(stringWidth(u, "Helvetica", font) + 5.0 for _, _, u in grows)])
+        glob = _table(data, [right_width - 50 - unit_width, 50, unit_width], font, fixed_rows=False)
         _, gh = glob.wrapOn(pdf, right_width, y)
         glob.drawOn(pdf, right_x, y - gh)
         right_bottom = y - gh

@@ -2,8 +2,12 @@
 
 Writes, into ``out_dir``:
 
-* every DICOM object: ``sr.dcm``, ``sc_<image key>.dcm``, ``screen.dcm``, ``summary_pdf.dcm``;
-* the pixels of every SC as ``<image key>.png`` and each result-screen frame as ``screen_<n>.png``;
+* every DICOM object: ``sr.dcm``, ``sc_<image or plot key>.dcm``, ``sc_segment_table.dcm``,
+  ``pm_<map key>.dcm``, ``screen.dcm``, ``summary_pdf.dcm`` (names from
+  :func:`node.results.outputs.output_names`);
+* the pixels of every SC as ``<key>.png``, the middle slice of each parametric map as
+  ``pm_<map key>.png`` (greyscale over its value range) and each result-screen frame as
+  ``screen_<n>.png``;
 * the PDF summary as ``summary.pdf``;
 * an HTML rendering of the SR as ``report.html``: DCMTK ``dsr2html`` when it is
   installed, else a built-in rendering of the content tree (concept name,
@@ -27,7 +31,9 @@ from pydicom import Dataset
 
 import node
 from node.results.content import ReportContent
+from node.results.outputs import output_names
 from node.results.pdf import ENCAPSULATED_PDF
+from node.results.pm import PARAMETRIC_MAP
 from node.results.sc import MULTIFRAME_TRUE_COLOR_SC, SECONDARY_CAPTURE
 from node.results.sr import COMPREHENSIVE_3D_SR, ENHANCED_SR
 from node.results.templates import Templates, load_templates
@@ -39,6 +45,16 @@ def _rgb_frames(ds: Dataset) -> np.ndarray:
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     data = np.frombuffer(bytes(ds.PixelData), dtype=np.uint8)
     return data[: frames * ds.Rows * ds.Columns * 3].reshape(frames, ds.Rows, ds.Columns, 3)
+
+
+def _middle_slice_grey(ds: Dataset) -> np.ndarray:
+    """The middle frame of a float Parametric Map as ``uint8`` greyscale over the map's value range."""
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    data = np.frombuffer(bytes(ds.FloatPixelData), dtype="<f4").reshape(frames, ds.Rows, ds.Columns)
+    frame = data[frames // 2].astype(float)
+    lo, hi = float(data.min()), float(data.max())
+    scaled = (frame - lo) / (hi - lo) if hi > lo else np.zeros_like(frame)
+    return np.round(255.0 * scaled).astype(np.uint8)
 
 
 def _save(ds: Dataset, path: Path) -> Path:
@@ -58,8 +74,7 @@ def write_preview(
     out_dir.mkdir(parents=True, exist_ok=True)
     names = (templates or load_templates()).pipeline(content.pipeline)
     written: list[Path] = []
-    sc_keys = iter([image.key for image in content.images])
-    for ds in datasets:
+    for ds, name in zip(datasets, output_names(content, datasets)):
         sop_class = str(ds.SOPClassUID)
         if sop_class in (COMPREHENSIVE_3D_SR, ENHANCED_SR):
             sr_path = _save(ds, out_dir / str(names.get("sr_file", "sr.dcm")))
@@ -68,10 +83,14 @@ def write_preview(
             html_path.write_text(sr_to_html(ds, sr_path), encoding="utf-8")
             written.append(html_path)
         elif sop_class == SECONDARY_CAPTURE:
-            key = next(sc_keys, None) or str(ds.SOPInstanceUID)
-            written.append(_save(ds, out_dir / f"sc_{key}.dcm"))
-            png = out_dir / f"{key}.png"
+            written.append(_save(ds, out_dir / f"{name}.dcm"))
+            png = out_dir / f"{name.removeprefix('sc_')}.png"
             Image.fromarray(_rgb_frames(ds)[0], mode="RGB").save(png)
+            written.append(png)
+        elif sop_class == PARAMETRIC_MAP:
+            written.append(_save(ds, out_dir / f"{name}.dcm"))
+            png = out_dir / f"{name}.png"
+            Image.fromarray(_middle_slice_grey(ds), mode="L").save(png)
             written.append(png)
         elif sop_class == MULTIFRAME_TRUE_COLOR_SC:
             written.append(_save(ds, out_dir / "screen.dcm"))

@@ -1,5 +1,7 @@
 """Secondary Capture images of rendered results (single-frame SC and multi-frame true-colour SC).
 
+Single-frame SCs hold a bull's-eye, a heat map, a curve plot or a table screen, each in
+its own series (``series.toml``: ``sc_map``, ``sc_heatmap``, ``sc_plot``, ``sc_table``).
 A bull's-eye is not in patient space, so it is a Secondary Capture, not a
 Parametric Map (reference ``dicom_outputs.md`` section 7). Attributes:
 
@@ -16,7 +18,7 @@ Parametric Map (reference ``dicom_outputs.md`` section 7). Attributes:
 * Content Date/Time and UIDs from :class:`node.results.identity.ContentIdentity`.
 
 The multi-frame true-colour SC (1.2.840.10008.5.1.4.1.1.7.4) holds a whole
-result screen (every bull's-eye plus the global table) as frames, written with
+result screen (every bull's-eye, plot and table) as frames, written with
 pydicom because highdicom builds single-frame SC only.
 """
 
@@ -40,6 +42,7 @@ __all__ = [
     "SECONDARY_CAPTURE",
     "MULTIFRAME_TRUE_COLOR_SC",
     "build_sc",
+    "build_rendered_sc",
     "build_multiframe_screen",
     "source_image_sequence",
 ]
@@ -108,16 +111,42 @@ def build_sc(
     with derivation (130403, DCM, "Gradient-weighted class activation");
     polar maps to the bull's-eye series.
     """
-    pixels = _check_rgb(pixels)
     kind = {"gradcam": "sc_heatmap", "polar_map": "sc_map"}.get(image.derivation)
     if kind is None:
         raise ValueError(f"MapImage {image.key!r}: derivation must be 'polar_map' or 'gradcam', got {image.derivation!r}")
+    algorithms = [image.algorithm] if image.algorithm is not None else []
+    return build_rendered_sc(pixels, kind, image.key, image.title, image.algorithm, algorithms, sources, identity,
+                             templates, instance_number, pipeline, pipeline_version)
+
+
+def build_rendered_sc(
+    pixels: np.ndarray,
+    kind: str,
+    key: str,
+    title: str,
+    algorithm: Algorithm | None,
+    algorithms: Sequence[Algorithm],
+    sources: Sequence[Dataset],
+    identity: ContentIdentity,
+    templates: Templates,
+    instance_number: int,
+    pipeline: str,
+    pipeline_version: str,
+) -> Dataset:
+    """One Secondary Capture image of any rendered result (RGB ``uint8`` ``[rows, columns, 3]``).
+
+    ``kind`` names the series in ``series.toml`` (``sc_map``, ``sc_heatmap``, ``sc_plot``,
+    ``sc_table``), which gives series number, description and derivation; ``key`` makes the
+    SOP Instance UID; ``title`` goes to Image Comments. ``algorithm`` is named in the
+    derivation description and as the model (None: the pipeline); ``algorithms`` are listed
+    as contributing equipment.
+    """
+    pixels = _check_rgb(pixels)
     series = templates.series(kind)
     derivation: Code = templates.series_derivation(kind)
     ref = sources[0]
-    algorithms = [image.algorithm] if image.algorithm is not None else []
-    model = f"{image.algorithm.name}" if image.algorithm is not None else f"CardioNode {pipeline}"
-    version = f"{image.algorithm.version}" if image.algorithm is not None else pipeline_version
+    model = f"{algorithm.name}" if algorithm is not None else f"CardioNode {pipeline}"
+    version = f"{algorithm.version}" if algorithm is not None else pipeline_version
     sc = hd.sc.SCImage(
         pixel_array=pixels,
         photometric_interpretation="RGB",
@@ -126,7 +155,7 @@ def build_sc(
         study_instance_uid=ref.StudyInstanceUID,
         series_instance_uid=identity.uid(kind, "series"),
         series_number=int(series["series_number"]),
-        sop_instance_uid=identity.uid(kind, "instance", image.key),
+        sop_instance_uid=identity.uid(kind, "instance", key),
         instance_number=instance_number,
         manufacturer=templates.manufacturer,
         patient_id=getattr(ref, "PatientID", None),
@@ -156,9 +185,9 @@ def build_sc(
     sc.BodyPartExamined = "HEART"
     sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
     sc.SourceImageSequence = source_image_sequence(sources, templates)
-    sc.DerivationDescription = _derivation_text(str(series["derivation_text"]), image.algorithm, pipeline, pipeline_version)
+    sc.DerivationDescription = _derivation_text(str(series["derivation_text"]), algorithm, pipeline, pipeline_version)
     sc.DerivationCodeSequence = [derivation.concept()]
-    sc.ImageComments = f"{image.title}. {node.RESEARCH_USE_NOTICE}"[:10240]
+    sc.ImageComments = f"{title}. {node.RESEARCH_USE_NOTICE}"[:10240]
     _deterministic_times(sc, identity)
     return sc
 

@@ -52,12 +52,18 @@ class Code:
 
 @dataclass(frozen=True)
 class Quantity:
-    """A NUM concept name and the UCUM unit its values must carry."""
+    """A NUM concept name, the UCUM unit its values must carry, its table column label and decimals.
+
+    ``decimals`` (None: :func:`node.results.tables.format_value`'s default rule) is how many
+    decimals tables print; the SR always carries the full value.
+    """
 
     key: str
     code: Code
     unit: str
     unit_meaning: str
+    short_label: str = ""
+    decimals: int | None = None
 
     def unit_concept(self) -> CodedConcept:
         return CodedConcept(value=self.unit, scheme_designator="UCUM", meaning=self.unit_meaning)
@@ -152,7 +158,14 @@ class Templates:
         units = self._raw["concepts"].get("units", {})
         if unit not in units:
             raise TemplateError(f"unit {unit!r} of {resolved!r} has no display name in [units] of {self._file('concepts')}")
-        return Quantity(key=key, code=_code(entry["code"], f"{self._file('concepts')} [{resolved}]"), unit=unit, unit_meaning=str(units[unit]))
+        return Quantity(
+            key=key,
+            code=_code(entry["code"], f"{self._file('concepts')} [{resolved}]"),
+            unit=unit,
+            unit_meaning=str(units[unit]),
+            short_label=str(entry.get("short_label", key.replace("_", " "))),
+            decimals=int(entry["decimals"]) if "decimals" in entry else None,
+        )
 
     def site(self, key: str) -> tuple[Code, str]:
         """Finding-site code and display label of a site key."""
@@ -170,6 +183,16 @@ class Templates:
         table = self._raw["evaluations"].get("values", {})
         return _code(self._entry("evaluations", key, table)["code"], f"{self._file('evaluations')} [values.{key}]")
 
+    def evaluation_concept_label(self, key: str) -> str:
+        """Short label of an evaluation concept (table column heads): ``short_label``, else the meaning."""
+        entry = self._entry("evaluations", key, self._raw["evaluations"].get("concepts", {}))
+        return str(entry.get("short_label", self.evaluation_concept(key).meaning))
+
+    def evaluation_value_label(self, key: str) -> str:
+        """Short label of an evaluation value (table cells): ``short_label``, else the meaning."""
+        entry = self._entry("evaluations", key, self._raw["evaluations"].get("values", {}))
+        return str(entry.get("short_label", self.evaluation_value(key).meaning))
+
     def procedure(self, key: str) -> tuple[Code, Code, str]:
         """(Procedure Reported from CID 100, performed procedure, label) of a procedure key."""
         entry = self._entry("procedures", key)
@@ -177,7 +200,10 @@ class Templates:
         return _code(entry["reported"], where), _code(entry["performed"], where), str(entry.get("label", key))
 
     def series(self, kind: str) -> dict[str, Any]:
-        """Series attributes of an output kind: ``sr``, ``sc_map``, ``sc_heatmap``, ``mf_screen``, ``pdf``."""
+        """Series attributes of an output kind.
+
+        Kinds: ``sr``, ``sc_map``, ``sc_heatmap``, ``sc_plot``, ``sc_table``, ``pm``, ``mf_screen``, ``pdf``.
+        """
         entry = dict(self._entry("series", kind))
         description = str(entry.get("description", ""))
         if len(description) > 64:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,18 @@ from pydicom import Dataset
 from node.imaging.errors import UnusableSeriesError
 from node.imaging.pet import (
     ENHANCED_PET_IMAGE_STORAGE,
+    ENHANCED_TIMING,
     TIMING_VARIANTS,
     classify_pet_series,
     load_dynamic_pet,
     timing_variant_for,
 )
 from node.imaging.radiopharmaceuticals import PET_TRACERS, pet_tracer_from_code, pet_tracer_from_text
+from node.imaging.volume import FrameAxis, Volume
 from node.quant.kinetics import N13_AMMONIA, O15_WATER, RB82
+from node.synth.pet.dicom import PETSeriesInfo
+from node.synth.pet.enhanced import build_enhanced_pet
+from node.synth.spect.nm_dicom import PatientInfo, StudyInfo
 from tests.support.pet import dynamic_pet_series
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "real"
@@ -161,13 +167,21 @@ def test_image_index_disagreeing_with_positions_is_refused() -> None:
     _refusal(datasets, "ImageIndex", "orders the slices of frame 1 differently")
 
 
-def test_enhanced_pet_and_non_pet_are_refused() -> None:
-    datasets, _ = dynamic_pet_series("ge", seed=16)
-    enhanced = copy.deepcopy(datasets[:1])
-    enhanced[0].SOPClassUID = ENHANCED_PET_IMAGE_STORAGE
+def test_enhanced_pet_loads_and_non_pet_is_refused() -> None:
+    datasets, truth = dynamic_pet_series("ge", seed=16)
+    volume = Volume(truth.voxels, truth.affine, FrameAxis.dynamic(truth.start_s, truth.duration_s))
+    patient = PatientInfo("Synthetic^Pet", "SYNPET-1", "19600101", "M", 60, 80.0, 1.8)
+    study = StudyInfo(datasets[0].StudyInstanceUID, datasets[0].FrameOfReferenceUID, "20260304", "093000", "A16", "16")
+    info = PETSeriesInfo(datasets[0].SeriesInstanceUID, 1, "REST RB82 DYNAMIC", "rb82_chloride",
+                         datetime(2026, 3, 4, 9, 30), decay_correction="ADMIN")
+    enhanced = build_enhanced_pet(volume, patient=patient, study=study, series=info).datasets
+    assert enhanced[0].SOPClassUID == ENHANCED_PET_IMAGE_STORAGE
     verdict = classify_pet_series(enhanced)
-    assert verdict.kind == "enhanced" and "not supported yet" in verdict.description
-    assert "Enhanced PET Image Storage" in verdict.description
+    assert verdict.kind == "dynamic" and verdict.usable and verdict.timing == ENHANCED_TIMING
+    series = load_dynamic_pet(enhanced)
+    np.testing.assert_allclose(series.start_s, truth.start_s, atol=1e-3)
+    np.testing.assert_allclose(series.volume.voxels, truth.voxels, rtol=1e-4, atol=1.0)
+    np.testing.assert_allclose(series.volume.affine, truth.affine, atol=1e-3)
     ct = copy.deepcopy(datasets[:1])
     ct[0].Modality = "CT"
     assert classify_pet_series(ct).kind == "not_pet"

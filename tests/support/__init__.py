@@ -11,6 +11,7 @@ that needs only a free port does not load pydicom or requests):
 * :mod:`tests.support.orthanc`: a real Orthanc PACS on loopback ports;
 * :mod:`tests.support.hostile_dicom`: deflate bombs, huge and malformed data sets for the listener's refusal tests;
 * :mod:`tests.support.redis_server`: a private Redis (own port, password, TLS) for one test;
+* :mod:`tests.support.postgres`: a throw-away PostgreSQL database for one test (CREATE DATABASE, dropped after);
 * :mod:`tests.support.pki`: a throw-away CA with server and client certificates for TLS tests;
 * :mod:`tests.support.payloads`: hostile bytes (a pickle that runs code) for the refusal tests;
 * :mod:`tests.support.worker`: a worker in the test's process (take a step message, run it, store the outcome);

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pydicom
 import pytest
 
 from node.imaging.nm import group_nm_reconstructions
+from node.imaging.pet import load_dynamic_pet
 from node.synth.spect.study import synthetic_patient
 from tests.support import REPO
 from tests.support.ports import free_port, wait_for_port
@@ -71,3 +74,42 @@ def test_demo_reports_a_refused_association(seed, tmp_path):
     )
     assert run.returncode == 2, run.stdout + run.stderr
     assert "no association" in run.stdout
+
+
+@pytest.mark.network
+@pytest.mark.slow  # ~30 s: pynetdicom stores one small instance per ~50 ms (Nagle + delayed ACK on loopback)
+def test_pet_demo_sends_a_loadable_rest_stress_study_in_two_studies(seed, tmp_path):
+    received = tmp_path / "received"
+    received.mkdir()
+    port = free_port()
+    scp = subprocess.Popen([sys.executable, "-c", SCP_SCRIPT, str(received), str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 20, "the storage SCP", process=scp)
+        run = subprocess.run(
+            [sys.executable, "-m", "node.cli", "demo", "--modality", "pet", "--seed", str(seed), "--defect", "LCx",
+             "--vendor", "siemens", "--decay", "NONE", "--two-days", "--shuffle", "--voxel-mm", "8", "--port", str(port),
+             "--called-aet", "DEMOPACS", "--save", str(tmp_path / "saved")],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        scp.terminate()
+        scp.wait(timeout=20)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert f"seed {seed}" in output and "Research use only" in output and "2 studies" in output
+    assert "REST RB-82 CHLORIDE DYNAMIC: 256 instances -> stored" in output and "[512/512]" in output
+    patient = synthetic_patient("M", 62, f"seed-{seed}")
+    for secret in (patient.patient_id, patient.name, patient.name.split("^")[0], patient.birth_date):
+        assert secret not in output, f"seed {seed}: identity leaked in demo output"
+    datasets = [pydicom.dcmread(p) for p in received.iterdir()]
+    assert len(datasets) == 512, output
+    truth = json.loads((tmp_path / "saved" / "truth.json").read_text())
+    assert truth["study"]["defect_territory"] == "LCx" and truth["arrangement"] == "two_studies"
+    for doc in truth["series"]:
+        series = load_dynamic_pet([ds for ds in datasets if ds.SeriesInstanceUID == doc["series_instance_uid"]])
+        assert series.state == doc["state"] and series.tracer == "rb82_chloride" and series.timing == "siemens"
+        assert series.decay_correction == "NONE" and series.study_uid == doc["study_instance_uid"]
+        np.testing.assert_allclose(series.start_s, doc["frame_start_s"], atol=0.5)
+    assert len({ds.StudyInstanceUID for ds in datasets}) == 2 and {str(ds.PatientID) for ds in datasets} == {
+        patient.patient_id}

@@ -5,8 +5,36 @@ section 5.1 tier A): tracer input functions with recirculation, clinical frame s
 17 segment TACs from the kinetic models of :mod:`node.quant.kinetics` with given per-segment
 MBF, blood fraction and RV spill-over, clinical count noise from a seeded generator, and the
 exact truth alongside. The image and DICOM tiers come later.
+:mod:`node.synth.pet.dicom` -- the DICOM tier (section 5.1 tier C): a dynamic volume as PET
+Image Storage instances, one per slice per frame, in the GE / Philips / Siemens timing
+conventions with Decay Correction START / ADMIN / NONE and per-instance rescale.
+:mod:`node.synth.pet.study` -- a rest + stress study of those (one study or two on two days,
+section 5.7) with its truth JSON; :mod:`node.synth.pet.demo` -- ``cardionode demo --modality pet``.
+:mod:`node.synth.pet.enhanced` -- one Enhanced PET Image Storage (multi-frame) instance of a
+dynamic volume, the multi-frame variant of the DICOM tier.
 """
 
+from node.synth.pet.dicom import (
+    DECAY_CORRECTIONS,
+    MANUFACTURERS,
+    PETSeriesInfo,
+    PETSeriesInstances,
+    build_pet_series,
+    decay_scale,
+    pet_series_description,
+    pet_tracer,
+)
+from node.synth.pet.enhanced import build_enhanced_pet
+from node.synth.pet.study import (
+    ARRANGEMENTS,
+    REST_TO_STRESS_S,
+    PETStudy,
+    PETStudyFiles,
+    build_pet_study,
+    build_phantom_pet_study,
+    truth_document,
+    write_pet_study,
+)
 from node.synth.pet.tac import (
     FRAME_SCHEDULES,
     INPUT_RANGES,
@@ -23,12 +51,29 @@ from node.synth.pet.tac import (
 )
 
 __all__ = [
+    "ARRANGEMENTS",
+    "DECAY_CORRECTIONS",
+    "MANUFACTURERS",
+    "REST_TO_STRESS_S",
+    "PETSeriesInfo",
+    "PETSeriesInstances",
+    "PETStudy",
+    "PETStudyFiles",
+    "build_pet_series",
+    "build_pet_study",
+    "build_phantom_pet_study",
+    "decay_scale",
+    "pet_series_description",
+    "pet_tracer",
+    "truth_document",
+    "write_pet_study",
     "FRAME_SCHEDULES",
     "INPUT_RANGES",
     "MBF_RANGES",
     "InputShape",
     "TacStudy",
     "TacTruth",
+    "build_enhanced_pet",
     "frame_schedule",
     "make_rest_stress",
     "make_tac_study",

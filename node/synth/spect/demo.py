@@ -28,9 +28,7 @@ from node.synth.geometry import SHAPES
 from node.synth.spect.phantom import PhantomSpec, make_study, territory_defect
 from node.synth.spect.study import build_study_datasets
 
-__all__ = ["demo_main", "demo_spec", "send_datasets", "save_datasets"]
-
-NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
+__all__ = ["demo_main", "demo_spec", "destination", "send_datasets", "save_datasets"]
 
 
 def demo_spec(defect: str, tracer: str, n_gates: int = 8, shape: str = "normal", sex: str = "M") -> PhantomSpec:
@@ -56,18 +54,22 @@ def save_datasets(datasets: Sequence[Dataset], truth: dict, folder: Path) -> lis
 def send_datasets(
     datasets: Sequence[Dataset], host: str, port: int, called_aet: str, calling_aet: str, out: TextIO = sys.stdout
 ) -> int:
-    """C-STORE ``datasets`` over one association; returns the number of failed stores (-1: no association)."""
+    """C-STORE ``datasets`` over one association; returns the number of failed stores (-1: no association).
+
+    One line per multi-frame instance (NM), one per run of a series' single-frame instances (PET).
+    """
     from pynetdicom import AE
 
     ae = AE(ae_title=calling_aet)
-    ae.add_requested_context(NM_IMAGE_STORAGE, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    for sop_class in dict.fromkeys(str(ds.SOPClassUID) for ds in datasets):
+        ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     assoc = ae.associate(host, port, ae_title=called_aet)
     if not assoc.is_established:
         print(f"error: no association with {called_aet} at {host}:{port} "
               "(is `cardionode serve` running, and does it accept calling AE "
               f"{calling_aet!r}?)", file=out)
         return -1
-    failed = 0
+    failed = run_sent = run_failed = 0
     try:
         for number, ds in enumerate(datasets, start=1):
             status = assoc.send_c_store(ds)
@@ -75,14 +77,22 @@ def send_datasets(
             ok = code is not None and int(code) in (0x0000, 0xB000, 0xB007, 0xB006)
             failed += 0 if ok else 1
             shown = f"0x{int(code):04X}" if code is not None else "no response"
-            print(f"[{number}/{len(datasets)}] {ds.SeriesDescription}: {int(ds.NumberOfFrames)} frames -> {shown}"
-                  f"{'' if ok else ' FAILED'}", file=out, flush=True)
+            if "NumberOfFrames" in ds:
+                print(f"[{number}/{len(datasets)}] {ds.SeriesDescription}: {int(ds.NumberOfFrames)} frames -> {shown}"
+                      f"{'' if ok else ' FAILED'}", file=out, flush=True)
+                continue
+            run_sent, run_failed = run_sent + 1, run_failed + (0 if ok else 1)
+            if number == len(datasets) or datasets[number].SeriesInstanceUID != ds.SeriesInstanceUID:
+                print(f"[{number}/{len(datasets)}] {ds.SeriesDescription}: {run_sent} instances -> "
+                      f"{f'{run_failed} FAILED' if run_failed else 'stored'}", file=out, flush=True)
+                run_sent = run_failed = 0
     finally:
         assoc.release()
     return failed
 
 
-def _destination(args: argparse.Namespace) -> tuple[int, str]:
+def destination(args: argparse.Namespace) -> tuple[int, str]:
+    """(port, called AE title): ``--port`` / ``--called-aet``, else the configured listener's."""
     port, called = args.port, args.called_aet
     if port is not None and called is not None:
         return port, called
@@ -99,7 +109,8 @@ def demo_main(args: argparse.Namespace) -> int:
     n_gates = int(getattr(args, "gates", 8))
     orientation = "transaxial" if getattr(args, "orientation", "sa") in ("transaxial", "trans") else "short_axis"
     try:
-        spec = demo_spec(args.defect, args.tracer, n_gates, getattr(args, "shape", "normal"), getattr(args, "sex", "M"))
+        spec = demo_spec(args.defect, args.tracer or "tc99m_sestamibi", n_gates, getattr(args, "shape", "normal"),
+                         getattr(args, "sex", "M"))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -117,7 +128,7 @@ def demo_main(args: argparse.Namespace) -> int:
         print(f"saved {len(paths)} files and truth.json to {args.save}")
     if getattr(args, "no_send", False):
         return 0
-    port, called = _destination(args)
+    port, called = destination(args)
     print(f"sending to {called} at {args.host}:{port} as {args.calling_aet}")
     failed = send_datasets(datasets, args.host, port, called, args.calling_aet)
     if failed < 0:

@@ -1,0 +1,616 @@
+"""Myocardial blood flow of one dynamic PET series: geometry, TACs, input, fits, maps, flags.
+
+Reference note ``pet_mbf.md`` sections 3.6 (image-derived input, spill-over), 7.2 (quality
+flags) and 8.2 (algorithms). numpy/scipy and the plain types of :mod:`node.imaging` only
+(DESIGN section 3). Research use only.
+
+Steps of :func:`analyse_dynamic` (one state; arrays frames first, volumes
+``[frame, slice, row, col]`` in Bq/mL, times in seconds from the schedule's zero):
+
+1. **Summed late image**: the frames starting at or after :data:`LATE_START_S` of the tracer
+   (Rb-82 and N-13 120 s), weighted by their counts (``duration x mean decay factor`` for
+   decay-corrected data, else duration), and :func:`node.quant.orientation.locate_lv` on it
+   (resolution ``fwhm_mm``, default :data:`TYPICAL_FWHM_MM`).
+2. **Polar TACs**: the mid-wall surface of the late image
+   (:func:`node.quant.polar_map.midwall_surface_rows` on the :class:`PolarGrid` rows) and, in
+   every frame, the **mean** of trilinear samples along each cell's normal across the wall band
+   ``+-wall/2`` (reference 8.2: mean across the wall band, not the maximum: in the early frames
+   the maximum along a normal would be the blood pool). Segment TACs are the means of their
+   cells (equal cell weights, as the phantom truth), territories the means of their segments.
+3. **Myocardium mask**: voxels whose centre is within ``wall/2`` of the mid-wall surface and
+   not beyond the base plane.
+4. **Input ROI** (``lv_input``): voxels of the basal half of the cavity (inside the mid-wall
+   surface by more than ``wall/2``, between mid-cavity and the base plane) whose distance to
+   the myocardium mask is at least ``fwhm_mm`` plus half a voxel (reference 3.6: the cavity core
+   eroded away from the wall). If no voxel is that far, the innermost basal voxels (within half
+   a voxel of the largest distance) are used and ``input_near_wall`` is raised.
+   ``distance_to_wall_mm`` = smallest centre distance of an ROI voxel to a myocardium voxel
+   minus half a voxel.
+5. **RV ROI** (``rv``): the RV is the blood pool on the septal side. In the early image (the
+   frames up to the LV input's peak, count-weighted; blood dominates there) the voxels
+   outside the LV, at least ``fwhm_mm / 2`` from the myocardium, on the septal side
+   (azimuth 20-160 degrees from anterior toward septum), between 20 % of the LV length and
+   the base, and within 50 mm of the mid-wall surface are searched; the RV core is the
+   connected part around the hottest voxel at >= 80 % of its value.
+6. **Fits**: :func:`node.quant.kinetics.fit_segments` (the model's default constants, one DV per
+   study for Rb-82), with the input reconstructed once by
+   :func:`~node.quant.kinetics.input_on_grid` from the fit-window frames; fitted territory
+   curves by :func:`~node.quant.kinetics.model_curve` with the territory fits' parameters on
+   all frames (frames beyond the model's fit window are the model's extrapolation).
+7. **Maps**: :func:`~node.quant.kinetics.basis_function_map` on the polar TACs (polar MBF map
+   ``[n_u, n_psi]``) and on the myocardium-mask voxels (voxel MBF map, float32, 0 outside),
+   with the study DV of the fit for Rb-82.
+8. **Motion**: every frame after the input peak is registered (rigid translation ``d``, LPS mm,
+   Gauss-Newton) to a linear mixture of templates within 20 mm of the myocardium mask: the
+   summed late image (tissue) and the frames at the LV and RV peaks (blood), all smoothed
+   with a 3 mm Gaussian; the mixture absorbs the change from blood- to tissue-dominated
+   frames, so only a shift moves ``d``. ``motion_mm`` is the largest distance between the
+   mean displacements of the frames before and after a split, over all splits (a step, as
+   patient motion is; averaging over frames keeps single frames' count noise out).
+
+Quality flags (reference 7.2; codes :data:`QUALITY_FLAG_CODES`): ``bolus_start_missed``
+(input peak in the first frame), ``input_peak_late`` (input peak frame mid-time after
+60 s), ``rv_peak_after_lv`` (RV peak in a later frame than the LV's), ``input_near_wall``
+(input ROI closer than 1 FWHM to the myocardium), ``unstable_fit`` (a segment fit failed, its
+MBF SE exceeds 25 % (``large_se``) or MBF/k2/DV ended at a bound), ``blood_fraction_high``
+(fitted blood fraction >= 0.8 or at its upper bound), ``motion`` (``motion_mm`` > 5 mm);
+:func:`study_flags` adds ``rest_mbf_implausible`` (global or segment rest MBF outside
+0.3-2.5 mL/min/g) and ``stress_mbf_implausible`` (> 6 mL/min/g). ``tracer_code_missing`` and
+``timing_inconsistent`` concern the DICOM header and are raised by the loader's caller.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from node.imaging.volume import FrameSchedule, Volume
+from node.quant.kinetics import (
+    KineticModel,
+    SampledInput,
+    SegmentFit,
+    basis_function_map,
+    fine_grid,
+    fit_segments,
+    input_on_grid,
+    model_curve,
+)
+from node.quant.lv_frame import LVLocation, lv_to_index, map_points
+from node.quant.orientation import locate_lv
+from node.quant.polar_map import MidWallSurface, grid_rows_z, midwall_surface_rows
+from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, TERRITORY_SEGMENTS, PolarGrid
+
+__all__ = [
+    "QUALITY_FLAG_CODES",
+    "TYPICAL_FWHM_MM",
+    "LATE_START_S",
+    "MOTION_LIMIT_MM",
+    "PlacedRegion",
+    "QualityFlag",
+    "StateMBF",
+    "analyse_dynamic",
+    "study_flags",
+]
+
+QUALITY_FLAG_CODES: tuple[str, ...] = (
+    "bolus_start_missed", "input_peak_late", "rv_peak_after_lv", "input_near_wall", "unstable_fit",
+    "blood_fraction_high", "motion", "rest_mbf_implausible", "stress_mbf_implausible", "tracer_code_missing",
+    "timing_inconsistent")
+
+#: Typical reconstructed resolution of cardiac PET (mm FWHM, system + positron range; reference
+#: 5.4 [L]): the analysis's default assumption and the image-tier phantom's default blur.
+TYPICAL_FWHM_MM: dict[str, float] = {"Rb-82": 9.0, "N-13 ammonia": 6.5, "O-15 water": 7.0}
+#: Frames starting at or after this time (s) make the summed late (uptake) image.
+LATE_START_S: dict[str, float] = {"Rb-82": 120.0, "N-13 ammonia": 120.0, "O-15 water": 60.0}
+#: Largest LV-centroid shift between frames (mm) before ``motion`` is flagged (reference 7.2).
+MOTION_LIMIT_MM = 5.0
+#: Input peak later than this (s, frame mid-time) is flagged ``input_peak_late``.
+INPUT_PEAK_LIMIT_S = 60.0
+#: Plausible MBF (mL/min/g): rest within, stress below (reference 7.2).
+REST_MBF_RANGE = (0.3, 2.5)
+STRESS_MBF_LIMIT = 6.0
+
+_BAND_STEPS = 7
+_MOTION_REGION_MM = 20.0
+_MOTION_SMOOTH_MM = 3.0
+_RV_SEARCH_MM = 50.0
+_RV_CORE_LEVEL = 0.8
+
+
+@dataclass(frozen=True)
+class PlacedRegion:
+    """An automatically placed ROI, reported to the reader.
+
+    ``name`` "lv_input" | "rv"; ``centre_mm`` [3] LPS mm (mean of the voxel centres);
+    ``distance_to_wall_mm`` from the ROI edge (voxel centres less half a voxel) to the nearest
+    myocardium-mask voxel centre.
+    """
+
+    name: str
+    centre_mm: np.ndarray
+    n_voxels: int
+    volume_ml: float
+    distance_to_wall_mm: float
+
+
+@dataclass(frozen=True)
+class QualityFlag:
+    """A quality flag: ``code`` in :data:`QUALITY_FLAG_CODES`; ``region`` "global", "1".."17",
+    "LAD"/"LCx"/"RCA", "lv_input" or "rv"; ``state`` "rest" | "stress" | None (study level);
+    ``text`` one sentence with the number that tripped it."""
+
+    code: str
+    region: str
+    state: str | None
+    text: str
+
+
+@dataclass(frozen=True, eq=False)
+class StateMBF:
+    """MBF of one dynamic series (one state). Module docstring for the steps.
+
+    Attributes
+    ----------
+    state, tracer : str
+        "rest" | "stress"; kinetics tracer name (e.g. "Rb-82").
+    schedule : FrameSchedule
+    location : LVLocation
+        From the summed late-frame image.
+    blood_bq_per_ml, rv_bq_per_ml : array [frames]
+        LV input ROI and RV ROI means (Bq/mL, the volume's decay convention); RV None when no
+        RV region was found.
+    segment_tacs_bq_per_ml : array [frames, 17]
+        AHA order.
+    territory_tacs_bq_per_ml, fitted_territory_tacs_bq_per_ml : dict "LAD"/"LCx"/"RCA" -> [frames]
+        Measured (mean of the territory's segment TACs) and the model curves of the territory fits.
+    input_region, rv_region : PlacedRegion
+    fit : SegmentFit
+        :func:`node.quant.kinetics.fit_segments` result (model name and constants inside).
+    polar_mbf_ml_per_min_per_g : array [n_u, n_psi]
+        Basis-function MBF of the polar TACs on ``grid``.
+    voxel_mbf_ml_per_min_per_g : float32 array [slice, row, col]
+        Basis-function MBF of the myocardium-mask voxels, 0 outside the mask.
+    myocardium_mask : bool array [slice, row, col]
+    motion_mm : float
+        Largest LV-centroid step between the frames used for the motion check (mean before vs
+        after a split, mm).
+    flags, notes : tuples
+    timings_s : dict
+        Seconds per step ("late_image", "locate", "sample", "regions", "fit", "maps", "motion", "total").
+    polar_tacs_bq_per_ml : array [frames, n_u, n_psi]
+        Band-mean polar TACs (addition to the contract).
+    motion_frames : bool array [frames]
+        Frames used for the motion check (addition).
+    """
+
+    state: str
+    tracer: str
+    schedule: FrameSchedule
+    location: LVLocation
+    blood_bq_per_ml: np.ndarray
+    rv_bq_per_ml: np.ndarray | None
+    segment_tacs_bq_per_ml: np.ndarray
+    territory_tacs_bq_per_ml: dict[str, np.ndarray]
+    fitted_territory_tacs_bq_per_ml: dict[str, np.ndarray]
+    input_region: PlacedRegion
+    rv_region: PlacedRegion | None
+    fit: SegmentFit
+    polar_mbf_ml_per_min_per_g: np.ndarray
+    voxel_mbf_ml_per_min_per_g: np.ndarray
+    myocardium_mask: np.ndarray
+    motion_mm: float
+    flags: tuple[QualityFlag, ...]
+    notes: tuple[str, ...]
+    timings_s: dict[str, float]
+    polar_tacs_bq_per_ml: np.ndarray | None = None
+    motion_frames: np.ndarray | None = None
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+def _count_weights(schedule: FrameSchedule, decay_constant_per_s: float, decay_corrected: bool) -> np.ndarray:
+    """Relative counts per unit concentration of each frame (duration x mean decay factor)."""
+    if decay_corrected:
+        return schedule.duration_s * schedule.mean_decay_factor(decay_constant_per_s)
+    return schedule.duration_s.astype(float)
+
+
+def _weighted_image(voxels: np.ndarray, frames: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    w = weights * frames
+    return np.tensordot(w / w.sum(), voxels, axes=(0, 0))
+
+
+def _band_means(voxels: np.ndarray, volume: Volume, location: LVLocation, surface: MidWallSurface,
+                half_width_mm: float) -> np.ndarray:
+    """Mean of trilinear samples along each cell normal within ``+-half_width_mm``, ``[frames, n_u, n_psi]``."""
+    offsets = np.linspace(-half_width_mm, half_width_mm, _BAND_STEPS)
+    pts = surface.points_lv()[:, :, None, :] + offsets[None, None, :, None] * surface.normals_lv()[:, :, None, :]
+    a, b = lv_to_index(location.frame, volume)
+    idx = map_points(a, b, pts).reshape(3, -1)
+    values = np.stack([ndimage.map_coordinates(f, idx, order=1, mode="nearest", prefilter=False) for f in voxels])
+    return values.reshape(voxels.shape[0], *pts.shape[:2], _BAND_STEPS).mean(axis=-1)
+
+
+def _segment_operator(grid: PolarGrid) -> np.ndarray:
+    """``[n_u * n_psi, 17]`` matrix: polar values (flattened) @ it = segment means (equal cell weights)."""
+    ids = grid.segment_ids().ravel()
+    onehot = (ids[:, None] == np.arange(1, N_SEGMENTS + 1)[None, :]).astype(float)
+    return onehot / onehot.sum(axis=0, keepdims=True)
+
+
+def _voxel_centres(volume: Volume) -> np.ndarray:
+    """Patient LPS mm of every voxel centre, ``[n_voxels, 3]`` (C order of ``shape3d``)."""
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in volume.shape3d], indexing="ij"), axis=-1)
+    return idx.reshape(-1, 3) @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+
+
+def _surface_radius(surface: MidWallSurface, z_rows: np.ndarray, z: np.ndarray, psi_deg: np.ndarray) -> np.ndarray:
+    """Mid-wall radius (mm) at LV positions ``z`` (mm from the apex) and azimuths (bilinear, periodic in psi)."""
+    n_psi = surface.psi_deg.size
+    fi = np.interp(z, z_rows, np.arange(z_rows.size, dtype=float))
+    i0 = np.clip(np.floor(fi).astype(int), 0, z_rows.size - 2)
+    fr = np.clip(fi - i0, 0.0, 1.0)
+    fj = np.mod(psi_deg, 360.0) / (360.0 / n_psi) - 0.5
+    j0 = np.floor(fj).astype(int)
+    fc = fj - j0
+    j0, j1 = np.mod(j0, n_psi), np.mod(j0 + 1, n_psi)
+    r = surface.radius_mm
+    return ((1 - fr) * ((1 - fc) * r[i0, j0] + fc * r[i0, j1]) + fr * ((1 - fc) * r[i0 + 1, j0] + fc * r[i0 + 1, j1]))
+
+
+@dataclass
+class _Geometry:
+    mask: np.ndarray  # myocardium [slice, row, col]
+    distance_mm: np.ndarray  # voxel centre -> nearest myocardium voxel centre
+    z: np.ndarray  # LV coordinates of every voxel (flattened)
+    r: np.ndarray
+    psi: np.ndarray
+    r_mid: np.ndarray  # mid-wall radius at each voxel's (z, psi)
+    centres: np.ndarray
+
+
+def _lv_geometry(volume: Volume, location: LVLocation, surface: MidWallSurface, z_rows: np.ndarray) -> _Geometry:
+    centres = _voxel_centres(volume)
+    z, r, psi = location.frame.cylindrical(centres)
+    half = location.wall_thickness_mm / 2.0
+    points = location.frame.to_patient(surface.points_lv()).reshape(-1, 3)
+    lo, hi = points.min(axis=0) - half - 1.0, points.max(axis=0) + half + 1.0
+    near = np.all((centres >= lo) & (centres <= hi), axis=1) & (z <= location.length_mm)
+    distance = np.full(z.shape, np.inf)
+    distance[near] = cKDTree(points).query(centres[near], k=1)[0]
+    mask = (distance <= half).reshape(volume.shape3d)
+    if not mask.any():
+        raise ValueError("no myocardium voxels found around the mid-wall surface")
+    edt = ndimage.distance_transform_edt(~mask, sampling=volume.spacing_mm)
+    r_mid = _surface_radius(surface, z_rows, z, psi)
+    return _Geometry(mask, edt.reshape(-1), z, r, psi, r_mid, centres)
+
+
+def _region(name: str, selected: np.ndarray, geometry: _Geometry, voxel_ml: float, half_voxel_mm: float) -> PlacedRegion:
+    idx = np.flatnonzero(selected)
+    return PlacedRegion(name, geometry.centres[idx].mean(axis=0), int(idx.size), float(idx.size * voxel_ml),
+                        float(geometry.distance_mm[idx].min() - half_voxel_mm))
+
+
+def _input_region(location: LVLocation, geometry: _Geometry, fwhm_mm: float, half_voxel_mm: float,
+                  notes: list[str]) -> np.ndarray:
+    """Flat boolean selection of the input ROI voxels (module docstring, step 4)."""
+    half = location.wall_thickness_mm / 2.0
+    mid_cavity = location.cavity_apex_mm + 0.5 * location.cavity_length_mm
+    basal_cavity = (geometry.z >= mid_cavity) & (geometry.z <= location.length_mm) & (geometry.r < geometry.r_mid - half)
+    basal_cavity &= ~geometry.mask.reshape(-1)
+    if not basal_cavity.any():
+        raise ValueError("no basal LV cavity voxels found for the input region")
+    core = basal_cavity & (geometry.distance_mm >= fwhm_mm + half_voxel_mm)
+    if core.any():
+        return core
+    deepest = float(geometry.distance_mm[basal_cavity].max())
+    notes.append(f"the basal cavity has no voxel {fwhm_mm:.1f} mm (1 FWHM) from the wall; the innermost voxels "
+                 f"({deepest - half_voxel_mm:.1f} mm) were used")
+    return basal_cavity & (geometry.distance_mm >= deepest - half_voxel_mm)
+
+
+def _rv_region(early: np.ndarray, location: LVLocation, geometry: _Geometry, fwhm_mm: float) -> np.ndarray | None:
+    """Flat boolean selection of the RV core in the early (blood) image, or None (step 5)."""
+    half = location.wall_thickness_mm / 2.0
+    outside = (geometry.r > geometry.r_mid + half) | (geometry.z > location.length_mm)
+    septal = (geometry.psi >= 20.0) & (geometry.psi <= 160.0)
+    search = (outside & septal & (geometry.z >= 0.2 * location.length_mm) & (geometry.z <= location.length_mm)
+              & (geometry.r <= geometry.r_mid + _RV_SEARCH_MM) & (geometry.distance_mm >= 0.5 * fwhm_mm))
+    if not search.any():
+        return None
+    values = early.reshape(-1)
+    peak_index = int(np.flatnonzero(search)[np.argmax(values[search])])
+    peak = float(values[peak_index])
+    if not peak > 0:
+        return None
+    hot = (search & (values >= _RV_CORE_LEVEL * peak)).reshape(early.shape)
+    labelled, _ = ndimage.label(hot)
+    core = labelled.reshape(-1) == labelled.reshape(-1)[peak_index]
+    return core
+
+
+def _motion(voxels: np.ndarray, frames: np.ndarray, templates: np.ndarray, geometry: _Geometry,
+            volume: Volume) -> tuple[float, np.ndarray]:
+    """Rigid LV displacement of the selected frames by registration to blood/tissue templates (step 8).
+
+    Every selected frame ``f`` is modelled within the motion region as ``sum_j a_j T_j(x - d) + c``
+    (templates ``T_j``: the late image and the early blood frames) and ``d`` (LPS mm) is found
+    by Gauss-Newton (three steps, the ``a_j, c`` solved linearly at each). Returns ``(largest
+    step in mm, displacement [n_selected, 3])``.
+    """
+    idx = np.flatnonzero(frames)
+    if idx.size < 2:
+        return 0.0, np.zeros((idx.size, 3))
+    region = (geometry.distance_mm <= _MOTION_REGION_MM).reshape(volume.shape3d)
+    spacing = volume.spacing_mm
+    sigma = np.maximum(_MOTION_SMOOTH_MM / spacing, 0.5)
+    # crop to the region's box (plus the blur margin) and use every second voxel of it per axis
+    where = np.argwhere(region)
+    margin = int(np.ceil(3 * sigma.max())) + 2
+    box = tuple(slice(max(int(lo) - margin, 0), int(hi) + margin + 1) for lo, hi in zip(where.min(axis=0), where.max(axis=0)))
+    sub = region[box].copy()
+    sub[1::2] = False
+    sub[:, 1::2] = False
+    sub[:, :, 1::2] = False
+    index = np.argwhere(sub).T.astype(float)  # [3, n] index in the box
+    smooth_t = [ndimage.gaussian_filter(t[box], sigma) for t in templates]
+    grads = [np.stack(np.gradient(t)) for t in smooth_t]  # per voxel index step
+    to_index = np.linalg.inv(volume.affine[:3, :3])  # mm -> index offsets
+    displacement = np.zeros((idx.size, 3))
+    for i, k in enumerate(idx):  # loop over frames (a few small solves each), not voxels
+        f = ndimage.gaussian_filter(voxels[k][box], sigma)[sub]
+        d = np.zeros(3)
+        for _ in range(3):
+            coords = index - (to_index @ d)[:, None]
+            t_vals = np.stack([ndimage.map_coordinates(t, coords, order=1, mode="nearest") for t in smooth_t], axis=1)
+            design = np.concatenate([t_vals, np.ones((t_vals.shape[0], 1))], axis=1)
+            amp = np.linalg.lstsq(design, f, rcond=None)[0]
+            residual = f - design @ amp
+            g_index = sum(a * np.stack([ndimage.map_coordinates(g[c], coords, order=1, mode="nearest") for c in range(3)], axis=1)
+                          for a, g in zip(amp[:-1], grads))
+            jac = -(g_index @ to_index)  # d(model)/d(d in mm)
+            step = np.linalg.lstsq(jac, residual, rcond=None)[0]
+            d = d + step
+            if np.linalg.norm(step) < 0.05:
+                break
+        displacement[i] = d
+    steps = [np.linalg.norm(displacement[:k].mean(axis=0) - displacement[k:].mean(axis=0)) for k in range(1, idx.size)]
+    return float(max(steps)), displacement
+
+
+# --------------------------------------------------------------------------------------------- flags
+
+_UNSTABLE_PREFIXES = ("at_bound:mbf", "at_bound:k2", "at_bound:distribution", "at_bound:ptmbf")
+
+
+def _fit_flags(fit: SegmentFit, model: KineticModel, state: str) -> list[QualityFlag]:
+    flags: list[QualityFlag] = []
+    upper_fb = model.blood_fraction_bounds[1]
+    for seg in fit.segments:
+        mbf, se = seg.mbf_ml_per_min_per_g, seg.mbf_se_ml_per_min_per_g
+        reasons = []
+        if "fit_failed" in seg.flags:
+            reasons.append("the fit failed")
+        if "large_se" in seg.flags:
+            reasons.append(f"the MBF standard error is {100.0 * se / mbf:.0f} % of the value" if mbf > 0 and np.isfinite(se)
+                           else "the MBF standard error is large")
+        bounds = [f.split(":", 1)[1] for f in seg.flags if f.startswith(_UNSTABLE_PREFIXES)]
+        if bounds:
+            reasons.append("the fit ended at the bound of " + ", ".join(bounds))
+        if reasons:
+            flags.append(QualityFlag("unstable_fit", seg.region, state,
+                                     f"Segment {seg.region} {state} MBF {mbf:.2f} ml/min/g is unstable: {'; '.join(reasons)}."))
+        fb = seg.parameters.get("blood_fraction", float("nan"))
+        if "blood_fraction_high" in seg.flags or "at_bound:blood_fraction" in seg.flags and fb >= upper_fb - 1e-6:
+            flags.append(QualityFlag("blood_fraction_high", seg.region, state,
+                                     f"Segment {seg.region} {state}: fitted blood fraction {fb:.2f} is high (>= 0.8); "
+                                     "its MBF is unreliable (little perfusable tissue or spill-over)."))
+    if "global_dv_failed" in fit.flags:
+        flags.append(QualityFlag("unstable_fit", "global", state,
+                                 f"The {state} study distribution volume could not be fitted; k2 was fitted per region."))
+    return flags
+
+
+def _input_flags(schedule: FrameSchedule, blood: np.ndarray, rv: np.ndarray | None, input_region: PlacedRegion,
+                 fwhm_mm: float, motion_mm: float, state: str) -> list[QualityFlag]:
+    flags: list[QualityFlag] = []
+    k_lv = int(np.argmax(blood))
+    t_peak = float(schedule.mid_s[k_lv])
+    if k_lv == 0:
+        flags.append(QualityFlag("bolus_start_missed", "lv_input", state,
+                                 f"The {state} input curve peaks in the first frame ({t_peak:.0f} s): the start of the "
+                                 "bolus was probably missed, which biases MBF."))
+    if t_peak > INPUT_PEAK_LIMIT_S:
+        flags.append(QualityFlag("input_peak_late", "lv_input", state,
+                                 f"The {state} input curve peaks late, at {t_peak:.0f} s (> {INPUT_PEAK_LIMIT_S:.0f} s): "
+                                 "check the injection and the frame timing."))
+    if rv is not None:
+        k_rv = int(np.argmax(rv))
+        if k_rv > k_lv:
+            flags.append(QualityFlag("rv_peak_after_lv", "rv", state,
+                                     f"The {state} RV curve peaks at {schedule.mid_s[k_rv]:.0f} s, after the LV input "
+                                     f"({t_peak:.0f} s): the blood regions may be misplaced."))
+    if input_region.distance_to_wall_mm < fwhm_mm:
+        flags.append(QualityFlag("input_near_wall", "lv_input", state,
+                                 f"The {state} input region is {input_region.distance_to_wall_mm:.1f} mm from the "
+                                 f"myocardium, less than the {fwhm_mm:.1f} mm resolution: spill-in may lower MBF."))
+    if motion_mm > MOTION_LIMIT_MM:
+        flags.append(QualityFlag("motion", "global", state,
+                                 f"The heart moves {motion_mm:.1f} mm between {state} frames (> {MOTION_LIMIT_MM:.0f} mm): "
+                                 "MBF may be wrong, worst in the RCA territory."))
+    return flags
+
+
+def study_flags(rest: StateMBF | None, stress: StateMBF | None) -> tuple[QualityFlag, ...]:
+    """Implausible-value flags of a study (reference 7.2).
+
+    ``rest_mbf_implausible`` when the global or a segment rest MBF lies outside 0.3-2.5
+    mL/min/g, ``stress_mbf_implausible`` when the global or a segment stress MBF exceeds 6
+    mL/min/g. ``state`` is the state the value belongs to.
+    """
+    flags: list[QualityFlag] = []
+    if rest is not None:
+        lo, hi = REST_MBF_RANGE
+        values = [("global", rest.fit.global_mbf_ml_per_min_per_g)] + [(s.region, s.mbf_ml_per_min_per_g) for s in rest.fit.segments]
+        for region, value in values:
+            if not lo <= value <= hi:
+                where = "Global" if region == "global" else f"Segment {region}"
+                flags.append(QualityFlag("rest_mbf_implausible", region, "rest",
+                                         f"{where} rest MBF {value:.2f} ml/min/g is outside the plausible "
+                                         f"{lo:.1f}-{hi:.1f} ml/min/g."))
+    if stress is not None:
+        values = [("global", stress.fit.global_mbf_ml_per_min_per_g)] + [(s.region, s.mbf_ml_per_min_per_g) for s in stress.fit.segments]
+        for region, value in values:
+            if value > STRESS_MBF_LIMIT:
+                where = "Global" if region == "global" else f"Segment {region}"
+                flags.append(QualityFlag("stress_mbf_implausible", region, "stress",
+                                         f"{where} stress MBF {value:.2f} ml/min/g is above the plausible "
+                                         f"{STRESS_MBF_LIMIT:.0f} ml/min/g."))
+    return tuple(flags)
+
+
+# ------------------------------------------------------------------------------------------ analysis
+
+def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_corrected: bool = True,
+                    grid: PolarGrid = DEFAULT_GRID, rv_spillover: bool = False, fwhm_mm: float | None = None,
+                    late_start_s: float | None = None) -> StateMBF:
+    """MBF of one dynamic PET series (module docstring for the steps).
+
+    Parameters
+    ----------
+    volume : Volume
+        ``[frame, slice, row, col]`` in Bq/mL with a dynamic :class:`FrameAxis` (frame starts in
+        s from injection or scan start) and a patient affine.
+    state : str
+        "rest" | "stress" (labels only).
+    model : KineticModel
+        E.g. :func:`node.quant.kinetics.default_model` of the tracer.
+    decay_corrected : bool
+        Whether the voxel values are decay-corrected (scanner convention) or not.
+    grid : PolarGrid
+        Polar grid of the TACs and the polar MBF map.
+    rv_spillover : bool
+        Fit the septal RV spill-over term (needs an RV region).
+    fwhm_mm : float, optional
+        Reconstructed resolution (mm FWHM); default :data:`TYPICAL_FWHM_MM` of the tracer.
+    late_start_s : float, optional
+        Start of the summed late image (s); default :data:`LATE_START_S` of the tracer.
+
+    Returns
+    -------
+    StateMBF
+
+    Raises
+    ------
+    node.quant.orientation.LVNotFoundError
+        No LV in the late image.
+    ValueError
+        Not a dynamic volume, or no cavity / myocardium found.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        timings[name] = t1 - t0
+        return t1
+
+    axis = volume.frame_axis
+    if axis is None or axis.kind != "dynamic" or axis.schedule is None:
+        raise ValueError("analyse_dynamic needs a dynamic [frame, slice, row, col] volume")
+    schedule = axis.schedule
+    tracer = model.tracer.name
+    fwhm = float(fwhm_mm) if fwhm_mm is not None else TYPICAL_FWHM_MM.get(tracer, 8.0)
+    late_from = float(late_start_s) if late_start_s is not None else LATE_START_S.get(tracer, 120.0)
+    lam = model.decay_constant_per_s
+    voxels = np.asarray(volume.voxels, dtype=float)
+    notes: list[str] = []
+    weights = _count_weights(schedule, lam, decay_corrected)
+    late_frames = schedule.start_s >= late_from - 1e-9
+    if not late_frames.any():
+        late_frames = np.arange(schedule.n_frames) >= schedule.n_frames // 2
+        notes.append(f"no frame starts after {late_from:.0f} s; the second half of the frames made the late image")
+    late = Volume(_weighted_image(voxels, late_frames, weights), volume.affine)
+    t = lap("late_image", t_start)
+
+    location = locate_lv(late, fwhm_mm=fwhm)
+    t = lap("locate", t)
+
+    z_rows = grid_rows_z(location, grid)
+    surface = midwall_surface_rows(late, location, z_rows, grid.n_psi)
+    polar = _band_means(voxels, volume, location, surface, location.wall_thickness_mm / 2.0)
+    n_f = schedule.n_frames
+    segment_tacs = polar.reshape(n_f, -1) @ _segment_operator(grid)
+    territory_tacs = {name: segment_tacs[:, [s - 1 for s in segs]].mean(axis=1) for name, segs in TERRITORY_SEGMENTS.items()}
+    t = lap("sample", t)
+
+    geometry = _lv_geometry(volume, location, surface, z_rows)
+    spacing = volume.spacing_mm
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    half_voxel = 0.5 * float(np.mean(spacing))
+    flat = voxels.reshape(n_f, -1)
+    input_sel = _input_region(location, geometry, fwhm, half_voxel, notes)
+    input_region = _region("lv_input", input_sel, geometry, voxel_ml, half_voxel)
+    blood = flat[:, input_sel].mean(axis=1)
+    k_lv = int(np.argmax(blood))
+    early = _weighted_image(voxels, np.arange(n_f) <= k_lv, weights)
+    rv_sel = _rv_region(early, location, geometry, fwhm)
+    rv: np.ndarray | None = None
+    rv_region: PlacedRegion | None = None
+    if rv_sel is None:
+        notes.append("no RV blood pool found on the septal side; RV curve and RV checks omitted")
+    else:
+        rv_region = _region("rv", rv_sel, geometry, voxel_ml, half_voxel)
+        rv = flat[:, rv_sel].mean(axis=1)
+    t = lap("regions", t)
+
+    window = schedule.within(model.fit_end_s)
+    fit_schedule = schedule.subset(window)
+    fine = fine_grid(fit_schedule.end_s[-1])
+    blood_dc = blood if decay_corrected else blood / schedule.mean_decay_factor(lam)
+    input_function = SampledInput(fine, input_on_grid(fit_schedule, blood_dc[window], fine, decay_constant_per_s=lam))
+    use_rv = bool(rv_spillover and rv is not None)
+    if rv_spillover and rv is None:
+        notes.append("RV spill-over requested but no RV region was found; fitted without it")
+    fit = fit_segments(model, schedule, blood, segment_tacs, rv_bq_per_ml=rv if use_rv else None, rv_spillover=use_rv,
+                       decay_corrected=decay_corrected, input_function=input_function)
+    full = fine_grid(schedule.end_s[-1])
+    display_input = SampledInput(full, input_on_grid(schedule, blood_dc, full, decay_constant_per_s=lam))
+    fitted = {}
+    for name in TERRITORY_SEGMENTS:
+        params = fit.regional_fits[name].parameters
+        fitted[name] = np.asarray(model_curve(model, schedule, params, blood_input=display_input,
+                                              decay_corrected=decay_corrected), dtype=float)
+    t = lap("fit", t)
+
+    dv = fit.distribution_volume_ml_per_g
+    polar_map = basis_function_map(model, schedule, blood, polar.reshape(n_f, -1), decay_corrected=decay_corrected,
+                                   input_function=input_function, distribution_volume_ml_per_g=dv)
+    polar_mbf = polar_map.mbf_ml_per_min_per_g.reshape(grid.shape)
+    mask_flat = geometry.mask.reshape(-1)
+    voxel_map = basis_function_map(model, schedule, blood, flat[:, mask_flat], decay_corrected=decay_corrected,
+                                   input_function=input_function, distribution_volume_ml_per_g=dv)
+    voxel_mbf = np.zeros(mask_flat.shape, dtype=np.float32)
+    voxel_mbf[mask_flat] = voxel_map.mbf_ml_per_min_per_g.astype(np.float32)
+    voxel_mbf = voxel_mbf.reshape(volume.shape3d)
+    t = lap("maps", t)
+
+    motion_frames = np.arange(n_f) > k_lv
+    k_rv = int(np.argmax(rv)) if rv is not None else max(k_lv - 1, 0)
+    templates = np.stack([late.voxels, voxels[k_lv], voxels[min(k_rv, k_lv)]])
+    motion_mm, _ = _motion(voxels, motion_frames, templates, geometry, volume)
+    lap("motion", t)
+
+    flags = _input_flags(schedule, blood, rv, input_region, fwhm, motion_mm, state) + _fit_flags(fit, model, state)
+    timings["total"] = time.perf_counter() - t_start
+    return StateMBF(state=state, tracer=tracer, schedule=schedule, location=location, blood_bq_per_ml=blood,
+                    rv_bq_per_ml=rv, segment_tacs_bq_per_ml=segment_tacs, territory_tacs_bq_per_ml=territory_tacs,
+                    fitted_territory_tacs_bq_per_ml=fitted, input_region=input_region, rv_region=rv_region, fit=fit,
+                    polar_mbf_ml_per_min_per_g=polar_mbf, voxel_mbf_ml_per_min_per_g=voxel_mbf,
+                    myocardium_mask=geometry.mask, motion_mm=motion_mm, flags=tuple(flags), notes=tuple(notes),
+                    timings_s=timings, polar_tacs_bq_per_ml=polar, motion_frames=motion_frames)
