@@ -37,8 +37,8 @@ from pydicom import Dataset
 from node.pipelines.options import OptionsError, PipelineOptions, RunConfig, option_problems
 from node.pipelines.routing import SeriesSummary, StudySummary
 
-if TYPE_CHECKING:  # the report step's context; results is imported by the pipelines that report
-    from node.results.content import ReportContext
+if TYPE_CHECKING:  # the report step's types; results is imported when a report is built
+    from node.results.content import ReportContent, ReportContext
 
 __all__ = [
     "SeriesRule",
@@ -211,6 +211,28 @@ class Pipeline(ABC):
         value). Pipelines without models return it unchanged."""
         return result
 
-    @abstractmethod
+    def report_content(self, result: Any) -> ReportContent | None:
+        """What ``report`` encodes (:class:`~node.results.content.ReportContent`), for the report step and the
+        previews of ``cardionode process``; None for a pipeline that builds its objects another way."""
+        return None
+
+    def summary(self, result: Any) -> dict[str, Any]:
+        """Details of ``result`` beyond the report content for ``cardionode process``'s ``summary.json``
+        (plain values and NumPy arrays, keyed by name); {} by default."""
+        return {}
+
     def report(self, result: Any, context: ReportContext) -> list[Dataset]:
-        """``cpu`` step: the DICOM result objects (SR, SC, PDF) for ``result``."""
+        """``cpu`` step: the DICOM result objects (SR, SC, PDF ...) for ``result``.
+
+        By default :func:`node.results.build_outputs` of :meth:`report_content`, with the patient and
+        study modules taken from ``result.source_headers`` (the source headers ``analyse`` kept).
+        """
+        from node.results import build_outputs
+
+        content = self.report_content(result)
+        headers = tuple(getattr(result, "source_headers", ()))
+        if content is None:
+            raise TypeError(f"pipeline {self.name} has no report content: it must override report()")
+        if not headers:
+            raise ValueError("the result carries no source headers; run analyse() on the DICOM instances first")
+        return build_outputs(content, list(headers), context)

@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypeGuard, cast
+from typing import Any, Literal, TypeGuard, cast
 
 import numpy as np
 from pydantic import Field
@@ -48,8 +48,8 @@ from node.imaging.radiopharmaceuticals import PET_TRACERS
 from node.pipelines import registry
 from node.pipelines.base import Pipeline, SeriesRule, source_header
 from node.pipelines.options import PipelineOptions
-from node.quant.kinetics import NH3UCLA, FlowReserve, KineticModel, default_model, flow_reserve
-from node.quant.mbf import QualityFlag, StateMBF, analyse_dynamic, study_flags
+from node.quant.kinetics import MFR_REPORTED_DECIMALS, NH3UCLA, FlowReserve, KineticModel, default_model, flow_reserve
+from node.quant.mbf import PlacedRegion, QualityFlag, StateMBF, analyse_dynamic, study_flags
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS
 from node.results.content import (
     Algorithm,
@@ -61,7 +61,6 @@ from node.results.content import (
     MeasurementGroup,
     ParametricVolume,
     ReportContent,
-    ReportContext,
     SourceInstance,
 )
 
@@ -111,6 +110,7 @@ class PetMbfResult:
     reserve: FlowReserve | None
     flags: tuple[QualityFlag, ...]
     parametric_sources: dict[str, tuple[str, ...]]
+    series_uids: dict[str, str]
     heart_rate_per_min: dict[str, float]
     notes: tuple[str, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -287,6 +287,7 @@ def analyse_pet_study(instances: Sequence[Dataset], options: PetMbfOptions | Non
         reserve=reserve,
         flags=tuple(flags),
         parametric_sources={state: _last_frame_uids(c.series) for state, c in chosen.items()},
+        series_uids={state: c.series.series_uid for state, c in chosen.items()},
         heart_rate_per_min=heart_rates,
         notes=tuple(notes),
         timings_s=timings,
@@ -356,7 +357,7 @@ def _mfr_groups(reserve: FlowReserve, algorithm: Algorithm) -> list[MeasurementG
     groups = [
         MeasurementGroup(
             label=f"MFR AHA segment {k + 1}", finding="myocardial_flow_reserve", site=f"aha_{k + 1}", state=None,
-            algorithm=algorithm, measurements=(Measurement("mfr", round(float(value), 3), "{ratio}"),),
+            algorithm=algorithm, measurements=(Measurement("mfr", round(float(value), MFR_REPORTED_DECIMALS), "{ratio}"),),
             evaluations=_impaired(bool(reserve.segment_impaired[k])),
         )
         for k, value in enumerate(reserve.segment_mfr) if _finite(float(value))
@@ -366,11 +367,11 @@ def _mfr_groups(reserve: FlowReserve, algorithm: Algorithm) -> list[MeasurementG
         if _finite(value):
             groups.append(MeasurementGroup(
                 label=f"MFR {territory} territory", finding="myocardial_flow_reserve", site=site, state=None,
-                algorithm=algorithm, measurements=(Measurement("mfr", round(float(value), 3), "{ratio}"),),
+                algorithm=algorithm, measurements=(Measurement("mfr", round(float(value), MFR_REPORTED_DECIMALS), "{ratio}"),),
                 evaluations=_impaired(bool(reserve.territory_impaired.get(territory, False)))))
-    measurements = [Measurement("mfr", round(float(reserve.global_mfr), 3), "{ratio}")]
+    measurements = [Measurement("mfr", round(float(reserve.global_mfr), MFR_REPORTED_DECIMALS), "{ratio}")]
     if _finite(reserve.global_mfr_rpp_corrected):
-        measurements.append(Measurement("mfr_rpp_corrected", round(float(reserve.global_mfr_rpp_corrected), 3),
+        measurements.append(Measurement("mfr_rpp_corrected", round(float(reserve.global_mfr_rpp_corrected), MFR_REPORTED_DECIMALS),
                                         "{ratio}"))
     if _finite(reserve.global_mfr):
         groups.append(MeasurementGroup(
@@ -452,10 +453,17 @@ def _parametric_maps(result: PetMbfResult, algorithm: Algorithm) -> list[Paramet
         ParametricVolume(
             key=f"{state.state}_mbf_voxels", title=f"{state.state.capitalize()} MBF (voxel-wise)", quantity="mbf",
             unit="ml/min/g", state=state.state,
-            values=np.asarray(state.voxel_mbf_ml_per_min_per_g, dtype=np.float32),
+            values=np.nan_to_num(np.asarray(state.voxel_mbf_ml_per_min_per_g, dtype=np.float32)),
             source_sop_instance_uids=result.parametric_sources[state.state], algorithm=algorithm)
         for state in result.states if state.state in result.parametric_sources
     ]
+
+
+def _procedure(result: PetMbfResult) -> str:
+    """The procedure key: rest and stress (DCM 122793), or the one state analysed (122791 / 122792)."""
+    if len(result.states) == 2:
+        return "pet_myocardial_perfusion"
+    return f"pet_myocardial_perfusion_{result.states[0].state}"
 
 
 def report_content(result: PetMbfResult) -> ReportContent:
@@ -474,7 +482,7 @@ def report_content(result: PetMbfResult) -> ReportContent:
     return ReportContent(
         pipeline=PetMbfPipeline.name,
         pipeline_version=VERSION,
-        procedure="pet_myocardial_perfusion",
+        procedure=_procedure(result),
         study_instance_uid=result.study_instance_uid,
         sources=result.sources,
         groups=tuple(groups),
@@ -484,6 +492,44 @@ def report_content(result: PetMbfResult) -> ReportContent:
         plots=tuple(_plots(result)),
         parametric_maps=tuple(_parametric_maps(result, algorithm)),
     )
+
+
+def _region(region: PlacedRegion | None) -> dict[str, Any] | None:
+    if region is None:
+        return None
+    return {"centre_mm": region.centre_mm, "n_voxels": region.n_voxels, "volume_ml": region.volume_ml,
+            "distance_to_wall_mm": region.distance_to_wall_mm}
+
+
+def pet_summary(result: PetMbfResult) -> dict[str, Any]:
+    """The PET details of ``cardionode process``'s summary (``states`` by name, ``flow_reserve``, ``flags``)."""
+    states: dict[str, Any] = {}
+    for state in result.states:
+        loc = state.location
+        states[state.state] = {
+            "series_instance_uid": result.series_uids.get(state.state, ""),
+            "tracer": state.tracer,
+            "kinetic_model": state.fit.model,
+            "frame_start_s": state.schedule.start_s,
+            "frame_duration_s": state.schedule.duration_s,
+            "lv_location": {"method": loc.method, "apex_mm": loc.frame.apex_mm, "long_axis": loc.frame.long_axis,
+                            "length_mm": loc.length_mm, "mid_wall_radius_mm": loc.mid_wall_radius_mm},
+            "input_region": _region(state.input_region),
+            "rv_region": _region(state.rv_region),
+            "motion_mm": state.motion_mm,
+            "global_mbf_ml_per_min_per_g": state.fit.global_mbf_ml_per_min_per_g,
+            "territory_mbf_ml_per_min_per_g": state.fit.territory_mbf_ml_per_min_per_g,
+            "segment_mbf_ml_per_min_per_g": state.fit.segment_mbf_ml_per_min_per_g,
+        }
+    summary: dict[str, Any] = {"states": states}
+    if result.reserve is not None:
+        r = result.reserve
+        summary["flow_reserve"] = {"global_mfr": r.global_mfr, "mean_segment_mfr": r.mean_segment_mfr,
+                                   "territory_mfr": r.territory_mfr, "segment_mfr": r.segment_mfr,
+                                   "impaired_below": r.impaired_below, "territory_impaired": r.territory_impaired}
+    summary["flags"] = [{"code": f.code, "region": f.region, "state": f.state, "text": f.text}
+                        for f in result.all_flags]
+    return summary
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -527,13 +573,14 @@ class PetMbfPipeline(Pipeline):
         headers = tuple(source_header(by_uid[s.sop_instance_uid]) for s in result.sources)
         return replace(result, source_headers=headers)
 
-    def report(self, result: PetMbfResult, context: ReportContext) -> list[Dataset]:
-        """The DICOM result objects via :func:`node.results.build_outputs`."""
-        from node.results import build_outputs
+    def report_content(self, result: PetMbfResult) -> ReportContent:
+        """:func:`report_content` of ``result``; :meth:`Pipeline.report` encodes it with the source headers."""
+        return report_content(result)
 
-        if not result.source_headers:
-            raise ValueError("the result carries no source headers; run analyse() on the DICOM instances first")
-        return build_outputs(report_content(result), list(result.source_headers), context)
+    def summary(self, result: PetMbfResult) -> dict[str, Any]:
+        """Per state: series, tracer, kinetic model, LV location, input and RV regions, motion, global and
+        territory MBF; the flow reserve; every quality flag."""
+        return pet_summary(result)
 
 
 PIPELINE = PetMbfPipeline()

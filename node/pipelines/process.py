@@ -98,8 +98,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _summary_json(result: Any, content: Any, timings: dict[str, float]) -> dict[str, Any]:
-    """A JSON summary: measurement groups with units (from the report content), plus pipeline notes."""
+def _summary_json(details: dict[str, Any], content: Any, timings: dict[str, float]) -> dict[str, Any]:
+    """A JSON summary: measurement groups with units (from the report content), pipeline notes and the
+    pipeline's own ``details`` (:meth:`~node.pipelines.base.Pipeline.summary`)."""
     groups = []
     for g in content.groups:
         groups.append(
@@ -123,40 +124,7 @@ def _summary_json(result: Any, content: Any, timings: dict[str, float]) -> dict[
         "notes": list(content.notes),
         "timings_s": _jsonable(timings),
     }
-    states = {}
-    for state in getattr(result, "states", ()):
-        loc = state.location
-        entry: dict[str, Any] = {
-            "series_instance_uid": state.series_uid,
-            "orientation": state.orientation,
-            "segment_uptake_pct": _jsonable(state.segment_uptake_pct),
-            "lv_location": {
-                "method": loc.method,
-                "apex_mm": _jsonable(loc.frame.apex_mm),
-                "long_axis": _jsonable(loc.frame.long_axis),
-                "length_mm": _jsonable(loc.length_mm),
-                "mid_wall_radius_mm": _jsonable(loc.mid_wall_radius_mm),
-            },
-            "cavity_volume_ml": _jsonable(state.cavity_volume_ml),
-        }
-        if state.scores is not None:
-            entry["segment_scores"] = _jsonable(state.scores.segment_scores)
-            entry["tpd_pct"] = _jsonable(state.scores.tpd_pct)
-        if state.function is not None:
-            f = state.function
-            entry["function"] = {
-                "edv_ml": _jsonable(f.edv_ml), "esv_ml": _jsonable(f.esv_ml), "lvef_pct": _jsonable(f.lvef_pct),
-                "stroke_volume_ml": _jsonable(f.stroke_volume_ml), "gate_volumes_ml": _jsonable(f.gate_volumes_ml),
-                "measured_gate_volumes_ml": _jsonable(f.measured_gate_volumes_ml),
-                "ed_gate": f.ed_gate, "es_gate": f.es_gate,
-            }
-        if state.phase is not None:
-            entry["phase"] = _jsonable(state.phase.statistics.as_dict())
-        states[state.state] = entry
-    if states:
-        doc["states"] = states
-    if getattr(result, "tid_ratio", None) is not None:
-        doc["tid_ratio"] = _jsonable(result.tid_ratio)
+    doc.update({key: _jsonable(value) for key, value in details.items()})
     return doc
 
 
@@ -241,11 +209,11 @@ def process_folder(
                 result = _timed("predict", t, progress, pipeline.predict, result)
             outcome.result = result
             study_out.mkdir(parents=True, exist_ok=True)
-            module = sys.modules.get(type(pipeline).__module__)
-            content = module.report_content(result) if module is not None and hasattr(module, "report_content") else None
+            content = pipeline.report_content(result)
+            details = pipeline.summary(result)
             if content is not None:  # the JSON summary first: it does not depend on the DICOM outputs
                 path = study_out / "summary.json"
-                path.write_text(json.dumps(_summary_json(result, content, t), indent=1))
+                path.write_text(json.dumps(_summary_json(details, content, t), indent=1))
                 outcome.written.append(path)
             if outputs:
                 context = report_context(settings)
@@ -258,7 +226,7 @@ def process_folder(
                         "preview", t, progress, write_preview, datasets_out, content, study_out, templates
                     )
                 if content is not None:  # timings now include report and preview
-                    (study_out / "summary.json").write_text(json.dumps(_summary_json(result, content, t), indent=1))
+                    (study_out / "summary.json").write_text(json.dumps(_summary_json(details, content, t), indent=1))
             progress(f"  wrote {len(outcome.written)} files to {study_out}")
         except Exception as exc:  # one bad study must not stop the others; say why
             outcome.error = f"{type(exc).__name__}: {exc}"

@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeGuard, cast
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -71,7 +71,6 @@ from node.results.content import (
     Measurement,
     MeasurementGroup,
     ReportContent,
-    ReportContext,
     SourceInstance,
 )
 
@@ -514,6 +513,44 @@ def report_content(result: SpectMpiResult, grid: PolarGrid = DEFAULT_GRID) -> Re
     )
 
 
+def spect_summary(result: SpectMpiResult) -> dict[str, Any]:
+    """The SPECT details of ``cardionode process``'s summary (``states`` by name, ``tid_ratio``)."""
+    states: dict[str, Any] = {}
+    for state in result.states:
+        loc = state.location
+        entry: dict[str, Any] = {
+            "series_instance_uid": state.series_uid,
+            "orientation": state.orientation,
+            "segment_uptake_pct": state.segment_uptake_pct,
+            "lv_location": {
+                "method": loc.method,
+                "apex_mm": loc.frame.apex_mm,
+                "long_axis": loc.frame.long_axis,
+                "length_mm": loc.length_mm,
+                "mid_wall_radius_mm": loc.mid_wall_radius_mm,
+            },
+            "cavity_volume_ml": state.cavity_volume_ml,
+        }
+        if state.scores is not None:
+            entry["segment_scores"] = state.scores.segment_scores
+            entry["tpd_pct"] = state.scores.tpd_pct
+        if state.function is not None:
+            f = state.function
+            entry["function"] = {
+                "edv_ml": f.edv_ml, "esv_ml": f.esv_ml, "lvef_pct": f.lvef_pct,
+                "stroke_volume_ml": f.stroke_volume_ml, "gate_volumes_ml": f.gate_volumes_ml,
+                "measured_gate_volumes_ml": f.measured_gate_volumes_ml,
+                "ed_gate": f.ed_gate, "es_gate": f.es_gate,
+            }
+        if state.phase is not None:
+            entry["phase"] = state.phase.statistics.as_dict()
+        states[state.state] = entry
+    summary: dict[str, Any] = {"states": states} if states else {}
+    if result.tid_ratio is not None:
+        summary["tid_ratio"] = result.tid_ratio
+    return summary
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -624,16 +661,15 @@ class SpectMpiPipeline(Pipeline):
             return replace(result, notes=tuple(notes))
         return replace(result, notes=tuple(notes), predictions=(tuple(groups), tuple(images), tuple(ai_notes)))
 
-    def report(self, result: SpectMpiResult, context: ReportContext) -> list[Dataset]:
-        """The DICOM result objects (SR, SC bull's-eyes, PDF) via :func:`node.results.build_outputs`.
+    def report_content(self, result: SpectMpiResult) -> ReportContent:
+        """:func:`report_content` of ``result``; :meth:`Pipeline.report` encodes it with the source headers
+        ``analyse`` kept."""
+        return report_content(result)
 
-        The patient/study modules come from ``result.source_headers`` (kept by ``analyse``).
-        """
-        from node.results import build_outputs
-
-        if not result.source_headers:
-            raise ValueError("the result carries no source headers; run analyse() on the DICOM instances first")
-        return build_outputs(report_content(result), list(result.source_headers), context)
+    def summary(self, result: SpectMpiResult) -> dict[str, Any]:
+        """Per state: series, orientation, segment uptake, LV location, cavity volume, scores, function and
+        phase; the TID ratio."""
+        return spect_summary(result)
 
 
 def _segmentation_cross_check(result: SpectMpiResult, models_dir: Path | None = None) -> list[str]:

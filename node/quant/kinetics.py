@@ -115,6 +115,7 @@ from node.imaging.volume import FrameSchedule
 from node.quant.segments import N_SEGMENTS, TERRITORY_SEGMENTS
 
 __all__ = [
+    "MFR_REPORTED_DECIMALS",
     "UCUM",
     "SEPTAL_SEGMENTS",
     "Tracer",
@@ -168,6 +169,8 @@ UCUM: dict[str, str] = {
 #: regions that get the RV spill-over term (PMOD: region name contains "Sep").
 SEPTAL_SEGMENTS: tuple[int, ...] = (2, 3, 8, 9, 14)
 
+#: decimals of a reported MFR; the impaired flags are decided on the value so rounded
+MFR_REPORTED_DECIMALS = 2
 _EPS_WEIGHT = 0.05  # weight floor: concentrations below 5 % of the TAC maximum count as 5 %
 
 WeightsArg = Literal["counts", "counts_data", "duration", "none"] | np.ndarray
@@ -1779,7 +1782,9 @@ def flow_reserve(rest: SegmentFit, stress: SegmentFit, *, impaired_below: float 
     rest, stress : SegmentFit
         The two states' fits (same model expected; a mismatch is flagged ``models_differ``).
     impaired_below : float
-        MFR threshold of the impaired flags (2.0, the seed's label).
+        MFR threshold of the impaired flags (2.0, the seed's label). A flag is decided on the MFR as
+        it is reported, rounded to :data:`MFR_REPORTED_DECIMALS` decimals, so that a reader never sees
+        "2.00" marked impaired.
     rest_heart_rate_per_min, rest_systolic_pressure_mmhg : float, optional
         Rest haemodynamics; when both are given the rest MBF is also reported corrected for the
         rate-pressure product, ``MBF_rest,corr = MBF_rest * RPP_ref / RPP_rest``, with
@@ -1817,10 +1822,13 @@ def flow_reserve(rest: SegmentFit, stress: SegmentFit, *, impaired_below: float 
     constants = {"impaired_below": float(impaired_below), "rpp_reference_mmhg_per_min": float(rpp_reference_mmhg_per_min),
                  **{f"rest.{k}": v for k, v in rest.constants.items()},
                  **{f"stress.{k}": v for k, v in stress.constants.items()}}
-    impaired = mfr < impaired_below
+    def below(value: np.ndarray | float) -> np.ndarray:
+        return np.round(value, MFR_REPORTED_DECIMALS) < impaired_below
+
+    impaired = below(mfr)
     return FlowReserve(rest.model, stress.model, constants, float(impaired_below), mfr, mfr_se, impaired,
-                       territory, {t: bool(v < impaired_below) for t, v in territory.items()}, float(global_mfr),
-                       float(np.mean(mfr)), bool(global_mfr < impaired_below), bool(np.any(impaired)), rpp,
+                       territory, {t: bool(below(v)) for t, v in territory.items()}, float(global_mfr),
+                       float(np.mean(mfr)), bool(below(global_mfr)), bool(np.any(impaired)), rpp,
                        float(rpp_reference_mmhg_per_min), rest_corr, mfr_corr, global_corr, tuple(flags))
 
 

@@ -10,7 +10,9 @@ Steps of :func:`analyse_dynamic` (one state; arrays frames first, volumes
 1. **Summed late image**: the frames starting at or after :data:`LATE_START_S` of the tracer
    (Rb-82 and N-13 120 s), weighted by their counts (``duration x mean decay factor`` for
    decay-corrected data, else duration), and :func:`node.quant.orientation.locate_lv` on it
-   (resolution ``fwhm_mm``, default :data:`TYPICAL_FWHM_MM`).
+   (resolution ``fwhm_mm``, default :data:`TYPICAL_FWHM_MM`). When the myocardium-to-blood
+   contrast is too low for the locator (low flow, high blood plateau), the late image minus its
+   blood-pool part is used instead (:func:`_blood_subtracted`), with a note.
 2. **Polar TACs**: the mid-wall surface of the late image
    (:func:`node.quant.polar_map.midwall_surface_rows` on the :class:`PolarGrid` rows) and, in
    every frame, the **mean** of trilinear samples along each cell's normal across the wall band
@@ -27,7 +29,7 @@ Steps of :func:`analyse_dynamic` (one state; arrays frames first, volumes
    ``distance_to_wall_mm`` = smallest centre distance of an ROI voxel to a myocardium voxel
    minus half a voxel.
 5. **RV ROI** (``rv``): the RV is the blood pool on the septal side. In the early image (the
-   frames up to the LV input's peak, count-weighted; blood dominates there) the voxels
+   frames up to the one after the LV input's peak, count-weighted; blood dominates there) the voxels
    outside the LV, at least ``fwhm_mm / 2`` from the myocardium, on the septal side
    (azimuth 20-160 degrees from anterior toward septum), between 20 % of the LV length and
    the base, and within 50 mm of the mid-wall surface are searched; the RV core is the
@@ -42,7 +44,8 @@ Steps of :func:`analyse_dynamic` (one state; arrays frames first, volumes
    with the study DV of the fit for Rb-82.
 8. **Motion**: every frame after the input peak is registered (rigid translation ``d``, LPS mm,
    Gauss-Newton) to a linear mixture of templates within 20 mm of the myocardium mask: the
-   summed late image (tissue) and the frames at the LV and RV peaks (blood), all smoothed
+   summed late image (tissue) and the first-pass frames (the LV peak frame, the ones before
+   and after it, and the RV peak frame: blood), all smoothed
    with a 3 mm Gaussian; the mixture absorbs the change from blood- to tissue-dominated
    frames, so only a shift moves ``d``. ``motion_mm`` is the largest distance between the
    mean displacements of the frames before and after a split, over all splits (a step, as
@@ -62,7 +65,7 @@ MBF SE exceeds 25 % (``large_se``) or MBF/k2/DV ended at a bound), ``blood_fract
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -80,7 +83,7 @@ from node.quant.kinetics import (
     model_curve,
 )
 from node.quant.lv_frame import LVLocation, lv_to_index, map_points
-from node.quant.orientation import locate_lv
+from node.quant.orientation import LVNotFoundError, locate_lv
 from node.quant.polar_map import MidWallSurface, grid_rows_z, midwall_surface_rows
 from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, TERRITORY_SEGMENTS, PolarGrid
 
@@ -121,13 +124,14 @@ _RV_SEARCH_MM = 50.0
 _RV_CORE_LEVEL = 0.8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PlacedRegion:
     """An automatically placed ROI, reported to the reader.
 
     ``name`` "lv_input" | "rv"; ``centre_mm`` [3] LPS mm (mean of the voxel centres);
     ``distance_to_wall_mm`` from the ROI edge (voxel centres less half a voxel) to the nearest
-    myocardium-mask voxel centre.
+    myocardium-mask voxel centre; ``voxel_index`` [n_voxels, 3] (slice, row, col) of its voxels
+    (an addition to the contract, e.g. to outline the ROI).
     """
 
     name: str
@@ -135,6 +139,7 @@ class PlacedRegion:
     n_voxels: int
     volume_ml: float
     distance_to_wall_mm: float
+    voxel_index: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.intp))
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,20 @@ def _weighted_image(voxels: np.ndarray, frames: np.ndarray, weights: np.ndarray)
     return np.tensordot(w / w.sum(), voxels, axes=(0, 0))
 
 
+def _blood_subtracted(voxels: np.ndarray, weights: np.ndarray, late: np.ndarray) -> np.ndarray:
+    """The late image minus its blood-pool part: ``late - beta * first_pass``, clipped at 0.
+
+    ``first_pass`` is the count-weighted sum of the frames up to the one with the most total
+    activity (the bolus in the cavities); ``beta`` is the median late/first-pass ratio over the
+    hottest 0.2 % of first-pass voxels (cavity blood), so the cavities go to about zero.
+    """
+    totals = voxels.reshape(voxels.shape[0], -1).sum(axis=1)
+    first_pass = _weighted_image(voxels, np.arange(voxels.shape[0]) <= int(np.argmax(totals)), weights)
+    hottest = first_pass >= np.percentile(first_pass, 99.8)
+    beta = float(np.median(late[hottest] / np.maximum(first_pass[hottest], 1e-12)))
+    return np.clip(late - beta * first_pass, 0.0, None)
+
+
 def _band_means(voxels: np.ndarray, volume: Volume, location: LVLocation, surface: MidWallSurface,
                 half_width_mm: float) -> np.ndarray:
     """Mean of trilinear samples along each cell normal within ``+-half_width_mm``, ``[frames, n_u, n_psi]``."""
@@ -293,7 +312,8 @@ def _lv_geometry(volume: Volume, location: LVLocation, surface: MidWallSurface, 
 def _region(name: str, selected: np.ndarray, geometry: _Geometry, voxel_ml: float, half_voxel_mm: float) -> PlacedRegion:
     idx = np.flatnonzero(selected)
     return PlacedRegion(name, geometry.centres[idx].mean(axis=0), int(idx.size), float(idx.size * voxel_ml),
-                        float(geometry.distance_mm[idx].min() - half_voxel_mm))
+                        float(geometry.distance_mm[idx].min() - half_voxel_mm),
+                        np.stack(np.unravel_index(idx, geometry.mask.shape), axis=1))
 
 
 def _input_region(location: LVLocation, geometry: _Geometry, fwhm_mm: float, half_voxel_mm: float,
@@ -478,7 +498,7 @@ def study_flags(rest: StateMBF | None, stress: StateMBF | None) -> tuple[Quality
 
 def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_corrected: bool = True,
                     grid: PolarGrid = DEFAULT_GRID, rv_spillover: bool = False, fwhm_mm: float | None = None,
-                    late_start_s: float | None = None) -> StateMBF:
+                    late_start_s: float | None = None, band_half_width_mm: float | None = None) -> StateMBF:
     """MBF of one dynamic PET series (module docstring for the steps).
 
     Parameters
@@ -500,6 +520,9 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
         Reconstructed resolution (mm FWHM); default :data:`TYPICAL_FWHM_MM` of the tracer.
     late_start_s : float, optional
         Start of the summed late image (s); default :data:`LATE_START_S` of the tracer.
+    band_half_width_mm : float, optional
+        Half-width of the band across the wall whose mean makes a polar TAC (mm); default a
+        quarter of the wall thickness (the central half of the wall, step 2).
 
     Returns
     -------
@@ -538,12 +561,18 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
     late = Volume(_weighted_image(voxels, late_frames, weights), volume.affine)
     t = lap("late_image", t_start)
 
-    location = locate_lv(late, fwhm_mm=fwhm)
+    try:
+        location = locate_lv(late, fwhm_mm=fwhm)
+    except LVNotFoundError:
+        late = Volume(_blood_subtracted(voxels, weights, late.voxels), volume.affine)
+        location = locate_lv(late, fwhm_mm=fwhm)
+        notes.append("the LV was located on the late image minus its blood-pool part (low myocardium-to-blood contrast)")
     t = lap("locate", t)
 
     z_rows = grid_rows_z(location, grid)
     surface = midwall_surface_rows(late, location, z_rows, grid.n_psi)
-    polar = _band_means(voxels, volume, location, surface, location.wall_thickness_mm / 2.0)
+    band = location.wall_thickness_mm / 4.0 if band_half_width_mm is None else float(band_half_width_mm)
+    polar = _band_means(voxels, volume, location, surface, band)
     n_f = schedule.n_frames
     segment_tacs = polar.reshape(n_f, -1) @ _segment_operator(grid)
     territory_tacs = {name: segment_tacs[:, [s - 1 for s in segs]].mean(axis=1) for name, segs in TERRITORY_SEGMENTS.items()}
@@ -558,7 +587,7 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
     input_region = _region("lv_input", input_sel, geometry, voxel_ml, half_voxel)
     blood = flat[:, input_sel].mean(axis=1)
     k_lv = int(np.argmax(blood))
-    early = _weighted_image(voxels, np.arange(n_f) <= k_lv, weights)
+    early = _weighted_image(voxels, np.arange(n_f) <= k_lv + 1, weights)
     rv_sel = _rv_region(early, location, geometry, fwhm)
     rv: np.ndarray | None = None
     rv_region: PlacedRegion | None = None
@@ -601,8 +630,10 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
     t = lap("maps", t)
 
     motion_frames = np.arange(n_f) > k_lv
-    k_rv = int(np.argmax(rv)) if rv is not None else max(k_lv - 1, 0)
-    templates = np.stack([late.voxels, voxels[k_lv], voxels[min(k_rv, k_lv)]])
+    first_pass = {min(max(k, 0), n_f - 1) for k in (k_lv - 1, k_lv, k_lv + 1)}
+    if rv is not None:
+        first_pass.add(int(np.argmax(rv)))
+    templates = np.stack([late.voxels] + [voxels[k] for k in sorted(first_pass)])
     motion_mm, _ = _motion(voxels, motion_frames, templates, geometry, volume)
     lap("motion", t)
 

@@ -1,4 +1,5 @@
-"""DICOM results of a pipeline run: TID 1500 SR, bull's-eye SC images, result screen, PDF.
+"""DICOM results of a pipeline run: TID 1500 SR, SC images (bull's-eyes, curve plots, segment
+table), Parametric Maps, result screen, PDF.
 
 The pipelines fill a :class:`ReportContent` (:mod:`node.results.content`) and call
 :func:`build_outputs` from their ``report`` step (:mod:`node.results.outputs`);
@@ -8,7 +9,7 @@ The pipelines fill a :class:`ReportContent` (:mod:`node.results.content`) and ca
 """
 
 from node.results.content import ReportContent, ReportContext
-from node.results.outputs import build_outputs, render_images
+from node.results.outputs import build_outputs, output_names, render_images
 from node.results.preview import write_preview
 from node.results.sr import ContentError, to_enhanced_sr
 from node.results.templates import TemplateError
@@ -19,6 +20,7 @@ __all__ = [
     "ReportContext",
     "TemplateError",
     "build_outputs",
+    "output_names",
     "render_images",
     "to_enhanced_sr",
     "write_preview",

@@ -6,7 +6,7 @@ Writes, into ``out_dir``:
   ``pm_<map key>.dcm``, ``screen.dcm``, ``summary_pdf.dcm`` (names from
   :func:`node.results.outputs.output_names`);
 * the pixels of every SC as ``<key>.png``, the middle slice of each parametric map as
-  ``pm_<map key>.png`` (greyscale over its value range) and each result-screen frame as
+  ``pm_<map key>.png`` (greyscale over its value range, enlarged to at least 256 pixels) and each result-screen frame as
   ``screen_<n>.png``;
 * the PDF summary as ``summary.pdf``;
 * an HTML rendering of the SR as ``report.html``: DCMTK ``dsr2html`` when it is
@@ -90,7 +90,9 @@ def write_preview(
         elif sop_class == PARAMETRIC_MAP:
             written.append(_save(ds, out_dir / f"{name}.dcm"))
             png = out_dir / f"{name}.png"
-            Image.fromarray(_middle_slice_grey(ds), mode="L").save(png)
+            grey = Image.fromarray(_middle_slice_grey(ds), mode="L")
+            scale = max(1, -(-256 // max(grey.size)))  # at least 256 pixels on the longer side
+            grey.resize((grey.width * scale, grey.height * scale), Image.Resampling.NEAREST).save(png)
             written.append(png)
         elif sop_class == MULTIFRAME_TRUE_COLOR_SC:
             written.append(_save(ds, out_dir / "screen.dcm"))

@@ -397,15 +397,16 @@ def render_curve_plot(plot: CurvePlot, size: int = IMAGE_SIZE) -> np.ndarray:
                 ax.plot(x, y, lw=1.6, color=colours[curve.label], label=curve.label)
             else:
                 raise ValueError(f"CurvePlot {plot.key!r}, curve {curve.label!r}: style must be 'points' or 'line'")
+        top = max(float(np.nanmax(np.asarray(c.y, dtype=float))) if np.size(c.y) else 0.0 for c in curves)
         ax.set_xlim(left=0.0)
-        ax.set_ylim(bottom=0.0)
+        ax.set_ylim(0.0, 1.35 * top if top > 0 else 1.0)  # head room for the legend
         ax.grid(True, color="#dddddd", lw=0.5)
         ax.tick_params(labelsize=7.5)
         if note:
             ax.set_title(note, fontsize=7.5, loc="left", pad=2)
         if k == len(panels) - 1:
             ax.set_xlabel(plot.x_label, fontsize=8.5)
-        ax.legend(fontsize=7, loc="upper right", ncol=2 if len(curves) > 4 else 1, framealpha=0.85)
+        ax.legend(fontsize=7, loc="best", ncol=2 if len(curves) > 4 else 1, framealpha=0.85)
     fig.text(0.03, 0.10 + 0.40, plot.y_label, rotation=90, ha="center", va="center", fontsize=8.5)
     fig.text(0.5, 0.045, "points: measured; lines: model fit", ha="center", fontsize=7)
     fig.text(0.5, 0.01, RESEARCH_LABEL, ha="center", va="bottom", fontsize=9, color="#b00000", fontweight="bold")

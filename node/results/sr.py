@@ -6,11 +6,13 @@ Structure (reference ``dicom_outputs.md`` sections 2-4, pitfalls section 10):
   (TID 1004, the node's stable Device Observer UID), exactly one Procedure
   Reported from CID 100; the specific procedure goes in the header's
   Performed Procedure Code Sequence;
-* Image Library (TID 1600) listing every source instance;
+* Image Library (TID 1600) listing every source instance (when there are more than
+  :data:`MAX_GROUP_SOURCE_REFERENCES`, the first of each series; the evidence lists all);
 * one TID 1501 group per :class:`MeasurementGroup`: Tracking Identifier and
   UID, finding type (row 3b), finding site, TID 4019 algorithm identification,
   the imaging state as a coded evaluation, NUMs with UCUM units, coded
-  qualitative evaluations, source-image references and, for predictions, an
+  qualitative evaluations, source-image references (when there are at most
+  :data:`MAX_GROUP_SOURCE_REFERENCES` sources) and, for predictions, an
   IMAGE (130401, DCM, "Visual explanation") reference to the heat-map SC;
 * every CONTAINER has Continuity of Content SEPARATE, so tree renderers
   (dsr2html, Weasis, OHIF text view) show concept names next to values;
@@ -41,6 +43,7 @@ from node.results.templates import Templates, load_templates
 __all__ = [
     "COMPREHENSIVE_3D_SR",
     "ENHANCED_SR",
+    "MAX_GROUP_SOURCE_REFERENCES",
     "ContentError",
     "build_sr",
     "to_enhanced_sr",
@@ -49,6 +52,8 @@ __all__ = [
 ]
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+#: at most this many source instances are referenced from every measurement group (else from the library only)
+MAX_GROUP_SOURCE_REFERENCES = 32
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
 
 
@@ -200,6 +205,20 @@ def _library_view(ds: Dataset) -> Dataset:
     return view
 
 
+def _library_images(source_ds: list[Dataset]) -> list[Dataset]:
+    """The Image Library's images: every source, or the first of each series when there are too many.
+
+    A dynamic PET study has thousands of instances (frames x slices); the library then describes
+    each series once (modality, frame of reference, geometry) while the evidence lists every instance.
+    """
+    if len(source_ds) <= MAX_GROUP_SOURCE_REFERENCES:
+        return source_ds
+    first: dict[str, Dataset] = {}
+    for ds in source_ds:
+        first.setdefault(str(ds.SeriesInstanceUID), ds)
+    return list(first.values())
+
+
 def _predecessor_datasets(context: ReportContext, own_uid: str) -> list[Dataset]:
     out = []
     seen = {own_uid}  # an identical re-run is the same document, not its own successor
@@ -258,7 +277,13 @@ def build_sr(
             ),
         )
     )
-    source_refs = [hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in source_ds]
+    # every group names its source images, unless there are so many (dynamic PET: frames x slices) that the
+    # groups would repeat thousands of references; then the Image Library and the evidence list them once
+    source_refs = (
+        [hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in source_ds]
+        if len(source_ds) <= MAX_GROUP_SOURCE_REFERENCES
+        else []
+    )
     groups = [_group_item(g, content, templates, identity, source_refs, images) for g in content.groups]
     if not groups:
         raise ContentError("the report content has no measurement groups")
@@ -269,7 +294,7 @@ def build_sr(
         imaging_measurements=groups,
         title=templates.document_code("title").concept(),
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(language.concept()),
-        referenced_images=source_ds,
+        referenced_images=_library_images(source_ds),
     )
 
     sop_uid = identity.uid("sr", "instance")

@@ -42,6 +42,7 @@ from node.results.content import (
 from node.results.identity import content_digest
 from node.results.outputs import output_names
 from node.results.render import render_bullseye, render_curve_plot
+from node.results.sr import MAX_GROUP_SOURCE_REFERENCES, build_sr
 from node.results.tables import global_rows, segment_table
 from node.results.templates import load_templates
 from tests.results.test_templates import _codes
@@ -429,3 +430,38 @@ def test_orthanc_accepts_every_pet_object(pet, orthanc):
         sop_uid = pydicom.dcmread(pet.files[f"pm_{volume.key}"], stop_before_pixels=True).SOPInstanceUID
         stored = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc.instance_id(sop_uid))))
         assert stored.SOPClassUID == _PM and stored.FloatPixelData == pydicom.dcmread(pet.files[f"pm_{volume.key}"]).FloatPixelData
+
+
+def test_an_sr_of_every_dynamic_frame_lists_the_instances_once(pet, tmp_path):
+    """With every frame's instances as sources (96 here, thousands in a clinical study) the groups do not
+    repeat them: the Image Library describes each series once and the evidence lists every instance."""
+    sources = pet.report.sources
+    assert len(sources) > MAX_GROUP_SOURCE_REFERENCES
+    content = dataclasses.replace(pet.content, sources=tuple(
+        SourceInstance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPClassUID, ds.SOPInstanceUID) for ds in sources))
+    sr = build_sr(content, sources, context())
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert not [line for line in dciodvfy(path) if line.startswith("Error")]
+    evidence = {ref.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    assert evidence == {str(ds.SOPInstanceUID) for ds in sources}
+    library = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028")
+    listed = [img.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for img in library.ContentSequence[0].ContentSequence]
+    assert len(listed) == len({ds.SeriesInstanceUID for ds in sources}) == 2
+    groups = hd.sr.srread(path).content.get_image_measurement_groups()
+    assert len(groups) == len(content.groups)
+    assert not [i for g in groups for i in g[0].ContentSequence if i.ValueType == "IMAGE"]  # no Source of Measurement
+
+
+def test_long_global_tables_continue_on_further_screen_frames(pet):
+    extra = tuple(
+        MeasurementGroup(label=f"Rest haemodynamics repeat {k}", finding="haemodynamics", site="heart", state="rest",
+                         algorithm=pet.content.groups[0].algorithm, measurements=(Measurement("heart_rate", 60.0 + k, "/min"),))
+        for k in range(40)
+    )
+    content = dataclasses.replace(pet.content, groups=pet.content.groups + extra, parametric_maps=())
+    rows = global_rows(content, load_templates())
+    screen = build_outputs(content, pet.report.sources, context(multiframe_screen=True, pdf_summary=False))[-1]
+    labels = [str(label) for label in screen.FrameLabelVector if str(label).startswith("GLOBAL RESULTS")]
+    assert len(labels) == -(-len(rows) // 34) >= 2 and labels[0] == "GLOBAL RESULTS 1"

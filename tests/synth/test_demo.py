@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -78,7 +79,7 @@ def test_demo_reports_a_refused_association(seed, tmp_path):
 
 @pytest.mark.network
 @pytest.mark.slow  # ~30 s: pynetdicom stores one small instance per ~50 ms (Nagle + delayed ACK on loopback)
-def test_pet_demo_sends_a_loadable_rest_stress_study_in_two_studies(seed, tmp_path):
+def test_pet_demo_sends_a_loadable_rest_stress_study_in_two_studies(seed: int, tmp_path: Path) -> None:
     received = tmp_path / "received"
     received.mkdir()
     port = free_port()

@@ -33,7 +33,7 @@ from node.synth.pet.dicom import (
     build_pet_series,
     pet_series_description,
 )
-from node.synth.pet.study import build_pet_study, write_pet_study
+from node.synth.pet.study import build_pet_study, build_phantom_pet_study, write_pet_study
 from node.synth.pet.tac import frame_schedule
 from node.synth.spect.nm_dicom import StudyInfo
 from node.synth.spect.study import synthetic_patient
@@ -284,3 +284,25 @@ def test_the_writer_refuses_what_it_cannot_write() -> None:
         pet_series_description("rest", "Tc99m sestamibi")
     with pytest.raises(ValueError, match="rest or a stress"):
         build_pet_study(None, None, tracer="Rb-82")
+
+
+def test_phantom_study_through_dicom_gives_the_image_tier_mbf(seed: int) -> None:
+    """The DICOM tier changes no number: the same MBF from the loaded series as from the phantom's volume."""
+    from node.quant.kinetics import default_model
+    from node.quant.mbf import analyse_dynamic
+    from node.synth.pet.phantom import PetPhantomSpec, make_pet_study
+
+    phantom = make_pet_study(np.random.default_rng(seed), spec=PetPhantomSpec(matrix=(20, 32, 32), voxel_mm=6.0))
+    study = build_phantom_pet_study(phantom, vendor="siemens", decay_correction="NONE", arrangement="two_studies",
+                                    shuffle=True, key=f"mbf-{seed}")
+    assert study.truth["study"]["global_mfr"] == pytest.approx(phantom.truth.global_mfr)
+    assert study.truth["rest"]["global_mbf_ml_per_min_per_g"] == phantom.rest.truth.global_mbf_ml_per_min_per_g
+    json.dumps(study.truth)  # serialisable as written
+    rest_uid = study.truth["series"][0]["series_instance_uid"]
+    loaded = load_dynamic_pet([ds for ds in study.datasets if ds.SeriesInstanceUID == rest_uid])
+    model = default_model(phantom.spec.tracer)
+    direct = analyse_dynamic(phantom.rest.volume, state="rest", model=model)
+    through = analyse_dynamic(loaded.volume, state=loaded.state, model=model,
+                              decay_corrected=loaded.decay_correction != "NONE")
+    np.testing.assert_allclose(through.fit.segment_mbf_ml_per_min_per_g, direct.fit.segment_mbf_ml_per_min_per_g,
+                               rtol=1e-3, err_msg=f"seed {seed}")

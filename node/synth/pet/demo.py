@@ -57,16 +57,16 @@ def pet_demo_main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not 2.0 <= args.voxel_mm <= 12.8:
+        print(f"error: --voxel-mm must be within 2 and 12.8 mm, got {args.voxel_mm:g}", file=sys.stderr)
+        return 2
     arrangement = "two_studies" if args.two_days else "one_study"
     print(RESEARCH_USE_NOTICE)
     print(f"seed {seed}: PET {pet_tracer(tracer).display_name}, stress defect {territory or 'none'}, "
           f"{args.vendor} timing, decay correction {args.decay}, {arrangement.replace('_', ' ')}")
-    if not 2.0 <= args.voxel_mm <= 12.8:
-        print(f"error: --voxel-mm must be within 2 and 12.8 mm, got {args.voxel_mm:g}", file=sys.stderr)
-        return 2
     default = PetPhantomSpec()  # the field of view of the default grid, at the asked voxel size
     matrix = tuple(max(8, round(n * default.voxel_mm / args.voxel_mm)) for n in default.matrix)
-    spec = PetPhantomSpec(tracer=default_model(tracer).tracer.name, matrix=matrix,  # type: ignore[arg-type]
+    spec = PetPhantomSpec(tracer=default_model(tracer).tracer.name, matrix=matrix,
                           voxel_mm=float(args.voxel_mm))
     phantom = make_pet_study(np.random.default_rng(seed), spec=spec, defect_territory=territory)
     study = build_phantom_pet_study(phantom, vendor=args.vendor, decay_correction=args.decay, arrangement=arrangement,

@@ -30,7 +30,8 @@ so a loaded voxel is within half a slope of the value written. Image Index (0054
 ``frame x NumberOfSlices + slice + 1`` (slices in the order of the volume's slice axis),
 Number of Time Slices (0054,0101) the number of frames; the tracer goes in the
 Radiopharmaceutical Information Sequence (0054,0016) with its agent and radionuclide codes,
-half-life and start date-time (time zero). The state (rest/stress) is named in Series
+half-life and Radiopharmaceutical Start DateTime (0018,1078), time zero (no separate Start
+Time, so removing the DateTime removes time zero). The state (rest/stress) is named in Series
 Description, the text :mod:`node.imaging.states` reads. Patient and study identity are the
 SPECT synthesiser's :class:`~node.synth.spect.nm_dicom.PatientInfo` and
 :class:`~node.synth.spect.nm_dicom.StudyInfo`.

@@ -55,9 +55,10 @@ Rest/stress (:func:`make_pet_study`): rest MBF = a patient level U(0.6, 1.4) x U
 per segment; stress = rest x MFR with a patient MFR U(2.6, 3.6) x U(0.95, 1.05) per segment,
 capped at 4.5 mL/min/g; a territory defect multiplies the stress F of the territory's segments
 by U(0.35, 0.7) (reference 5.3); diffuse disease sets every segment's MFR to U(1.3, 1.9).
-With these ranges a defect territory's MFR is below 1.9 and a normal one above 2.4, so
-"impaired territory" (MFR < 2.0) is unambiguous in the truth. Territory and global values
-are means of the segment values (equal AHA weighting, as the analysis defines them).
+A normal territory's MFR is then above 2.4; a defect territory's lies between about 0.9 and
+2.6, so most but not all defects make the territory impaired (MFR < 2.0) in the truth
+(:attr:`PetStudyTruth.impaired_territories`). Territory and global values are means of the
+segment values (equal AHA weighting, as the analysis defines them).
 
 Every random draw comes from the caller's ``numpy.random.Generator``; same seed, same phantom.
 Tracers: Rb-82 and N-13 ammonia (O-15 water's late images show no myocardial contrast, so
@@ -73,7 +74,16 @@ import numpy as np
 from scipy import ndimage
 
 from node.imaging.volume import FrameAxis, FrameSchedule, Volume
-from node.quant.kinetics import H2OIida, KineticModel, Rb82Lortie, SampledInput, default_model, fine_grid, frame_operator, model_curve
+from node.quant.kinetics import (
+    H2OIida,
+    KineticModel,
+    Rb82Lortie,
+    SampledInput,
+    default_model,
+    fine_grid,
+    frame_operator,
+    model_curve,
+)
 from node.quant.lv_frame import LVFrame
 from node.quant.mbf import TYPICAL_FWHM_MM
 from node.quant.segments import N_SEGMENTS, TERRITORY_SEGMENTS
@@ -159,7 +169,7 @@ class PetSeriesTruth:
     ``labels`` [slice, row, col] is the majority structure of each voxel (index into
     :data:`LABELS`) in the still position; ``myocardium_fraction`` its myocardial share.
     ``moved`` says whether frames from ``motion_start_s`` on are shifted by ``motion_shift_mm``
-    (LPS mm).
+    (LPS mm). ``label_fractions`` [n_labels, n_voxels] are the still partial-voxel fractions.
     """
 
     state: str
@@ -186,6 +196,7 @@ class PetSeriesTruth:
     motion_shift_mm: np.ndarray
     labels: np.ndarray
     myocardium_fraction: np.ndarray
+    label_fractions: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -363,7 +374,8 @@ def make_pet_series(segment_mbf_ml_per_min_per_g: np.ndarray, rng: np.random.Gen
                     vascular_fraction: np.ndarray | float | None = None, input_shape: InputShape | None = None,
                     rv_lead_s: float | None = None, distribution_volume_ml_per_g: float | None = None,
                     motion_start_s: float | None = None, motion_mm: float = 10.0,
-                    motion_direction: np.ndarray | None = None) -> PetSeries:
+                    motion_direction: np.ndarray | None = None,
+                    still_fractions: np.ndarray | None = None) -> PetSeries:
     """One dynamic series of the image tier (module docstring for the physics).
 
     Parameters
@@ -384,6 +396,9 @@ def make_pet_series(segment_mbf_ml_per_min_per_g: np.ndarray, rng: np.random.Gen
     input_shape : InputShape, optional
         LV input (default drawn per series); ``rv_lead_s`` the RV peak's lead (default U(2, 6)
         s; a negative value makes the RV peak after the LV, a planted fault).
+    still_fractions : array [n_labels, n_voxels], optional
+        Partial-voxel label fractions of this pose and grid from an earlier series of the same
+        patient (:attr:`PetSeriesTruth.label_fractions`), to skip voxelising again.
     distribution_volume_ml_per_g : float, optional
         Rb-82 DV (default drawn U(2.8, 4.0)).
     motion_start_s : float, optional
@@ -412,7 +427,8 @@ def make_pet_series(segment_mbf_ml_per_min_per_g: np.ndarray, rng: np.random.Gen
     affine = _affine(spec.matrix, spec.voxel_mm, np.asarray(grid_centre_mm, dtype=float))
     heart = _heart(geom)
     torsos = {t: _torso(frame, geom, np.asarray(grid_centre_mm, dtype=float), t) for t in ("body", "lung", "liver")}
-    still = _fractions(affine, spec.matrix, spec.supersample, np.zeros(3), frame, geom, heart, torsos)
+    still = (still_fractions if still_fractions is not None
+             else _fractions(affine, spec.matrix, spec.supersample, np.zeros(3), frame, geom, heart, torsos))
     moved = motion_start_s is not None
     shift = np.zeros(3)
     frames_moved = np.zeros(schedule.n_frames, dtype=bool)
@@ -447,7 +463,7 @@ def make_pet_series(segment_mbf_ml_per_min_per_g: np.ndarray, rng: np.random.Gen
         vascular_fraction=vascular, input_shape=shape, rv_shape=rv_shape, blood_bq_per_ml=tacs[:, _LV_BLOOD].copy(),
         rv_bq_per_ml=tacs[:, _RV_BLOOD].copy(), frame=frame, lv_geometry=geom, fwhm_mm=spec.resolution_fwhm_mm,
         noise_level=float(spec.noise_level), moved=moved, motion_start_s=None if not moved else float(motion_start_s),  # type: ignore[arg-type]
-        motion_shift_mm=shift, labels=labels, myocardium_fraction=myo_fraction)
+        motion_shift_mm=shift, labels=labels, myocardium_fraction=myo_fraction, label_fractions=still)
     return PetSeries(Volume(noisy.astype(np.float32), affine.copy(), axis),
                      Volume(blurred.astype(np.float32), affine.copy(), axis), truth)
 
@@ -517,6 +533,8 @@ def make_pet_study(rng: np.random.Generator, *, spec: PetPhantomSpec = PetPhanto
     series: dict[str, PetSeries] = {}
     for state, mbf in (("rest", rest_mbf), ("stress", stress_mbf)):
         kwargs: dict[str, object] = {"vascular_fraction": vascular}
+        if series:
+            kwargs["still_fractions"] = series["rest"].truth.label_fractions
         if moved_state == state:
             kwargs["motion_start_s"] = float(rng.uniform(90.0, 240.0))
             kwargs["motion_mm"] = motion_mm
