@@ -67,9 +67,9 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from node.imaging.dicom_tracer import tracer_of
 from node.imaging.errors import UnusableSeriesError
 from node.imaging.radiopharmaceuticals import PET_TRACERS
-from node.imaging.dicom_tracer import tracer_of
 from node.imaging.states import acquisition_state
 from node.imaging.volume import FrameAxis, Volume
 
@@ -84,6 +84,7 @@ __all__ = [
     "PETSeriesClass",
     "classify_pet_series",
     "load_dynamic_pet",
+    "pet_series_kind",
     "timing_variant_for",
 ]
 
@@ -292,6 +293,23 @@ def _radiopharmaceutical_start(ds: Dataset) -> datetime | None:
     date = _text(ds, "SeriesDate") or _text(ds, "StudyDate")
     return _date_time(date, _text(item, "RadiopharmaceuticalStartTime"))
 
+
+
+def pet_series_kind(ds: Dataset) -> str:
+    """What one PET instance says its series is: ``dynamic``, ``static``, ``gated``, ``whole_body``, or
+    ``unknown``; ``""`` when it is not PET Image Storage or Enhanced PET Image Storage.
+
+    PET Image Storage: Series Type (0054,1000) value 1; Enhanced PET: Image Type (0008,0008) value 3
+    (the Image Flavor). Routing and :func:`classify_pet_series` both decide by it.
+    """
+    sop_class = _text(ds, "SOPClassUID")
+    if sop_class == PET_IMAGE_STORAGE:
+        series_type = [str(v).strip().upper() for v in _values(ds.get("SeriesType"))]
+        return _SERIES_TYPES.get(series_type[0] if series_type else "", "unknown")
+    if sop_class == ENHANCED_PET_IMAGE_STORAGE:
+        image_type = [str(v).strip().upper() for v in _values(ds.get("ImageType"))]
+        return _IMAGE_FLAVOURS.get(image_type[2] if len(image_type) > 2 else "", "unknown")
+    return ""
 
 
 def timing_variant_for(ds: Dataset) -> str | None:
@@ -689,7 +707,7 @@ def _analyse(datasets: Sequence[Dataset], timing: str | None) -> tuple[PETSeries
     first = datasets[0]
     series_type = [str(v).strip().upper() for v in _values(first.get("SeriesType"))]
     value1 = series_type[0] if series_type else ""
-    kind = _SERIES_TYPES.get(value1, "unknown")
+    kind = pet_series_kind(first)
     if any([str(v).strip().upper() for v in _values(ds.get("SeriesType"))][:1] != series_type[:1] for ds in datasets):
         reasons.append("SeriesType (0054,1000) value 1 differs between the instances")
         attributes.append("SeriesType")
@@ -764,7 +782,7 @@ def _analyse_enhanced(datasets: Sequence[Dataset]) -> tuple[PETSeriesClass, _Lay
     first = datasets[0]
     image_type = [str(v).strip().upper() for v in _values(first.get("ImageType"))]
     flavour = image_type[2] if len(image_type) > 2 else ""
-    kind = _IMAGE_FLAVOURS.get(flavour, "unknown")
+    kind = pet_series_kind(first)
     if any([str(v).strip().upper() for v in _values(ds.get("ImageType"))][2:3] != image_type[2:3] for ds in datasets):
         reasons.append("ImageType (0008,0008) value 3 differs between the instances")
         attributes.append("ImageType")

@@ -4,7 +4,7 @@ A pipeline declares
 
 * which studies it accepts: :class:`SeriesRule` objects over the routing
   attributes of each series (:mod:`node.pipelines.routing`: modality, SOP
-  class, image type, PET series type, radiopharmaceutical code, tracer,
+  class, image type, PET series kind, radiopharmaceutical code, tracer,
   acquisition state, series description);
 * which series it needs before a study counts as complete (the rules marked
   ``required``);
@@ -54,8 +54,9 @@ class SeriesRule:
     """A condition one series must meet; every field left empty matches anything.
 
     ``image_type_values`` matches when any of the given values appears anywhere
-    in Image Type (0008,0008), ``series_type_values`` when value 1 of Series Type
-    (0054,1000) is one of them (PET: ``DYNAMIC``, ``STATIC``, ``GATED``); ``tracers``
+    in Image Type (0008,0008), ``pet_series_kinds`` when the series' PET kind
+    (:func:`node.imaging.pet.pet_series_kind`: ``dynamic``, ``static``, ``gated``,
+    ``whole_body``, ``unknown``) is one of them; ``tracers``
     when the series' tracer key (:func:`node.imaging.dicom_tracer.tracer_of`:
     the coded radiopharmaceutical, else its name) is one of them; ``states`` when the series' acquisition state
     (:mod:`node.imaging.states`, the rule loading uses too) is one of them;
@@ -69,7 +70,7 @@ class SeriesRule:
     sop_class_uids: frozenset[str] = frozenset()
     image_type_values: frozenset[str] = frozenset()
     radiopharmaceutical_codes: frozenset[str] = frozenset()
-    series_type_values: frozenset[str] = frozenset()
+    pet_series_kinds: frozenset[str] = frozenset()
     tracers: frozenset[str] = frozenset()
     states: frozenset[str] = frozenset()
     description_pattern: str = ""
@@ -87,9 +88,10 @@ class SeriesRule:
             series.radiopharmaceutical_codes
         ):
             return "radiopharmaceutical code not accepted"
-        if self.series_type_values and series.series_type[:1] not in {(v,) for v in self.series_type_values}:
-            shown = "\\".join(series.series_type) or "absent"
-            return f"series type (0054,1000) is {shown}, value 1 not in {sorted(self.series_type_values)}"
+        if self.pet_series_kinds and series.pet_series_kind not in self.pet_series_kinds:
+            shown = series.pet_series_kind or "not PET"
+            return (f"PET series kind is {shown} (Series Type (0054,1000), Enhanced PET: Image Type value 3), "
+                    f"not {'/'.join(sorted(self.pet_series_kinds))}")
         if self.tracers and series.tracer not in self.tracers:
             return f"tracer {series.tracer or '(not recognised)'} not in {sorted(self.tracers)}"
         if self.states and series.state not in self.states:

@@ -2,7 +2,8 @@
 
 Series rules (a study is *complete* when both required rules match):
 
-* ``stress`` (required): PT, Series Type (0054,1000) value 1 ``DYNAMIC``, tracer Rb-82,
+* ``stress`` (required): PT, PET Image Storage with Series Type (0054,1000) value 1 ``DYNAMIC``
+  or Enhanced PET with Image Type value 3 ``DYNAMIC`` (:func:`node.imaging.pet.pet_series_kind`), tracer Rb-82,
   N-13 ammonia or O-15 water (coded in the Radiopharmaceutical Code Sequence, else named in
   Radiopharmaceutical (0018,0031); :func:`node.imaging.dicom_tracer.tracer_of`),
   acquisition state ``stress`` (:mod:`node.imaging.states`: Series Description or Protocol
@@ -43,7 +44,13 @@ from pydantic import Field
 from pydicom import Dataset
 
 from node.imaging.errors import UnusableSeriesError
-from node.imaging.pet import PET_IMAGE_STORAGE, DynamicPETSeries, classify_pet_series, load_dynamic_pet
+from node.imaging.pet import (
+    ENHANCED_PET_IMAGE_STORAGE,
+    PET_IMAGE_STORAGE,
+    DynamicPETSeries,
+    classify_pet_series,
+    load_dynamic_pet,
+)
 from node.imaging.radiopharmaceuticals import PET_TRACERS
 from node.pipelines import registry
 from node.pipelines.base import Pipeline, SeriesRule, source_header
@@ -168,6 +175,7 @@ class _Candidate:
     series: DynamicPETSeries
     datasets: list[Dataset]
     coded: bool  # the tracer is coded (Radiopharmaceutical Code Sequence), not only named
+    load_s: float  # seconds to classify and load the series
 
 
 def _candidates(instances: Sequence[Dataset], notes: list[str]) -> dict[str, list[_Candidate]]:
@@ -179,6 +187,7 @@ def _candidates(instances: Sequence[Dataset], notes: list[str]) -> dict[str, lis
     found: dict[str, list[_Candidate]] = {}
     for uid, datasets in by_series.items():
         name = str(datasets[0].get("SeriesDescription", "") or "") or uid[-12:]
+        t0 = time.perf_counter()
         verdict = classify_pet_series(datasets)
         if not verdict.usable:
             notes.append(f"series {name} not used: {verdict.description}")
@@ -199,7 +208,7 @@ def _candidates(instances: Sequence[Dataset], notes: list[str]) -> dict[str, lis
         info = datasets[0].get("RadiopharmaceuticalInformationSequence") or []
         coded = bool(info and info[0].get("RadiopharmaceuticalCodeSequence"))
         notes.extend(f"series {name}: {n}" for n in series.notes)
-        found.setdefault(series.state, []).append(_Candidate(series, datasets, coded))
+        found.setdefault(series.state, []).append(_Candidate(series, datasets, coded, time.perf_counter() - t0))
     return found
 
 
@@ -254,12 +263,11 @@ def analyse_pet_study(instances: Sequence[Dataset], options: PetMbfOptions | Non
             notes.append(f"no {state} series: {state} MBF and the flow reserve are not reported "
                          f"({other} MBF only)")
             continue
-        t0 = time.perf_counter()
         series = candidate.series
         states[state] = analyse_dynamic(series.volume, state=state, model=model,
                                         decay_corrected=series.decay_correction != "NONE",
                                         grid=DEFAULT_GRID, rv_spillover=options.rv_spillover)
-        timings[f"{state}.total"] = time.perf_counter() - t0
+        timings[f"{state}.load"] = candidate.load_s
         timings.update({f"{state}.{k}": v for k, v in states[state].timings_s.items()})
         if not candidate.coded:
             flags.append(_tracer_code_flag(state, tracer))
@@ -540,8 +548,8 @@ def _pet_rule(state: str) -> SeriesRule:
     return SeriesRule(
         name=state,
         modalities=frozenset({"PT"}),
-        sop_class_uids=frozenset({PET_IMAGE_STORAGE}),
-        series_type_values=frozenset({"DYNAMIC"}),
+        sop_class_uids=frozenset({PET_IMAGE_STORAGE, ENHANCED_PET_IMAGE_STORAGE}),
+        pet_series_kinds=frozenset({"dynamic"}),
         tracers=MBF_TRACERS,
         states=frozenset({state}),
         required=True,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from pydicom import Dataset
 
 from node.imaging.dicom_tracer import tracer_of
+from node.imaging.pet import pet_series_kind
 from node.imaging.states import acquisition_state
 
 __all__ = [
@@ -63,10 +64,6 @@ def _image_type(ds: Dataset) -> list[str]:
     return _multi(ds.get("ImageType"))
 
 
-def _series_type(ds: Dataset) -> list[str]:
-    return [v.strip().upper() for v in _multi(ds.get("SeriesType"))]
-
-
 def _tracer(ds: Dataset) -> str:
     return tracer_of(ds) or ""
 
@@ -90,7 +87,7 @@ EXTRACTORS: dict[str, Callable[[Dataset], AttributeValue]] = {
     "series_description": _text("SeriesDescription"),
     "radiopharmaceutical_codes": _radiopharmaceutical_codes,
     "tracer": _tracer,
-    "series_type": _series_type,
+    "pet_series_kind": pet_series_kind,
     "state": acquisition_state,
 }
 
@@ -131,7 +128,7 @@ class SeriesSummary:
     series_description: str = ""
     radiopharmaceutical_codes: tuple[str, ...] = ()  # code values, e.g. SCT "424299003"
     tracer: str = ""  # tracer key (node.imaging.radiopharmaceuticals.tracer_of), "" when not recognised
-    series_type: tuple[str, ...] = ()  # Series Type (0054,1000) of PET, e.g. ("DYNAMIC", "IMAGE")
+    pet_series_kind: str = ""  # PET: dynamic, static, gated, whole_body, unknown (node.imaging.pet.pet_series_kind)
     state: str = "unknown"
     instance_count: int = 0
 

@@ -36,7 +36,7 @@ from pydicom import Dataset
 import node
 from node.results.content import Algorithm, ParametricVolume
 from node.results.identity import ContentIdentity
-from node.results.sr import ContentError, processing_algorithm_equipment
+from node.results.sr import ContentError, header_view, processing_algorithm_equipment
 from node.results.templates import Templates
 
 __all__ = ["PARAMETRIC_MAP", "build_parametric_map"]
@@ -48,16 +48,14 @@ _TYPE2_SOURCE_KEYWORDS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
     "StudyDate", "StudyTime", "ReferringPhysicianName",
 )
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 def _source_header(ds: Dataset) -> Dataset:
-    """A copy of a source instance without pixel data, its Type 2 patient/study attributes present."""
+    """A source instance without pixel data (:func:`~node.results.sr.header_view`), its Type 2 patient/study
+    attributes present."""
     header = Dataset()
-    for elem in ds:
-        if elem.keyword in _PIXEL_KEYWORDS or elem.tag.group == 0x7FE0:
-            continue
-        header.add(copy.deepcopy(elem))
+    for elem in header_view(ds):  # a new data set sharing the elements: the Type 2 additions stay here
+        header.add(elem)
     if hasattr(ds, "file_meta"):
         header.file_meta = copy.deepcopy(ds.file_meta)
     for keyword in _TYPE2_SOURCE_KEYWORDS:

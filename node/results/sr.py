@@ -54,6 +54,7 @@ __all__ = [
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 #: at most this many source instances are referenced from every measurement group (else from the library only)
 MAX_GROUP_SOURCE_REFERENCES = 32
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # Float, Double Float and Pixel Data
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
 
 
@@ -195,13 +196,19 @@ def _source_datasets(content: ReportContent, sources: Sequence[Dataset]) -> list
     return ordered
 
 
-def _library_view(ds: Dataset) -> Dataset:
-    """A header-only copy of a source instance, for the Image Library and evidence lists."""
+def header_view(ds: Dataset) -> Dataset:
+    """A header-only view of a source instance, for the Image Library and evidence lists.
+
+    The elements are shared with ``ds``, not copied (nothing here changes them): a dynamic PET
+    study has thousands of sources, and deep copies of their headers cost seconds.
+    """
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        return ds  # already a header (the pipelines keep headers only)
     view = Dataset()
     for elem in ds:
-        if elem.tag.group == 0x7FE0 or elem.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if elem.tag.group == 0x7FE0:
             continue
-        view.add(copy.deepcopy(elem))
+        view.add(elem)
     return view
 
 
@@ -261,7 +268,7 @@ def build_sr(
     """
     templates = templates or load_templates(context.templates_dir)
     images = dict(images or {})
-    source_ds = [_library_view(ds) for ds in _source_datasets(content, sources)]
+    source_ds = [header_view(ds) for ds in _source_datasets(content, sources)]
     identity = ContentIdentity.of(content, source_ds)
     reported, performed, procedure_label = templates.procedure(content.procedure)
     series = templates.series("sr")

@@ -134,3 +134,26 @@ def test_real_pt_files_are_refused_with_their_reasons():
         message = str(caught.value)
         assert "no usable dynamic PET series" in message, (path.name, message)
         assert "(0054," in message or "(0008," in message or "(0028," in message, (path.name, message)
+
+
+def test_an_enhanced_pet_study_is_routed_and_gives_the_same_mbf_as_pet_image_storage(phantom):
+    """Enhanced PET (one multi-frame instance per series, per-frame timing) routes to pet_mbf, completes, and
+    gives the numbers of the same volumes stored as PET Image Storage."""
+    from node.pipelines import registry
+    from node.pipelines.routing import StudySummary
+
+    enhanced = build_phantom_pet_study(phantom, storage="enhanced", key="enhanced-study", when=WHEN)
+    legacy = build_phantom_pet_study(phantom, storage="legacy", key="enhanced-study", when=WHEN)
+    datasets = _roundtrip(enhanced.datasets)
+    assert len(datasets) == 2
+    summary = StudySummary.from_datasets(datasets)
+    pipeline, reason = registry.route(summary)
+    assert pipeline is not None and pipeline.name == "pet_mbf", reason
+    assert pipeline.accept(summary).complete, reason
+    from_enhanced = analyse_pet_study(datasets)
+    from_legacy = analyse_pet_study(legacy.datasets)
+    for state in ("rest", "stress"):
+        a, b = getattr(from_enhanced, state), getattr(from_legacy, state)
+        np.testing.assert_allclose(a.fit.segment_mbf_ml_per_min_per_g, b.fit.segment_mbf_ml_per_min_per_g, rtol=1e-3)
+    # the Parametric Map of an Enhanced series references the multi-frame source (one instance for all slices)
+    assert set(from_enhanced.parametric_sources["stress"]) <= {str(ds.SOPInstanceUID) for ds in datasets}

@@ -59,7 +59,7 @@ def test_voxel_values_are_tissue_plus_blood_fraction_times_blood(seed: int) -> N
     fractions = truth.label_fractions
     values = series.noise_free.voxels.reshape(truth.schedule.n_frames, -1).astype(float)
     for segment in (1, 9, 15, 17):
-        pure = np.flatnonzero(fractions[segment - 1] > 0.999)
+        pure = np.flatnonzero(fractions[segment - 1] > 0.999)  # flat voxel index
         assert pure.size > 5, segment
         np.testing.assert_allclose(values[:, pure].mean(axis=1), expected[:, segment - 1], rtol=1e-4, atol=1.0)
     blood = np.flatnonzero(fractions[P.LABELS.index("lv_blood")] > 0.999)

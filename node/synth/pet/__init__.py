@@ -4,7 +4,10 @@ Modules: :mod:`node.synth.pet.tac` -- the time-activity tier (reference note ``p
 section 5.1 tier A): tracer input functions with recirculation, clinical frame schedules,
 17 segment TACs from the kinetic models of :mod:`node.quant.kinetics` with given per-segment
 MBF, blood fraction and RV spill-over, clinical count noise from a seeded generator, and the
-exact truth alongside. The image and DICOM tiers come later.
+exact truth alongside.
+:mod:`node.synth.pet.phantom` -- the image tier (section 5.1 tier B): 4-D dynamic volumes of an LV
+shell with per-segment MBF from the models, cavities, RV, torso, blur, correlated count noise,
+territory defects, diffuse disease and frame-to-frame motion, with exact truth.
 :mod:`node.synth.pet.dicom` -- the DICOM tier (section 5.1 tier C): a dynamic volume as PET
 Image Storage instances, one per slice per frame, in the GE / Philips / Siemens timing
 conventions with Decay Correction START / ADMIN / NONE and per-instance rescale.
@@ -25,6 +28,17 @@ from node.synth.pet.dicom import (
     pet_tracer,
 )
 from node.synth.pet.enhanced import build_enhanced_pet
+from node.synth.pet.phantom import (
+    LABELS,
+    PetPhantomSpec,
+    PetSeries,
+    PetSeriesTruth,
+    PetStudy,
+    PetStudyTruth,
+    draw_study_flows,
+    make_pet_series,
+    make_pet_study,
+)
 from node.synth.pet.study import (
     ARRANGEMENTS,
     REST_TO_STRESS_S,
@@ -74,6 +88,15 @@ __all__ = [
     "TacStudy",
     "TacTruth",
     "build_enhanced_pet",
+    "LABELS",
+    "PetPhantomSpec",
+    "PetSeries",
+    "PetSeriesTruth",
+    "PetStudy",
+    "PetStudyTruth",
+    "draw_study_flows",
+    "make_pet_series",
+    "make_pet_study",
     "frame_schedule",
     "make_rest_stress",
     "make_tac_study",

@@ -44,8 +44,8 @@ Gaussian noise smoothed with a 1-voxel-sigma Gaussian (renormalised to unit vari
 per voxel as ``sd = s sqrt(C / (duration D))`` (``C`` the blurred noise-free value, floored at
 2 % of the frame's maximum; ``D`` the frame's mean decay factor), with ``s`` set so that a
 voxel at the mean myocardial value of the last frame has relative SD ``noise_level``
-(default 0.2, which gives segment TACs about 4-6 % relative SD on the last frame, the tier-A
-"clinical" level).
+(default 0.2; the mean over a segment's voxels then has about 7 % relative SD on the last
+frame and on the 10 s frames alike, within the 3-10 % that reference 5.5 calls clinical).
 
 Motion (optional): from a frame start ``motion_start_s`` U(90, 240) s on, the whole patient is
 shifted by ``motion_mm`` (default 10 mm) in a random direction (reference 8.3: +-1 cm at
@@ -169,7 +169,8 @@ class PetSeriesTruth:
     ``labels`` [slice, row, col] is the majority structure of each voxel (index into
     :data:`LABELS`) in the still position; ``myocardium_fraction`` its myocardial share.
     ``moved`` says whether frames from ``motion_start_s`` on are shifted by ``motion_shift_mm``
-    (LPS mm). ``label_fractions`` [n_labels, n_voxels] are the still partial-voxel fractions.
+    (LPS mm). ``label_fractions`` [n_labels, slice, row, col] are the still partial-voxel
+    fractions of every structure.
     """
 
     state: str
@@ -196,7 +197,7 @@ class PetSeriesTruth:
     motion_shift_mm: np.ndarray
     labels: np.ndarray
     myocardium_fraction: np.ndarray
-    label_fractions: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
+    label_fractions: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0, 0, 0)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -396,7 +397,7 @@ def make_pet_series(segment_mbf_ml_per_min_per_g: np.ndarray, rng: np.random.Gen
     input_shape : InputShape, optional
         LV input (default drawn per series); ``rv_lead_s`` the RV peak's lead (default U(2, 6)
         s; a negative value makes the RV peak after the LV, a planted fault).
-    still_fractions : array [n_labels, n_voxels], optional
+    still_fractions : array [n_labels, slice, row, col], optional
         Partial-voxel label fractions of this pose and grid from an earlier series of the same
         patient (:attr:`PetSeriesTruth.label_fractions`), to skip voxelising again.
     distribution_volume_ml_per_g : float, optional
@@ -427,7 +428,7 @@ def make_pet_series(segment_mbf_ml_per_min_per_g: np.ndarray, rng: np.random.Gen
     affine = _affine(spec.matrix, spec.voxel_mm, np.asarray(grid_centre_mm, dtype=float))
     heart = _heart(geom)
     torsos = {t: _torso(frame, geom, np.asarray(grid_centre_mm, dtype=float), t) for t in ("body", "lung", "liver")}
-    still = (still_fractions if still_fractions is not None
+    still = (np.asarray(still_fractions, dtype=float).reshape(len(LABELS), -1) if still_fractions is not None
              else _fractions(affine, spec.matrix, spec.supersample, np.zeros(3), frame, geom, heart, torsos))
     moved = motion_start_s is not None
     shift = np.zeros(3)
@@ -463,7 +464,8 @@ def make_pet_series(segment_mbf_ml_per_min_per_g: np.ndarray, rng: np.random.Gen
         vascular_fraction=vascular, input_shape=shape, rv_shape=rv_shape, blood_bq_per_ml=tacs[:, _LV_BLOOD].copy(),
         rv_bq_per_ml=tacs[:, _RV_BLOOD].copy(), frame=frame, lv_geometry=geom, fwhm_mm=spec.resolution_fwhm_mm,
         noise_level=float(spec.noise_level), moved=moved, motion_start_s=None if not moved else float(motion_start_s),  # type: ignore[arg-type]
-        motion_shift_mm=shift, labels=labels, myocardium_fraction=myo_fraction, label_fractions=still)
+        motion_shift_mm=shift, labels=labels, myocardium_fraction=myo_fraction,
+        label_fractions=still.reshape(len(LABELS), *spec.matrix))
     return PetSeries(Volume(noisy.astype(np.float32), affine.copy(), axis),
                      Volume(blurred.astype(np.float32), affine.copy(), axis), truth)
 

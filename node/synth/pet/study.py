@@ -45,6 +45,7 @@ from node.synth.pet.dicom import (
     pet_series_description,
     pet_tracer,
 )
+from node.synth.pet.enhanced import build_enhanced_pet
 from node.synth.spect.nm_dicom import PatientInfo, StudyInfo
 from node.synth.spect.study import synthetic_patient
 from node.uids import deterministic_uid
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # the phantom module is needed only by callers that have a ph
 
 __all__ = [
     "ARRANGEMENTS",
+    "STORAGES",
     "REST_TO_STRESS_S",
     "PETStudy",
     "PETStudyFiles",
@@ -65,6 +67,8 @@ __all__ = [
 
 #: how rest and stress are organised (pet_mbf.md 5.7)
 ARRANGEMENTS: tuple[str, ...] = ("one_study", "two_studies")
+#: how each series is stored: PET Image Storage (one instance per slice per frame) or one Enhanced PET instance
+STORAGES: tuple[str, ...] = ("legacy", "enhanced")
 #: rest injection to stress injection within one study, seconds, by PET_TRACERS key
 REST_TO_STRESS_S: dict[str, float] = {
     "rb82_chloride": 15 * 60.0, "o15_water": 15 * 60.0, "n13_ammonia": 60 * 60.0,
@@ -120,6 +124,7 @@ def build_pet_study(
     vendor: str = "ge",
     decay_correction: str = "START",
     arrangement: str = "one_study",
+    storage: str = "legacy",
     shuffle: bool = False,
     rest_truth: Mapping[str, Any] | None = None,
     stress_truth: Mapping[str, Any] | None = None,
@@ -142,6 +147,10 @@ def build_pet_study(
         ``ADMIN``, ``NONE``) of both series.
     arrangement
         ``one_study`` or ``two_studies`` (:data:`ARRANGEMENTS`).
+    storage
+        ``legacy`` (PET Image Storage, one instance per slice per frame) or ``enhanced`` (one
+        Enhanced PET Image Storage instance per series; ``vendor`` then only names the manufacturer)
+        (:data:`STORAGES`).
     shuffle
         Shuffle the instances within each series (order drawn from ``key``).
     rest_truth, stress_truth
@@ -156,6 +165,8 @@ def build_pet_study(
         raise ValueError("a PET study needs a rest or a stress volume")
     if arrangement not in ARRANGEMENTS:
         raise ValueError(f"arrangement must be one of {ARRANGEMENTS}, got {arrangement!r}")
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     if decay_correction not in DECAY_CORRECTIONS:
         raise ValueError(f"decay_correction must be one of {DECAY_CORRECTIONS}, got {decay_correction!r}")
     info = pet_tracer(tracer)
@@ -189,8 +200,8 @@ def build_pet_study(
             decay_correction=decay_correction,
             dose_mbq=_DOSE_MBQ.get(info.key),
         )
-        result = build_pet_series(volume, patient=patient, study=study, series=series,
-                                  shuffle_rng=rng if shuffle else None)
+        build = build_enhanced_pet if storage == "enhanced" else build_pet_series
+        result = build(volume, patient=patient, study=study, series=series, shuffle_rng=rng if shuffle else None)
         written[state] = result
         datasets.extend(result.datasets)
         assert volume.frame_axis is not None and volume.frame_axis.schedule is not None
