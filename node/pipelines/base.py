@@ -223,18 +223,7 @@ class Pipeline(ABC):
         (plain values and NumPy arrays, keyed by name); {} by default."""
         return {}
 
+    @abstractmethod
     def report(self, result: Any, context: ReportContext) -> list[Dataset]:
-        """``cpu`` step: the DICOM result objects (SR, SC, PDF ...) for ``result``.
-
-        By default :func:`node.results.build_outputs` of :meth:`report_content`, with the patient and
-        study modules taken from ``result.source_headers`` (the source headers ``analyse`` kept).
-        """
-        from node.results import build_outputs
-
-        content = self.report_content(result)
-        headers = tuple(getattr(result, "source_headers", ()))
-        if content is None:
-            raise TypeError(f"pipeline {self.name} has no report content: it must override report()")
-        if not headers:
-            raise ValueError("the result carries no source headers; run analyse() on the DICOM instances first")
-        return build_outputs(content, list(headers), context)
+        """``cpu`` step: the DICOM result objects (SR, SC, PDF ...) for ``result`` (for the shipped pipelines,
+        :func:`node.results.build_outputs` of :meth:`report_content` with the source headers ``analyse`` kept)."""

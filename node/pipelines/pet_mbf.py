@@ -58,6 +58,7 @@ from node.pipelines.options import PipelineOptions
 from node.quant.kinetics import MFR_REPORTED_DECIMALS, NH3UCLA, FlowReserve, KineticModel, default_model, flow_reserve
 from node.quant.mbf import PlacedRegion, QualityFlag, StateMBF, analyse_dynamic, study_flags
 from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS
+from node.results import build_outputs
 from node.results.content import (
     Algorithm,
     Curve,
@@ -68,6 +69,7 @@ from node.results.content import (
     MeasurementGroup,
     ParametricVolume,
     ReportContent,
+    ReportContext,
     SourceInstance,
 )
 
@@ -584,6 +586,11 @@ class PetMbfPipeline(Pipeline):
     def report_content(self, result: PetMbfResult) -> ReportContent:
         """:func:`report_content` of ``result``; :meth:`Pipeline.report` encodes it with the source headers."""
         return report_content(result)
+
+    def report(self, result: PetMbfResult, context: ReportContext) -> list[Dataset]:
+        """The DICOM result objects of :meth:`report_content` (:func:`node.results.build_outputs`); the
+        patient and study modules come from the source headers ``analyse`` kept."""
+        return build_outputs(self.report_content(result), list(result.source_headers), context)
 
     def summary(self, result: PetMbfResult) -> dict[str, Any]:
         """Per state: series, tracer, kinetic model, LV location, input and RV regions, motion, global and

@@ -64,6 +64,7 @@ from node.quant.polar_map import (
 )
 from node.quant.scores import PerfusionScores, StudyScores, score_map, score_study
 from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, PolarGrid
+from node.results import build_outputs
 from node.results.content import (
     Algorithm,
     Evaluation,
@@ -71,6 +72,7 @@ from node.results.content import (
     Measurement,
     MeasurementGroup,
     ReportContent,
+    ReportContext,
     SourceInstance,
 )
 
@@ -665,6 +667,11 @@ class SpectMpiPipeline(Pipeline):
         """:func:`report_content` of ``result``; :meth:`Pipeline.report` encodes it with the source headers
         ``analyse`` kept."""
         return report_content(result)
+
+    def report(self, result: SpectMpiResult, context: ReportContext) -> list[Dataset]:
+        """The DICOM result objects of :meth:`report_content` (:func:`node.results.build_outputs`); the
+        patient and study modules come from the source headers ``analyse`` kept."""
+        return build_outputs(self.report_content(result), list(result.source_headers), context)
 
     def summary(self, result: SpectMpiResult) -> dict[str, Any]:
         """Per state: series, orientation, segment uptake, LV location, cavity volume, scores, function and

@@ -11,8 +11,9 @@ Steps of :func:`analyse_dynamic` (one state; arrays frames first, volumes
    (Rb-82 and N-13 120 s), weighted by their counts (``duration x mean decay factor`` for
    decay-corrected data, else duration), and :func:`node.quant.orientation.locate_lv` on it
    (resolution ``fwhm_mm``, default :data:`TYPICAL_FWHM_MM`). When the myocardium-to-blood
-   contrast is too low for the locator (low flow, high blood plateau), the late image minus its
-   blood-pool part is used instead (:func:`_blood_subtracted`), with a note.
+   contrast is too low for the locator (low flow, high blood plateau: it finds nothing, or an
+   LV length outside :data:`LV_LENGTH_RANGE_MM`), the late image minus its blood-pool part is
+   used instead (:func:`_blood_subtracted`), with a note.
 2. **Polar TACs**: the mid-wall surface of the late image
    (:func:`node.quant.polar_map.midwall_surface_rows` on the :class:`PolarGrid` rows) and, in
    every frame, the **mean** of 7 trilinear samples along each cell's normal across the
@@ -97,6 +98,7 @@ __all__ = [
     "TYPICAL_FWHM_MM",
     "LATE_START_S",
     "MOTION_LIMIT_MM",
+    "LV_LENGTH_RANGE_MM",
     "PlacedRegion",
     "QualityFlag",
     "StateMBF",
@@ -116,6 +118,9 @@ TYPICAL_FWHM_MM: dict[str, float] = {"Rb-82": 9.0, "N-13 ammonia": 6.5, "O-15 wa
 LATE_START_S: dict[str, float] = {"Rb-82": 120.0, "N-13 ammonia": 120.0, "O-15 water": 60.0}
 #: Largest LV-centroid shift between frames (mm) before ``motion`` is flagged (reference 7.2).
 MOTION_LIMIT_MM = 5.0
+#: Plausible LV length (epicardial apex to base, mm); outside it the late image is taken to have
+#: too little myocardium-to-blood contrast and the blood-subtracted image is used (step 1).
+LV_LENGTH_RANGE_MM = (40.0, 130.0)
 #: Input peak later than this (s, frame mid-time) is flagged ``input_peak_late``.
 INPUT_PEAK_LIMIT_S = 60.0
 #: Plausible MBF (mL/min/g): rest within, stress below (reference 7.2).
@@ -567,8 +572,10 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
     t = lap("late_image", t_start)
 
     try:
-        location = locate_lv(late, fwhm_mm=fwhm)
+        location: LVLocation | None = locate_lv(late, fwhm_mm=fwhm)
     except LVNotFoundError:
+        location = None
+    if location is None or not LV_LENGTH_RANGE_MM[0] <= location.length_mm <= LV_LENGTH_RANGE_MM[1]:
         late = Volume(_blood_subtracted(voxels, weights, late.voxels), volume.affine)
         location = locate_lv(late, fwhm_mm=fwhm)
         notes.append("the LV was located on the late image minus its blood-pool part (low myocardium-to-blood contrast)")

@@ -41,11 +41,11 @@ def _route(datasets: list[Dataset]) -> tuple[str | None, str, bool]:
     return (pipeline.name if pipeline is not None else None), reason, complete
 
 
-def test_routing_attributes_of_a_dynamic_pet_instance_name_series_type_tracer_and_state():
+def test_routing_attributes_of_a_dynamic_pet_instance_name_its_kind_tracer_and_state():
     ds = _series("STRESS RB82 REGADENOSON", 1)[0]
     attributes = routing_attributes(ds)
     assert attributes["modality"] == "PT"
-    assert attributes["series_type"] == ["DYNAMIC", "IMAGE"]
+    assert attributes["pet_series_kind"] == "dynamic"
     assert attributes["tracer"] == "rb82_chloride"
     assert attributes["state"] == "stress"
     assert attributes["radiopharmaceutical_codes"] == ["129503007"]
@@ -67,9 +67,9 @@ def test_a_rest_only_pet_study_is_accepted_but_waits_for_stress():
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        (lambda ds: setattr(ds, "SeriesType", ["STATIC", "IMAGE"]), "series type (0054,1000) is STATIC\\IMAGE"),
-        (lambda ds: setattr(ds, "SeriesType", ["GATED", "IMAGE"]), "series type (0054,1000) is GATED\\IMAGE"),
-        (lambda ds: delattr(ds, "SeriesType"), "series type (0054,1000) is absent"),
+        (lambda ds: setattr(ds, "SeriesType", ["STATIC", "IMAGE"]), "PET series kind is static"),
+        (lambda ds: setattr(ds, "SeriesType", ["GATED", "IMAGE"]), "PET series kind is gated"),
+        (lambda ds: delattr(ds, "SeriesType"), "PET series kind is unknown"),
         (lambda ds: ds.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalCodeSequence[0].__setattr__(
             "CodeValue", "35321007"), "tracer f18_fdg not in"),
         (lambda ds: setattr(ds, "RadiopharmaceuticalInformationSequence", DicomSequence([])),

@@ -22,13 +22,14 @@ from typing import IO, Any, ClassVar
 from tests.support import PYTHON, REPO
 from tests.support.ports import port_open, wait_for
 
-__all__ = ["COMMANDS", "ListenerProcess", "NodeProcess", "RunningListener", "ServeProcess", "node_env",
-           "listener_in_process"]
+__all__ = ["COMMANDS", "ListenerProcess", "NodeProcess", "RunningListener", "ServeProcess", "WorkerProcess",
+           "node_env", "listener_in_process"]
 
 #: the ``cardionode`` subcommand of each mode (run as ``python -m node.cli --config FILE <command>``)
 COMMANDS: dict[str, tuple[str, ...]] = {
     "listener": ("listen",),
     "serve": ("serve",),
+    "worker": ("worker", "--queues", "cpu,gpu,io", "--concurrency", "1"),
 }
 
 
@@ -163,6 +164,30 @@ class ServeProcess(NodeProcess):
     """``cardionode serve``: listener, completeness, queue, local workers and sending."""
 
     mode = "serve"
+
+
+class WorkerProcess(NodeProcess):
+    """``cardionode worker`` on the queues cpu, gpu and io with one pool process, as on a worker machine.
+
+    It listens on no port: ``port`` only names its default log, and :meth:`start` waits until
+    Celery says the worker is ready (consuming its queues). :meth:`kill` kills its whole process
+    group (main and pool processes) at once, as when the worker's machine dies: nobody is left
+    to acknowledge or reject the task it holds.
+    """
+
+    mode = "worker"
+
+    def _listening(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"the worker exited with {self.process.returncode}: {self.output()[-3000:]}")
+        return " ready." in self.output()
+
+    def kill(self) -> None:
+        """SIGKILL to the worker's process group: its main process and its pool processes."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+        self._close_log()
 
 
 # --------------------------------------------------------------------------- in process
