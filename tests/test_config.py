@@ -183,7 +183,8 @@ def test_pipeline_options_are_checked_by_their_pipeline(tmp_path: Path) -> None:
         f'data_dir = "{tmp_path / "var"}"\n'
         f'models_dir = "{tmp_path / "no-models"}"\n'
         "[pipelines.spect_mpi]\nnormal_limits_version = 9\nmodels = \"perhaps\"\ngradcam_colour = \"red\"\n"
-        "[pipelines.pet_mbf]\nkinetic_model = \"1tcm\"\n",
+        "[pipelines.pet_mbf]\nkinetic_model = \"1tcm\"\n"
+        "[pipelines.cmr_lge]\nthreshold_sd = 5\n",
         encoding="utf-8",
     )
     problems = "\n".join(load_settings(config).problems())
@@ -191,7 +192,9 @@ def test_pipeline_options_are_checked_by_their_pipeline(tmp_path: Path) -> None:
         "pipelines.spect_mpi.normal_limits_version: no normal limits of version 9 (shipped: 1, 2) (got 9)",
         "pipelines.spect_mpi.models: Input should be a valid boolean",
         "pipelines.spect_mpi.gradcam_colour: unknown option (known: normal_limits_version, models)",
-        "pipelines.pet_mbf: no pipeline called 'pet_mbf' is registered (registered: spect_mpi)",
+        "pipelines.pet_mbf.kinetic_model: unknown option (known: nh3_model, impaired_mfr_below, rv_spillover, "
+        "rpp_reference_mmhg_per_min)",
+        "pipelines.cmr_lge: no pipeline called 'cmr_lge' is registered (registered: pet_mbf, spect_mpi)",
         f"models_dir {tmp_path / 'no-models'} does not exist",
     ):
         assert words in problems, problems

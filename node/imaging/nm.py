@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from node.imaging.errors import UnusableSeriesError
 from node.imaging.dicom_tracer import tracer_of
+from node.imaging.errors import UnusableSeriesError
 from node.imaging.states import acquisition_state
 from node.imaging.volume import FrameAxis, Volume
 

@@ -11,9 +11,10 @@ Steps of :func:`analyse_dynamic` (one state; arrays frames first, volumes
    (Rb-82 and N-13 120 s), weighted by their counts (``duration x mean decay factor`` for
    decay-corrected data, else duration), and :func:`node.quant.orientation.locate_lv` on it
    (resolution ``fwhm_mm``, default :data:`TYPICAL_FWHM_MM`). When the myocardium-to-blood
-   contrast is too low for the locator (low flow, high blood plateau: it finds nothing, or an
-   LV length outside :data:`LV_LENGTH_RANGE_MM`), the late image minus its blood-pool part is
-   used instead (:func:`_blood_subtracted`), with a note.
+   contrast is too low for the locator (low flow, high blood plateau: it finds nothing, an LV
+   length outside :data:`LV_LENGTH_RANGE_MM`, or an input ROI (step 4) without a first-pass
+   peak of at least :data:`INPUT_PEAK_TO_LATE_MIN` x its late level), the late image minus its
+   blood-pool part is used instead (:func:`_blood_subtracted`), with a note.
 2. **Polar TACs**: the mid-wall surface of the late image
    (:func:`node.quant.polar_map.midwall_surface_rows` on the :class:`PolarGrid` rows) and, in
    every frame, the **mean** of 7 trilinear samples along each cell's normal across the
@@ -21,9 +22,9 @@ Steps of :func:`analyse_dynamic` (one state; arrays frames first, volumes
    not the maximum: in the early frames the maximum along a normal would be the blood pool).
    The band is the central half of the wall because partial volume grows toward the wall's
    edges: the fit's blood-fraction term absorbs spill-over only while recovery + spill-over
-   = 1 (reference 5.9); on the image-tier phantoms (9 mm FWHM) the global MBF bias is about
-   -16 % at the mid-wall alone, -18 % with +-wall/4 and -28 % with +-wall/2, and MFR cancels
-   it (bench/validate_pet_image.py part B). Segment TACs are the means of their cells (equal
+   = 1 (reference 5.9); on noise-free image-tier phantoms (9 mm FWHM) the global MBF bias is
+   about -14 % at the mid-wall alone, -16 % with +-wall/4 and -23 % with +-wall/2, and MFR
+   cancels it (within 1 %; bench/validate_pet_image.py part B). Segment TACs are the means of their cells (equal
    cell weights, as the phantom truth), territories the means of their segments.
 3. **Myocardium mask**: voxels whose centre is within ``wall/2`` of the mid-wall surface and
    not beyond the base plane.
@@ -64,8 +65,9 @@ Quality flags (reference 7.2; codes :data:`QUALITY_FLAG_CODES`): ``bolus_start_m
 MBF SE exceeds 25 % (``large_se``) or MBF/k2/DV ended at a bound), ``blood_fraction_high``
 (fitted blood fraction >= 0.8 or at its upper bound), ``motion`` (``motion_mm`` > 5 mm);
 :func:`study_flags` adds ``rest_mbf_implausible`` (global or segment rest MBF outside
-0.3-2.5 mL/min/g) and ``stress_mbf_implausible`` (> 6 mL/min/g). ``tracer_code_missing`` and
-``timing_inconsistent`` concern the DICOM header and are raised by the loader's caller.
+0.3-2.5 mL/min/g) and ``stress_mbf_implausible`` (> 6 mL/min/g). ``tracer_code_missing`` concerns the
+DICOM header and is raised by the pipeline (inconsistent frame timing is not a flag: the loader refuses
+the series, naming the attribute).
 """
 
 from __future__ import annotations
@@ -108,8 +110,7 @@ __all__ = [
 
 QUALITY_FLAG_CODES: tuple[str, ...] = (
     "bolus_start_missed", "input_peak_late", "rv_peak_after_lv", "input_near_wall", "unstable_fit",
-    "blood_fraction_high", "motion", "rest_mbf_implausible", "stress_mbf_implausible", "tracer_code_missing",
-    "timing_inconsistent")
+    "blood_fraction_high", "motion", "rest_mbf_implausible", "stress_mbf_implausible", "tracer_code_missing")
 
 #: Typical reconstructed resolution of cardiac PET (mm FWHM, system + positron range; reference
 #: 5.4 [L]): the analysis's default assumption and the image-tier phantom's default blur.
@@ -121,6 +122,9 @@ MOTION_LIMIT_MM = 5.0
 #: Plausible LV length (epicardial apex to base, mm); outside it the late image is taken to have
 #: too little myocardium-to-blood contrast and the blood-subtracted image is used (step 1).
 LV_LENGTH_RANGE_MM = (40.0, 130.0)
+#: The input ROI's peak must be at least this many times its late (count-weighted) level, else the
+#: located "cavity" has no first pass and the blood-subtracted image is used (step 1).
+INPUT_PEAK_TO_LATE_MIN = 3.0
 #: Input peak later than this (s, frame mid-time) is flagged ``input_peak_late``.
 INPUT_PEAK_LIMIT_S = 60.0
 #: Plausible MBF (mL/min/g): rest within, stress below (reference 7.2).
@@ -571,31 +575,48 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
     late = Volume(_weighted_image(voxels, late_frames, weights), volume.affine)
     t = lap("late_image", t_start)
 
+    n_f = schedule.n_frames
+    flat = voxels.reshape(n_f, -1)
+    spacing = volume.spacing_mm
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    half_voxel = 0.5 * float(np.mean(spacing))
+
+    def place(image: Volume, place_notes: list[str]) -> tuple[LVLocation, np.ndarray, MidWallSurface, _Geometry, np.ndarray]:
+        location = locate_lv(image, fwhm_mm=fwhm)
+        z_rows = grid_rows_z(location, grid)
+        surface = midwall_surface_rows(image, location, z_rows, grid.n_psi)
+        geometry = _lv_geometry(volume, location, surface, z_rows)
+        return location, z_rows, surface, geometry, _input_region(location, geometry, fwhm, half_voxel, place_notes)
+
+    def plausible(location: LVLocation, input_sel: np.ndarray) -> bool:
+        if not LV_LENGTH_RANGE_MM[0] <= location.length_mm <= LV_LENGTH_RANGE_MM[1]:
+            return False
+        curve = flat[:, input_sel].mean(axis=1)
+        late_level = float(np.sum(weights[late_frames] * curve[late_frames]) / np.sum(weights[late_frames]))
+        return float(curve.max()) >= INPUT_PEAK_TO_LATE_MIN * max(late_level, 1e-12)
+
+    first_notes: list[str] = []
+    placed = None
     try:
-        location: LVLocation | None = locate_lv(late, fwhm_mm=fwhm)
-    except LVNotFoundError:
-        location = None
-    if location is None or not LV_LENGTH_RANGE_MM[0] <= location.length_mm <= LV_LENGTH_RANGE_MM[1]:
+        placed = place(late, first_notes)
+    except (LVNotFoundError, ValueError):
+        placed = None
+    if placed is not None and plausible(placed[0], placed[4]):
+        notes.extend(first_notes)
+    else:
         late = Volume(_blood_subtracted(voxels, weights, late.voxels), volume.affine)
-        location = locate_lv(late, fwhm_mm=fwhm)
-        notes.append("the LV was located on the late image minus its blood-pool part (low myocardium-to-blood contrast)")
+        placed = place(late, notes)
+        notes.insert(0, "the LV was located on the late image minus its blood-pool part (low myocardium-to-blood "
+                        "contrast)")
+    location, z_rows, surface, geometry, input_sel = placed
     t = lap("locate", t)
 
-    z_rows = grid_rows_z(location, grid)
-    surface = midwall_surface_rows(late, location, z_rows, grid.n_psi)
     band = location.wall_thickness_mm / 4.0 if band_half_width_mm is None else float(band_half_width_mm)
     polar = _band_means(voxels, volume, location, surface, band)
-    n_f = schedule.n_frames
     segment_tacs = polar.reshape(n_f, -1) @ _segment_operator(grid)
     territory_tacs = {name: segment_tacs[:, [s - 1 for s in segs]].mean(axis=1) for name, segs in TERRITORY_SEGMENTS.items()}
     t = lap("sample", t)
 
-    geometry = _lv_geometry(volume, location, surface, z_rows)
-    spacing = volume.spacing_mm
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    half_voxel = 0.5 * float(np.mean(spacing))
-    flat = voxels.reshape(n_f, -1)
-    input_sel = _input_region(location, geometry, fwhm, half_voxel, notes)
     input_region = _region("lv_input", input_sel, geometry, voxel_ml, half_voxel)
     blood = flat[:, input_sel].mean(axis=1)
     k_lv = int(np.argmax(blood))

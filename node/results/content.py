@@ -35,7 +35,7 @@ Keys used by the SPECT and PET pipelines (extend the templates, not the code, fo
   ``abnormal``, ``high_risk``, ``low_risk``; PET quality flags: ``bolus_start_missed``,
   ``input_peak_late``, ``rv_peak_after_lv``, ``input_near_wall``, ``unstable_fit``,
   ``blood_fraction_high``, ``motion``, ``rest_mbf_implausible``, ``stress_mbf_implausible``,
-  ``tracer_code_missing``, ``timing_inconsistent``
+  ``tracer_code_missing``
 
 Besides the measurement groups and bull's-eyes (:class:`MapImage`, optionally with
 contour lines), a report may carry curve plots (:class:`CurvePlot`, e.g. time-activity

@@ -211,7 +211,7 @@ def test_routing_classification_and_state_of_a_rest_stress_study(tracer: str, se
         attributes = routing_attributes(ds)
         assert attributes["modality"] == "PT" and attributes["tracer"] == tracer
         assert attributes["radiopharmaceutical_codes"] == [PET_TRACERS[tracer].agent_code[0]]
-        assert attributes["series_type"] == ["DYNAMIC", "IMAGE"]
+        assert attributes["pet_series_kind"] == "dynamic"
         by_state[str(attributes["state"])].append(ds)
     assert [len(v) for v in by_state.values()] == [10, 10]
     for state, datasets in by_state.items():
