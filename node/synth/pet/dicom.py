@@ -52,10 +52,12 @@ from node import RESEARCH_USE_NOTICE, __version__
 from node.imaging.pet import PET_IMAGE_STORAGE, TIMING_VARIANTS
 from node.imaging.radiopharmaceuticals import PET_TRACERS, PETTracer, pet_tracer_from_text
 from node.imaging.volume import FrameSchedule, Volume
-from node.synth.spect.nm_dicom import PatientInfo, StudyInfo, geometry_attributes
+from node.synth.spect.nm_dicom import PatientInfo, StudyInfo, geometry_attributes, set_patient_and_study
 from node.uids import deterministic_uid
 
 __all__ = [
+    "SeriesPlan",
+    "series_plan",
     "DECAY_CORRECTIONS",
     "MANUFACTURERS",
     "PETSeriesInfo",
@@ -189,6 +191,51 @@ def _radiopharmaceutical(tracer: PETTracer, series: PETSeriesInfo) -> Dataset:
     return item
 
 
+@dataclass(frozen=True, eq=False)
+class SeriesPlan:
+    """What every PET writer derives from a dynamic volume and its series description, checked once.
+
+    ``voxels`` float64 ``[frame, slice, row, col]`` (Bq/mL, decay-corrected to injection);
+    ``decay_constant_per_s`` of the tracer; ``slice_step`` the patient-space step between slices
+    (mm); ``acquisition_start`` the first frame's start; ``scale`` ``[frame]`` the factor of the
+    declared Decay Correction (:func:`decay_scale`); ``decay_reference_s`` the time the stored
+    values are decay-corrected to (s after injection; None for NONE).
+    """
+
+    voxels: np.ndarray
+    schedule: FrameSchedule
+    tracer: PETTracer
+    decay_constant_per_s: float
+    slice_step: np.ndarray
+    acquisition_start: datetime
+    scale: np.ndarray
+    decay_reference_s: float | None
+
+
+def series_plan(volume: Volume, series: PETSeriesInfo) -> SeriesPlan:
+    """The :class:`SeriesPlan` of ``volume`` written as ``series``; ValueError for what no writer can write."""
+    if not volume.is_dynamic or volume.frame_axis is None or volume.frame_axis.schedule is None:
+        raise ValueError("the volume must be 4-D with dynamic frames (FrameAxis.dynamic)")
+    if series.decay_correction not in DECAY_CORRECTIONS:
+        raise ValueError(f"decay_correction must be one of {DECAY_CORRECTIONS}, got {series.decay_correction!r}")
+    voxels = np.asarray(volume.voxels, dtype=np.float64)
+    if not np.all(np.isfinite(voxels)):
+        raise ValueError("voxel values must be finite")
+    schedule = volume.frame_axis.schedule
+    tracer = pet_tracer(series.tracer)
+    start0 = float(schedule.start_s[0])
+    return SeriesPlan(
+        voxels=voxels,
+        schedule=schedule,
+        tracer=tracer,
+        decay_constant_per_s=math.log(2.0) / tracer.half_life_s,
+        slice_step=np.asarray(volume.affine[:3, 0], dtype=float),
+        acquisition_start=series.injection + timedelta(seconds=start0),
+        scale=decay_scale(schedule, tracer.half_life_s, series.decay_correction),
+        decay_reference_s={"ADMIN": 0.0, "START": start0, "NONE": None}[series.decay_correction],
+    )
+
+
 def build_pet_series(
     volume: Volume,
     *,
@@ -216,25 +263,15 @@ def build_pet_series(
     PETSeriesInstances
         The datasets and the values a loader must find in them.
     """
-    if not volume.is_dynamic or volume.frame_axis is None or volume.frame_axis.schedule is None:
-        raise ValueError("the volume must be 4-D with dynamic frames (FrameAxis.dynamic)")
     if series.vendor not in TIMING_VARIANTS:
         raise ValueError(f"vendor must be one of {sorted(TIMING_VARIANTS)}, got {series.vendor!r}")
-    if series.decay_correction not in DECAY_CORRECTIONS:
-        raise ValueError(f"decay_correction must be one of {DECAY_CORRECTIONS}, got {series.decay_correction!r}")
-    voxels = np.asarray(volume.voxels, dtype=np.float64)
-    if not np.all(np.isfinite(voxels)):
-        raise ValueError("voxel values must be finite")
-    schedule = volume.frame_axis.schedule
-    tracer = pet_tracer(series.tracer)
-    lam = math.log(2.0) / tracer.half_life_s
+    plan = series_plan(volume, series)
+    voxels, schedule, tracer, lam = plan.voxels, plan.schedule, plan.tracer, plan.decay_constant_per_s
     n_frames, n_slices, n_rows, n_cols = voxels.shape
     iop, ipp, pixel_spacing, spacing = geometry_attributes(volume.affine)
-    slice_step = np.asarray(volume.affine[:3, 0], dtype=float)
+    slice_step = plan.slice_step
     start_s, duration_s = schedule.start_s, schedule.duration_s
-    acquisition_start = series.injection + timedelta(seconds=float(start_s[0]))
-    scale = decay_scale(schedule, tracer.half_life_s, series.decay_correction)
-    reference_s = {"ADMIN": 0.0, "START": float(start_s[0]), "NONE": None}[series.decay_correction]
+    acquisition_start, scale, reference_s = plan.acquisition_start, plan.scale, plan.decay_reference_s
     corrected = ["DECY", "ATTN", "SCAT", "DTIM", "RAN", "NORM"]
     if series.decay_correction == "NONE":
         corrected.remove("DECY")
@@ -281,19 +318,7 @@ def build_pet_series(
             ds.SOPInstanceUID = sop_uid
             ds.InstanceCreationDate, ds.InstanceCreationTime = study.study_date, study.study_time
             # patient / study
-            ds.PatientName = patient.name
-            ds.PatientID = patient.patient_id
-            ds.PatientBirthDate = patient.birth_date
-            ds.PatientSex = patient.sex
-            ds.PatientAge = f"{int(patient.age_years):03d}Y"
-            ds.PatientWeight = f"{patient.weight_kg:.1f}"
-            ds.PatientSize = f"{patient.height_m:.2f}"
-            ds.PatientIdentityRemoved = "NO"
-            ds.StudyInstanceUID = study.study_uid
-            ds.StudyDate, ds.StudyTime = study.study_date, study.study_time
-            ds.ReferringPhysicianName = ""
-            ds.StudyID = study.study_id
-            ds.AccessionNumber = study.accession_number
+            set_patient_and_study(ds, patient, study)
             ds.StudyDescription = study.description
             # series / equipment / frame of reference
             ds.Modality = "PT"

@@ -43,7 +43,6 @@ from node.imaging.pet import ENHANCED_PET_IMAGE_STORAGE
 from node.imaging.states import state_from_text
 from node.imaging.volume import Volume
 from node.synth.pet.dicom import (
-    DECAY_CORRECTIONS,
     MANUFACTURERS,
     PETSeriesInfo,
     PETSeriesInstances,
@@ -51,10 +50,9 @@ from node.synth.pet.dicom import (
     _decay_weighted_offset_s,
     _ds,
     _radiopharmaceutical,
-    decay_scale,
-    pet_tracer,
+    series_plan,
 )
-from node.synth.spect.nm_dicom import PatientInfo, StudyInfo, geometry_attributes
+from node.synth.spect.nm_dicom import PatientInfo, StudyInfo, geometry_attributes, set_patient_and_study
 from node.uids import deterministic_uid
 
 __all__ = ["build_enhanced_pet"]
@@ -173,23 +171,13 @@ def build_enhanced_pet(
         ``datasets`` holds the one instance; the values, slopes, scale and decay reference are
         ``[frame, slice]`` in time order, what a correct loader finds.
     """
-    if not volume.is_dynamic or volume.frame_axis is None or volume.frame_axis.schedule is None:
-        raise ValueError("the volume must be 4-D with dynamic frames (FrameAxis.dynamic)")
-    if series.decay_correction not in DECAY_CORRECTIONS:
-        raise ValueError(f"decay_correction must be one of {DECAY_CORRECTIONS}, got {series.decay_correction!r}")
-    voxels = np.asarray(volume.voxels, dtype=np.float64)
-    if not np.all(np.isfinite(voxels)):
-        raise ValueError("voxel values must be finite")
-    schedule = volume.frame_axis.schedule
-    tracer = pet_tracer(series.tracer)
-    lam = math.log(2.0) / tracer.half_life_s
+    plan = series_plan(volume, series)
+    voxels, schedule, tracer, lam = plan.voxels, plan.schedule, plan.tracer, plan.decay_constant_per_s
     n_frames, n_slices, n_rows, n_cols = voxels.shape
     _, ipp, _, _ = geometry_attributes(volume.affine)
-    slice_step = np.asarray(volume.affine[:3, 0], dtype=float)
+    slice_step = plan.slice_step
     start_s, duration_s = schedule.start_s, schedule.duration_s
-    acquisition_start = series.injection + timedelta(seconds=float(start_s[0]))
-    scale = decay_scale(schedule, tracer.half_life_s, series.decay_correction)
-    reference_s = {"ADMIN": 0.0, "START": float(start_s[0]), "NONE": None}[series.decay_correction]
+    acquisition_start, scale, reference_s = plan.acquisition_start, plan.scale, plan.decay_reference_s
     centre = volume.index_to_patient(0.5 * (np.array(voxels.shape[1:], dtype=float) - 1.0))
 
     pixel_values = np.empty_like(voxels)
@@ -262,19 +250,7 @@ def build_enhanced_pet(
     ds.SOPInstanceUID = sop_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = study.study_date, study.study_time
     # patient / study
-    ds.PatientName = patient.name
-    ds.PatientID = patient.patient_id
-    ds.PatientBirthDate = patient.birth_date
-    ds.PatientSex = patient.sex
-    ds.PatientAge = f"{int(patient.age_years):03d}Y"
-    ds.PatientWeight = f"{patient.weight_kg:.1f}"
-    ds.PatientSize = f"{patient.height_m:.2f}"
-    ds.PatientIdentityRemoved = "NO"
-    ds.StudyInstanceUID = study.study_uid
-    ds.StudyDate, ds.StudyTime = study.study_date, study.study_time
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = study.study_id
-    ds.AccessionNumber = study.accession_number
+    set_patient_and_study(ds, patient, study)
     ds.StudyDescription = study.description
     # general series / Enhanced PET series / frame of reference / equipment
     ds.Modality = "PT"

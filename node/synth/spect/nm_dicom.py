@@ -43,6 +43,7 @@ __all__ = [
     "StudyInfo",
     "SeriesInfo",
     "geometry_attributes",
+    "set_patient_and_study",
     "build_nm_dataset",
 ]
 
@@ -121,6 +122,25 @@ def _patient_orientation() -> tuple[Sequence, Sequence]:
     return Sequence([orientation]), Sequence([gantry])
 
 
+def set_patient_and_study(ds: Dataset, patient: PatientInfo, study: StudyInfo) -> None:
+    """Write the Patient and General Study modules' attributes of the synthetic ``patient`` and ``study``
+    into ``ds`` (every synthetic writer, NM and PET, uses this one)."""
+    ds.PatientName = patient.name
+    ds.PatientID = patient.patient_id
+    ds.PatientBirthDate = patient.birth_date
+    ds.PatientSex = patient.sex
+    ds.PatientAge = f"{int(patient.age_years):03d}Y"
+    ds.PatientWeight = f"{patient.weight_kg:.1f}"
+    ds.PatientSize = f"{patient.height_m:.2f}"
+    ds.PatientIdentityRemoved = "NO"
+    ds.StudyInstanceUID = study.study_uid
+    ds.StudyDate = study.study_date
+    ds.StudyTime = study.study_time
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = study.study_id
+    ds.AccessionNumber = study.accession_number
+
+
 def build_nm_dataset(
     volume: Volume,
     *,
@@ -159,20 +179,7 @@ def build_nm_dataset(
     ds.InstanceCreationDate = study.study_date
     ds.InstanceCreationTime = series.series_time
     # patient / study
-    ds.PatientName = patient.name
-    ds.PatientID = patient.patient_id
-    ds.PatientBirthDate = patient.birth_date
-    ds.PatientSex = patient.sex
-    ds.PatientAge = f"{int(patient.age_years):03d}Y"
-    ds.PatientWeight = f"{patient.weight_kg:.1f}"
-    ds.PatientSize = f"{patient.height_m:.2f}"
-    ds.PatientIdentityRemoved = "NO"
-    ds.StudyInstanceUID = study.study_uid
-    ds.StudyDate = study.study_date
-    ds.StudyTime = study.study_time
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = study.study_id
-    ds.AccessionNumber = study.accession_number
+    set_patient_and_study(ds, patient, study)
     ds.StudyDescription = study.description
     # series / equipment / frame of reference
     ds.Modality = "NM"
