@@ -46,7 +46,7 @@ from datetime import datetime, timedelta
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from node import RESEARCH_USE_NOTICE, __version__
 from node.imaging.pet import PET_IMAGE_STORAGE, TIMING_VARIANTS
@@ -57,6 +57,7 @@ from node.uids import deterministic_uid
 
 __all__ = [
     "SeriesPlan",
+    "instance_header",
     "series_plan",
     "DECAY_CORRECTIONS",
     "MANUFACTURERS",
@@ -191,6 +192,25 @@ def _radiopharmaceutical(tracer: PETTracer, series: PETSeriesInfo) -> Dataset:
     return item
 
 
+def instance_header(sop_class_uid: str, sop_instance_uid: str, patient: PatientInfo, study: StudyInfo) -> Dataset:
+    """A new synthetic instance: File Meta Information (Explicit VR Little Endian) and the SOP Common,
+    Patient and General Study modules; the writer adds the rest."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta.ImplementationVersionName = f"CARDIONODE_{__version__}"[:16]
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.InstanceCreationDate, ds.InstanceCreationTime = study.study_date, study.study_time
+    set_patient_and_study(ds, patient, study)
+    ds.StudyDescription = study.description
+    return ds
+
+
 @dataclass(frozen=True, eq=False)
 class SeriesPlan:
     """What every PET writer derives from a dynamic volume and its series description, checked once.
@@ -305,21 +325,7 @@ def build_pet_series(
             index = frame * n_slices + slice_ + 1
             sop_uid = deterministic_uid(series.series_uid, "pet-instance", frame, slice_)
 
-            ds = Dataset()
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.MediaStorageSOPClassUID = UID(PET_IMAGE_STORAGE)
-            ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.file_meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.8.498.1")  # pydicom's root
-            ds.file_meta.ImplementationVersionName = f"CARDIONODE_{__version__}"[:16]
-            # SOP common
-            ds.SpecificCharacterSet = "ISO_IR 100"
-            ds.SOPClassUID = PET_IMAGE_STORAGE
-            ds.SOPInstanceUID = sop_uid
-            ds.InstanceCreationDate, ds.InstanceCreationTime = study.study_date, study.study_time
-            # patient / study
-            set_patient_and_study(ds, patient, study)
-            ds.StudyDescription = study.description
+            ds = instance_header(PET_IMAGE_STORAGE, sop_uid, patient, study)
             # series / equipment / frame of reference
             ds.Modality = "PT"
             ds.SeriesInstanceUID = series.series_uid

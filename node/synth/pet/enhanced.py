@@ -33,10 +33,9 @@ import math
 from datetime import datetime, timedelta
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from node import RESEARCH_USE_NOTICE, __version__
 from node.imaging.pet import ENHANCED_PET_IMAGE_STORAGE
@@ -50,9 +49,10 @@ from node.synth.pet.dicom import (
     _decay_weighted_offset_s,
     _ds,
     _radiopharmaceutical,
+    instance_header,
     series_plan,
 )
-from node.synth.spect.nm_dicom import PatientInfo, StudyInfo, geometry_attributes, set_patient_and_study
+from node.synth.spect.nm_dicom import PatientInfo, StudyInfo, geometry_attributes
 from node.uids import deterministic_uid
 
 __all__ = ["build_enhanced_pet"]
@@ -237,21 +237,7 @@ def build_enhanced_pet(
         groups.PETFrameCorrectionFactorsSequence = Sequence([factors])
         per_frame.append(groups)
 
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = UID(ENHANCED_PET_IMAGE_STORAGE)
-    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta.ImplementationVersionName = f"CARDIONODE_{__version__}"[:16]
-    # SOP common
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = ENHANCED_PET_IMAGE_STORAGE
-    ds.SOPInstanceUID = sop_uid
-    ds.InstanceCreationDate, ds.InstanceCreationTime = study.study_date, study.study_time
-    # patient / study
-    set_patient_and_study(ds, patient, study)
-    ds.StudyDescription = study.description
+    ds = instance_header(ENHANCED_PET_IMAGE_STORAGE, sop_uid, patient, study)
     # general series / Enhanced PET series / frame of reference / equipment
     ds.Modality = "PT"
     ds.SeriesInstanceUID = series.series_uid
