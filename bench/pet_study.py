@@ -61,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     import pydicom
 
     from node.pipelines.pet_mbf import PIPELINE
+    from node.results.content import ReportContext
     from node.synth.pet.phantom import PetPhantomSpec, make_pet_study
     from node.synth.pet.study import build_phantom_pet_study, write_pet_study
-    from tests.support.report import context
+
+    context = ReportContext(device_uid="1.2.826.0.1.3680043.8.498.4712", device_name="cardionode-bench")
 
     pin = "all cores" if args.all_cores else _pin_one_core()
     seed = random.SystemRandom().randrange(2**31)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             for step, seconds in sorted(result.timings_s.items()):
                 rows.setdefault(f"  {step}", []).append(seconds)
             t0 = time.perf_counter()
-            outputs = PIPELINE.report(result, context())
+            outputs = PIPELINE.report(result, context)
             rows.setdefault("report", []).append(time.perf_counter() - t0)
             print(f"run {run + 1}: analyse {rows['analyse'][-1]:.2f} s, report {rows['report'][-1]:.2f} s "
                   f"({len(outputs)} objects); global MFR {result.reserve.global_mfr:.2f} "

@@ -34,7 +34,6 @@ Options (``[pipelines.pet_mbf]``, :class:`PetMbfOptions`): ``nh3_model`` (``degr
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -82,7 +81,6 @@ __all__ = [
     "PIPELINE",
 ]
 
-_log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 
