@@ -19,12 +19,14 @@ _HANDLERS = {
     "serve": "node.service:serve_main",
     "listen": "node.service:listen_main",
     "worker": "node.queue.worker:worker_main",
-    "config": "node.config:config_main",
+    "config": "node.ops.preflight:config_main",
+    "echo": "node.ops.preflight:echo_main",
     "db": "node.ledger.commands:db_main",
     "status": "node.ops.admin:status_main",
     "retry": "node.ops.admin:retry_main",
     "discard": "node.ops.admin:discard_main",
     "complete": "node.ops.admin:complete_main",
+    "prune": "node.ops.retention:prune_main",
     "process": "node.pipelines.process:process_main",
     "demo": "node.synth.spect.demo:demo_main",
     "demo --modality pet": "node.synth.pet.demo:pet_demo_main",
@@ -54,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
 
     p = sub.add_parser("config", help="configuration tools")
-    p.add_argument("action", choices=["check"], help="check: print the effective configuration and its problems")
+    p.add_argument("action", choices=["check"], help="check: print the effective configuration and every problem found "
+                   "(unknown keys, names that do not resolve, a taken port, destinations that do not answer C-ECHO, ...)")
+
+    p = sub.add_parser("echo", help="send a C-ECHO to destinations, as results are sent (exit 1 unless all answer)")
+    p.add_argument("destinations", nargs="*", metavar="DEST", help="destination names (default: every destination)")
 
     p = sub.add_parser("db", help="the ledger's schema revision: upgrade it after installing a new CardioNode, or show it")
     p.add_argument("action", choices=["upgrade", "current"],
@@ -64,12 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="list studies, jobs and sends with their states and reasons")
     p.add_argument("--peer-text", action="store_true",
                    help="also show what destinations said about failed sends (patient identifiers replaced; audited)")
+    p.add_argument("--study", metavar="UID", default=None,
+                   help="one study in full: its jobs, sends and state changes with their whole reasons")
+    p.add_argument("--json", action="store_true", help="the status as JSON (whole reasons)")
+    p.add_argument("--wide", action="store_true", help="tables with whole reasons (default: cut at 64 characters)")
     p = sub.add_parser("retry", help="run a failed or dead-lettered job again")
     p.add_argument("job", help="job id, as shown by `cardionode status`")
+    p.add_argument("--force", action="store_true",
+                   help="process a job already done (sent) again; objects already sent are not sent again")
     p = sub.add_parser("discard", help="stop working on a job and mark it discarded")
     p.add_argument("job", help="job id, as shown by `cardionode status`")
     p = sub.add_parser("complete", help="declare a study complete now and process what is there")
     p.add_argument("study", help="Study Instance UID")
+    p.add_argument("--pipeline", default=None, metavar="NAME",
+                   help="process it with this pipeline, even one whose rules do not accept the study "
+                        "(default: the study's pipeline, or the first that accepts it)")
+    p = sub.add_parser("prune", help="remove the files of finished studies past the [retention] limits now "
+                       "(never what an unfinished job or an unsent result needs)")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
 
     p = sub.add_parser("process", help="run a pipeline on a folder of DICOM files, without any server")
     p.add_argument("folder", type=Path, help="folder with the study's DICOM files (searched recursively)")
@@ -113,10 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--synthetic", type=int, metavar="N", help="generate a synthetic cohort of N cases")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="bundle folder to write (default: models/BUNDLE)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="bundle folder to write (default: DATA_DIR/models/BUNDLE; never a shipped bundle in models/ "
+                        "unless --overwrite-shipped)")
+    p.add_argument("--overwrite-shipped", action="store_true",
+                   help="allow --out to be a bundle shipped with CardioNode (replaces its weights)")
     p.add_argument("--pretrain", type=int, default=0, metavar="N",
                    help="first pretrain on a separate synthetic cohort of N cases (polar-map bundles)")
-    p.add_argument("--checkpoints", type=Path, default=None, help="checkpoint folder (default: var/checkpoints/BUNDLE)")
+    p.add_argument("--checkpoints", type=Path, default=None,
+                   help="checkpoint folder (default: DATA_DIR/checkpoints/BUNDLE)")
     p.add_argument("--init", type=Path, default=None, metavar="BUNDLE_DIR",
                    help="start from the weights of this bundle folder (fine-tuning; lv_segmentation)")
     p.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
@@ -131,9 +154,35 @@ def main(argv: list[str] | None = None) -> int:
     module_name, function_name = _HANDLERS[command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
     try:
-        return int(handler(args) or 0)
+        code = int(handler(args) or 0)
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`cardionode status | head`): stop quietly
+        if not _stdout_closed():
+            raise
+        return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (``POLLERR``); if so, what is still
+    buffered goes to /dev/null, so that the interpreter's exit does not complain either."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
 
 
 if __name__ == "__main__":

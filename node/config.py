@@ -11,7 +11,9 @@ Sources, highest priority first:
    (listening on 127.0.0.1:11112 as ``CARDIONODE``, data under ``./var``,
    Celery broker and results in SQLite files there).
 
-Relative paths are relative to the working directory of the process.
+A relative ``data_dir`` is relative to the folder of the configuration file (to the working
+directory when there is none: the embedded defaults keep ``./var``); other relative paths are
+relative to the working directory of the process.
 
 Processing reads its settings only through the node: ``models_dir``,
 ``templates_dir``, ``clinical_csv``, ``[outputs]`` and ``[pipelines.<name>]``
@@ -25,18 +27,21 @@ Settings that have the wrong *type* fail loading with a
 :class:`ConfigError`; everything else an administrator could get wrong
 (ports, AE titles, certificate files, directories, duplicates) is reported by
 :meth:`Settings.problems` so that ``cardionode config check`` can list every
-problem at once. ``cardionode serve`` refuses to start while there are any.
+problem at once. ``cardionode serve`` refuses to start while there are any. A key
+that no setting has fails loading too, named with the nearest known key;
+``config check`` reports it beside every other problem instead (:func:`check_settings`).
+What needs the network or this machine's state (host names that do not resolve, a
+listening port already taken, destinations that do not answer C-ECHO) is checked by
+:func:`environment_problems` and a C-ECHO to each destination, which ``config check``
+(:mod:`node.ops.preflight`) runs and :func:`load_settings` never does.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextvars
 import ipaddress
-import json
 import os
 import socket
-import sys
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -45,9 +50,9 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from node.uids import deterministic_uid, is_valid_uid
@@ -62,18 +67,26 @@ __all__ = [
     "WorkerSpec",
     "SendRetry",
     "OutputOptions",
+    "RetentionSettings",
+    "NotifySettings",
+    "NotifyEvent",
+    "NOTIFY_EVENTS",
     "Settings",
     "config_path",
     "load_settings",
     "ae_title_problem",
-    "config_main",
     "redact_url",
+    "check_settings",
+    "environment_problems",
+    "listen_problem",
+    "name_problem",
 ]
 
 #: environment variable naming the TOML file when ``--config`` is not given
 CONFIG_ENV = "CARDIONODE_CONFIG"
 
-_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("cardionode_toml_path", default=None)
+#: the configuration file's settings (known keys only) while :func:`load_settings` builds a :class:`Settings`
+_file_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("cardionode_file_data", default=None)
 
 
 class ConfigError(ValueError):
@@ -127,7 +140,8 @@ class CompletenessRule(_Model):
     """When a study counts as complete for one pipeline (the ledger records which rule decided).
 
     * ``expected_series``: every series the pipeline requires is present and the
-      study has been quiet (no new instance) for ``settle_s`` seconds;
+      study has been quiet (no new instance) for ``settle_s`` seconds (0.5 s by default: senders
+      send a study's instances back to back; a series that arrives later runs the study again);
     * ``quiet_period``: the study has been quiet for ``quiet_period_s`` seconds
       although required series are missing: process what is there (a study that
       no pipeline accepts is then recorded as ignored, with the reason);
@@ -138,7 +152,7 @@ class CompletenessRule(_Model):
     """
 
     quiet_period_s: float = 10.0
-    settle_s: float = 2.0
+    settle_s: float = 0.5
     force_deadline_s: float = 3600.0
     force_action: Literal["process", "give_up"] = "process"
 
@@ -201,12 +215,72 @@ class OutputOptions(_Model):
 
     ``pdf_summary``: an Encapsulated PDF one-page summary (SOP class 1.2.840.10008.5.1.4.1.1.104.1);
     ``multiframe_screen``: a multi-frame true-colour Secondary Capture "result screen" (every
-    map plus a table of the global results) for viewers that do not show SRs. These defaults are
-    also :class:`node.results.content.ReportContext`'s.
+    map plus a table of the global results) for viewers that do not show SRs; ``results_screen``:
+    the reading-monitor results screen (:mod:`node.results.screen`, one 1920x1080 Secondary
+    Capture per page: maps, extent maps, scores, curves, model outputs, patient identification).
+    These defaults are also :class:`node.results.content.ReportContext`'s.
     """
 
     pdf_summary: bool = True
     multiframe_screen: bool = False
+    results_screen: bool = True
+
+
+class RetentionSettings(_Model):
+    """``[retention]``: how long received studies and results stay on disk (:mod:`node.ops.retention`).
+
+    A study's files are pruned once it is finished and nothing needs them: the spool files
+    (received instances) when no job of the study is queued or running, the outbox files
+    (results) when none of them waits to be sent (``pending``, ``retrying``, or
+    ``dead_letter`` of a job not discarded, which `cardionode retry` sends again). Then:
+
+    * ``max_age_days``: its last activity (last instance received or last state change) is
+      older than this many days (0: no age limit);
+    * ``max_spool_gb`` / ``max_outbox_gb``: while the spool (or outbox) holds more than this
+      many GB (10^9 bytes), the oldest prunable studies go first, those whose job failed
+      (kept for `cardionode retry`) after the others (0: no size limit).
+
+    Job artifacts (``<data_dir>/artifacts``) of jobs that are no longer queued or running are
+    removed ``artifact_grace_h`` hours after they were written. ``cardionode serve`` runs a
+    pass every ``interval_s`` seconds, and at once when free space falls below
+    ``disk_watermark_mb``; ``cardionode prune [--dry-run]`` runs one on demand. The ledger's
+    rows of a pruned study stay (its instances and results marked pruned), so its history
+    and exactly-once hold; a pruned study sent again is stored and processed again.
+    """
+
+    enabled: bool = True
+    max_age_days: float = 30.0
+    max_spool_gb: float = 50.0
+    max_outbox_gb: float = 10.0
+    artifact_grace_h: float = 24.0
+    interval_s: float = 3600.0
+
+
+#: what a notification can be about (node.ops.notify): a study not processed, a result not delivered
+NotifyEvent = Literal["study.ignored", "study.failed", "study.given_up", "send.dead_letter"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("study.ignored", "study.failed", "study.given_up", "send.dead_letter")
+
+
+class NotifySettings(_Model):
+    """``[notify]``: tell someone outside the node when a study was not processed (:mod:`node.ops.notify`).
+
+    On each study ``ignored``, ``failed`` or ``given_up`` and each send ``dead_letter``, a
+    JSON object (event, study key, Study Instance UID when ``include_study_uid``, state,
+    reason in plain words; never a patient name, ID or birth date) is POSTed to
+    ``webhook_url`` and/or written to the standard input of ``command`` (an argument list,
+    run without a shell), once per event. A hook that fails or takes longer than
+    ``timeout_s`` is logged and not retried; the node carries on.
+    """
+
+    webhook_url: str | None = None
+    command: list[str] = Field(default_factory=list)
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    include_study_uid: bool = True
+    timeout_s: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url or self.command)
 
 
 def _default_completeness() -> dict[str, CompletenessRule]:
@@ -258,6 +332,11 @@ class Settings(BaseSettings):
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     durable_writes: bool = Field(default=True, description="fsync every spooled instance before answering Success")
+    ingest_journal: bool = Field(
+        default=True,
+        description="with durable_writes: make received instances durable through the spool journal (one fdatasync "
+        "shared by concurrent associations) instead of an fsync of each spool file and its directory",
+    )
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
     # -- results
@@ -298,6 +377,19 @@ class Settings(BaseSettings):
         description="[pipelines.<name>]: options of one pipeline, checked by that pipeline's options model",
     )
 
+    # -- data lifecycle (node.ops.retention) and notifications (node.ops.notify)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+
+    # -- logs (node.dicom.logs)
+    log_max_mb: float = Field(default=10.0, description="a log file is rotated when it reaches this size (MiB)")
+    log_backups: int = Field(default=5, description="rotated log files kept per component (<component>.log.1 ...)")
+    log_level_libraries: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING",
+        description="level of the libraries' own records (Celery, kombu, highdicom, pydicom, pynetdicom) in the node's logs; "
+        "INFO also shows the Celery worker banner",
+    )
+
     # -- identity of the node in its outputs
     device_uid: str | None = None  # default: generated once and kept in <data_dir>/device_uid
     device_name: str = "CardioNode"
@@ -313,9 +405,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _toml_path.get()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        data = _file_data.get()
+        if data is not None:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=data))
         return tuple(sources)
 
     # -- derived locations -------------------------------------------------
@@ -337,6 +429,11 @@ class Settings(BaseSettings):
     def audit_log_path(self) -> Path:
         """Append-only JSON-lines audit log."""
         return self.data_dir / "audit" / "audit.jsonl"
+
+    @property
+    def node_lock_path(self) -> Path:
+        """The lock ``serve`` and ``listen`` hold while they run, with who holds it (:mod:`node.ops.running`)."""
+        return self.data_dir / "node.pid"
 
     @property
     def refusal_counts_path(self) -> Path:
@@ -421,6 +518,7 @@ class Settings(BaseSettings):
         out += _queue_problems(self)
         out += _redis_problems(self)
         out += _processing_problems(self)
+        out += _lifecycle_problems(self)
         return out
 
     def warnings(self) -> list[str]:
@@ -438,6 +536,7 @@ class Settings(BaseSettings):
         if not self.durable_writes:
             out.append("durable_writes is off: an acknowledged instance may be lost on power failure")
         out += _redis_warnings(self)
+        out += _lifecycle_warnings(self)
         if os.environ.get("CARDIONODE_TEMPLATES"):
             out.append("CARDIONODE_TEMPLATES is no longer read: set CARDIONODE_TEMPLATES_DIR (setting templates_dir)")
         return out
@@ -450,6 +549,8 @@ class Settings(BaseSettings):
         data["broker_url"] = redact_url(self.effective_broker_url)
         data["result_backend"] = redact_url(self.effective_result_backend)
         data["artifact_store"] = redact_url(self.effective_artifact_store)
+        if self.notify.webhook_url:
+            data["notify"]["webhook_url"] = redact_url(self.notify.webhook_url)
         data["spool_dir"] = str(self.spool_dir)
         data["outbox_dir"] = str(self.outbox_dir)
         data["audit_log"] = str(self.audit_log_path)
@@ -592,6 +693,13 @@ def _writable_dir_problem(path: Path, what: str) -> str | None:
         return f"{what} {path}: {probe} exists and is not a directory"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{what} {path} is not writable by user id {os.getuid()} (check {probe})"
+    try:  # permissions are not all: a read-only file system, or a folder no file can be made in
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        return f"{what} {path}: no file can be created in {probe} ({exc.strerror or exc})"
     return None
 
 
@@ -763,14 +871,123 @@ def _processing_problems(s: Settings) -> list[str]:
     return out
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"the configuration ({source}) has {exc.error_count()} error(s):"]
+def _lifecycle_problems(s: Settings) -> list[str]:
+    """Problems of ``[retention]``, ``[notify]`` and the log settings."""
+    out: list[str] = []
+    r = s.retention
+    for name in ("max_age_days", "max_spool_gb", "max_outbox_gb", "artifact_grace_h"):
+        if getattr(r, name) < 0:
+            out.append(f"retention.{name} is {getattr(r, name):g}; it must be 0 (no limit) or more")
+    if r.interval_s <= 0:
+        out.append(f"retention.interval_s is {r.interval_s:g}; it must be more than 0 seconds")
+    n = s.notify
+    if n.webhook_url is not None and urlsplit(n.webhook_url).scheme not in ("http", "https"):
+        out.append(f"notify.webhook_url {redact_url(n.webhook_url)!r} is not an http:// or https:// URL")
+    if n.timeout_s <= 0:
+        out.append(f"notify.timeout_s is {n.timeout_s:g}; it must be more than 0 seconds")
+    if s.log_max_mb <= 0:
+        out.append(f"log_max_mb is {s.log_max_mb:g}; it must be more than 0 (MiB)")
+    if s.log_backups < 1:
+        out.append(f"log_backups is {s.log_backups}; keep at least 1 rotated log file")
+    return out
+
+
+def _lifecycle_warnings(s: Settings) -> list[str]:
+    """Retention that lets data pile up, or limits the disk cannot hold."""
+    r = s.retention
+    if not r.enabled or (r.max_age_days == 0 and r.max_spool_gb == 0 and r.max_outbox_gb == 0):
+        return ["retention is off: received studies and results stay in data_dir until removed by hand "
+                "(`cardionode prune` with limits in [retention])"]
+    probe = s.data_dir
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        import shutil
+
+        usable = shutil.disk_usage(probe).total / 1e9 - s.disk_watermark_mb * 2**20 / 1e9
+    except OSError:
+        return []
+    limit = r.max_spool_gb + r.max_outbox_gb
+    if r.max_spool_gb and r.max_outbox_gb and limit > usable:
+        return [f"retention.max_spool_gb + max_outbox_gb ({limit:g} GB) exceed what the disk of {probe} holds above "
+                f"disk_watermark_mb ({usable:.1f} GB): the listener would refuse studies before retention frees space"]
+    return []
+
+
+def _format_validation_error(exc: ValidationError, source: str, unknown: list[str]) -> str:
+    lines = [f"the configuration ({source}) has {exc.error_count() + len(unknown)} error(s):"]
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"  - {where}: {err['msg']}{shown}")
+    lines += [f"  - {words}" for words in unknown]
     return "\n".join(lines)
+
+
+def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The settings model inside a field's annotation and how it is held: ``"one"`` (``Model`` or
+    ``Model | None``), ``"list"`` (``list[Model]``) or ``"table"`` (``dict[str, Model]``); (None, "") otherwise."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, "one"
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list and args:
+        model, how = _nested_model(args[0])
+        return (model, "list") if how == "one" else (None, "")
+    if origin is dict and len(args) == 2:
+        model, how = _nested_model(args[1])
+        return (model, "table") if how == "one" else (None, "")
+    for arg in args:  # X | None
+        model, how = _nested_model(arg)
+        if how == "one":
+            return model, how
+    return None, ""
+
+
+def _unknown_key_words(where: str, key: str, known: list[str]) -> str:
+    """``where``'s unknown ``key`` in words, with the nearest known key (:func:`difflib.get_close_matches`)."""
+    import difflib
+
+    name = f"{where}.{key}" if where else key
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}?" if near else f"known here: {', '.join(known)}"
+    return f"{name}: unknown setting; {hint}"
+
+
+def _known_part(data: dict[str, Any], model: type[BaseModel], where: str = "") -> tuple[dict[str, Any], list[str]]:
+    """``data`` without the keys ``model`` (and its nested settings models) does not know, and those keys in words."""
+    known = list(model.model_fields)
+    kept: dict[str, Any] = {}
+    unknown: list[str] = []
+    for key, value in data.items():
+        if key not in model.model_fields:
+            unknown.append(_unknown_key_words(where, key, known))
+            continue
+        inner, how = _nested_model(model.model_fields[key].annotation)
+        here = f"{where}.{key}" if where else key
+        if inner is not None and how == "one" and isinstance(value, dict):
+            value, found = _known_part(value, inner, here)
+            unknown += found
+        elif inner is not None and how == "list" and isinstance(value, list):
+            items = []
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    item, found = _known_part(item, inner, f"{here}[{i}]")
+                    unknown += found
+                items.append(item)
+            value = items
+        elif inner is not None and how == "table" and isinstance(value, dict):
+            table = {}
+            for name, item in value.items():
+                if isinstance(item, dict):
+                    item, found = _known_part(item, inner, f"{here}.{name}")
+                    unknown += found
+                table[name] = item
+            value = table
+        kept[key] = value
+    return kept, unknown
 
 
 def config_path(path: Path | None = None) -> Path | None:
@@ -780,48 +997,124 @@ def config_path(path: Path | None = None) -> Path | None:
     return path
 
 
-def load_settings(path: Path | None = None) -> Settings:
-    """Load the settings from :func:`config_path` of ``path``, the environment and the defaults.
+def check_settings(path: Path | None = None) -> tuple[Settings, list[str]]:
+    """The settings of :func:`config_path` of ``path`` without the keys no setting has, and those keys in
+    words (each with the nearest known key), for ``config check`` to report beside every other problem.
 
-    Raises :class:`ConfigError` when the file is missing or not valid TOML, or
-    a value has the wrong type; the message names the setting.
+    A relative ``data_dir`` is made relative to the configuration file's folder. Raises
+    :class:`ConfigError` when the file is missing or not valid TOML, or a value has the wrong
+    type (the message names the setting, and lists the unknown keys too).
     """
     path = config_path(path)
     source = str(path) if path is not None else "embedded defaults + environment"
+    data: dict[str, Any] | None = None
+    unknown: list[str] = []
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"configuration file {path} does not exist (from --config or ${CONFIG_ENV})")
         try:
             import tomllib
 
-            tomllib.loads(path.read_text(encoding="utf-8"))
+            data, unknown = _known_part(tomllib.loads(path.read_text(encoding="utf-8")), Settings)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
-    token = _toml_path.set(path)
+    token = _file_data.set(data)
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from exc
+        raise ConfigError(_format_validation_error(exc, source, unknown)) from exc
     finally:
-        _toml_path.reset(token)
+        _file_data.reset(token)
+    if path is not None and not settings.data_dir.is_absolute():
+        settings.data_dir = path.absolute().parent / settings.data_dir
+    return settings, unknown
 
 
-def config_main(args: argparse.Namespace) -> int:
-    """``cardionode config check``: print the effective configuration and its problems; 1 if any."""
+def load_settings(path: Path | None = None) -> Settings:
+    """Load the settings from :func:`config_path` of ``path``, the environment and the defaults.
+
+    Raises :class:`ConfigError` when the file is missing or not valid TOML, has a key that
+    no setting has (named with the nearest known one), or a value has the wrong type; the
+    message names the setting. A relative ``data_dir`` is relative to the file's folder.
+    """
+    settings, unknown = check_settings(path)
+    if unknown:
+        source = config_path(path)
+        raise ConfigError(f"the configuration ({source}) has {len(unknown)} error(s):\n"
+                          + "\n".join(f"  - {words}" for words in unknown))
+    return settings
+
+
+def listen_problem(address: str, port: int) -> str | None:
+    """Why the listener cannot listen on ``address:port`` now (taken, not allowed, not this machine's
+    address), tried with a socket bound as the listener binds it; None when it can."""
+    import errno
+
     try:
-        settings = load_settings(getattr(args, "config", None))
-    except ConfigError as exc:
-        print(f"PROBLEM: {exc}", file=sys.stderr)
-        return 1
-    print("# effective configuration")
-    print(json.dumps(settings.redacted(), indent=2))
-    for warning in settings.warnings():
-        print(f"WARNING: {warning}")
-    problems = settings.problems()
-    for problem in problems:
-        print(f"PROBLEM: {problem}")
-    if problems:
-        print(f"{len(problems)} problem(s); the node will not start until they are fixed.")
-        return 1
-    print("configuration OK")
-    return 0
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:
+        return None  # not an IP address: a problem of the settings already
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pynetdicom's server: TIME_WAIT is no obstacle
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            why = {
+                errno.EADDRINUSE: f"the port is already in use by another program (`ss -ltnp 'sport = :{port}'` "
+                                  "shows which); stop it, or set another port",
+                errno.EACCES: "permission denied (ports below 1024 need privileges); set a port of 1024 or more",
+                errno.EADDRNOTAVAIL: "the address is not one of this machine's; set bind_address",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            return f"cannot listen on {address}:{port}: {why}"
+    return None
+
+
+def _url_hosts(s: Settings) -> list[tuple[str, str]]:
+    """(setting, host) of the ledger, broker, result backend and artifact store URLs that name a host."""
+    out = []
+    for name, url in (("ledger_url", s.effective_ledger_url), ("broker_url", s.effective_broker_url),
+                      ("result_backend", s.effective_result_backend), ("artifact_store", s.effective_artifact_store)):
+        if "://" not in url:
+            continue  # a directory
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            continue  # a problem of the settings already
+        if host:
+            out.append((name, host))
+    return out
+
+
+def name_problem(host: str, where: str) -> str | None:
+    """Why ``host`` (a name, not an address) does not resolve; None when it does or is an IP address."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"{where}: host name {host!r} does not resolve ({getattr(exc, 'strerror', None) or exc})"
+    return None
+
+
+def environment_problems(s: Settings) -> list[str]:
+    """What the settings name that does not work on this machine and network now, in words (``config check``
+    only; :func:`load_settings` never looks): host names of destinations, peers and the ledger, broker,
+    result backend and artifact store URLs that do not resolve, and the listening port when another
+    program holds it (the node running with these settings holds it rightly: see :mod:`node.ops.running`).
+    ``config check`` adds a C-ECHO to each destination (:mod:`node.ops.preflight`).
+    """
+    from node.ops.running import running_node
+
+    named = [(f"destinations[{i}] ({d.name})", d.host) for i, d in enumerate(s.destinations)]
+    named += [(f"peers[{i}] ({p.name})", p.host) for i, p in enumerate(s.peers) if p.host]
+    named += _url_hosts(s)
+    out = [problem for where, host in named if (problem := name_problem(host, where))]
+    holder = running_node(s.node_lock_path)
+    if holder is None or holder.port != s.port:
+        problem = listen_problem(s.bind_address, s.port)
+        if problem:
+            out.append(f"port: {problem}")
+    return out

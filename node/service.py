@@ -8,6 +8,8 @@ It runs, in one process:
   and jobs (:class:`node.queue.conductor.Conductor`), every ``TICK_S`` seconds;
 * the export loop (:class:`node.dicom.sender.Exporter`, with
   :func:`node.results.to_enhanced_sr` as its Enhanced SR fallback), every ``SEND_TICK_S``;
+* the notify loop (:class:`node.ops.notify.Notifier`: ``[notify]`` hooks), every ``NOTIFY_TICK_S``,
+  and the retention loop (:class:`node.ops.retention.RetentionKeeper`: ``[retention]`` passes);
 
 and starts local Celery workers as subprocesses (setting ``workers``; an
 empty list when remote workers consume the queues), restarting one that exits.
@@ -19,6 +21,11 @@ taken by workers that died with the previous node are restored before new
 workers start; studies left ``processing`` without a job get one; queued and
 running jobs continue from the step the ledger names; due sends go out.
 
+Before anything starts, ``serve`` and ``listen`` take the data directory's node lock
+(:mod:`node.ops.running`: `cardionode status` tells from it whether a node runs) and
+make sure the listening port is free; a second node on the same data directory, or a
+port another program holds, is refused in one line (exit status 2), not a traceback.
+
 SIGTERM or SIGINT: stop accepting associations, let the loops finish their
 tick, ask the workers to finish their current task (SIGTERM, then SIGKILL after
 ``WORKER_STOP_S``), close the ledger.
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -41,16 +49,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from node.config import Settings, WorkerSpec
+    from node.ops.running import NodeLock
 
 __all__ = ["Node", "serve_main", "listen_main"]
 
 _log = logging.getLogger("node.service")
 
 TICK_S = 0.5  # conductor loop period (s)
-SEND_TICK_S = 1.0  # export loop period (s)
+BUSY_TICK_S = 0.1  # conductor loop period while studies are receiving or jobs in flight (s)
+BUSY_WAIT_FACTOR = 4.0  # a busy loop waits at least this many times its last tick (at most a fifth of a core)
+SEND_TICK_S = 1.0  # export loop period (s); a reported job wakes it at once
 WORKER_STOP_S = 30.0  # grace for workers to finish their task on shutdown (s)
 WORKER_RESTART_S = 10.0  # least time between two starts of the same local worker (s)
 STATUS_EVERY_S = 60.0  # period of the progress summary in the log (s)
+NOTIFY_TICK_S = 2.0  # notify loop period (s)
+RETENTION_TICK_S = 30.0  # how often the retention loop asks whether a pass is due (s)
 
 
 def _die_with_parent() -> None:
@@ -63,19 +76,36 @@ def _die_with_parent() -> None:
 
 
 class _Loop(threading.Thread):
-    """Calls ``step`` every ``period_s`` seconds until stopped; logs and survives errors."""
+    """Calls ``step`` every ``period_s`` seconds until stopped; logs and survives errors.
 
-    def __init__(self, name: str, step: Callable[[], object], period_s: float, stop: threading.Event) -> None:
+    ``busy_period_s``: the period after a step that returned a true value (work in flight), but at
+    least ``BUSY_WAIT_FACTOR`` times what that step took (with many jobs in flight a tick costs more,
+    and the loop must not take the workers' CPU); ``wake``: an event that ends the wait at once (set
+    by whoever has work for this loop).
+    """
+
+    def __init__(self, name: str, step: Callable[[], object], period_s: float, stop: threading.Event,
+                 busy_period_s: float | None = None, wake: threading.Event | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.step, self.period_s, self.stop_event = step, period_s, stop
+        self.busy_period_s, self.wake = busy_period_s, wake
 
     def run(self) -> None:
         while not self.stop_event.is_set():
+            busy: object = False
+            started = time.monotonic()
             try:
-                self.step()
+                busy = self.step()
             except Exception:
                 _log.exception("%s loop: error (continuing)", self.name)
-            self.stop_event.wait(self.period_s)
+            period = self.period_s
+            if busy and self.busy_period_s is not None:
+                period = min(self.period_s, max(self.busy_period_s, BUSY_WAIT_FACTOR * (time.monotonic() - started)))
+            if self.wake is None:
+                self.stop_event.wait(period)
+            else:
+                self.wake.wait(period)
+                self.wake.clear()
 
 
 class Node:
@@ -91,20 +121,22 @@ class Node:
         self.threads: list[_Loop] = []
         self.listener: Any = None
         self._last_status = 0.0
+        self.send_due = threading.Event()  # set when a job's results are in the outbox: the sender runs at once
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
         from node.dicom.audit import AuditLog
         from node.dicom.scp import DicomListener
-        from node.dicom.sender import Exporter, RetryPolicy, Target
-        from node.dicom.tls import client_context
+        from node.dicom.sender import Exporter, RetryPolicy, destination_targets
         from node.ledger import Ledger
+        from node.ops.notify import Notifier
+        from node.ops.retention import RetentionKeeper
         from node.pipelines import registry
         from node.pipelines.routing import routing_attributes
         from node.queue.app import QueueSettings
         from node.queue.conductor import Conductor
         from node.queue.dispatch import JobQueue
-        from node.queue.recovery import restore_unfinished
+        from node.queue.recovery import restore_unfinished, unfinished_steps
         from node.results import to_enhanced_sr
         from node.workflow.completeness import Assembler
 
@@ -122,7 +154,8 @@ class Node:
         specs = list(s.workers)
         restored = 0
         if queue_settings.broker_is_sqlite and specs:
-            restored, deleted = restore_unfinished(self.queue.app, queue_settings.broker_url)
+            restored, deleted = restore_unfinished(self.queue.app, queue_settings.broker_url,
+                                                   unfinished_steps(self.ledger))
             _log.info("broker: %d unfinished task(s) restored, %d finished message(s) removed", restored, deleted)
         self.assembler = Assembler(self.ledger, s, self.audit)
         recreated = self.assembler.recover()
@@ -133,12 +166,9 @@ class Node:
             step_start_timeout_s=s.step_start_timeout_s, restart_worker=self._kill_stalled_worker,
             # restored messages reach the new workers within this; their steps' old owners are dead
             redelivery_until=time.time() + s.step_start_timeout_s if restored else 0.0,
-            own_worker=self._own_worker_pids.__contains__,
+            own_worker=self._own_worker_pids.__contains__, on_reported=self.send_due.set,
         )
-        targets = {
-            d.name: Target(d.name, d.ae_title, d.host, d.port, client_context(s.tls) if d.tls else None)
-            for d in s.destinations
-        }
+        targets = destination_targets(s)
         self.exporter = Exporter(
             self.ledger, targets, calling_ae=s.ae_title, retry=RetryPolicy.from_settings(s),
             timeout_s=float(s.network_timeout_s), audit=self.audit, enhanced_sr=to_enhanced_sr,
@@ -155,8 +185,11 @@ class Node:
             ", ".join(targets) or "none (outbox only)",
         )
         self.threads = [
-            _Loop("conductor", self._conduct, TICK_S, self.stop_event),
-            _Loop("sender", self.exporter.run_once, SEND_TICK_S, self.stop_event),
+            _Loop("conductor", self._conduct, TICK_S, self.stop_event, busy_period_s=BUSY_TICK_S),
+            _Loop("sender", self.exporter.run_once, SEND_TICK_S, self.stop_event, wake=self.send_due),
+            # [notify] hooks on ignored/failed studies and dead letters; [retention] passes
+            _Loop("notify", Notifier(self.ledger, s).run_once, NOTIFY_TICK_S, self.stop_event),
+            _Loop("retention", RetentionKeeper(self.ledger, s).run_due, RETENTION_TICK_S, self.stop_event),
         ]
         for thread in self.threads:
             thread.start()
@@ -172,14 +205,16 @@ class Node:
         self._own_worker_pids.add(process.pid)
         _log.info("worker started: queues %s, %d process(es), pid %d", spec.queues, spec.concurrency, process.pid)
 
-    def _conduct(self) -> None:
+    def _conduct(self) -> bool:
+        """One conductor tick; whether studies are receiving or jobs in flight (then the next comes sooner)."""
         self.assembler.tick()
-        self.conductor.tick()
+        jobs = self.conductor.tick()
         self._check_workers()
         now = time.monotonic()
         if now - self._last_status >= STATUS_EVERY_S:
             self._last_status = now
             self._log_progress()
+        return bool(self.assembler.examined or jobs)
 
     def _kill_stalled_worker(self, main_pid: int) -> None:
         """SIGKILL a local worker whose main process took a step and did not start it (a wedged
@@ -233,10 +268,12 @@ class Node:
 
     def request_stop(self, *_: object) -> None:
         self.stop_event.set()
+        self.send_due.set()
 
     def stop(self) -> None:
         """Stop everything in order; safe to call once after :meth:`start`."""
         self.stop_event.set()
+        self.send_due.set()
         _log.info("stopping: listener, loops, %d worker group(s)", len(self.workers))
         if self.listener is not None:
             self.listener.stop()
@@ -282,16 +319,58 @@ def _settings_or_exit(args: argparse.Namespace, command: str) -> tuple[Settings 
     return settings, path
 
 
+def _claim_or_exit(settings: Settings, command: str) -> NodeLock | None:
+    """The data directory's node lock (:mod:`node.ops.running`), held, when this node may start: no other
+    node runs with the data directory and the listening port is free; None after saying why not in one line."""
+    from node.config import listen_problem
+    from node.ops.running import NodeAlreadyRunning, NodeLock
+
+    lock = NodeLock(settings.node_lock_path)
+    try:
+        lock.acquire(command, settings.bind_address, settings.port)
+    except NodeAlreadyRunning as exc:
+        print(f"cardionode {command}: {exc}; stop it first", file=sys.stderr)
+        return None
+    problem = listen_problem(settings.bind_address, settings.port)
+    if problem:
+        lock.release()
+        print(f"cardionode {command}: {problem}", file=sys.stderr)
+        return None
+    return lock
+
+
+def _port_taken(exc: OSError, settings: Settings) -> bool:
+    """Whether ``exc`` is the listener's port taken after :func:`_claim_or_exit` found it free; if so, logged in one line."""
+    from node.config import listen_problem
+
+    if exc.errno != errno.EADDRINUSE:
+        return False
+    _log.error("%s", listen_problem(settings.bind_address, settings.port) or exc)
+    return True
+
+
 def serve_main(args: argparse.Namespace) -> int:
     """``cardionode serve``: run the node until SIGTERM/SIGINT; 2 if the configuration has problems,
+    another node runs with the same data directory or another program holds the port (one line each),
     a Redis server of the queue refuses the node (wrong or missing password, TLS failure), or the
     ledger is at another schema revision (:mod:`node.ledger.schema`; `cardionode db upgrade`)."""
-    from node.dicom.logs import setup_logging
-
     settings, config_path = _settings_or_exit(args, "serve")
     if settings is None:
         return 2
-    setup_logging(settings.log_dir, "node")
+    lock = _claim_or_exit(settings, "serve")
+    if lock is None:
+        return 2
+    try:
+        return _serve(settings, config_path)
+    finally:
+        lock.release()
+
+
+def _serve(settings: Settings, config_path: Path | None) -> int:
+    """:func:`serve_main` once the configuration is checked and the node lock held."""
+    from node.dicom.logs import LogOptions, setup_logging
+
+    setup_logging(settings.log_dir, "node", options=LogOptions.from_settings(settings))
     for warning in settings.warnings():
         _log.warning("%s", warning)
     from node.queue.app import QueueSettings, connection_problems
@@ -317,6 +396,10 @@ def serve_main(args: argparse.Namespace) -> int:
         _log.error("%s", exc)
         print(f"cardionode serve: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if not _port_taken(exc, settings):
+            raise
+        return 2
     finally:
         node.stop()
     return 0
@@ -326,11 +409,12 @@ def listen_main(args: argparse.Namespace) -> int:
     """``cardionode listen``: the DICOM listener alone (spool and ledger; no completeness, queue or sending).
 
     For ingest tests and benchmarks, and for a site that runs the listener on its own
-    machine beside a shared ledger. 2 if the configuration has problems or the ledger is at another
+    machine beside a shared ledger. 2 if the configuration has problems, another node runs with the same
+    data directory, another program holds the port (one line each), or the ledger is at another
     schema revision (`cardionode db upgrade`).
     """
     from node.dicom.audit import AuditLog
-    from node.dicom.logs import setup_logging
+    from node.dicom.logs import LogOptions, setup_logging
     from node.dicom.scp import DicomListener
     from node.ledger import Ledger, LedgerSchemaError
     from node.pipelines.routing import routing_attributes
@@ -338,16 +422,25 @@ def listen_main(args: argparse.Namespace) -> int:
     settings, _ = _settings_or_exit(args, "listen")
     if settings is None:
         return 2
-    setup_logging(settings.log_dir, "listener")
+    lock = _claim_or_exit(settings, "listen")
+    if lock is None:
+        return 2
+    setup_logging(settings.log_dir, "listener", options=LogOptions.from_settings(settings))
     try:
         ledger = Ledger.from_settings(settings)
     except LedgerSchemaError as exc:  # a ledger at another schema revision: `cardionode db upgrade`
         _log.error("%s", exc)
         print(f"cardionode listen: {exc}", file=sys.stderr)
+        lock.release()
         return 2
     try:
         with AuditLog(settings.audit_log_path, durable=settings.durable_writes) as audit:
             DicomListener(settings, ledger, routing_attributes, audit=audit).serve_forever()
+    except OSError as exc:
+        if not _port_taken(exc, settings):
+            raise
+        return 2
     finally:
         ledger.close()
+        lock.release()
     return 0

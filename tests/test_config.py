@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,9 @@ from node.config import ConfigError, load_settings
 from node.uids import is_valid_uid
 from tests.support import REPO
 from tests.support.config import write_config
+from tests.support.node import COMMANDS
+from tests.support.orthanc import Orthanc
+from tests.support.ports import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -70,8 +74,12 @@ def test_toml_file_and_environment_overrides(tmp_path: Path, monkeypatch: pytest
 def test_wrong_types_and_unknown_keys_name_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="port"):
         load_settings(write_config(tmp_path / "a.toml", port="eleven"))
-    with pytest.raises(ConfigError, match="ae_tilte"):
+    with pytest.raises(ConfigError, match="ae_tilte: unknown setting; did you mean 'ae_title'"):
         load_settings(write_config(tmp_path / "b.toml", ae_tilte="X"))
+    with pytest.raises(ConfigError, match=r"destinations\[0\]\.aetitle: unknown setting; did you mean 'ae_title'"):
+        load_settings(write_config(tmp_path / "d.toml", destinations=[{"name": "p", "aetitle": "P", "host": "h"}]))
+    with pytest.raises(ConfigError, match="tls.xyzzy: unknown setting; known here: cert, key, ca, require"):
+        load_settings(write_config(tmp_path / "e.toml", tls={"xyzzy": True}))
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "missing.toml")
     bad = tmp_path / "c.toml"
@@ -169,8 +177,10 @@ def test_processing_settings_load_from_toml_and_environment(tmp_path: Path, monk
 
     from node.pipelines import registry
     from node.pipelines.configure import report_context, run_config
+    from node.pipelines.spect_mpi import SpectMpiOptions
 
     options = registry.get("spect_mpi").configured(run_config(s, "spect_mpi")).options
+    assert isinstance(options, SpectMpiOptions)
     assert (options.normal_limits_version, options.models) == (1, False)  # "false" from the environment, checked
     context = report_context(s)
     assert (context.pdf_summary, context.multiframe_screen, context.templates_dir) == (False, True, tmp_path / "templates")
@@ -193,10 +203,127 @@ def test_pipeline_options_are_checked_by_their_pipeline(tmp_path: Path) -> None:
         "pipelines.spect_mpi.models: Input should be a valid boolean",
         "pipelines.spect_mpi.gradcam_colour: unknown option (known: normal_limits_version, models)",
         "pipelines.pet_mbf.kinetic_model: unknown option (known: nh3_model, impaired_mfr_below, rv_spillover, "
-        "rpp_reference_mmhg_per_min)",
+        "rpp_reference_mmhg_per_min",  # and whatever options pet_mbf gains
         "pipelines.cmr_lge: no pipeline called 'cmr_lge' is registered (registered: pet_mbf, spect_mpi)",
         f"models_dir {tmp_path / 'no-models'} does not exist",
     ):
         assert words in problems, problems
     with pytest.raises(ConfigError, match="pipelines.spect_mpi"):  # a table, not a value
         load_settings(write_config(tmp_path / "b.toml", pipelines={"spect_mpi": 3}))
+
+
+def _config_check(config: Path, *args: str, command: tuple[str, ...] = ("config", "check"),
+                  cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    from tests.support.node import node_env
+
+    return subprocess.run([sys.executable, "-m", "node.cli", "--config", str(config), *command, *args], cwd=cwd,
+                          env=node_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_data_dir_is_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "site").mkdir()
+    config = write_config(tmp_path / "site" / "node.toml", data_dir="var")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(config).data_dir == tmp_path / "site" / "var"
+    assert load_settings(Path("site/node.toml")).data_dir == tmp_path / "site" / "var"
+    assert load_settings(write_config(tmp_path / "site" / "default.toml")).data_dir == tmp_path / "site" / "var"
+    assert load_settings(None).data_dir == Path("var")  # no file: the working directory (`make run`: ./var)
+
+
+@pytest.mark.network
+def test_config_check_reports_everything_that_cannot_work_in_one_pass(tmp_path: Path) -> None:
+    """One configuration with every kind of broken setting: each is reported, in one run."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    taken_port = taken.getsockname()[1]
+    silent_port = free_port()  # nothing listens there: the destination cannot answer C-ECHO
+    config = write_config(
+        tmp_path / "node.toml",
+        ae_tilte="NODE",
+        port=taken_port,
+        data_dir="/proc/cardionode/var",  # no file can be made there, whoever runs the test
+        destinations=[
+            {"name": "silent", "ae_title": "NOBODY", "host": "127.0.0.1", "port": silent_port},
+            {"name": "typo", "ae_title": "PACS", "host": "pacs.no-such-host.invalid", "port": 104},
+        ],
+        peers=[{"name": "modality", "ae_titles": ["SCANNER"], "host": "scanner.no-such-host.invalid"}],
+        send_retry={"initial_s": 5, "max_attemps": 3},
+    )
+    try:
+        result = _config_check(config)
+    finally:
+        taken.close()
+    problems = [line for line in result.stdout.splitlines() if line.startswith("PROBLEM: ")]
+    expected = (
+        "PROBLEM: ae_tilte: unknown setting; did you mean 'ae_title'?",
+        "PROBLEM: send_retry.max_attemps: unknown setting; did you mean 'max_attempts'?",
+        "PROBLEM: data_dir /proc/cardionode/var: no file can be created in /proc",
+        "PROBLEM: destinations[1] (typo): host name 'pacs.no-such-host.invalid' does not resolve",
+        "PROBLEM: peers[0] (modality): host name 'scanner.no-such-host.invalid' does not resolve",
+        f"PROBLEM: port: cannot listen on 127.0.0.1:{taken_port}: the port is already in use by another program",
+        f"PROBLEM: destinations[0] (silent): C-ECHO to NOBODY@127.0.0.1:{silent_port} failed: ",
+    )
+    for words in expected:
+        assert any(p.startswith(words) for p in problems), f"{words!r} not in:\n" + "\n".join(problems)
+    assert not any("typo" in p and "C-ECHO" in p for p in problems)  # a name that does not resolve: once
+    assert result.returncode == 1 and f"{len(problems)} problem(s)" in result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.network
+def test_config_check_and_echo_verify_destinations_with_c_echo(tmp_path: Path, orthanc: Orthanc) -> None:
+    silent_port = free_port()
+    config = write_config(
+        tmp_path / "node.toml", data_dir=tmp_path / "var", port=free_port(),
+        destinations=[{"name": "pacs", "ae_title": orthanc.ae_title, "host": "localhost", "port": orthanc.dicom_port},
+                      {"name": "silent", "ae_title": "NOBODY", "host": "127.0.0.1", "port": silent_port}],
+    )
+    echo = _config_check(config, "pacs", command=("echo",))
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    assert echo.stdout.startswith(f"pacs: C-ECHO to ORTHANC@localhost:{orthanc.dicom_port}: Success in "), echo.stdout
+    both = _config_check(config, command=("echo",))
+    assert both.returncode == 1 and len(both.stdout.splitlines()) == 2, both.stdout
+    assert f"silent: C-ECHO to NOBODY@127.0.0.1:{silent_port} failed: " in both.stdout
+    unknown = _config_check(config, "pacz", command=("echo",))
+    assert unknown.returncode == 1 and "no destination called 'pacz'; configured: pacs, silent" in unknown.stderr
+
+    check = _config_check(config)
+    problems = [line for line in check.stdout.splitlines() if line.startswith("PROBLEM: ")]
+    assert problems == [f"PROBLEM: destinations[1] (silent): C-ECHO to NOBODY@127.0.0.1:{silent_port} failed: "
+                        + both.stdout.split("failed: ", 1)[1].strip()], check.stdout
+    assert "node: not running" in check.stdout
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("mode", ["listener", "serve"])
+def test_a_taken_port_or_a_running_node_stops_start_up_in_one_line(tmp_path: Path, mode: str) -> None:
+    from tests.support.config import listener_config
+    from tests.support.node import NodeProcess
+
+    command = COMMANDS[mode][0]
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    taken_port = taken.getsockname()[1]
+    config, _ = listener_config(tmp_path, port=taken_port)
+    try:
+        result = _config_check(config, command=(command,), cwd=tmp_path)
+    finally:
+        taken.close()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"cardionode {command}: cannot listen on 127.0.0.1:{taken_port}: the port is already in use by "
+        f"another program (`ss -ltnp 'sport = :{taken_port}'` shows which); stop it, or set another port"]
+
+    # the walkthrough's old collision: a second node with the same data directory (and port)
+    config, port = listener_config(tmp_path)
+    with NodeProcess(config, port, mode="listener") as first:
+        assert first.process is not None
+        pid = first.process.pid
+        second = _config_check(config, command=(command,), cwd=tmp_path)
+        check = _config_check(config)
+    assert second.returncode == 2 and len(second.stderr.splitlines()) == 1, second.stderr
+    assert second.stderr.startswith(f"cardionode {command}: a node already runs with this data directory "
+                                    f"(listen, pid {pid}, listening on 127.0.0.1:{port}, since ")
+    assert f"node: running (listen, pid {pid}" in check.stdout and "PROBLEM: port" not in check.stdout

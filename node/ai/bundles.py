@@ -3,7 +3,10 @@
 A bundle is a folder ``models/<name>/`` with
 
 * ``configs/metadata.json``: version, inputs, outputs, training data, intended
-  use, metrics, input scaling and the cohort version it was trained on;
+  use, metrics, input scaling and the cohort version it was trained on; for the
+  polar-map bundles also ``reader_outputs``: what each reported output predicts in
+  clinician words, its threshold and indeterminate band (:mod:`node.ai.verdicts`),
+  the one place the node takes these from;
 * ``configs/inference.json``: a MONAI bundle config whose ``network_def``
   instantiates the network (``monai.bundle.ConfigParser``);
 * ``models/model.pt``: the ``state_dict`` (loaded with ``torch.load(...,
@@ -28,6 +31,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from node import RESEARCH_USE_NOTICE
+from node.ai.verdicts import ReaderOutput, reader_outputs
 from node.resources import default_models_dir
 from node.results.content import Algorithm
 
@@ -102,6 +106,11 @@ class LoadedBundle:
     @property
     def version(self) -> str:
         return str(self.metadata["version"])
+
+    def reader_outputs(self) -> dict[str, ReaderOutput]:
+        """Per reported output: its name in clinician words, threshold and indeterminate band (metadata
+        ``reader_outputs``, :func:`node.ai.verdicts.reader_outputs`); ``RuntimeError`` when absent."""
+        return reader_outputs(self.metadata, self.name)
 
     def algorithm(self, extra: tuple[str, ...] = ()) -> Algorithm:
         """Provenance record for the SR (TID 4019 + model card text)."""

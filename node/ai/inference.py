@@ -6,10 +6,14 @@ with several studies when its queue is deep; CUDA when available, else CPU).
 :func:`node.ai.predict_spect` adapts the SPECT pipeline's result to it.
 
 Outputs are ``node.results.content`` objects: one ``MeasurementGroup`` per
-prediction (``probability`` in UCUM ``1`` plus a ``classification``
-evaluation at the threshold chosen on the validation cohort, stored in the
-bundle), Grad-CAM ``MapImage`` heat maps (derivation ``gradcam``) over the
-stress perfusion map, and notes that say what was not predicted and why.
+prediction, labelled with what the output predicts in clinician words
+(``probability`` in UCUM ``1`` plus a ``classification`` evaluation
+``present`` / ``absent`` / ``indeterminate`` by :func:`node.ai.verdicts.verdict`
+with the threshold and indeterminate band chosen on the validation cohort,
+all stored in the bundle metadata, ``reader_outputs``), Grad-CAM ``MapImage``
+heat maps (derivation ``gradcam``) over the stress perfusion map, titled with
+the probability and the threshold and scaled in relative attention (0..1, not
+perfusion), and notes that say what was not predicted and why.
 
 Determinism: on CPU the same inputs give the same outputs, and by default
 (``batch_independent=True``) a study's numbers do not depend on which other
@@ -32,6 +36,7 @@ from scipy.special import expit
 from node.ai import bundles
 from node.ai.explain import gradcam_maps, summarise_attention
 from node.ai.features import cad_inputs, crt_inputs, crt_tabular, tracer_inputs
+from node.ai.verdicts import ReaderOutput
 from node.quant.segments import DEFAULT_GRID, TERRITORIES
 from node.results.content import Evaluation, MapImage, Measurement, MeasurementGroup
 
@@ -42,12 +47,15 @@ __all__ = [
     "tracer_family",
     "load_clinical_csv",
     "CRT_LVEF_MAX",
+    "HEAT_MAP_UNIT",
 ]
 
 #: the CRT model is applied only to CRT candidates (LVEF at or below this, %)
 CRT_LVEF_MAX = 35.0
 #: an input variant of the tracer heads whose test AUC (bundle metadata) is below this is not reported
 MIN_VARIANT_AUC = 0.65
+#: the heat maps' unit: a UCUM annotation (dimensionless), shown as the colour-bar label; attention, not perfusion
+HEAT_MAP_UNIT = "{relative attention}"
 _TRACER_FAMILY = {"tc99m_sestamibi": "tc99m", "tc99m_tetrofosmin": "tc99m", "tc99m": "tc99m", "tl201": "tl201"}
 
 
@@ -132,26 +140,25 @@ def _r(p: float, digits: int = 4) -> float:
     return float(round(float(p), digits))
 
 
-def _threshold(bundle: bundles.LoadedBundle, *path: str, default: float = 0.5) -> float:
-    node: Any = bundle.metadata.get("evaluation_summary", {}).get("thresholds", {})
-    for p in path:
-        if not isinstance(node, dict) or p not in node:
-            return default
-        node = node[p]
-    return float(node) if isinstance(node, (int, float)) else default
+def _classification(p: float, output: ReaderOutput) -> Evaluation:
+    return Evaluation("classification", output.verdict(p))
 
 
-def _classification(p: float, threshold: float) -> Evaluation:
-    return Evaluation("classification", "present" if p >= threshold else "absent")
+def _verdict_note(output: ReaderOutput) -> str:
+    """How the verdict of ``output`` is read (its threshold and indeterminate band), for the report notes."""
+    lo, hi = output.band
+    return (f"{output.name}: present above {hi:.2f}, absent below {lo:.2f}, indeterminate in between "
+            f"(threshold {output.threshold:.2f}; band chosen on the validation cohort)")
 
 
-def _heat_image(key: str, title: str, cam: np.ndarray, overlay: str, algorithm: Any) -> MapImage:
+def _heat_image(key: str, output: ReaderOutput, probability: float, cam: np.ndarray, overlay: str, algorithm: Any) -> MapImage:
     summary = summarise_attention(cam)
     return MapImage(
         key=key,
-        title=title,
+        title=output.heat_map_title(probability),
+        subtitle=output.heat_map_subtitle(probability, overlay.removesuffix("_perfusion")),
         values=np.round(cam, 3),
-        unit="1",
+        unit=HEAT_MAP_UNIT,
         value_range=(0.0, 1.0),
         colormap="inferno",
         segment_values=tuple(_r(100.0 * s, 1) for s in summary.segment_share),
@@ -193,26 +200,29 @@ def _predict_cad(studies: list[StudyInputs], preds: dict[str, StudyPredictions],
         probs = expit(bundle.network(xt, tt).cpu().numpy().astype(np.float64))
     cams = gradcam_maps(bundle.network, bundle.config["gradcam_target_layer"], xt, 0, tabular=tt) if gradcam else None
     algorithm = bundle.algorithm()
-    t_patient = _threshold(bundle, "model")
+    readers = bundle.reader_outputs()
+    patient = readers["patient"]
     for i, s in enumerate(usable):
         out = preds[s.key]
         heat_key = "gradcam_cad" if cams is not None else None
         p = _r(probs[i, 0])
         out.probabilities["cad"] = p
         out.groups.append(MeasurementGroup(
-            label="CAD model: probability of obstructive CAD", finding="obstructive_cad", site="heart", state="stress",
+            label=patient.name, finding="obstructive_cad", site="heart", state="stress",
             algorithm=algorithm, measurements=(Measurement("probability", p, "1"),),
-            evaluations=(_classification(p, t_patient),), explanation_image=heat_key))
+            evaluations=(_classification(p, patient),), explanation_image=heat_key))
         for k, terr in enumerate(TERRITORIES, start=1):
             pt = _r(probs[i, k])
+            territory = readers[f"territory_{terr.lower()}"]
             out.probabilities[f"cad_{terr.lower()}"] = pt
             out.groups.append(MeasurementGroup(
-                label=f"CAD model: probability of obstructive CAD, {terr} territory", finding="obstructive_cad",
+                label=territory.name, finding="obstructive_cad",
                 site=f"territory_{terr.lower()}", state="stress", algorithm=algorithm,
-                measurements=(Measurement("probability", pt, "1"),), evaluations=(_classification(pt, 0.5),),
+                measurements=(Measurement("probability", pt, "1"),), evaluations=(_classification(pt, territory),),
                 explanation_image=heat_key))
+        out.notes.extend(_verdict_note(r) for r in readers.values())
         if cams is not None:
-            out.images.append(_heat_image("gradcam_cad", "Grad-CAM: CAD model attention (research use)", cams[i], s.overlay_key, algorithm))
+            out.images.append(_heat_image("gradcam_cad", patient, p, cams[i], s.overlay_key, algorithm))
             top = summarise_attention(cams[i]).top_segments(3)
             out.notes.append(f"CAD model attention highest in AHA segments {', '.join(map(str, top))}")
 
@@ -230,8 +240,8 @@ def _score_with_node_limits(s: StudyInputs, state: str = "stress") -> tuple[np.n
 
 
 def _predict_tracer(studies: list[StudyInputs], preds: dict[str, StudyPredictions], bundle: bundles.LoadedBundle, gradcam: bool) -> None:
-    heads = {"tc99m": (0, "abnormal_perfusion", "Tc-99m head: probability of abnormal perfusion"),
-             "tl201": (1, "high_risk", "Tl-201 head: probability of intermediate-or-high risk")}
+    heads = {"tc99m": (0, "abnormal_perfusion"), "tl201": (1, "high_risk")}
+    readers = bundle.reader_outputs()
     for s in studies:
         family = tracer_family(s.tracer)
         if family is None:
@@ -243,7 +253,8 @@ def _predict_tracer(studies: list[StudyInputs], preds: dict[str, StudyPrediction
             preds[s.key].notes.append("tracer-specific model not applied: no perfusion map")
             continue
         variant = "dual" if s.stress_perfusion is not None and s.rest_perfusion is not None else ("stress" if s.stress_perfusion is not None else "rest")
-        col, finding, label = heads[family]
+        col, finding = heads[family]
+        reader = readers[family]
         variant_auc = bundle.metadata.get("evaluation_summary", {}).get("test", {}).get(family, {}).get(f"model_{variant}", {}).get("auc")
         if variant_auc is not None and variant_auc < MIN_VARIANT_AUC:
             preds[s.key].notes.append(
@@ -264,13 +275,16 @@ def _predict_tracer(studies: list[StudyInputs], preds: dict[str, StudyPrediction
             cam = gradcam_maps(bundle.network, bundle.config["gradcam_target_layer"], x, col)[0]
             heat_key = f"gradcam_{family}"
             overlay = s.overlay_key if s.stress_perfusion is not None else "rest_perfusion"
-            out.images.append(_heat_image(heat_key, f"Grad-CAM: {family} head attention (research use)", cam, overlay, algorithm))
+            out.images.append(_heat_image(heat_key, reader, p, cam, overlay, algorithm))
         out.probabilities[f"{family}_head"] = p
         out.groups.append(MeasurementGroup(
-            label=f"{label} ({variant} input)", finding=finding, site="heart",
+            label=reader.name, finding=finding, site="heart",
             state={"dual": None, "stress": "stress", "rest": "rest"}[variant], algorithm=algorithm,
             measurements=(Measurement("probability", p, "1"),),
-            evaluations=(_classification(p, _threshold(bundle, family, "model")),), explanation_image=heat_key))
+            evaluations=(_classification(p, reader),), explanation_image=heat_key))
+        if variant != "dual":
+            out.notes.append(f"{reader.model} used the {variant} images only (no {'rest' if variant == 'stress' else 'stress'} study)")
+        out.notes.append(_verdict_note(reader))
 
 
 def _predict_crt(studies: list[StudyInputs], preds: dict[str, StudyPredictions], bundle: bundles.LoadedBundle) -> None:
@@ -301,7 +315,7 @@ def _predict_crt(studies: list[StudyInputs], preds: dict[str, StudyPredictions],
     with torch.no_grad():
         probs = expit(bundle.network(torch.from_numpy(x).to(bundle.device), torch.from_numpy(tab.values).to(bundle.device))
                          .cpu().numpy().astype(np.float64))[:, 0]
-    threshold = _threshold(bundle, "model")
+    reader = bundle.reader_outputs()["response"]
     for i, s in enumerate(usable):
         used, imputed = tab.used[i], tab.imputed[i]
         algorithm = bundle.algorithm((f"features_used={'+'.join(used)}", f"features_imputed={'+'.join(imputed) or 'none'}"))
@@ -309,8 +323,9 @@ def _predict_crt(studies: list[StudyInputs], preds: dict[str, StudyPredictions],
         out = preds[s.key]
         out.probabilities["crt_response"] = p
         out.groups.append(MeasurementGroup(
-            label="CRT model: probability of response", finding="crt_response", site="left_ventricle", state="rest",
-            algorithm=algorithm, measurements=(Measurement("probability", p, "1"),), evaluations=(_classification(p, threshold),)))
+            label=reader.name, finding="crt_response", site="left_ventricle", state="rest",
+            algorithm=algorithm, measurements=(Measurement("probability", p, "1"),), evaluations=(_classification(p, reader),)))
+        out.notes.append(_verdict_note(reader))
         out.notes.append(f"CRT model features used: {', '.join(used)}; imputed (training mean, flagged missing): {', '.join(imputed) or 'none'}")
 
 

@@ -14,6 +14,8 @@ that needs only the spool or the audit log does not load pynetdicom and the ledg
   bounded inflation, structure walk before parsing, the in-flight memory budget);
 * :mod:`node.dicom.sender`: the C-STORE SCU and the export loop over the ledger's sends;
 * :mod:`node.dicom.spool`: atomic, fsync'ed files (spool, outbox);
+* :mod:`node.dicom.journal`: the spool journal (received instances made durable by one
+  ``fdatasync`` shared by concurrent associations, replayed after a crash);
 * :mod:`node.dicom.tls`: TLS contexts for the listener and the sender;
 * :mod:`node.dicom.logs` and :mod:`node.dicom.audit`: logging without patient data,
   and the append-only audit log.
@@ -28,6 +30,7 @@ composition root, :mod:`node.service`.
 __all__ = [
     "audit",
     "intake",
+    "journal",
     "logs",
     "scp",
     "sender",

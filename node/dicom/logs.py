@@ -21,6 +21,19 @@ removed, length bounded). While a sender works on a study it makes that study's
 identifiers *active* (:meth:`PatientIdentifiers.active`): :class:`RedactingFilter`
 then replaces them in every log record as well, library records included.
 
+Log files rotate by size (:class:`LogOptions`: ``log_max_mb``, ``log_backups``): at
+``<component>.log`` reaching the limit it becomes ``<component>.log.1`` (older ones shift,
+the oldest goes). Several processes may write one file (a Celery worker and its pool
+processes): each notices a rotation made by another and reopens the file, and one rotates
+at a time (a lock file beside the log).
+
+Libraries speak at ``log_level_libraries`` (default WARNING): Celery's per-task lines,
+highdicom's INFO per object, alembic's start-up lines and the Celery worker banner stay out
+of the node's logs unless asked for (the worker's start and "ready" lines stay). A
+destination that refuses the connection is logged once per attempt by the sender, with its
+host and port (:mod:`node.dicom.sender`); pynetdicom's own two ERROR lines about it, which
+name neither, are dropped.
+
 The filter sits on the root handlers that :func:`setup_logging` installs and also,
 through :func:`silence_pynetdicom`, on the pydicom and pynetdicom loggers themselves,
 so that their records (e.g. pynetdicom's ERROR lines and tracebacks for exceptions
@@ -30,8 +43,11 @@ in a process that never called :func:`setup_logging`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import logging.handlers
+import os
 import re
 import sys
 import threading
@@ -43,6 +59,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "LIBRARY_LOGGERS",
+    "LogOptions",
     "PEER_TEXT_LIMIT",
     "PatientIdentifiers",
     "RedactingFilter",
@@ -253,7 +271,9 @@ def silence_pynetdicom() -> None:
     pynetdicom has no switch for the exceptions of notification handlers (``events.trigger``
     logs them at ERROR with a traceback): every pydicom and pynetdicom logger gets a
     :class:`RedactingFilter` of its own, so those records are redacted before any handler
-    sees them, whether or not :func:`setup_logging` configured the handlers. Idempotent.
+    sees them, whether or not :func:`setup_logging` configured the handlers. pynetdicom's two
+    records about a connection it could not make are dropped (the caller says it, with host and
+    port). Idempotent.
     """
     from pynetdicom import _config
 
@@ -261,6 +281,9 @@ def silence_pynetdicom() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pydicom").setLevel(logging.WARNING)
+    transport = logging.getLogger("pynetdicom.transport")
+    if not any(isinstance(f, _DropConnectionFailures) for f in transport.filters):
+        transport.addFilter(_DropConnectionFailures())
     _filter_library_loggers()
 
 
@@ -274,12 +297,89 @@ def _filter_library_loggers() -> None:
             logger.addFilter(RedactingFilter())
 
 
-def setup_logging(log_dir: Path | None, component: str, level: int | str = logging.INFO, stream: Any = sys.stderr) -> Path | None:
+#: loggers of the libraries whose records follow ``log_level_libraries`` (pydicom and pynetdicom never below WARNING)
+LIBRARY_LOGGERS = ("celery", "kombu", "amqp", "highdicom", "alembic", "matplotlib", "PIL", "urllib3", "monai",
+                   "torch", "filelock", "fsspec", "pydicom", "pynetdicom")
+#: library loggers kept at INFO whatever the setting: the Celery worker's start and "ready" lines
+_KEPT_AT_INFO = ("celery.apps.worker",)
+#: pynetdicom's records about a connection it could not make (the sender logs it once, with host and port)
+_CONNECTION_FAILED = ("Association request failed: unable to connect to remote", "TCP Initialisation Error:")
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """How the node's log files behave: rotated at ``max_bytes`` keeping ``backups`` older files,
+    libraries at ``library_level`` (a :mod:`logging` level name)."""
+
+    max_bytes: int = 10 * 2**20
+    backups: int = 5
+    library_level: str = "WARNING"
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> LogOptions:
+        """``log_max_mb``, ``log_backups`` and ``log_level_libraries`` of a :class:`node.config.Settings`."""
+        return cls(int(settings.log_max_mb * 2**20), int(settings.log_backups), str(settings.log_level_libraries))
+
+    @property
+    def library_banners(self) -> bool:
+        """Whether libraries may print their start-up banners (the Celery worker's): at INFO or below."""
+        return logging.getLevelName(self.library_level) <= logging.INFO
+
+
+class _SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A size-rotated log file that several processes write: before each record it reopens the file
+    when another process rotated it, and it rotates under an exclusive lock on ``<file>.lock``,
+    after checking the size of the file on disk (not of its own stream)."""
+
+    def shouldRollover(self, record: logging.LogRecord) -> int:  # noqa: N802 (logging's name)
+        try:
+            on_disk = os.stat(self.baseFilename)
+        except OSError:
+            on_disk = None
+        if self.stream is not None and (on_disk is None or os.fstat(self.stream.fileno()).st_ino != on_disk.st_ino):
+            self.stream.close()
+            self.stream = self._open()  # another process rotated (or removed) the file
+            on_disk = os.stat(self.baseFilename)
+        return int(self.maxBytes > 0 and on_disk is not None and on_disk.st_size >= self.maxBytes)
+
+    def doRollover(self) -> None:  # noqa: N802 (logging's name)
+        with open(self.baseFilename + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if os.path.exists(self.baseFilename) and os.stat(self.baseFilename).st_size >= self.maxBytes:
+                    super().doRollover()
+                elif self.stream is not None:  # another process rotated meanwhile
+                    self.stream.close()
+                    self.stream = self._open()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _DropConnectionFailures(logging.Filter):
+    """Drops pynetdicom's records about a connection that could not be made (they name no host)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_CONNECTION_FAILED)
+
+
+def _set_library_levels(options: LogOptions) -> None:
+    level = logging.getLevelName(options.library_level)
+    for name in LIBRARY_LOGGERS:
+        floor = logging.WARNING if name in ("pydicom", "pynetdicom") else logging.NOTSET
+        logging.getLogger(name).setLevel(max(level, floor))
+    for name in _KEPT_AT_INFO:
+        logging.getLogger(name).setLevel(min(level, logging.INFO))
+
+
+def setup_logging(log_dir: Path | None, component: str, level: int | str = logging.INFO, stream: Any = sys.stderr,
+                  options: LogOptions | None = None) -> Path | None:
     """Configure the root logger for ``component`` (e.g. ``"node"``, ``"worker"``).
 
-    Writes to ``log_dir/<component>.log`` (created) when ``log_dir`` is given, and to
-    ``stream``; every handler redacts. Returns the log file path.
+    Writes to ``log_dir/<component>.log`` (created; rotated by size as ``options`` say) when
+    ``log_dir`` is given, and to ``stream``; every handler redacts; library loggers are set to
+    ``options.library_level``. Returns the log file path.
     """
+    options = options or LogOptions()
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_cardionode", False):
@@ -290,7 +390,8 @@ def setup_logging(log_dir: Path | None, component: str, level: int | str = loggi
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / f"{component}.log"
-        handlers.append(logging.FileHandler(path, encoding="utf-8"))
+        handlers.append(_SharedRotatingFileHandler(path, maxBytes=options.max_bytes, backupCount=options.backups,
+                                                   encoding="utf-8"))
     if stream is not None:
         handlers.append(logging.StreamHandler(stream))
     for handler in handlers:
@@ -301,4 +402,5 @@ def setup_logging(log_dir: Path | None, component: str, level: int | str = loggi
     root.setLevel(level)
     logging.captureWarnings(True)
     silence_pynetdicom()
+    _set_library_levels(options)
     return path

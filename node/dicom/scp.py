@@ -254,6 +254,7 @@ class DicomListener:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            self.storage.close()
             self.refusals.close()
             audit_quietly(self.audit, "listener.stopped", ae_title=self.settings.ae_title)
 

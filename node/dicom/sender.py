@@ -43,7 +43,7 @@ from typing import Any
 import pydicom
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
@@ -55,8 +55,11 @@ __all__ = [
     "COMPREHENSIVE_3D_SR",
     "ENHANCED_SR",
     "PEER_TEXT_KEPT",
+    "EchoOutcome",
     "EnhancedSRConverter",
     "Target",
+    "destination_targets",
+    "echo",
     "SendOutcome",
     "classify_status",
     "send_files",
@@ -157,6 +160,88 @@ def _association_failure(assoc: Association) -> tuple[str, str]:
     return "transient", "no association: connection refused or timed out"
 
 
+def _associate(
+    target: Target,
+    calling_ae: str,
+    timeout_s: float,
+    contexts: list[PresentationContext],
+    patients: PatientIdentifiers,
+) -> tuple[Association | None, tuple[str, str]]:
+    """An association with ``target`` proposing ``contexts`` (``timeout_s`` bounds connecting, negotiation and
+    each response), or (None, (kind, words)) when none was established; ``patients``' identifiers are
+    replaced in the words of a connection error."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
+    ae.requested_contexts = contexts
+    tls_args = (target.ssl_context, target.host) if target.ssl_context is not None else None
+    connected: list[bool] = []  # EVT_CONN_OPEN fires once the TCP connection is made
+    try:
+        assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))])
+    except (OSError, ssl.SSLError) as exc:
+        return None, ("transient", f"cannot connect: {clean_peer_text(str(exc), patients, quoted=False)}")
+    if not assoc.is_established and not connected:
+        return None, ("transient", f"cannot connect to {target.host}:{target.port} "
+                                   "(connection refused, host unreachable or timed out)")
+    if not assoc.is_established:
+        return None, _association_failure(assoc)
+    return assoc, ("", "")
+
+
+def destination_targets(settings: Any) -> dict[str, Target]:
+    """The ``destinations`` of ``settings`` (a :class:`node.config.Settings`) as targets by name; those with
+    ``tls`` use the client context of ``settings.tls`` (:func:`node.dicom.tls.client_context`)."""
+    from node.dicom.tls import client_context
+
+    return {
+        d.name: Target(d.name, d.ae_title, d.host, d.port, client_context(settings.tls) if d.tls else None)
+        for d in settings.destinations
+    }
+
+
+@dataclass(frozen=True)
+class EchoOutcome:
+    """What a C-ECHO to ``target`` gave: ``ok`` when the peer answered Success; ``words`` say what
+    happened (the node's words, never the peer's text); ``elapsed_s`` from connecting to the answer."""
+
+    target: Target
+    ok: bool
+    words: str
+    elapsed_s: float
+
+    def describe(self) -> str:
+        """``C-ECHO to ORTHANC@127.0.0.1:4242: Success in 12 ms`` or ``...: failed: <why>``."""
+        where = f"C-ECHO to {self.target.ae_title}@{self.target.host}:{self.target.port}"
+        if self.ok:
+            return f"{where}: {self.words} in {self.elapsed_s * 1000:.0f} ms"
+        return f"{where} failed: {self.words}"
+
+
+def echo(target: Target, *, calling_ae: str, timeout_s: float = 10.0) -> EchoOutcome:
+    """Verify ``target`` with a C-ECHO (Verification SOP Class) over a new association, as results are sent
+    (same AE titles, TLS, timeouts of ``timeout_s`` seconds); never raises for network or peer problems."""
+    import time
+
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    started = time.monotonic()
+    assoc, (_, words) = _associate(target, calling_ae, timeout_s, [build_context(Verification)], PatientIdentifiers())
+    if assoc is None:
+        return EchoOutcome(target, False, words, time.monotonic() - started)
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    code = getattr(status, "Status", None)
+    elapsed = time.monotonic() - started
+    if code is None:
+        return EchoOutcome(target, False, "no answer: timed out or association aborted", elapsed)
+    if code != 0x0000:
+        return EchoOutcome(target, False, f"answered status 0x{int(code):04X}", elapsed)
+    return EchoOutcome(target, True, "Success", elapsed)
+
+
 def send_files(
     target: Target,
     paths: Sequence[Path],
@@ -193,17 +278,9 @@ def _send_datasets(
 ) -> list[SendOutcome]:
     """:func:`send_files` on read datasets; ``patients[i]`` are the identifiers of ``datasets[i]``,
     ``everyone`` those of the whole batch (for texts that concern the association)."""
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    ae.requested_contexts = _contexts_for(datasets, enhanced_sr is not None)
-    tls_args = (target.ssl_context, target.host) if target.ssl_context is not None else None
-    try:
-        assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args)
-    except (OSError, ssl.SSLError) as exc:
-        words = f"cannot connect: {clean_peer_text(str(exc), everyone, quoted=False)}"
-        return [SendOutcome(str(ds.SOPInstanceUID), "transient", None, words) for ds in datasets]
-    if not assoc.is_established:
-        kind, words = _association_failure(assoc)
+    assoc, failure = _associate(target, calling_ae, timeout_s, _contexts_for(datasets, enhanced_sr is not None), everyone)
+    if assoc is None:
+        kind, words = failure
         return [SendOutcome(str(ds.SOPInstanceUID), kind, None, words) for ds in datasets]
 
     accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
@@ -367,6 +444,7 @@ class Exporter:
             target, paths, calling_ae=self.calling_ae, timeout_s=self.timeout_s, enhanced_sr=self.enhanced_sr
         )
         sent = 0
+        failures: dict[tuple[int, str], list[int]] = {}  # (log level, words) -> send ids: one line per attempt
         for send, outcome in zip(ready, outcomes):
             if outcome.ok:
                 self.ledger.sends.record_attempt(send.id, "sent", status=outcome.status, peer_text=outcome.comment)
@@ -379,7 +457,7 @@ class Exporter:
                 self.ledger.sends.record_attempt(
                     send.id, "dead_letter", status=outcome.status, error=why, peer_text=outcome.comment
                 )
-                _log.warning("send %d to %s dead-lettered: %s", send.id, target.name, why)
+                failures.setdefault((logging.WARNING, f"dead-lettered: {why}"), []).append(send.id)
                 self._audit("send.dead_letter", send, target, error=why, peer_comment=bool(outcome.comment))
             else:
                 delay = self.retry.delay_s(attempt)
@@ -387,7 +465,10 @@ class Exporter:
                     send.id, "retrying", status=outcome.status, error=error, peer_text=outcome.comment,
                     next_attempt_at=now + timedelta(seconds=delay),
                 )
-                _log.info("send %d to %s failed (%s); retry in %.0f s", send.id, target.name, error, delay)
+                failures.setdefault((logging.INFO, f"failed ({error}); retry in {delay:.0f} s"), []).append(send.id)
+        for (level, words), ids in failures.items():
+            _log.log(level, "send%s %s to %s (%s:%d) %s", "s" if len(ids) > 1 else "", ", ".join(map(str, ids)),
+                     target.name, target.host, target.port, words)
         if sent:
             _log.info("sent %d of %d objects to %s", sent, len(ready), target.name)
             self._audit_batch(target, sent)

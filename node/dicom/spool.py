@@ -15,10 +15,16 @@ ranges of other files (:class:`FileRange`), which are copied by the kernel
 (``copy_file_range``) without passing through the process's memory; the storage
 service spools a large instance that way from the file it was received into, in the
 spool's ``.incoming`` folder (emptied, like partial files, when the listener starts).
+
+With the spool journal (:mod:`node.dicom.journal`, in the spool's ``.journal`` folder) the
+storage service writes a received instance with ``durable=False``: its durable copy is the
+journal record, and the spool is made durable later, many files at once, by
+:meth:`Spool.sync` (one ``syncfs``) before the journal segment is retired.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 from collections.abc import Sequence
@@ -29,6 +35,10 @@ from node.uids import validate_uid
 
 __all__ = [
     "FileRange",
+    "Part",
+    "append_parts",
+    "part_size",
+    "sync_file_system",
     "StoredFile",
     "Spool",
     "write_file_atomic",
@@ -85,6 +95,40 @@ class FileRange:
 Part = bytes | bytearray | memoryview | FileRange
 
 
+def part_size(part: Part) -> int:
+    """Bytes of one part of a file to write."""
+    return part.length if isinstance(part, FileRange) else len(part)
+
+
+def append_parts(fd: int, parts: Sequence[Part]) -> None:
+    """Write ``parts`` one after the other at the position of ``fd`` (a :class:`FileRange` is
+    copied by the kernel where it can)."""
+    for part in parts:
+        if isinstance(part, FileRange):
+            _copy_range(fd, part)
+        else:
+            _write_all(fd, part)
+
+
+def sync_file_system(path: Path) -> None:
+    """Make everything written to the file system holding ``path`` durable: ``syncfs(2)`` (one
+    device flush for any number of files, their directories included), ``sync(2)`` where there
+    is no ``syncfs``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -130,11 +174,7 @@ def write_parts_atomic(path: Path, parts: Sequence[Part], durable: bool = True) 
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
-        for part in parts:
-            if isinstance(part, FileRange):
-                _copy_range(fd, part)
-            else:
-                _write_all(fd, part)
+        append_parts(fd, parts)
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -182,9 +222,12 @@ class Spool:
         make_directories(path, self.durable)
         return path
 
-    def store(self, study_uid: str, series_uid: str, sop_instance_uid: str, data: bytes | Sequence[Part]) -> StoredFile:
+    def store(
+        self, study_uid: str, series_uid: str, sop_instance_uid: str, data: bytes | Sequence[Part], durable: bool | None = None
+    ) -> StoredFile:
         """Spool one instance (``data``: a DICOM Part 10 file, as bytes or as parts, see
-        :func:`write_parts_atomic`).
+        :func:`write_parts_atomic`); ``durable`` overrides the spool's own setting (False: the
+        caller makes it durable otherwise, e.g. through :mod:`node.dicom.journal` and :meth:`sync`).
 
         Idempotent on the SOP Instance UID: if the file exists, it is kept as it
         is (first copy wins) and ``created`` is False.
@@ -193,9 +236,12 @@ class Spool:
         if path.is_file():
             return StoredFile(path, path.stat().st_size, False)
         parts: Sequence[Part] = [data] if isinstance(data, bytes | bytearray | memoryview) else data
-        write_parts_atomic(path, parts, self.durable)
-        size = sum(p.length if isinstance(p, FileRange) else len(p) for p in parts)
-        return StoredFile(path, size, True)
+        write_parts_atomic(path, parts, self.durable if durable is None else durable)
+        return StoredFile(path, sum(part_size(p) for p in parts), True)
+
+    def sync(self) -> None:
+        """Make every file and directory written to the spool so far durable (one :func:`sync_file_system`)."""
+        sync_file_system(self.root)
 
     def remove_partial_files(self) -> int:
         """Delete temporary files left by a crash mid-write, and data sets left half received;

@@ -4,8 +4,20 @@ All storage SOP classes are negotiated so that the node can answer every
 instance with a precise status; instances of classes outside
 :data:`STORAGE_SOP_CLASSES` are answered 0x0122 (SOP class not supported).
 
-An instance is answered Success (0x0000) only after it is in the spool
-(atomic, fsync'ed) and in the ledger. Failures:
+An instance is answered Success (0x0000) only after its bytes and its ledger record are
+durable, and it is readable in the spool and recorded in the ledger. With ``durable_writes``
+and ``ingest_journal`` (the default) the durable copy is a record of the spool journal
+(:mod:`node.dicom.journal`): the record (ledger record and file bytes) is appended, the file
+is laid out in the spool without fsync, the handler waits for the group commit that covers
+the record (one ``fdatasync`` shared by every association waiting at that moment), then
+records the instance in the ledger (one transaction for the instances of all associations
+waiting at that moment, :class:`GroupRecorder`) and answers. The ledger row is written only after the
+file is in the spool tree, so whatever sees the row (the assembler, a worker) can read the
+file. An instance over :data:`JOURNAL_MAX_INSTANCE_BYTES` is spooled as without the journal
+(the file and its directory fsync'ed, then the ledger commit). When the listener starts, the
+journal segments a crash left are replayed (:meth:`StorageService.prepare`). With
+``ingest_journal`` off, every instance takes that second path; with ``durable_writes`` off,
+nothing is fsync'ed. Failures:
 
 * 0xA700 out of resources: the node's own resources only: the disk is below the
   watermark, writing failed, or the in-flight memory budget stayed full
@@ -41,6 +53,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,16 +84,19 @@ from node.dicom.intake import (
     inflate_bounded,
     scan_structure,
 )
+from node.dicom.journal import JOURNAL_DIR, JournalTicket, SpoolJournal
 from node.dicom.logs import hash_identifier, redact
 from node.dicom.services import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Peer, Peers, audit_quietly
-from node.dicom.spool import FileRange, Spool
+from node.dicom.spool import FileRange, Part, Spool, StoredFile, part_size, write_parts_atomic
 from node.ledger import InstanceMeta, Ledger, utcnow
 from node.uids import is_valid_uid
 
 __all__ = [
+    "JOURNAL_MAX_INSTANCE_BYTES",
     "STORAGE_SOP_CLASSES",
     "TRANSFER_SYNTAXES",
     "Describe",
+    "GroupRecorder",
     "Status",
     "StorageService",
     "StoreRefusedError",
@@ -136,6 +152,8 @@ TRANSFER_SYNTAXES: dict[str, str] = {
 }
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _MiB = 2**20
+#: instances larger than this (bytes, as spooled) bypass the spool journal (file and directory fsync'ed)
+JOURNAL_MAX_INSTANCE_BYTES = 16 * _MiB
 #: bytes pynetdicom's File Meta may take ahead of the data set in a received file (UIDs are at most 64 characters)
 _META_ALLOWANCE = 64 * 1024
 _PIXEL_TAGS = {"PixelData": 0x7FE00010, "FloatPixelData": 0x7FE00008, "DoubleFloatPixelData": 0x7FE00009}
@@ -250,6 +268,121 @@ def _instance_meta(
     )
 
 
+class _Pending:
+    """One instance waiting for :class:`GroupRecorder` (its result, or the batch's error)."""
+
+    __slots__ = ("meta", "done", "new", "error")
+
+    def __init__(self, meta: InstanceMeta) -> None:
+        self.meta = meta
+        self.done = False
+        self.new = False
+        self.error: Exception | None = None
+
+
+class GroupRecorder:
+    """Records instances in the ledger in one transaction per group of concurrent callers.
+
+    :meth:`record` returns once the caller's instance is committed, as
+    :meth:`node.ledger.instances.InstanceStore.record` does; the first caller finding no
+    transaction under way commits every instance waiting at that moment
+    (:meth:`~node.ledger.instances.InstanceStore.record_many`), the others wait for it (the
+    group commit of :mod:`node.dicom.journal`, applied to the ledger). An error of the
+    transaction is raised to every caller of its group.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.transactions = 0
+        self._waiting: list[_Pending] = []
+        self._busy = False
+        self._changed = threading.Condition()
+
+    def record(self, meta: InstanceMeta) -> bool:
+        """Record ``meta``; False if its SOP Instance UID was already recorded."""
+        entry = _Pending(meta)
+        with self._changed:
+            self._waiting.append(entry)
+            while not entry.done:
+                if self._busy:
+                    self._changed.wait()
+                    continue
+                self._busy = True
+                group, self._waiting = self._waiting, []
+                self._changed.release()
+                error: Exception | None = None
+                results: list[bool] = []
+                try:
+                    results = self.ledger.instances.record_many([e.meta for e in group])
+                except Exception as exc:
+                    error = exc
+                finally:
+                    self._changed.acquire()
+                    self._busy = False
+                self.transactions += 1
+                for k, pending in enumerate(group):
+                    pending.error = error
+                    pending.new = results[k] if error is None else False
+                    pending.done = True
+                self._changed.notify_all()
+        if entry.error is not None:
+            raise entry.error
+        return entry.new
+
+
+def _journal_meta(meta: InstanceMeta) -> dict[str, Any]:
+    """The JSON object a journal record keeps of ``meta`` (its path follows from the UIDs)."""
+    return {
+        "sop_instance_uid": meta.sop_instance_uid,
+        "sop_class_uid": meta.sop_class_uid,
+        "study_uid": meta.study_uid,
+        "series_uid": meta.series_uid,
+        "size_bytes": meta.size_bytes,
+        "transfer_syntax_uid": meta.transfer_syntax_uid,
+        "routing": dict(meta.routing),
+        "calling_ae": meta.calling_ae,
+        "received_at": meta.received_at.isoformat() if meta.received_at else None,
+    }
+
+
+def _meta_from_journal(record: Mapping[str, Any], spool: Spool) -> InstanceMeta:
+    """The :class:`InstanceMeta` of a journal record's JSON object (:func:`_journal_meta`)."""
+    received_at = record.get("received_at")
+    return InstanceMeta(
+        sop_instance_uid=record["sop_instance_uid"],
+        sop_class_uid=record["sop_class_uid"],
+        study_uid=record["study_uid"],
+        series_uid=record["series_uid"],
+        path=str(spool.path_for(record["study_uid"], record["series_uid"], record["sop_instance_uid"])),
+        size_bytes=int(record["size_bytes"]),
+        transfer_syntax_uid=record.get("transfer_syntax_uid", ""),
+        routing=record.get("routing") or {},
+        calling_ae=record.get("calling_ae", ""),
+        received_at=datetime.fromisoformat(received_at) if received_at else None,
+    )
+
+
+def replay_journal(journal: SpoolJournal, spool: Spool, ledger: Ledger) -> int:
+    """Lay out and record every instance of the journal segments a crash left; returns how many.
+
+    Idempotent: a spool file that holds the record's bytes is kept, a missing or different one
+    is written again; the spool is made durable (one sync) before the ledger records, and the
+    segments are deleted only after both.
+    """
+    metas: list[InstanceMeta] = []
+    for record in journal.replay():
+        meta = _meta_from_journal(record.meta, spool)
+        path = Path(meta.path)
+        if not record.matches_file(path):
+            write_parts_atomic(path, [record.data], durable=False)
+        metas.append(meta)
+    if metas:
+        spool.sync()
+        ledger.instances.record_many(metas)
+    journal.forget_replayed()
+    return len(metas)
+
+
 def recover_unrecorded_instances(spool: Spool, ledger: Ledger, describe: Describe) -> int:
     """Record spooled files the ledger does not know; returns how many.
 
@@ -343,6 +476,9 @@ class StorageService:
         self.audit = audit
         self.on_instance_stored = on_instance_stored
         self.spool = Spool(settings.spool_dir, durable=settings.durable_writes)
+        #: the spool journal, opened by :meth:`prepare` when ``durable_writes`` and ``ingest_journal`` are on
+        self.journal: SpoolJournal | None = None
+        self.recorder = GroupRecorder(ledger)
         self._peers = Peers()
         self.max_instance_bytes = int(settings.max_instance_mb * _MiB)
         self.budget = MemoryBudget(int(settings.max_inflight_mb * _MiB))
@@ -371,14 +507,32 @@ class StorageService:
             _log.info("removed %d data set(s) left half received by a closed connection", left)
 
     def prepare(self) -> None:
-        """Remove partial spool files and record spooled instances the ledger lacks (after a crash)."""
+        """Remove partial spool files, replay the journal segments a crash left, record spooled
+        instances the ledger lacks (after a crash), and start the journal's checkpointer."""
         removed = self.spool.remove_partial_files()
         if removed:
             _log.info("removed %d partial spool file(s) left by an interrupted write", removed)
+        if self.settings.durable_writes and self.settings.ingest_journal and self.journal is None:
+            journal = SpoolJournal(self.spool.root / JOURNAL_DIR)
+            replayed = replay_journal(journal, self.spool, self.ledger)
+            if replayed:
+                _log.warning("replayed %d instance(s) from the spool journal (after a crash)", replayed)
+                audit_quietly(self.audit, "spool.journal_replayed", instances=replayed)
+            journal.start(self.spool.sync)
+            self.journal = journal
         recovered = recover_unrecorded_instances(self.spool, self.ledger, self.describe)
         if recovered:
             _log.warning("recorded %d spooled instance(s) missing from the ledger (after a crash)", recovered)
             audit_quietly(self.audit, "spool.recovered", instances=recovered)
+
+    def close(self) -> None:
+        """Checkpoint and close the spool journal (the listener stopped)."""
+        journal, self.journal = self.journal, None
+        if journal is not None:
+            _log.info(
+                "spool journal: %d instance(s) made durable by %d fdatasync(s)", journal.records, journal.flushes
+            )
+            journal.close()
 
     # ------------------------------------------------------------------ C-STORE
     def _on_store(self, event: evt.Event) -> int | Dataset:
@@ -598,20 +752,59 @@ class StorageService:
         """Spool the instance (File Meta, then the data set as received, copied from its file) and record it."""
         calling = peer.calling_ae if peer else ""
         header = _part10_header(checked.sop_class, checked.sop_instance, transfer_syntax, calling)
+        parts: list[Part] = [header, received]
+        journal = self.journal
+        received_at = utcnow()
+        ticket: JournalTicket | None = None
         try:
-            stored = self.spool.store(checked.study, checked.series, checked.sop_instance, [header, received])
+            if journal is not None and len(header) + received.length <= JOURNAL_MAX_INSTANCE_BYTES:
+                stored, ticket = self._journal_and_lay_out(journal, checked, parts, str(transfer_syntax), calling, received_at)
+            else:
+                stored = self.spool.store(checked.study, checked.series, checked.sop_instance, parts)
         except OSError as exc:
             raise StoreRefusedError(Status.OUT_OF_RESOURCES, f"cannot write to the spool: {exc.strerror or exc}") from None
-        meta = _instance_meta(checked, stored.path, stored.size_bytes, str(transfer_syntax), calling, utcnow())
+        meta = _instance_meta(checked, stored.path, stored.size_bytes, str(transfer_syntax), calling, received_at)
         try:
-            new = self.ledger.instances.record(meta)
+            new = self.recorder.record(meta)
         except Exception as exc:
             _log.exception("cannot record instance %s in the ledger", hash_identifier(checked.sop_instance))
             raise StoreRefusedError(Status.OUT_OF_RESOURCES, f"cannot record in the ledger: {type(exc).__name__}") from None
+        finally:
+            if journal is not None and ticket is not None:
+                journal.settled(ticket)
         if peer:
             peer.study_uids.add(checked.study)
             peer.count("stored" if new else "duplicates")
         return meta if new else None
+
+
+    def _journal_and_lay_out(
+        self,
+        journal: SpoolJournal,
+        checked: _Checked,
+        parts: list[Part],
+        transfer_syntax: str,
+        calling: str,
+        received_at: datetime,
+    ) -> tuple[StoredFile, JournalTicket | None]:
+        """Append the instance to the journal, lay out its spool file (no fsync) and wait for the
+        group commit covering the record; the caller calls :meth:`SpoolJournal.settled` with the
+        ticket once the instance is recorded in the ledger. An instance already in the spool
+        waits for the flush of whatever the journal holds (its record may be in it) and is not
+        appended again (no ticket)."""
+        path = self.spool.path_for(checked.study, checked.series, checked.sop_instance)
+        if path.is_file():
+            journal.wait_durable(journal.last_ticket())
+            return StoredFile(path, path.stat().st_size, False), None
+        meta = _instance_meta(checked, path, sum(part_size(p) for p in parts), transfer_syntax, calling, received_at)
+        ticket = journal.append(_journal_meta(meta), parts)
+        try:
+            stored = self.spool.store(checked.study, checked.series, checked.sop_instance, parts, durable=False)
+            journal.wait_durable(ticket)
+        except BaseException:
+            journal.settled(ticket)
+            raise
+        return stored, ticket
 
 
 class _ReadError(Exception):

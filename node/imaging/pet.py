@@ -83,6 +83,7 @@ __all__ = [
     "DynamicPETSeries",
     "PETSeriesClass",
     "classify_pet_series",
+    "expected_instance_count",
     "load_dynamic_pet",
     "pet_series_kind",
     "timing_variant_for",
@@ -310,6 +311,23 @@ def pet_series_kind(ds: Dataset) -> str:
         image_type = [str(v).strip().upper() for v in _values(ds.get("ImageType"))]
         return _IMAGE_FLAVOURS.get(image_type[2] if len(image_type) > 2 else "", "unknown")
     return ""
+
+
+def expected_instance_count(ds: Dataset) -> int | None:
+    """How many instances one instance says its series has, or None when it does not say.
+
+    A dynamic series of PET Image Storage has NumberOfSlices (0054,0081) x NumberOfTimeSlices
+    (0054,0101) instances, one per slice and time frame (PS3.3 C.8.9.1); any other series (an
+    Enhanced PET instance holds the whole series) does not say. Routing waits for this count before
+    a study counts as complete, and the loader refuses a series that does not have it.
+    """
+    if pet_series_kind(ds) != "dynamic" or _text(ds, "SOPClassUID") != PET_IMAGE_STORAGE:
+        return None
+    try:
+        count = int(ds.get("NumberOfSlices") or 0) * int(ds.get("NumberOfTimeSlices") or 0)
+    except (TypeError, ValueError):
+        return None
+    return count if count > 0 else None
 
 
 def timing_variant_for(ds: Dataset) -> str | None:
@@ -882,9 +900,38 @@ def _enhanced_facts(ds: Dataset, units: str = "") -> _Facts:
     return _Facts(units, "ADMIN" if admin else "START", None if admin else reference, corrected)
 
 
+#: Transfer syntaxes whose Pixel Data are the stored values as they are (Implicit / Explicit VR Little Endian).
+_NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
+def _native_stored_values(ds: Dataset) -> np.ndarray | None:
+    """Stored values ``[rows, columns]`` (``[frames, rows, columns]`` when Number of Frames > 1) read straight
+    from native little-endian Pixel Data of one sample per pixel with Bits Stored = Bits Allocated (8, 16
+    or 32); None for anything else (compressed, big-endian, packed or masked bits, colour), which pydicom's
+    decoders handle. A dynamic study has thousands of such instances: this skips the decoder machinery
+    that each ``pixel_array`` call sets up (about half of the per-instance loading time)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _NATIVE_LITTLE_ENDIAN:
+        return None
+    bits, stored = ds.get("BitsAllocated"), ds.get("BitsStored")
+    rows, columns, frames = ds.get("Rows"), ds.get("Columns"), int(ds.get("NumberOfFrames") or 1)
+    if bits not in (8, 16, 32) or stored != bits or int(ds.get("SamplesPerPixel") or 1) != 1 or not rows or not columns:
+        return None
+    dtype = np.dtype(f"{'<i' if ds.get('PixelRepresentation') == 1 else '<u'}{bits // 8}")
+    count = int(rows) * int(columns) * frames
+    data = ds.PixelData
+    if not isinstance(data, bytes) or len(data) < count * dtype.itemsize:
+        return None
+    values = np.frombuffer(data, dtype=dtype, count=count)
+    return values.reshape(int(rows), int(columns)) if frames == 1 else values.reshape(frames, int(rows), int(columns))
+
+
 def _decoded(ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
         raise UnusableSeriesError(f"PixelData (7FE0,0010) is missing in {_instance(ds)}", "PixelData")
+    native = _native_stored_values(ds)
+    if native is not None:
+        return native.astype(np.float64)
     try:
         return np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as exc:  # decoders raise many types

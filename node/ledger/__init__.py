@@ -5,7 +5,8 @@ entity: ``ledger.instances`` (:mod:`node.ledger.instances`), ``ledger.studies``
 (studies, series and their states, :mod:`node.ledger.studies`), ``ledger.jobs``
 (:mod:`node.ledger.jobs`), ``ledger.outputs`` and ``ledger.sends``
 (:mod:`node.ledger.outputs`), ``ledger.rejections`` and ``ledger.events``
-(:mod:`node.ledger.events`). Tables, states, the time convention, thread safety,
+(:mod:`node.ledger.events`), ``ledger.retention`` (what retention may remove,
+:mod:`node.ledger.retention`). Tables, states, the time convention, thread safety,
 durability and what the node does with a database at each schema revision are in
 :mod:`node.ledger.schema`; the revisions themselves (Alembic) in
 :mod:`node.ledger.migrations`, run through :mod:`node.ledger.revisions`;
@@ -17,9 +18,11 @@ from node.ledger.instances import InstanceMeta, InstanceStore
 from node.ledger.jobs import JobStore
 from node.ledger.ledger import Ledger
 from node.ledger.outputs import OutputMeta, OutputStore, SendStore
+from node.ledger.retention import RetentionStore, StudyRetention
 from node.ledger.schema import (
     COMPLETENESS_RULES,
     JOB_STATES,
+    PRUNED_PATH,
     SCHEMA_STATES,
     SEND_STATES,
     STUDY_STATES,
@@ -43,6 +46,7 @@ from node.ledger.studies import StudyStore
 __all__ = [
     "COMPLETENESS_RULES",
     "JOB_STATES",
+    "PRUNED_PATH",
     "SCHEMA_STATES",
     "SEND_STATES",
     "STUDY_STATES",
@@ -61,12 +65,14 @@ __all__ = [
     "OutputStore",
     "RejectionRecord",
     "RejectionStore",
+    "RetentionStore",
     "SchemaStatus",
     "Send",
     "SendStore",
     "Series",
     "Study",
     "StudyStore",
+    "StudyRetention",
     "read_schema_status",
     "upgrade_schema",
     "utcnow",

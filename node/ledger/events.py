@@ -9,7 +9,7 @@ status answered and the reason, never patient data.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from node.ledger.schema import Event, RejectionRecord, Store, clip, utcnow
@@ -55,6 +55,17 @@ class EventStore(Store):
             if limit:
                 q = q.limit(limit)
             return list(s.scalars(q))
+
+    def after(self, event_id: int, limit: int = 500) -> list[Event]:
+        """State changes with an id above ``event_id``, oldest first, at most ``limit`` (for followers
+        such as :mod:`node.ops.notify`, which remember the last id they handled)."""
+        with self.database.read() as s:
+            return list(s.scalars(select(Event).where(Event.id > int(event_id)).order_by(Event.id).limit(limit)))
+
+    def last_id(self) -> int:
+        """The id of the latest state change (0 when there is none)."""
+        with self.database.read() as s:
+            return int(s.scalar(select(func.max(Event.id))) or 0)
 
     def recent(self, limit: int) -> list[Event]:
         """The latest ``limit`` state changes of any entity, newest first."""

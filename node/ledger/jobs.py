@@ -14,9 +14,13 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 
 from node.ledger.events import record_event
-from node.ledger.schema import JOB_STATES, Job, LedgerError, Output, Send, Store, Study, utcnow
+from node.ledger.schema import JOB_STATES, STUDY_FINISHED, Job, LedgerError, Output, Send, Store, Study, utcnow
 
-__all__ = ["JobStore"]
+__all__ = ["JobStore", "NothingToRetry"]
+
+
+class NothingToRetry(LedgerError):
+    """`cardionode retry` of a job that is already done: its results were sent (or are in the outbox)."""
 
 
 class JobStore(Store):
@@ -106,21 +110,32 @@ class JobStore(Store):
             record_event(s, "job", job.id, old, to_state, reason or (error or ""))
             return job
 
-    def retry(self, job_id: int) -> Job:
-        """`cardionode retry`: a ``failed``/``dead``/``discarded`` job goes back to ``queued``
-        (task id cleared, so the conductor dispatches it again); a ``reported`` or ``sent``
-        job keeps its outputs and its ``dead_letter`` sends go back to ``pending``."""
-        job = self.get(job_id)
-        if job is None:
-            raise LedgerError(f"no job {job_id} in the ledger; see `cardionode status`")
+    def retry(self, job_id: int, force: bool = False) -> Job:
+        """`cardionode retry`: run a job again, or send its dead-lettered results again.
+
+        * a job with ``dead_letter`` sends (``reported``, ``sent`` or ``dead``) keeps its outputs and
+          those sends go back to ``pending`` (job ``reported``);
+        * a ``failed``, ``dead`` or ``discarded`` job, or with ``force`` a ``sent`` or ``reported``
+          one, goes back to ``queued`` (task id cleared: the conductor dispatches a new attempt);
+          its study goes back to ``processing`` for the job's run (the run number is kept), so
+          that the new attempt ends the study ``done`` or ``failed`` as a first one would;
+        * without ``force``, a ``sent`` job, or a ``reported`` one without pending sends, raises
+          :class:`NothingToRetry` (its results were delivered, or are in the outbox when no
+          destination is configured);
+        * a ``queued`` or ``running`` job, or one whose results are still being sent, raises
+          :class:`LedgerError`.
+        """
         now = utcnow()
         with self.database.write() as s:
             job = s.get(Job, int(job_id))
-            assert job is not None
-            has_outputs = s.scalar(select(func.count()).select_from(Output).where(Output.job_id == job.id)) or 0
+            if job is None:
+                raise LedgerError(f"no job {job_id} in the ledger; see `cardionode status`")
             if job.state in ("queued", "running"):
                 raise LedgerError(f"job {job_id} is {job.state}; nothing to retry")
-            dead = list(s.scalars(select(Send).where(Send.job_id == job.id, Send.state == "dead_letter")))
+            has_outputs = s.scalar(select(func.count()).select_from(Output).where(Output.job_id == job.id)) or 0
+            sends = list(s.scalars(select(Send).where(Send.job_id == job.id)))
+            dead = [send for send in sends if send.state == "dead_letter"]
+            sending = [send for send in sends if send.state in ("pending", "retrying")]
             if has_outputs and job.state in ("reported", "sent", "dead") and dead:
                 for send in dead:
                     record_event(s, "send", send.id, send.state, "pending", "retry requested by an operator")
@@ -128,10 +143,24 @@ class JobStore(Store):
                 old, job.state = job.state, "reported"
                 job.reason, job.updated_at = "sending again (operator retry)", now
                 record_event(s, "job", job.id, old, "reported", job.reason)
-            else:
-                old, job.state = job.state, "queued"
-                job.task_id, job.reason, job.updated_at = None, "queued again (operator retry)", now
-                record_event(s, "job", job.id, old, "queued", job.reason)
+                return job
+            if job.state in ("reported", "sent") and sending:
+                raise LedgerError(f"job {job_id} is sending its results ({len(sending)} of {len(sends)} sends pending "
+                                  "or retrying); retry it once they are sent or dead-lettered")
+            if job.state in ("reported", "sent") and not force:
+                where = (f"all {len(sends)} sends done" if sends
+                         else f"its {has_outputs} result objects are in the outbox, no destination configured")
+                raise NothingToRetry(f"job {job_id} is already done ({job.state}: {where}); nothing to retry; "
+                                     f"`cardionode retry {job_id} --force` processes the study again")
+            old, job.state = job.state, "queued"
+            job.task_id, job.updated_at = None, now
+            job.reason = "queued again (operator retry" + (", forced)" if force and old in ("reported", "sent") else ")")
+            record_event(s, "job", job.id, old, "queued", job.reason)
+            study = s.get(Study, job.study_uid)
+            if study is not None and study.run == job.run and study.state in STUDY_FINISHED:
+                reason = f"job {job.id} queued again (operator retry)"
+                record_event(s, "study", study.study_uid, study.state, "processing", reason)
+                study.state, study.reason, study.updated_at = "processing", reason, now
             return job
 
     def discard(self, job_id: int, reason: str = "discarded by an operator") -> Job:

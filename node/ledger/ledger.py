@@ -22,6 +22,7 @@ from node.ledger.events import EventStore, RejectionStore
 from node.ledger.instances import InstanceStore
 from node.ledger.jobs import JobStore
 from node.ledger.outputs import OutputStore, SendStore
+from node.ledger.retention import RetentionStore
 from node.ledger.schema import Database
 from node.ledger.studies import StudyStore
 
@@ -52,6 +53,8 @@ class Ledger:
         Refused instances, associations and presentation contexts.
     events : EventStore
         Every state change, with its reason.
+    retention : RetentionStore
+        What the files of each study are still needed for; marks of pruned files.
     """
 
     def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
@@ -63,6 +66,7 @@ class Ledger:
         self.sends = SendStore(self.database)
         self.rejections = RejectionStore(self.database)
         self.events = EventStore(self.database)
+        self.retention = RetentionStore(self.database)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Ledger:

@@ -162,6 +162,11 @@ class SendStore(Store):
             record_event(s, "send", send.id, old, to_state, f"attempt {send.attempts}: {status_text} {error}".strip())
             return send
 
+    def get(self, send_id: int) -> Send | None:
+        """The send's row, or None."""
+        with self.database.read() as s:
+            return s.get(Send, int(send_id))
+
     def find(
         self, states: Sequence[str] | None = None, job_id: int | None = None, limit: int | None = None
     ) -> list[Send]:

@@ -84,6 +84,7 @@ __all__ = [
     "COMPLETENESS_RULES",
     "JOB_FINISHED",
     "JOB_STATES",
+    "PRUNED_PATH",
     "SCHEMA_STATES",
     "SEND_STATES",
     "STUDY_FINISHED",
@@ -119,6 +120,8 @@ JOB_STATES = ("queued", "running", "reported", "sent", "failed", "dead", "discar
 JOB_FINISHED = ("sent", "failed", "dead", "discarded")
 SEND_STATES = ("pending", "sent", "retrying", "dead_letter")
 COMPLETENESS_RULES = ("expected_series", "quiet_period", "force_deadline", "manual")
+#: the ``path`` of an instance or output whose file retention removed (node.ops.retention); the row stays
+PRUNED_PATH = ""
 
 #: key of the PostgreSQL advisory lock that serialises the ledger's write transactions
 _PG_WRITE_LOCK_KEY = 0x43_4E_4C_45_44  # "CNLED"

@@ -127,14 +127,16 @@ class StudyStore(Store):
             record_event(s, "study", study_uid, old, to_state, reason, rule if to_state == "complete" else None)
             return study
 
-    def complete_manually(self, study_uid: str, reason: str = "declared complete by an operator") -> Study:
+    def complete_manually(self, study_uid: str, reason: str = "declared complete by an operator",
+                          pipeline: str | None = None) -> Study:
         """`cardionode complete`: mark a study ``complete`` with rule ``manual``.
 
         Allowed from any state except ``processing`` (the running job must finish
-        or be discarded first); the conductor starts a job for it.
+        or be discarded first); the conductor starts a job for it, with ``pipeline``
+        when given (else the study's pipeline, or the one routing chooses).
         """
         study = self.get(study_uid)
         if study is None:
             raise LedgerError(f"no study {study_uid} in the ledger; check the Study Instance UID with `cardionode status`")
         allowed = tuple(st for st in STUDY_STATES if st != "processing")
-        return self.transition(study_uid, "complete", reason, rule="manual", expected_from=allowed)
+        return self.transition(study_uid, "complete", reason, rule="manual", pipeline=pipeline, expected_from=allowed)

@@ -2,7 +2,8 @@
 
 :func:`status_snapshot` (:mod:`node.ops.status`) reads where everything stands into a
 :class:`StatusSnapshot`; :mod:`node.ops.admin` holds the `cardionode status`, ``retry``,
-``discard`` and ``complete`` commands.
+``discard`` and ``complete`` commands; :mod:`node.ops.running` the lock that tells whether a
+node runs; :mod:`node.ops.preflight` `cardionode config check` and `cardionode echo`.
 """
 
 from node.ops.admin import complete_main, discard_main, format_status, format_table, retry_main, status_main

@@ -1,6 +1,9 @@
 """Operator commands on the ledger: ``cardionode status``, ``retry``, ``discard``, ``complete``.
 
-``status`` prints the status model of :mod:`node.ops.status` as plain-text tables.
+``status`` prints the status model of :mod:`node.ops.status` as plain-text tables, headed
+by whether a node runs; reasons are cut at ``REASON_WIDTH`` characters unless ``--wide``;
+``status --study UID`` (or the study key of the logs) prints one study in full, and
+``--json`` the same data as JSON.
 ``status --peer-text`` also prints what destinations said about failed sends (their
 Error Comments, with the study's patient identifiers replaced; kept in the ledger's
 protected ``sends.peer_text``), and records in the audit log that it was shown: that
@@ -15,21 +18,34 @@ written to the audit log.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import datetime
+from pathlib import Path
 
 from node.config import ConfigError, Settings, load_settings
 from node.dicom.audit import AuditLog
 from node.dicom.refusals import REASONS
-from node.ledger import Job, Ledger, LedgerError, LedgerSchemaError
-from node.ops.status import StatusSnapshot, status_snapshot
+from node.ledger import Job, Ledger, LedgerError, LedgerSchemaError, Study
+from node.ledger.jobs import NothingToRetry
+from node.ops.running import RunningNode
+from node.ops.status import StatusSnapshot, StudyDetail, state_now, status_snapshot, study_detail, study_key
 
-__all__ = ["complete_main", "discard_main", "format_status", "format_table", "retry_main", "status_main"]
+__all__ = ["complete_main", "discard_main", "format_status", "format_study", "format_table", "retry_main",
+           "status_json", "status_main"]
+
+#: characters of a reason shown in the status tables (``--wide``: all)
+REASON_WIDTH = 64
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], max_width: int = 60) -> str:
-    """A plain-text table: columns padded to their widest cell, cells cut at ``max_width`` characters."""
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], max_width: int | None = 60) -> str:
+    """A plain-text table: columns padded to their widest cell, cells cut at ``max_width`` characters (None: never).
+
+    A cut cell keeps its beginning and its end around an ellipsis: a reason names its cause
+    last (``step analyse failed: ValueError: ...``), and the cause must stay in sight.
+    """
 
     def cell(value: object) -> str:
         if value is None:
@@ -37,7 +53,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], max_w
         if isinstance(value, datetime):
             return value.strftime("%Y-%m-%d %H:%M:%S")
         text = str(value).replace("\n", " ")
-        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+        if max_width is None or len(text) <= max_width:
+            return text
+        head = (max_width - 1) * 2 // 5
+        return text[:head] + "…" + text[len(text) - (max_width - 1 - head):]
 
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
@@ -48,10 +67,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], max_w
 
 
 def _open(args: argparse.Namespace) -> tuple[Settings, Ledger] | None:
+    """The settings and the ledger of ``--config``; None after saying why not (never creates a ledger:
+    a SQLite ledger that does not exist means a wrong ``--config`` or ``data_dir``, or a node never started)."""
     try:
         settings = load_settings(getattr(args, "config", None))
     except ConfigError as exc:
         print(f"PROBLEM: {exc}", file=sys.stderr)
+        return None
+    url = settings.effective_ledger_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        source = getattr(args, "config", None) or "the embedded defaults"
+        print(f"PROBLEM: no ledger at {url.removeprefix('sqlite:///')}: no node has run with data_dir "
+              f"{settings.data_dir} (from {source}); check --config and data_dir", file=sys.stderr)
         return None
     try:
         return settings, Ledger.from_settings(settings)
@@ -68,37 +95,56 @@ def _audit(settings: Settings, event: str, **fields: object) -> None:
         print(f"warning: cannot write the audit log {settings.audit_log_path}: {exc}", file=sys.stderr)
 
 
-def format_status(status: StatusSnapshot, peer_text: bool = False) -> str:
-    """``status`` as the plain-text tables `cardionode status` prints: studies, jobs, sends, rejections;
-    with ``peer_text``, also the destinations' comments (``sends.peer_text``) of the sends listed."""
+def _node_line(node: RunningNode | None, data_dir: str) -> str:
+    """Whether a node runs with this data directory, in one line."""
+    if node is None:
+        return (f"node: NOT RUNNING (no `cardionode serve` or `listen` holds {Path(data_dir) / 'node.pid'}); "
+                "nothing moves until it starts")
+    return f"node: running ({node.describe()})"
+
+
+def _job_reason(job: Job) -> str:
+    return f"{job.reason}; {job.last_error}" if job.last_error else job.reason
+
+
+def format_status(status: StatusSnapshot, peer_text: bool = False, wide: bool = False) -> str:
+    """``status`` as the plain-text text `cardionode status` prints: whether a node runs, then the tables
+    of studies (with the key the logs use), jobs, sends, rejections; reasons cut at ``REASON_WIDTH``
+    characters unless ``wide``; with ``peer_text``, also the destinations' comments (``sends.peer_text``)."""
+    width = None if wide else REASON_WIDTH
+    reasons = [s.reason for s in status.studies] + [_job_reason(j) for j in status.jobs] + [x.last_error for x in status.sends]
     parts = [
-        f"STUDIES ({len(status.studies)} most recent)",
+        _node_line(status.node, status.data_dir),
+        *([status.disk.line()] if status.disk else []),
+        f"\nSTUDIES ({len(status.studies)} most recent)",
         format_table(
-            ("study", "state", "rule", "pipeline", "run", "instances", "last instance (UTC)", "reason"),
+            ("study", "key (logs)", "state", "rule", "pipeline", "run", "instances", "last instance (UTC)", "reason"),
             [
-                (s.study_uid, s.state, s.rule, s.pipeline, s.run, s.instance_count, s.last_received_at, s.reason)
+                (s.study_uid, study_key(s.study_uid), state_now("study", s.state, status.node), s.rule, s.pipeline,
+                 s.run, s.instance_count, s.last_received_at, s.reason)
                 for s in status.studies
             ],
-            max_width=64,
+            max_width=width,
         ),
         f"\nJOBS ({len(status.jobs)} most recent)",
         format_table(
-            ("job", "study", "pipeline", "run", "state", "attempts", "updated (UTC)", "reason / last error"),
+            ("job", "study key", "pipeline", "run", "state", "attempts", "updated (UTC)", "reason / last error"),
             [
-                (j.id, j.study_uid, j.pipeline, j.run, j.state, j.attempts, j.updated_at,
-                 f"{j.reason}; {j.last_error}" if j.last_error else j.reason)
+                (j.id, study_key(j.study_uid), j.pipeline, j.run, state_now("job", j.state, status.node), j.attempts,
+                 j.updated_at, _job_reason(j))
                 for j in status.jobs
             ],
-            max_width=64,
+            max_width=width,
         ),
         f"\nSENDS ({len(status.sends)} most recent)",
         format_table(
             ("send", "job", "destination", "state", "attempts", "next attempt (UTC)", "last status", "last error"),
             [
-                (x.id, x.job_id, x.destination, x.state, x.attempts, x.next_attempt_at,
+                (x.id, x.job_id, x.destination, state_now("send", x.state, status.node), x.attempts, x.next_attempt_at,
                  f"0x{x.last_status:04X}" if x.last_status is not None else None, x.last_error)
                 for x in status.sends
             ],
+            max_width=width,
         ),
         f"\nREJECTIONS ({len(status.rejections)} most recent)",
         format_table(
@@ -127,23 +173,114 @@ def format_status(status: StatusSnapshot, peer_text: bool = False) -> str:
         ]
     elif commented:
         parts.append(f"\n{len(commented)} send(s) carry a comment of the destination: `cardionode status --peer-text`")
+    if width is not None and any(len(r) > width for r in reasons):
+        parts.append(f"\nreasons longer than {width} characters are cut (…): whole ones with `cardionode status --wide`, "
+                     "`--study UID` or `--json`")
     return "\n".join(parts)
 
 
+def format_study(detail: StudyDetail, peer_text: bool = False) -> str:
+    """One study in full (`cardionode status --study UID`): the study, each job and send with its whole
+    reason, and every state change; with ``peer_text``, the destinations' comments too."""
+    s = detail.study
+    lines = [
+        _node_line(detail.node, detail.data_dir),
+        f"study {s.study_uid}",
+        f"  key (logs): {study_key(s.study_uid)}",
+        f"  state: {state_now('study', s.state, detail.node)}" + (f" (rule {s.rule})" if s.rule else ""),
+        f"  pipeline: {s.pipeline or '-'}, run {s.run}, {s.instance_count} instance(s), "
+        f"first {s.first_received_at:%Y-%m-%d %H:%M:%S}, last {s.last_received_at:%Y-%m-%d %H:%M:%S} UTC",
+        f"  reason: {s.reason or '-'}",
+    ]
+    for j in detail.jobs:
+        lines += [
+            f"job {j.id}: {j.pipeline} run {j.run}, {state_now('job', j.state, detail.node)}, {j.attempts} attempt(s), "
+            f"updated {j.updated_at:%Y-%m-%d %H:%M:%S} UTC",
+            f"  reason: {j.reason or '-'}",
+        ]
+        if j.last_error:
+            lines.append(f"  last error: {j.last_error}")
+    for x in detail.sends:
+        status = f", last status 0x{x.last_status:04X}" if x.last_status is not None else ""
+        lines.append(f"send {x.id} (job {x.job_id}) to {x.destination}: {state_now('send', x.state, detail.node)}, "
+                     f"{x.attempts} attempt(s){status}" + (f"; {x.last_error}" if x.last_error else ""))
+        if peer_text and x.peer_text:
+            lines.append(f"  destination's comment (patient identifiers replaced): {x.peer_text}")
+    lines.append("state changes (UTC):")
+    lines += [f"  {e.at:%Y-%m-%d %H:%M:%S}  {e.entity} {e.entity_id}: {e.from_state or '-'} -> {e.to_state}"
+              + (f" (rule {e.rule})" if e.rule else "") + (f": {e.reason}" if e.reason else "") for e in detail.events]
+    return "\n".join(lines)
+
+
+def _row(record: object, entity: str | None, node: RunningNode | None, peer_text: bool) -> dict[str, object]:
+    """A ledger row as JSON data: its columns (``peer_text`` only when asked), ``state_now`` beside ``state``,
+    and ``study_key`` beside a ``study_uid``."""
+    table = record.__table__  # type: ignore[attr-defined]
+    data: dict[str, object] = {}
+    for column in table.columns:
+        if column.key == "peer_text" and not peer_text:
+            continue
+        value = getattr(record, column.key)
+        data[column.key] = value.isoformat() if isinstance(value, datetime) else value
+    if entity is not None:
+        data["state_now"] = state_now(entity, str(data["state"]), node)
+    if "study_uid" in data:
+        data["study_key"] = study_key(str(data["study_uid"]))
+    return data
+
+
+def status_json(status: StatusSnapshot | StudyDetail, peer_text: bool = False) -> dict[str, object]:
+    """``status --json`` (a :class:`StatusSnapshot`) or ``status --study UID --json`` (a :class:`StudyDetail`)
+    as JSON data: whole reasons, times in ISO 8601 UTC, the destinations' comments only with ``peer_text``."""
+    node = status.node
+    out: dict[str, object] = {"node": {"running": node is not None, **(asdict(node) if node else {})}}
+    if isinstance(status, StudyDetail):
+        out["study"] = _row(status.study, "study", node, peer_text)
+    else:
+        out.update(
+            taken_at=status.taken_at.isoformat(), ae_title=status.ae_title, data_dir=status.data_dir,
+            destinations=list(status.destinations), instances=status.instances,
+            studies_by_state=dict(status.studies_by_state), jobs_by_state=dict(status.jobs_by_state),
+            sends_by_state=dict(status.sends_by_state),
+            studies=[_row(s, "study", node, peer_text) for s in status.studies],
+            rejections=[_row(r, None, node, peer_text) for r in status.rejections],
+            refusals={"since": status.refusals.since.isoformat() if status.refusals.since else None,
+                      "counts": dict(status.refusals.counts)},
+            disk=asdict(status.disk) if status.disk is not None else None,
+        )
+    out["jobs"] = [_row(j, "job", node, peer_text) for j in status.jobs]
+    out["sends"] = [_row(x, "send", node, peer_text) for x in status.sends]
+    out["events"] = [_row(e, None, node, peer_text) for e in status.events]
+    return out
+
+
 def status_main(args: argparse.Namespace) -> int:
-    """Print studies, jobs, sends and recent rejections with their states and reasons."""
+    """Print whether a node runs, then studies, jobs, sends and recent rejections with their states and reasons
+    (``--study UID``: one study in full; ``--json``: as JSON; ``--wide``: reasons not cut); 1 when the
+    ledger or the study does not exist."""
     opened = _open(args)
     if opened is None:
         return 1
     settings, ledger = opened
+    study = getattr(args, "study", None)
     try:
-        status = status_snapshot(ledger, settings)
+        status: StatusSnapshot | StudyDetail | None = (
+            study_detail(ledger, settings, study) if study else status_snapshot(ledger, settings))
     finally:
         ledger.close()
+    if status is None:
+        print(f"PROBLEM: the ledger has no study {study!r} (give a Study Instance UID or the key the logs show)",
+              file=sys.stderr)
+        return 1
     peer_text = bool(getattr(args, "peer_text", False))
     if peer_text:
         _audit(settings, "admin.peer_text_shown", sends=[x.id for x in status.sends if x.peer_text])
-    print(format_status(status, peer_text=peer_text))
+    if getattr(args, "json", False):
+        print(json.dumps(status_json(status, peer_text), indent=2, default=str))  # default: times, paths of `disk`
+    elif isinstance(status, StudyDetail):
+        print(format_study(status, peer_text))
+    else:
+        print(format_status(status, peer_text=peer_text, wide=bool(getattr(args, "wide", False))))
     return 0
 
 
@@ -156,8 +293,14 @@ def _job_id(text: str) -> int | None:
 
 
 def retry_main(args: argparse.Namespace) -> int:
-    """Queue a failed/dead/discarded job again, or resend a job's dead-lettered results."""
-    return _act_on_job(args, "retry", lambda ledger, job_id: ledger.jobs.retry(job_id))
+    """Queue a failed/dead/discarded job again, or resend a job's dead-lettered results.
+
+    A job already done (sent, or in the outbox without destinations) is left as it is and the
+    command says so (exit 0), unless ``--force``: then it is processed again; its objects keep
+    their deterministic UIDs, so those already recorded are neither written nor sent again.
+    """
+    force = bool(getattr(args, "force", False))
+    return _act_on_job(args, "retry", lambda ledger, job_id: ledger.jobs.retry(job_id, force=force))
 
 
 def discard_main(args: argparse.Namespace) -> int:
@@ -174,6 +317,9 @@ def _act_on_job(args: argparse.Namespace, action: str, act: Callable[[Ledger, in
     settings, ledger = opened
     try:
         job = act(ledger, job_id)
+    except NothingToRetry as exc:  # not a problem: what the operator asked for is done
+        print(exc)
+        return 0
     except LedgerError as exc:
         print(f"PROBLEM: {exc}", file=sys.stderr)
         return 1
@@ -185,18 +331,74 @@ def _act_on_job(args: argparse.Namespace, action: str, act: Callable[[Ledger, in
 
 
 def complete_main(args: argparse.Namespace) -> int:
-    """Declare a study complete (rule ``manual``); the node processes what is there."""
+    """Declare a study complete (rule ``manual``) so that the node processes what is there.
+
+    ``--pipeline NAME``: that pipeline processes it (every instance of the study when none of its
+    series rules matches). Otherwise the study's pipeline, or the first that accepts the study;
+    when none accepts it, the study is left as it is and the command says why, one line per
+    pipeline (exit 1).
+    """
     opened = _open(args)
     if opened is None:
         return 1
     settings, ledger = opened
     try:
-        study = ledger.studies.complete_manually(args.study)
+        study = ledger.studies.get(args.study)
+        if study is None:
+            raise LedgerError(f"no study {args.study} in the ledger; check the Study Instance UID with `cardionode status`")
+        pipeline, lines = _pipeline_for(settings, ledger, study, getattr(args, "pipeline", None))
+        if pipeline is None:
+            print(f"PROBLEM: study {study.study_uid} left {study.state}: no pipeline can process it", file=sys.stderr)
+            for line in lines:
+                print(f"  {line}", file=sys.stderr)
+            print(f"`cardionode complete {study.study_uid} --pipeline NAME` processes it with one of them anyway",
+                  file=sys.stderr)
+            return 1
+        study = ledger.studies.complete_manually(args.study, pipeline=pipeline)
     except LedgerError as exc:
         print(f"PROBLEM: {exc}", file=sys.stderr)
         return 1
     finally:
         ledger.close()
-    _audit(settings, "admin.complete", study_uid=study.study_uid)
-    print(f"study {study.study_uid} is now complete (rule manual); the node will process it")
+    _audit(settings, "admin.complete", study_uid=study.study_uid, pipeline=pipeline)
+    for line in lines:
+        print(line)
+    print(f"study {study.study_uid} is now complete (rule manual); the node will process it with {pipeline}")
     return 0
+
+
+def _pipeline_for(settings: Settings, ledger: Ledger, study: Study, requested: str | None) -> tuple[str | None, list[str]]:
+    """The pipeline `cardionode complete` gives ``study`` and what to tell the operator about it.
+
+    Returns ``(name, notes)``; ``(None, reasons)`` when no pipeline accepts the study, one reason per
+    registered pipeline. Raises :class:`LedgerError` for a ``requested`` name no pipeline carries.
+    """
+    from node.pipelines import registry
+
+    notes = [f"pipeline module {module} not loaded: {error}"
+             for module, error in registry.load_modules(settings.pipeline_modules).items()]
+    summary = ledger.studies.summary(study.study_uid)
+    if requested:
+        try:
+            chosen = registry.get(requested)
+        except registry.UnknownPipelineError as exc:
+            raise LedgerError(str(exc)) from None
+        acceptance = chosen.accept(summary)
+        if not acceptance.accepted:
+            notes.append(f"{chosen.name} does not accept the study by its rules ({_reason(chosen.name, acceptance.reason)}); "
+                         "it gets every instance of the study")
+        return chosen.name, notes
+    if study.pipeline:
+        return study.pipeline, notes
+    decisions = registry.acceptance(summary)
+    for pipeline, decision in decisions:
+        if decision.accepted:
+            return pipeline.name, notes
+    if not decisions:
+        return None, [*notes, "no pipeline is registered (setting pipeline_modules)"]
+    return None, [*notes, *(f"{pipeline.name}: {_reason(pipeline.name, decision.reason)}" for pipeline, decision in decisions)]
+
+
+def _reason(pipeline: str, reason: str) -> str:
+    """A pipeline's acceptance reason without the pipeline's name in front."""
+    return reason.removeprefix(f"{pipeline}: ")

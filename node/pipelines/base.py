@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from pydicom import Dataset
 
 from node.pipelines.options import OptionsError, PipelineOptions, RunConfig, option_problems
-from node.pipelines.routing import SeriesSummary, StudySummary
+from node.pipelines.routing import SeriesSummary, StudySummary, kind_words
 
 if TYPE_CHECKING:  # the report step's types; results is imported when a report is built
     from node.results.content import ReportContent, ReportContext
@@ -111,7 +111,7 @@ class Acceptance:
     """A pipeline's decision on a study."""
 
     accepted: bool
-    complete: bool  # every required rule has a matching series
+    complete: bool  # every required rule has a matching series, with all the instances it says it has
     reason: str  # words for the ledger and `cardionode status`
     series_by_rule: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -184,6 +184,21 @@ class Pipeline(ABC):
         """This run's options, validated by :attr:`options_model` (its defaults unless :meth:`configured`)."""
         return self.options_model.model_validate(dict(self.run_config.options))
 
+    def needs(self) -> str:
+        """What this pipeline needs, in plain words, from its required series rules
+        (:func:`node.pipelines.routing.kind_words`): ``reconstructed stress and rest SPECT``."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for rule in self.series_rules:
+            if not rule.required:
+                continue
+            modality = next(iter(sorted(rule.modalities)), "")
+            pet_kind = next(iter(sorted(rule.pet_series_kinds)), "") if len(rule.pet_series_kinds) == 1 else ""
+            words = kind_words(modality, rule.image_type_values, pet_kind)
+            groups.setdefault(words, []).extend(s for s in sorted(rule.states) if s not in groups.get(words, []))
+        phrases = [" ".join(w for w in (adjective, " and ".join(states), noun) if w)
+                   for (adjective, noun), states in groups.items()]
+        return " with ".join(phrases) or self.title
+
     def accept(self, study: StudySummary) -> Acceptance:
         """Decide whether this pipeline accepts ``study`` and whether it is complete."""
         matched: dict[str, tuple[str, ...]] = {}
@@ -201,8 +216,15 @@ class Pipeline(ABC):
         required_ok = all(matched[r.name] for r in self.series_rules if r.required)
         if not any_match:
             return Acceptance(False, False, f"{self.name}: " + "; ".join(reasons), matched)
-        reason = f"{self.name}: all required series present" if required_ok else f"{self.name}: " + "; ".join(reasons)
-        return Acceptance(True, required_ok, reason, matched)
+        if not required_ok:
+            return Acceptance(True, False, f"{self.name}: " + "; ".join(reasons), matched)
+        required_uids = {uid for r in self.series_rules if r.required for uid in matched[r.name]}
+        partial = [s for s in study.series if s.series_instance_uid in required_uids and s.missing_instances]
+        if partial:  # a series that says how many instances it has is whole only when they are all here
+            waiting = "; ".join(f"{s.series_description or s.series_instance_uid[-12:]}: {s.instance_count} of "
+                                f"{s.expected_instances} instances" for s in partial)
+            return Acceptance(True, False, f"{self.name}: waiting for the rest of a series ({waiting})", matched)
+        return Acceptance(True, True, f"{self.name}: all required series present", matched)
 
     @abstractmethod
     def analyse(self, instances: Sequence[Dataset]) -> Any:

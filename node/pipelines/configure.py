@@ -50,5 +50,6 @@ def report_context(settings: Settings, predecessors: tuple[tuple[str, str, str, 
         predecessors=predecessors,
         multiframe_screen=settings.outputs.multiframe_screen,
         pdf_summary=settings.outputs.pdf_summary,
+        results_screen=settings.outputs.results_screen,
         templates_dir=_absolute(settings.templates_dir),
     )

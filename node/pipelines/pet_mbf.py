@@ -29,7 +29,9 @@ curves, a segment table, the voxel MBF as Parametric Maps and the PDF).
 
 Options (``[pipelines.pet_mbf]``, :class:`PetMbfOptions`): ``nh3_model`` (``degrado`` default,
 ``ucla``), ``impaired_mfr_below`` (2.0), ``rv_spillover`` (septal RV term; on),
-``rpp_reference_mmhg_per_min`` (10,000; used only when rest heart rate and systolic pressure are known).
+``rpp_reference_mmhg_per_min`` (10,000; used only when rest heart rate and systolic pressure are known),
+``partial_volume_correction`` (on: the recovery correction of :mod:`node.quant.mbf`, step 2) and
+``resolution_fwhm_mm`` (the site's effective resolution; default per tracer, :data:`node.quant.mbf.TYPICAL_FWHM_MM`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ __all__ = [
     "PetMbfResult",
     "PetMbfPipeline",
     "report_content",
+    "report_sources",
     "PIPELINE",
 ]
 
@@ -105,7 +108,9 @@ class PetMbfResult:
     analysed. ``flags`` are study-level quality flags (the states carry their own);
     ``parametric_sources`` maps a state to the SOP Instance UIDs of the slices (slice order) of the
     frame its voxel map is drawn on, for the Parametric Map's references. ``model`` names the
-    kinetic model of each state. ``notes`` are lines for the report.
+    kinetic model of each state. ``notes`` are lines for the report. ``sources`` are the UIDs of every
+    instance analysed (the evidence); ``source_headers`` (set by :meth:`PetMbfPipeline.analyse`) are the
+    pixel-free headers of only those the report reads individually (:func:`report_sources`).
     """
 
     study_instance_uid: str
@@ -154,6 +159,17 @@ class PetMbfOptions(PipelineOptions):
         default=10_000.0, gt=0.0,
         description="rate-pressure product of the RPP-corrected rest MBF (mmHg/min); used only when the rest heart "
         "rate and systolic pressure are known",
+    )
+    partial_volume_correction: bool = Field(
+        default=True,
+        description="correct the segment TACs for partial volume: the wall's recovery plus the LV-cavity spill-in, "
+        "from the wall thickness measured on the late image and resolution_fwhm_mm (node.quant.mbf, step 2)",
+    )
+    resolution_fwhm_mm: float | None = Field(
+        default=None, gt=0.0, le=30.0,
+        description="effective resolution of the site's dynamic PET reconstructions (mm FWHM, system + positron "
+        "range + filter), a site setting like normal limits; default per tracer "
+        "(node.quant.mbf.TYPICAL_FWHM_MM: Rb-82 9, N-13 ammonia 6.5, O-15 water 7.5)",
     )
 
 
@@ -265,7 +281,9 @@ def analyse_pet_study(instances: Sequence[Dataset], options: PetMbfOptions | Non
         series = candidate.series
         states[state] = analyse_dynamic(series.volume, state=state, model=model,
                                         decay_corrected=series.decay_correction != "NONE",
-                                        grid=DEFAULT_GRID, rv_spillover=options.rv_spillover)
+                                        grid=DEFAULT_GRID, rv_spillover=options.rv_spillover,
+                                        fwhm_mm=options.resolution_fwhm_mm,
+                                        partial_volume_correction=options.partial_volume_correction)
         timings[f"{state}.load"] = candidate.load_s
         timings.update({f"{state}.{k}": v for k, v in states[state].timings_s.items()})
         if not candidate.coded:
@@ -278,10 +296,11 @@ def analyse_pet_study(instances: Sequence[Dataset], options: PetMbfOptions | Non
                                rest_heart_rate_per_min=heart_rates.get("rest"),
                                rpp_reference_mmhg_per_min=options.rpp_reference_mmhg_per_min)
     flags.extend(study_flags(rest, stress))
-    used = {uid for c in chosen.values() for uid in c.series.sop_instance_uids}
+    # evidence as plain UIDs from the loaded series (series in UID order, images frame-major), no per-instance reads
     sources = tuple(
-        SourceInstance(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), str(ds.SOPInstanceUID))
-        for ds in instances if str(ds.get("SOPInstanceUID", "")) in used
+        SourceInstance(c.series.study_uid, c.series.series_uid, str(c.datasets[0].SOPClassUID), uid)
+        for c in sorted(chosen.values(), key=lambda c: c.series.series_uid)
+        for uid in dict.fromkeys(c.series.sop_instance_uids)
     )
     accession = next((str(ds.get("AccessionNumber", "") or "") for ds in instances if ds.get("AccessionNumber")), "")
     return PetMbfResult(
@@ -384,7 +403,12 @@ def _mfr_groups(reserve: FlowReserve, algorithm: Algorithm) -> list[MeasurementG
         groups.append(MeasurementGroup(
             label="MFR global", finding="myocardial_flow_reserve", site="left_ventricle", state=None,
             algorithm=algorithm, measurements=tuple(measurements),
-            evaluations=_impaired(bool(reserve.any_segment_impaired))))
+            evaluations=_impaired(bool(reserve.global_impaired))))
+    if any(_finite(float(value)) for value in reserve.segment_mfr):
+        # the seed study's patient label (Yeung 2022): impaired when any AHA segment's MFR is below the threshold
+        groups.append(MeasurementGroup(
+            label="MFR impaired in any AHA segment", finding="myocardial_flow_reserve", site="left_ventricle",
+            state=None, algorithm=algorithm, evaluations=_impaired(bool(reserve.any_segment_impaired))))
     return groups
 
 
@@ -422,7 +446,9 @@ def _images(result: PetMbfResult, algorithm: Algorithm) -> list[MapImage]:
             values=np.nan_to_num(np.asarray(state.polar_mbf_ml_per_min_per_g, dtype=float)), unit="ml/min/g",
             value_range=MBF_SCALE, colormap="turbo",
             segment_values=tuple(round(float(v), 2) for v in state.fit.segment_mbf_ml_per_min_per_g),
-            algorithm=algorithm))
+            algorithm=algorithm, role="perfusion", quantity="mbf",
+            subtitle=f"{PET_TRACERS[result.tracer].display_name}, {state.state}, {state.fit.model}; "
+                     "numbers: segment MBF, mL/min/g"))
     if result.rest is not None and result.stress is not None and result.reserve is not None:
         rest_map = np.asarray(result.rest.polar_mbf_ml_per_min_per_g, dtype=float)
         stress_map = np.asarray(result.stress.polar_mbf_ml_per_min_per_g, dtype=float)
@@ -432,7 +458,8 @@ def _images(result: PetMbfResult, algorithm: Algorithm) -> list[MapImage]:
             key="mfr", title="Myocardial flow reserve (stress/rest)", values=np.nan_to_num(mfr), unit="{ratio}",
             value_range=MFR_SCALE, colormap="turbo",
             segment_values=tuple(round(float(v), 2) for v in result.reserve.segment_mfr),
-            algorithm=algorithm, contour_levels=MFR_CONTOURS))
+            algorithm=algorithm, contour_levels=MFR_CONTOURS, role="perfusion_change", quantity="mfr",
+            subtitle="stress MBF / rest MBF; numbers: segment MFR"))
     return images
 
 
@@ -451,7 +478,7 @@ def _plots(result: PetMbfResult) -> list[CurvePlot]:
                                     "line"))
         plots.append(CurvePlot(key=f"{state.state}_tac", title=f"{state.state.capitalize()} time-activity curves "
                                f"({state.fit.model})", x_label="Time after injection (s)",
-                               y_label="Activity concentration (kBq/mL)", curves=tuple(curves)))
+                               y_label="Activity concentration (kBq/mL)", curves=tuple(curves), role="time_activity"))
     return plots
 
 
@@ -498,6 +525,8 @@ def report_content(result: PetMbfResult) -> ReportContent:
         notes=flag_notes + tuple(result.notes),
         plots=tuple(_plots(result)),
         parametric_maps=tuple(_parametric_maps(result, algorithm)),
+        description=f"{PET_TRACERS[result.tracer].display_name} PET MBF, {'/'.join(s.state for s in result.states)} "
+                    f"dynamic; kinetic model {result.states[0].fit.model}",
     )
 
 
@@ -542,6 +571,31 @@ def pet_summary(result: PetMbfResult) -> dict[str, Any]:
 # --------------------------------------------------------------------------- pipeline
 
 
+def _individually_referenced(result: PetMbfResult) -> tuple[str, ...]:
+    """SOP Instance UIDs whose whole header the report reads: the first instance of each series (patient and
+    study modules, the SR's Image Library) and the slices each Parametric Map is drawn on (their geometry)."""
+    firsts = {s.series_instance_uid: s.sop_instance_uid for s in reversed(result.sources)}
+    return tuple(dict.fromkeys([*firsts.values(), *(uid for uids in result.parametric_sources.values() for uid in uids)]))
+
+
+def _evidence_dataset(source: SourceInstance) -> Dataset:
+    """A dataset holding only the four UIDs of a source instance (SR evidence, SC Source Image Sequence)."""
+    ds = Dataset()
+    ds.StudyInstanceUID = source.study_instance_uid
+    ds.SeriesInstanceUID = source.series_instance_uid
+    ds.SOPClassUID = source.sop_class_uid
+    ds.SOPInstanceUID = source.sop_instance_uid
+    return ds
+
+
+def report_sources(result: PetMbfResult) -> list[Dataset]:
+    """The source datasets :func:`node.results.build_outputs` needs, in ``result.sources`` order: the headers
+    ``analyse`` kept (:func:`_individually_referenced`) and, for every other instance, its UIDs only (evidence
+    and Source Image Sequence read nothing else of them)."""
+    kept = {str(ds.SOPInstanceUID): ds for ds in result.source_headers}
+    return [kept.get(s.sop_instance_uid) or _evidence_dataset(s) for s in result.sources]
+
+
 def _pet_rule(state: str) -> SeriesRule:
     """The rule of one acquisition state: a dynamic PET series of an MBF tracer whose state is ``state``."""
     return SeriesRule(
@@ -576,8 +630,8 @@ class PetMbfPipeline(Pipeline):
         depend on the order in which instances arrive or files are read.
         """
         result = analyse_pet_study(instances, cast(PetMbfOptions, self.options))
-        by_uid = {str(ds.get("SOPInstanceUID", "")): ds for ds in instances}
-        headers = tuple(source_header(by_uid[s.sop_instance_uid]) for s in result.sources)
+        wanted = set(_individually_referenced(result))
+        headers = tuple(source_header(ds) for ds in instances if str(ds.get("SOPInstanceUID", "")) in wanted)
         return replace(result, source_headers=headers)
 
     def report_content(self, result: PetMbfResult) -> ReportContent:
@@ -587,7 +641,7 @@ class PetMbfPipeline(Pipeline):
     def report(self, result: PetMbfResult, context: ReportContext) -> list[Dataset]:
         """The DICOM result objects of :meth:`report_content` (:func:`node.results.build_outputs`); the
         patient and study modules come from the source headers ``analyse`` kept."""
-        return build_outputs(self.report_content(result), list(result.source_headers), context)
+        return build_outputs(self.report_content(result), report_sources(result), context)
 
     def summary(self, result: PetMbfResult) -> dict[str, Any]:
         """Per state: series, tracer, kinetic model, LV location, input and RV regions, motion, global and

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from node.pipelines.base import Acceptance, Pipeline
-from node.pipelines.routing import StudySummary
+from node.pipelines.routing import StudySummary, describe_study
 
 __all__ = [
     "KNOWN_MODULES",
@@ -173,7 +173,9 @@ def route(study: StudySummary) -> tuple[Pipeline | None, str]:
             return pipeline, decision.reason
     if not study.series:
         return None, "the study has no series"
-    return None, "no pipeline accepts the study: " + " | ".join(d.reason for _, d in decisions)
+    needed = " or ".join(f"{pipeline.needs()} ({pipeline.name})" for pipeline, _ in decisions)
+    return None, (f"{describe_study(study)} received; {needed} needed. "
+                  "Details: no pipeline accepts the study: " + " | ".join(d.reason for _, d in decisions))
 
 
 def option_problems(tables: Mapping[str, Mapping[str, Any]]) -> list[str]:

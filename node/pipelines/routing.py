@@ -10,6 +10,11 @@ A series' attributes are those of its first instance, with list values united
 over its instances in arrival order (:func:`merge_attributes`): a second
 radiopharmaceutical code met in a later instance is kept.
 
+What a series or study is, in the words a PACS administrator uses ("planar whole-body
+images", "reconstructed stress SPECT"), comes from :func:`kind_words` alone: the reasons
+why a study was not processed start with it (:func:`describe_study`, and
+:meth:`node.pipelines.base.Pipeline.needs` for what a pipeline needs).
+
 To route on a new attribute (a PET Series Type, an MR inversion time), add its
 extractor to :data:`EXTRACTORS` and the field of the same name to
 :class:`SeriesSummary`; the ledger, the listener and ``cardionode process``
@@ -24,7 +29,7 @@ from dataclasses import dataclass, fields
 from pydicom import Dataset
 
 from node.imaging.dicom_tracer import tracer_of
-from node.imaging.pet import pet_series_kind
+from node.imaging.pet import expected_instance_count, pet_series_kind
 from node.imaging.states import acquisition_state
 
 __all__ = [
@@ -34,6 +39,9 @@ __all__ = [
     "merge_attributes",
     "SeriesSummary",
     "StudySummary",
+    "kind_words",
+    "describe_series",
+    "describe_study",
 ]
 
 #: a routing attribute's value: a string or a list of strings (JSON-serialisable)
@@ -68,6 +76,11 @@ def _tracer(ds: Dataset) -> str:
     return tracer_of(ds) or ""
 
 
+def _expected_instances(ds: Dataset) -> str:
+    count = expected_instance_count(ds)
+    return "" if count is None else str(count)
+
+
 def _radiopharmaceutical_codes(ds: Dataset) -> list[str]:
     """Code values of the Radiopharmaceutical Code Sequence items (CID 25), without repeats."""
     codes: list[str] = []
@@ -89,6 +102,7 @@ EXTRACTORS: dict[str, Callable[[Dataset], AttributeValue]] = {
     "tracer": _tracer,
     "pet_series_kind": pet_series_kind,
     "state": acquisition_state,
+    "expected_instances": _expected_instances,
 }
 
 
@@ -130,7 +144,13 @@ class SeriesSummary:
     tracer: str = ""  # tracer key (node.imaging.radiopharmaceuticals.tracer_of), "" when not recognised
     pet_series_kind: str = ""  # PET: dynamic, static, gated, whole_body, unknown (node.imaging.pet.pet_series_kind)
     state: str = "unknown"
+    expected_instances: str = ""  # instances the series says it has (node.imaging.pet.expected_instance_count), "" unsaid
     instance_count: int = 0
+
+    @property
+    def missing_instances(self) -> int:
+        """Instances the series says it has and that have not arrived (0 when it does not say)."""
+        return max(int(self.expected_instances) - self.instance_count, 0) if self.expected_instances.isdigit() else 0
 
     @classmethod
     def from_attributes(
@@ -167,3 +187,55 @@ class StudySummary:
             str(datasets[0].StudyInstanceUID),
             tuple(SeriesSummary.from_attributes(uid, attributes[uid], counts[uid]) for uid in attributes),
         )
+
+
+# --------------------------------------------------------------------------- plain words
+#: NM Image Type value 3 (PS3.3 C.8.4.7) -> (adjective, noun)
+_NM_KINDS = {
+    "RECON TOMO": ("reconstructed", "SPECT"),
+    "RECON GATED TOMO": ("reconstructed gated", "SPECT"),
+    "TOMO": ("unreconstructed", "SPECT projections"),
+    "GATED TOMO": ("unreconstructed gated", "SPECT projections"),
+    "WHOLE BODY": ("planar whole-body", "images"),
+    "STATIC": ("planar static", "images"),
+    "DYNAMIC": ("planar dynamic", "images"),
+    "GATED": ("planar gated", "images"),
+}
+#: PET series kind (node.imaging.pet.pet_series_kind) -> adjective
+_PET_KINDS = {"dynamic": "dynamic", "static": "static", "gated": "gated", "whole_body": "whole-body"}
+#: modality -> noun, for modalities routing does not look into
+_NOUNS = {"CT": "CT images", "MR": "MR images", "SR": "structured reports", "OT": "other images",
+          "PR": "presentation states", "KO": "key object selections", "DOC": "documents"}
+
+
+def kind_words(modality: str, image_types: Iterable[str] = (), pet_kind: str = "") -> tuple[str, str]:
+    """What a series of ``modality`` is, as ``(adjective, noun)``: ``("reconstructed", "SPECT")``,
+    ``("planar whole-body", "images")``, ``("dynamic", "PET")``, ``("", "CT images")``.
+
+    ``image_types``: NM Image Type values (value 3 decides; of several, a reconstruction wins,
+    as a rule that accepts either); ``pet_kind``: the PET series kind. An acquisition state
+    goes between the two words (``reconstructed stress SPECT``).
+    """
+    if modality == "NM":
+        known = [_NM_KINDS[v] for v in image_types if v in _NM_KINDS]
+        return min(known, key=lambda k: (k[1] != "SPECT", len(k[0]))) if known else ("", "NM images")
+    if modality == "PT":
+        return _PET_KINDS.get(pet_kind, ""), "PET"
+    return "", _NOUNS.get(modality, f"{modality or 'unknown'} images")
+
+
+def describe_series(series: SeriesSummary) -> str:
+    """One series in plain words, e.g. ``reconstructed stress SPECT`` or ``planar whole-body images``."""
+    value3 = series.image_type[2:3]
+    adjective, noun = kind_words(series.modality, value3, series.pet_series_kind)
+    state = series.state if series.state in ("stress", "rest") else ""
+    return " ".join(w for w in (adjective, state, noun) if w)
+
+
+def describe_study(study: StudySummary) -> str:
+    """What a study holds in plain words: its series' descriptions, each once, in order of arrival
+    (``planar whole-body images``; ``reconstructed stress SPECT and CT images``)."""
+    kinds = list(dict.fromkeys(describe_series(s) for s in study.series))
+    if not kinds:
+        return "no series"
+    return kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]

@@ -33,6 +33,7 @@ deep-learning models in ``predict``; on by default).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,7 @@ from pydicom import Dataset
 
 from node.imaging.errors import UnusableSeriesError
 from node.imaging.nm import NMReconstruction, group_nm_reconstructions
+from node.imaging.radiopharmaceuticals import TRACERS
 from node.imaging.volume import Volume
 from node.pipelines import registry
 from node.pipelines.base import Pipeline, SeriesRule, source_header
@@ -67,6 +69,8 @@ from node.quant.segments import DEFAULT_GRID, N_SEGMENTS, PolarGrid
 from node.results import build_outputs
 from node.results.content import (
     Algorithm,
+    Curve,
+    CurvePlot,
     Evaluation,
     MapImage,
     Measurement,
@@ -75,6 +79,8 @@ from node.results.content import (
     ReportContext,
     SourceInstance,
 )
+from node.results.tables import format_value
+from node.results.templates import load_templates
 
 __all__ = [
     "StateResult",
@@ -373,14 +379,7 @@ def _global_groups(result: SpectMpiResult) -> list[MeasurementGroup]:
                     site="left_ventricle",
                     state=state.state,
                     algorithm=ALGORITHM,
-                    measurements=(
-                        Measurement("edv", round(f.edv_ml, 1), "ml"),
-                        Measurement("esv", round(f.esv_ml, 1), "ml"),
-                        Measurement("lvef", round(f.lvef_pct, 1), "%"),
-                        Measurement("stroke_volume", round(f.stroke_volume_ml, 1), "ml"),
-                        Measurement("wall_motion", round(float(np.mean(f.wall_motion_mm)), 2), "mm"),
-                        Measurement("thickening", round(float(np.mean(f.thickening_pct)), 1), "%"),
-                    ),
+                    measurements=_function_measurements(f),
                 )
             )
         if state.phase is not None:
@@ -441,7 +440,9 @@ def _global_groups(result: SpectMpiResult) -> list[MeasurementGroup]:
 
 
 def _map(key: str, title: str, values: np.ndarray, unit: str, vrange: tuple[float, float], grid: PolarGrid,
-         colormap: str = "turbo", segment_values: np.ndarray | None = None) -> MapImage:
+         colormap: str = "turbo", segment_values: np.ndarray | None = None, role: str | None = None,
+         subtitle: str = "", quantity: str | None = None, blackout: np.ndarray | None = None,
+         muted_rim_rows: int = 0) -> MapImage:
     seg = tuple(round(float(v), 1) for v in segment_values) if segment_values is not None else None
     return MapImage(
         key=key,
@@ -452,21 +453,110 @@ def _map(key: str, title: str, values: np.ndarray, unit: str, vrange: tuple[floa
         colormap=colormap,
         segment_values=seg,
         algorithm=ALGORITHM,
+        role=role,
+        subtitle=subtitle,
+        quantity=quantity,
+        blackout=blackout,
+        muted_rim_rows=muted_rim_rows,
     )
+
+
+def _tracer_name(result: SpectMpiResult) -> str:
+    """The tracer as people name it (``Tc-99m sestamibi``), else the key, else "tracer not coded"."""
+    tracer = TRACERS.get(result.tracer or "")
+    return tracer.display_name if tracer is not None else (result.tracer or "tracer not coded")
+
+
+def _limits_name(scores: PerfusionScores | None) -> str:
+    """Short name of the normal limits a state was scored with (``normal limits tc99m/M v2, synthetic``)."""
+    if scores is None or not scores.limits:
+        return "no normal limits"
+    name = scores.limits.split(";")[0].split(" (")[0]
+    return f"{name}, synthetic" if "SYNTHETIC" in scores.limits else name
+
+
+#: display: the basal rows whose normal-limits mean uptake (averaged around the ventricle) is below this
+#: fraction of its median along the ventricle form the valve-plane rim, drawn pale on the maps
+_RIM_FRACTION = 0.8
+_LIMITS_NAME = re.compile(r"normal limits (\S+)/(\S+) v(\S+) ")
+
+
+def _rim_rows(result: SpectMpiResult) -> int:
+    """How many outermost (basal) polar-map rows the normal limits of the study call the valve-plane rim.
+
+    Normal uptake itself falls there (partial volume at the valve plane), so drawn at full colour
+    the rim of a normal map reads as a basal defect. 0 when no state was scored with normal limits.
+    """
+    for state in result.states:
+        match = _LIMITS_NAME.match(state.scores.limits) if state.scores is not None else None
+        if match is None:
+            continue
+        try:
+            limits = load_normal_limits(match.group(1), match.group(2), match.group(3))
+        except (FileNotFoundError, KeyError, ValueError):
+            continue
+        profile = np.asarray(limits.mean, dtype=float).mean(axis=1)  # [n_u], apex to base
+        low = profile < _RIM_FRACTION * float(np.median(profile))
+        rows = 0
+        while rows < len(low) - 1 and low[len(low) - 1 - rows]:
+            rows += 1
+        return rows
+    return 0
+
+
+#: phase-map display: margin (deg) around the central 98 % of the phases, and the narrowest span shown
+_PHASE_MARGIN_DEG = 20.0
+_PHASE_MIN_SPAN_DEG = 90.0
+
+
+def _phase_range(phase: PhaseResult) -> tuple[float, float]:
+    """Display range (deg) fitted to the phases: the weighted 1st-99th percentiles widened by
+    ``_PHASE_MARGIN_DEG``, at least ``_PHASE_MIN_SPAN_DEG`` wide, on 10-degree steps within 0-360."""
+    values = np.asarray(phase.phase_map, dtype=float).ravel()
+    weights = np.asarray(phase.weights, dtype=float).ravel()
+    keep = np.isfinite(values) & np.isfinite(weights) & (weights > 0)
+    if not keep.any():
+        return 0.0, 360.0
+    order = np.argsort(values[keep])
+    cum = np.cumsum(weights[keep][order])
+    cum /= cum[-1]
+    lo, hi = (float(np.interp(q, cum, values[keep][order])) for q in (0.01, 0.99))
+    lo, hi = lo - _PHASE_MARGIN_DEG, hi + _PHASE_MARGIN_DEG
+    if hi - lo < _PHASE_MIN_SPAN_DEG:
+        centre = (lo + hi) / 2
+        lo, hi = centre - _PHASE_MIN_SPAN_DEG / 2, centre + _PHASE_MIN_SPAN_DEG / 2
+    lo, hi = max(0.0, 10.0 * np.floor(lo / 10.0)), min(360.0, 10.0 * np.ceil(hi / 10.0))
+    return float(lo), float(hi)
 
 
 def _images(result: SpectMpiResult, grid: PolarGrid) -> list[MapImage]:
     images = []
+    tracer = _tracer_name(result)
+    rim = _rim_rows(result)
     for state in result.states:
         images.append(
             _map(f"{state.state}_perfusion", f"{state.state.capitalize()} perfusion (% of max)", state.relative_pct,
-                 "%", (0.0, 100.0), grid, segment_values=state.segment_uptake_pct)
+                 "%", (0.0, 100.0), grid, segment_values=state.segment_uptake_pct, role="perfusion",
+                 subtitle=f"{tracer}, {state.state}; numbers: segment mean uptake, % of max", quantity="relative_uptake",
+                 muted_rim_rows=rim)
         )
     if result.stress is not None and result.rest is not None:
         diff = result.rest.relative_pct - result.stress.relative_pct
         images.append(
             _map("defect_difference", "Rest minus stress (% of max)", diff, "%", (-30.0, 30.0), grid,
-                 colormap="coolwarm", segment_values=result.rest.segment_uptake_pct - result.stress.segment_uptake_pct)
+                 colormap="coolwarm", segment_values=result.rest.segment_uptake_pct - result.stress.segment_uptake_pct,
+                 role="perfusion_change", subtitle="positive (red): uptake higher at rest, i.e. stress-induced defect",
+                 quantity="relative_uptake")
+        )
+    for state in result.states:
+        if state.scores is None:
+            continue
+        s = state.scores
+        images.append(
+            _map(f"{state.state}_extent", f"{state.state.capitalize()} extent: TPD {s.tpd_pct:.1f} % of LV",
+                 state.relative_pct, "%", (0.0, 100.0), grid, segment_values=s.segment_scores, role="extent",
+                 subtitle=f"black: below {_limits_name(s)}; numbers: segment scores 0-4",
+                 quantity="segment_score", blackout=np.asarray(s.abnormal_map, dtype=bool), muted_rim_rows=rim)
         )
     gated_state = next((s for s in (result.rest, result.stress) if s is not None and s.function is not None), None)
     if gated_state is not None:
@@ -474,19 +564,91 @@ def _images(result: SpectMpiResult, grid: PolarGrid) -> list[MapImage]:
         if f is None or gated is None:  # the function result is measured on the gated maps
             raise RuntimeError(f"{gated_state.state}: function result without gated polar maps")
         maps = gated.values
+        where = f"{tracer}, {gated_state.state} gated"
         images.append(_map("ed_perfusion", f"End-diastole ({gated_state.state}, % of max)",
-                           100.0 * maps[f.ed_gate] / max(float(maps[f.ed_gate].max()), 1e-9), "%", (0.0, 100.0), grid))
+                           100.0 * maps[f.ed_gate] / max(float(maps[f.ed_gate].max()), 1e-9), "%", (0.0, 100.0), grid,
+                           role="function", subtitle=f"{where}, gate {f.ed_gate + 1}", quantity="relative_uptake",
+                           muted_rim_rows=rim))
         images.append(_map("es_perfusion", f"End-systole ({gated_state.state}, % of max)",
-                           100.0 * maps[f.es_gate] / max(float(maps[f.es_gate].max()), 1e-9), "%", (0.0, 100.0), grid))
+                           100.0 * maps[f.es_gate] / max(float(maps[f.es_gate].max()), 1e-9), "%", (0.0, 100.0), grid,
+                           role="function", subtitle=f"{where}, gate {f.es_gate + 1}", quantity="relative_uptake",
+                           muted_rim_rows=rim))
         images.append(_map("thickening", f"Count-based thickening ({gated_state.state})", f.thickening_pct, "%",
                            (0.0, 100.0), grid, colormap="viridis",
-                           segment_values=grid.segment_means(f.thickening_pct)))
+                           segment_values=grid.segment_means(f.thickening_pct), role="function",
+                           subtitle=f"{where}; numbers: segment mean, % of ED thickness", quantity="thickening"))
         images.append(_map("wall_motion", f"Wall motion ({gated_state.state})", f.wall_motion_mm, "mm",
-                           (0.0, 15.0), grid, colormap="viridis", segment_values=grid.segment_means(f.wall_motion_mm)))
+                           (0.0, 15.0), grid, colormap="viridis", segment_values=grid.segment_means(f.wall_motion_mm),
+                           role="function", subtitle=f"{where}; numbers: segment mean, mm", quantity="wall_motion"))
         if gated_state.phase is not None:
+            st = gated_state.phase.statistics
             images.append(_map("phase", f"Phase ({gated_state.state})", gated_state.phase.phase_map, "deg",
-                               (0.0, 360.0), grid, colormap="twilight"))
+                               _phase_range(gated_state.phase), grid, colormap="plasma", role="phase",
+                               subtitle=f"scale fitted to the data; peak {st.peak_phase_deg:.0f}\u00b0, "
+                                        f"SD {st.psd_deg:.1f}\u00b0, bandwidth {st.bandwidth_deg:.0f}\u00b0",
+                               quantity="phase_peak"))
     return images
+
+
+def _function_measurements(f: FunctionResult) -> tuple[Measurement, ...]:
+    """The global gated-function measurements of one state, as the SR, tables and titles show them."""
+    return (
+        Measurement("edv", round(f.edv_ml, 1), "ml"),
+        Measurement("esv", round(f.esv_ml, 1), "ml"),
+        Measurement("lvef", round(f.lvef_pct, 1), "%"),
+        Measurement("stroke_volume", round(f.stroke_volume_ml, 1), "ml"),
+        Measurement("wall_motion", round(float(np.mean(f.wall_motion_mm)), 2), "mm"),
+        Measurement("thickening", round(float(np.mean(f.thickening_pct)), 1), "%"),
+    )
+
+
+def _function_summary(f: FunctionResult) -> str:
+    """"EDV 108 mL, ESV 53 mL, LVEF 51 %": the reported values, formatted as the results table formats them."""
+    templates = load_templates()
+    shown = {m.quantity: format_value(m.value, templates.quantity(m.quantity, SpectMpiPipeline.name).decimals)
+             for m in _function_measurements(f)}
+    return f"EDV {shown['edv']} mL, ESV {shown['esv']} mL, LVEF {shown['lvef']} %"
+
+
+#: bin width (deg) of the phase histogram plot
+_PHASE_BIN_DEG = 6.0
+
+
+def _plots(result: SpectMpiResult) -> list[CurvePlot]:
+    """The LV volume curve and the phase histogram of the gated state the function maps show."""
+    gated_state = next((s for s in (result.rest, result.stress) if s is not None and s.function is not None), None)
+    if gated_state is None or gated_state.function is None:
+        return []
+    f = gated_state.function
+    n = len(f.gate_volumes_ml)
+    rr_pct = 100.0 * (np.arange(n) + 0.5) / n  # gate centres, % of the R-R interval
+    plots = [CurvePlot(
+        key="volume_curve", title=f"LV volume curve ({gated_state.state}): {_function_summary(f)}",
+        x_label="Gate centre (% of R-R interval)", y_label="LV cavity volume (mL)",
+        curves=(Curve("LV volume", rr_pct, np.asarray(f.measured_gate_volumes_ml, dtype=float), "points"),
+                Curve("LV volume fit", rr_pct, np.asarray(f.gate_volumes_ml, dtype=float), "line")),
+        role="volume_curve")]
+    phase = gated_state.phase
+    if phase is not None:
+        values = np.asarray(phase.phase_map, dtype=float).ravel()
+        weights = np.asarray(phase.weights, dtype=float).ravel()
+        keep = np.isfinite(values) & np.isfinite(weights)
+        edges = np.arange(0.0, 360.0 + _PHASE_BIN_DEG, _PHASE_BIN_DEG)
+        counts, _ = np.histogram(values[keep], bins=edges, weights=weights[keep])
+        share = 100.0 * counts / max(float(counts.sum()), 1e-12)
+        plots.append(CurvePlot(
+            key="phase_histogram", title=f"Phase histogram ({gated_state.state}): bandwidth "
+            f"{phase.statistics.bandwidth_deg:.0f} deg, SD {phase.statistics.psd_deg:.1f} deg",
+            x_label="Phase (degrees of the R-R interval)", y_label=f"LV area per {_PHASE_BIN_DEG:.0f}\u00b0 bin (%)",
+            curves=(Curve("phase histogram", (edges[:-1] + edges[1:]) / 2, share, "line"),), role="phase_histogram"))
+    return plots
+
+
+def _description(result: SpectMpiResult) -> str:
+    """The examination in one line: tracer, states, normal limits."""
+    states = "/".join(s.state for s in result.states)
+    limits = next((_limits_name(s.scores) for s in result.states if s.scores is not None), "no normal limits")
+    return f"{_tracer_name(result)} SPECT MPI, {states}; {limits}"
 
 
 def report_content(result: SpectMpiResult, grid: PolarGrid = DEFAULT_GRID) -> ReportContent:
@@ -512,6 +674,8 @@ def report_content(result: SpectMpiResult, grid: PolarGrid = DEFAULT_GRID) -> Re
         images=tuple(images),
         algorithms=tuple(algorithms),
         notes=tuple(result.notes) + tuple(pred_notes),
+        plots=tuple(_plots(result)),
+        description=_description(result),
     )
 
 

@@ -26,6 +26,30 @@ Steps of :func:`analyse_dynamic` (one state; arrays frames first, volumes
    about -14 % at the mid-wall alone, -16 % with +-wall/4 and -23 % with +-wall/2, and MFR
    cancels it (within 1 %; bench/validate_pet_image.py part B). Segment TACs are the means of their cells (equal
    cell weights, as the phantom truth), territories the means of their segments.
+
+   **Partial-volume correction** (``partial_volume_correction``, on by default). The geometric
+   model of a band sample (PMOD's dual spill-over with the recovery made explicit) is
+   ``C = RC ((1 - v_b) C_myo + v_b C_LV) + s_LV C_LV + s_out C_out``: the wall's recovery
+   coefficient ``RC``, the LV cavity's spill-in ``s_LV`` and the share ``s_out`` of the
+   surroundings (lung, body; taken as cold), ``RC + s_LV + s_out = 1``. The Lortie form
+   ``(1 - V_LV - V_RV) C_myo + V_LV C_LV + V_RV C_RV`` assumes ``s_out = 0``; with
+   ``rho = RC + s_LV = 1 - s_out`` the exact form is ``(rho - V_LV - V_RV) C_myo + V_LV C_LV +
+   V_RV C_RV``, which is the Lortie form fitted to ``C / rho`` (same F; fitted blood fractions
+   are ``V / rho``). ``rho`` per polar cell comes from a blurred curved wall
+   (:func:`wall_kernel_fractions`): wall thickness ``T`` measured on the late image (blurred-slab
+   fit of the mean wall profile across the mid-ventricular cells with the resolution's sigma,
+   :func:`node.quant.function.fit_wall_profile`), the cell's mean curvature, the band's
+   samples, and the resolution ``fwhm_mm`` (a site setting, :data:`TYPICAL_FWHM_MM`) with the
+   voxel term of :attr:`~node.quant.lv_frame.LVLocation.effective_sigma_mm`. In the septal
+   segments (2, 3, 8, 9, 14) the outside is the RV blood pool, whose spill-over the blood terms
+   carry, so ``rho = 1`` there. The polar TACs are divided by ``rho`` before the segment means,
+   the fits and the polar map; the voxel map's TACs by ``rho`` of the ``+-wall/2`` band of their
+   cell. The reported TACs stay as measured; the fitted territory curves are shown times the
+   territory's mean ``rho``. A measured thickness outside :data:`WALL_THICKNESS_RANGE_MM` leaves the
+   TACs uncorrected, with a note. Noise-free Rb-82 phantoms (bench/validate_pet_image.py part B):
+   global MBF bias -17 % without, +0.3 % with the correction when the assumed resolution (9 mm)
+   is the phantom's; a phantom blur of 8 / 10 mm analysed at 9 mm gives +7 / -6 %
+   (docs/validation.md).
 3. **Myocardium mask**: voxels whose centre is within ``wall/2`` of the mid-wall surface and
    not beyond the base plane.
 4. **Input ROI** (``lv_input``): voxels of the basal half of the cavity (inside the mid-wall
@@ -76,11 +100,13 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 from scipy.spatial import cKDTree
 
 from node.imaging.volume import FrameSchedule, Volume
+from node.quant.function import PROFILE_STEP_MM, fit_wall_profile
 from node.quant.kinetics import (
+    SEPTAL_SEGMENTS,
     KineticModel,
     SampledInput,
     SegmentFit,
@@ -101,20 +127,29 @@ __all__ = [
     "LATE_START_S",
     "MOTION_LIMIT_MM",
     "LV_LENGTH_RANGE_MM",
+    "PartialVolume",
     "PlacedRegion",
     "QualityFlag",
     "StateMBF",
     "analyse_dynamic",
     "study_flags",
+    "wall_kernel_fractions",
 ]
 
 QUALITY_FLAG_CODES: tuple[str, ...] = (
     "bolus_start_missed", "input_peak_late", "rv_peak_after_lv", "input_near_wall", "unstable_fit",
     "blood_fraction_high", "motion", "rest_mbf_implausible", "stress_mbf_implausible", "tracer_code_missing")
 
-#: Typical reconstructed resolution of cardiac PET (mm FWHM, system + positron range; reference
-#: 5.4 [L]): the analysis's default assumption and the image-tier phantom's default blur.
-TYPICAL_FWHM_MM: dict[str, float] = {"Rb-82": 9.0, "N-13 ammonia": 6.5, "O-15 water": 7.0}
+#: Effective resolution of clinical dynamic cardiac PET reconstructions (mm FWHM: scanner, positron
+#: range, reconstruction filter), the middle of the published ranges: Rb-82 8-10 mm, N-13 ammonia
+#: 6-7 mm, O-15 water 7-8 mm (reference ``pet_mbf.md`` 5.4 [L]; Rb-82's long positron range, mean about
+#: 5.9 mm in water against about 1.5 mm for N-13 and 2.5 mm for O-15 (Conti and Eriksson, EJNMMI Phys
+#: 2016;3:8 [L]), is why Johnson et al. (J Nucl Cardiol 2011) measured a whole-cycle partial-volume
+#: factor of 1.23 for Rb-82 against 1.14 without positron range [V reference 3.6]). Site settings
+#: like normal limits (pipeline option ``resolution_fwhm_mm``), not fitted to any phantom: the
+#: analysis's default resolution (input-ROI erosion, wall-profile fit, partial-volume correction)
+#: and the image-tier phantom's default blur.
+TYPICAL_FWHM_MM: dict[str, float] = {"Rb-82": 9.0, "N-13 ammonia": 6.5, "O-15 water": 7.5}
 #: Frames starting at or after this time (s) make the summed late (uptake) image.
 LATE_START_S: dict[str, float] = {"Rb-82": 120.0, "N-13 ammonia": 120.0, "O-15 water": 60.0}
 #: Largest LV-centroid shift between frames (mm) before ``motion`` is flagged (reference 7.2).
@@ -125,6 +160,8 @@ LV_LENGTH_RANGE_MM = (40.0, 130.0)
 #: The input ROI's peak must be at least this many times its late (count-weighted) level, else the
 #: located "cavity" has no first pass and the blood-subtracted image is used (step 1).
 INPUT_PEAK_TO_LATE_MIN = 3.0
+#: Plausible measured LV wall thickness (mm); outside it the partial-volume correction is not applied (step 2).
+WALL_THICKNESS_RANGE_MM = (5.0, 20.0)
 #: Input peak later than this (s, frame mid-time) is flagged ``input_peak_late``.
 INPUT_PEAK_LIMIT_S = 60.0
 #: Plausible MBF (mL/min/g): rest within, stress below (reference 7.2).
@@ -204,6 +241,9 @@ class StateMBF:
         Band-mean polar TACs (addition to the contract).
     motion_frames : bool array [frames]
         Frames used for the motion check (addition).
+    partial_volume : PartialVolume or None
+        The recovery correction applied (measured wall thickness, ``rho`` per cell and segment);
+        None when ``partial_volume_correction`` is off.
     """
 
     state: str
@@ -227,6 +267,7 @@ class StateMBF:
     timings_s: dict[str, float]
     polar_tacs_bq_per_ml: np.ndarray | None = None
     motion_frames: np.ndarray | None = None
+    partial_volume: PartialVolume | None = None
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -257,15 +298,143 @@ def _blood_subtracted(voxels: np.ndarray, weights: np.ndarray, late: np.ndarray)
     return np.clip(late - beta * first_pass, 0.0, None)
 
 
-def _band_means(voxels: np.ndarray, volume: Volume, location: LVLocation, surface: MidWallSurface,
-                half_width_mm: float) -> np.ndarray:
-    """Mean of trilinear samples along each cell normal within ``+-half_width_mm``, ``[frames, n_u, n_psi]``."""
-    offsets = np.linspace(-half_width_mm, half_width_mm, _BAND_STEPS)
-    pts = surface.points_lv()[:, :, None, :] + offsets[None, None, :, None] * surface.normals_lv()[:, :, None, :]
+def _band_offsets(half_width_mm: float) -> np.ndarray:
+    """The :data:`_BAND_STEPS` offsets (mm along the outward normal) whose mean makes a polar TAC."""
+    return np.linspace(-half_width_mm, half_width_mm, _BAND_STEPS)
+
+
+def _normal_samples(voxels: np.ndarray, volume: Volume, location: LVLocation, surface: MidWallSurface,
+                    offsets_mm: np.ndarray) -> np.ndarray:
+    """Trilinear samples of ``voxels`` ``[frames, slice, row, col]`` at ``offsets_mm`` along each cell's
+    outward normal from the mid-wall surface: ``[frames, n_u, n_psi, n_offsets]``."""
+    pts = surface.points_lv()[:, :, None, :] + offsets_mm[None, None, :, None] * surface.normals_lv()[:, :, None, :]
     a, b = lv_to_index(location.frame, volume)
     idx = map_points(a, b, pts).reshape(3, -1)
     values = np.stack([ndimage.map_coordinates(f, idx, order=1, mode="nearest", prefilter=False) for f in voxels])
-    return values.reshape(voxels.shape[0], *pts.shape[:2], _BAND_STEPS).mean(axis=-1)
+    return values.reshape(voxels.shape[0], *pts.shape[:2], offsets_mm.size)
+
+
+def _band_means(voxels: np.ndarray, volume: Volume, location: LVLocation, surface: MidWallSurface,
+                half_width_mm: float) -> np.ndarray:
+    """Mean of trilinear samples along each cell normal within ``+-half_width_mm``, ``[frames, n_u, n_psi]``."""
+    return _normal_samples(voxels, volume, location, surface, _band_offsets(half_width_mm)).mean(axis=-1)
+
+
+# ----------------------------------------------------------------------------------- partial volume
+
+def wall_kernel_fractions(offsets_mm: np.ndarray, wall_thickness_mm: float, sigma_mm: float,
+                          curvature_per_mm: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shares of the wall, the LV cavity and the outside in blurred samples across a curved wall.
+
+    Geometric partial-volume model (step 2 of the module docstring): a wall of thickness ``T``
+    centred at offset 0 along the outward normal (cavity for ``u < -T/2``, outside for
+    ``u > T/2``) of a surface with mean curvature ``H``, blurred by an isotropic 3-D Gaussian of
+    ``sigma_mm``. The Gaussian's mass at normal offset ``u`` seen from a sample at ``x`` is
+    ``g_s(u - x) (1 + H u) / (1 + H x)``: exact for a sphere (``H = 1/R``; the radial law of a
+    3-D Gaussian, a non-central chi distribution with 3 degrees of freedom), and for a cylinder
+    (``H = 1/(2R)``) within 0.005 at R = 30 mm and 0.025 at R = 15 mm across the wall (the band
+    mean of the central half within 0.002; ``tests/quant/test_mbf.py`` checks both). Hence
+
+    * outside: ``Phi((x - T/2)/s) + H s phi((T/2 - x)/s) / (1 + H x)``
+    * cavity:  ``Phi((-T/2 - x)/s) - H s phi((-T/2 - x)/s) / (1 + H x)``
+    * wall:    ``1 - outside - cavity`` (the recovery coefficient RC at ``x``)
+
+    (``Phi``/``phi`` the standard normal CDF/density, ``s = sigma_mm``).
+
+    Parameters
+    ----------
+    offsets_mm : array
+        Sample offsets from the wall centre along the outward normal (mm, cavity negative).
+    wall_thickness_mm, sigma_mm : float
+        Wall thickness and Gaussian sigma of the total blur (mm).
+    curvature_per_mm : float or array
+        Mean curvature ``H = (k1 + k2) / 2`` (1/mm, positive for a convex LV); broadcast
+        against ``offsets_mm``.
+
+    Returns
+    -------
+    (wall, cavity, outside) : arrays of the broadcast shape, summing to 1.
+    """
+    x = np.asarray(offsets_mm, dtype=float)
+    kappa = np.asarray(curvature_per_mm, dtype=float)
+    s = float(sigma_mm)
+    half = 0.5 * float(wall_thickness_mm)
+    area = np.maximum(1.0 + kappa * x, 1e-3)
+    outside = stats.norm.cdf((x - half) / s) + kappa * s * stats.norm.pdf((half - x) / s) / area
+    cavity = stats.norm.cdf((-half - x) / s) - kappa * s * stats.norm.pdf((-half - x) / s) / area
+    outside, cavity = np.clip(outside, 0.0, 1.0), np.clip(cavity, 0.0, 1.0)
+    return 1.0 - outside - cavity, cavity, outside
+
+
+@dataclass(frozen=True, eq=False)
+class PartialVolume:
+    """Partial-volume (recovery) correction of one state (module docstring, step 2).
+
+    Attributes
+    ----------
+    fwhm_mm : float
+        Resolution assumed (site setting, mm FWHM; default :data:`TYPICAL_FWHM_MM`).
+    sigma_mm : float
+        Gaussian sigma of the total blur: the resolution plus voxelisation and trilinear
+        sampling (:attr:`node.quant.lv_frame.LVLocation.effective_sigma_mm`).
+    wall_thickness_mm : float
+        Measured on the late image: blurred-slab fit of the mean wall profile of the
+        mid-ventricular cells (:func:`node.quant.function.fit_wall_profile`, sigma fixed).
+    wall_centre_mm : float
+        Centre of the fitted slab relative to the sampled mid-wall surface (mm, outward positive).
+    recovery_map : array [n_u, n_psi]
+        ``rho`` of each polar cell's band samples: wall recovery + LV-cavity spill-in (1 in
+        the septal segments, whose outside is the RV blood pool).
+    segment_recovery : array [17]
+        Mean ``rho`` of each segment's cells (AHA order).
+    voxel_recovery_map : array [n_u, n_psi]
+        ``rho`` of the myocardium-mask band (``+-wall/2``) per cell, applied to the voxel map.
+    """
+
+    fwhm_mm: float
+    sigma_mm: float
+    wall_thickness_mm: float
+    wall_centre_mm: float
+    recovery_map: np.ndarray
+    segment_recovery: np.ndarray
+    voxel_recovery_map: np.ndarray
+
+
+def _partial_volume(late: np.ndarray, volume: Volume, location: LVLocation, surface: MidWallSurface,
+                    z_rows: np.ndarray, band_half_width_mm: float, grid: PolarGrid) -> PartialVolume:
+    """Measure the wall and compute the recovery ``rho`` of every polar cell (module docstring, step 2).
+
+    ``late`` [slice, row, col] is the image the LV was located on; the resolution is the
+    location's (``location.fwhm_mm``, sigma :attr:`~node.quant.lv_frame.LVLocation.effective_sigma_mm`).
+    """
+    sigma = location.effective_sigma_mm
+    half = location.wall_thickness_mm / 2.0 + location.fwhm_mm + 6.0
+    offsets = np.arange(-half, half + 1e-9, PROFILE_STEP_MM)
+    body = ((z_rows > location.cavity_apex_mm + 0.25 * location.cavity_length_mm)
+            & (z_rows < location.cavity_apex_mm + 0.8 * location.cavity_length_mm))
+    if not body.any():
+        body = np.ones_like(z_rows, dtype=bool)
+    profiles = _normal_samples(late[None], volume, location, surface, offsets)[0]  # [n_u, n_psi, K]
+    thickness, _, _, centre = fit_wall_profile(offsets, profiles[body].reshape(-1, offsets.size).mean(axis=0), sigma)
+    septal = np.isin(grid.segment_ids(), SEPTAL_SEGMENTS)
+    curvature = surface.mean_curvature[:, :, None]
+
+    def recovery(samples_mm: np.ndarray) -> np.ndarray:
+        wall, cavity, _ = wall_kernel_fractions(samples_mm[None, None, :] - centre, thickness, sigma, curvature)
+        return np.where(septal, 1.0, (wall + cavity).mean(axis=-1))
+
+    band_map = recovery(_band_offsets(band_half_width_mm))
+    voxel_map = recovery(np.linspace(-0.5, 0.5, 2 * _BAND_STEPS + 1) * location.wall_thickness_mm)
+    return PartialVolume(float(location.fwhm_mm), sigma, float(thickness), float(centre), band_map,
+                         band_map.reshape(-1) @ _segment_operator(grid), voxel_map)
+
+
+def _voxel_cells(geometry: _Geometry, selected: np.ndarray, z_rows: np.ndarray, n_psi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Polar cell (row, psi index) of the selected voxels: nearest row in ``z``, the azimuth's sector."""
+    z = geometry.z[selected]
+    rows = np.clip(np.rint(np.interp(z, z_rows, np.arange(z_rows.size, dtype=float))).astype(int), 0, z_rows.size - 1)
+    cols = np.floor(np.mod(geometry.psi[selected], 360.0) / (360.0 / n_psi)).astype(int) % n_psi
+    return rows, cols
 
 
 def _segment_operator(grid: PolarGrid) -> np.ndarray:
@@ -512,7 +681,8 @@ def study_flags(rest: StateMBF | None, stress: StateMBF | None) -> tuple[Quality
 
 def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_corrected: bool = True,
                     grid: PolarGrid = DEFAULT_GRID, rv_spillover: bool = False, fwhm_mm: float | None = None,
-                    late_start_s: float | None = None, band_half_width_mm: float | None = None) -> StateMBF:
+                    late_start_s: float | None = None, band_half_width_mm: float | None = None,
+                    partial_volume_correction: bool = True) -> StateMBF:
     """MBF of one dynamic PET series (module docstring for the steps).
 
     Parameters
@@ -537,6 +707,9 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
     band_half_width_mm : float, optional
         Half-width of the band across the wall whose mean makes a polar TAC (mm); default a
         quarter of the wall thickness (the central half of the wall, step 2).
+    partial_volume_correction : bool
+        Divide the polar TACs by the recovery ``rho`` before the fits and maps (module docstring,
+        step 2); the resolution is ``fwhm_mm``.
 
     Returns
     -------
@@ -612,9 +785,20 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
     t = lap("locate", t)
 
     band = location.wall_thickness_mm / 4.0 if band_half_width_mm is None else float(band_half_width_mm)
-    polar = _band_means(voxels, volume, location, surface, band)
-    segment_tacs = polar.reshape(n_f, -1) @ _segment_operator(grid)
+    measured_polar = _band_means(voxels, volume, location, surface, band)
+    partial_volume = (_partial_volume(late.voxels, volume, location, surface, z_rows, band, grid)
+                      if partial_volume_correction else None)
+    if partial_volume is not None and not (
+            WALL_THICKNESS_RANGE_MM[0] <= partial_volume.wall_thickness_mm <= WALL_THICKNESS_RANGE_MM[1]):
+        notes.append(f"the wall profile gave a thickness of {partial_volume.wall_thickness_mm:.1f} mm, outside "
+                     f"{WALL_THICKNESS_RANGE_MM[0]:.0f}-{WALL_THICKNESS_RANGE_MM[1]:.0f} mm: no partial-volume correction")
+        partial_volume = None
+    segment_operator = _segment_operator(grid)
+    segment_tacs = measured_polar.reshape(n_f, -1) @ segment_operator
     territory_tacs = {name: segment_tacs[:, [s - 1 for s in segs]].mean(axis=1) for name, segs in TERRITORY_SEGMENTS.items()}
+    # the fits see the TACs divided by rho: the Lortie form on C / rho is (rho - V_LV - V_RV) C_myo + ... on C
+    polar = measured_polar if partial_volume is None else measured_polar / partial_volume.recovery_map[None]
+    fitted_segment_tacs = polar.reshape(n_f, -1) @ segment_operator
     t = lap("sample", t)
 
     input_region = _region("lv_input", input_sel, geometry, voxel_ml, half_voxel)
@@ -639,15 +823,17 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
     use_rv = bool(rv_spillover and rv is not None)
     if rv_spillover and rv is None:
         notes.append("RV spill-over requested but no RV region was found; fitted without it")
-    fit = fit_segments(model, schedule, blood, segment_tacs, rv_bq_per_ml=rv if use_rv else None, rv_spillover=use_rv,
+    fit = fit_segments(model, schedule, blood, fitted_segment_tacs, rv_bq_per_ml=rv if use_rv else None, rv_spillover=use_rv,
                        decay_corrected=decay_corrected, input_function=input_function)
     full = fine_grid(schedule.end_s[-1])
     display_input = SampledInput(full, input_on_grid(schedule, blood_dc, full, decay_constant_per_s=lam))
     fitted = {}
-    for name in TERRITORY_SEGMENTS:
+    for name, segs in TERRITORY_SEGMENTS.items():
         params = fit.regional_fits[name].parameters
-        fitted[name] = np.asarray(model_curve(model, schedule, params, blood_input=display_input,
-                                              decay_corrected=decay_corrected), dtype=float)
+        # back on the measured scale: times the territory's recovery (its segments' mean rho)
+        scale = 1.0 if partial_volume is None else float(partial_volume.segment_recovery[[s - 1 for s in segs]].mean())
+        fitted[name] = scale * np.asarray(model_curve(model, schedule, params, blood_input=display_input,
+                                                      decay_corrected=decay_corrected), dtype=float)
     t = lap("fit", t)
 
     dv = fit.distribution_volume_ml_per_g
@@ -655,7 +841,10 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
                                    input_function=input_function, distribution_volume_ml_per_g=dv)
     polar_mbf = polar_map.mbf_ml_per_min_per_g.reshape(grid.shape)
     mask_flat = geometry.mask.reshape(-1)
-    voxel_map = basis_function_map(model, schedule, blood, flat[:, mask_flat], decay_corrected=decay_corrected,
+    voxel_tacs = flat[:, mask_flat]
+    if partial_volume is not None:
+        voxel_tacs = voxel_tacs / partial_volume.voxel_recovery_map[_voxel_cells(geometry, mask_flat, z_rows, grid.n_psi)]
+    voxel_map = basis_function_map(model, schedule, blood, voxel_tacs, decay_corrected=decay_corrected,
                                    input_function=input_function, distribution_volume_ml_per_g=dv)
     voxel_mbf = np.zeros(mask_flat.shape, dtype=np.float32)
     voxel_mbf[mask_flat] = voxel_map.mbf_ml_per_min_per_g.astype(np.float32)
@@ -677,4 +866,5 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
                     fitted_territory_tacs_bq_per_ml=fitted, input_region=input_region, rv_region=rv_region, fit=fit,
                     polar_mbf_ml_per_min_per_g=polar_mbf, voxel_mbf_ml_per_min_per_g=voxel_mbf,
                     myocardium_mask=geometry.mask, motion_mm=motion_mm, flags=tuple(flags), notes=tuple(notes),
-                    timings_s=timings, polar_tacs_bq_per_ml=polar, motion_frames=motion_frames)
+                    timings_s=timings, polar_tacs_bq_per_ml=measured_polar, motion_frames=motion_frames,
+                    partial_volume=partial_volume)

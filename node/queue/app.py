@@ -38,6 +38,8 @@ __all__ = ["QUEUES", "QueueSettings", "create_app", "connection_problems"]
 
 #: the queues every worker may consume
 QUEUES: tuple[str, ...] = ("cpu", "gpu", "io")
+#: seconds between two polls of an empty queue by a worker on the SQLite broker (kombu's default: 1 s)
+SQLITE_POLLING_INTERVAL_S = 0.1
 
 
 def _is_redis(url: str) -> bool:
@@ -104,6 +106,20 @@ def connection_problems(queue_settings: QueueSettings) -> tuple[list[str], list[
     return refused, unreachable
 
 
+def _poll_sqlite_broker_every(seconds: float) -> None:
+    """Make consumers of the SQLite broker look at an empty queue every ``seconds`` seconds.
+
+    kombu's virtual transports sleep ``polling_interval`` seconds (default 1 s) between polls
+    of empty queues, so each step waited half a second on average for its worker. The usual
+    ``polling_interval`` transport option cannot be used with the SQLAlchemy transport (it hands
+    every transport option to ``create_engine``), so the transport's class default is set: a
+    process of the node talks to one broker. A poll is one indexed SELECT per queue.
+    """
+    from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+    kombu_sqlalchemy.Transport.polling_interval = seconds
+
+
 def create_app(queue_settings: QueueSettings) -> Celery:
     """A configured Celery app with the node's tasks registered.
 
@@ -122,6 +138,7 @@ def create_app(queue_settings: QueueSettings) -> Celery:
         }
     elif queue_settings.broker_is_sqlite:
         transport_options = {"connect_args": {"timeout": 30}}
+        _poll_sqlite_broker_every(SQLITE_POLLING_INTERVAL_S)
     tls_options = queue_settings.redis_tls.redis_options()
     if queue_settings.broker_url.startswith("rediss://"):
         app.conf.broker_use_ssl = tls_options

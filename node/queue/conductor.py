@@ -83,6 +83,7 @@ class Conductor:
         restart_worker: Callable[[int], None] | None = None,
         redelivery_until: float = 0.0,
         own_worker: Callable[[int], bool] | None = None,
+        on_reported: Callable[[], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.queue = queue
@@ -95,15 +96,20 @@ class Conductor:
         self._resends: dict[str, int] = {}  # task id -> times sent again (since the node started)
         self.redelivery_until = redelivery_until  # time.time() before which the broker redelivers restored messages
         self.own_worker = own_worker
+        self.on_reported = on_reported  # called after a job's outputs are in the outbox (wakes the sender)
 
     # ------------------------------------------------------------------ loop
-    def tick(self, now: datetime | None = None) -> None:
-        """Dispatch queued jobs and advance running ones, once each."""
-        for job in reversed(self.ledger.jobs.find(states=("queued",))):  # oldest first
+    def tick(self, now: datetime | None = None) -> int:
+        """Dispatch queued jobs and advance running ones, once each; returns how many jobs it looked at
+        (the node ticks more often while there are any)."""
+        queued = self.ledger.jobs.find(states=("queued",))
+        for job in reversed(queued):  # oldest first
             if job.task_id is None:
                 self._guard(job, self._dispatch)
-        for job in reversed(self.ledger.jobs.find(states=("running",))):
+        running = self.ledger.jobs.find(states=("running",))
+        for job in reversed(running):
             self._guard(job, lambda j: self._advance(j, now or utcnow()))
+        return len(queued) + len(running)
 
     def _guard(self, job: Job, action: Callable[[Job], None]) -> None:
         try:
@@ -152,6 +158,8 @@ class Conductor:
         if not instances:
             self._fail(job, "the study has no instances the pipeline can use")
             return
+        for earlier in range(1, attempt):  # a retried job: what its earlier attempts left (e.g. a discarded one)
+            self._cleanup(job, pipeline, earlier)
         moved = self.queue.upload_inputs(job.id, attempt, [i.path for i in instances])
         self._submit(job, pipeline, attempt, 0)
         _log.info(
@@ -274,36 +282,51 @@ class Conductor:
             return
         keys = [key for key, _, _ in objects]
         metas: list[OutputMeta] = []
+        ours: list[str] = []  # this job's objects recorded before (a repeated collection, a forced retry)
         for _key, data, header in objects:  # every file first: a full disk here leaves the ledger untouched
             study_uid = validate_uid(str(header.StudyInstanceUID), "StudyInstanceUID of a result object")
             series_uid = validate_uid(str(header.SeriesInstanceUID), "SeriesInstanceUID of a result object")
             sop_uid = validate_uid(str(header.SOPInstanceUID), "SOPInstanceUID of a result object")
+            known = self.ledger.outputs.get(sop_uid)
+            if known is not None:
+                # deterministic UIDs: an object recorded before is not written again (it may have been sent
+                # and removed from the outbox); only this job's own ones get their sends (idempotent)
+                if known.job_id == job.id:
+                    ours.append(sop_uid)
+                continue
             path = self.settings.outbox_dir / study_uid / series_uid / f"{sop_uid}.dcm"
             write_file_atomic(path, data, durable=True)
             metas.append(OutputMeta(sop_uid, study_uid, series_uid, str(header.SOPClassUID), str(path.resolve()), len(data)))
         recorded = [meta.sop_instance_uid for meta in metas if self.ledger.outputs.record(job.id, pipeline.name, meta)]
         if destinations:  # after all outputs are recorded, so that one association sends them all
-            for sop_uid in recorded:
+            for sop_uid in ours + recorded:
                 self.ledger.sends.create(sop_uid, destinations)
         self.ledger.jobs.transition(
             job.id, "reported", f"{len(keys)} result objects in the outbox", expected_from=("running",)
         )
-        if keys and not recorded:
-            # deterministic UIDs: an unchanged re-run reproduces objects an earlier job already recorded and sent
+        unsent = self.ledger.sends.find(states=("pending", "retrying", "dead_letter"), job_id=job.id)
+        if destinations and keys and not recorded and not unsent:
+            # an unchanged re-run reproduces objects already recorded and sent: nothing new to send
             self.ledger.jobs.transition(
-                job.id, "sent", f"all {len(keys)} result objects identical to an earlier run; nothing new to send",
+                job.id, "sent", f"all {len(keys)} result objects identical to those recorded before; nothing new to send",
                 expected_from=("reported",),
             )
-        study = self.ledger.studies.transition(
-            job.study_uid, "done", f"{pipeline.name} run {job.run}: {len(keys)} result objects",
-            expected_from=("processing",),
-        )
+        try:
+            study_state = self.ledger.studies.transition(
+                job.study_uid, "done", f"{pipeline.name} run {job.run}: {len(keys)} result objects",
+                expected_from=("processing",),
+            ).state
+        except LedgerError as exc:  # a retried job of a study that moved on meanwhile (a later run, new instances)
+            _log.info("job %d: study left as it is: %s", job.id, exc)
+            study_state = ""
         _log.info(
             "job %d: reported %d objects for study %s (%s)%s",
             job.id, len(keys), hash_identifier(job.study_uid), ", ".join(destinations) or "outbox only",
-            "; more instances arrived, the study will run again" if study.state == "receiving" else "",
+            "; more instances arrived, the study will run again" if study_state == "receiving" else "",
         )
         self._audit("job.reported", job, outputs=len(keys), destinations=destinations)
+        if self.on_reported is not None and destinations:
+            self.on_reported()
         self._cleanup(job, pipeline, attempt)
 
     def _fail(self, job: Job, reason: str) -> None:

@@ -58,4 +58,8 @@ def register(app: Celery, store: ArtifactStore) -> None:
             parsed.step,
             " (redelivered)" if redelivered else "",
         )
-        return run_step(store, parsed)
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = run_step(store, parsed)
+        _log.info("job %s: step %s finished in %.3f s, %.3f s CPU", parsed.job_key, parsed.step,
+                  time.perf_counter() - wall, time.process_time() - cpu)
+        return result

@@ -57,7 +57,7 @@ def worker_main(args: argparse.Namespace) -> int:
     the worker (wrong or missing password, TLS failure); an unreachable one is retried.
     """
     from node.config import ConfigError, load_settings
-    from node.dicom.logs import setup_logging
+    from node.dicom.logs import LogOptions, setup_logging
     from node.pipelines import registry
 
     try:
@@ -67,7 +67,8 @@ def worker_main(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"cardionode worker: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_dir, f"worker-{'-'.join(queues)}")
+    log_options = LogOptions.from_settings(settings)
+    setup_logging(settings.log_dir, f"worker-{'-'.join(queues)}", options=log_options)
     queue_settings = QueueSettings.from_settings(settings)
     refused, unreachable = connection_problems(queue_settings)
     for problem in unreachable:  # Celery keeps trying to connect
@@ -81,5 +82,5 @@ def worker_main(args: argparse.Namespace) -> int:
         print(f"cardionode worker: pipeline module {module} not loaded: {error}", file=sys.stderr)
     registry.all_pipelines()  # import the shipped pipelines now: the pool processes inherit them
     app = create_app(queue_settings)
-    app.worker_main(argv)
+    app.worker_main(argv if log_options.library_banners else ["--quiet", *argv])  # banner: log_level_libraries
     return 0

@@ -31,7 +31,8 @@ Keys used by the SPECT and PET pipelines (extend the templates, not the code, fo
   ``study_impression``; PET:
   ``impaired_flow_reserve`` (values ``present``/``absent``), ``quality_flag`` (one value per
   code of ``node.quant.mbf.QUALITY_FLAG_CODES``, same keys)
-* evaluation values: ``present``, ``absent``, ``undetermined``, ``normal``,
+* evaluation values: ``present``, ``absent``, ``undetermined``, ``indeterminate`` (a model
+  probability inside its indeterminate band), ``normal``,
   ``abnormal``, ``high_risk``, ``low_risk``; PET quality flags: ``bolus_start_missed``,
   ``input_peak_late``, ``rv_peak_after_lv``, ``input_near_wall``, ``unstable_fit``,
   ``blood_fraction_high``, ``motion``, ``rest_mbf_implausible``, ``stress_mbf_implausible``,
@@ -133,6 +134,18 @@ class MapImage:
     heat maps). ``derivation`` is a key: ``polar_map`` or ``gradcam``.
     ``contour_levels`` are values (in ``unit``) drawn as iso-lines over the map, the
     lowest dashed and the others solid (e.g. ``(1.5, 2.0)`` on a flow-reserve map).
+
+    Optional display fields (defaults keep older content valid): ``role`` places the map on
+    the results screen (:mod:`node.results.screen`): ``perfusion`` (a state's perfusion or
+    flow map, first row), ``perfusion_change`` (rest-minus-stress difference, flow reserve:
+    beside them), ``extent`` (a "blackout" map against the normal limits, second row),
+    ``function``, ``phase``; None: after those. ``subtitle`` is a line under the title that
+    adds what the title does not say (tracer, state, normal limits, what the numbers are).
+    ``quantity`` is the ``concepts.toml`` key of the printed segment values, whose
+    ``decimals`` format them (one rule for maps, tables and screens). ``blackout`` is a bool
+    ``[n_u, n_psi]`` mask of the cells outside the normal limits, drawn black.
+    ``muted_rim_rows`` outermost (basal) rows are drawn pale: the valve-plane rim, where the
+    normal limits' own mean uptake falls, so that a normal base does not read as a defect.
     """
 
     key: str
@@ -146,6 +159,11 @@ class MapImage:
     algorithm: Algorithm | None = None
     overlay_on: str | None = None
     contour_levels: tuple[float, ...] = ()
+    role: str | None = None
+    subtitle: str = ""
+    quantity: str | None = None
+    blackout: np.ndarray | None = None
+    muted_rim_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,7 +186,8 @@ class CurvePlot:
     """A plot of curves (e.g. time-activity curves with their model fits), rendered as one SC image.
 
     ``x_label`` and ``y_label`` name the axes with their units, e.g. ``"Time after
-    injection (s)"`` and ``"Activity concentration (kBq/mL)"``.
+    injection (s)"`` and ``"Activity concentration (kBq/mL)"``. ``role`` (optional) places
+    the plot on the results screen: ``volume_curve``, ``phase_histogram``, ``time_activity``.
     """
 
     key: str
@@ -176,6 +195,7 @@ class CurvePlot:
     x_label: str
     y_label: str
     curves: tuple[Curve, ...]
+    role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +234,7 @@ class ReportContent:
     notes: tuple[str, ...] = field(default=())  # lines for the PDF, e.g. disagreements, excluded features
     plots: tuple[CurvePlot, ...] = ()
     parametric_maps: tuple[ParametricVolume, ...] = ()
+    description: str = ""  # one line for people naming the examination: tracer, protocol, normal limits
 
 
 _OUTPUTS = OutputOptions()
@@ -227,7 +248,7 @@ class ReportContext:
     Device Observer UID and Name, Institution Name). ``predecessors`` are the SR documents
     of earlier runs of the same pipeline on the same study that the new report
     supersedes, as ``(study_instance_uid, series_instance_uid, sop_class_uid,
-    sop_instance_uid)``. ``multiframe_screen`` and ``pdf_summary`` are the
+    sop_instance_uid)``. ``multiframe_screen``, ``pdf_summary`` and ``results_screen`` are the
     ``[outputs]`` settings (:class:`node.config.OutputOptions`, whose defaults these
     are). ``templates_dir``: the output templates to use; None = those shipped with
     the package (:mod:`node.resources`). The node makes it from its settings
@@ -241,3 +262,4 @@ class ReportContext:
     multiframe_screen: bool = _OUTPUTS.multiframe_screen
     pdf_summary: bool = _OUTPUTS.pdf_summary
     templates_dir: Path | None = None
+    results_screen: bool = _OUTPUTS.results_screen

@@ -52,8 +52,9 @@ def algorithms_of(content: ReportContent) -> tuple[Algorithm, ...]:
 def content_digest(content: ReportContent) -> str:
     """SHA-256 (hex) over every reported value, key, label, map pixel, curve point and voxel, in order.
 
-    Contour levels, plots and parametric maps enter only when present, so a report
-    without them has the digest it had before they existed (its outputs keep their UIDs).
+    Contour levels, plots, parametric maps and the display fields (roles, subtitles, quantity
+    keys, blackout masks, description) enter only when present, so a report without them has
+    the digest it had before they existed (its outputs keep their UIDs).
     """
     h = hashlib.sha256()
 
@@ -82,8 +83,16 @@ def content_digest(content: ReportContent) -> str:
             put(image.algorithm.name, image.algorithm.version, *image.algorithm.parameters)
         if image.contour_levels:
             put("contours", *map(_fmt, image.contour_levels))
+        if image.role or image.subtitle or image.quantity:
+            put("display", image.role or "", image.subtitle, image.quantity or "")
+        if image.blackout is not None:
+            put("blackout", _array_bytes(image.blackout, "u1"))
+        if image.muted_rim_rows:
+            put("muted_rim_rows", image.muted_rim_rows)
     for plot in content.plots:
         put("plot", plot.key, plot.title, plot.x_label, plot.y_label)
+        if plot.role:
+            put("role", plot.role)
         for curve in plot.curves:
             put("curve", curve.label, curve.style, _array_bytes(curve.x), _array_bytes(curve.y))
     for volume in content.parametric_maps:
@@ -96,6 +105,8 @@ def content_digest(content: ReportContent) -> str:
         put("algorithm", algo.name, algo.version, *algo.parameters, algo.training_data, algo.intended_use)
     for note in content.notes:
         put("note", note)
+    if content.description:
+        put("description", content.description)
     return h.hexdigest()
 
 

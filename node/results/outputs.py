@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydicom import Dataset
 
-from node.results.content import ReportContent, ReportContext
+from node.results.content import Algorithm, ReportContent, ReportContext
 from node.results.identity import ContentIdentity, algorithms_of
 from node.results.pdf import ENCAPSULATED_PDF, build_encapsulated_pdf, render_summary_pdf
 from node.results.pm import PARAMETRIC_MAP, build_parametric_map
@@ -27,6 +27,7 @@ from node.results.sc import (
     build_sc,
     contributing_algorithms,
 )
+from node.results.screen import SCREEN_KIND, plan_screen, render_screen_page, screen_key
 from node.results.sr import COMPREHENSIVE_3D_SR, ENHANCED_SR, ContentError, build_sr, to_enhanced_sr
 from node.results.tables import global_rows, segment_table
 from node.results.templates import TemplateError, Templates, load_templates
@@ -43,11 +44,14 @@ __all__ = [
 ]
 
 
-def render_images(content: ReportContent) -> list[tuple[str, np.ndarray]]:
+def render_images(content: ReportContent, templates: Templates | None = None) -> list[tuple[str, np.ndarray]]:
     """Render every MapImage as a bull's-eye: ``[(key, RGB uint8 [rows, columns, 3]), ...]`` in content order.
 
-    A heat map with ``overlay_on`` is drawn over its base map (greyscale).
+    A heat map with ``overlay_on`` is drawn over its base map (greyscale). Segment values
+    print with the decimals of the labelled map's ``quantity`` in ``templates`` (None: the
+    package's templates).
     """
+    templates = templates or load_templates()
     by_key = {image.key: image for image in content.images}
     if len(by_key) != len(content.images):
         raise ContentError("MapImage keys must be unique within a report")
@@ -58,7 +62,9 @@ def render_images(content: ReportContent) -> list[tuple[str, np.ndarray]]:
             base = by_key.get(image.overlay_on)
             if base is None:
                 raise ContentError(f"MapImage {image.key!r} overlays {image.overlay_on!r}, which the content does not have")
-        out.append((image.key, render_bullseye(image, base=base)))
+        labelled = base if base is not None else image
+        decimals = templates.quantity(labelled.quantity, content.pipeline).decimals if labelled.quantity else None
+        out.append((image.key, render_bullseye(image, base=base, decimals=decimals)))
     return out
 
 
@@ -81,16 +87,20 @@ def output_names(content: ReportContent, outputs: Sequence[Dataset]) -> list[str
     """A file-name stem for each object :func:`build_outputs` returned, in its order.
 
     ``sr``, ``sc_<image key>``, ``sc_<plot key>``, ``sc_segment_table``, ``pm_<map key>``,
-    ``screen``, ``pdf``.
+    ``results_screen_<page>``, ``screen``, ``pdf``. The results-screen pages are told from the
+    other SC images by their series (its UID derives from the content).
     """
     sc_keys = iter([*(image.key for image in content.images), *(plot.key for plot in content.plots),
                     SEGMENT_TABLE_KEY])
     pm_keys = iter(volume.key for volume in content.parametric_maps)
+    screen_series = ContentIdentity.of(content, ()).uid(SCREEN_KIND, "series")
     names = []
     for ds in outputs:
         sop_class = str(ds.SOPClassUID)
         if sop_class in (COMPREHENSIVE_3D_SR, ENHANCED_SR):
             names.append("sr")
+        elif sop_class == SECONDARY_CAPTURE and str(ds.SeriesInstanceUID) == screen_series:
+            names.append(screen_key(int(ds.InstanceNumber)))
         elif sop_class == SECONDARY_CAPTURE:
             names.append(f"sc_{next(sc_keys)}")
         elif sop_class == PARAMETRIC_MAP:
@@ -113,6 +123,32 @@ def _global_frames(rows: list[tuple[str, str, str]]) -> list[tuple[str, np.ndarr
             for k, chunk in enumerate(chunks, start=1)]
 
 
+def _results_screen(
+    content: ReportContent,
+    renders: Sequence[tuple[str, np.ndarray]],
+    plots: Sequence[tuple[str, np.ndarray]],
+    table_screen: np.ndarray | None,
+    used: Sequence[Dataset],
+    identity: ContentIdentity,
+    templates: Templates,
+    algorithms: Sequence[Algorithm],
+) -> list[Dataset]:
+    """The results-screen pages (:mod:`node.results.screen`) as SC images, composed from the rendered panels."""
+    titles = {image.key: image.title for image in content.images}
+    titles |= {plot.key: plot.title for plot in content.plots}
+    panels = dict([*renders, *plots])
+    if table_screen is not None:
+        panels[SEGMENT_TABLE_KEY] = table_screen
+        titles[SEGMENT_TABLE_KEY] = _SEGMENT_TABLE_TITLE
+    pages = plan_screen(content, templates, used[0], {k: titles[k] for k in panels}, algorithms)
+    return [
+        build_rendered_sc(render_screen_page(page, panels), SCREEN_KIND, screen_key(page.number),
+                          f"Results screen page {page.number} of {len(pages)}: {page.title}", None, algorithms, used,
+                          identity, templates, page.number, content.pipeline, content.pipeline_version)
+        for page in pages
+    ]
+
+
 def build_outputs(
     content: ReportContent,
     sources: Sequence[Dataset],
@@ -123,7 +159,8 @@ def build_outputs(
 
     Returns, in this order: ``[SR, SC per MapImage..., SC per CurvePlot..., segment-table SC
     (if the pipeline's ``segment_table_image`` template setting is on and the content has
-    segment results), Parametric Map per ParametricVolume..., multi-frame result screen (if
+    segment results), Parametric Map per ParametricVolume..., results-screen SC per page (if
+    context.results_screen; :mod:`node.results.screen`), multi-frame result screen (if
     context.multiframe_screen), Encapsulated PDF (if context.pdf_summary)]``
     (:func:`output_names` names them). The result screen's frames are the bull's-eyes, the
     plots, the segment table (when the SC is made) and the global results (one frame per 34
@@ -144,7 +181,7 @@ def build_outputs(
         raise ContentError(f"datasets missing for source instances {missing[:3]} ({len(missing)} in all)")
     identity = ContentIdentity.of(content, used)
     algorithms = algorithms_of(content)
-    renders = render_images(content)
+    renders = render_images(content, templates)
     plots = render_plots(content)
     images: dict[str, Dataset] = {}
     for number, ((key, rgb), image) in enumerate(zip(renders, content.images), start=1):
@@ -166,6 +203,8 @@ def build_outputs(
     for number, volume in enumerate(content.parametric_maps, start=1):
         outputs.append(build_parametric_map(volume, by_uid, identity, templates, number, content.pipeline,
                                             content.pipeline_version, context.device_uid, algorithms))
+    if context.results_screen:
+        outputs.extend(_results_screen(content, renders, plots, table_screen, used, identity, templates, algorithms))
     table = global_rows(content, templates)
     if context.multiframe_screen:
         frames = [rgb for _, rgb in renders] + [rgb for _, rgb in plots]
@@ -182,7 +221,7 @@ def build_outputs(
     if context.pdf_summary:
         titled = [(image.title, rgb) for image, (_, rgb) in zip(content.images, renders)]
         titled += [(plot.title, rgb) for plot, (_, rgb) in zip(content.plots, plots)]
-        pdf_bytes = render_summary_pdf(content, titled, templates, identity)
+        pdf_bytes = render_summary_pdf(content, titled, templates, identity, used[0])
         pdf = build_encapsulated_pdf(pdf_bytes, content, used, identity, templates)
         contributing_algorithms(pdf, algorithms, templates, identity)
         outputs.append(pdf)

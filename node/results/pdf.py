@@ -1,10 +1,27 @@
-"""One-page PDF summary (reportlab) and its Encapsulated PDF Storage wrapper.
+"""The PDF summary (reportlab platypus) and its Encapsulated PDF Storage wrapper.
 
-The page holds, top to bottom: title and research-use disclaimer, the
-bull's-eye images and curve plots, the per-segment table (left) and the table of
-every other result (right; :mod:`node.results.tables`), the algorithm card (name, version, parameters, training data, intended
-use), notes, and the disclaimer again. The PDF is built with reportlab's
-``invariant`` mode, so the same content gives the same bytes.
+Landscape A4 pages in two columns, as many pages as the results need (nothing is cut):
+
+* on every page a header with the patient and study identification
+  (:func:`node.results.screen.identification_lines`: name, ID, birth date, sex, accession
+  number, study date and description), the research-use statement
+  (:data:`node.RESEARCH_USE_NOTICE`) and "page X of Y", and a footer naming the software;
+* first the summary (:func:`node.results.tables.summary_rows` of the summary groups in
+  :func:`node.results.tables.reading_order`: perfusion scores and TPD, global flow and
+  reserve, LVEF/EDV/ESV, every model output with its verdict) and the notes;
+* then every bull's-eye and plot, one per column, printed :data:`FIGURE_WIDTH_PT` wide:
+  the images are rendered at 100 pixels per inch with fonts of at least 6.5 pt
+  (:mod:`node.results.render`), so at about 92 pixels per inch on paper every figure
+  text, segment labels included, prints at 7 pt or more;
+* the per-segment table (:func:`node.results.tables.segment_table`) and every other
+  result, group by group (:func:`node.results.tables.group_rows`): every measurement and
+  coded evaluation of the report;
+* the algorithm cards (name, version, parameters, training data, intended use).
+
+Page text is at least :data:`MIN_FONT_PT`. The fonts are DejaVu Sans from matplotlib's data
+(embedded subsets; Latin, Greek and Cyrillic names print as they are). The PDF is built
+with reportlab's ``invariant`` mode, twice (the first pass counts the pages), so the same
+content gives the same bytes.
 
 Most viewers display an Encapsulated PDF even when they cannot render the SR's
 numbers (reference ``dicom_outputs.md`` sections 0.6 and 7).
@@ -12,68 +29,300 @@ numbers (reference ``dicom_outputs.md`` sections 0.6 and 7).
 
 from __future__ import annotations
 
+import functools
 import io
-import math
 from collections.abc import Sequence
+from pathlib import Path
 
+import matplotlib
 import numpy as np
 from PIL import Image
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from reportlab.lib import colors
-from reportlab.lib.pagesizes import A4
+from reportlab.lib.pagesizes import A4, landscape
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.utils import ImageReader
-from reportlab.pdfbase.pdfmetrics import stringWidth
-from reportlab.pdfgen import canvas
-from reportlab.platypus import Paragraph, Table, TableStyle
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import (
+    BaseDocTemplate,
+    Flowable,
+    Frame,
+    KeepTogether,
+    PageTemplate,
+    Paragraph,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
 import node
-from node.results.content import ReportContent
+from node.results.content import MeasurementGroup, ReportContent
 from node.results.identity import ContentIdentity, algorithms_of
+from node.results.render import display_unit
 from node.results.sc import source_image_sequence
-from node.results.tables import global_rows, segment_table
+from node.results.screen import identification_lines
+from node.results.tables import (
+    MODEL_PROBABILITY,
+    MODEL_VERDICT,
+    group_rows,
+    is_model_group,
+    is_summary_group,
+    reading_order,
+    segment_of,
+    segment_table,
+    summary_rows,
+)
 from node.results.templates import Templates
 
-__all__ = ["ENCAPSULATED_PDF", "render_summary_pdf", "build_encapsulated_pdf"]
+__all__ = ["ENCAPSULATED_PDF", "FIGURE_WIDTH_PT", "MIN_FONT_PT", "render_summary_pdf", "build_encapsulated_pdf"]
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
-_MARGIN = 30.0
-#: table cells longer than this are wrapped (a Paragraph) instead of drawn on one line
-_WRAP_CHARS = 12
+_PAGE = landscape(A4)  # (width, height) in points
+_MARGIN = 18.0
+_GAP = 10.0  # between the columns
+_HEADER = 52.0  # header band below the top margin
+_FOOTER = 14.0  # footer band above the bottom margin
+_COLUMN = (_PAGE[0] - 2 * _MARGIN - _GAP) / 2
+_FRAME_HEIGHT = _PAGE[1] - 2 * _MARGIN - _HEADER - _FOOTER
+#: printed width (and height) of every bull's-eye and plot: one column
+FIGURE_WIDTH_PT = _COLUMN
+#: the smallest font on the pages (tables, notes, header, footer), points
+MIN_FONT_PT = 7.5
+_TEXT_PT = 8.0
+_FONT = "DejaVuSans"
+_BOLD = "DejaVuSans-Bold"
+_RED = colors.HexColor("#b00000")
+_HEAD_BG = colors.HexColor("#dde4ee")
+_GROUP_BG = colors.HexColor("#f1f4f8")
+_RULE = colors.HexColor("#9aa5b1")
+_VALUE_WIDTH = 76.0  # value column of the result tables (fits "Indeterminate" in bold)
+_UNIT_WIDTH = 58.0  # unit column (fits "mmHg/min")
 
 
-def _png(rgb: np.ndarray) -> ImageReader:
-    return ImageReader(Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB"))
+@functools.cache
+def _register_fonts() -> None:
+    """Register matplotlib's DejaVu Sans (regular and bold) with reportlab, once per process."""
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    pdfmetrics.registerFont(TTFont(_FONT, str(ttf / "DejaVuSans.ttf")))
+    pdfmetrics.registerFont(TTFont(_BOLD, str(ttf / "DejaVuSans-Bold.ttf")))
 
 
-def _table(data: list[list], col_widths: list[float], font_size: float, fixed_rows: bool = True) -> Table:
-    head_lines = max([2, *(str(cell).count("\n") + 1 for cell in data[0])])
-    heights = [head_lines * font_size + 4.0] + [font_size + 3.0] * (len(data) - 1) if fixed_rows else None
-    table = Table(data, colWidths=col_widths, rowHeights=heights)
-    table.setStyle(
-        TableStyle(
-            [
-                ("FONT", (0, 0), (-1, -1), "Helvetica", font_size),
-                ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", font_size),
-                ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#dde4ee")),
-                ("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#9aa5b1")),
-                ("ALIGN", (1, 1), (-1, -1), "RIGHT"),
-                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-                ("TOPPADDING", (0, 0), (-1, -1), 0.5),
-                ("BOTTOMPADDING", (0, 0), (-1, -1), 0.5),
-                ("LEFTPADDING", (0, 0), (-1, -1), 2),
-                ("RIGHTPADDING", (0, 0), (-1, -1), 2),
-            ]
-        )
-    )
+def _style(name: str, size: float = _TEXT_PT, bold: bool = False, colour: colors.Color = colors.black,
+           space_before: float = 0.0, keep_with_next: bool = False) -> ParagraphStyle:
+    return ParagraphStyle(name, fontName=_BOLD if bold else _FONT, fontSize=size, leading=size * 1.25,
+                          textColor=colour, spaceBefore=space_before, spaceAfter=2.0,
+                          keepWithNext=int(keep_with_next))
+
+
+def _esc(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class _Figure(Flowable):
+    """An RGB image drawn ``side`` points wide, keeping its aspect ratio."""
+
+    def __init__(self, rgb: np.ndarray, side: float):
+        super().__init__()
+        self._image = ImageReader(Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB"))
+        rows, columns = np.asarray(rgb).shape[:2]
+        self._size = (side, side * rows / columns)
+
+    def wrap(self, available_width: float, available_height: float) -> tuple[float, float]:
+        return self._size
+
+    def draw(self) -> None:
+        self.canv.drawImage(self._image, 0, 0, width=self._size[0], height=self._size[1])
+
+
+def _table(rows: list[list], widths: list[float], group_rows_at: Sequence[int] = (), head: bool = True) -> Table:
+    """A results table: a head row (``head``), then rows; ``group_rows_at`` are rows spanning all columns
+    (a group's label). The first row repeats when the table continues in the next column."""
+    table = Table(rows, colWidths=widths, repeatRows=1)
+    style = [
+        ("FONT", (0, 0), (-1, -1), _FONT, _TEXT_PT),
+        ("GRID", (0, 0), (-1, -1), 0.25, _RULE),
+        ("ALIGN", (1, 1), (-1, -1), "RIGHT"),
+        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+        ("TOPPADDING", (0, 0), (-1, -1), 1.0),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+        ("LEFTPADDING", (0, 0), (-1, -1), 3.0),
+        ("RIGHTPADDING", (0, 0), (-1, -1), 3.0),
+    ]
+    if head:
+        style += [("FONT", (0, 0), (-1, 0), _BOLD, _TEXT_PT), ("BACKGROUND", (0, 0), (-1, 0), _HEAD_BG)]
+    for row in group_rows_at:
+        style += [("SPAN", (0, row), (-1, row)), ("BACKGROUND", (0, row), (-1, row), _GROUP_BG),
+                  ("FONT", (0, row), (-1, row), _BOLD, _TEXT_PT), ("ALIGN", (0, row), (-1, row), "LEFT")]
+    table.setStyle(TableStyle(style))
     return table
 
 
-#: layouts tried in order until the page fits: (table font size pt, max global rows or None, max image side pt)
-_LAYOUTS = ((6.5, None, 180.0), (5.5, None, 140.0), (5.0, None, 110.0), (5.0, 40, 100.0), (5.0, 24, 90.0))
+_RESULT_WIDTHS = [_COLUMN - _VALUE_WIDTH - _UNIT_WIDTH, _VALUE_WIDTH, _UNIT_WIDTH]
+
+
+def _result_rows(lines: Sequence[tuple[str, str, str]]) -> list[list]:
+    """Table rows of ``(concept, value, unit)`` lines: coded values in bold, units as displayed."""
+    cell = _style("cell")
+    bold_cell = _style("cell-bold", bold=True)
+    rows: list[list] = []
+    for concept, value, unit in lines:
+        numeric = value.lstrip("-").replace(".", "", 1).isdigit()
+        rows.append([Paragraph(_esc(concept), cell), value if numeric else Paragraph(_esc(value), bold_cell),
+                     display_unit(unit)])
+    return rows
+
+
+def _grouped_tables(sections: Sequence[tuple[str, list[tuple[str, str, str]]]], head: str) -> list[Flowable]:
+    """A head row (``head``, value, unit), then one table per group opening with the group's label row.
+
+    One table per group, so that a column or page break falls between groups (or, in a long group,
+    repeats its label).
+    """
+    bold_cell = _style("cell-bold", bold=True)
+    tables: list[Flowable] = [
+        _table([[Paragraph(_esc(label), bold_cell), "", ""], *_result_rows(lines)], _RESULT_WIDTHS,
+               group_rows_at=(0,), head=False)
+        for label, lines in sections
+    ]
+    head_row = _table([[head, "Value", "Unit"]], _RESULT_WIDTHS)
+    return [KeepTogether([head_row, *tables[:1]]), *tables[1:]]  # the head row never alone at a column's end
+
+
+def _model_table(groups: Sequence[MeasurementGroup], content: ReportContent, templates: Templates) -> Table:
+    """One row per model output: what it predicts (the group's label), its probability, its verdict."""
+    cell = _style("cell")
+    bold_cell = _style("cell-bold", bold=True)
+    rows: list[list] = [["Model output", "Probability", "Verdict"]]
+    for group in groups:
+        probability = [value for _, value, _ in group_rows(group, content, templates, (MODEL_PROBABILITY,))]
+        verdicts = [value for _, value, _ in group_rows(group, content, templates, (MODEL_VERDICT,))]
+        rows.append([Paragraph(_esc(group.label), cell), ", ".join(probability) or "-",
+                     Paragraph(_esc(", ".join(verdicts) or "-"), bold_cell)])
+    return _table(rows, [_COLUMN - 56.0 - _VALUE_WIDTH, 56.0, _VALUE_WIDTH])
+
+
+def _segment_flowable(content: ReportContent, templates: Templates) -> Table | None:
+    header, rows = segment_table(content, templates)
+    if not rows:
+        return None
+    head = _style("head", bold=True)
+    cell = _style("cell")
+    first = 104.0
+    other = (_COLUMN - first) / (len(header) - 1)
+    data: list[list] = [[Paragraph(_esc(h).replace("\n", "<br/>"), head) for h in header]]
+    for row in rows:
+        data.append([row[0], *(Paragraph(_esc(c), cell) if len(c) > 9 else c for c in row[1:])])
+    return _table(data, [first] + [other] * (len(header) - 1))
+
+
+def _height(flowables: Sequence[Flowable]) -> float:
+    """Height in points of ``flowables`` stacked in one column (paragraph spacing included)."""
+    scratch = Canvas(io.BytesIO(), pagesize=_PAGE)
+    total = 0.0
+    for flowable in flowables:
+        total += flowable.wrapOn(scratch, _COLUMN, _FRAME_HEIGHT)[1] + flowable.getSpaceBefore() + flowable.getSpaceAfter()
+    return total
+
+
+def _story(content: ReportContent, renders: Sequence[tuple[str, np.ndarray]], templates: Templates) -> list[Flowable]:
+    """The flowables of the document, top to bottom (a fresh list for every build)."""
+    heading = _style("heading", size=11.0, bold=True, space_before=4.0, keep_with_next=True)
+    text = _style("text")
+    story: list[Flowable] = []
+    ordered = reading_order(content)
+    summary_groups = [g for g in ordered if is_summary_group(g)]
+    headline = [(g.label, summary_rows(g, content, templates)) for g in summary_groups if not is_model_group(g)]
+    headline = [(label, lines) for label, lines in headline if lines]
+    if headline:
+        story += [Paragraph("Summary", heading), *_grouped_tables(headline, "Headline result")]
+    models = [g for g in summary_groups if is_model_group(g)]
+    if models:
+        story += [Paragraph("Model outputs", heading), _model_table(models, content, templates)]
+    figures: list[Flowable] = [_Figure(rgb, FIGURE_WIDTH_PT) for _, rgb in renders]
+    notes = [Paragraph("Notes", heading), *(Paragraph(_esc(note), text) for note in content.notes)] if content.notes else []
+    if _height([*story, *notes]) <= _FRAME_HEIGHT:
+        story += notes + figures  # the notes under the summary, the first map beside them
+    else:
+        story += figures[:1] + notes + figures[1:]  # the first map beside the summary, the notes after it
+    segments = _segment_flowable(content, templates)
+    if segments is not None:
+        story.append(KeepTogether([Paragraph("Results per AHA segment", heading), segments]))
+    others = [(g.label, group_rows(g, content, templates)) for g in ordered if segment_of(g) is None]
+    if others:
+        story += [Paragraph("All other results", heading), *_grouped_tables(others, "Result")]
+    story.append(Paragraph("Algorithms", heading))
+    for algo in algorithms_of(content):
+        params = ", ".join(algo.parameters) or "none"
+        training = (algo.training_data or "not applicable (no learned parameters)").rstrip(".")
+        story.append(Paragraph(
+            f"<b>{_esc(algo.name)}</b> version {_esc(algo.version)}; parameters: {_esc(params)}. "
+            f"Training data: {_esc(training)}. Intended use: {_esc(algo.intended_use)}", text))
+    story.append(Spacer(1, 4))
+    story.append(Paragraph(f"The machine-readable results are in the DICOM Structured Report of the same study. "
+                           f"{_esc(node.RESEARCH_USE_NOTICE)}", _style("closing", bold=True, colour=_RED)))
+    return story
+
+
+def _fitting_size(text: str, font: str, size: float, width: float) -> float:
+    """``size``, or a smaller one down to :data:`MIN_FONT_PT`, at which ``text`` fits ``width`` points."""
+    natural = pdfmetrics.stringWidth(text, font, size)
+    return size if natural <= width else max(MIN_FONT_PT, size * width / natural)
+
+
+def _clipped(text: str, font: str, size: float, width: float) -> str:
+    """``text``, cut with an ellipsis where it would be wider than ``width`` points at ``size``."""
+    while len(text) > 1 and pdfmetrics.stringWidth(text, font, size) > width:
+        text = text[:-2] + "\u2026"
+    return text
+
+
+class _Pages(BaseDocTemplate):
+    """Two-column landscape pages whose header and footer are drawn by :meth:`decorate`."""
+
+    def __init__(self, buffer: io.BytesIO, title: str, identification: Sequence[str], footer: str, total: int):
+        super().__init__(buffer, pagesize=_PAGE, invariant=1, pageCompression=1, initialFontName=_FONT,
+                         initialFontSize=_TEXT_PT, title=title, author="CardioNode",
+                         subject=node.RESEARCH_USE_NOTICE, creator=f"CardioNode {node.__version__}",
+                         leftMargin=_MARGIN, rightMargin=_MARGIN, topMargin=_MARGIN, bottomMargin=_MARGIN)
+        self.heading = title
+        # the patient line, then the study line (accession, date, description, examination)
+        self.identification = (identification[0], "    ".join(line for line in identification[1:] if line))
+        self.footer = footer
+        self.total = total
+        frames = [Frame(_MARGIN + k * (_COLUMN + _GAP), _MARGIN + _FOOTER, _COLUMN, _FRAME_HEIGHT, leftPadding=0,
+                        rightPadding=0, topPadding=0, bottomPadding=0, id=f"column{k}") for k in (0, 1)]
+        self.addPageTemplates([PageTemplate(id="columns", frames=frames, onPage=self.decorate)])
+
+    def decorate(self, canvas: Canvas, doc: BaseDocTemplate) -> None:
+        width, height = _PAGE
+        top = height - _MARGIN
+        canvas.saveState()
+        canvas.setFont(_BOLD, 11.0)
+        canvas.drawString(_MARGIN, top - 10, self.heading)
+        canvas.setFont(_BOLD, 9.0)
+        pages = f"Page {doc.page} of {self.total}" if self.total else f"Page {doc.page}"
+        canvas.drawRightString(width - _MARGIN, top - 10, pages)
+        line_width = width - 2 * _MARGIN
+        for text, font, size, y in ((self.identification[0], _BOLD, 8.5, top - 23),
+                                    (self.identification[1], _FONT, 8.0, top - 34)):
+            canvas.setFont(font, _fitting_size(text, font, size, line_width))
+            canvas.drawString(_MARGIN, y, _clipped(text, font, MIN_FONT_PT, line_width))
+        canvas.setFont(_BOLD, 8.0)
+        canvas.setFillColor(_RED)
+        canvas.drawString(_MARGIN, top - 45, node.RESEARCH_USE_NOTICE)
+        canvas.setStrokeColor(_RULE)
+        canvas.setLineWidth(0.6)
+        canvas.line(_MARGIN, top - _HEADER + 3, width - _MARGIN, top - _HEADER + 3)
+        canvas.line(_MARGIN, _MARGIN + _FOOTER - 4, width - _MARGIN, _MARGIN + _FOOTER - 4)
+        canvas.setFillColor(colors.HexColor("#444444"))
+        canvas.setFont(_FONT, MIN_FONT_PT)
+        canvas.drawString(_MARGIN, _MARGIN + 1, self.footer)
+        canvas.restoreState()
 
 
 def render_summary_pdf(
@@ -81,141 +330,29 @@ def render_summary_pdf(
     renders: Sequence[tuple[str, np.ndarray]],
     templates: Templates,
     identity: ContentIdentity,
-    header_lines: Sequence[str] = (),
+    study: Dataset,
 ) -> bytes:
-    """The one-page A4 summary as PDF bytes. ``renders`` are ``(title, RGB uint8 image)`` bull's-eyes and plots.
+    """The summary as PDF bytes: as many landscape A4 pages as the results need.
 
-    Larger reports get smaller fonts and images, then a global table cut to
-    its first rows with a pointer to the SR, so the summary stays one page.
+    ``renders`` are ``(title, RGB uint8 image [rows, columns, 3])`` bull's-eyes and plots, in
+    the order they are shown; ``study`` is the source instance whose patient and study
+    modules the Encapsulated PDF copies (its identification heads every page).
     """
-    for font, max_rows, side in _LAYOUTS:
-        pdf_bytes, fits = _draw_page(content, renders, templates, identity, header_lines, font, max_rows, side)
-        if fits:
-            return pdf_bytes
-    raise ValueError("the summary does not fit on one page even in its most compact layout; shorten the content's notes")
-
-
-def _draw_page(
-    content: ReportContent,
-    renders: Sequence[tuple[str, np.ndarray]],
-    templates: Templates,
-    identity: ContentIdentity,
-    header_lines: Sequence[str],
-    font: float,
-    max_global_rows: int | None,
-    image_side: float,
-) -> tuple[bytes, bool]:
-    width, height = A4
-    buf = io.BytesIO()
-    pdf = canvas.Canvas(buf, pagesize=A4, invariant=1, pageCompression=1)
+    _register_fonts()
     _, _, procedure_label = templates.procedure(content.procedure)
-    pdf.setTitle(f"CardioNode {procedure_label} summary")
-    pdf.setAuthor("CardioNode")
-    pdf.setSubject(node.RESEARCH_USE_NOTICE)
-    y = height - _MARGIN
-
-    pdf.setFont("Helvetica-Bold", 14)
-    pdf.drawString(_MARGIN, y - 12, f"CardioNode - {procedure_label}")
-    pdf.setFont("Helvetica", 7.5)
-    info = f"Pipeline {content.pipeline} {content.pipeline_version} | data of {identity.content_date[:4]}-{identity.content_date[4:6]}-{identity.content_date[6:]}"
-    pdf.drawRightString(width - _MARGIN, y - 10, info)
-    y -= 20
-    for line in header_lines:
-        pdf.drawString(_MARGIN, y - 8, line[:140])
-        y -= 10
-    disclaimer_style = ParagraphStyle("disclaimer", fontName="Helvetica-Bold", fontSize=8, leading=10,
-                                      textColor=colors.HexColor("#b00000"))
-    disclaimer = Paragraph(node.RESEARCH_USE_NOTICE, disclaimer_style)
-    _, dh = disclaimer.wrapOn(pdf, width - 2 * _MARGIN, 40)
-    disclaimer.drawOn(pdf, _MARGIN, y - dh - 2)
-    y -= dh + 8
-
-    shown = list(renders)[:8]
-    if shown:
-        per_row = len(shown) if len(shown) <= 4 else math.ceil(len(shown) / math.ceil(len(shown) / 4))
-        side = min(image_side, (width - 2 * _MARGIN - (per_row - 1) * 6) / per_row)
-        for i, (_title, rgb) in enumerate(shown):
-            row, col = divmod(i, per_row)
-            x = _MARGIN + col * (side + 6)
-            top = y - row * (side + 4)
-            pdf.drawImage(_png(rgb), x, top - side, width=side, height=side)
-        y -= ((len(shown) - 1) // per_row + 1) * (side + 4) + 4
-
-    left_width = 262.0
-    header, rows = segment_table(content, templates)
-    table_top = y
-    if rows:
-        n = len(header) - 1
-        first = 82.0
-        widths = [first] + [(left_width - first) / n] * n
-        seg = _table([header, *rows], widths, font)
-        _, th = seg.wrapOn(pdf, left_width, y)
-        seg.drawOn(pdf, _MARGIN, y - th)
-        left_bottom = y - th
-    else:
-        left_bottom = y
-    right_x = _MARGIN + (left_width + 8 if rows else 0)
-    right_width = width - _MARGIN - right_x
-    grows = global_rows(content, templates)
-    if max_global_rows is not None and len(grows) > max_global_rows:
-        hidden = len(grows) - (max_global_rows - 1)
-        grows = grows[: max_global_rows - 1] + [(f"... {hidden} more results in the Structured Report", "", "")]
-    if grows:
-        cell = ParagraphStyle("cell", fontName="Helvetica", fontSize=font, leading=font + 1.2)
-        data = [["Global result", "Value", "Unit"]] + [
-            [Paragraph(_esc(label), cell), Paragraph(_esc(v), cell) if len(v) > _WRAP_CHARS else v, u]
-            for label, v, u in grows
-        ]
-        unit_width = max([28.0, *(stringWidth(u, "Helvetica", font) + 5.0 for _, _, u in grows)])
-        glob = _table(data, [right_width - 50 - unit_width, 50, unit_width], font, fixed_rows=False)
-        _, gh = glob.wrapOn(pdf, right_width, y)
-        glob.drawOn(pdf, right_x, y - gh)
-        right_bottom = y - gh
-    else:
-        right_bottom = y
-    y = min(left_bottom, right_bottom, table_top) - 10
-
-    pdf.setFont("Helvetica-Bold", 9)
-    pdf.drawString(_MARGIN, y, "Algorithms")
-    y -= 3
-    card_style = ParagraphStyle("card", fontName="Helvetica", fontSize=6.5, leading=8)
-    for algo in algorithms_of(content):
-        params = ", ".join(algo.parameters) or "none"
-        text = (f"<b>{_esc(algo.name)}</b> version {_esc(algo.version)}; parameters: {_esc(params)}. "
-                f"Training data: {_esc((algo.training_data or 'not applicable (no learned parameters)').rstrip('.'))}. "
-                f"Intended use: {_esc(algo.intended_use)}")
-        para = Paragraph(text, card_style)
-        _, ph = para.wrapOn(pdf, width - 2 * _MARGIN, 60)
-        para.drawOn(pdf, _MARGIN, y - ph)
-        y -= ph + 2
-    if content.notes:
-        y -= 10
-        pdf.setFont("Helvetica-Bold", 9)
-        pdf.drawString(_MARGIN, y, "Notes")
-        y -= 3
-        for note in content.notes:
-            para = Paragraph(_esc(note), card_style)
-            _, ph = para.wrapOn(pdf, width - 2 * _MARGIN, 40)
-            para.drawOn(pdf, _MARGIN, y - ph)
-            y -= ph + 1
-    footer = Paragraph(
-        f"{_esc(node.RESEARCH_USE_NOTICE)} Results of CardioNode {node.__version__}; the machine-readable results "
-        "are in the DICOM Structured Report of the same study.",
-        disclaimer_style,
-    )
-    _, fh = footer.wrapOn(pdf, width - 2 * _MARGIN, 40)
-    footer.drawOn(pdf, _MARGIN, _MARGIN - 10)
-    pdf.showPage()
-    pdf.save()
-    return buf.getvalue(), y >= _MARGIN + fh
-
-
-def _esc(text: str) -> str:
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "\u2026"
+    title = f"CardioNode \u2014 {procedure_label} \u2014 results"
+    identification = identification_lines(study, content)
+    date = identity.content_date
+    footer = (f"CardioNode {node.__version__}, pipeline {content.pipeline} {content.pipeline_version}, "
+              f"data of {date[:4]}-{date[4:6]}-{date[6:]}. Every result of the report is in this document; "
+              "the machine-readable results are in the DICOM Structured Report of the same study.")
+    total = 0
+    for _ in range(2):  # the first pass counts the pages for "page X of Y"
+        buffer = io.BytesIO()
+        doc = _Pages(buffer, title, identification, footer, total)
+        doc.build(_story(content, renders, templates))
+        total = doc.page
+    return buffer.getvalue()
 
 
 def build_encapsulated_pdf(

@@ -5,7 +5,7 @@ Writes, into ``out_dir``:
 * every DICOM object: ``sr.dcm``, ``sc_<image or plot key>.dcm``, ``sc_segment_table.dcm``,
   ``pm_<map key>.dcm``, ``screen.dcm``, ``summary_pdf.dcm`` (names from
   :func:`node.results.outputs.output_names`);
-* the pixels of every SC as ``<key>.png``, the middle slice of each parametric map as
+* the pixels of every SC as ``<key>.png`` (results-screen pages as ``results_screen_<page>.png``), the middle slice of each parametric map as
   ``pm_<map key>.png`` (greyscale over its value range, enlarged to at least 256 pixels) and each result-screen frame as
   ``screen_<n>.png``;
 * the PDF summary as ``summary.pdf``;

@@ -34,10 +34,12 @@ from node.quant.segments import (
     N_SEGMENTS,
     PolarGrid,
     bullseye,
+    bullseye_coordinates,
     segment_of,
     territory_of_segment,
 )
 from node.results.content import CurvePlot, MapImage
+from node.results.tables import format_value
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,6 +48,7 @@ __all__ = [
     "IMAGE_SIZE",
     "RESEARCH_LABEL",
     "segment_label_positions",
+    "display_unit",
     "render_bullseye",
     "render_table_screen",
     "render_grid_screen",
@@ -158,22 +161,24 @@ def _segment_values(image: MapImage, grid: PolarGrid) -> np.ndarray:
 
 
 #: maps whose value range spans at most this (absolute flow, flow reserve) are drawn in the quantitative
-#: style: segment values with two decimals, segment numbers and the coronary territory borders
+#: style: segment numbers and the coronary territory borders
 _FINE_SPAN = 10.0
 
 
-def _format(value: float, span: float = 100.0) -> str:
-    """A segment value as the bull's-eye prints it; two decimals on maps of a small value range."""
-    if not np.isfinite(value):
-        return "-"
-    if span <= _FINE_SPAN:
-        return f"{value:.2f}"
-    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}"
+#: how people read the UCUM units whose code differs from the usual print (others: the code, braces removed)
+_UNIT_DISPLAY = {"1": "", "ml": "mL", "ml/min/g": "mL/min/g", "deg": "\u00b0", "mm[Hg]": "mmHg",
+                 "mm[Hg]/min": "mmHg/min"}
+
+
+def display_unit(unit: str) -> str:
+    """A UCUM unit as screens and maps print it: ``ml`` as mL, ``deg`` as a degree sign, ``1`` as
+    nothing, annotations without braces (``{score}`` as score)."""
+    return _UNIT_DISPLAY.get(unit, unit.strip("{}"))
 
 
 def _unit_label(unit: str) -> str:
-    """The colour-bar label of a UCUM unit: ``1`` as "(no unit)", annotations without braces."""
-    return "(no unit)" if unit == "1" else unit.strip("{}")
+    """The colour-bar label of a UCUM unit (:func:`display_unit`; ``1`` as "(no unit)")."""
+    return display_unit(unit) or "(no unit)"
 
 
 def render_bullseye(
@@ -181,11 +186,16 @@ def render_bullseye(
     base: MapImage | None = None,
     grid: PolarGrid = DEFAULT_GRID,
     size: int = IMAGE_SIZE,
+    decimals: int | None = None,
 ) -> np.ndarray:
     """Render ``image`` (and, for heat maps, its ``base`` underneath in grey) as RGB ``uint8`` ``[size, size, 3]``.
 
     The polar map ``image.values`` is ``[n_u, n_psi]`` in ``image.unit``,
-    shown over ``image.value_range`` with ``image.colormap``.
+    shown over ``image.value_range`` with ``image.colormap``; cells of ``image.blackout``
+    are drawn black. Segment values (those of ``base`` for a heat map) are printed by
+    :func:`node.results.tables.format_value` with ``decimals`` (the quantity's, from the
+    templates; None: that function's default rule), the same rule as every table.
+    Under the title: ``image.subtitle``, else for a heat map what its segment values are.
     """
     values = np.asarray(image.values, dtype=float)
     if values.shape != grid.shape:
@@ -206,6 +216,10 @@ def render_bullseye(
                           interpolation="nearest", alpha=0.6)
     else:
         shown = ax.imshow(raster, cmap=image.colormap, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+    if image.muted_rim_rows:
+        _draw_muted_rim(ax, image, grid, extent)
+    if image.blackout is not None:
+        _draw_blackout(ax, image, grid, extent)
     _draw_grid(ax, grid)
     levels = _contour_levels(image, lo, hi)
     if levels:
@@ -219,7 +233,7 @@ def render_bullseye(
     for seg, (x, y) in segment_label_positions(grid).items():
         if quantitative:
             ax.text(x, y + 0.085, str(seg), ha="center", va="center", fontsize=6.5, color="#222222")
-        ax.text(x, y, _format(seg_values[seg - 1], span), ha="center", va="center", fontsize=9, fontweight="bold",
+        ax.text(x, y, format_value(float(seg_values[seg - 1]), decimals), ha="center", va="center", fontsize=9, fontweight="bold",
                 color="black", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
     ax.text(0.0, 1.06, "ANT", ha="center", va="bottom", fontsize=8)
     ax.text(0.0, -1.06, "INF", ha="center", va="top", fontsize=8)
@@ -235,17 +249,50 @@ def render_bullseye(
     bar.ax.tick_params(labelsize=7)
     for level in levels:
         bar.ax.axhline(level, color="black", lw=1.6, ls=_contour_style(level, levels))
-    if levels:
+    if image.muted_rim_rows:
+        fig.text(0.5, 0.095, "pale rim: valve plane, where normal uptake also falls (see the extent map)",
+                 ha="center", fontsize=7.5, color="#333333")
+    elif levels:
         fig.text(0.5, 0.095, "contour lines: " + ", ".join(
             f"{level:g} {'dashed' if _contour_style(level, levels) == '--' else 'solid'}" for level in levels),
             ha="center", fontsize=7.5)
     fig.text(0.5, 0.955, image.title, ha="center", va="center", fontsize=12, fontweight="bold")
-    sub = "segment values: " + (base.title if base is not None else image.title)
-    fig.text(0.5, 0.905, sub, ha="center", va="center", fontsize=7, color="#333333")
+    sub = image.subtitle or (f"segment values: {base.title}" if base is not None else "")
+    if sub:
+        fig.text(0.5, 0.905, sub, ha="center", va="center", fontsize=8.5, color="#333333")
     if image.algorithm is not None:
         fig.text(0.5, 0.065, f"{image.algorithm.name} {image.algorithm.version}", ha="center", fontsize=7)
     fig.text(0.5, 0.02, RESEARCH_LABEL, ha="center", va="bottom", fontsize=9, color="#b00000", fontweight="bold")
     return figure_to_rgb(fig)
+
+
+#: opacity of the white veil over the muted basal rim
+_RIM_VEIL = 0.6
+
+
+def _draw_muted_rim(ax: Axes, image: MapImage, grid: PolarGrid, extent: tuple[float, float, float, float]) -> None:
+    """A white veil over the outermost ``image.muted_rim_rows`` rows and a dashed circle where it starts."""
+    rows = int(image.muted_rim_rows)
+    if not 0 < rows < grid.n_u:
+        raise ValueError(f"MapImage {image.key!r}: muted_rim_rows must be in 1..{grid.n_u - 1}, got {rows}")
+    radius = 1.0 - rows / grid.n_u
+    u, _, inside = bullseye_coordinates(_RASTER)
+    rgba = np.ones((_RASTER, _RASTER, 4))
+    rgba[..., 3] = np.where(inside & (u >= radius), _RIM_VEIL, 0.0)
+    ax.imshow(rgba, extent=extent, interpolation="nearest")
+    t = np.linspace(0, 2 * np.pi, 361)
+    ax.plot(radius * np.cos(t), radius * np.sin(t), color="#555555", lw=0.8, ls=(0, (3, 3)))
+
+
+def _draw_blackout(ax: Axes, image: MapImage, grid: PolarGrid, extent: tuple[float, float, float, float]) -> None:
+    """Cells of ``image.blackout`` (bool ``[n_u, n_psi]``) painted black over the map."""
+    mask = np.asarray(image.blackout, dtype=float)
+    if mask.shape != grid.shape:
+        raise ValueError(f"MapImage {image.key!r}: blackout must have shape {grid.shape}, got {mask.shape}")
+    raster = bullseye(mask, _RASTER, grid)
+    rgba = np.zeros((*raster.shape, 4))
+    rgba[..., 3] = np.where(np.nan_to_num(raster) >= 0.5, 1.0, 0.0)
+    ax.imshow(rgba, extent=extent, interpolation="nearest")
 
 
 def _contour_levels(image: MapImage, lo: float, hi: float) -> list[float]:
@@ -408,7 +455,9 @@ def render_curve_plot(plot: CurvePlot, size: int = IMAGE_SIZE) -> np.ndarray:
             ax.set_xlabel(plot.x_label, fontsize=8.5)
         ax.legend(fontsize=7, loc="best", ncol=2 if len(curves) > 4 else 1, framealpha=0.85)
     fig.text(0.03, 0.10 + 0.40, plot.y_label, rotation=90, ha="center", va="center", fontsize=8.5)
-    fig.text(0.5, 0.045, "points: measured; lines: model fit", ha="center", fontsize=7)
+    styles = {curve.style for curve in plot.curves}
+    if styles == {"points", "line"}:
+        fig.text(0.5, 0.045, "points: measured; lines: model fit", ha="center", fontsize=7)
     fig.text(0.5, 0.01, RESEARCH_LABEL, ha="center", va="bottom", fontsize=9, color="#b00000", fontweight="bold")
     return figure_to_rgb(fig)
 

@@ -8,12 +8,20 @@ Structure (reference ``dicom_outputs.md`` sections 2-4, pitfalls section 10):
   Performed Procedure Code Sequence;
 * Image Library (TID 1600) listing every source instance (when there are more than
   :data:`MAX_GROUP_SOURCE_REFERENCES`, the first of each series; the evidence lists all);
-* one TID 1501 group per :class:`MeasurementGroup`: Tracking Identifier and
+* one TID 1501 group per :class:`MeasurementGroup`, in reading order
+  (:func:`node.results.tables.reading_order`): the headline results (perfusion scores and
+  TPD, global flow and reserve, LVEF/EDV/ESV, every model output) first, then the other
+  global groups, then the per-segment groups, so that a tree rendering (``dsr2html``)
+  shows the summary first; each group has Tracking Identifier and
   UID, finding type (row 3b), finding site, TID 4019 algorithm identification,
   the imaging state as a coded evaluation, NUMs with UCUM units, coded
   qualitative evaluations, source-image references (when there are at most
   :data:`MAX_GROUP_SOURCE_REFERENCES` sources) and, for predictions, an
   IMAGE (130401, DCM, "Visual explanation") reference to the heat-map SC;
+* TID 1500 row 12 Qualitative Evaluations (C0034375, UMLS) holding the research-use statement
+  (:data:`node.RESEARCH_USE_NOTICE`) as a TEXT item named by ``schemes.toml``
+  ``[document] use_notice`` (the SR IODs have no Content Qualification attribute; the Parametric
+  Maps carry RESEARCH);
 * every CONTAINER has Continuity of Content SEPARATE, so tree renderers
   (dsr2html, Weasis, OHIF text view) show concept names next to values;
 * VerificationFlag UNVERIFIED, PreliminaryFlag PRELIMINARY, CompletionFlag
@@ -38,6 +46,7 @@ from pydicom.uid import UID
 import node
 from node.results.content import Algorithm, MeasurementGroup, ReportContent, ReportContext
 from node.results.identity import ContentIdentity, algorithm_device_uid, algorithms_of
+from node.results.tables import reading_order
 from node.results.templates import Templates, load_templates
 
 __all__ = [
@@ -56,6 +65,9 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 MAX_GROUP_SOURCE_REFERENCES = 32
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # Float, Double Float and Pixel Data
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
+#: TID 1500 row 12: the container of document-level qualitative evaluations (CODE and TEXT items); its
+#: concept name is fixed by the template (as highdicom fixes (126010, DCM, "Imaging Measurements"))
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
 
 class ContentError(ValueError):
@@ -291,7 +303,7 @@ def build_sr(
         if len(source_ds) <= MAX_GROUP_SOURCE_REFERENCES
         else []
     )
-    groups = [_group_item(g, content, templates, identity, source_refs, images) for g in content.groups]
+    groups = [_group_item(g, content, templates, identity, source_refs, images) for g in reading_order(content)]
     if not groups:
         raise ContentError("the report content has no measurement groups")
     language = templates.document_code("language")
@@ -303,6 +315,7 @@ def build_sr(
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(language.concept()),
         referenced_images=_library_images(source_ds),
     )
+    report[0].ContentSequence.append(_use_notice(templates))
 
     sop_uid = identity.uid("sr", "instance")
     algorithms = algorithms_of(content)
@@ -344,6 +357,21 @@ def build_sr(
     _make_deterministic(sr, identity)
     set_continuity_separate(sr)
     return sr
+
+
+def _use_notice(templates: Templates) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12 container with the research-use statement as its TEXT item (row 14)."""
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.TextContentItem(
+            name=templates.document_code("use_notice").concept(),
+            value=node.RESEARCH_USE_NOTICE,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    ])
+    return container
 
 
 def _make_deterministic(ds: Dataset, identity: ContentIdentity) -> None:

@@ -202,7 +202,7 @@ class Templates:
     def series(self, kind: str) -> dict[str, Any]:
         """Series attributes of an output kind.
 
-        Kinds: ``sr``, ``sc_map``, ``sc_heatmap``, ``sc_plot``, ``sc_table``, ``pm``, ``mf_screen``, ``pdf``.
+        Kinds: ``sr``, ``sc_map``, ``sc_heatmap``, ``sc_plot``, ``sc_table``, ``sc_screen``, ``pm``, ``mf_screen``, ``pdf``.
         """
         entry = dict(self._entry("series", kind))
         description = str(entry.get("description", ""))

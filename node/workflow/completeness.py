@@ -15,7 +15,11 @@ completeness rule of the pipeline that accepts it (settings ``completeness``):
 * ``manual``: ``cardionode complete STUDY`` (the ledger marks it).
 
 A study no pipeline accepts is recorded as ``ignored`` with the reasons, once
-it has been quiet for the default quiet period (more series may still come).
+it has been quiet for the default quiet period (more series may still come). The
+reasons of ``ignored`` and ``given_up`` start in plain words, what was received and
+what is needed (``planar whole-body images received; reconstructed stress and rest
+SPECT (spect_mpi) ... needed``, :func:`node.pipelines.registry.route`), then the details;
+`cardionode status` shows them and :mod:`node.ops.notify` sends them to the sender.
 The rule that decided is stored in the ledger with the study.
 
 Instances arriving after a study was processed put it back to ``receiving``
@@ -31,19 +35,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from node.config import Settings
+from node.config import CompletenessRule, Settings
 from node.dicom.audit import AuditLog
 from node.dicom.logs import hash_identifier
 from node.ledger import Ledger, LedgerError, Study, utcnow
 from node.pipelines import registry
-from node.pipelines.routing import StudySummary
+from node.pipelines.routing import StudySummary, describe_study
 
 __all__ = ["Rule", "Decision", "decide", "Assembler"]
 
 _log = logging.getLogger(__name__)
 
 #: seconds of quiet before the expected-series rule fires, when the setting is absent
-DEFAULT_SETTLE_S = 2.0
+#: (:class:`node.config.CompletenessRule`'s default)
+DEFAULT_SETTLE_S: float = CompletenessRule.model_fields["settle_s"].default
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,9 @@ def decide(
     if age_s >= rule.force_deadline_s:
         reason = f"first instance {age_s:.0f} s ago (force deadline {rule.force_deadline_s:g} s)"
         if rule.force_action == "give_up":
-            return Decision("give_up", f"{reason}; giving up ({acceptance.reason})", pipeline.name, "force_deadline")
+            plain = f"{describe_study(summary)} received; {pipeline.needs()} needed"
+            return Decision("give_up", f"{plain}; gave up waiting: {reason}. Details: {acceptance.reason}",
+                            pipeline.name, "force_deadline")
         return Decision("complete", f"{reason}; processing what is there", pipeline.name, "force_deadline")
     return Decision("wait", acceptance.reason, pipeline.name)
 
@@ -129,6 +136,7 @@ class Assembler:
         self.ledger = ledger
         self.settings = settings
         self.audit = audit
+        self.examined = 0  # studies examined by the last tick (the node ticks more often while there are any)
 
     def rule_for(self, pipeline: str) -> Rule:
         return Rule.from_setting(self.settings.completeness_for(pipeline))
@@ -150,7 +158,9 @@ class Assembler:
     def tick(self, now: datetime | None = None) -> int:
         """Examine every receiving or complete study once; returns the number of jobs created."""
         created = 0
-        for study in self.ledger.studies.to_examine():
+        studies = self.ledger.studies.to_examine()
+        self.examined = len(studies)
+        for study in studies:
             try:
                 current: Study | None = study
                 if study.state == "receiving":

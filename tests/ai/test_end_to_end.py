@@ -11,6 +11,15 @@ import pydicom
 from tests.support.tools import dciodvfy_tool
 
 
+def _content_items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """Every content item of an SR tree, depth first."""
+    items = []
+    for item in ds.get("ContentSequence", []):
+        items.append(item)
+        items.extend(_content_items(item))
+    return items
+
+
 def test_study_yields_prediction_groups_and_heat_maps(tmp_path: Path, seed: int) -> None:
     from node.pipelines.process import process_folder
     from node.synth.spect import phantom as ph
@@ -26,6 +35,22 @@ def test_study_yields_prediction_groups_and_heat_maps(tmp_path: Path, seed: int)
     text = str(sr)
     assert "Model-estimated probability" in text, f"seed {seed}: no probability in the SR"
     assert "AI classification of the finding" in text
+    # the SR names what each model predicts in clinician words (the bundles' reader_outputs), not model internals
+    from node.ai import bundles
+
+    names = [out.name for out in bundles.load_bundle("cad_polar", device="cpu").reader_outputs().values()]
+    names.append(bundles.load_bundle("tracer_heads", device="cpu").reader_outputs()["tc99m"].name)
+    items = _content_items(sr)
+    texts = {str(item.TextValue) for item in items if getattr(item, "ValueType", "") == "TEXT"}
+    for name in names:
+        assert name in texts, f"seed {seed}: {name!r} not among the SR's text items"
+    tracking = {str(item.TextValue) for item in items if getattr(item, "ValueType", "") == "TEXT"
+                and item.ConceptNameCodeSequence[0].CodeValue == "112039"}  # (112039, DCM, "Tracking Identifier")
+    ai_names = {t for t in tracking if "model" in t.lower()}
+    assert ai_names and all(t.startswith("Probability of ") for t in ai_names), f"seed {seed}: {sorted(ai_names)}"
+    verdicts = {item.ConceptCodeSequence[0].CodeMeaning for item in items
+                if getattr(item, "ValueType", "") == "CODE" and item.ConceptNameCodeSequence[0].CodeMeaning == "AI classification of the finding"}
+    assert verdicts and verdicts <= {"Present", "Absent", "Indeterminate"}, f"seed {seed}: {verdicts}"
     heat = pydicom.dcmread(out / "sc_gradcam_cad.dcm")
     assert heat.Modality in ("OT", "NM") and "DERIVED" in heat.ImageType
     tool = dciodvfy_tool()

@@ -10,6 +10,7 @@ import pytest
 import node.ai as ai
 from node.ai.explain import summarise_attention
 from node.ai.inference import StudyInputs, predict_studies
+from node.ai.verdicts import VERDICTS
 from node.results.content import MapImage, MeasurementGroup
 from node.synth.spect import cohort as cohorts
 
@@ -87,7 +88,7 @@ def test_predictions_are_report_content_with_provenance(seed: int) -> None:
     for g in pred.groups:
         assert g.measurements[0].quantity == "probability" and g.measurements[0].unit == "1"
         assert 0.0 <= g.measurements[0].value <= 1.0
-        assert g.evaluations[0].quantity == "classification" and g.evaluations[0].value in ("present", "absent")
+        assert g.evaluations[0].quantity == "classification" and g.evaluations[0].value in VERDICTS
         assert g.explanation_image is None or g.explanation_image in keys
         assert any(p.startswith("weights=sha256:") for p in g.algorithm.parameters)
         assert "trained on synthetic phantoms" in g.algorithm.intended_use

@@ -63,7 +63,8 @@ def test_a_rest_stress_pet_study_comes_back_as_validated_sr_images_and_parametri
     config = write_config(tmp_path / "node.toml", **serve_settings(
         tmp_path / "data", node_port, [destination], pipeline_modules=[]))
     node = NodeProcess(config, node_port, tmp_path / "node.log", mode="serve")
-    expected = {SR_CLASS: 1, SC_CLASS: 6, PM_CLASS: 2, PDF_CLASS: 1}
+    # SC: 3 bull's-eyes, 2 curve plots, the segment table and the one-page results screen
+    expected = {SR_CLASS: 1, SC_CLASS: 7, PM_CLASS: 2, PDF_CLASS: 1}
     try:
         node.start()
         storescu(orthanc.dicom_port, list(files.paths), called=orthanc.ae_title, check=True)

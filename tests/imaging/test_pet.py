@@ -249,3 +249,42 @@ def test_real_ge_advance_slices_stack_as_one_static_series() -> None:
     assert all(str(ds.get("InstanceNumber", "") or "") == "" for ds in datasets)
     verdict = classify_pet_series(datasets)
     assert verdict.kind == "static" and verdict.attributes == ("SeriesType",)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "bits", "stored", "signed", "frames", "native"),
+    [
+        ("1.2.840.10008.1.2.1", 16, 16, 0, 1, True),
+        ("1.2.840.10008.1.2", 16, 16, 1, 1, True),
+        ("1.2.840.10008.1.2.1", 32, 32, 1, 1, True),
+        ("1.2.840.10008.1.2.1", 8, 8, 0, 3, True),
+        ("1.2.840.10008.1.2.1", 16, 12, 1, 1, False),  # masked bits and sign extension: pydicom decodes
+        ("1.2.840.10008.1.2.2", 16, 16, 1, 1, False),  # big endian: pydicom decodes
+    ],
+)
+def test_native_pixel_data_read_directly_equals_pydicom(syntax: str, bits: int, stored: int, signed: int, frames: int,
+                                                        native: bool, seed: int) -> None:
+    """The direct read of native Pixel Data gives pydicom's stored values, and declines what it does not handle."""
+    from pydicom.dataset import FileMetaDataset
+
+    from node.imaging.pet import _decoded, _native_stored_values
+
+    rng = np.random.default_rng(seed)
+    rows, columns = 5, 7
+    info = np.iinfo(f"{'i' if signed else 'u'}{bits // 8}")
+    low, high = (max(info.min, -(2 ** (stored - 1))), min(info.max, 2 ** (stored - 1) - 1)) if signed else (0, 2**stored - 1)
+    values = rng.integers(low, high, size=(frames, rows, columns), endpoint=True)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, signed
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    order = ">" if syntax == "1.2.840.10008.1.2.2" else "<"
+    ds.PixelData = values.astype(f"{order}{'i' if signed else 'u'}{bits // 8}").tobytes()
+    expected = values[0] if frames == 1 else values
+    assert (_native_stored_values(ds) is not None) == native
+    np.testing.assert_array_equal(_decoded(ds), np.asarray(ds.pixel_array, dtype=np.float64))
+    np.testing.assert_array_equal(_decoded(ds), expected)

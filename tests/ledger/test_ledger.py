@@ -165,7 +165,9 @@ def test_admin_commands(tmp_path: Path, ledger_url: str, capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert "1.9" in out and "receiving" in out and "failed" in out and "no LV found" in out and "0x0122" in out
 
-    assert cli_main(["--config", str(config), "complete", "1.9"]) == 0
+    assert cli_main(["--config", str(config), "complete", "1.9"]) == 1  # no pipeline accepts it: says why
+    assert "no pipeline can process it" in capsys.readouterr().err
+    assert cli_main(["--config", str(config), "complete", "1.9", "--pipeline", "spect_mpi"]) == 0
     study = ledger.studies.get("1.9")
     assert study is not None and (study.state, study.rule) == ("complete", "manual")
     assert cli_main(["--config", str(config), "complete", "7.7"]) == 1

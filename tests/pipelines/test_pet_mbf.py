@@ -21,7 +21,7 @@ from pydicom import Dataset
 
 from node.imaging.errors import UnusableSeriesError
 from node.imaging.pet import load_dynamic_pet
-from node.pipelines.pet_mbf import PIPELINE, PetMbfResult, analyse_pet_study
+from node.pipelines.pet_mbf import PIPELINE, PetMbfResult, analyse_pet_study, report_content, report_sources
 from node.quant.kinetics import default_model
 from node.quant.mbf import analyse_dynamic
 from node.queue.codec import decode, encode, schema_for
@@ -81,10 +81,22 @@ def test_a_rest_stress_study_gives_mbf_mfr_and_the_defect_territory(phantom):
     impaired = {t for t, flag in result.reserve.territory_impaired.items() if flag}
     assert impaired == set(truth.impaired_territories), (result.reserve.territory_mfr, truth.impaired_territories)
     # every source instance of both series is referenced, and the voxel maps' sources are one frame's slices
-    assert len(result.sources) == len(study.datasets) == len(result.source_headers)
+    assert sorted(s.sop_instance_uid for s in result.sources) == sorted(str(ds.SOPInstanceUID) for ds in study.datasets)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in study.datasets}
+    assert all((s.study_instance_uid, s.series_instance_uid, s.sop_class_uid) == (
+        str(by_uid[s.sop_instance_uid].StudyInstanceUID), str(by_uid[s.sop_instance_uid].SeriesInstanceUID),
+        str(by_uid[s.sop_instance_uid].SOPClassUID)) for s in result.sources)
     assert all("PixelData" not in ds for ds in result.source_headers)
     n_slices = result.stress.voxel_mbf_ml_per_min_per_g.shape[0]
     assert len(result.parametric_sources["stress"]) == n_slices
+    # whole headers only for what the report reads individually: each series' first instance and the maps' slices
+    kept = {str(ds.SOPInstanceUID) for ds in result.source_headers}
+    assert kept == {uid for uids in result.parametric_sources.values() for uid in uids} | {
+        next(s.sop_instance_uid for s in result.sources if s.series_instance_uid == series)
+        for series in result.series_uids.values()}
+    assert len(kept) < len(result.sources) / 10
+    sources = report_sources(result)
+    assert [str(ds.SOPInstanceUID) for ds in sources] == [s.sop_instance_uid for s in result.sources]
     positions = {str(ds.SOPInstanceUID): float(ds.ImagePositionPatient[2]) for ds in study.datasets}
     z = [positions[uid] for uid in result.parametric_sources["stress"]]
     assert z == sorted(z) or z == sorted(z, reverse=True)
@@ -94,6 +106,13 @@ def test_a_rest_stress_study_gives_mbf_mfr_and_the_defect_territory(phantom):
     np.testing.assert_array_equal(back.reserve.segment_mfr, result.reserve.segment_mfr)
     np.testing.assert_array_equal(back.stress.voxel_mbf_ml_per_min_per_g, result.stress.voxel_mbf_ml_per_min_per_g)
     assert [f.code for f in back.all_flags] == [f.code for f in result.all_flags]
+    # the global verdict is the global MFR's; the seed's "any segment" label is its own, named group
+    verdicts = {group.label: group.evaluations[0].value for group in report_content(result).groups
+                if group.finding == "myocardial_flow_reserve" and group.site == "left_ventricle"}
+    assert verdicts == {
+        "MFR global": "present" if result.reserve.global_impaired else "absent",
+        "MFR impaired in any AHA segment": "present" if result.reserve.any_segment_impaired else "absent",
+    }
 
 
 def test_a_rest_only_study_reports_rest_mbf_with_a_note(phantom):

@@ -55,6 +55,19 @@ def test_rest_and_stress_dynamic_rb82_is_complete_for_pet_mbf():
     assert complete, reason
 
 
+def test_a_dynamic_series_counts_only_with_all_its_slices_and_frames():
+    datasets = _study("REST RB82 DYNAMIC", "STRESS RB82 DYNAMIC")
+    first = datasets[0]
+    expected = int(first.NumberOfSlices) * int(first.NumberOfTimeSlices)
+    assert routing_attributes(first)["expected_instances"] == str(expected)
+    # the stress series' last instance has not arrived: both series present, the study is not complete
+    name, reason, complete = _route(datasets[:-1])
+    assert name == "pet_mbf" and not complete, reason
+    assert f"{expected - 1} of {expected} instances" in reason and "STRESS" in reason
+    name, reason, complete = _route(datasets)
+    assert complete, reason
+
+
 def test_a_rest_only_pet_study_is_accepted_but_waits_for_stress():
     name, reason, complete = _route(_study("REST RB82 DYNAMIC"))
     assert name == "pet_mbf"

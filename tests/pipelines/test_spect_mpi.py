@@ -104,3 +104,26 @@ def test_series_rules_and_unusable_input() -> None:
     assert not PIPELINE.accept(ct).accepted
     with pytest.raises(UnusableSeriesError):
         PIPELINE.analyse([])
+
+
+def test_predict_step_reports_model_outputs_in_clinician_words(tmp_path: Path) -> None:
+    """The predict step's groups and heat maps reach the report content with the bundles' reader-facing names,
+    a verdict of present / absent / indeterminate and heat maps titled with probability and threshold."""
+    from node.ai import bundles
+    from node.ai.inference import HEAT_MAP_UNIT
+    from node.ai.verdicts import VERDICTS
+
+    seed = _seed()
+    folder = _write(tmp_path / "sa", seed, "short_axis")
+    datasets = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+    content = report_content(PIPELINE.predict(PIPELINE.analyse(datasets)))
+    cad = bundles.load_bundle("cad_polar", device="cpu").reader_outputs()
+    groups = {g.label: g for g in content.groups if g.finding == "obstructive_cad"}
+    assert set(groups) == {out.name for out in cad.values()}, f"seed={seed}: {sorted(groups)}"
+    patient = groups[cad["patient"].name]
+    p = patient.measurements[0].value
+    assert patient.evaluations[0].value == cad["patient"].verdict(p) and patient.evaluations[0].value in VERDICTS, f"seed={seed}"
+    heat = next(image for image in content.images if image.key == patient.explanation_image)
+    assert heat.title == cad["patient"].heat_map_title(p) and f"{p:.2f}" in heat.title, f"seed={seed}: {heat.title}"
+    assert heat.unit == HEAT_MAP_UNIT and heat.derivation == "gradcam"
+    assert any("indeterminate" in note for note in content.notes), f"seed={seed}"

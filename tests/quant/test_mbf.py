@@ -6,10 +6,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import special, stats
 
 from node.imaging.volume import Volume
 from node.quant import kinetics as K
-from node.quant.mbf import QUALITY_FLAG_CODES, StateMBF, _fit_flags, analyse_dynamic, study_flags
+from node.quant.mbf import QUALITY_FLAG_CODES, StateMBF, _fit_flags, analyse_dynamic, study_flags, wall_kernel_fractions
 from node.quant.segments import TERRITORY_SEGMENTS
 from node.synth.pet import phantom as P
 from node.synth.pet.tac import sample_input_shape
@@ -181,12 +182,66 @@ def test_n13_ammonia_series() -> None:
     """The N-13 path (DeGrado model, 22-frame schedule, 6.5 mm FWHM) on one rest/stress phantom."""
     model = K.NH3DeGrado()
     study = P.make_pet_study(np.random.default_rng(7), spec=P.PetPhantomSpec(tracer="N-13 ammonia"), model=model)
-    results = [analyse_dynamic(s.volume, state=s.truth.state, model=model, rv_spillover=True) for s in (study.rest, study.stress)]
-    errors = [r.fit.global_mbf_ml_per_min_per_g / s.truth.global_mbf_ml_per_min_per_g - 1
-              for r, s in zip(results, (study.rest, study.stress))]
-    assert all(-0.25 < e < 0.0 for e in errors)  # partial volume at 6.5 mm FWHM: about -10 %
-    assert (1 + errors[1]) / (1 + errors[0]) == pytest.approx(1.0, abs=0.15)
-    assert all(r.flags == () and r.fit.model == "nh3_degrado_1tcm" for r in results)
+    for correction, low, high in ((False, -0.25, 0.0), (True, -0.10, 0.10)):  # uncorrected partial volume: about -10 %
+        results = [analyse_dynamic(s.volume, state=s.truth.state, model=model, rv_spillover=True,
+                                   partial_volume_correction=correction) for s in (study.rest, study.stress)]
+        errors = [r.fit.global_mbf_ml_per_min_per_g / s.truth.global_mbf_ml_per_min_per_g - 1
+                  for r, s in zip(results, (study.rest, study.stress))]
+        assert all(low < e < high for e in errors), (correction, errors)
+        assert (1 + errors[1]) / (1 + errors[0]) == pytest.approx(1.0, abs=0.15)
+        assert all(r.flags == () and r.fit.model == "nh3_degrado_1tcm" for r in results)
+
+
+@pytest.mark.parametrize(("dof", "radius_mm", "tolerance"), [(3, 35.0, 1e-6), (3, 18.0, 1e-6), (2, 30.0, 0.005),
+                                                              (2, 15.0, 0.025)])
+def test_wall_kernel_fractions_match_blurred_spheres_and_cylinders(dof: int, radius_mm: float, tolerance: float) -> None:
+    """Against the exact blur of a spherical (cylindrical) shell: the radial law of an isotropic Gaussian is a
+    non-central chi distribution with 3 (2) degrees of freedom."""
+    thickness, sigma = 11.0, 4.1
+    x = np.linspace(-thickness / 2, thickness / 2, 11)
+    r = radius_mm + x
+    exact_cavity = stats.ncx2.cdf(((radius_mm - thickness / 2) / sigma) ** 2, dof, (r / sigma) ** 2)
+    exact_outside = stats.ncx2.sf(((radius_mm + thickness / 2) / sigma) ** 2, dof, (r / sigma) ** 2)
+    curvature = (1.0 if dof == 3 else 0.5) / radius_mm  # mean curvature (k1 + k2) / 2
+    wall, cavity, outside = wall_kernel_fractions(x, thickness, sigma, curvature)
+    np.testing.assert_allclose(wall + cavity + outside, 1.0, atol=1e-12)
+    np.testing.assert_allclose(cavity, exact_cavity, atol=tolerance)
+    np.testing.assert_allclose(outside, exact_outside, atol=tolerance)
+    # a flat slab: symmetric, and the recovery at the centre is erf(T / (2 sqrt(2) sigma))
+    wall0, cavity0, outside0 = wall_kernel_fractions(np.array([-2.0, 0.0, 2.0]), thickness, sigma)
+    np.testing.assert_allclose(cavity0, outside0[::-1], atol=1e-12)
+    assert wall0[1] == pytest.approx(float(special.erf(thickness / (2 * np.sqrt(2) * sigma))), abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def noise_free() -> P.PetStudy:
+    return P.make_pet_study(np.random.default_rng(20261207), spec=P.PetPhantomSpec(noise_level=0.0))
+
+
+def test_partial_volume_correction_on_a_noise_free_phantom(noise_free: P.PetStudy) -> None:
+    """Rb-82 at its 9 mm default: the measured wall and the recovery, and the global MBF bias with and without."""
+    for series in (noise_free.rest, noise_free.stress):
+        truth = series.truth.global_mbf_ml_per_min_per_g
+        off = _analyse(series, partial_volume_correction=False)
+        on = _analyse(series)
+        assert off.partial_volume is None
+        pv = on.partial_volume
+        assert pv is not None and pv.fwhm_mm == 9.0
+        # the cycle-mean wall of the NORMAL shape (10 mm at end-diastole, thicker in systole)
+        assert 10.0 <= pv.wall_thickness_mm <= 13.5, pv.wall_thickness_mm
+        np.testing.assert_allclose(pv.segment_recovery[[s - 1 for s in K.SEPTAL_SEGMENTS]], 1.0, rtol=1e-12)
+        others = np.setdiff1d(np.arange(17), [s - 1 for s in K.SEPTAL_SEGMENTS])
+        assert np.all((pv.segment_recovery[others] > 0.8) & (pv.segment_recovery[others] < 0.97))
+        # the measured TACs are reported as measured; the fit saw them divided by rho
+        np.testing.assert_allclose(on.segment_tacs_bq_per_ml, off.segment_tacs_bq_per_ml, rtol=1e-9)
+        error_off = off.fit.global_mbf_ml_per_min_per_g / truth - 1
+        error_on = on.fit.global_mbf_ml_per_min_per_g / truth - 1
+        assert -0.25 < error_off < -0.10, error_off  # partial volume at 9 mm on an 11-12 mm wall
+        assert abs(error_on) < 0.05, error_on
+        # the maps follow the segment fits
+        assert np.mean(on.polar_mbf_ml_per_min_per_g) / truth - 1 == pytest.approx(error_on, abs=0.05)
+        voxel_mean = float(np.mean(on.voxel_mbf_ml_per_min_per_g[on.myocardium_mask]))
+        assert abs(voxel_mean / truth - 1) < 0.15
 
 
 def test_refuses_a_static_volume() -> None:
@@ -194,13 +249,15 @@ def test_refuses_a_static_volume() -> None:
         analyse_dynamic(Volume(np.zeros((4, 4, 4)), np.eye(4)), state="rest", model=MODEL)
 
 
-def _cohort_errors(seeds: list[int]) -> dict[str, list[float]]:
+def _cohort_errors(seeds: list[int], fwhm_range_mm: tuple[float, float]) -> dict[str, list[float]]:
+    """Global errors and territory calls of one rest+stress phantom per seed (blur drawn from ``fwhm_range_mm``)."""
     out: dict[str, list[float]] = {"rest": [], "stress": [], "mfr": [], "sens": [], "spec": []}
     kinds = ("normal", "LAD", "LCx", "RCA", "diffuse")
     for i, s in enumerate(seeds):
         kind = kinds[i % len(kinds)]
-        study = P.make_pet_study(np.random.default_rng(s), defect_territory=kind if kind in TERRITORY_SEGMENTS else None,
-                                 diffuse=kind == "diffuse")
+        spec = P.PetPhantomSpec(fwhm_mm=float(np.random.default_rng([s, 1]).uniform(*fwhm_range_mm)))
+        study = P.make_pet_study(np.random.default_rng(s), spec=spec,
+                                 defect_territory=kind if kind in TERRITORY_SEGMENTS else None, diffuse=kind == "diffuse")
         rest, stress = _analyse(study.rest), _analyse(study.stress)
         out["rest"].append(rest.fit.global_mbf_ml_per_min_per_g / study.rest.truth.global_mbf_ml_per_min_per_g - 1)
         out["stress"].append(stress.fit.global_mbf_ml_per_min_per_g / study.stress.truth.global_mbf_ml_per_min_per_g - 1)
@@ -217,15 +274,16 @@ def _cohort_errors(seeds: list[int]) -> dict[str, list[float]]:
 def test_image_tier_cohort_statistics(seed: int) -> None:
     """Fresh seeds; the bench (bench/validate_pet_image.py, 250 phantoms) has the full figures.
 
-    MFR meets the issue's tolerances; absolute MBF carries the partial-volume bias of a
-    9 mm FWHM on an 11 mm wall (recovery + spill-over ~ 0.9: about -18 %, reference 5.9),
-    asserted here as measured (docs/validation.md), not as the issue's +-10 %.
+    The issue's image-tier tolerances: global MBF mean bias within +-10 % and 95 % within
+    +-20 % (with the partial-volume correction, the phantoms' resolution drawn from Rb-82's
+    published 8-10 mm while the analysis assumes its default 9 mm), global MFR mean bias within
+    +-5 % and 95 % within +-15 %.
     """
-    errors = _cohort_errors([seed + i for i in range(20)])
+    errors = _cohort_errors([seed + i for i in range(20)], fwhm_range_mm=(8.0, 10.0))
     mfr = np.asarray(errors["mfr"])
     assert abs(mfr.mean()) < 0.05 and np.mean(np.abs(mfr) <= 0.15) >= 0.95
     for state in ("rest", "stress"):
         e = np.asarray(errors[state])
-        assert -0.25 < e.mean() < -0.10, (state, e.mean())
-        assert np.mean(np.abs(e - e.mean()) <= 0.10) >= 0.95
+        assert abs(e.mean()) <= 0.10, (state, e.mean())
+        assert np.mean(np.abs(e) <= 0.20) >= 0.95, (state, e)
     assert np.mean(errors["sens"]) >= 0.9 and np.mean(errors["spec"]) >= 0.95

@@ -13,6 +13,8 @@ from node.quant.segments import DEFAULT_GRID
 from node.results import write_preview
 from node.results.content import MapImage
 from node.results.render import render_bullseye, segment_label_positions
+from node.results.tables import format_value
+from node.results.templates import load_templates
 from tests.support.tools import require_tool
 
 
@@ -54,7 +56,7 @@ def test_sc_attributes(run):
     assert screen.FrameIncrementPointer == 0x00182002 and len(screen.FrameLabelVector) == screen.NumberOfFrames
 
 
-def test_pdf_one_page_with_table_values_and_disclaimer(run, tmp_path):
+def test_pdf_landscape_pages_with_table_values_and_disclaimer(run, tmp_path):
     pdftotext = require_tool("pdftotext")
     pdftoppm = require_tool("pdftoppm")
     ds = pydicom.dcmread(run.files["pdf"])
@@ -62,18 +64,19 @@ def test_pdf_one_page_with_table_values_and_disclaimer(run, tmp_path):
     pdf = tmp_path / "summary.pdf"
     pdf.write_bytes(bytes(ds.EncapsulatedDocument)[: ds.EncapsulatedDocumentLength])
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, timeout=60).stdout
-    assert re.search(r"^Pages:\s+1$", info, re.M), info
+    assert re.search(r"^Page size:\s+841\.89 x 595\.\d+ pts \(A4\)", info, re.M), info  # as many pages as needed
     text = subprocess.run([pdftotext, "-layout", str(pdf), "-"], capture_output=True, text=True, timeout=60).stdout
     flat = " ".join(text.split())
     assert " ".join(RESEARCH_USE_NOTICE.split()) in flat
+    templates = load_templates()
     for group in run.content.groups:
         if group.site.startswith("aha_") and group.state in ("stress", "rest"):
             value = next(m.value for m in group.measurements if m.quantity == "relative_uptake")
-            shown = f"{value:.1f}".rstrip("0").rstrip(".")  # the table prints 85.0 as 85
+            shown = format_value(value, templates.quantity("relative_uptake").decimals)  # the tables' one rule
             assert re.search(rf"(?<![\d.]){re.escape(shown)}(?![\d])", text), f"segment value {value} of {group.label} missing (seed {run.seed})"
     for algo in run.content.algorithms:
         assert algo.name in flat and algo.version in flat
-    assert "58.3" in text and "Left ventricular Ejection fraction" in flat
+    assert format_value(58.3, templates.quantity("lvef").decimals) in text and "Left ventricular Ejection fraction" in flat
     proc = subprocess.run([pdftoppm, "-r", "40", "-png", str(pdf), str(tmp_path / "page")], capture_output=True, timeout=60)
     assert proc.returncode == 0 and (tmp_path / "page-1.png").stat().st_size > 1000
 

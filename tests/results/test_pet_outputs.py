@@ -43,7 +43,7 @@ from node.results.identity import content_digest
 from node.results.outputs import output_names
 from node.results.render import render_bullseye, render_curve_plot
 from node.results.sr import MAX_GROUP_SOURCE_REFERENCES, build_sr
-from node.results.tables import global_rows, segment_table
+from node.results.tables import global_rows, reading_order, segment_table
 from node.results.templates import load_templates
 from tests.results.test_templates import _codes
 from tests.results.test_validators import DCIODVFY_KNOWN_WARNINGS, PIXELMED_KNOWN_WARNINGS
@@ -53,7 +53,7 @@ from tests.support.report import context
 from tests.support.tools import dciodvfy, require_tool
 
 NAMES = ["sr", "sc_stress_mbf", "sc_rest_mbf", "sc_mfr", "sc_rest_tac", "sc_stress_tac", "sc_segment_table",
-         "pm_rest_mbf_voxels", "pm_stress_mbf_voxels", "screen", "pdf"]
+         "pm_rest_mbf_voxels", "pm_stress_mbf_voxels", "results_screen_1", "screen", "pdf"]
 _PM = "1.2.840.10008.5.1.4.1.1.30"
 
 
@@ -91,7 +91,7 @@ def test_outputs_come_in_the_documented_order(pet):
     assert list(pet.files) == NAMES, f"seed {pet.report.seed}"
     classes = [str(ds.SOPClassUID) for ds in pet.outputs]
     assert classes == ["1.2.840.10008.5.1.4.1.1.88.34", *["1.2.840.10008.5.1.4.1.1.7"] * 6, _PM, _PM,
-                       "1.2.840.10008.5.1.4.1.1.7.4", "1.2.840.10008.5.1.4.1.1.104.1"]
+                       "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.4", "1.2.840.10008.5.1.4.1.1.104.1"]
     assert len({ds.SOPInstanceUID for ds in pet.outputs}) == len(pet.outputs)
     assert {ds.StudyInstanceUID for ds in pet.outputs} == {pet.content.study_instance_uid}
 
@@ -154,7 +154,7 @@ def test_highdicom_reads_back_every_number_code_unit_site_and_state(pet):
     report = hd.sr.srread(pet.files["sr"]).content
     groups = report.get_image_measurement_groups()
     assert len(groups) == len(pet.content.groups), f"seed {pet.report.seed}"
-    for expected, got in zip(pet.content.groups, groups):
+    for expected, got in zip(reading_order(pet.content), groups):  # the SR lists the summary first
         assert got.tracking_identifier == expected.label
         assert [s.value.value for s in got.finding_sites] == [templates.site(expected.site)[0].value]
         assert got.finding_type.value == templates.finding(expected.finding).value
@@ -256,7 +256,7 @@ def test_pdf_has_every_result_the_plots_and_the_notice(pet, tmp_path):
     pdf = tmp_path / "summary.pdf"
     pdf.write_bytes(bytes(ds.EncapsulatedDocument)[: ds.EncapsulatedDocumentLength])
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, timeout=60).stdout
-    assert re.search(r"^Pages:\s+1$", info, re.M), info
+    assert re.search(r"^Page size:\s+841\.89 x 595\.\d+ pts \(A4\)", info, re.M), info  # landscape A4, as many pages as needed
     images = subprocess.run(["pdfimages", "-list", str(pdf)], capture_output=True, text=True, timeout=60).stdout
     assert len(images.splitlines()) - 2 >= len(pet.content.images) + len(pet.content.plots)
     text = subprocess.run([pdftotext, "-layout", str(pdf), "-"], capture_output=True, text=True, timeout=60).stdout

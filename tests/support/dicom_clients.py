@@ -134,7 +134,7 @@ def findscu_images(port: int, called_ae: str, keys: dict[str, str], returned: tu
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout + proc.stderr
     responses = []
-    for block in re.split(r"I: Find Response: \d+ \(Pending\)", out)[1:]:
+    for block in re.split(r"I: Find (?:SCP )?Response: \d+ \(Pending\)", out)[1:]:
         entry = {}
         for keyword in returned:
             m = re.search(r"\(\w{4},\w{4}\) \w\w \[([^\]]*)\][^\n]*# *\d+, *\d+ " + keyword + r"\b", block)

@@ -183,6 +183,10 @@ def pet_report(seed: int) -> PETReport:
         label="MFR global", finding="myocardial_flow_reserve", site="left_ventricle", state=None, algorithm=ALGORITHM,
         measurements=(Measurement("mfr", global_mfr, "{ratio}"),
                       Measurement("mfr_rpp_corrected", round(global_mfr / 0.92, 3), "{ratio}")),
+        evaluations=(Evaluation("impaired_flow_reserve", "present" if global_mfr < 2.0 else "absent"),)))
+    groups.append(MeasurementGroup(
+        label="MFR impaired in any AHA segment", finding="myocardial_flow_reserve", site="left_ventricle", state=None,
+        algorithm=ALGORITHM,
         evaluations=(Evaluation("impaired_flow_reserve", "present" if bool((mfr < 2.0).any()) else "absent"),)))
     for state, (rate, pressure) in (("rest", (64.0, 128.0)), ("stress", (92.0, 121.0))):
         groups.append(MeasurementGroup(

@@ -35,16 +35,13 @@ def context(**kwargs) -> ReportContext:
 
 
 def write_outputs(outputs: list[Dataset], content: ReportContent, directory: Path) -> dict[str, Path]:
-    """Write ``outputs`` to ``directory``; kind -> file: ``sr``, ``sc_<key>``, ``screen``, ``pdf``."""
+    """Write ``outputs`` to ``directory``; kind -> file: the names of :func:`node.results.output_names`
+    (``sr``, ``sc_<key>``, ``results_screen_<page>``, ``screen``, ``pdf``, ...)."""
+    from node.results import output_names
+
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    keys = iter(image.key for image in content.images)
-    for ds in outputs:
-        name = {
-            "1.2.840.10008.5.1.4.1.1.88.34": "sr",
-            "1.2.840.10008.5.1.4.1.1.7.4": "screen",
-            "1.2.840.10008.5.1.4.1.1.104.1": "pdf",
-        }.get(str(ds.SOPClassUID)) or f"sc_{next(keys)}"
+    for ds, name in zip(outputs, output_names(content, outputs)):
         path = directory / f"{name}.dcm"
         ds.save_as(path, enforce_file_format=True)
         files[name] = path

@@ -39,6 +39,7 @@ from node.ai.features import CAD_TABULAR, CRT_OPTIONAL, CRT_TABULAR, cad_inputs,
 from node.ai.metrics import LogisticRegression, binary_report, youden_threshold
 from node.ai.networks import CADPolarNet, CRTResponseNet, TracerHeadsNet
 from node.ai.training.common import Progress, TrainResult
+from node.ai.verdicts import BAND_RULE, BAND_SHARE, indeterminate_band
 from node.quant.segments import TERRITORIES
 from node.synth.spect import cohort as cohorts
 
@@ -52,11 +53,36 @@ __all__ = [
     "metadata_for",
     "readme_for",
     "rewrite_readme",
+    "READER_NAMES",
+    "TERRITORY_THRESHOLD",
+    "synthetic_validation_cohort",
+    "synthetic_limits",
+    "validation_predictions",
+    "reader_outputs_block",
+    "verdicts_markdown",
 ]
 
 POLAR_BUNDLES = ("cad_polar", "tracer_heads", "crt_response")
 _KIND = {"cad_polar": "cad", "tracer_heads": "cad", "crt_response": "crt"}
 _DEFAULT_EPOCHS = {"cad_polar": 14, "tracer_heads": 12, "crt_response": 14}
+#: decision threshold of the cad_polar territory outputs (the patient output's is chosen on the validation cohort)
+TERRITORY_THRESHOLD = 0.5
+#: tracer head: (output column, label name)
+_TRACER_HEADS = {"tc99m": (0, "tc_abnormal"), "tl201": (1, "tl_risk")}
+#: what each reported output predicts in clinician words, and the model's short name, per bundle and output key;
+#: written to the bundle metadata ("reader_outputs"), which is what the node reads (node.ai.verdicts)
+READER_NAMES: dict[str, dict[str, tuple[str, str]]] = {
+    "cad_polar": {
+        "patient": ("Probability of obstructive CAD (CAD model)", "CAD model"),
+        **{f"territory_{t.lower()}": (f"Probability of obstructive CAD, {t} territory (CAD model)", "CAD model")
+           for t in TERRITORIES},
+    },
+    "tracer_heads": {
+        "tc99m": ("Probability of abnormal perfusion (Tc-99m model)", "Tc-99m model"),
+        "tl201": ("Probability of intermediate or high risk (Tl-201 model)", "Tl-201 model"),
+    },
+    "crt_response": {"response": ("Probability of response to CRT (CRT model)", "CRT model")},
+}
 
 
 # --------------------------------------------------------------------------- data
@@ -122,6 +148,12 @@ def _crt_data(c: cohorts.Cohort, imputation: dict[str, float]) -> _Data:
                  torch.from_numpy(np.isfinite(y).astype(np.float32)), c)
 
 
+def synthetic_validation_cohort(kind: str, synthetic: int, seed: int) -> cohorts.Cohort:
+    """The validation split of a ``--synthetic N --seed S`` training run (``N // 4`` cases, at least 8)."""
+    make = cohorts.make_cad_cohort if kind == "cad" else cohorts.make_crt_cohort
+    return make(max(synthetic // 4, 8), "validation", seed)
+
+
 def _load_cohorts(kind: str, data: Path | None, synthetic: int | None, seed: int) -> dict[str, cohorts.Cohort]:
     """Train / validation / test / external cohorts from a folder or the synthetic generator."""
     if synthetic is not None:
@@ -131,7 +163,7 @@ def _load_cohorts(kind: str, data: Path | None, synthetic: int | None, seed: int
         n_eval = max(synthetic // 3, 8)
         return {
             "train": make(synthetic, "train", seed),
-            "validation": make(max(synthetic // 4, 8), "validation", seed),
+            "validation": synthetic_validation_cohort(kind, synthetic, seed),
             "test": make(n_eval, "test", seed),
             "external": make(n_eval, "external", seed),
         }
@@ -235,8 +267,13 @@ def _limits_for(cs: dict[str, cohorts.Cohort], seed: int) -> cohorts.CohortLimit
     synthetic = all(c.version == cohorts.COHORT_VERSION for c in cs.values())
     if not synthetic:
         return cohorts.node_normal_limits()
-    # 120 normals per (tracer, sex) for real training runs; a smaller database for smoke runs
-    return cohorts.normal_limits(seed, n_per_group=120 if len(cs["train"]) >= 1000 else 30)
+    return synthetic_limits(len(cs["train"]), seed)
+
+
+def synthetic_limits(n_train: int, seed: int) -> cohorts.CohortLimits:
+    """Normal limits of a synthetic training run: 120 normals per (tracer, sex) for real runs (>= 1000
+    training cases), a smaller database for smoke runs."""
+    return cohorts.normal_limits(seed, n_per_group=120 if n_train >= 1000 else 30)
 
 
 def _train_cad(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: Path | None, pretrain: int = 0) -> tuple[nn.Module, list, dict]:
@@ -264,7 +301,7 @@ def _train_cad(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: Path
                         "stress_tpd": _report(c.labels["cad"], tpd, t_tpd, False, seed)},
         }
         for k, t in enumerate(TERRITORIES, start=1):
-            block[f"territory_{t.lower()}"] = {"model": _report(c.labels[f"cad_{t.lower()}"], p[:, k], 0.5, True, seed)}
+            block[f"territory_{t.lower()}"] = {"model": _report(c.labels[f"cad_{t.lower()}"], p[:, k], TERRITORY_THRESHOLD, True, seed)}
         block["patient_by_tracer"] = {
             tr: {"model_auc": _report(c.labels["cad"][c.tracer == tr], p[c.tracer == tr, 0], t_model, True, seed)["auc"],
                  "stress_tpd_auc": _report(c.labels["cad"][c.tracer == tr], tpd[c.tracer == tr], t_tpd, False, seed)["auc"]}
@@ -297,7 +334,7 @@ def _train_tracer(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: P
                                                               "tracer_heads pretrain", None, augment=_tracer_augment)]
     history += _fit(net, data["train"], data["validation"], epochs, seed, "tracer_heads", ckpt, augment=_tracer_augment,
                     lr=2e-3 if not pretrain else 1e-3)
-    heads = {"tc99m": (0, "tc_abnormal"), "tl201": (1, "tl_risk")}
+    heads = _TRACER_HEADS
     evaluation: dict[str, Any] = {"thresholds": {}}
     val = cs["validation"]
     val_p = expit(predict_logits(net, data["validation"]))
@@ -373,6 +410,44 @@ def _train_crt(cs: dict[str, cohorts.Cohort], epochs: int, seed: int, ckpt: Path
             "guideline_criteria": _report(y, guideline_criteria(c.features), 0.5, False, seed),
         }
     return net, history, evaluation
+
+
+# --------------------------------------------------------------------------- what the reader sees
+
+
+def validation_predictions(bundle: str, net: nn.Module, validation: cohorts.Cohort, limits: cohorts.CohortLimits | None,
+                           evaluation: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """``{output key: (labels [n], probabilities [n], threshold)}`` of a trained network on its validation cohort.
+
+    Keys are those of :data:`READER_NAMES`; thresholds come from ``evaluation["thresholds"]``
+    (territories: :data:`TERRITORY_THRESHOLD`); tracer heads use the dual input and their tracer's
+    cases; ``limits`` (unused by ``crt_response``) score the perfusion maps as in training.
+    """
+    thresholds = evaluation["thresholds"]
+    if bundle == "crt_response":
+        p = expit(predict_logits(net, _crt_data(validation, evaluation["imputation"])))[:, 0]
+        return {"response": (validation.labels["crt_response"], p, float(thresholds["model"]))}
+    if limits is None:
+        raise ValueError(f"{bundle}: validation predictions need the normal limits of training")
+    if bundle == "cad_polar":
+        p = expit(predict_logits(net, _cad_data(validation, limits)))
+        out = {"patient": (validation.labels["cad"], p[:, 0], float(thresholds["model"]))}
+        for k, t in enumerate(TERRITORIES, start=1):
+            out[f"territory_{t.lower()}"] = (validation.labels[f"cad_{t.lower()}"], p[:, k], TERRITORY_THRESHOLD)
+        return out
+    p = expit(predict_logits(net, _tracer_data(validation, limits)))
+    return {tr: (validation.labels[lab][validation.tracer == tr], p[validation.tracer == tr, col], float(thresholds[tr]["model"]))
+            for tr, (col, lab) in _TRACER_HEADS.items()}
+
+
+def reader_outputs_block(bundle: str, predictions: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> dict[str, Any]:
+    """The ``reader_outputs`` metadata of a bundle: per output its name, model, threshold and the
+    indeterminate band of :data:`node.ai.verdicts.BAND_RULE` on the validation ``predictions``."""
+    outputs = {}
+    for key, (name, model) in READER_NAMES[bundle].items():
+        labels, scores, threshold = predictions[key]
+        outputs[key] = {"name": name, "model": model, "threshold": threshold, **indeterminate_band(labels, scores, threshold)}
+    return {"band_rule": BAND_RULE, "band_share": BAND_SHARE, "band_cohort": "validation", "outputs": outputs}
 
 
 # --------------------------------------------------------------------------- bundle documents
@@ -491,6 +566,24 @@ def evaluation_markdown(bundle: str, evaluation: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def verdicts_markdown(metadata: dict[str, Any]) -> str:
+    """What the reader is shown per output (metadata ``reader_outputs``): name, threshold, indeterminate band and
+    what the band does on the validation cohort, as a markdown paragraph and table (README and docs/validation.md)."""
+    block = metadata.get("reader_outputs")
+    if not block:
+        return ""
+    lines = [f"Verdicts are present / absent / indeterminate (`node.ai.verdicts.verdict`). Indeterminate band: {block['band_rule']}. "
+             "Bands are versioned with the weights (`configs/metadata.json`, `reader_outputs`).", "",
+             "| output (as the reader sees it) | threshold | indeterminate band | validation n | in band | PPV above | NPV below | "
+             "accuracy in band |", "|---|---|---|---|---|---|---|---|"]
+    for rec in block["outputs"].values():
+        lo, hi = rec["indeterminate_band"]
+        v = rec["validation"]
+        lines.append(f"| {rec['name']} | {rec['threshold']:.3f} | {lo:.3f}-{hi:.3f} | {v['n']} | {v['share_in_band']:.2f} | "
+                     f"{v['ppv_above']:.2f} | {v['npv_below']:.2f} | {v['accuracy_in_band']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 _LIMITS = {
     "cad_polar": "Territory outputs are approximate by nature (standard AHA territory assignment). The model never saw "
                  "real attenuation, real camera noise or real coronary anatomy; Tl-201 cases are a minority of training.",
@@ -537,6 +630,12 @@ the model and the baselines alike. AUC 95 % CIs: 1000 bootstrap resamples of cas
 {evaluation_markdown(bundle, evaluation)}
 Regenerate: `{command}`
 
+## What the reader sees
+
+{verdicts_markdown(metadata)}
+Heat maps (Grad-CAM) show where the model looked (relative attention 0-1, scaled to its maximum per study), not
+perfusion values; their title gives the probability and the threshold, the line under it the verdict and the band.
+
 ## Limits
 
 {_LIMITS.get(bundle, '')} Synthetic figures say the pipeline learns what the generator encodes; they say
@@ -566,6 +665,8 @@ def train_polar_bundle(bundle: str, out: Path, data: Path | None = None, synthet
                                           "history": history}}
     if bundle == "crt_response":
         extra["imputation"] = evaluation["imputation"]
+    limits = None if bundle == "crt_response" else _limits_for(cs, seed)
+    extra["reader_outputs"] = reader_outputs_block(bundle, validation_predictions(bundle, net, cs["validation"], limits, evaluation))
     metadata = metadata_for(bundle, version, training_data_text(bundle, cs, source), evaluation, extra)
     readme = readme_for(bundle, metadata, evaluation, history, command)
     bundles.write_bundle(out, bundle, net, metadata, readme)

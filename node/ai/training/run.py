@@ -18,7 +18,7 @@ from node.ai.training import segmentation
 from node.ai.training.common import TrainResult, seed_everything
 from node.ai.training.polar import evaluation_markdown, train_polar_bundle
 
-__all__ = ["train_bundle", "train_main"]
+__all__ = ["shipped_bundle_problem", "train_bundle", "train_main"]
 
 
 def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: int | None = None, epochs: int | None = None,
@@ -38,11 +38,39 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
                               checkpoints=checkpoints, version=version, pretrain=pretrain, command=command)
 
 
+def shipped_bundle_problem(out: Path, overwrite_shipped: bool = False) -> str | None:
+    """Why ``out`` may not receive a trained bundle, or None: it is the folder of the bundles shipped
+    with CardioNode or inside it (``models/``), and ``overwrite_shipped`` is not set."""
+    shipped = bundles.models_dir().resolve()
+    target = out.resolve()
+    if overwrite_shipped or not (target == shipped or target.is_relative_to(shipped)):
+        return None
+    return (f"--out {out} is inside the folder of the bundles shipped with CardioNode ({shipped}); "
+            "training would replace their weights. Choose another --out (the default is DATA_DIR/models/BUNDLE), "
+            "or add --overwrite-shipped to replace them")
+
+
 def train_main(args: argparse.Namespace) -> int:
-    """Handler of ``cardionode train``."""
+    """Handler of ``cardionode train``.
+
+    Writes the bundle to ``--out`` (default ``<data_dir>/models/<bundle>``) and checkpoints to
+    ``--checkpoints`` (default ``<data_dir>/checkpoints/<bundle>``); refuses (2), before training,
+    an ``--out`` among the shipped bundles unless ``--overwrite-shipped``.
+    """
+    from node.config import ConfigError, load_settings
+
+    try:
+        data_dir = load_settings(getattr(args, "config", None)).data_dir
+    except ConfigError as exc:
+        sys.stderr.write(f"cardionode train: {exc}\n")
+        return 2
+    out = Path(args.out) if args.out else data_dir / "models" / args.bundle
+    problem = shipped_bundle_problem(out, bool(getattr(args, "overwrite_shipped", False)))
+    if problem is not None:
+        sys.stderr.write(f"cardionode train: {problem}\n")
+        return 2
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    out = args.out or bundles.models_dir() / args.bundle
-    checkpoints = getattr(args, "checkpoints", None) or Path("var") / "checkpoints" / args.bundle
+    checkpoints = getattr(args, "checkpoints", None) or data_dir / "checkpoints" / args.bundle
     cmd = "cardionode train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
     try:
         result = train_bundle(args.bundle, Path(out), data=args.data, synthetic=args.synthetic, epochs=args.epochs,

@@ -1,0 +1,1 @@
+"""The operator's view: status, node lock, retention, notifications (``node.ops``)."""
