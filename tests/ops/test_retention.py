@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -213,6 +214,7 @@ def test_cardionode_prune_dry_run_lists_and_removes_nothing(site: Site) -> None:
     # an age limit of about a second: every finished study without an open job or unsent result qualifies
     config, _ = listener_config(site.config.parent, retention={"max_age_days": 1e-5, "max_spool_gb": 0,
                                                                "max_outbox_gb": 0})
+    time.sleep(1.0)  # every study's last activity older than the 0.86 s limit, however fast the command starts
     result = subprocess.run([PYTHON, "-m", "node.cli", "--config", str(config), "prune", "--dry-run"], cwd=REPO,
                             env=node_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

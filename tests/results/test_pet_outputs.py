@@ -43,7 +43,7 @@ from node.results.identity import content_digest
 from node.results.outputs import output_names
 from node.results.render import render_bullseye, render_curve_plot
 from node.results.sr import MAX_GROUP_SOURCE_REFERENCES, build_sr
-from node.results.tables import global_rows, reading_order, segment_table
+from node.results.tables import format_value, global_rows, reading_order, segment_table
 from node.results.templates import load_templates
 from tests.results.test_templates import _codes
 from tests.results.test_validators import DCIODVFY_KNOWN_WARNINGS, PIXELMED_KNOWN_WARNINGS
@@ -266,7 +266,7 @@ def test_pdf_has_every_result_the_plots_and_the_notice(pet, tmp_path):
     for k in range(17):
         cells = rows[str(k + 1)]
         for value in (pet.report.segment_mbf["stress"][k], pet.report.segment_mbf["rest"][k], pet.report.segment_mfr[k]):
-            assert f"{value:.2f}" in cells, (k + 1, value, cells, f"seed {pet.report.seed}")
+            assert format_value(value, 2) in cells, (k + 1, value, cells, f"seed {pet.report.seed}")
     for label, value, _unit in global_rows(pet.content, load_templates()):
         assert value in flat and label.split(":")[0] in flat, (label, value)
     for note in pet.content.notes:

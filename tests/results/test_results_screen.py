@@ -33,6 +33,7 @@ from node.results.identity import algorithms_of
 from node.results.outputs import render_images
 from node.results.render import render_bullseye
 from node.results.screen import SCREEN_BANNER, SCREEN_SIZE, ScreenPage, global_matrix, plan_screen, render_screen_page
+from node.results.tables import format_value
 from node.results.templates import load_templates
 from node.synth.spect.phantom import PhantomSpec, make_study, territory_defect
 from node.synth.spect.study import write_study
@@ -241,9 +242,10 @@ def test_numbers_follow_one_rule_per_quantity(spect):
     head, rows = global_matrix(spect.content, templates)
     by_label = {row[0]: row for row in rows}
     lvef = next(m.value for g in spect.content.groups for m in g.measurements if m.quantity == "lvef")
-    assert f"{lvef:.{templates.quantity('lvef').decimals}f}" in by_label["LVEF"]
+    assert format_value(lvef, templates.quantity("lvef").decimals) in by_label["LVEF"]
     tid = next(m.value for g in spect.content.groups for m in g.measurements if m.quantity == "tid_ratio")
-    assert by_label["TID ratio"][1] == f"{tid:.2f}"
+    assert templates.quantity("tid_ratio").decimals == 2
+    assert by_label["TID ratio"][1] == format_value(tid, 2)
     stress = next(image for image in spect.content.images if image.key == "stress_perfusion")
     assert stress.quantity == "relative_uptake" and templates.quantity("relative_uptake").decimals == 0
     one = dataclasses.replace(stress, segment_values=tuple([66.6] * 17))
