@@ -37,10 +37,9 @@ from node.results.tables import format_value
 from node.results.templates import load_templates
 from node.synth.spect.phantom import PhantomSpec, make_study, territory_defect
 from node.synth.spect.study import write_study
-from tests.results.test_validators import DCIODVFY_KNOWN_WARNINGS
 from tests.support.pet_report import pet_report
 from tests.support.report import context
-from tests.support.tools import dciodvfy
+from tests.support.tools import assert_dciodvfy_clean
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 MODEL = Algorithm(name="cardionode-test-cad", version="9.9.9", parameters=("weights=sha256:00ff", "threshold=0.50"))
@@ -151,13 +150,7 @@ def test_dciodvfy_reports_no_error_on_any_page(which, request):
     screen: Screen = request.getfixturevalue(which)
     for ds in screen.pages:
         name = f"results_screen_{ds.InstanceNumber}"
-        lines = dciodvfy(screen.files[name])
-        errors = [line for line in lines if line.startswith("Error")]
-        assert not errors, f"dciodvfy errors for {which} {name} (seed {screen.seed}):\n" + "\n".join(errors)
-        unexplained = [line for line in lines if line.startswith("Warning")
-                       and not any(re.search(p, line) for p in DCIODVFY_KNOWN_WARNINGS)]
-        assert not unexplained, f"unexplained dciodvfy warnings for {which} {name}:\n" + "\n".join(unexplained)
-        assert "SCImage" in lines, lines[:5]
+        assert_dciodvfy_clean(screen.files[name], f"{which} {name} (seed {screen.seed})", "SCImage")
 
 
 @pytest.mark.parametrize("which", ["spect", "pet"])

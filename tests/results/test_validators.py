@@ -7,40 +7,13 @@ import subprocess
 
 import pytest
 
-from tests.support.tools import dciodvfy, require_tool
-
-# dciodvfy warnings that are expected, with the reason:
-DCIODVFY_KNOWN_WARNINGS = {
-    # Our private concepts use the declared private scheme 99CARDIONODE (CodingSchemeIdentificationSequence);
-    # dciodvfy warns on any designator outside its list even when declared (reference section 8).
-    r"Unrecognized defined term <99CARDIONODE> for value 1 of attribute <Coding Scheme Designator>": "declared private scheme",
-    # IHE AIR Contributing Equipment purpose (Newcode1, 99IHE, "Processing Algorithm"), declared as well.
-    r"Unrecognized defined term <99IHE> for value 1 of attribute <Coding Scheme Designator>": "IHE AIR purpose code",
-    # Device UID in the Contributing Equipment items (IHE AIR: identifies the model version); the
-    # dicom3tools tables do not list it in that macro, so the object counts as Standard Extended.
-    r"Attribute is not present in standard DICOM IOD - \(0x0018,0x1002\) UI Device UID": "IHE AIR Device UID",
-    r"Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class": "same",
-}
-
-
-def _unexplained(lines: list[str]) -> list[str]:
-    out = []
-    for line in lines:
-        if not line.startswith("Warning"):
-            continue
-        if not any(re.search(p, line) for p in DCIODVFY_KNOWN_WARNINGS):
-            out.append(line)
-    return out
+from tests.support.tools import assert_dciodvfy_clean, require_tool
 
 
 @pytest.mark.parametrize("kind", ["sr", "sc_stress", "sc_rest", "sc_gradcam_cad", "screen", "pdf"])
 def test_dciodvfy_reports_no_error(run, kind):
-    lines = dciodvfy(run.files[kind])
-    errors = [line for line in lines if line.startswith("Error")]
-    assert not errors, f"dciodvfy errors for {kind} (seed {run.seed}):\n" + "\n".join(errors)
-    assert not _unexplained(lines), f"unexplained dciodvfy warnings for {kind}:\n" + "\n".join(_unexplained(lines))
     iod = {"sr": "Comprehensive3DSR", "screen": "MultiframeTrueColorSCImage", "pdf": "EncapsulatedPDF"}.get(kind, "SCImage")
-    assert iod in lines, f"dciodvfy did not recognise {kind} as {iod}: {lines[:5]}"
+    assert_dciodvfy_clean(run.files[kind], f"{kind} (seed {run.seed})", iod)
 
 
 # PixelMed DicomSRValidator warnings that are expected, with the reason:
