@@ -13,7 +13,7 @@ from node.ledger import Ledger
 from tests.support.config import listener_config
 from tests.support.dicom_clients import CALLING_AE, acknowledged_files, encode, send_raw, storescu
 from tests.support.nm import write_nm_study
-from tests.support.node import NodeProcess
+from tests.support.node import NodeProcess, assert_acknowledged_kept
 
 pytestmark = pytest.mark.network
 
@@ -46,13 +46,8 @@ def test_sigkill_mid_transfer_loses_nothing_acknowledged(tmp_path: Path, seed: i
     assert 60 <= len(acked) < 200, f"seed {seed}: {len(acked)} acknowledged"
 
     with NodeProcess(config, port, mode="listener") as restarted:
+        assert_acknowledged_kept(tmp_path / "var", acked, seed)
         ledger = Ledger(f"sqlite:///{tmp_path / 'var' / 'ledger.sqlite'}")
-        for path in acked:
-            sent = dcmread(path)
-            row = ledger.instances.get(str(sent.SOPInstanceUID))
-            assert row is not None, f"seed {seed}: {Path(path).name} acknowledged but not in the ledger"
-            kept = dcmread(row.path)
-            assert kept.SOPInstanceUID == sent.SOPInstanceUID and kept.PixelData == sent.PixelData
         assert not list((tmp_path / "var" / "spool").rglob("*.partial")), "partial files left after restart"
         # the sender tries again: everything ends stored exactly once
         again = storescu(restarted.port, files)

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from pydicom import dcmread
 
-from node.ledger import Ledger
 from tests.support import PYTHON, REPO
 from tests.support.config import serve_settings, write_config
 from tests.support.dicom_clients import DCMTK_ENV, acknowledged_files, storescu
 from tests.support.nm import write_nm_study
-from tests.support.node import NodeProcess, node_env
+from tests.support.node import NodeProcess, assert_acknowledged_kept, node_env
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port, wait_for
 
@@ -136,14 +134,7 @@ def test_node_killed_during_group_commit_of_concurrent_senders(tmp_path: Path, s
         assert in_flight >= 2, f"seed {seed}: the kill did not land while stores waited ({in_flight} in flight)"
 
         node.start()
-        ledger = Ledger(f"sqlite:///{data / 'ledger.sqlite'}")
-        for path in acknowledged:
-            sent = dcmread(path)
-            row = ledger.instances.get(str(sent.SOPInstanceUID))
-            assert row is not None, f"seed {seed}: {path.name} acknowledged but not in the ledger"
-            kept = dcmread(row.path)
-            assert kept.SOPInstanceUID == sent.SOPInstanceUID and kept.PixelData == sent.PixelData
-        ledger.close()
+        assert_acknowledged_kept(data, acknowledged, seed)
         for calling, files in halves:  # the PACS sends everything again
             storescu(node_port, files, calling=calling, check=True)
         wait_for(lambda: all(len(orthanc.results(s.study_uid)) >= 2 for s in studies), 150,

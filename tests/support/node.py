@@ -15,10 +15,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
+from pydicom import dcmread
+
+from node.ledger import Ledger
 from tests.support import PYTHON, REPO
 from tests.support.ports import port_open, wait_for
 
@@ -244,3 +248,18 @@ def listener_in_process(tmp: Path, record: bool = True, audit: bool = False, **o
     running.listener = DicomListener(settings, ledger, routing_attributes, **callback)
     running.listener.start()
     return running
+
+
+def assert_acknowledged_kept(data_dir: Path, acknowledged: Sequence[str | Path], seed: int) -> None:
+    """Every acknowledged file is in the ledger of the node whose data directory is ``data_dir``, and its
+    spooled copy holds the same instance and pixels (the node's promise after any crash)."""
+    ledger = Ledger(f"sqlite:///{data_dir / 'ledger.sqlite'}")
+    try:
+        for path in acknowledged:
+            sent = dcmread(path)
+            row = ledger.instances.get(str(sent.SOPInstanceUID))
+            assert row is not None, f"seed {seed}: {Path(path).name} acknowledged but not in the ledger"
+            kept = dcmread(row.path)
+            assert kept.SOPInstanceUID == sent.SOPInstanceUID and kept.PixelData == sent.PixelData
+    finally:
+        ledger.close()
