@@ -283,6 +283,48 @@ class NotifySettings(_Model):
         return bool(self.webhook_url or self.command)
 
 
+class WebSettings(_Model):
+    """``[web]``: the operator web page, ``/metrics``, health probes and DICOMweb STOW-RS (:mod:`node.web`).
+
+    ``cardionode serve`` starts it in the node process when ``enabled``; ``cardionode web``
+    runs it alone (a node elsewhere, the same ledger). It listens on ``bind_address``:``port``
+    (loopback by default: remote access is a deliberate setting, best behind the site's
+    TLS reverse proxy). Every page, ``/metrics`` and STOW-RS need the access token: the
+    contents of ``token_file`` (default ``<data_dir>/web/token``, created with a random token
+    readable only by the node's user at first start) or the ``CARDIONODE_WEB__TOKEN``
+    environment variable; a browser exchanges it once for a session cookie that lasts
+    ``session_hours``. ``/healthz`` and ``/readyz`` answer without it (they carry no patient
+    data). Pages show no patient name, ID or birth date unless ``show_identifiers`` is on.
+    A STOW-RS request larger than ``stow_max_mb`` is refused (413) before it is stored.
+    """
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    token_file: Path | None = None
+    session_hours: float = 8.0
+    show_identifiers: bool = False
+    stow_max_mb: float = 2048.0
+
+
+class Worklist(_Model):
+    """A Modality Worklist SCP the node asks about each study (``[[worklists]]``, :mod:`node.workflow`).
+
+    The node queries it (C-FIND, Modality Worklist Information Model - FIND) by Accession
+    Number, else by Patient ID with the study's modality and a window of ``window_days``
+    around the study date, calling as the node's own AE title. A worklist that does not
+    answer within ``timeout_s``, or has no match, never holds a study back.
+    """
+
+    name: str
+    ae_title: str
+    host: str
+    port: int = 104
+    timeout_s: float = 5.0
+    window_days: int = 1
+
+
 def _default_completeness() -> dict[str, CompletenessRule]:
     return {"default": CompletenessRule()}
 
@@ -380,6 +422,8 @@ class Settings(BaseSettings):
     # -- data lifecycle (node.ops.retention) and notifications (node.ops.notify)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    worklists: list[Worklist] = Field(default_factory=list, description="Modality Worklist SCPs asked about each study")
 
     # -- logs (node.dicom.logs)
     log_max_mb: float = Field(default=10.0, description="a log file is rotated when it reaches this size (MiB)")
@@ -434,6 +478,11 @@ class Settings(BaseSettings):
     def node_lock_path(self) -> Path:
         """The lock ``serve`` and ``listen`` hold while they run, with who holds it (:mod:`node.ops.running`)."""
         return self.data_dir / "node.pid"
+
+    @property
+    def web_token_path(self) -> Path:
+        """The web page's access token (``[web] token_file``, else ``<data_dir>/web/token``)."""
+        return self.web.token_file or self.data_dir / "web" / "token"
 
     @property
     def refusal_counts_path(self) -> Path:
@@ -551,6 +600,8 @@ class Settings(BaseSettings):
         data["artifact_store"] = redact_url(self.effective_artifact_store)
         if self.notify.webhook_url:
             data["notify"]["webhook_url"] = redact_url(self.notify.webhook_url)
+        if self.web.token:
+            data["web"]["token"] = "***"
         data["spool_dir"] = str(self.spool_dir)
         data["outbox_dir"] = str(self.outbox_dir)
         data["audit_log"] = str(self.audit_log_path)

@@ -191,3 +191,10 @@ def test_no_import_error_guards_around_the_projects_own_modules() -> None:
 
 def test_the_package_ships_its_type_information() -> None:
     assert (NODE / "py.typed").is_file()
+
+
+def test_prometheus_client_is_used_by_telemetry_and_web_only() -> None:
+    """The instruments are defined once (node.telemetry); node.web exposes them and its scrape-time gauges."""
+    users = {m for m in MODULES if "prometheus_client" in _third_party(m)}
+    assert all(m == "node.telemetry" or _in(m, "node.web") for m in users), sorted(users)
+    assert _node_imports("node.telemetry") == set()
