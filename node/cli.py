@@ -18,6 +18,7 @@ from node import __version__
 _HANDLERS = {
     "serve": "node.service:serve_main",
     "listen": "node.service:listen_main",
+    "web": "node.web.server:web_main",
     "worker": "node.queue.worker:worker_main",
     "config": "node.ops.preflight:config_main",
     "echo": "node.ops.preflight:echo_main",
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the node: DICOM listener, assembler, sender and local workers")
     sub.add_parser("listen", help="run the DICOM listener alone (spool and ledger; no processing, no sending)")
+    sub.add_parser("web", help="run the operator web page alone, on the configured ledger (a node running elsewhere); "
+                   "`serve` starts it too when [web] enabled")
 
     p = sub.add_parser("worker", help="run a Celery worker on this machine")
     p.add_argument("--queues", default="cpu,gpu,io", help="comma-separated queues (cpu, gpu, io)")
@@ -73,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", metavar="UID", default=None,
                    help="one study in full: its jobs, sends and state changes with their whole reasons")
     p.add_argument("--json", action="store_true", help="the status as JSON (whole reasons)")
+    p.add_argument("--results", action="store_true",
+                   help="with --study: also the results of each job as text tables (the SR's numbers, objects, send states)")
     p.add_argument("--wide", action="store_true", help="tables with whole reasons (default: cut at 64 characters)")
     p = sub.add_parser("retry", help="run a failed or dead-lettered job again")
     p.add_argument("job", help="job id, as shown by `cardionode status`")

@@ -71,6 +71,9 @@ __all__ = [
     "NotifySettings",
     "NotifyEvent",
     "NOTIFY_EVENTS",
+    "UpsReceiver",
+    "UpsSettings",
+    "RetrieveSource",
     "Settings",
     "config_path",
     "load_settings",
@@ -323,6 +326,58 @@ class Worklist(_Model):
     port: int = 104
     timeout_s: float = 5.0
     window_days: int = 1
+    pair_within_days: int = Field(
+        default=7, ge=1, le=60,
+        description="a two-day stress/rest protocol: how many days before today's study the other part may have been "
+        "scheduled (node.workflow.pairing)",
+    )
+
+
+class RetrieveSource(_Model):
+    """A Query/Retrieve SCP (the PACS) the node may fetch earlier studies from (``[[retrieve_from]]``,
+    :mod:`node.workflow.pairing`): the rest part of a two-day stress/rest protocol that is not in the
+    spool. Study Root C-FIND to find it, C-MOVE to ``move_destination`` (the node's own AE title when
+    empty): the PACS must know that AE title (with the node's host and port) as a move destination.
+    ``timeout_s`` bounds connecting and the wait for each response."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int = 104
+    move_destination: str = ""
+    timeout_s: float = 30.0
+
+
+class UpsReceiver(_Model):
+    """An AE the node's UPS SCP sends N-EVENT-REPORTs to (``[[ups.event_receivers]]``): its AE title,
+    where it listens, and whether it is on the fallback list told of every restart of the SCP
+    (SCP Status Change, PS3.4 CC.2.4.3) even when it subscribed to nothing."""
+
+    ae_title: str
+    host: str
+    port: int = 104
+    fallback: bool = True
+
+
+class UpsSettings(_Model):
+    """``[ups]``: the node as UPS SCP, task manager grouped with the task performer (:mod:`node.dicom.ups_scp`).
+
+    ``enabled``: the listener accepts the UPS Push, Pull, Watch and Query SOP classes (N-CREATE,
+    N-SET, N-GET, N-ACTION, C-FIND). ``worklist_label``: the Worklist Label of a UPS created without
+    one. ``event_receivers``: the AEs that may subscribe to event reports (a subscription naming
+    another Receiving AE is refused C308), with the address the node sends the reports to.
+    ``retention_days``: a COMPLETED or CANCELED UPS is kept this many days (so that its requester
+    can read the outputs with N-GET), longer while a subscriber holds a deletion lock on it.
+    ``study_workitems``: `cardionode serve` keeps a UPS for every study it processes from plain
+    C-STORE (:mod:`node.workflow.study_workitems`), so watchers see its completeness decision,
+    progress and results.
+    """
+
+    enabled: bool = True
+    worklist_label: str = "CARDIONODE"
+    event_receivers: list[UpsReceiver] = Field(default_factory=list)
+    retention_days: float = 7.0
+    study_workitems: bool = True
 
 
 def _default_completeness() -> dict[str, CompletenessRule]:
@@ -424,6 +479,11 @@ class Settings(BaseSettings):
     notify: NotifySettings = Field(default_factory=NotifySettings)
     web: WebSettings = Field(default_factory=WebSettings)
     worklists: list[Worklist] = Field(default_factory=list, description="Modality Worklist SCPs asked about each study")
+    retrieve_from: list[RetrieveSource] = Field(
+        default_factory=list,
+        description="Q/R SCPs (PACS) the earlier part of a two-day stress/rest protocol is fetched from (C-MOVE)",
+    )
+    ups: UpsSettings = Field(default_factory=UpsSettings)
 
     # -- logs (node.dicom.logs)
     log_max_mb: float = Field(default=10.0, description="a log file is rotated when it reaches this size (MiB)")
@@ -559,6 +619,7 @@ class Settings(BaseSettings):
         out: list[str] = []
         out += _listener_problems(self)
         out += _peer_problems(self.peers)
+        out += _ups_problems(self.ups)
         out += _destination_problems(self.destinations)
         out += _tls_problems(self.tls, bool(any(d.tls for d in self.destinations)))
         out += _storage_problems(self)
@@ -649,6 +710,23 @@ def _listener_problems(s: Settings) -> list[str]:
             out.append(f"{name} must be more than 0 seconds")
     if s.device_uid is not None and not is_valid_uid(s.device_uid):
         out.append(f"device_uid {s.device_uid!r} is not a valid DICOM UID (digits and dots, at most 64 characters)")
+    return out
+
+
+def _ups_problems(ups: UpsSettings) -> list[str]:
+    """``[ups]``: AE titles and ports of the event receivers (each AE title once), the labels, the retention."""
+    out: list[str] = []
+    if not ups.worklist_label.strip() or len(ups.worklist_label) > 64:
+        out.append("ups.worklist_label must have 1 to 64 characters (DICOM LO)")
+    if ups.retention_days < 0:
+        out.append(f"ups.retention_days is {ups.retention_days}; it must be 0 or more (days)")
+    seen: set[str] = set()
+    for i, receiver in enumerate(ups.event_receivers):
+        where = f"ups.event_receivers[{i}]"
+        out += [p for p in (ae_title_problem(receiver.ae_title, where), _port_problem(receiver.port, where)) if p]
+        if receiver.ae_title.strip() in seen:
+            out.append(f"{where}: AE title {receiver.ae_title!r} is listed twice")
+        seen.add(receiver.ae_title.strip())
     return out
 
 

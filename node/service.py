@@ -3,13 +3,19 @@
 It runs, in one process:
 
 * the DICOM listener (:class:`node.dicom.scp.DicomListener`), which spools
-  instances and records them in the ledger;
+  instances and records them in the ledger, and is the UPS SCP when ``[ups] enabled``
+  (:func:`ups_services`: :mod:`node.dicom.ups_scp` with the rules of :mod:`node.workflow.ups`);
+* the work items loop (:class:`node.workflow.study_workitems.StudyWorkitems`: a UPS per study, with
+  ``[ups] study_workitems``), every ``WORKITEMS_TICK_S``;
 * the conductor loop: completeness (:class:`node.workflow.completeness.Assembler`)
   and jobs (:class:`node.queue.conductor.Conductor`), every ``TICK_S`` seconds;
 * the export loop (:class:`node.dicom.sender.Exporter`, with
   :func:`node.results.to_enhanced_sr` as its Enhanced SR fallback), every ``SEND_TICK_S``;
 * the notify loop (:class:`node.ops.notify.Notifier`: ``[notify]`` hooks), every ``NOTIFY_TICK_S``,
   and the retention loop (:class:`node.ops.retention.RetentionKeeper`: ``[retention]`` passes);
+* the operator web page, ``/metrics``, health probes and STOW-RS (:mod:`node.web`, uvicorn in a
+  thread on ``[web] bind_address``:``port``) when ``[web] enabled``; an action taken there wakes
+  the conductor and the sender at once;
 
 and starts local Celery workers as subprocesses (setting ``workers``; an
 empty list when remote workers consume the queues), restarting one that exits.
@@ -23,7 +29,7 @@ running jobs continue from the step the ledger names; due sends go out.
 
 Before anything starts, ``serve`` and ``listen`` take the data directory's node lock
 (:mod:`node.ops.running`: `cardionode status` tells from it whether a node runs) and
-make sure the listening port is free; a second node on the same data directory, or a
+make sure the listening port (and the web page's, when enabled) is free; a second node on the same data directory, or a
 port another program holds, is refused in one line (exit status 2), not a traceback.
 
 SIGTERM or SIGINT: stop accepting associations, let the loops finish their
@@ -51,7 +57,7 @@ if TYPE_CHECKING:
     from node.config import Settings, WorkerSpec
     from node.ops.running import NodeLock
 
-__all__ = ["Node", "serve_main", "listen_main"]
+__all__ = ["Node", "serve_main", "listen_main", "ups_services"]
 
 _log = logging.getLogger("node.service")
 
@@ -64,6 +70,7 @@ WORKER_RESTART_S = 10.0  # least time between two starts of the same local worke
 STATUS_EVERY_S = 60.0  # period of the progress summary in the log (s)
 NOTIFY_TICK_S = 2.0  # notify loop period (s)
 RETENTION_TICK_S = 30.0  # how often the retention loop asks whether a pass is due (s)
+WORKITEMS_TICK_S = 1.0  # how often the studies' work items follow the ledger's events (s)
 
 
 def _die_with_parent() -> None:
@@ -122,13 +129,15 @@ class Node:
         self.listener: Any = None
         self._last_status = 0.0
         self.send_due = threading.Event()  # set when a job's results are in the outbox: the sender runs at once
+        self.conduct_due = threading.Event()  # set by an operator's action on the web page: the conductor ticks at once
+        self.web: Any = None  # the operator web page (node.web.server.WebServer) when [web] enabled
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
         from node.dicom.audit import AuditLog
         from node.dicom.scp import DicomListener
         from node.dicom.sender import Exporter, RetryPolicy, destination_targets
-        from node.ledger import Ledger
+        from node.ledger import Ledger, utcnow
         from node.ops.notify import Notifier
         from node.ops.retention import RetentionKeeper
         from node.pipelines import registry
@@ -157,7 +166,8 @@ class Node:
             restored, deleted = restore_unfinished(self.queue.app, queue_settings.broker_url,
                                                    unfinished_steps(self.ledger))
             _log.info("broker: %d unfinished task(s) restored, %d finished message(s) removed", restored, deleted)
-        self.assembler = Assembler(self.ledger, s, self.audit)
+        # quiet periods of studies received before this start count from now (senders resend after a restart)
+        self.assembler = Assembler(self.ledger, s, self.audit, listening_since=utcnow())
         recreated = self.assembler.recover()
         if recreated:
             _log.info("resumed: %d job(s) re-created for studies left processing", recreated)
@@ -176,7 +186,11 @@ class Node:
         for spec in specs:
             self._start_worker(spec)
 
-        self.listener = DicomListener(s, self.ledger, routing_attributes, audit=self.audit)
+        self.ups_services = ups_services(s, self.ledger, self.audit)
+        self.listener = DicomListener(s, self.ledger, routing_attributes, audit=self.audit,
+                                      services=self.ups_services)
+        if s.web.enabled:  # before the listener: once the DICOM port answers, so does the page
+            self._start_web()
         self.listener.start()
         self.audit.record("node.started", ae_title=s.ae_title, port=self.listener.port)
         _log.info(
@@ -185,14 +199,36 @@ class Node:
             ", ".join(targets) or "none (outbox only)",
         )
         self.threads = [
-            _Loop("conductor", self._conduct, TICK_S, self.stop_event, busy_period_s=BUSY_TICK_S),
+            _Loop("conductor", self._conduct, TICK_S, self.stop_event, busy_period_s=BUSY_TICK_S, wake=self.conduct_due),
             _Loop("sender", self.exporter.run_once, SEND_TICK_S, self.stop_event, wake=self.send_due),
             # [notify] hooks on ignored/failed studies and dead letters; [retention] passes
             _Loop("notify", Notifier(self.ledger, s).run_once, NOTIFY_TICK_S, self.stop_event),
             _Loop("retention", RetentionKeeper(self.ledger, s).run_due, RETENTION_TICK_S, self.stop_event),
         ]
+        if self.ups_services and s.ups.study_workitems:  # a UPS per study processed (node.workflow.study_workitems)
+            from node.workflow.study_workitems import StudyWorkitems
+
+            tracker = StudyWorkitems(self.ledger, s, self.ups_services[0])
+            self.threads.append(_Loop("workitems", tracker.run_once, WORKITEMS_TICK_S, self.stop_event))
         for thread in self.threads:
             thread.start()
+
+    def _start_web(self) -> None:
+        """The operator web page, /metrics, health and STOW-RS in this process (:mod:`node.web`); raises
+        :class:`node.web.server.WebServerError` when its port cannot be had."""
+        from node.web.context import WebContext
+        from node.web.probes import LiveProbe
+        from node.web.server import WebServer
+
+        context = WebContext(self.settings, self.ledger, LiveProbe(self), audit=self.audit,
+                             storage=self.listener.storage, on_change=self.wake)
+        self.web = WebServer(context)
+        self.web.start()
+
+    def wake(self) -> None:
+        """Let the conductor and the sender look at the ledger now (an operator changed it)."""
+        self.conduct_due.set()
+        self.send_due.set()
 
     def _start_worker(self, spec: WorkerSpec) -> None:
         command = [sys.executable, "-m", "node.cli"]
@@ -269,16 +305,25 @@ class Node:
     def request_stop(self, *_: object) -> None:
         self.stop_event.set()
         self.send_due.set()
+        self.conduct_due.set()
 
     def stop(self) -> None:
         """Stop everything in order; safe to call once after :meth:`start`."""
         self.stop_event.set()
         self.send_due.set()
+        self.conduct_due.set()
         _log.info("stopping: listener, loops, %d worker group(s)", len(self.workers))
+        if self.web is not None:
+            self.web.stop()
         if self.listener is not None:
             self.listener.stop()
+        for service in getattr(self, "ups_services", []):
+            service.close()
         for thread in self.threads:
             thread.join(timeout=60)
+        if getattr(self, "assembler", None) is not None:
+            self.assembler.worklist.close()  # worklist lookups under way end within their timeouts
+            self.assembler.pairer.close()  # so do stress-rest pairings (their C-FIND/C-MOVE timeouts)
         for process in self.workers:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -298,6 +343,17 @@ class Node:
                 resource.record("node.stopped")
             resource.close()
         _log.info("stopped")
+
+
+def ups_services(settings: Settings, ledger: Any, audit: Any) -> list[Any]:
+    """The UPS SCP (:class:`node.dicom.ups_scp.UpsService`) when ``[ups] enabled``, deciding with the rules of
+    :mod:`node.workflow.ups` (given here: the listener knows no medicine); else none."""
+    if not settings.ups.enabled:
+        return []
+    from node.dicom.ups_scp import UpsService
+    from node.workflow import ups
+
+    return [UpsService(settings, ledger, ups, audit=audit)]
 
 
 def _settings_or_exit(args: argparse.Namespace, command: str) -> tuple[Settings | None, Path | None]:
@@ -332,6 +388,9 @@ def _claim_or_exit(settings: Settings, command: str) -> NodeLock | None:
         print(f"cardionode {command}: {exc}; stop it first", file=sys.stderr)
         return None
     problem = listen_problem(settings.bind_address, settings.port)
+    if not problem and command == "serve" and settings.web.enabled:
+        web_problem = listen_problem(settings.web.bind_address, settings.web.port)
+        problem = f"web page: {web_problem}; set [web] port, or [web] enabled = false" if web_problem else None
     if problem:
         lock.release()
         print(f"cardionode {command}: {problem}", file=sys.stderr)
@@ -385,6 +444,7 @@ def _serve(settings: Settings, config_path: Path | None) -> int:
         print("cardionode serve: the queue's Redis refused the node; fix redis_tls or the password in the URL", file=sys.stderr)
         return 2
     from node.ledger import LedgerSchemaError
+    from node.web.server import WebServerError
 
     node = Node(settings, config_path.resolve() if config_path else None)
     signal.signal(signal.SIGTERM, node.request_stop)
@@ -393,6 +453,10 @@ def _serve(settings: Settings, config_path: Path | None) -> int:
         node.start()
         node.wait()
     except LedgerSchemaError as exc:  # a ledger at another schema revision: `cardionode db upgrade`
+        _log.error("%s", exc)
+        print(f"cardionode serve: {exc}", file=sys.stderr)
+        return 2
+    except WebServerError as exc:  # its port taken since the check, or no access token to be had
         _log.error("%s", exc)
         print(f"cardionode serve: {exc}", file=sys.stderr)
         return 2
@@ -435,7 +499,12 @@ def listen_main(args: argparse.Namespace) -> int:
         return 2
     try:
         with AuditLog(settings.audit_log_path, durable=settings.durable_writes) as audit:
-            DicomListener(settings, ledger, routing_attributes, audit=audit).serve_forever()
+            services = ups_services(settings, ledger, audit)
+            try:
+                DicomListener(settings, ledger, routing_attributes, audit=audit, services=services).serve_forever()
+            finally:
+                for service in services:
+                    service.close()
     except OSError as exc:
         if not _port_taken(exc, settings):
             raise

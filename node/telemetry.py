@@ -14,10 +14,11 @@ study, series or instance UID, an accession number or a patient identifier.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = [
     "ASSOCIATIONS",
+    "ASSOCIATIONS_ABORTED",
     "ASSOCIATIONS_ACTIVE",
     "COMPLETENESS_DECISIONS",
     "EXPORT_ATTEMPTS",
@@ -26,10 +27,16 @@ __all__ = [
     "JOB_DURATION",
     "LAST_IMAGE_TO_RESULT",
     "MODEL_INFERENCE",
+    "MWL_QUERIES",
     "RECEIVED_BYTES",
     "REGISTRY",
+    "STUDIES_PAIRED",
     "dimse_status_label",
 ]
+
+# no ``*_created`` series beside each counter and histogram (the time a label set was first seen): the
+# text format has no use for them, and they would double the series a scrape returns
+disable_created_metrics()
 
 #: the node's own registry (not prometheus_client's global one, which also holds process metrics
 #: of whatever imported it); node.web adds its scrape-time collectors to it
@@ -43,8 +50,16 @@ ASSOCIATIONS_ACTIVE = Gauge(
 )
 ASSOCIATIONS = Counter(
     "cardionode_associations",
-    "DICOM associations requested, by their outcome",
-    ["role", "result"],  # result: accepted | rejected | aborted
+    "DICOM associations requested, by the answer to the request",
+    # result: accepted | rejected | failed (no answer: connection refused, timed out or lost before the
+    # answer; the node's own requests only); each request counted once, so a sum over result is the requests
+    ["role", "result"],
+    registry=REGISTRY,
+)
+ASSOCIATIONS_ABORTED = Counter(
+    "cardionode_associations_aborted",
+    "accepted DICOM associations that ended in an A-ABORT (by either side, or a lost connection) instead of a release",
+    ["role"],
     registry=REGISTRY,
 )
 INSTANCES_RECEIVED = Counter(
@@ -98,6 +113,35 @@ EXPORT_ATTEMPTS = Counter(
     ["destination", "outcome"],  # outcome: success | transient | permanent
     registry=REGISTRY,
 )
+MWL_QUERIES = Counter(
+    "cardionode_mwl_queries",
+    "modality worklist lookups of a study, by outcome",
+    ["outcome"],  # found | not_found | down (node.ledger WORKLIST_OUTCOMES)
+    registry=REGISTRY,
+)
+STUDIES_PAIRED = Counter(
+    "cardionode_studies_paired",
+    "two-day stress/rest pairings decided, by where the earlier study came from",
+    ["outcome"],  # from_ledger | fetched | alone (the earlier study found nowhere: processed alone)
+    registry=REGISTRY,
+)
+
+# series whose label values are known in advance exist from the start, at zero (a rate over a series
+# that appears with its first event misses that event); destinations, pipelines, steps, rules and
+# statuses appear with their first event
+for _role in ("scp", "scu"):
+    ASSOCIATIONS_ACTIVE.labels(role=_role)
+    ASSOCIATIONS_ABORTED.labels(role=_role)
+    for _result in ("accepted", "rejected"):
+        ASSOCIATIONS.labels(role=_role, result=_result)
+ASSOCIATIONS.labels(role="scu", result="failed")
+for _outcome in ("found", "not_found", "down"):
+    MWL_QUERIES.labels(outcome=_outcome)
+for _outcome in ("from_ledger", "fetched", "alone"):
+    STUDIES_PAIRED.labels(outcome=_outcome)
+for _source in ("dimse", "stowrs"):
+    INSTANCES_RECEIVED.labels(source=_source)
+    RECEIVED_BYTES.labels(source=_source)
 
 
 def dimse_status_label(status: int) -> str:

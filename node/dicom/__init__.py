@@ -17,6 +17,7 @@ that needs only the spool or the audit log does not load pynetdicom and the ledg
 * :mod:`node.dicom.journal`: the spool journal (received instances made durable by one
   ``fdatasync`` shared by concurrent associations, replayed after a crash);
 * :mod:`node.dicom.tls`: TLS contexts for the listener and the sender;
+* :mod:`node.dicom.worklist_scu`: the Modality Worklist C-FIND SCU (keys in, scheduled steps out);
 * :mod:`node.dicom.logs` and :mod:`node.dicom.audit`: logging without patient data,
   and the append-only audit log.
 
@@ -38,4 +39,5 @@ __all__ = [
     "spool",
     "storage",
     "tls",
+    "worklist_scu",
 ]

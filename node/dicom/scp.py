@@ -60,6 +60,7 @@ from node.dicom.services import (
 from node.dicom.storage import Describe, StorageService, disk_space_problem
 from node.dicom.tls import server_context
 from node.ledger import InstanceMeta, Ledger
+from node.telemetry import ASSOCIATIONS, ASSOCIATIONS_ABORTED, ASSOCIATIONS_ACTIVE
 
 __all__ = ["MAXIMUM_PDU_BYTES", "AssociationPolicy", "DicomListener", "Refusal"]
 
@@ -237,6 +238,7 @@ class DicomListener:
         self.ae._servers.append(server)
         threading.Thread(target=server.serve_forever, name="AcceptorServer@listener", daemon=True).start()
         self._server = server
+        ASSOCIATIONS_ACTIVE.labels(role="scp").set_function(self.open_associations)
         _log.info(
             "listening as %s on %s:%d (%s), spool %s",
             s.ae_title,
@@ -254,6 +256,7 @@ class DicomListener:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            ASSOCIATIONS_ACTIVE.labels(role="scp").set_function(lambda: 0.0)
             self.storage.close()
             self.refusals.close()
             audit_quietly(self.audit, "listener.stopped", ae_title=self.settings.ae_title)
@@ -303,6 +306,7 @@ class DicomListener:
     def _record_refusal(self, code: str, reason: str, calling: str, called: str, address: str) -> None:
         """Count, log, record in the ledger and audit the refusal of an association request."""
         self.refusals.add(code)
+        ASSOCIATIONS.labels(role="scp", result="rejected").inc()
         _log.warning("refused association from %s (%s) to %s: %s", calling, address, called, reason)
         try:
             self.ledger.rejections.record(f"association refused: {reason}", 0, calling_ae=calling, peer_address=address)
@@ -336,6 +340,7 @@ class DicomListener:
                 )
             except Exception:
                 _log.exception("cannot record the rejected context in the ledger")
+        ASSOCIATIONS.labels(role="scp", result="accepted").inc()
         _log.info("association accepted from %s (%s)", calling, address)
         audit_quietly(self.audit, "association.accepted", calling_ae=calling, address=address)
 
@@ -344,6 +349,8 @@ class DicomListener:
         if peer is None:
             return
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        if how == "aborted":
+            ASSOCIATIONS_ABORTED.labels(role="scp").inc()
         counted = ", ".join(f"{n} {counter}" for counter, n in peer.counts.items()) or "nothing counted"
         _log.info("association from %s (%s) %s: %s", peer.calling_ae, peer.address, how, counted)
         audit_quietly(

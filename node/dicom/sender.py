@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,6 +51,13 @@ from pynetdicom.presentation import PresentationContext
 from node.dicom.audit import AuditLog
 from node.dicom.logs import PatientIdentifiers, clean_peer_text, silence_pynetdicom
 from node.ledger import Ledger, LedgerError, Send, utcnow
+from node.telemetry import (
+    ASSOCIATIONS,
+    ASSOCIATIONS_ABORTED,
+    ASSOCIATIONS_ACTIVE,
+    EXPORT_ATTEMPTS,
+    LAST_IMAGE_TO_RESULT,
+)
 
 __all__ = [
     "COMPREHENSIVE_3D_SR",
@@ -160,6 +168,46 @@ def _association_failure(assoc: Association) -> tuple[str, str]:
     return "transient", "no association: connection refused or timed out"
 
 
+class _AssociationMeter:
+    """Counts one of the node's own associations (role ``scu``) in :mod:`node.telemetry`, from pynetdicom's
+    events: the answer to the request (accepted, rejected, or :meth:`unanswered`: failed), the
+    association open while it lasts, and an A-ABORT of an accepted one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._answered = False
+        self._open = False
+
+    def handlers(self) -> list[evt.EventHandlerType]:
+        return [(evt.EVT_ACCEPTED, self._accepted), (evt.EVT_REJECTED, self._rejected),
+                (evt.EVT_ABORTED, self._aborted), (evt.EVT_CONN_CLOSE, self._closed)]
+
+    def _accepted(self, _event: evt.Event) -> None:
+        ASSOCIATIONS.labels(role="scu", result="accepted").inc()
+        with self._lock:
+            self._answered = self._open = True
+            ASSOCIATIONS_ACTIVE.labels(role="scu").inc()
+
+    def _rejected(self, _event: evt.Event) -> None:
+        self._answered = True
+        ASSOCIATIONS.labels(role="scu", result="rejected").inc()
+
+    def _aborted(self, _event: evt.Event) -> None:
+        if self._open:
+            ASSOCIATIONS_ABORTED.labels(role="scu").inc()
+
+    def _closed(self, _event: evt.Event) -> None:
+        with self._lock:
+            if self._open:
+                self._open = False
+                ASSOCIATIONS_ACTIVE.labels(role="scu").dec()
+
+    def unanswered(self) -> None:
+        """After the request: count it ``failed`` when the peer neither accepted nor rejected it."""
+        if not self._answered:
+            ASSOCIATIONS.labels(role="scu", result="failed").inc()
+
+
 def _associate(
     target: Target,
     calling_ae: str,
@@ -175,11 +223,14 @@ def _associate(
     ae.requested_contexts = contexts
     tls_args = (target.ssl_context, target.host) if target.ssl_context is not None else None
     connected: list[bool] = []  # EVT_CONN_OPEN fires once the TCP connection is made
+    meter = _AssociationMeter()
     try:
         assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True)), *meter.handlers()])
     except (OSError, ssl.SSLError) as exc:
+        meter.unanswered()
         return None, ("transient", f"cannot connect: {clean_peer_text(str(exc), patients, quoted=False)}")
+    meter.unanswered()
     if not assoc.is_established and not connected:
         return None, ("transient", f"cannot connect to {target.host}:{target.port} "
                                    "(connection refused, host unreachable or timed out)")
@@ -446,6 +497,7 @@ class Exporter:
         sent = 0
         failures: dict[tuple[int, str], list[int]] = {}  # (log level, words) -> send ids: one line per attempt
         for send, outcome in zip(ready, outcomes):
+            EXPORT_ATTEMPTS.labels(destination=target.name, outcome="success" if outcome.ok else outcome.kind).inc()
             if outcome.ok:
                 self.ledger.sends.record_attempt(send.id, "sent", status=outcome.status, peer_text=outcome.comment)
                 sent += 1
@@ -480,7 +532,8 @@ class Exporter:
             return
         try:
             if states == {"sent"}:
-                self.ledger.jobs.transition(job_id, "sent", f"{len(sends)} sends done", expected_from=("reported",))
+                job = self.ledger.jobs.transition(job_id, "sent", f"{len(sends)} sends done", expected_from=("reported",))
+                self._observe_result_time(job.study_uid, job.pipeline)
             else:
                 dead = sum(1 for s in sends if s.state == "dead_letter")
                 self.ledger.jobs.transition(
@@ -489,6 +542,13 @@ class Exporter:
                 )
         except LedgerError as exc:
             _log.info("job %d not settled: %s", job_id, exc)
+
+    def _observe_result_time(self, study_uid: str, pipeline: str) -> None:
+        """Observe the seconds from the study's last received instance to now, when the destinations have
+        acknowledged every result of its job (``cardionode_last_image_to_result_seconds``)."""
+        last = self.ledger.studies.last_instance_time(study_uid)
+        if last is not None and (seconds := (utcnow() - last).total_seconds()) >= 0:
+            LAST_IMAGE_TO_RESULT.labels(pipeline=pipeline).observe(seconds)
 
     def _audit(self, event: str, send: Send, target: Target, **fields: object) -> None:
         if self.audit is not None:

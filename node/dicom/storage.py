@@ -1,5 +1,11 @@
 """The Storage SCP service: C-STORE validation, spooling, recording and rejections.
 
+One path stores an instance whatever its transport: the C-STORE handler and
+:meth:`StorageService.store_file` (used by DICOMweb STOW-RS, :mod:`node.web.stow`, with a Part 10
+file per instance) both run ``StorageService._store_offer``, so that both get the same checks, statuses, durability, rejection records, metrics (``source`` ``dimse`` or
+``stowrs``) and ``on_instance_stored`` callback; STOW-RS answers each instance's failure with
+the DIMSE status below as its Failure Reason.
+
 All storage SOP classes are negotiated so that the node can answer every
 instance with a precise status; instances of classes outside
 :data:`STORAGE_SOP_CLASSES` are answered 0x0122 (SOP class not supported).
@@ -30,7 +36,8 @@ nothing is fsync'ed. Failures:
 * 0xC002 cannot understand: the data set is larger than this node accepts: over
   ``max_instance_mb`` as received or once inflated, or more than
   ``max_inflight_mb`` of memory to parse;
-* 0x0122 SOP class not supported.
+* 0x0122 SOP class not supported;
+* 0xC122 (STOW-RS only) the File Meta names a transfer syntax outside :data:`TRANSFER_SYNTAXES`.
 
 Whatever is wrong with the sender's data is 0xA9xx or 0xCxxx (permanent: a
 sender does not retry it), never 0xA700 (transient: retried).
@@ -51,11 +58,13 @@ Verification (see :mod:`node.dicom.services`).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
+import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,24 +96,32 @@ from node.dicom.intake import (
 from node.dicom.journal import JOURNAL_DIR, JournalTicket, SpoolJournal
 from node.dicom.logs import hash_identifier, redact
 from node.dicom.services import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Peer, Peers, audit_quietly
-from node.dicom.spool import FileRange, Part, Spool, StoredFile, part_size, write_parts_atomic
+from node.dicom.spool import FileRange, Part, Spool, StoredFile, append_parts, part_size, write_parts_atomic
 from node.ledger import InstanceMeta, Ledger, utcnow
+from node.telemetry import INSTANCES_RECEIVED, INSTANCES_REFUSED, RECEIVED_BYTES, dimse_status_label
 from node.uids import is_valid_uid
 
 __all__ = [
     "JOURNAL_MAX_INSTANCE_BYTES",
+    "SOURCE_DIMSE",
+    "SOURCE_STOWRS",
     "STORAGE_SOP_CLASSES",
     "TRANSFER_SYNTAXES",
     "Describe",
     "GroupRecorder",
     "Status",
     "StorageService",
+    "StoreOutcome",
     "StoreRefusedError",
     "disk_space_problem",
     "recover_unrecorded_instances",
 ]
 
 _log = logging.getLogger("cardionode.scp")
+
+#: the transports an instance arrives by (the ``source`` label of the ingest metrics)
+SOURCE_DIMSE = "dimse"
+SOURCE_STOWRS = "stowrs"
 
 #: routing attributes of a stored instance (JSON values), given to the ledger with it
 Describe = Callable[[Dataset], Mapping[str, Any]]
@@ -170,6 +187,9 @@ class Status:
     CANNOT_UNDERSTAND = 0xC000
     INVALID_UID = 0xC001
     TOO_LARGE = 0xC002
+    #: STOW-RS only (C-STORE negotiates the transfer syntax): PS3.18 Failure Reason "Referenced
+    #: Transfer Syntax not supported", in the 0xCxxx "cannot understand" range
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 
 class StoreRefusedError(Exception):
@@ -237,6 +257,123 @@ def _pixel_data_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
     if actual < expected:
         return f"Pixel Data has {actual} bytes; {rows}x{cols}x{frames} frames x {samples} x {bits} bits need {expected}"
     return None
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What became of one instance offered to :meth:`StorageService.store_file` (no patient data).
+
+    ``status`` is the DIMSE status a C-STORE of it is answered with (:class:`Status`):
+    Success for a new instance and for a duplicate (``new`` False), else the failure and its
+    ``reason``. The UIDs are the data set's once it was read, else those offered (possibly
+    empty or invalid on a failure).
+    """
+
+    status: int
+    reason: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    new: bool
+
+    @property
+    def stored(self) -> bool:
+        """The instance is in the spool and the ledger (new or a duplicate)."""
+        return self.status == Status.SUCCESS
+
+
+@dataclass(frozen=True)
+class _Offer:
+    """One instance as its sender presents it, before its data set is read."""
+
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: UID
+    source: str  # SOURCE_DIMSE | SOURCE_STOWRS
+    peer: Peer
+    claimed_by: str  # what named the UIDs: "request" (C-STORE) | "File Meta" (a Part 10 file)
+    study: str | None = None  # the study the instance must belong to (STOW-RS /studies/{study})
+
+    @property
+    def instance_uid_name(self) -> str:
+        """How the sender's SOP Instance UID is named in a refusal."""
+        return "Affected SOP Instance UID" if self.claimed_by == "request" else "Media Storage SOP Instance UID (0002,0003)"
+
+
+def _offer_uids(offer: _Offer) -> dict[str, str]:
+    """The UIDs of an offer as the ledger's rejection record takes them (completed with the study once read)."""
+    return {"sop_class_uid": offer.sop_class, "sop_instance_uid": offer.sop_instance}
+
+
+@dataclass(frozen=True)
+class _Part10Head:
+    """The File Meta of a Part 10 file: where the data set is (bytes) and what it claims."""
+
+    offset: int
+    length: int
+    transfer_syntax: str
+    sop_class: str
+    sop_instance: str
+    preamble: bool  # False: the file starts with "DICM"
+
+
+_META_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
+
+
+def _read_part10_meta(path: Path) -> _Part10Head:
+    """Read the File Meta Information of the Part 10 file at ``path`` within :data:`_META_ALLOWANCE` bytes.
+
+    The 128-byte preamble may be missing (the file then starts with ``DICM``). Group 0002 is
+    walked element by element (Explicit VR Little Endian, PS3.10 7.1) without trusting its
+    group length; the data set starts at the first element of another group. Refuses 0xC000
+    what is not a Part 10 file, 0xC001 a File Meta without its SOP Class or Instance UID, and
+    0xA700 a file the node cannot read.
+    """
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(132 + _META_ALLOWANCE)
+            size = fp.seek(0, 2)
+    except OSError as exc:  # the node's own file: its trouble, not the sender's
+        raise StoreRefusedError(Status.OUT_OF_RESOURCES, f"cannot read the received file: {exc.strerror or exc}") from None
+    if head[128:132] == b"DICM":
+        pos = 132
+    elif head[:4] == b"DICM":
+        pos = 4
+    else:
+        raise StoreRefusedError(Status.CANNOT_UNDERSTAND, "not a DICOM Part 10 file: no DICM prefix")
+    values: dict[int, bytes] = {}
+    while pos + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            break
+        vr = head[pos + 4 : pos + 6]
+        if not (vr.isalpha() and vr.isupper()):
+            raise StoreRefusedError(Status.CANNOT_UNDERSTAND, "File Meta Information is not Explicit VR Little Endian")
+        long_vr = vr in _META_LONG_VRS
+        start = pos + (12 if long_vr else 8)
+        length = struct.unpack_from("<I", head, pos + 8)[0] if long_vr and start <= len(head) else 0
+        if not long_vr:
+            (length,) = struct.unpack_from("<H", head, pos + 6)
+        if start + length > len(head):
+            what = "truncated" if len(head) == size else f"longer than {_META_ALLOWANCE} bytes"
+            raise StoreRefusedError(Status.CANNOT_UNDERSTAND, f"File Meta Information {what}")
+        values[element] = head[start : start + length]
+        pos = start + length
+    else:
+        if len(head) < size:
+            raise StoreRefusedError(Status.CANNOT_UNDERSTAND, f"File Meta Information longer than {_META_ALLOWANCE} bytes")
+
+    def uid(element: int) -> str:
+        return values.get(element, b"").decode("ascii", "replace").rstrip("\x00 ")
+
+    transfer_syntax, sop_class, sop_instance = uid(0x0010), uid(0x0002), uid(0x0003)
+    if not transfer_syntax:
+        raise StoreRefusedError(Status.CANNOT_UNDERSTAND, "File Meta Information has no Transfer Syntax UID (0002,0010)")
+    if not sop_class:
+        raise StoreRefusedError(Status.INVALID_UID, "Media Storage SOP Class UID (0002,0002) is missing")
+    if not sop_instance:
+        raise StoreRefusedError(Status.INVALID_UID, "Media Storage SOP Instance UID (0002,0003) is missing")
+    return _Part10Head(pos, size - pos, transfer_syntax, sop_class, sop_instance, head[128:132] == b"DICM")
 
 
 @dataclass(frozen=True)
@@ -451,7 +588,8 @@ class StorageService:
     ``on_instance_stored(meta)`` is called, in the association's thread, after
     each *new* instance is spooled and recorded (not for duplicates); an
     exception in it is logged and does not change the answer to the peer.
-    Counts per association: ``stored``, ``duplicates``, ``refused``.
+    Counts per association: ``stored``, ``duplicates``, ``refused``. Instances that come by
+    another transport (STOW-RS) go through :meth:`store_file`, as C-STOREs do.
 
     ``budget`` (:class:`node.dicom.intake.MemoryBudget`) is the memory the instances
     being parsed share across associations (``max_inflight_mb``); ``receiver``
@@ -538,70 +676,192 @@ class StorageService:
     def _on_store(self, event: evt.Event) -> int | Dataset:
         peer = self._peers.get(event.assoc)
         request = _c_store_request(event)
-        sop_class = str(request.AffectedSOPClassUID or "")
-        sop_instance = str(request.AffectedSOPInstanceUID or "")
-        uids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_instance}
-        try:
-            meta = self._store(event, peer, sop_class, sop_instance, uids)
-        except StoreRefusedError as refusal:
-            return self._reject_instance(peer, refusal, **uids)
-        except Exception as exc:  # never let one instance take the association down
-            _log.exception("unexpected error storing instance %s", hash_identifier(sop_instance))
-            return self._reject_instance(
-                peer, StoreRefusedError(Status.OUT_OF_RESOURCES, f"internal error: {type(exc).__name__}"), **uids
-            )
-        if meta is not None and self.on_instance_stored is not None:
-            try:
-                self.on_instance_stored(meta)
-            except Exception:
-                _log.exception("on_instance_stored callback failed")
-        return Status.SUCCESS
+        offer = _Offer(
+            sop_class=str(request.AffectedSOPClassUID or ""),
+            sop_instance=str(request.AffectedSOPInstanceUID or ""),
+            transfer_syntax=UID(str(event.context.transfer_syntax)),
+            source=SOURCE_DIMSE,
+            peer=peer if peer is not None else Peer("", ""),
+            claimed_by="request",
+        )
+        outcome = self._store_offer(
+            offer, lambda: self._received(event, offer.sop_class, offer.sop_instance, offer.transfer_syntax)
+        )
+        return Status.SUCCESS if outcome.stored else _failure(outcome.status, outcome.reason)
 
-    def _reject_instance(self, peer: Peer | None, refusal: StoreRefusedError, **uids: str) -> Dataset:
-        calling = peer.calling_ae if peer else ""
-        address = peer.address if peer else ""
-        if peer:
-            peer.count("refused")
+    # ------------------------------------------------------------------ any transport
+    def store_file(
+        self,
+        file: Path | FileRange,
+        transfer_syntax: str | None = None,
+        *,
+        source: str,
+        peer: Peer,
+        study_uid: str | None = None,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> StoreOutcome:
+        """Check, spool and record one instance held in a file, as a C-STORE of it would be.
+
+        The path of every instance whatever its transport (the C-STORE handler runs the same
+        steps, ``_store_offer``, on the data set it received): the same checks (SOP class stored, disk watermark, UIDs, the parse
+        within the memory budget, pixel data), the same durability (the outcome is Success
+        only once the instance is in the spool, fsync'ed or in a flushed journal record, and
+        recorded in the ledger), the same rejection records (ledger and audit log), the same
+        ``on_instance_stored`` callback and the same metrics (labelled ``source``). Blocks:
+        call it from a worker thread in an event loop.
+
+        Parameters
+        ----------
+        file
+            A DICOM Part 10 file (a :class:`~pathlib.Path`; the 128-byte preamble may be
+            missing), whose File Meta gives the transfer syntax and the SOP Class and SOP
+            Instance UIDs the data set must carry; or a :class:`~node.dicom.spool.FileRange`
+            holding the data set alone (then ``transfer_syntax``, ``sop_class_uid`` and
+            ``sop_instance_uid`` are required). The caller keeps and deletes the file.
+        transfer_syntax
+            Overrides the File Meta's Transfer Syntax UID.
+        source
+            The transport, a metric label: :data:`SOURCE_DIMSE` or :data:`SOURCE_STOWRS`.
+        peer
+            Who sent it: ``calling_ae`` (kept in the ledger, at most 16 characters, e.g.
+            ``STOW-RS``) and ``address``; the outcome is counted on it (``stored``,
+            ``duplicates``, ``refused``) and the study added to its ``study_uids``.
+        study_uid
+            The study the instance must belong to (STOW-RS ``/studies/{study}``); an instance
+            of another study is refused 0xA900.
+        sop_class_uid, sop_instance_uid
+            What the sender claims; the data set must match.
+
+        Returns
+        -------
+        StoreOutcome
+            Success (a duplicate too) or the DIMSE failure status and its reason.
+        """
+        offered_by = "File Meta"
+        length = 0
+        offset = 0
+        preamble = True
+        if isinstance(file, Path):
+            try:
+                head = _read_part10_meta(file)
+            except StoreRefusedError as refusal:
+                offer = _Offer(sop_class_uid or "", sop_instance_uid or "", UID(transfer_syntax or ""), source, peer,
+                               offered_by, study_uid)
+                return self._refused(offer, refusal, _offer_uids(offer))
+            offset, length, preamble = head.offset, head.length, head.preamble
+            transfer_syntax = transfer_syntax or head.transfer_syntax
+            sop_class_uid = sop_class_uid or head.sop_class
+            sop_instance_uid = sop_instance_uid or head.sop_instance
+        else:
+            offered_by = "request"
+            if not (transfer_syntax and sop_class_uid and sop_instance_uid):
+                raise ValueError("a FileRange needs transfer_syntax, sop_class_uid and sop_instance_uid")
+        offer = _Offer(
+            sop_class_uid or "", sop_instance_uid or "", UID(transfer_syntax or ""), source, peer, offered_by, study_uid
+        )
+        held = file if isinstance(file, FileRange) else FileRange(file, offset, length)
+        if not preamble:  # the parser wants the preamble: a Part 10 copy (the data set copied by the kernel)
+            return self._store_offer(offer, lambda: self._as_part10(held, offer))
+        return self._store_offer(offer, lambda: nullcontext(held))
+
+    @contextmanager
+    def _as_part10(self, data_set: FileRange, offer: _Offer) -> Iterator[FileRange]:
+        """The data set in a Part 10 file of the incoming folder with the node's File Meta (deleted afterwards)."""
+        target = self._incoming_path(".part10")
+        try:
+            header = _part10_header(offer.sop_class, offer.sop_instance, offer.transfer_syntax, "")
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                append_parts(fd, [header, data_set])
+            finally:
+                os.close(fd)
+            yield FileRange(target, len(header), data_set.length)
+        finally:
+            target.unlink(missing_ok=True)
+
+    def _store_offer(self, offer: _Offer, opener: Callable[[], AbstractContextManager[FileRange]]) -> StoreOutcome:
+        """The one path of an instance: admit, open its data set (``opener``), check, spool,
+        record; refusals recorded; metrics; the callback for a new instance."""
+        uids = _offer_uids(offer)
+        try:
+            self._admit(offer)
+            with opener() as received:
+                checked = self._check(received, offer, uids)
+                meta, new = self._spool_and_record(checked, received, offer)
+        except StoreRefusedError as refusal:
+            return self._refused(offer, refusal, uids)
+        except Exception as exc:  # never let one instance take the association (or the request) down
+            _log.exception("unexpected error storing instance %s", hash_identifier(offer.sop_instance))
+            return self._refused(
+                offer, StoreRefusedError(Status.OUT_OF_RESOURCES, f"internal error: {type(exc).__name__}"), uids
+            )
+        if new:
+            INSTANCES_RECEIVED.labels(source=offer.source).inc()
+            RECEIVED_BYTES.labels(source=offer.source).inc(meta.size_bytes)
+            if self.on_instance_stored is not None:
+                try:
+                    self.on_instance_stored(meta)
+                except Exception:
+                    _log.exception("on_instance_stored callback failed")
+        return StoreOutcome(Status.SUCCESS, "", checked.sop_class, checked.sop_instance, checked.study, new)
+
+    def _refused(self, offer: _Offer, refusal: StoreRefusedError, uids: dict[str, str]) -> StoreOutcome:
+        """Count, log, record in the ledger and audit a refused instance; its outcome."""
+        peer = offer.peer
+        peer.count("refused")
+        INSTANCES_REFUSED.labels(source=offer.source, status=dimse_status_label(refusal.status)).inc()
         _log.warning(
-            "refused instance %s from %s (%s): 0x%04X %s",
+            "refused instance %s from %s (%s, %s): 0x%04X %s",
             hash_identifier(uids.get("sop_instance_uid", "")),
-            calling,
-            address,
+            peer.calling_ae,
+            peer.address,
+            offer.source,
             refusal.status,
             refusal.reason,
         )
         try:
             self.ledger.rejections.record(
-                refusal.reason, refusal.status, calling_ae=calling, peer_address=address, **uids
+                refusal.reason, refusal.status, calling_ae=peer.calling_ae, peer_address=peer.address, **uids
             )
         except Exception:  # the answer to the peer must not depend on the ledger being writable
             _log.exception("cannot record the rejection in the ledger")
+        study = uids.get("study_uid", "")
         audit_quietly(
             self.audit,
             "instance.refused",
-            calling_ae=calling,
-            address=address,
+            calling_ae=peer.calling_ae,
+            address=peer.address,
+            source=offer.source,
             status=refusal.status,
             reason=refusal.reason,
-            study_uid=uids.get("study_uid", "") if is_valid_uid(uids.get("study_uid", "")) else "",
+            study_uid=study if is_valid_uid(study) else "",
         )
-        return _failure(refusal.status, refusal.reason)
+        return StoreOutcome(
+            refusal.status,
+            refusal.reason,
+            uids.get("sop_class_uid", ""),
+            uids.get("sop_instance_uid", ""),
+            study,
+            False,
+        )
 
-    def _store(
-        self, event: evt.Event, peer: Peer | None, sop_class: str, sop_instance: str, uids: dict[str, str]
-    ) -> InstanceMeta | None:
-        """Check, spool and record one instance; the new instance's meta, or None for a duplicate."""
-        if sop_class not in STORAGE_SOP_CLASSES:
-            raise StoreRefusedError(Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class[:64]} is not stored by this node")
+    def _admit(self, offer: _Offer) -> None:
+        """The checks before the data set is looked at: SOP class, disk space, instance UID, transfer syntax."""
+        if offer.sop_class not in STORAGE_SOP_CLASSES:
+            raise StoreRefusedError(
+                Status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {offer.sop_class[:64]} is not stored by this node"
+            )
         low = disk_space_problem(self.settings.data_dir, self.settings.disk_watermark_mb)
         if low:
             raise StoreRefusedError(Status.OUT_OF_RESOURCES, low)
-        if not is_valid_uid(sop_instance):
-            raise StoreRefusedError(Status.INVALID_UID, "Affected SOP Instance UID is not a valid UID")
-        transfer_syntax = UID(str(event.context.transfer_syntax))
-        with self._received(event, sop_class, sop_instance, transfer_syntax) as received:
-            checked = self._check(received, transfer_syntax, sop_class, sop_instance, uids)
-            return self._spool_and_record(checked, received, transfer_syntax, peer)
+        if not is_valid_uid(offer.sop_instance):
+            raise StoreRefusedError(Status.INVALID_UID, f"{offer.instance_uid_name} is not a valid UID")
+        if str(offer.transfer_syntax) not in TRANSFER_SYNTAXES:
+            raise StoreRefusedError(
+                Status.TRANSFER_SYNTAX_NOT_SUPPORTED,
+                f"transfer syntax {str(offer.transfer_syntax)[:64]} is not accepted by this node",
+            )
 
     # ------------------------------------------------------------------ the steps of one instance
     def _too_large(self, size_bytes: int) -> StoreRefusedError:
@@ -657,9 +917,7 @@ class StorageService:
             if written is not None:
                 written.unlink(missing_ok=True)
 
-    def _check(
-        self, received: FileRange, transfer_syntax: UID, sop_class: str, sop_instance: str, uids: dict[str, str]
-    ) -> _Checked:
+    def _check(self, received: FileRange, offer: _Offer, uids: dict[str, str]) -> _Checked:
         """Check the received data set within the memory budget; what spooling and the ledger need.
 
         Whatever is wrong with the data is a 0xCxxx or 0xA9xx refusal; only the node's own
@@ -667,6 +925,7 @@ class StorageService:
         """
         if received.length > self.max_instance_bytes:
             raise self._too_large(received.length)
+        transfer_syntax, sop_class, sop_instance = offer.transfer_syntax, offer.sop_class, offer.sop_instance
         inflated: Path | None = None
         try:
             try:
@@ -682,7 +941,7 @@ class StorageService:
                     )
                 with self.budget.reserve(BASE_COST + structure.parse_memory_bytes, self.settings.inflight_wait_s):
                     ds = dcmread(parsed.path, defer_size=DEFER_BYTES)
-                    return self._checked(ds, transfer_syntax, sop_class, sop_instance, uids)
+                    return self._checked(ds, offer, uids)
             except (StoreRefusedError, LimitExceeded, BudgetBusy, OSError, MemoryError):
                 raise
             except _ReadError as exc:
@@ -721,9 +980,10 @@ class StorageService:
                 ) from None
         return FileRange(target, start, size)
 
-    def _checked(self, ds: Dataset, transfer_syntax: UID, sop_class: str, sop_instance: str, uids: dict[str, str]) -> _Checked:
+    def _checked(self, ds: Dataset, offer: _Offer, uids: dict[str, str]) -> _Checked:
         """The checks of a parsed data set (bulk values still on disk); errors reading its
         values are raised as :class:`_ReadError`."""
+        sop_class, sop_instance = offer.sop_class, offer.sop_instance
         try:
             study_value = ds.get("StudyInstanceUID")
             if study_value:
@@ -732,14 +992,19 @@ class StorageService:
             ds_instance = _required_uid(ds, "SOPInstanceUID", "(0008,0018)")
             if ds_class != sop_class:
                 raise StoreRefusedError(
-                    Status.DATASET_DOES_NOT_MATCH, f"SOP Class UID in the data set is {ds_class}, request says {sop_class}"
+                    Status.DATASET_DOES_NOT_MATCH,
+                    f"SOP Class UID in the data set is {ds_class}, {offer.claimed_by} says {sop_class}",
                 )
             if ds_instance != sop_instance:
-                raise StoreRefusedError(Status.INVALID_UID, "SOP Instance UID in the data set differs from the request")
+                raise StoreRefusedError(Status.INVALID_UID, f"SOP Instance UID in the data set differs from the {offer.claimed_by}")
             study = _required_uid(ds, "StudyInstanceUID", "(0020,000D)")
+            if offer.study is not None and study != offer.study:
+                raise StoreRefusedError(
+                    Status.DATASET_DOES_NOT_MATCH, f"Study Instance UID {study} differs from the request's study {offer.study[:64]}"
+                )
             series = _required_uid(ds, "SeriesInstanceUID", "(0020,000E)")
             if sop_class not in _NON_IMAGE_CLASSES:
-                problem = _pixel_data_problem(ds, transfer_syntax)
+                problem = _pixel_data_problem(ds, offer.transfer_syntax)
                 if problem:
                     raise StoreRefusedError(Status.DATASET_DOES_NOT_MATCH, problem)
             return _Checked(sop_class, sop_instance, study, series, dict(self.describe(ds)))
@@ -748,9 +1013,11 @@ class StorageService:
         except Exception as exc:  # a value that does not decode (e.g. a US of 3 bytes), in our checks or describe
             raise _ReadError() from exc
 
-    def _spool_and_record(self, checked: _Checked, received: FileRange, transfer_syntax: UID, peer: Peer | None) -> InstanceMeta | None:
-        """Spool the instance (File Meta, then the data set as received, copied from its file) and record it."""
-        calling = peer.calling_ae if peer else ""
+    def _spool_and_record(self, checked: _Checked, received: FileRange, offer: _Offer) -> tuple[InstanceMeta, bool]:
+        """Spool the instance (File Meta, then the data set as received, copied from its file) and
+        record it; its meta, and whether it is new (False: a duplicate)."""
+        peer, transfer_syntax = offer.peer, offer.transfer_syntax
+        calling = peer.calling_ae
         header = _part10_header(checked.sop_class, checked.sop_instance, transfer_syntax, calling)
         parts: list[Part] = [header, received]
         journal = self.journal
@@ -772,11 +1039,9 @@ class StorageService:
         finally:
             if journal is not None and ticket is not None:
                 journal.settled(ticket)
-        if peer:
-            peer.study_uids.add(checked.study)
-            peer.count("stored" if new else "duplicates")
-        return meta if new else None
-
+        peer.study_uids.add(checked.study)
+        peer.count("stored" if new else "duplicates")
+        return meta, new
 
     def _journal_and_lay_out(
         self,

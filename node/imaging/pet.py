@@ -58,13 +58,16 @@ reference are one code path for both IODs. Legacy Converted Enhanced PET is refu
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from node.imaging.dicom_tracer import tracer_of
@@ -210,6 +213,14 @@ class DynamicPETSeries:
 # --------------------------------------------------------------------------- small readers
 
 def _text(ds: Dataset, keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    elem = ds.get_item(tag) if tag is not None else None
+    if (isinstance(elem, RawDataElement) and elem.value and b"\\" not in elem.value
+            and (elem.VR if elem.VR not in (None, "UN") else dictionary_VR(tag)) in _ASCII_TEXT):
+        try:  # one value of an ASCII-only VR, not yet converted: what pydicom would give, without its conversion
+            return elem.value.decode("ascii").strip(" \x00").strip()
+        except UnicodeDecodeError:
+            pass
     return str(ds.get(keyword, "") or "").strip()
 
 
@@ -221,13 +232,52 @@ def _values(value: Any) -> list[Any]:
     return list(value)
 
 
+#: Value representations :func:`_get` parses from the raw bytes itself (the hot per-instance elements).
+_ASCII_NUMBERS = frozenset({"DS", "IS"})
+_BINARY_UNSIGNED = frozenset({"US", "UL"})
+#: Value representations whose single values :func:`_text` reads from the raw bytes (ASCII only, no character set).
+_ASCII_TEXT = frozenset({"UI", "CS", "DA", "TM", "DT"})
+
+
+def _get(ds: Dataset, keyword: str, multi: bool = False) -> Any:
+    """``ds.get(keyword)`` for the hot numeric elements of a dynamic series, read from the raw bytes.
+
+    A not yet converted little-endian DS / IS element becomes a float / int (a list of them when
+    multi-valued), a US / UL element an int, exactly the numbers pydicom would give; pydicom's
+    conversion of each of the ~25 elements of thousands of instances is most of the loading time.
+    Anything else (already converted, empty, big-endian, other VRs, a value that does not parse)
+    is left to ``ds.get``, so refusals and their words are unchanged; so is a multi-valued one
+    unless ``multi``.
+    """
+    tag = tag_for_keyword(keyword)
+    elem = ds.get_item(tag) if tag is not None else None
+    if not isinstance(elem, RawDataElement) or not elem.value or not elem.is_little_endian:
+        return ds.get(keyword)
+    vr = elem.VR if elem.VR not in (None, "UN") else dictionary_VR(tag)
+    value = elem.value
+    try:
+        if vr in _ASCII_NUMBERS:
+            parts = value.decode("ascii").strip(" \x00").split("\\")
+            numbers = [float(v) if vr == "DS" else int(v) for v in parts]
+            if vr == "DS" and not all(math.isfinite(v) for v in numbers):
+                return ds.get(keyword)
+            if len(numbers) == 1:
+                return numbers[0]
+            return numbers if multi else ds.get(keyword)
+        if vr in _BINARY_UNSIGNED and len(value) == (2 if vr == "US" else 4):
+            return int.from_bytes(value, "little")
+    except (UnicodeDecodeError, ValueError):
+        pass
+    return ds.get(keyword)
+
+
 def _instance(ds: Dataset) -> str:
     return f"instance {_text(ds, 'SOPInstanceUID') or '?'}"
 
 
 def _number(ds: Dataset, keyword: str, tag: str, what: str, where: str | None = None) -> float:
     """``keyword`` of ``ds`` as a finite number; ``where`` names the image in the reason (default: the instance)."""
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     if value is None or str(value).strip() == "":
         raise UnusableSeriesError(f"{keyword} ({tag}) is missing from {where or _instance(ds)}: "
                                   f"{what} cannot be known", keyword)
@@ -394,11 +444,11 @@ def _frame_start(ds: Dataset, timing: str, duration_s: float) -> tuple[float, da
 
 
 def _geometry(orientations: Sequence[Any], spacing_value: Any, position_values: Sequence[Any],
-              labels: Sequence[str], images: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              label: Callable[[int], str], images: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(row cosines, column cosines, pixel spacing [row, column], positions [n, 3]) of every image.
 
     ``orientations[i]``, ``position_values[i]``: Image Orientation / Position (Patient) of image
-    ``i`` (named ``labels[i]``); ``spacing_value``: the Pixel Spacing of the first.
+    ``i`` (named ``label(i)`` in a refusal); ``spacing_value``: the Pixel Spacing of the first.
     """
     orientation = _values(orientations[0])
     spacing_values = _values(spacing_value)
@@ -418,19 +468,34 @@ def _geometry(orientations: Sequence[Any], spacing_value: Any, position_values: 
                                   "vectors", "ImageOrientationPatient")
     if spacing.size != 2 or not np.all(spacing > 0):
         raise UnusableSeriesError("PixelSpacing (0028,0030) is missing or not two positive numbers", "PixelSpacing")
-    positions = np.empty((len(labels), 3))
-    for i, (other_value, position_value, label) in enumerate(zip(orientations, position_values, labels)):
+    differs = UnusableSeriesError(f"ImageOrientationPatient (0020,0037) differs between {images} of the series",
+                                  "ImageOrientationPatient")
+    # parse every image, then compare all orientations at once; the first image at fault is refused
+    n = len(position_values)
+    positions = np.empty((n, 3))
+    others = np.empty((n, 6))
+    bad_position = n
+    for i, (other_value, position_value) in enumerate(zip(orientations, position_values)):
         try:
-            if not np.allclose([float(v) for v in _values(other_value)], iop, atol=1e-4):
+            other = [float(v) for v in _values(other_value)]
+            if len(other) != 6:
                 raise ValueError
+            others[i] = other
             position = [float(v) for v in _values(position_value)]
         except (TypeError, ValueError):
-            raise UnusableSeriesError(f"ImageOrientationPatient (0020,0037) differs between {images} of the series",
-                                      "ImageOrientationPatient") from None
+            n = i  # an unreadable orientation (or position) at i: "differs", unless an earlier image is at fault
+            break
         if len(position) != 3:
-            raise UnusableSeriesError(f"ImagePositionPatient (0020,0032) is missing or not 3 numbers in {label}",
-                                      "ImagePositionPatient")
-        positions[i] = position
+            bad_position = min(bad_position, i)
+        else:
+            positions[i] = position
+    mismatch = np.flatnonzero(~np.all(np.isclose(others[:n], iop, atol=1e-4), axis=1))
+    first_mismatch = int(mismatch[0]) if mismatch.size else n
+    if bad_position < min(first_mismatch, n):
+        raise UnusableSeriesError(f"ImagePositionPatient (0020,0032) is missing or not 3 numbers in "
+                                  f"{label(bad_position)}", "ImagePositionPatient")
+    if first_mismatch < len(position_values) or n < len(position_values):
+        raise differs
     return row_cos, col_cos, spacing, positions
 
 
@@ -534,12 +599,13 @@ def _layout(datasets: Sequence[Dataset], timing: str, n_slices: int, n_frames: i
         origin = min(o for o in origins if o is not None)
         starts = np.array([start + (o - origin).total_seconds() for start, o in starts_and_origins if o is not None])
 
-    geometry = _geometry([ds.get("ImageOrientationPatient") for ds in datasets], datasets[0].get("PixelSpacing"),
-                         [ds.get("ImagePositionPatient") for ds in datasets], [_instance(ds) for ds in datasets],
+    geometry = _geometry([_get(ds, "ImageOrientationPatient", multi=True) for ds in datasets],
+                         datasets[0].get("PixelSpacing"),
+                         [_get(ds, "ImagePositionPatient", multi=True) for ds in datasets], lambda i: _instance(datasets[i]),
                          "instances")
 
     # frames: by Image Index when every instance has one, else by distinct start time
-    indices = [ds.get("ImageIndex") for ds in datasets]
+    indices = [_get(ds, "ImageIndex") for ds in datasets]
     slice_rank: np.ndarray | None = None
     if all(v is not None and str(v).strip() != "" for v in indices):
         try:
@@ -645,7 +711,7 @@ def _enhanced_layout(frames: Sequence[_EnhancedFrame]) -> _Layout:
     geometry = _geometry([frame.value("PlaneOrientationSequence", "ImageOrientationPatient") for frame in frames],
                          frames[0].value("PixelMeasuresSequence", "PixelSpacing"),
                          [frame.value("PlanePositionSequence", "ImagePositionPatient") for frame in frames],
-                         [frame.label for frame in frames], "frames")
+                         lambda i: frames[i].label, "frames")
 
     temporal = [item.get("TemporalPositionIndex") for item in content]
     if all(v is not None and str(v).strip() != "" for v in temporal):
@@ -902,6 +968,7 @@ def _enhanced_facts(ds: Dataset, units: str = "") -> _Facts:
 
 #: Transfer syntaxes whose Pixel Data are the stored values as they are (Implicit / Explicit VR Little Endian).
 _NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+_PIXEL_DATA = 0x7FE00010
 
 
 def _native_stored_values(ds: Dataset) -> np.ndarray | None:
@@ -911,15 +978,16 @@ def _native_stored_values(ds: Dataset) -> np.ndarray | None:
     decoders handle. A dynamic study has thousands of such instances: this skips the decoder machinery
     that each ``pixel_array`` call sets up (about half of the per-instance loading time)."""
     meta = getattr(ds, "file_meta", None)
-    if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _NATIVE_LITTLE_ENDIAN:
+    if meta is None or _text(meta, "TransferSyntaxUID") not in _NATIVE_LITTLE_ENDIAN:
         return None
-    bits, stored = ds.get("BitsAllocated"), ds.get("BitsStored")
-    rows, columns, frames = ds.get("Rows"), ds.get("Columns"), int(ds.get("NumberOfFrames") or 1)
-    if bits not in (8, 16, 32) or stored != bits or int(ds.get("SamplesPerPixel") or 1) != 1 or not rows or not columns:
+    bits, stored = _get(ds, "BitsAllocated"), _get(ds, "BitsStored")
+    rows, columns, frames = _get(ds, "Rows"), _get(ds, "Columns"), int(_get(ds, "NumberOfFrames") or 1)
+    if bits not in (8, 16, 32) or stored != bits or int(_get(ds, "SamplesPerPixel") or 1) != 1 or not rows or not columns:
         return None
-    dtype = np.dtype(f"{'<i' if ds.get('PixelRepresentation') == 1 else '<u'}{bits // 8}")
+    dtype = np.dtype(f"{'<i' if _get(ds, 'PixelRepresentation') == 1 else '<u'}{bits // 8}")
     count = int(rows) * int(columns) * frames
-    data = ds.PixelData
+    raw = ds.get_item(_PIXEL_DATA)  # the bytes as read (pydicom's conversion of native OB/OW returns them as they are)
+    data = raw.value if isinstance(raw, RawDataElement) and raw.is_little_endian else ds.PixelData
     if not isinstance(data, bytes) or len(data) < count * dtype.itemsize:
         return None
     values = np.frombuffer(data, dtype=dtype, count=count)
@@ -969,6 +1037,40 @@ def _frame_stack(ds: Dataset) -> np.ndarray:
     return pixels
 
 
+def _stack_instances(order: np.ndarray, datasets: Sequence[Dataset]) -> np.ndarray:
+    """``[frame, slice, row, column]`` rescaled values of one-image instances, ``datasets[order[f, s]]``.
+
+    The values are those of :func:`_pixels` (``float64(stored) * slope + intercept``), written
+    straight into the volume for native Pixel Data (no per-image temporaries: each pixel is read
+    once, converted and scaled in one pass).
+    """
+    first = _pixels(datasets[int(order[0, 0])])
+    shape = first.shape
+    voxels = np.empty(order.shape + shape)
+    for frame, slice_ in np.ndindex(*order.shape):
+        ds = datasets[int(order[frame, slice_])]
+        out = voxels[frame, slice_]
+        native = _native_stored_values(ds) if "PixelData" in ds else None
+        if native is None or native.ndim != 2:
+            pixels = _pixels(ds)
+            if pixels.shape != shape:
+                raise UnusableSeriesError(f"Rows (0028,0010) x Columns (0028,0011) differ between instances "
+                                          f"({pixels.shape} vs {shape})", "Rows")
+            out[...] = pixels
+            continue
+        if native.shape != shape:
+            raise UnusableSeriesError(f"Rows (0028,0010) x Columns (0028,0011) differ between instances "
+                                      f"({native.shape} vs {shape})", "Rows")
+        slope, intercept = _get(ds, "RescaleSlope"), _get(ds, "RescaleIntercept")
+        if slope not in (None, ""):
+            np.multiply(native, float(slope), out=out)  # computed in float64, as float64(stored) * slope
+        else:
+            out[...] = native
+        if intercept not in (None, ""):
+            out += float(intercept)
+    return voxels
+
+
 def _stack(order: np.ndarray, image: Any) -> np.ndarray:
     """``[frame, slice, row, column]`` values from ``image(i)``, the rescaled 2-D image ``i``."""
     shape = image(int(order[0, 0])).shape
@@ -997,7 +1099,7 @@ def load_dynamic_pet(datasets: Sequence[Dataset], timing: str | None = None) -> 
     frames = layout.frames
     if frames is None:
         first = datasets[int(layout.order[0, 0])]
-        voxels = _stack(layout.order, lambda i: _pixels(datasets[i]))
+        voxels = _stack_instances(layout.order, datasets)
         facts = _legacy_facts(first)
         uids = tuple(_text(datasets[int(i)], "SOPInstanceUID") for i in layout.order.reshape(-1))
     else:

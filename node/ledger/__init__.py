@@ -6,9 +6,11 @@ entity: ``ledger.instances`` (:mod:`node.ledger.instances`), ``ledger.studies``
 (:mod:`node.ledger.jobs`), ``ledger.outputs`` and ``ledger.sends``
 (:mod:`node.ledger.outputs`), ``ledger.rejections`` and ``ledger.events``
 (:mod:`node.ledger.events`), ``ledger.retention`` (what retention may remove,
-:mod:`node.ledger.retention`). Tables, states, the time convention, thread safety,
-durability and what the node does with a database at each schema revision are in
-:mod:`node.ledger.schema`; the revisions themselves (Alembic) in
+:mod:`node.ledger.retention`), ``ledger.worklist`` (what the modality worklist said about
+each study, :mod:`node.ledger.worklist`), ``ledger.workitems`` and ``ledger.ups_subscriptions``
+(the UPS work items of the node's UPS SCP and their subscribers, :mod:`node.ledger.workitems`).
+Tables, states, the time convention, thread safety, durability and what the node does with
+a database at each schema revision are in :mod:`node.ledger.schema`; the revisions themselves (Alembic) in
 :mod:`node.ledger.migrations`, run through :mod:`node.ledger.revisions`;
 ``cardionode db upgrade`` and ``db current`` in :mod:`node.ledger.commands`.
 """
@@ -26,6 +28,8 @@ from node.ledger.schema import (
     SCHEMA_STATES,
     SEND_STATES,
     STUDY_STATES,
+    WORKITEM_STATES,
+    WORKLIST_OUTCOMES,
     Event,
     Instance,
     Job,
@@ -37,11 +41,16 @@ from node.ledger.schema import (
     Send,
     Series,
     Study,
+    UpsSubscription,
+    Workitem,
+    WorklistAnswer,
     read_schema_status,
     upgrade_schema,
     utcnow,
 )
 from node.ledger.studies import StudyStore
+from node.ledger.workitems import SubscriptionStore, WorkitemChange, WorkitemStore
+from node.ledger.worklist import WorklistStore
 
 __all__ = [
     "COMPLETENESS_RULES",
@@ -50,6 +59,7 @@ __all__ = [
     "SCHEMA_STATES",
     "SEND_STATES",
     "STUDY_STATES",
+    "WORKLIST_OUTCOMES",
     "Event",
     "EventStore",
     "Instance",
@@ -73,6 +83,14 @@ __all__ = [
     "Study",
     "StudyStore",
     "StudyRetention",
+    "SubscriptionStore",
+    "UpsSubscription",
+    "WORKITEM_STATES",
+    "Workitem",
+    "WorkitemChange",
+    "WorkitemStore",
+    "WorklistAnswer",
+    "WorklistStore",
     "read_schema_status",
     "upgrade_schema",
     "utcnow",

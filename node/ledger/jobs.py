@@ -55,9 +55,10 @@ class JobStore(Store):
             return s.get(Job, int(job_id))
 
     def find(
-        self, states: Sequence[str] | None = None, study_uid: str | None = None, limit: int | None = None
+        self, states: Sequence[str] | None = None, study_uid: str | None = None, limit: int | None = None,
+        offset: int = 0,
     ) -> list[Job]:
-        """Jobs, newest first, optionally filtered."""
+        """Jobs, newest first, optionally filtered; ``offset``: skip that many (paging)."""
         with self.database.read() as s:
             q = select(Job)
             if states:
@@ -67,6 +68,8 @@ class JobStore(Store):
             q = q.order_by(Job.id.desc())
             if limit:
                 q = q.limit(limit)
+            if offset:
+                q = q.offset(offset)
             return list(s.scalars(q))
 
     def count_by_state(self) -> dict[str, int]:

@@ -25,6 +25,8 @@ from node.ledger.outputs import OutputStore, SendStore
 from node.ledger.retention import RetentionStore
 from node.ledger.schema import Database
 from node.ledger.studies import StudyStore
+from node.ledger.workitems import SubscriptionStore, WorkitemStore
+from node.ledger.worklist import WorklistStore
 
 __all__ = ["Ledger"]
 
@@ -55,6 +57,12 @@ class Ledger:
         Every state change, with its reason.
     retention : RetentionStore
         What the files of each study are still needed for; marks of pruned files.
+    workitems : WorkitemStore
+        UPS work items of the node's UPS SCP (:mod:`node.ledger.workitems`).
+    ups_subscriptions : SubscriptionStore
+        Who receives the UPS event reports.
+    worklist : WorklistStore
+        What the modality worklist said about each study (:meth:`WorklistStore.answer_for`).
     """
 
     def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
@@ -67,6 +75,9 @@ class Ledger:
         self.rejections = RejectionStore(self.database)
         self.events = EventStore(self.database)
         self.retention = RetentionStore(self.database)
+        self.workitems = WorkitemStore(self.database)
+        self.ups_subscriptions = SubscriptionStore(self.database)
+        self.worklist = WorklistStore(self.database)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Ledger:

@@ -168,9 +168,10 @@ class SendStore(Store):
             return s.get(Send, int(send_id))
 
     def find(
-        self, states: Sequence[str] | None = None, job_id: int | None = None, limit: int | None = None
+        self, states: Sequence[str] | None = None, job_id: int | None = None, limit: int | None = None,
+        offset: int = 0,
     ) -> list[Send]:
-        """Sends, newest first, optionally filtered."""
+        """Sends, newest first, optionally filtered; ``offset``: skip that many (paging)."""
         with self.database.read() as s:
             q = select(Send)
             if states:
@@ -180,6 +181,8 @@ class SendStore(Store):
             q = q.order_by(Send.id.desc())
             if limit:
                 q = q.limit(limit)
+            if offset:
+                q = q.offset(offset)
             return list(s.scalars(q))
 
     def count_by_state(self) -> dict[str, int]:

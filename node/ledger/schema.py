@@ -16,6 +16,8 @@ States (explicit columns, never inferred):
   ``receiving`` instead of ``done`` (see :meth:`node.ledger.studies.StudyStore.transition`).
 * job: ``queued`` -> ``running`` -> ``reported`` -> ``sent`` | ``failed`` | ``dead`` | ``discarded``.
 * send (one per output and destination): ``pending`` -> ``sent`` | ``retrying`` | ``dead_letter``.
+* workitem (a UPS, :mod:`node.ledger.workitems`): ``SCHEDULED`` -> ``IN PROGRESS`` -> ``COMPLETED`` |
+  ``CANCELED`` (DICOM's words; the transitions are PS3.4 Table CC.1.1-2's, :mod:`node.workflow.ups`).
 
 All times are naive UTC :class:`datetime.datetime` (:func:`utcnow`). The stores
 return detached snapshots of the rows (ORM objects whose attributes are
@@ -62,7 +64,9 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -89,6 +93,8 @@ __all__ = [
     "SEND_STATES",
     "STUDY_FINISHED",
     "STUDY_STATES",
+    "WORKITEM_STATES",
+    "WORKLIST_OUTCOMES",
     "Base",
     "Database",
     "Event",
@@ -103,6 +109,9 @@ __all__ = [
     "Series",
     "Store",
     "Study",
+    "UpsSubscription",
+    "Workitem",
+    "WorklistAnswer",
     "clip",
     "prepare_schema",
     "read_schema_status",
@@ -120,6 +129,10 @@ JOB_STATES = ("queued", "running", "reported", "sent", "failed", "dead", "discar
 JOB_FINISHED = ("sent", "failed", "dead", "discarded")
 SEND_STATES = ("pending", "sent", "retrying", "dead_letter")
 COMPLETENESS_RULES = ("expected_series", "quiet_period", "force_deadline", "manual")
+#: states of a UPS work item (DICOM PS3.4 Table CC.1.1-1), as DICOM spells them
+WORKITEM_STATES = ("SCHEDULED", "IN PROGRESS", "COMPLETED", "CANCELED")
+#: what a worklist lookup found: an answer, no scheduled step for the study, or no answer (down, refused, timed out)
+WORKLIST_OUTCOMES = ("found", "not_found", "down")
 #: the ``path`` of an instance or output whose file retention removed (node.ops.retention); the row stays
 PRUNED_PATH = ""
 
@@ -255,6 +268,37 @@ class Event(Base):
     rule: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
+class WorklistAnswer(Base):
+    """What the modality worklist said about a study (table ``worklist_answers``, one row per study).
+
+    Written by :mod:`node.ledger.worklist` for :mod:`node.workflow.worklist`. No patient
+    name, birth date or patient ID: ``patient_key`` is a one-way hash of the patient ID
+    and its issuer (to pair studies of one patient, e.g. the two days of a stress/rest
+    protocol); the accession number is kept because orders are paired by it.
+    ``steps`` holds every scheduled procedure step the worklist returned for the query
+    (date, time, modality, protocol codes, stress/rest states, accession, requested
+    procedure), ``clinical`` the facts the pipelines use (height in m, weight in kg,
+    sex, age in years, reason for the requested procedure).
+    """
+
+    __tablename__ = "worklist_answers"
+
+    study_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_uid"), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16), index=True)  # WORKLIST_OUTCOMES
+    worklist: Mapped[str] = mapped_column(String(64), default="")  # name of the [[worklists]] entry
+    matched_by: Mapped[str] = mapped_column(String(16), default="")  # accession | patient
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")  # the node's words, no identifiers
+    patient_key: Mapped[str] = mapped_column(String(64), default="", index=True)
+    accession_number: Mapped[str] = mapped_column(String(64), default="", index=True)
+    pipeline: Mapped[str | None] = mapped_column(String(64), default=None)
+    expected_series: Mapped[list[str]] = mapped_column(JSON, default=list)
+    clinical: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    queried_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class RejectionRecord(Base):
     """A refused instance, association or presentation context (table ``rejections``)."""
 
@@ -269,6 +313,59 @@ class RejectionRecord(Base):
     study_uid: Mapped[str] = mapped_column(String(80), default="")
     status: Mapped[int] = mapped_column(Integer)  # DIMSE status answered (0 for refused associations)
     reason: Mapped[str] = mapped_column(Text)
+
+
+class Workitem(Base):
+    """A Unified Procedure Step (UPS) work item (table ``workitems``, :mod:`node.ledger.workitems`).
+
+    ``role``: ``manager`` for a UPS the node's UPS SCP manages (:mod:`node.dicom.ups_scp`).
+    ``attributes`` is the UPS itself in the DICOM JSON model, without its Transaction UID;
+    it is protected like ``sends.peer_text``: it holds the patient's identification that
+    N-GET and C-FIND return, and is never logged or shown by `cardionode status`.
+    ``transaction_uid`` is the locking UID recorded at the claim, kept after the final state
+    (a repeated COMPLETED gets B306) and never returned to a peer. ``performer_ae``: the
+    calling AE title of the claim (``""`` while SCHEDULED or when the node performs it).
+    """
+
+    __tablename__ = "workitems"
+
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), default="manager")
+    state: Mapped[str] = mapped_column(String(16), index=True)  # WORKITEM_STATES
+    transaction_uid: Mapped[str] = mapped_column(String(64), default="")
+    performer_ae: Mapped[str] = mapped_column(String(16), default="")
+    input_readiness: Mapped[str] = mapped_column(String(16), default="")
+    priority: Mapped[str] = mapped_column(String(8), default="")
+    label: Mapped[str] = mapped_column(Text, default="")  # Procedure Step Label
+    worklist_label: Mapped[str] = mapped_column(String(64), default="")
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    progress: Mapped[float | None] = mapped_column(Float, default=None)  # Procedure Step Progress, percent
+    progress_description: Mapped[str] = mapped_column(Text, default="")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(Text, default="")  # the node's words about the last change
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)  # entered COMPLETED or CANCELED
+
+
+class UpsSubscription(Base):
+    """An AE's subscription to the UPS event reports (table ``ups_subscriptions``, PS3.4 CC.2.3).
+
+    ``ups_uid`` is the SOP Instance UID of one UPS, or a well-known UID for the AE's global
+    state (1.2.840.10008.5.1.4.34.5, or 1.2.840.10008.5.1.4.34.5.1 with the matching keys of
+    a filtered global subscription in ``filter``, DICOM JSON model).
+    """
+
+    __tablename__ = "ups_subscriptions"
+    __table_args__ = (UniqueConstraint("ae_title", "ups_uid", name="uq_ups_subscription"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ae_title: Mapped[str] = mapped_column(String(16), index=True)
+    ups_uid: Mapped[str] = mapped_column(String(64), index=True)
+    deletion_lock: Mapped[bool] = mapped_column(Boolean, default=False)
+    filter: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Database:

@@ -39,8 +39,8 @@ class StudyStore(Store):
         with self.database.read() as s:
             return s.get(Study, study_uid)
 
-    def find(self, states: Sequence[str] | None = None, limit: int | None = None) -> list[Study]:
-        """Studies, most recently active first, optionally only in ``states``."""
+    def find(self, states: Sequence[str] | None = None, limit: int | None = None, offset: int = 0) -> list[Study]:
+        """Studies, most recently active first, optionally only in ``states``; ``offset``: skip that many (paging)."""
         with self.database.read() as s:
             q = select(Study)
             if states:
@@ -48,6 +48,8 @@ class StudyStore(Store):
             q = q.order_by(Study.updated_at.desc())
             if limit:
                 q = q.limit(limit)
+            if offset:
+                q = q.offset(offset)
             return list(s.scalars(q))
 
     def count_by_state(self) -> dict[str, int]:

@@ -12,7 +12,11 @@ default view nor in any log.
 
 They act on the ledger only (the running node's conductor picks the changes
 up), so they work whether or not the node is running. Each change is also
-written to the audit log.
+written to the audit log. The actions themselves are :func:`retry_job`,
+:func:`discard_job` and :func:`complete_study`, which the operator web page
+(:mod:`node.web.pages`) calls too: one way to do each thing, audited as
+``admin.retry``, ``admin.discard`` and ``admin.complete`` with ``actor`` ``cli`` or
+``web``, answering an :class:`ActionResult` in plain words.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -31,10 +35,20 @@ from node.dicom.refusals import REASONS
 from node.ledger import Job, Ledger, LedgerError, LedgerSchemaError, Study
 from node.ledger.jobs import NothingToRetry
 from node.ops.running import RunningNode
-from node.ops.status import StatusSnapshot, StudyDetail, state_now, status_snapshot, study_detail, study_key
+from node.ops.status import (
+    WORKITEM_COLUMNS,
+    StatusSnapshot,
+    StudyDetail,
+    state_now,
+    status_snapshot,
+    study_detail,
+    study_key,
+    workitem_row,
+    worklist_context,
+)
 
-__all__ = ["complete_main", "discard_main", "format_status", "format_study", "format_table", "retry_main",
-           "status_json", "status_main"]
+__all__ = ["ActionResult", "complete_main", "complete_study", "discard_job", "discard_main", "format_status", "record_audit",
+           "format_study", "format_table", "retry_job", "retry_main", "status_json", "status_main"]
 
 #: characters of a reason shown in the status tables (``--wide``: all)
 REASON_WIDTH = 64
@@ -85,14 +99,6 @@ def _open(args: argparse.Namespace) -> tuple[Settings, Ledger] | None:
     except LedgerSchemaError as exc:  # a ledger at another schema revision: `cardionode db upgrade`
         print(f"PROBLEM: {exc}", file=sys.stderr)
         return None
-
-
-def _audit(settings: Settings, event: str, **fields: object) -> None:
-    try:
-        with AuditLog(settings.audit_log_path, durable=settings.durable_writes) as audit:
-            audit.record(event, **fields)
-    except OSError as exc:
-        print(f"warning: cannot write the audit log {settings.audit_log_path}: {exc}", file=sys.stderr)
 
 
 def _node_line(node: RunningNode | None, data_dir: str) -> str:
@@ -154,6 +160,13 @@ def format_status(status: StatusSnapshot, peer_text: bool = False, wide: bool = 
             max_width=100,
         ),
     ]
+    if status.worklists:  # the worklist context of the listed studies (node.workflow.worklist)
+        parts += _worklist_lines(status, width)
+    if status.workitems_by_state:  # UPS work items of the node's UPS SCP (node.dicom.ups_scp)
+        counts = ", ".join(f"{n} {state}" for state, n in status.workitems_by_state.items())
+        parts += [f"\nWORK ITEMS (UPS; {counts}; {len(status.workitems)} most recent)",
+                  format_table(WORKITEM_COLUMNS, [tuple(workitem_row(w).values()) for w in status.workitems],
+                               max_width=width)]
     if status.refusals.since is not None:  # the listener's refusals by reason (node.dicom.refusals)
         parts += [
             f"\nLISTENER REFUSALS ({status.refusals.total} since {status.refusals.since:%Y-%m-%d %H:%M:%S} UTC)",
@@ -179,6 +192,49 @@ def format_status(status: StatusSnapshot, peer_text: bool = False, wide: bool = 
     return "\n".join(parts)
 
 
+def _worklist_lines(status: StatusSnapshot, width: int | None) -> list[str]:
+    """The WORKLIST section of `cardionode status`: lookups by outcome, each listed study's context, the
+    latest lookups that found the worklists down (the node's words; no identifier)."""
+    counts = dict(status.worklist_by_outcome or {})
+    answers = status.worklist_answers or {}
+    lines = [f"\nWORKLIST ({', '.join(status.worklists)}): context found for {counts.get('found', 0)} "
+             f"stud{'y' if counts.get('found', 0) == 1 else 'ies'}, not found for {counts.get('not_found', 0)}, "
+             f"worklist down for {counts.get('down', 0)}",
+             format_table(("study key", "worklist context", "pipeline", "expected series", "lookups", "at (UTC)"),
+                          [(study_key(s.study_uid), worklist_context(answers.get(s.study_uid)),
+                            getattr(answers.get(s.study_uid), "pipeline", None),
+                            ", ".join(getattr(answers.get(s.study_uid), "expected_series", None) or []) or None,
+                            getattr(answers.get(s.study_uid), "attempts", None),
+                            getattr(answers.get(s.study_uid), "queried_at", None)) for s in status.studies],
+                          max_width=width)]
+    if status.worklist_down:
+        lines.append("worklist down (latest): " + " | ".join(
+            f"{a.queried_at:%Y-%m-%d %H:%M:%S} {study_key(a.study_uid)}: {a.error}" for a in status.worklist_down))
+    return lines
+
+
+def _worklist_study_lines(answer: object) -> list[str]:
+    """What the worklist said about one study (`status --study`): outcome, pipeline, expected series, the
+    scheduled steps (date, time, modality, state, description) and the clinical facts; no identifier."""
+    from node.ledger import WorklistAnswer
+
+    if not isinstance(answer, WorklistAnswer):
+        return ["  worklist context: - (not looked up)"]
+    lines = [f"  worklist context: {worklist_context(answer)} ({answer.worklist}"
+             + (f" by {answer.matched_by}" if answer.matched_by else "") + f", {answer.attempts} lookup(s), "
+             f"last {answer.queried_at:%Y-%m-%d %H:%M:%S} UTC)"]
+    if answer.error:
+        lines.append(f"    error: {answer.error}")
+    if answer.outcome == "found":
+        lines.append(f"    pipeline: {answer.pipeline or '-'}, expected series: {', '.join(answer.expected_series) or '-'}")
+        for step in answer.steps or []:
+            lines.append(f"    {'*' if step.get('matched') else ' '} {step.get('date')} {step.get('time')} "
+                         f"{step.get('modality')} {step.get('state')}: {step.get('description')}")
+        facts = ", ".join(f"{k} {v}" for k, v in (answer.clinical or {}).items())
+        lines.append(f"    clinical inputs: {facts or '-'}")
+    return lines
+
+
 def format_study(detail: StudyDetail, peer_text: bool = False) -> str:
     """One study in full (`cardionode status --study UID`): the study, each job and send with its whole
     reason, and every state change; with ``peer_text``, the destinations' comments too."""
@@ -191,6 +247,7 @@ def format_study(detail: StudyDetail, peer_text: bool = False) -> str:
         f"  pipeline: {s.pipeline or '-'}, run {s.run}, {s.instance_count} instance(s), "
         f"first {s.first_received_at:%Y-%m-%d %H:%M:%S}, last {s.last_received_at:%Y-%m-%d %H:%M:%S} UTC",
         f"  reason: {s.reason or '-'}",
+        *_worklist_study_lines(detail.worklist),
     ]
     for j in detail.jobs:
         lines += [
@@ -236,6 +293,7 @@ def status_json(status: StatusSnapshot | StudyDetail, peer_text: bool = False) -
     out: dict[str, object] = {"node": {"running": node is not None, **(asdict(node) if node else {})}}
     if isinstance(status, StudyDetail):
         out["study"] = _row(status.study, "study", node, peer_text)
+        out["worklist"] = _worklist_json(status.worklist)
     else:
         out.update(
             taken_at=status.taken_at.isoformat(), ae_title=status.ae_title, data_dir=status.data_dir,
@@ -248,10 +306,29 @@ def status_json(status: StatusSnapshot | StudyDetail, peer_text: bool = False) -
                       "counts": dict(status.refusals.counts)},
             disk=asdict(status.disk) if status.disk is not None else None,
         )
+        if status.workitems_by_state:
+            out["workitems"] = {"by_state": dict(status.workitems_by_state),
+                                "items": [workitem_row(w) for w in status.workitems]}
+        if status.worklists:
+            out["worklists"] = {"configured": list(status.worklists), "by_outcome": dict(status.worklist_by_outcome or {}),
+                                "studies": {uid: _worklist_json(a) for uid, a in (status.worklist_answers or {}).items()}}
     out["jobs"] = [_row(j, "job", node, peer_text) for j in status.jobs]
     out["sends"] = [_row(x, "send", node, peer_text) for x in status.sends]
     out["events"] = [_row(e, None, node, peer_text) for e in status.events]
     return out
+
+
+def _worklist_json(answer: object) -> dict[str, object] | None:
+    """A worklist answer as JSON data without identifiers (no accession number, no patient key)."""
+    from node.ledger import WorklistAnswer
+
+    if not isinstance(answer, WorklistAnswer):
+        return None
+    steps = [{k: v for k, v in step.items() if k != "accession_number"} for step in answer.steps or []]
+    return {"context": worklist_context(answer), "outcome": answer.outcome, "worklist": answer.worklist,
+            "matched_by": answer.matched_by, "attempts": answer.attempts, "error": answer.error,
+            "pipeline": answer.pipeline, "expected_series": list(answer.expected_series or []),
+            "clinical": dict(answer.clinical or {}), "steps": steps, "queried_at": answer.queried_at.isoformat()}
 
 
 def status_main(args: argparse.Namespace) -> int:
@@ -263,9 +340,14 @@ def status_main(args: argparse.Namespace) -> int:
         return 1
     settings, ledger = opened
     study = getattr(args, "study", None)
+    results_text = None
     try:
         status: StatusSnapshot | StudyDetail | None = (
             study_detail(ledger, settings, study) if study else status_snapshot(ledger, settings))
+        if getattr(args, "results", False) and isinstance(status, StudyDetail):
+            from node.ops.results import format_results, study_results  # reads the outbox: loaded only when asked
+
+            results_text = format_results(study_results(settings, ledger, status.study.study_uid))
     finally:
         ledger.close()
     if status is None:
@@ -274,11 +356,14 @@ def status_main(args: argparse.Namespace) -> int:
         return 1
     peer_text = bool(getattr(args, "peer_text", False))
     if peer_text:
-        _audit(settings, "admin.peer_text_shown", sends=[x.id for x in status.sends if x.peer_text])
+        for warning in record_audit(settings, None, "admin.peer_text_shown", sends=[x.id for x in status.sends if x.peer_text]):
+            print(warning, file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps(status_json(status, peer_text), indent=2, default=str))  # default: times, paths of `disk`
     elif isinstance(status, StudyDetail):
         print(format_study(status, peer_text))
+        if results_text is not None:
+            print(f"\n{results_text}")
     else:
         print(format_status(status, peer_text=peer_text, wide=bool(getattr(args, "wide", False))))
     return 0
@@ -292,79 +377,153 @@ def _job_id(text: str) -> int | None:
         return None
 
 
-def retry_main(args: argparse.Namespace) -> int:
-    """Queue a failed/dead/discarded job again, or resend a job's dead-lettered results.
+@dataclass(frozen=True)
+class ActionResult:
+    """What an operator action did, in plain words, for the CLI and the web page alike.
+
+    ``ok``: False when the action was refused (nothing changed; ``message`` says why);
+    ``changed``: whether the ledger changed (an action already done is ``ok`` and unchanged);
+    ``notes``: further lines for the operator (a pipeline's reasons); ``warnings``: what went
+    wrong beside the action (the audit log could not be written).
+    """
+
+    ok: bool
+    message: str
+    changed: bool = False
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def record_audit(settings: Settings, audit: AuditLog | None, event: str, **fields: object) -> tuple[str, ...]:
+    """Write ``event`` to ``audit`` (else to the audit log of ``settings``, opened for it); the warning
+    when it cannot be written (the action itself stands)."""
+    try:
+        if audit is not None:
+            audit.record(event, **fields)
+        else:
+            with AuditLog(settings.audit_log_path, durable=settings.durable_writes) as log:
+                log.record(event, **fields)
+    except OSError as exc:
+        return (f"warning: cannot write the audit log {settings.audit_log_path}: {exc}",)
+    return ()
+
+
+def retry_job(settings: Settings, ledger: Ledger, job_id: int, *, force: bool = False, actor: str = "cli",
+              audit: AuditLog | None = None) -> ActionResult:
+    """Queue a failed/dead/discarded job again, or resend a job's dead-lettered results (audited ``admin.retry``).
 
     A job already done (sent, or in the outbox without destinations) is left as it is and the
-    command says so (exit 0), unless ``--force``: then it is processed again; its objects keep
-    their deterministic UIDs, so those already recorded are neither written nor sent again.
+    result says so (``ok``, not ``changed``), unless ``force``: then it is processed again; its
+    objects keep their deterministic UIDs, so those already recorded are neither written nor sent
+    again. ``actor``: who asked (``cli`` or ``web``), written to the audit log.
     """
-    force = bool(getattr(args, "force", False))
-    return _act_on_job(args, "retry", lambda ledger, job_id: ledger.jobs.retry(job_id, force=force))
+    return _act_on_job(settings, ledger, job_id, "retry", lambda: ledger.jobs.retry(job_id, force=force),
+                       actor=actor, audit=audit, force=force)
 
 
-def discard_main(args: argparse.Namespace) -> int:
-    """Mark a job discarded; its unsent results are dead-lettered."""
-    return _act_on_job(args, "discard", lambda ledger, job_id: ledger.jobs.discard(job_id))
+def discard_job(settings: Settings, ledger: Ledger, job_id: int, *, actor: str = "cli",
+                audit: AuditLog | None = None) -> ActionResult:
+    """Mark a job discarded; its unsent results are dead-lettered (audited ``admin.discard``)."""
+    return _act_on_job(settings, ledger, job_id, "discard", lambda: ledger.jobs.discard(job_id), actor=actor, audit=audit)
 
 
-def _act_on_job(args: argparse.Namespace, action: str, act: Callable[[Ledger, int], Job]) -> int:
-    """Run one ledger action on the job named on the command line; print and audit its outcome."""
+def _act_on_job(settings: Settings, ledger: Ledger, job_id: int, action: str, act: Callable[[], Job], *,
+                actor: str, audit: AuditLog | None, **extra: object) -> ActionResult:
+    """Run one ledger action on job ``job_id``; audit and describe its outcome."""
+    try:
+        job = act()
+    except NothingToRetry as exc:  # not a problem: what the operator asked for is done
+        return ActionResult(True, str(exc))
+    except LedgerError as exc:
+        return ActionResult(False, str(exc))
+    fields = {k: v for k, v in extra.items() if v}
+    warnings = record_audit(settings, audit, f"admin.{action}", job_id=job.id, study_uid=job.study_uid, state=job.state,
+                      actor=actor, **fields)
+    return ActionResult(True, f"job {job.id} is now {job.state}" + (f": {job.reason}" if job.reason else ""),
+                        changed=True, warnings=warnings)
+
+
+def complete_study(settings: Settings, ledger: Ledger, study_uid: str, *, pipeline: str | None = None,
+                   actor: str = "cli", audit: AuditLog | None = None) -> ActionResult:
+    """Declare a study complete (rule ``manual``) so that the node processes what is there (audited ``admin.complete``).
+
+    ``pipeline``: that pipeline processes it (every instance of the study when none of its
+    series rules matches). Otherwise the study's pipeline, or the first that accepts the study;
+    when none accepts it, the study is left as it is and the result says why, one note per
+    pipeline (not ``ok``).
+    """
+    try:
+        study = ledger.studies.get(study_uid)
+        if study is None:
+            raise LedgerError(f"no study {study_uid} in the ledger; check the Study Instance UID with `cardionode status`")
+        chosen, notes = _pipeline_for(settings, ledger, study, pipeline)
+        if chosen is None:
+            return ActionResult(False, f"study {study.study_uid} left {study.state}: no pipeline can process it",
+                                notes=tuple(notes))
+        study = ledger.studies.complete_manually(study_uid, pipeline=chosen)
+    except LedgerError as exc:
+        return ActionResult(False, str(exc))
+    warnings = record_audit(settings, audit, "admin.complete", study_uid=study.study_uid, pipeline=chosen, actor=actor)
+    return ActionResult(True, f"study {study.study_uid} is now complete (rule manual); the node will process it with {chosen}",
+                        changed=True, notes=tuple(notes), warnings=warnings)
+
+
+def _print_result(result: ActionResult, notes_first: bool = False) -> int:
+    """Print an action's outcome as the CLI does (problems and warnings on standard error); its exit status."""
+    for warning in result.warnings:
+        print(warning, file=sys.stderr)
+    if not result.ok:
+        print(f"PROBLEM: {result.message}", file=sys.stderr)
+        for line in result.notes:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    lines = [*result.notes, result.message] if notes_first else [result.message, *result.notes]
+    for line in lines:
+        print(line)
+    return 0
+
+
+def retry_main(args: argparse.Namespace) -> int:
+    """``cardionode retry JOB [--force]``: :func:`retry_job` on the ledger of ``--config``."""
     job_id = _job_id(args.job)
     opened = _open(args)
     if job_id is None or opened is None:
         return 1
     settings, ledger = opened
     try:
-        job = act(ledger, job_id)
-    except NothingToRetry as exc:  # not a problem: what the operator asked for is done
-        print(exc)
-        return 0
-    except LedgerError as exc:
-        print(f"PROBLEM: {exc}", file=sys.stderr)
-        return 1
+        return _print_result(retry_job(settings, ledger, job_id, force=bool(getattr(args, "force", False))))
     finally:
         ledger.close()
-    _audit(settings, f"admin.{action}", job_id=job.id, study_uid=job.study_uid, state=job.state)
-    print(f"job {job.id} is now {job.state}" + (f": {job.reason}" if job.reason else ""))
-    return 0
+
+
+def discard_main(args: argparse.Namespace) -> int:
+    """``cardionode discard JOB``: :func:`discard_job` on the ledger of ``--config``."""
+    job_id = _job_id(args.job)
+    opened = _open(args)
+    if job_id is None or opened is None:
+        return 1
+    settings, ledger = opened
+    try:
+        return _print_result(discard_job(settings, ledger, job_id))
+    finally:
+        ledger.close()
 
 
 def complete_main(args: argparse.Namespace) -> int:
-    """Declare a study complete (rule ``manual``) so that the node processes what is there.
-
-    ``--pipeline NAME``: that pipeline processes it (every instance of the study when none of its
-    series rules matches). Otherwise the study's pipeline, or the first that accepts the study;
-    when none accepts it, the study is left as it is and the command says why, one line per
-    pipeline (exit 1).
-    """
+    """``cardionode complete STUDY [--pipeline NAME]``: :func:`complete_study` on the ledger of ``--config``;
+    when no pipeline accepts the study, says why, one line per pipeline, and how to choose one (exit 1)."""
     opened = _open(args)
     if opened is None:
         return 1
     settings, ledger = opened
     try:
-        study = ledger.studies.get(args.study)
-        if study is None:
-            raise LedgerError(f"no study {args.study} in the ledger; check the Study Instance UID with `cardionode status`")
-        pipeline, lines = _pipeline_for(settings, ledger, study, getattr(args, "pipeline", None))
-        if pipeline is None:
-            print(f"PROBLEM: study {study.study_uid} left {study.state}: no pipeline can process it", file=sys.stderr)
-            for line in lines:
-                print(f"  {line}", file=sys.stderr)
-            print(f"`cardionode complete {study.study_uid} --pipeline NAME` processes it with one of them anyway",
-                  file=sys.stderr)
-            return 1
-        study = ledger.studies.complete_manually(args.study, pipeline=pipeline)
-    except LedgerError as exc:
-        print(f"PROBLEM: {exc}", file=sys.stderr)
-        return 1
+        result = complete_study(settings, ledger, args.study, pipeline=getattr(args, "pipeline", None))
     finally:
         ledger.close()
-    _audit(settings, "admin.complete", study_uid=study.study_uid, pipeline=pipeline)
-    for line in lines:
-        print(line)
-    print(f"study {study.study_uid} is now complete (rule manual); the node will process it with {pipeline}")
-    return 0
+    code = _print_result(result, notes_first=True)
+    if not result.ok and result.notes:
+        print(f"`cardionode complete {args.study} --pipeline NAME` processes it with one of them anyway", file=sys.stderr)
+    return code
 
 
 def _pipeline_for(settings: Settings, ledger: Ledger, study: Study, requested: str | None) -> tuple[str | None, list[str]]:

@@ -21,17 +21,21 @@ by their Study Instance UID and by :func:`study_key`, the hash the node's logs u
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from node.dicom.logs import hash_identifier
 from node.dicom.refusals import REASONS, RefusalSnapshot, read_refusal_counts
-from node.ledger import Event, Job, Ledger, RejectionRecord, Send, Study, utcnow
+from node.ledger import Event, Job, Ledger, RejectionRecord, Send, Study, Workitem, WorklistAnswer, utcnow
 from node.ops.retention import DiskSummary, disk_summary
 from node.ops.running import RunningNode, running_node
 
-__all__ = ["StatusSnapshot", "StudyDetail", "state_now", "status_snapshot", "study_detail", "study_key"]
+__all__ = ["CompletenessOutlook", "StatusSnapshot", "StudyDetail", "WORKLIST_WORDS", "completeness_outlook", "state_now",
+           "status_snapshot", "study_detail", "study_key", "worklist_context", "WORKITEM_COLUMNS", "workitem_row"]
+
+#: how a study's worklist context is shown, by lookup outcome (node.ledger.WORKLIST_OUTCOMES)
+WORKLIST_WORDS: Mapping[str, str] = {"found": "found", "not_found": "not found", "down": "worklist down"}
 
 #: rows per table by default (studies, jobs, sends); rejections and events
 ROWS = 50
@@ -59,6 +63,12 @@ class StatusSnapshot:
     node: RunningNode | None = None  # the process holding data_dir's node lock; None: no node runs here
     data_dir: str = ""  # where the node keeps its data (the lock, the SQLite ledger)
     disk: DiskSummary | None = None  # what the data hold on disk against [retention] (node.ops.retention)
+    worklists: tuple[str, ...] = ()  # configured [[worklists]] names
+    worklist_by_outcome: Mapping[str, int] | None = None  # studies per lookup outcome (node.ledger.WORKLIST_OUTCOMES)
+    worklist_answers: Mapping[str, WorklistAnswer] | None = None  # answers of the listed studies, by study UID
+    worklist_down: tuple[WorklistAnswer, ...] = ()  # latest lookups that found the worklists down, newest first
+    workitems: tuple[Workitem, ...] = ()  # UPS work items of the node's UPS SCP, newest first (workitem_row shows them)
+    workitems_by_state: Mapping[str, int] | None = None  # every UPS state (node.ledger.WORKITEM_STATES); None: none
 
 
 #: the states in which an entity waits for the node (``serve``) to move it on
@@ -77,6 +87,11 @@ def state_now(entity: str, state: str, node: RunningNode | None) -> str:
         return state
     why = "node not running" if node is None else "only a listener runs"
     return f"interrupted ({why})" if state == "running" else f"{state} ({why})"
+
+
+def worklist_context(answer: WorklistAnswer | None) -> str:
+    """A study's worklist context in words: ``found``, ``not found``, ``worklist down``, or ``-`` (not looked up)."""
+    return "-" if answer is None else WORKLIST_WORDS.get(answer.outcome, answer.outcome)
 
 
 def study_key(study_uid: str) -> str:
@@ -114,7 +129,48 @@ def status_snapshot(
         node=_running(settings),
         data_dir=str(getattr(settings, "data_dir", "")),
         disk=disk_summary(ledger, settings) if hasattr(settings, "retention") else None,
+        **_worklist_part(ledger, settings, rows),
+        **_workitem_part(ledger, rows),
     )
+
+
+#: the columns of a UPS work item in `cardionode status` (:func:`workitem_row`): no patient data, no Transaction UID
+WORKITEM_COLUMNS = ("work item (UPS)", "state", "progress", "label", "worklist", "priority", "readiness", "performer",
+                    "updated (UTC)")
+
+
+def _workitem_part(ledger: Ledger, rows: int) -> dict[str, Any]:
+    """The UPS fields of a :class:`StatusSnapshot` (none when the ledger holds no work item)."""
+    counts = ledger.workitems.count_by_state()
+    if not any(counts.values()):
+        return {}
+    return {"workitems": tuple(ledger.workitems.find(limit=rows)), "workitems_by_state": counts}
+
+
+def workitem_row(item: Workitem) -> dict[str, Any]:
+    """What `cardionode status` and the web page show of a UPS work item (:data:`WORKITEM_COLUMNS`): its UID,
+    state (with "cancel requested"), progress in percent and description, label, worklist label, priority,
+    input readiness, the performer's AE (``node`` when the node performs it) and the last change. Never the
+    UPS's attributes (patient identification) nor its Transaction UID (the performer's lock)."""
+    progress = "" if item.progress is None else f"{item.progress:g} %"
+    if item.progress_description:
+        progress = f"{progress} {item.progress_description}".strip()
+    state = f"{item.state} (cancel requested)" if item.cancel_requested and item.state == "IN PROGRESS" else item.state
+    performer = item.performer_ae or ("node" if item.state != "SCHEDULED" else "")
+    return dict(zip(WORKITEM_COLUMNS, (item.sop_instance_uid, state, progress, item.label, item.worklist_label,
+                                        item.priority, item.input_readiness, performer,
+                                        item.updated_at.isoformat(sep=" ", timespec="seconds")), strict=True))
+
+
+def _worklist_part(ledger: Ledger, settings: Any, rows: int) -> dict[str, Any]:
+    """The worklist fields of a :class:`StatusSnapshot` (none when no worklist is configured)."""
+    names = tuple(w.name for w in getattr(settings, "worklists", ()) or ())
+    if not names:
+        return {}
+    studies = ledger.studies.find(limit=rows)
+    return {"worklists": names, "worklist_by_outcome": ledger.worklist.counts(),
+            "worklist_answers": ledger.worklist.of_studies(s.study_uid for s in studies),
+            "worklist_down": tuple(ledger.worklist.recent(5, outcomes=("down",)))}
 
 
 def _running(settings: Any) -> RunningNode | None:
@@ -134,6 +190,7 @@ class StudyDetail:
     events: tuple[Event, ...]
     node: RunningNode | None
     data_dir: str = ""
+    worklist: WorklistAnswer | None = None  # what the modality worklist said (None: not looked up)
 
 
 def study_detail(ledger: Ledger, settings: Any, study: str) -> StudyDetail | None:
@@ -143,7 +200,7 @@ def study_detail(ledger: Ledger, settings: Any, study: str) -> StudyDetail | Non
     if found is None:
         return None
     jobs = tuple(ledger.jobs.find(study_uid=found.study_uid))
-    events = list(ledger.events.find("study", found.study_uid))
+    events = list(ledger.events.find("study", found.study_uid)) + list(ledger.events.find("worklist", found.study_uid))
     for job in jobs:
         events += ledger.events.find("job", job.id)
     return StudyDetail(
@@ -153,6 +210,7 @@ def study_detail(ledger: Ledger, settings: Any, study: str) -> StudyDetail | Non
         events=tuple(sorted(events, key=lambda e: (e.at, e.id))),
         node=_running(settings),
         data_dir=str(getattr(settings, "data_dir", "")),
+        worklist=ledger.worklist.answer_for(found.study_uid),
     )
 
 
@@ -160,3 +218,75 @@ def _refusals(settings: Any) -> RefusalSnapshot:
     """The listener's refusal counts; none for settings without ``refusal_counts_path`` (a stand-in)."""
     path = getattr(settings, "refusal_counts_path", None)
     return read_refusal_counts(path) if path is not None else RefusalSnapshot(None, dict.fromkeys(REASONS, 0))
+
+
+@dataclass(frozen=True)
+class CompletenessOutlook:
+    """Where a study stands against the completeness rules (:mod:`node.workflow.completeness`).
+
+    ``decided_rule`` and ``decided_at``: the rule that made it complete and when (None while
+    undecided); for a ``receiving`` study, ``next_rule``, ``next_action`` (``complete``,
+    ``ignore``, ``give_up``) and ``next_at`` (naive UTC): what fires next if no instance comes,
+    by :func:`node.workflow.completeness.decide` itself. ``series_received``: series in the
+    study; ``series_expected`` and ``series_matched``: required series rules of its pipeline
+    and how many a received series matches (None when no pipeline accepts the study);
+    ``acceptance``: the pipeline's words on what is there and what is missing (routing's words
+    when no pipeline accepts the study).
+    """
+
+    pipeline: str | None
+    series_received: int
+    series_expected: int | None
+    series_matched: int | None
+    acceptance: str = ""
+    decided_rule: str | None = None
+    decided_at: datetime | None = None
+    next_rule: str | None = None
+    next_action: str | None = None
+    next_at: datetime | None = None
+
+
+def completeness_outlook(ledger: Ledger, settings: Any, study: Study, now: datetime | None = None) -> CompletenessOutlook:
+    """The :class:`CompletenessOutlook` of ``study`` at ``now`` (naive UTC; default: now).
+
+    The next rule is found by asking :func:`~node.workflow.completeness.decide` at each time a
+    rule can fire (last instance + settle or quiet period, first instance + force deadline, for
+    the study's pipeline and the default rule), earliest first: the page says what the node will
+    do, by the node's own rule. Needs the pipelines of ``settings.pipeline_modules`` registered.
+    """
+    from node.pipelines import registry
+    from node.workflow.completeness import Rule, decide
+    from node.workflow.worklist import expectation
+
+    now = now or utcnow()
+    scheduled = expectation(ledger.worklist.answer_for(study.study_uid))
+    summary = ledger.studies.summary(study.study_uid)
+    pipeline, words = registry.route(summary)
+    expected = matched = None
+    if pipeline is not None:
+        required = [rule.name for rule in pipeline.series_rules if rule.required]
+        acceptance = pipeline.accept(summary)
+        by_rule, words = acceptance.series_by_rule, acceptance.reason
+        expected, matched = len(required), sum(1 for name in required if by_rule.get(name))
+    outlook = CompletenessOutlook(
+        pipeline=study.pipeline or (pipeline.name if pipeline else None), series_received=len(summary.series),
+        series_expected=expected, series_matched=matched, acceptance=words, decided_rule=study.rule,
+        decided_at=study.decided_at)
+    if study.state != "receiving":
+        return outlook
+
+    def rule_for(name: str) -> Rule:
+        return Rule.from_setting(settings.completeness_for(name))
+
+    rules = [rule_for("default")] + ([rule_for(pipeline.name)] if pipeline is not None else [])
+    first, last = study.first_received_at, study.last_received_at
+    times = {now}
+    for rule in rules:
+        times |= {last + timedelta(seconds=rule.settle_s), last + timedelta(seconds=rule.quiet_period_s),
+                  first + timedelta(seconds=rule.force_deadline_s)}
+    for at in sorted(t for t in times if t >= now):
+        decision = decide(summary, first, last, at, rule_for, scheduled)
+        if decision.action != "wait":
+            fires = decision.rule or ("no pipeline" if decision.action == "ignore" else None)
+            return replace(outlook, next_rule=fires, next_action=decision.action, next_at=at)
+    return outlook

@@ -14,7 +14,9 @@ that each machine uses the data shipped with its installed package (:mod:`node.r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from node.config import Settings
 from node.pipelines.options import RunConfig
@@ -27,12 +29,18 @@ def _absolute(path: Path | None) -> Path | None:
     return None if path is None else path.resolve()
 
 
-def run_config(settings: Settings, pipeline: str) -> RunConfig:
-    """The :class:`RunConfig` of ``pipeline`` under ``settings``."""
+def run_config(settings: Settings, pipeline: str, clinical: Mapping[str, Any] | None = None,
+               pairing: Mapping[str, Any] | None = None) -> RunConfig:
+    """The :class:`RunConfig` of ``pipeline`` under ``settings``; ``clinical``: the study's clinical facts
+    from the modality worklist (:meth:`node.ledger.worklist.WorklistStore.clinical_for`), if any;
+    ``pairing``: the earlier study of a two-day protocol analysed with it
+    (:meth:`node.workflow.pairing.PairedStudy.run_pairing`), if any."""
     return RunConfig(
         options=dict(settings.pipelines.get(pipeline, {})),
         models_dir=_absolute(settings.models_dir),
         clinical_csv=_absolute(settings.clinical_csv),
+        clinical=dict(clinical or {}),
+        pairing=dict(pairing or {}),
     )
 
 

@@ -73,12 +73,20 @@ class RunConfig:
     validates it with its ``options_model``; ``{}`` = its defaults). ``models_dir``: folder of
     the MONAI bundles, one sub-folder per bundle; ``None`` = the bundles shipped with the
     package. ``clinical_csv``: CSV of QRS duration, LBBB and NYHA class by accession number
-    (docs/training.md); ``None`` = none.
+    (docs/training.md); ``None`` = none. ``clinical``: the study's clinical facts from the
+    modality worklist (:data:`node.workflow.worklist.CLINICAL_KEYS`: ``height_m``, ``weight_kg``,
+    ``sex``, ``age_years``, ``reason``; ``{}`` = none); a pipeline reads them only through
+    :func:`node.pipelines.clinical.clinical_inputs`. ``pairing``: the earlier study of a two-day
+    protocol whose series this run analyses with the study's own (:mod:`node.workflow.pairing`):
+    ``study_uid`` (the run's study: the results belong to it), ``earlier_study_uid``, ``date`` (ISO,
+    the earlier study's scheduled date), ``states`` it contributes; ``{}`` = none.
     """
 
     options: Mapping[str, Any] = field(default_factory=dict)
     models_dir: Path | None = None
     clinical_csv: Path | None = None
+    clinical: Mapping[str, Any] = field(default_factory=dict)
+    pairing: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for the step message."""
@@ -86,6 +94,8 @@ class RunConfig:
             "options": dict(self.options),
             "models_dir": None if self.models_dir is None else str(self.models_dir),
             "clinical_csv": None if self.clinical_csv is None else str(self.clinical_csv),
+            "clinical": dict(self.clinical),
+            "pairing": dict(self.pairing),
         }
 
     @classmethod
@@ -95,4 +105,6 @@ class RunConfig:
             options=dict(data.get("options") or {}),
             models_dir=_path(data.get("models_dir")),
             clinical_csv=_path(data.get("clinical_csv")),
+            clinical=dict(data.get("clinical") or {}),
+            pairing=dict(data.get("pairing") or {}),
         )

@@ -50,6 +50,7 @@ from node.imaging.radiopharmaceuticals import TRACERS
 from node.imaging.volume import Volume
 from node.pipelines import registry
 from node.pipelines.base import Pipeline, SeriesRule, source_header
+from node.pipelines.clinical import ClinicalInputs, clinical_inputs
 from node.pipelines.options import PipelineOptions
 from node.quant.function import FunctionResult, cavity_volume_ml, measure_function, tid_ratio
 from node.quant.lv_frame import LVLocation
@@ -169,6 +170,7 @@ class SpectMpiResult:
     predictions: tuple[tuple[MeasurementGroup, ...], tuple[MapImage, ...], tuple[str, ...]] = ((), (), ())
     timings_s: dict[str, float] = field(default_factory=dict)
     source_headers: tuple[Dataset, ...] = ()  # headers (no pixel data) of the source instances, for report()
+    clinical: ClinicalInputs = field(default_factory=ClinicalInputs)  # images' and worklist's facts (analyse)
 
     @property
     def states(self) -> tuple[StateResult, ...]:
@@ -775,10 +777,25 @@ class SpectMpiPipeline(Pipeline):
         The series are taken in order of Series Instance UID (instances of one series in the
         order given), as the ledger hands them to the node's workers, so the results and
         their UIDs do not depend on the order in which ``cardionode process`` reads files.
+
+        A run paired with the earlier study of a two-day protocol (``run_config.pairing``,
+        :mod:`node.workflow.pairing`) gets that study's series too: the run's own study's
+        instances come first (its patient and study modules are the outputs'), the results
+        belong to the run's study, and the notes say which states came from the study of which date.
         """
-        instances = sorted(instances, key=lambda ds: str(ds.get("SeriesInstanceUID", "")))
+        pairing = self.run_config.pairing
+        own = str(pairing.get("study_uid", "") or "")
+        instances = sorted(instances, key=lambda ds: (bool(own) and str(ds.get("StudyInstanceUID", "")) != own,
+                                                      str(ds.get("SeriesInstanceUID", ""))))
         recons, rejected = group_nm_reconstructions(instances)
         notes = [f"series {r.series_uid[-12:]} not used: {r.reason}" for r in rejected]
+        earlier = str(pairing.get("earlier_study_uid", "") or "")
+        borrowed = sorted({r.state for r in recons if earlier and r.study_uid == earlier})
+        if borrowed and any(r.study_uid == own for r in recons):
+            notes.append(f"{'/'.join(borrowed)} from the study of {pairing.get('date') or 'an earlier day'} "
+                         "(two-day protocol, paired by the modality worklist)")
+        else:
+            own = ""
         if not recons:
             why = "; ".join(notes) or "no NM instance"
             raise UnusableSeriesError(f"no usable NM reconstruction: {why}", "ImageType")
@@ -790,11 +807,19 @@ class SpectMpiPipeline(Pipeline):
         )
         accession = next((str(ds.get("AccessionNumber", "") or "") for ds in instances if ds.get("AccessionNumber")), "")
         options = cast(SpectMpiOptions, self.options)
+        # sex (normal limits) and age (models) from the worklist when the images do not say them
+        clinical = clinical_inputs(instances, self.run_config.clinical)
+        recons = [replace(r, sex=r.sex or (clinical.sex if clinical.sex in ("M", "F") else None),
+                          age=r.age if r.age is not None else clinical.age_years) for r in recons]
+        if clinical.from_worklist:
+            notes.append(clinical.words())
         result = analyse_reconstructions(
             recons, sources, accession, extra_notes=notes, normal_limits_version=options.normal_limits_version
         )
+        if own:  # the results of a paired run belong to the run's own (the later) study
+            result = replace(result, study_instance_uid=own)
         headers = tuple(source_header(ds) for ds in instances if str(ds.get("SOPInstanceUID", "")) in used)
-        return replace(result, source_headers=headers)
+        return replace(result, source_headers=headers, clinical=clinical)
 
     def predict(self, result: SpectMpiResult) -> SpectMpiResult:
         """Run the :mod:`node.ai` models when their bundles load (gpu step).
@@ -835,12 +860,28 @@ class SpectMpiPipeline(Pipeline):
     def report(self, result: SpectMpiResult, context: ReportContext) -> list[Dataset]:
         """The DICOM result objects of :meth:`report_content` (:func:`node.results.build_outputs`); the
         patient and study modules come from the source headers ``analyse`` kept."""
-        return build_outputs(self.report_content(result), list(result.source_headers), context)
+        outputs = build_outputs(self.report_content(result), list(result.source_headers), context)
+        _patient_size_and_weight(outputs, result.clinical)
+        return outputs
 
     def summary(self, result: SpectMpiResult) -> dict[str, Any]:
         """Per state: series, orientation, segment uptake, LV location, cavity volume, scores, function and
         phase; the TID ratio."""
         return spect_summary(result)
+
+
+def _patient_size_and_weight(outputs: Sequence[Dataset], clinical: ClinicalInputs) -> None:
+    """Write the height (m) and weight (kg) the run took from the worklist into the SR's Patient Study module
+    (Patient's Size (0010,1020), Patient's Weight (0010,1030)): the images did not carry them."""
+    if not clinical.from_worklist:
+        return
+    for ds in outputs:
+        if str(ds.get("SOPClassUID", "")) != "1.2.840.10008.5.1.4.1.1.88.34":
+            continue
+        if clinical.height_m is not None:
+            ds.PatientSize = f"{clinical.height_m:.2f}"
+        if clinical.weight_kg is not None:
+            ds.PatientWeight = f"{clinical.weight_kg:.1f}"
 
 
 def _segmentation_cross_check(result: SpectMpiResult, models_dir: Path | None = None) -> list[str]:

@@ -59,9 +59,10 @@ Steps of :func:`analyse_dynamic` (one state; arrays frames first, volumes
    a voxel of the largest distance) are used and ``input_near_wall`` is raised.
    ``distance_to_wall_mm`` = smallest centre distance of an ROI voxel to a myocardium voxel
    minus half a voxel.
-5. **RV ROI** (``rv``): the RV is the blood pool on the septal side. In the early image (the
-   frames up to the one after the LV input's peak, count-weighted; blood dominates there) the voxels
-   outside the LV, at least ``fwhm_mm / 2`` from the myocardium, on the septal side
+5. **RV ROI** (``rv``): the RV is the blood pool on the septal side. In the first-pass peak
+   image (per voxel the maximum over the frames before the late image: every blood pool at its
+   own bolus peak, whichever comes first, so a misplaced or late RV curve is still found and
+   can be flagged) the voxels outside the LV, at least ``fwhm_mm / 2`` from the myocardium, on the septal side
    (azimuth 20-160 degrees from anterior toward septum), between 20 % of the LV length and
    the base, and within 50 mm of the mid-wall surface are searched; the RV core is the
    connected part around the hottest voxel at >= 80 % of its value.
@@ -84,7 +85,9 @@ Steps of :func:`analyse_dynamic` (one state; arrays frames first, volumes
 
 Quality flags (reference 7.2; codes :data:`QUALITY_FLAG_CODES`): ``bolus_start_missed``
 (input peak in the first frame), ``input_peak_late`` (input peak frame mid-time after
-60 s), ``rv_peak_after_lv`` (RV peak in a later frame than the LV's), ``input_near_wall``
+60 s), ``rv_peak_after_lv`` (the RV curve rises after the LV input: its half-rise time,
+:func:`half_rise_time_s`, is later than the input's; reference 7.2 "RV peak before LV peak": the
+bolus passes the RV before the lungs and the LV), ``input_near_wall``
 (input ROI closer than 1 FWHM to the myocardium), ``unstable_fit`` (a segment fit failed, its
 MBF SE exceeds 25 % (``large_se``) or MBF/k2/DV ended at a bound), ``blood_fraction_high``
 (fitted blood fraction >= 0.8 or at its upper bound), ``motion`` (``motion_mm`` > 5 mm);
@@ -132,6 +135,7 @@ __all__ = [
     "QualityFlag",
     "StateMBF",
     "analyse_dynamic",
+    "half_rise_time_s",
     "study_flags",
     "wall_kernel_fractions",
 ]
@@ -282,6 +286,36 @@ def _count_weights(schedule: FrameSchedule, decay_constant_per_s: float, decay_c
 def _weighted_image(voxels: np.ndarray, frames: np.ndarray, weights: np.ndarray) -> np.ndarray:
     w = weights * frames
     return np.tensordot(w / w.sum(), voxels, axes=(0, 0))
+
+
+def _first_pass_peak(voxels: np.ndarray, late_frames: np.ndarray) -> np.ndarray:
+    """Per-voxel maximum over the first-pass frames (those before the late image; step 5).
+
+    Every blood pool is at its own bolus peak here, whichever pool peaks first, so the RV is
+    found even when its curve comes after the LV's (the fault ``rv_peak_after_lv`` reports).
+    """
+    n_early = max(int(np.count_nonzero(~late_frames)), 1)  # the frames are in time order: a prefix, no copy
+    return np.max(voxels[:n_early], axis=0)
+
+
+def half_rise_time_s(schedule: FrameSchedule, curve: np.ndarray) -> float:
+    """Time (s) at which a bolus curve first reaches half its rise on the way to its peak.
+
+    The frame means ``curve`` [frames] are taken at the frame mid-times (so frames of any
+    duration are placed where their mean belongs) and interpolated linearly; the rise is from
+    the lowest frame before the peak to the peak frame, and the crossing is the last one before
+    the peak (an early noisy frame above half the rise does not count). A curve that peaks in
+    its first frame gives that frame's start (the bolus start was missed).
+    """
+    c = np.asarray(curve, dtype=float)
+    mid = schedule.mid_s
+    k = int(np.argmax(c))
+    if k == 0:
+        return float(schedule.start_s[0])
+    base = float(c[: k + 1].min())
+    level = base + 0.5 * (float(c[k]) - base)
+    j = int(np.flatnonzero(c[:k] < level)[-1])
+    return float(mid[j] + (level - c[j]) / (c[j + 1] - c[j]) * (mid[j + 1] - mid[j]))
 
 
 def _blood_subtracted(voxels: np.ndarray, weights: np.ndarray, late: np.ndarray) -> np.ndarray:
@@ -633,11 +667,11 @@ def _input_flags(schedule: FrameSchedule, blood: np.ndarray, rv: np.ndarray | No
                                  f"The {state} input curve peaks late, at {t_peak:.0f} s (> {INPUT_PEAK_LIMIT_S:.0f} s): "
                                  "check the injection and the frame timing."))
     if rv is not None:
-        k_rv = int(np.argmax(rv))
-        if k_rv > k_lv:
+        t_rv, t_lv = half_rise_time_s(schedule, rv), half_rise_time_s(schedule, blood)
+        if t_rv > t_lv:
             flags.append(QualityFlag("rv_peak_after_lv", "rv", state,
-                                     f"The {state} RV curve peaks at {schedule.mid_s[k_rv]:.0f} s, after the LV input "
-                                     f"({t_peak:.0f} s): the blood regions may be misplaced."))
+                                     f"The {state} RV curve rises after the LV input (half of its rise at {t_rv:.0f} s "
+                                     f"against {t_lv:.0f} s): the blood regions may be misplaced or mislabelled."))
     if input_region.distance_to_wall_mm < fwhm_mm:
         flags.append(QualityFlag("input_near_wall", "lv_input", state,
                                  f"The {state} input region is {input_region.distance_to_wall_mm:.1f} mm from the "
@@ -804,8 +838,7 @@ def analyse_dynamic(volume: Volume, *, state: str, model: KineticModel, decay_co
     input_region = _region("lv_input", input_sel, geometry, voxel_ml, half_voxel)
     blood = flat[:, input_sel].mean(axis=1)
     k_lv = int(np.argmax(blood))
-    early = _weighted_image(voxels, np.arange(n_f) <= k_lv + 1, weights)
-    rv_sel = _rv_region(early, location, geometry, fwhm)
+    rv_sel = _rv_region(_first_pass_peak(voxels, late_frames), location, geometry, fwhm)
     rv: np.ndarray | None = None
     rv_region: PlacedRegion | None = None
     if rv_sel is None:

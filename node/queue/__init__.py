@@ -7,6 +7,7 @@
 * :mod:`node.queue.codec` — step results as JSON and ``.npy`` arrays, never pickles (an allow-list of types)
 * :mod:`node.queue.dispatch` — the node's side: submit steps, read their state
 * :mod:`node.queue.conductor` — drives jobs from ``queued`` to ``reported``
+* :mod:`node.queue.broker` — does the broker answer, messages waiting per queue (health and metrics)
 * :mod:`node.queue.recovery` — restores tasks of workers killed with the node (SQLite broker)
 * :mod:`node.queue.worker` — ``cardionode worker``
 """
@@ -15,6 +16,7 @@
 __all__ = [
     "app",
     "artifacts",
+    "broker",
     "codec",
     "conductor",
     "dispatch",

@@ -34,15 +34,19 @@ from kombu import Exchange, Queue
 
 from node.queue.artifacts import ArtifactStore, RedisTLS, open_store, redis_problem
 
-__all__ = ["QUEUES", "QueueSettings", "create_app", "connection_problems"]
+__all__ = ["QUEUES", "SQLITE_TRANSPORT_OPTIONS", "QueueSettings", "create_app", "connection_problems", "is_redis_url"]
 
 #: the queues every worker may consume
 QUEUES: tuple[str, ...] = ("cpu", "gpu", "io")
+#: kombu's options of the SQLite broker (handed to create_engine; kombu keeps one engine per URL and process,
+#: so whoever connects to the broker in the node process passes the same: node.queue.broker)
+SQLITE_TRANSPORT_OPTIONS: dict[str, Any] = {"connect_args": {"timeout": 30}}
 #: seconds between two polls of an empty queue by a worker on the SQLite broker (kombu's default: 1 s)
 SQLITE_POLLING_INTERVAL_S = 0.1
 
 
-def _is_redis(url: str) -> bool:
+def is_redis_url(url: str) -> bool:
+    """Whether ``url`` names a Redis server (``redis://`` or ``rediss://``)."""
     return url.startswith(("redis://", "rediss://"))
 
 
@@ -97,7 +101,7 @@ def connection_problems(queue_settings: QueueSettings) -> tuple[list[str], list[
     names: dict[str, list[str]] = {}
     for what, url in (("broker_url", queue_settings.broker_url), ("result_backend", queue_settings.result_backend),
                       ("artifact_store", queue_settings.artifact_store)):
-        if _is_redis(url):
+        if is_redis_url(url):
             names.setdefault(url, []).append(what)
     for url, settings_names in names.items():
         problem = redis_problem(url, queue_settings.redis_tls, " and ".join(settings_names))
@@ -129,7 +133,7 @@ def create_app(queue_settings: QueueSettings) -> Celery:
     queue_settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = Celery("cardionode", broker=queue_settings.broker_url, backend=queue_settings.result_backend)
     transport_options: dict[str, Any] = {}
-    if _is_redis(queue_settings.broker_url):
+    if is_redis_url(queue_settings.broker_url):
         transport_options = {
             "visibility_timeout": queue_settings.visibility_timeout_s,
             # look for unacknowledged messages of dead workers every few seconds
@@ -137,7 +141,7 @@ def create_app(queue_settings: QueueSettings) -> Celery:
             "unacked_restore_throttle": 1,
         }
     elif queue_settings.broker_is_sqlite:
-        transport_options = {"connect_args": {"timeout": 30}}
+        transport_options = dict(SQLITE_TRANSPORT_OPTIONS)
         _poll_sqlite_broker_every(SQLITE_POLLING_INTERVAL_S)
     tls_options = queue_settings.redis_tls.redis_options()
     if queue_settings.broker_url.startswith("rediss://"):

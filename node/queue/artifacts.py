@@ -267,18 +267,23 @@ def _check_size(key: str, size: int, max_bytes: int | None) -> None:
         raise ArtifactTooLargeError(f"artifact {key!r} holds {size} bytes, more than the {max_bytes} accepted")
 
 
-def redis_client(url: str, tls: RedisTLS | None = None) -> Any:
-    """A redis-py client for ``url`` (password in the URL; TLS options from ``tls`` for ``rediss://``)."""
+def redis_client(url: str, tls: RedisTLS | None = None, timeout_s: float | None = None) -> Any:
+    """A redis-py client for ``url`` (password in the URL; TLS options from ``tls`` for ``rediss://``);
+    ``timeout_s`` bounds connecting and each command (seconds; default: connecting within
+    ``REDIS_CONNECT_TIMEOUT_S``, commands unbounded)."""
     import redis  # only needed when Redis is used
 
-    options: dict[str, Any] = {"socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S, "health_check_interval": 30}
+    options: dict[str, Any] = {"socket_connect_timeout": timeout_s or REDIS_CONNECT_TIMEOUT_S, "health_check_interval": 30}
+    if timeout_s is not None:
+        options["socket_timeout"] = timeout_s
     if url.startswith("rediss://"):
         options.update((tls or RedisTLS()).redis_options())
     return redis.Redis.from_url(url, **options)
 
 
-def redis_problem(url: str, tls: RedisTLS | None, what: str) -> tuple[str, bool] | None:
-    """Why the Redis server of ``url`` cannot be used, or None when it answers a ping.
+def redis_problem(url: str, tls: RedisTLS | None, what: str, timeout_s: float | None = None) -> tuple[str, bool] | None:
+    """Why the Redis server of ``url`` cannot be used, or None when it answers a ping (within
+    ``timeout_s`` seconds when given, :func:`redis_client`).
 
     Returns ``(words, refused)``: the reason with the password redacted, naming the
     setting ``what`` (``broker_url``, ...), and whether the server *refused* this client
@@ -290,7 +295,7 @@ def redis_problem(url: str, tls: RedisTLS | None, what: str) -> tuple[str, bool]
     shown = f"{what} {redact_url(url)}"
     hint = "put it in the URL (redis://:PASSWORD@host:port/db, or USER:PASSWORD for an ACL user)"
     try:
-        client = redis_client(url, tls)
+        client = redis_client(url, tls, timeout_s)
         try:
             client.ping()
         finally:

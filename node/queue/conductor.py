@@ -38,7 +38,9 @@ from node.queue.dispatch import JobQueue, is_disk_full, parse_task_id
 from node.queue.steps import context_to_dict
 from node.queue.supervision import owner_problem
 from node.results.content import ReportContext
+from node.telemetry import JOB_DURATION, MODEL_INFERENCE
 from node.uids import validate_uid
+from node.workflow.pairing import paired_study, series_of_states
 
 __all__ = ["Conductor", "WAITING_FOR_DISK"]
 
@@ -48,6 +50,18 @@ WAITING_FOR_DISK = "waiting for disk space:"
 DISK_RETRY_S = 5.0
 
 _log = logging.getLogger(__name__)
+
+
+def _observe_step(pipeline: str, step: str, result: dict[str, Any] | None) -> None:
+    """Record the seconds a finished step ran in its worker (the task's ``seconds``, :mod:`node.queue.tasks`)
+    as ``cardionode_job_duration_seconds``, and the ``predict`` step's (the models) also as
+    ``cardionode_model_inference_seconds``; a result without them (an older worker) records nothing."""
+    seconds = (result or {}).get("seconds")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < 1e7:
+        return
+    JOB_DURATION.labels(pipeline=pipeline, step=step).observe(float(seconds))
+    if step == "predict":
+        MODEL_INFERENCE.labels(pipeline=pipeline).observe(float(seconds))
 
 
 class Conductor:
@@ -138,7 +152,9 @@ class Conductor:
         step = pipeline.steps[index]
         previous = pipeline.steps[index - 1].name if index > 0 else ""
         context = context_to_dict(self._context(job)) if step.name == "report" else {}
-        config = run_config(self.settings, pipeline.name).to_dict()
+        paired = paired_study(self.ledger, job.study_uid)
+        config = run_config(self.settings, pipeline.name, self.ledger.worklist.clinical_for(job.study_uid),
+                            paired.run_pairing() if paired is not None else None).to_dict()
         task_id = self.queue.submit(
             job.id, attempt, pipeline.name, pipeline.version, step.name, step.queue, previous, context, config
         )
@@ -158,6 +174,11 @@ class Conductor:
         if not instances:
             self._fail(job, "the study has no instances the pipeline can use")
             return
+        paired = paired_study(self.ledger, job.study_uid)  # two-day protocol: the earlier day's series too
+        if paired is not None:
+            extra = series_of_states(self.ledger, pipeline.name, paired.earlier_study_uid, paired.states)
+            if extra:
+                instances += self.ledger.instances.of_study(paired.earlier_study_uid, extra)
         for earlier in range(1, attempt):  # a retried job: what its earlier attempts left (e.g. a discarded one)
             self._cleanup(job, pipeline, earlier)
         moved = self.queue.upload_inputs(job.id, attempt, [i.path for i in instances])
@@ -199,9 +220,11 @@ class Conductor:
         index = names.index(step_name)
         if index + 1 < len(names):
             self._submit(job, pipeline, attempt, index + 1)
+            _observe_step(job.pipeline, step_name, state.result)
             _log.info("job %d: %s done -> %s", job.id, step_name, names[index + 1])
             return
         self._collect(job, pipeline, attempt, state.result or {})
+        _observe_step(job.pipeline, step_name, state.result)
 
     def _wait_for_disk(self, job: Job, attempt: int, step_name: str, error: str, now: datetime) -> None:
         """A step that ran out of disk space waits (the job stays ``running``, its reason says why)

@@ -1,7 +1,9 @@
 """Celery task definitions: a thin wrapper around :func:`node.queue.steps.run_step`.
 
 One task, ``cardionode.step``, runs any step of any pipeline; the node sends it
-to the queue the pipeline declares for that step (``cpu`` or ``gpu``). The task
+to the queue the pipeline declares for that step (``cpu`` or ``gpu``). Its result is
+:func:`node.queue.steps.run_step`'s, plus the step's wall-clock ``seconds`` and ``cpu_seconds``
+in the worker (the node records them as metrics: :mod:`node.queue.conductor`). The task
 id is chosen by the node (:func:`node.queue.dispatch.task_id_for`) so that the
 node finds the result again after a restart from the ledger alone.
 """
@@ -60,6 +62,7 @@ def register(app: Celery, store: ArtifactStore) -> None:
         )
         wall, cpu = time.perf_counter(), time.process_time()
         result = run_step(store, parsed)
-        _log.info("job %s: step %s finished in %.3f s, %.3f s CPU", parsed.job_key, parsed.step,
-                  time.perf_counter() - wall, time.process_time() - cpu)
-        return result
+        seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+        _log.info("job %s: step %s finished in %.3f s, %.3f s CPU", parsed.job_key, parsed.step, seconds, cpu_seconds)
+        # the node observes these (node.telemetry JOB_DURATION, MODEL_INFERENCE): a worker exports no metrics itself
+        return {**result, "seconds": round(seconds, 6), "cpu_seconds": round(cpu_seconds, 6)}

@@ -22,6 +22,7 @@ from node.results.render import render_bullseye, render_curve_plot, render_grid_
 from node.results.sc import (
     MULTIFRAME_TRUE_COLOR_SC,
     SECONDARY_CAPTURE,
+    SourceReferences,
     build_multiframe_screen,
     build_rendered_sc,
     build_sc,
@@ -132,6 +133,7 @@ def _results_screen(
     identity: ContentIdentity,
     templates: Templates,
     algorithms: Sequence[Algorithm],
+    references: SourceReferences,
 ) -> list[Dataset]:
     """The results-screen pages (:mod:`node.results.screen`) as SC images, composed from the rendered panels."""
     titles = {image.key: image.title for image in content.images}
@@ -144,7 +146,7 @@ def _results_screen(
     return [
         build_rendered_sc(render_screen_page(page, panels), SCREEN_KIND, screen_key(page.number),
                           f"Results screen page {page.number} of {len(pages)}: {page.title}", None, algorithms, used,
-                          identity, templates, page.number, content.pipeline, content.pipeline_version)
+                          identity, templates, page.number, content.pipeline, content.pipeline_version, references)
         for page in pages
     ]
 
@@ -181,30 +183,33 @@ def build_outputs(
         raise ContentError(f"datasets missing for source instances {missing[:3]} ({len(missing)} in all)")
     identity = ContentIdentity.of(content, used)
     algorithms = algorithms_of(content)
+    references = SourceReferences.of(used, templates)  # once per study, shared by the SC, screen and PDF objects
     renders = render_images(content, templates)
     plots = render_plots(content)
     images: dict[str, Dataset] = {}
     for number, ((key, rgb), image) in enumerate(zip(renders, content.images), start=1):
-        images[key] = build_sc(rgb, image, used, identity, templates, number, content.pipeline, content.pipeline_version)
+        images[key] = build_sc(rgb, image, used, identity, templates, number, content.pipeline, content.pipeline_version,
+                               references)
     sr = build_sr(content, used, context, images=images, templates=templates)
     outputs: list[Dataset] = [sr, *images.values()]
     for number, ((key, rgb), plot) in enumerate(zip(plots, content.plots), start=1):
         outputs.append(build_rendered_sc(rgb, "sc_plot", key, plot.title, None, algorithms, used, identity, templates,
-                                         number, content.pipeline, content.pipeline_version))
+                                         number, content.pipeline, content.pipeline_version, references))
     header, segment_rows = segment_table(content, templates)
     table_screen = None
     if segment_rows and templates.pipeline(content.pipeline).get("segment_table_image", False):
         table_screen = render_grid_screen(_SEGMENT_TABLE_TITLE, header, segment_rows)
         outputs.append(build_rendered_sc(table_screen, "sc_table", SEGMENT_TABLE_KEY, _SEGMENT_TABLE_TITLE, None,
                                          algorithms, used, identity, templates, 1, content.pipeline,
-                                         content.pipeline_version))
+                                         content.pipeline_version, references))
     if len({volume.key for volume in content.parametric_maps}) != len(content.parametric_maps):
         raise ContentError("ParametricVolume keys must be unique within a report")
     for number, volume in enumerate(content.parametric_maps, start=1):
         outputs.append(build_parametric_map(volume, by_uid, identity, templates, number, content.pipeline,
                                             content.pipeline_version, context.device_uid, algorithms))
     if context.results_screen:
-        outputs.extend(_results_screen(content, renders, plots, table_screen, used, identity, templates, algorithms))
+        outputs.extend(_results_screen(content, renders, plots, table_screen, used, identity, templates, algorithms,
+                                       references))
     table = global_rows(content, templates)
     if context.multiframe_screen:
         frames = [rgb for _, rgb in renders] + [rgb for _, rgb in plots]
@@ -215,14 +220,15 @@ def build_outputs(
         for label, frame in _global_frames(table):
             frames.append(frame)
             labels.append(label)
-        screen = build_multiframe_screen(frames, labels, used, identity, templates, content.pipeline, content.pipeline_version)
+        screen = build_multiframe_screen(frames, labels, used, identity, templates, content.pipeline,
+                                         content.pipeline_version, references)
         contributing_algorithms(screen, algorithms, templates, identity)
         outputs.append(screen)
     if context.pdf_summary:
         titled = [(image.title, rgb) for image, (_, rgb) in zip(content.images, renders)]
         titled += [(plot.title, rgb) for plot, (_, rgb) in zip(content.plots, plots)]
         pdf_bytes = render_summary_pdf(content, titled, templates, identity, used[0])
-        pdf = build_encapsulated_pdf(pdf_bytes, content, used, identity, templates)
+        pdf = build_encapsulated_pdf(pdf_bytes, content, used, identity, templates, references)
         contributing_algorithms(pdf, algorithms, templates, identity)
         outputs.append(pdf)
     return outputs

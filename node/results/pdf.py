@@ -20,8 +20,10 @@ Landscape A4 pages in two columns, as many pages as the results need (nothing is
 
 Page text is at least :data:`MIN_FONT_PT`. The fonts are DejaVu Sans from matplotlib's data
 (embedded subsets; Latin, Greek and Cyrillic names print as they are). The PDF is built
-with reportlab's ``invariant`` mode, twice (the first pass counts the pages), so the same
-content gives the same bytes.
+with reportlab's ``invariant`` mode, twice (the first pass counts the pages and lays the figures
+out as blank boxes of their size), so the same content gives the same bytes. Streams are Flate
+compressed without the ASCII85 wrapper (binary PDF: smaller, and reportlab's ASCII85 encoder is
+pure Python without its C accelerator).
 
 Most viewers display an Encapsulated PDF even when they cannot render the SR's
 numbers (reference ``dicom_outputs.md`` sections 0.6 and 7).
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
+from reportlab import rl_config
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4, landscape
 from reportlab.lib.styles import ParagraphStyle
@@ -63,7 +67,7 @@ import node
 from node.results.content import MeasurementGroup, ReportContent
 from node.results.identity import ContentIdentity, algorithms_of
 from node.results.render import display_unit
-from node.results.sc import source_image_sequence
+from node.results.sc import SourceReferences
 from node.results.screen import identification_lines
 from node.results.tables import (
     MODEL_PROBABILITY,
@@ -102,6 +106,8 @@ _GROUP_BG = colors.HexColor("#f1f4f8")
 _RULE = colors.HexColor("#9aa5b1")
 _VALUE_WIDTH = 76.0  # value column of the result tables (fits "Indeterminate" in bold)
 _UNIT_WIDTH = 58.0  # unit column (fits "mmHg/min")
+#: reportlab's stream encoding is a process-wide setting: one PDF build at a time changes it
+_BINARY_STREAMS = threading.Lock()
 
 
 @functools.cache
@@ -124,11 +130,15 @@ def _esc(text: str) -> str:
 
 
 class _Figure(Flowable):
-    """An RGB image drawn ``side`` points wide, keeping its aspect ratio."""
+    """An RGB image drawn ``side`` points wide, keeping its aspect ratio.
 
-    def __init__(self, rgb: np.ndarray, side: float):
+    ``image`` None: a blank box of the same size (the page-counting pass lays out, it need not
+    encode the pixels).
+    """
+
+    def __init__(self, rgb: np.ndarray, side: float, image: ImageReader | None):
         super().__init__()
-        self._image = ImageReader(Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB"))
+        self._image = image
         rows, columns = np.asarray(rgb).shape[:2]
         self._size = (side, side * rows / columns)
 
@@ -136,7 +146,8 @@ class _Figure(Flowable):
         return self._size
 
     def draw(self) -> None:
-        self.canv.drawImage(self._image, 0, 0, width=self._size[0], height=self._size[1])
+        if self._image is not None:
+            self.canv.drawImage(self._image, 0, 0, width=self._size[0], height=self._size[1])
 
 
 def _table(rows: list[list], widths: list[float], group_rows_at: Sequence[int] = (), head: bool = True) -> Table:
@@ -229,8 +240,10 @@ def _height(flowables: Sequence[Flowable]) -> float:
     return total
 
 
-def _story(content: ReportContent, renders: Sequence[tuple[str, np.ndarray]], templates: Templates) -> list[Flowable]:
-    """The flowables of the document, top to bottom (a fresh list for every build)."""
+def _story(content: ReportContent, renders: Sequence[tuple[str, np.ndarray]], templates: Templates,
+           images: Sequence[ImageReader | None]) -> list[Flowable]:
+    """The flowables of the document, top to bottom (a fresh list for every build); ``images`` are the
+    renders' pixels for reportlab, one per render (None: a blank box of the same size)."""
     heading = _style("heading", size=11.0, bold=True, space_before=4.0, keep_with_next=True)
     text = _style("text")
     story: list[Flowable] = []
@@ -243,7 +256,7 @@ def _story(content: ReportContent, renders: Sequence[tuple[str, np.ndarray]], te
     models = [g for g in summary_groups if is_model_group(g)]
     if models:
         story += [Paragraph("Model outputs", heading), _model_table(models, content, templates)]
-    figures: list[Flowable] = [_Figure(rgb, FIGURE_WIDTH_PT) for _, rgb in renders]
+    figures: list[Flowable] = [_Figure(rgb, FIGURE_WIDTH_PT, image) for (_, rgb), image in zip(renders, images)]
     notes = [Paragraph("Notes", heading), *(Paragraph(_esc(note), text) for note in content.notes)] if content.notes else []
     if _height([*story, *notes]) <= _FRAME_HEIGHT:
         story += notes + figures  # the notes under the summary, the first map beside them
@@ -346,12 +359,19 @@ def render_summary_pdf(
     footer = (f"CardioNode {node.__version__}, pipeline {content.pipeline} {content.pipeline_version}, "
               f"data of {date[:4]}-{date[4:6]}-{date[6:]}. Every result of the report is in this document; "
               "the machine-readable results are in the DICOM Structured Report of the same study.")
-    total = 0
-    for _ in range(2):  # the first pass counts the pages for "page X of Y"
-        buffer = io.BytesIO()
-        doc = _Pages(buffer, title, identification, footer, total)
-        doc.build(_story(content, renders, templates))
-        total = doc.page
+    blanks: list[ImageReader | None] = [None] * len(renders)
+    images = [ImageReader(Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB")) for _, rgb in renders]
+    with _BINARY_STREAMS:
+        saved = rl_config.useA85
+        rl_config.useA85 = 0  # binary (Flate only) streams: no pure-Python ASCII85 pass, a quarter smaller
+        try:
+            # the first pass counts the pages for "page X of Y" (figures as blank boxes of their size)
+            counting = _Pages(io.BytesIO(), title, identification, footer, 0)
+            counting.build(_story(content, renders, templates, blanks))
+            buffer = io.BytesIO()
+            _Pages(buffer, title, identification, footer, counting.page).build(_story(content, renders, templates, images))
+        finally:
+            rl_config.useA85 = saved
     return buffer.getvalue()
 
 
@@ -361,8 +381,13 @@ def build_encapsulated_pdf(
     sources: Sequence[Dataset],
     identity: ContentIdentity,
     templates: Templates,
+    references: SourceReferences | None = None,
 ) -> Dataset:
-    """Wrap ``pdf_bytes`` as Encapsulated PDF Storage in the source study, own series."""
+    """Wrap ``pdf_bytes`` as Encapsulated PDF Storage in the source study, own series.
+
+    ``references``: those of ``sources`` for the Source Instance Sequence (shared by a study's
+    objects; None: made here).
+    """
     if not pdf_bytes.startswith(b"%PDF"):
         raise ValueError("not a PDF document")
     series = templates.series("pdf")
@@ -404,9 +429,9 @@ def build_encapsulated_pdf(
     ds.RecognizableVisualFeatures = "NO"
     ds.DocumentTitle = str(series["document_title"])[:64]
     ds.ConceptNameCodeSequence = []
-    ds.SourceInstanceSequence = source_image_sequence(sources, templates)
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     payload = pdf_bytes if len(pdf_bytes) % 2 == 0 else pdf_bytes + b"\x00"
     ds.EncapsulatedDocument = payload
     ds.EncapsulatedDocumentLength = len(pdf_bytes)
+    (references or SourceReferences.of(sources, templates)).attach(ds, "SourceInstanceSequence")
     return ds

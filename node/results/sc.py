@@ -25,11 +25,16 @@ pydicom because highdicom builds single-frame SC only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element
+from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 import node
@@ -45,6 +50,7 @@ __all__ = [
     "build_rendered_sc",
     "build_multiframe_screen",
     "source_image_sequence",
+    "SourceReferences",
 ]
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -77,6 +83,53 @@ def source_image_sequence(sources: Sequence[Dataset], templates: Templates) -> l
     return items
 
 
+#: bytes before the value of an explicit VR little endian SQ element: tag, VR, reserved, length
+_SQ_HEADER = 12
+
+
+@dataclass(frozen=True)
+class SourceReferences:
+    """The source references of a study's result objects, built and encoded once for all of them.
+
+    A PET study's objects each reference every source instance (thousands): building the items
+    and encoding them per object cost more than the rest of the object. ``encoded`` is the value
+    of the sequence (:func:`source_image_sequence` items) in explicit VR little endian, the
+    transfer syntax of every result object; :meth:`attach` puts it into a dataset as a raw
+    element, which pydicom writes as it is and parses only when the sequence is read.
+    """
+
+    items: tuple[Dataset, ...]
+    encoded: bytes
+
+    @classmethod
+    def of(cls, sources: Sequence[Dataset], templates: Templates) -> SourceReferences:
+        """The references of ``sources`` (:func:`source_image_sequence`), encoded once."""
+        items = source_image_sequence(sources, templates)
+        holder = Dataset()
+        holder.SourceImageSequence = items
+        buffer = DicomBytesIO()
+        buffer.is_little_endian = True
+        buffer.is_implicit_VR = False
+        write_data_element(buffer, holder["SourceImageSequence"])
+        return cls(tuple(items), buffer.getvalue()[_SQ_HEADER:])
+
+    def attach(self, ds: Dataset, keyword: str = "SourceImageSequence") -> None:
+        """Set ``keyword`` (Source Image Sequence, or Source Instance Sequence of a document) of ``ds``
+        to these references.
+
+        Call it when ``ds`` is complete but for elements of unambiguous VR. Ambiguous VRs
+        (Pixel Data OB or OW...) are resolved for little endian as pydicom's writer would, and
+        ``ds`` is marked as encoded in explicit VR little endian with its present character set,
+        so that writing it in that transfer syntax copies the encoded value; a dataset written in
+        another encoding, or whose Specific Character Set changes later, is encoded element by
+        element as usual (same bytes, more time).
+        """
+        correct_ambiguous_vr(ds, is_little_endian=True)
+        tag = Tag(keyword)
+        ds[tag] = RawDataElement(tag, "SQ", len(self.encoded), self.encoded, 0, False, True)
+        ds.set_original_encoding(False, True, ds._character_set)
+
+
 def _derivation_text(prefix: str, algorithm: Algorithm | None, pipeline: str, pipeline_version: str) -> str:
     who = f"{algorithm.name} {algorithm.version}" if algorithm is not None else f"CardioNode {pipeline} {pipeline_version}"
     return f"{prefix} {who}. {node.RESEARCH_USE_NOTICE}"[:1024]
@@ -104,19 +157,21 @@ def build_sc(
     instance_number: int,
     pipeline: str,
     pipeline_version: str,
+    references: SourceReferences | None = None,
 ) -> Dataset:
     """One Secondary Capture image of a rendered :class:`MapImage` (RGB ``uint8`` ``[rows, columns, 3]``).
 
     Heat maps (``image.derivation == "gradcam"``) go to the heat-map series
     with derivation (130403, DCM, "Gradient-weighted class activation");
-    polar maps to the bull's-eye series.
+    polar maps to the bull's-eye series. ``references``: those of ``sources``
+    (:class:`SourceReferences`, shared by a study's objects; None: made here).
     """
     kind = {"gradcam": "sc_heatmap", "polar_map": "sc_map"}.get(image.derivation)
     if kind is None:
         raise ValueError(f"MapImage {image.key!r}: derivation must be 'polar_map' or 'gradcam', got {image.derivation!r}")
     algorithms = [image.algorithm] if image.algorithm is not None else []
     return build_rendered_sc(pixels, kind, image.key, image.title, image.algorithm, algorithms, sources, identity,
-                             templates, instance_number, pipeline, pipeline_version)
+                             templates, instance_number, pipeline, pipeline_version, references)
 
 
 def build_rendered_sc(
@@ -132,6 +187,7 @@ def build_rendered_sc(
     instance_number: int,
     pipeline: str,
     pipeline_version: str,
+    references: SourceReferences | None = None,
 ) -> Dataset:
     """One Secondary Capture image of any rendered result (RGB ``uint8`` ``[rows, columns, 3]``).
 
@@ -139,7 +195,7 @@ def build_rendered_sc(
     ``sc_table``), which gives series number, description and derivation; ``key`` makes the
     SOP Instance UID; ``title`` goes to Image Comments. ``algorithm`` is named in the
     derivation description and as the model (None: the pipeline); ``algorithms`` are listed
-    as contributing equipment.
+    as contributing equipment; ``references`` those of ``sources`` (None: made here).
     """
     pixels = _check_rgb(pixels)
     series = templates.series(kind)
@@ -184,11 +240,11 @@ def build_rendered_sc(
     sc.RecognizableVisualFeatures = "NO"
     sc.BodyPartExamined = "HEART"
     sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-    sc.SourceImageSequence = source_image_sequence(sources, templates)
     sc.DerivationDescription = _derivation_text(str(series["derivation_text"]), algorithm, pipeline, pipeline_version)
     sc.DerivationCodeSequence = [derivation.concept()]
     sc.ImageComments = f"{title}. {node.RESEARCH_USE_NOTICE}"[:10240]
     _deterministic_times(sc, identity)
+    (references or SourceReferences.of(sources, templates)).attach(sc)
     return sc
 
 
@@ -200,12 +256,14 @@ def build_multiframe_screen(
     templates: Templates,
     pipeline: str,
     pipeline_version: str,
+    references: SourceReferences | None = None,
 ) -> Dataset:
     """Multi-frame True Color SC holding a whole result screen, one rendered panel per frame.
 
     ``frames`` are RGB ``uint8`` ``[rows, columns, 3]`` arrays of equal shape;
     ``frame_labels`` (one per frame, at most 64 characters) go to Frame Label
-    Vector, which Frame Increment Pointer points to.
+    Vector, which Frame Increment Pointer points to. ``references``: those of ``sources``
+    (None: made here).
     """
     if not frames:
         raise ValueError("a result screen needs at least one frame")
@@ -261,7 +319,6 @@ def build_multiframe_screen(
     ds.BurnedInAnnotation = "YES"
     ds.RecognizableVisualFeatures = "NO"
     ds.ImageComments = f"CardioNode result screen. {node.RESEARCH_USE_NOTICE}"
-    ds.SourceImageSequence = source_image_sequence(sources, templates)
     ds.DerivationDescription = f"Result screen rendered by CardioNode {pipeline} {pipeline_version}. {node.RESEARCH_USE_NOTICE}"[:1024]
     # Image Pixel
     ds.SamplesPerPixel = 3
@@ -279,6 +336,7 @@ def build_multiframe_screen(
     ds.FrameLabelVector = [label[:64] for label in frame_labels]
     # Contributing equipment: the algorithms of the screen
     ds.PixelData = np.stack(arrays).tobytes()
+    (references or SourceReferences.of(sources, templates)).attach(ds)
     return ds
 
 

@@ -188,8 +188,12 @@ def _group_item(
 
 
 def _source_datasets(content: ReportContent, sources: Sequence[Dataset]) -> list[Dataset]:
+    """The datasets of ``content.sources`` in order. The first must be of the report's study (the SR takes
+    its patient and study from it); later ones may be of another study of the same patient (Patient ID
+    and Issuer of Patient ID equal: the earlier day of a two-day protocol), which the SR lists as
+    Pertinent Other Evidence."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
-    ordered = []
+    ordered: list[Dataset] = []
     for src in content.sources:
         ds = by_uid.get(src.sop_instance_uid)
         if ds is None:
@@ -197,10 +201,14 @@ def _source_datasets(content: ReportContent, sources: Sequence[Dataset]) -> list
                 f"source instance {src.sop_instance_uid} (series {src.series_instance_uid}) is listed in the "
                 "report content but its dataset was not passed to build_outputs"
             )
-        if str(ds.StudyInstanceUID) != content.study_instance_uid:
+        if str(ds.StudyInstanceUID) != content.study_instance_uid and (
+            not ordered or any(str(ds.get(k, "")) != str(ordered[0].get(k, ""))
+                               for k in ("PatientID", "IssuerOfPatientID"))
+        ):
             raise ContentError(
                 f"source instance {src.sop_instance_uid} belongs to study {ds.StudyInstanceUID}, "
                 f"the report is for study {content.study_instance_uid}"
+                + (" (another patient)" if ordered else " (the first source must be of the report's study)")
             )
         ordered.append(ds)
     if not ordered:

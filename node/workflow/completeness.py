@@ -22,6 +22,20 @@ SPECT (spect_mpi) ... needed``, :func:`node.pipelines.registry.route`), then the
 `cardionode status` shows them and :mod:`node.ops.notify` sends them to the sender.
 The rule that decided is stored in the ledger with the study.
 
+With ``[[worklists]]`` configured, the assembler asks the modality worklist about each
+receiving study on background threads (:class:`node.workflow.worklist.WorklistLookups`;
+never on the acknowledge path, never waited for). When the answer is there and names a
+pipeline (:class:`node.workflow.worklist.Expectation`), that pipeline is chosen if it
+accepts the study, and ``expected_series`` is met when the series the worklist schedules
+for this study are present (a rest-only day of a two-day protocol completes on its rest
+series instead of waiting out the quiet period). A worklist can only make a study
+complete sooner by this rule, never later: the quiet period and the force deadline apply
+as without it. When that answer names one state of a two-day protocol whose other state was
+scheduled on an earlier day, the assembler starts its pairing (:class:`node.workflow.pairing.Pairer`:
+the earlier study found in the ledger or fetched from the PACS); while the pairing runs the
+worklist's expected series are not used (the quiet period and force deadline still apply), and
+an earlier study being fetched is not examined on its own.
+
 Instances arriving after a study was processed put it back to ``receiving``
 (the ledger does this); the next run's job gets the earlier reports as
 predecessors, so its results supersede them rather than duplicate them.
@@ -31,7 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +54,11 @@ from node.dicom.audit import AuditLog
 from node.dicom.logs import hash_identifier
 from node.ledger import Ledger, LedgerError, Study, utcnow
 from node.pipelines import registry
+from node.pipelines.base import Acceptance
 from node.pipelines.routing import StudySummary, describe_study
+from node.telemetry import COMPLETENESS_DECISIONS
+from node.workflow.pairing import Pairer
+from node.workflow.worklist import Expectation, WorklistLookups, expectation
 
 __all__ = ["Rule", "Decision", "decide", "Assembler"]
 
@@ -91,11 +109,19 @@ def decide(
     last_received: datetime,
     now: datetime,
     rule_for: Callable[[str], Rule],
+    expected: Expectation | None = None,
 ) -> Decision:
-    """Apply the completeness rules to a ``receiving`` study (reads only the registry; times naive UTC)."""
+    """Apply the completeness rules to a ``receiving`` study (reads only the registry; times naive UTC).
+
+    ``expected``: what the study's worklist answer schedules (pipeline and series), or None.
+    """
     quiet_s = (now - last_received).total_seconds()
     age_s = (now - first_received).total_seconds()
     pipeline, route_reason = registry.route(summary)
+    if expected is not None and (pipeline is None or pipeline.name != expected.pipeline):
+        scheduled = next((p for p in registry.all_pipelines() if p.name == expected.pipeline), None)
+        if scheduled is not None and scheduled.accept(summary).accepted:
+            pipeline = scheduled
     if pipeline is None:
         rule = rule_for("default")
         if quiet_s >= rule.quiet_period_s:
@@ -104,6 +130,8 @@ def decide(
 
     rule = rule_for(pipeline.name)
     acceptance = pipeline.accept(summary)
+    if not acceptance.complete and expected is not None and expected.pipeline == pipeline.name:
+        acceptance = _scheduled_acceptance(acceptance, summary, expected)
     if acceptance.complete and quiet_s >= rule.settle_s:
         return Decision(
             "complete",
@@ -129,13 +157,39 @@ def decide(
     return Decision("wait", acceptance.reason, pipeline.name)
 
 
-class Assembler:
-    """Decides completeness of receiving studies and opens a job for each complete one."""
+def _scheduled_acceptance(acceptance: Acceptance, summary: StudySummary, expected: Expectation) -> Acceptance:
+    """``acceptance`` made complete when every series rule the worklist schedules has its series, whole."""
+    wanted = {uid for name in expected.expected_series for uid in acceptance.series_by_rule.get(name, ())}
+    if not all(acceptance.series_by_rule.get(name) for name in expected.expected_series):
+        return acceptance
+    if any(s.missing_instances for s in summary.series if s.series_instance_uid in wanted):
+        return acceptance
+    reason = (f"{', '.join(expected.expected_series)} present as {expected.words} "
+              f"(the pipeline's other series are not scheduled for this study)")
+    return replace(acceptance, complete=True, reason=reason)
 
-    def __init__(self, ledger: Ledger, settings: Settings, audit: AuditLog | None = None) -> None:
+
+class Assembler:
+    """Decides completeness of receiving studies and opens a job for each complete one.
+
+    ``worklist``: the lookups of the worklist context (made from ``settings`` when None and
+    ``[[worklists]]`` are configured); ``pairer``: the stress-rest pairings across studies (likewise).
+
+    ``listening_since`` (naive UTC): when the node's listener started. A study whose last instance
+    came before it counts as quiet only from then: while the node was down its senders could not
+    send, and after a restart they resend what was not acknowledged, so the time the node was away
+    must not make a half-received study look finished (`cardionode serve` passes its start time).
+    """
+
+    def __init__(self, ledger: Ledger, settings: Settings, audit: AuditLog | None = None,
+                 worklist: WorklistLookups | None = None, pairer: Pairer | None = None,
+                 listening_since: datetime | None = None) -> None:
         self.ledger = ledger
+        self.listening_since = listening_since
         self.settings = settings
         self.audit = audit
+        self.worklist = worklist or WorklistLookups(ledger, settings)
+        self.pairer = pairer or Pairer(ledger, settings)
         self.examined = 0  # studies examined by the last tick (the node ticks more often while there are any)
 
     def rule_for(self, pipeline: str) -> Rule:
@@ -161,9 +215,14 @@ class Assembler:
         studies = self.ledger.studies.to_examine()
         self.examined = len(studies)
         for study in studies:
+            if study.study_uid in self.pairer.fetching:  # the earlier part of a two-day protocol, arriving
+                continue
             try:
                 current: Study | None = study
                 if study.state == "receiving":
+                    self.worklist.request(study.study_uid, now)
+                    if self.worklist.enabled:
+                        self.pairer.request(study.study_uid)
                     current = self._examine(study, now or utcnow())
                 if current is not None and current.state == "complete":
                     created += self._start_run(current)
@@ -173,7 +232,13 @@ class Assembler:
 
     def _examine(self, study: Study, now: datetime) -> Study | None:
         summary = self.ledger.studies.summary(study.study_uid)
-        decision = decide(summary, study.first_received_at, study.last_received_at, now, self.rule_for)
+        scheduled = expectation(self.ledger.worklist.answer_for(study.study_uid)) if self.worklist.enabled else None
+        if scheduled is not None and self.pairer.busy(study.study_uid):
+            scheduled = None  # the other day's part is being looked for: its quiet period and deadline still apply
+        last_received = study.last_received_at
+        if self.listening_since is not None and last_received < self.listening_since:
+            last_received = self.listening_since  # quiet only since the node listens again
+        decision = decide(summary, study.first_received_at, last_received, now, self.rule_for, scheduled)
         tag = hash_identifier(study.study_uid)
         if decision.action == "wait":
             return None
@@ -220,6 +285,7 @@ class Assembler:
             pipeline=pipeline_name,
             expected_from=("complete",),
         )
+        COMPLETENESS_DECISIONS.labels(rule=study.rule or "manual").inc()  # every rule, `cardionode complete` too
         self._create_job(study, pipeline_name, f"study complete ({study.rule})")
         return 1
 

@@ -6,8 +6,9 @@ order, in a temporary folder laid out like the repository folder the README runs
 (``.venv`` and ``docker/`` are links to this checkout's), with only these substitutions,
 as the README says:
 
-* ports: 4242 and 8042 (Orthanc's DICOM and HTTP ports) and 11112 (the node's) become free
-  ports; the node gets its port from ``CARDIONODE_PORT`` (the README's ``node.toml`` sets none);
+* ports: 4242 and 8042 (Orthanc's DICOM and HTTP ports), 11112 (the node's) and 8080 (its web page)
+  become free ports; the node gets them from ``CARDIONODE_PORT`` and ``CARDIONODE_WEB__PORT`` (the
+  README's ``node.toml`` sets none);
 * paths: ``/tmp/`` becomes a folder of the test's own.
 
 A TOML block whose first line is ``# FILE ...`` is written to ``FILE``. A shell block runs
@@ -110,13 +111,15 @@ class Walkthrough:
         (self.folder / "docker").symlink_to(REPO / "docker")
         self.pacs = Orthanc(root / "orthanc-client")  # its free ports become 4242 and 8042; it queries the PACS
         self.node_port = free_port()
-        self.env = node_env({"CARDIONODE_PORT": str(self.node_port)})
+        self.web_port = free_port()  # the node's web page (default 8080)
+        self.env = node_env({"CARDIONODE_PORT": str(self.node_port), "CARDIONODE_WEB__PORT": str(self.web_port)})
         self.servers: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.outputs: list[tuple[str, subprocess.CompletedProcess[str]]] = []
 
     def substitute(self, text: str) -> str:
         """``text`` with the walkthrough's ports and ``/tmp/`` replaced by this run's."""
-        for port, mine in ((4242, self.pacs.dicom_port), (8042, self.pacs.http_port), (11112, self.node_port)):
+        for port, mine in ((4242, self.pacs.dicom_port), (8042, self.pacs.http_port), (11112, self.node_port),
+                           (8080, self.web_port)):
             text = re.sub(rf"\b{port}\b", str(mine), text)
         return text.replace("/tmp/", f"{self.tmp}/")
 

@@ -204,7 +204,8 @@ def test_a_ledger_from_before_sends_peer_text_is_upgraded_through_both_revisions
     status = read_schema_status(ledger_url)
     assert (status.state, status.revision) == ("unversioned", "0001")
     before, after = upgrade_schema(ledger_url)
-    assert (before.state, before.revision, after.state, after.revision) == ("unversioned", "0001", "current", "0002")
+    assert (before.state, before.revision, after.state, after.revision) == (
+        "unversioned", "0001", "current", head_revision())
     assert _differences(ledger_url) == []
     ledger = Ledger(ledger_url)
     try:
@@ -248,7 +249,7 @@ def test_an_older_revision_is_refused_then_upgraded_and_downgrades_keep_rows(led
         command.downgrade(alembic_config(connection), "0001")
     assert "peer_text" not in {c["name"] for c in inspect(engine).get_columns("sends")}
     engine.dispose()
-    with pytest.raises(LedgerSchemaError, match=r"at schema revision 0001 and this CardioNode needs revision 0002: "
+    with pytest.raises(LedgerSchemaError, match=rf"at schema revision 0001 and this CardioNode needs revision {head_revision()}: "
                                                 r"run `cardionode db upgrade`"):
         Ledger(ledger_url)
     before, after = upgrade_schema(ledger_url)
@@ -264,6 +265,69 @@ def test_an_older_revision_is_refused_then_upgraded_and_downgrades_keep_rows(led
         command.downgrade(alembic_config(connection), "base")
     engine.dispose()
     assert read_schema_status(ledger_url).state == "empty"
+
+
+def test_revision_0003_adds_worklist_answers_and_its_downgrade_removes_them(ledger_url: str) -> None:
+    """A ledger at 0002 with rows gains ``worklist_answers`` (empty: no study was looked up); a study's answer
+    is then kept, and going back to 0002 drops the table and keeps every other row."""
+    _previous_release_ledger(ledger_url)
+    engine = create_engine(ledger_url)
+    with engine.begin() as connection:
+        command.stamp(alembic_config(connection), "0002")
+        command.upgrade(alembic_config(connection), "0003")
+    assert "worklist_answers" in inspect(engine).get_table_names()
+    with engine.begin() as connection:
+        assert list(connection.execute(text("SELECT count(*) FROM worklist_answers"))) == [(0,)]
+        connection.execute(text(
+            "INSERT INTO worklist_answers (study_uid, outcome, worklist, matched_by, attempts, error, patient_key, "
+            "accession_number, pipeline, expected_series, clinical, steps, queried_at, updated_at) VALUES "
+            "('1.9', 'found', 'ris', 'accession', 1, '', 'k', 'A1', 'spect_mpi', '[]', '{}', '[]', "
+            "'2026-12-07 08:00:00', '2026-12-07 08:00:00')"))
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0002")
+    assert "worklist_answers" not in inspect(engine).get_table_names()
+    with engine.begin() as connection:
+        assert list(connection.execute(text("SELECT state FROM studies WHERE study_uid = '1.9'"))) == [("done",)]
+    engine.dispose()
+
+
+def test_revision_0004_adds_workitems_and_subscriptions_and_its_downgrade_removes_them(ledger_url: str) -> None:
+    """A ledger at 0003 with rows gains ``workitems`` and ``ups_subscriptions`` (empty); the stores use them
+    (a claim decided in the write transaction, an event per state change); back to 0003 drops both tables and
+    keeps every other row."""
+    _previous_release_ledger(ledger_url)
+    engine = create_engine(ledger_url)
+    with engine.begin() as connection:
+        command.stamp(alembic_config(connection), "0002")
+        command.upgrade(alembic_config(connection), "0004")
+    assert {"workitems", "ups_subscriptions"} <= set(inspect(engine).get_table_names())
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "head")
+    engine.dispose()
+    assert _differences(ledger_url) == []
+    from node.ledger import WorkitemChange
+
+    ledger = Ledger(ledger_url)
+    try:
+        assert ledger.workitems.create("1.2.3", state="SCHEDULED", label="SPECT", attributes={"00741000": {}})
+        assert not ledger.workitems.create("1.2.3", state="SCHEDULED")
+        claimed = ledger.workitems.change("1.2.3", lambda row: WorkitemChange(
+            {"state": "IN PROGRESS", "transaction_uid": "9.9"}, "claimed") if row and row.state == "SCHEDULED" else None)
+        again = ledger.workitems.change("1.2.3", lambda row: WorkitemChange(
+            {"state": "IN PROGRESS", "transaction_uid": "8.8"}, "claimed") if row and row.state == "SCHEDULED" else None)
+        assert claimed is not None and again is not None and again.transaction_uid == "9.9"
+        assert [e.to_state for e in ledger.events.find("workitem", "1.2.3")] == ["SCHEDULED", "IN PROGRESS"]
+        assert ledger.ups_subscriptions.subscribe("WATCHER", ["1.2.3"], True) == ["1.2.3"]
+        assert ledger.ups_subscriptions.locked() == {"1.2.3"}
+    finally:
+        ledger.close()
+    engine = create_engine(ledger_url)
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0003")
+    assert not {"workitems", "ups_subscriptions"} & set(inspect(engine).get_table_names())
+    with engine.begin() as connection:
+        assert list(connection.execute(text("SELECT state FROM studies WHERE study_uid = '1.9'"))) == [("done",)]
+    engine.dispose()
 
 
 def test_a_newer_revision_is_refused_and_not_upgraded(ledger_url: str, tmp_path: Path,

@@ -9,6 +9,7 @@ that needs only a free port does not load pydicom or requests):
 * :mod:`tests.support.dicom_clients`: dcmtk ``echoscu``/``storescu``/``findscu`` and pynetdicom clients;
 * :mod:`tests.support.node`: the node in its own process, listener-only or ``cardionode serve``;
 * :mod:`tests.support.orthanc`: a real Orthanc PACS on loopback ports;
+* :mod:`tests.support.dicomweb`: STOW-RS bodies written by hand (multipart, Part 10 parts) and their answers read;
 * :mod:`tests.support.hostile_dicom`: deflate bombs, huge and malformed data sets for the listener's refusal tests;
 * :mod:`tests.support.redis_server`: a private Redis (own port, password, TLS) for one test;
 * :mod:`tests.support.postgres`: a throw-away PostgreSQL database for one test (CREATE DATABASE, dropped after);
@@ -17,7 +18,9 @@ that needs only a free port does not load pydicom or requests):
 * :mod:`tests.support.worker`: a worker in the test's process (take a step message, run it, store the outcome);
 * :mod:`tests.support.tools`: external validators (dciodvfy) and required command-line tools;
 * :mod:`tests.support.report`: realistic SPECT report content and phantom source instances (``node.synth``);
-* :mod:`tests.support.pipelines`: the test pipelines (registered when imported, never shipped).
+* :mod:`tests.support.pipelines`: the test pipelines (registered when imported, never shipped);
+* :mod:`tests.support.browser`: Debian's Chromium driven by Playwright (never a downloaded browser), screenshots as artefacts;
+* :mod:`tests.support.destination`: a result destination (Storage SCP) in the test's process that refuses for good, then accepts.
 
 Fixtures built on these live in ``tests/conftest.py``. Tests import this package
 absolutely (``from tests.support.ports import free_port``); pytest puts the

@@ -56,13 +56,15 @@ def write_config(path: Path, **settings: Any) -> Path:
 
 
 def listener_config(tmp: Path, **overrides: Any) -> tuple[Path, int]:
-    """A config for a listener on a free loopback port with its data under ``tmp/var``; (path, port)."""
+    """A config for a listener on a free loopback port with its data under ``tmp/var``, and a free web port
+    for ``serve``; (path, port)."""
     settings: dict[str, Any] = {
         "ae_title": "CARDIONODE",
         "port": free_port(),
         "bind_address": "127.0.0.1",
         "data_dir": tmp / "var",
         "disk_watermark_mb": 1,
+        "web": {"port": free_port()},  # `serve` with this config starts the web page: never on the shared default 8080
     }
     settings.update(overrides)
     return write_config(tmp / "node.toml", **settings), int(settings["port"])
@@ -70,7 +72,7 @@ def listener_config(tmp: Path, **overrides: Any) -> tuple[Path, int]:
 
 def serve_settings(data_dir: Path, port: int, destinations: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     """Settings of ``cardionode serve`` for the end-to-end tests: the flow test pipeline, short
-    completeness and retry times; ``extra`` overrides any of them."""
+    completeness and retry times, the web page on a free port; ``extra`` overrides any of them."""
     settings: dict[str, Any] = {
         "ae_title": "CARDIONODE",
         "port": port,
@@ -82,6 +84,7 @@ def serve_settings(data_dir: Path, port: int, destinations: list[dict[str, Any]]
                                      "force_action": "process", "settle_s": 1.0}},
         "send_retry": {"initial_s": 1.0, "max_s": 2.0, "max_attempts": 4},
         "network_timeout_s": 5.0,
+        "web": {"port": free_port()},  # every node its own web port (tests start many nodes; the default is 8080)
     }
     settings.update(extra)
     return settings

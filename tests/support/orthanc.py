@@ -12,7 +12,13 @@ import requests
 
 from tests.support.ports import free_port, port_open, wait_for
 
-__all__ = ["ROUTING_LUA", "Orthanc"]
+__all__ = ["DICOMWEB_PLUGIN", "ROUTING_LUA", "WORKLISTS_PLUGIN", "Orthanc"]
+
+#: Debian's Orthanc worklists sample plugin (serves the ``.wl`` files of one folder as an MWL SCP)
+WORKLISTS_PLUGIN = "/usr/share/orthanc/plugins/libModalityWorklists.so"
+
+#: Debian's orthanc-dicomweb plugin (DICOMweb server and client: QIDO, WADO, STOW)
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 ROUTING_LUA = """
 -- forward cardiac source images (never our own results) to the node
@@ -26,11 +32,22 @@ end
 
 
 class Orthanc:
-    """Debian's Orthanc on loopback ports, with its storage in ``folder``."""
+    """Debian's Orthanc on loopback ports, with its storage in ``folder``.
+
+    ``dicomweb_servers``: load the DICOMweb plugin (:data:`DICOMWEB_PLUGIN`) with these remote
+    servers (its ``DicomWeb.Servers``: name -> ``{"Url": ..., "Username": ..., "Password": ...}``
+    or ``{"Url": ..., "HttpHeaders": {...}}``), to which Orthanc sends with
+    ``POST /dicom-web/servers/{name}/stow`` (:meth:`stow`).
+    """
 
     def __init__(self, folder: Path, node_ae: str = "CARDIONODE", node_port: int | None = None,
-                 ae_title: str = "ORTHANC") -> None:
+                 ae_title: str = "ORTHANC", dicomweb_servers: dict[str, dict[str, Any]] | None = None,
+                 worklists: Path | None = None) -> None:
+        """``worklists``: a folder of ``.wl`` files (:mod:`tests.support.worklist`) that Orthanc's
+        worklists plugin (:data:`WORKLISTS_PLUGIN`) serves as a Modality Worklist SCP to any caller."""
         self.folder = folder
+        self.worklists = worklists
+        self.dicomweb_servers = dicomweb_servers
         self.ae_title = ae_title
         self.dicom_port, self.http_port = free_port(), free_port()
         self.node_ae, self.node_port = node_ae, node_port
@@ -65,6 +82,13 @@ class Orthanc:
         }
         if self.node_port is not None:
             config["DicomModalities"]["cardionode"] = [self.node_ae, "127.0.0.1", self.node_port]
+        if self.dicomweb_servers is not None:
+            config["Plugins"] = [DICOMWEB_PLUGIN]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "Servers": self.dicomweb_servers}
+        if self.worklists is not None:
+            config["Plugins"] = [*config["Plugins"], WORKLISTS_PLUGIN]
+            config["Worklists"] = {"Enable": True, "Database": str(self.worklists)}
+            config["DicomAlwaysAllowFindWorklist"] = True
         (self.folder / "orthanc.json").write_text(json.dumps(config, indent=2))
         log = open(self.folder / "orthanc.log", "wb")
         self.process = subprocess.Popen(["/usr/sbin/Orthanc", str(self.folder / "orthanc.json")],
@@ -89,6 +113,20 @@ class Orthanc:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def upload(self, paths: list[Path]) -> list[str]:
+        """Store DICOM files through the REST API (``POST /instances``); Orthanc's ids of their studies."""
+        studies = []
+        for path in paths:
+            answer = requests.post(f"{self.url}/instances", data=path.read_bytes(), timeout=30)
+            answer.raise_for_status()
+            studies.append(answer.json()["ParentStudy"])
+        return sorted(set(studies))
+
+    def stow(self, server: str, resources: list[str]) -> requests.Response:
+        """Ask Orthanc to send ``resources`` (its ids of studies, series or instances) to the DICOMweb
+        server ``server`` with STOW-RS (needs ``dicomweb_servers``); its answer."""
+        return requests.post(f"{self.url}/dicom-web/servers/{server}/stow", json={"Resources": resources}, timeout=120)
 
     def study_instances(self, study_uid: str) -> list[dict[str, Any]]:
         """Every instance of the study, as ``{"modality", "sop_class", "sop_instance_uid", ...}``."""

@@ -10,6 +10,10 @@ and in an installed wheel. Revisions form one line, oldest first:
 * ``0002`` (``versions/v0002_sends_peer_text.py``): ``sends.peer_text``, what a
   destination said at the last attempt (added in place by the node before revisions
   existed).
+* ``0003`` (``versions/v0003_worklist_answers.py``): ``worklist_answers``, what the
+  modality worklist said about each study (:mod:`node.ledger.worklist`).
+* ``0004`` (``versions/v0004_workitems.py``): ``workitems`` and ``ups_subscriptions``, the
+  UPS work items of the node's UPS SCP and who receives their event reports.
 
 A change to the tables in :mod:`node.ledger.schema` comes with a new revision
 whose ``down_revision`` is the current head. To draft one, against a scratch
