@@ -25,6 +25,7 @@ Usage::
     .venv/bin/python bench/pet_territory_sensitivity.py --n 24 --fwhm 9 --noise 0.2 --processes 2
     .venv/bin/python bench/pet_territory_sensitivity.py --n 8 --fwhm 2,9 --noise 0 --processes 2
     .venv/bin/python bench/pet_territory_sensitivity.py --summarise rows.jsonl
+    .venv/bin/python bench/pet_territory_sensitivity.py --cohort-ceiling 100000   # no images, seconds
 
 ``--progress FILE`` appends every study's rows as JSON lines (a partial run can be summarised).
 """
@@ -43,7 +44,8 @@ from scipy import stats
 
 from node.quant.kinetics import default_model, flow_reserve
 from node.quant.mbf import analyse_dynamic
-from node.synth.pet.phantom import PetPhantomSpec, make_pet_study
+from node.quant.segments import TERRITORY_SEGMENTS
+from node.synth.pet.phantom import PetPhantomSpec, draw_study_flows, make_pet_study
 
 KINDS = ("LAD", "LCx", "RCA", "diffuse")
 TERRITORIES = ("LAD", "LCx", "RCA")
@@ -68,6 +70,8 @@ def run_study(args: tuple[int, int, float, float, float | None]) -> list[dict[st
     return [{"seed": seed, "kind": kind, "fwhm_mm": fwhm, "noise": noise, "territory": t,
              "defect": kind == t or kind == "diffuse", "true_mfr": float(study.truth.territory_mfr[t]),
              "mfr": float(reserve.territory_mfr[t]), "called": bool(reserve.territory_impaired[t]),
+             "true_segment_mfr": [float(study.truth.segment_mfr[s - 1]) for s in TERRITORY_SEGMENTS[t]],
+             "segment_mfr": [float(reserve.segment_mfr[s - 1]) for s in TERRITORY_SEGMENTS[t]],
              "seconds": seconds} for t in TERRITORIES]
 
 
@@ -130,6 +134,34 @@ def summarise(rows: list[dict[str, Any]]) -> None:
               f"{100 * low:.0f} % | {measured:.3f} / {ceiling:.3f} (n = {len(imp)}) |")
 
 
+def cohort_ceiling(n: int, seed: int, spreads: list[float]) -> None:
+    """The acceptance cohort's true territory MFRs (no images: :func:`draw_study_flows` as the cohort draws them)
+    and the sensitivity / specificity an unbiased rule with relative spread ``s`` reaches on them."""
+    kinds = ("normal", "LAD", "LCx", "RCA", "diffuse")
+    rng = np.random.default_rng(seed)
+    true_mfr: list[float] = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        rest, stress, _ = draw_study_flows(rng, defect_territory=kind if kind in TERRITORIES else None,
+                                           diffuse=kind == "diffuse")
+        for t in TERRITORIES:
+            idx = [s - 1 for s in TERRITORY_SEGMENTS[t]]
+            true_mfr.append(float(stress[idx].mean() / rest[idx].mean()))
+    m = np.array(true_mfr)
+    impaired, normal = m[m < THRESHOLD], m[m >= THRESHOLD]
+    print(f"\n### The acceptance cohort's territories ({n} studies drawn as bench/validate_pet_image.py draws them, "
+          f"seed {seed}: {impaired.size} impaired, {normal.size} not)\n")
+    for lo, hi in ((1.9, 2.0), (1.8, 1.9), (1.6, 1.8), (0.0, 1.6)):
+        print(f"- impaired territories with true MFR {lo:.1f}-{hi:.1f}: {100 * np.mean((impaired >= lo) & (impaired < hi)):.1f} %")
+    for lo, hi in ((2.0, 2.2), (2.2, 10.0)):
+        print(f"- other territories with true MFR {lo:.1f}-{hi:.1f}: {100 * np.mean((normal >= lo) & (normal < hi)):.1f} %")
+    print("\n| spread s of ln(measured MFR) | ceiling of sensitivity | of specificity |\n|---|---|---|")
+    for spread in spreads:
+        z = (math.log(THRESHOLD) - np.log(m)) / spread
+        p = stats.norm.cdf(z)
+        print(f"| {spread:.3f} | {p[m < THRESHOLD].mean():.3f} | {1 - p[m >= THRESHOLD].mean():.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=24, help="studies per condition (kinds cycle LAD, LCx, RCA, diffuse)")
@@ -140,7 +172,13 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--progress", default=None, help="append rows as JSON lines to this file")
     parser.add_argument("--summarise", default=None, help="only summarise the rows of this JSON-lines file")
+    parser.add_argument("--cohort-ceiling", type=int, default=0, metavar="N",
+                        help="only the ceiling on N studies of the acceptance cohort's true MFRs (no images)")
+    parser.add_argument("--spreads", default="0.03,0.05,0.07,0.086,0.10", help="spreads for --cohort-ceiling")
     args = parser.parse_args()
+    if args.cohort_ceiling:
+        cohort_ceiling(args.cohort_ceiling, args.seed, [float(v) for v in args.spreads.split(",")])
+        return
     if args.summarise:
         with open(args.summarise, encoding="utf-8") as handle:
             summarise([json.loads(line) for line in handle if line.strip()])

@@ -4,9 +4,10 @@ Fills a fresh SQLite ledger through the ledger's own API (``ledger.instances.rec
 ``studies.transition``, ``jobs``, ``outputs``, ``sends``) with ``--studies`` studies (1,000 by
 default; two NM series of two instances each), most processed and sent, some receiving, failed or
 with dead-lettered sends, so every list has rows in every state; the audit log gets
-``--audit-lines`` lines. Then it serves the node's web app (:func:`node.web.app.create_app`,
-the app ``cardionode web`` runs) with uvicorn on a free loopback port in this process, logs in
-with the token, and times each list page over real HTTP, ``--rounds`` rounds after one warm-up:
+``--audit-lines`` lines. Then it serves the node's web app as ``cardionode web`` does (pipelines
+loaded first, :func:`node.web.app.create_app` with the standalone probe) with uvicorn on a free
+loopback port in this process, logs in with the token, and times each page over real HTTP: one
+cold request (reported apart), then ``--rounds`` rounds:
 
 * server: one ``GET`` with the session cookie, request sent to last byte read (httpx, keep-alive);
 * browser: Debian's Chromium (Playwright, the system browser) loading the page, navigation start to
@@ -215,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         study = deterministic_uid("bench-web-study", 3)
         paths = [p for p, _ in PAGES] + [f"/studies/{study}"]
         names = {**{p: n for p, n in PAGES}, f"/studies/{study}": "one study", reference: f"reference {reference}"}
+        from node.pipelines import registry
+
+        registry.all_pipelines()  # as `cardionode web` does before serving (node.web.server.web_main)
         app = create_app(WebContext(settings, ledger, StandaloneProbe(settings, ledger)))  # as `cardionode web` runs it
         from tests.support.ports import free_port
 

@@ -73,6 +73,7 @@ __all__ = [
     "NOTIFY_EVENTS",
     "UpsReceiver",
     "UpsSettings",
+    "UpsTaskManager",
     "RetrieveSource",
     "Settings",
     "config_path",
@@ -359,6 +360,26 @@ class UpsReceiver(_Model):
     fallback: bool = True
 
 
+class UpsTaskManager(_Model):
+    """A site's task manager (UPS SCP, e.g. dcm4chee-arc) the node performs work items for (``[ups.task_manager]``,
+    :mod:`node.workflow.performer`): its AE title and address; ``worklist_label``: the Worklist Label of the work
+    items the node takes (C-FIND key); ``poll_s``: seconds between two queries (events only make it sooner);
+    ``timeout_s``: bounds connecting and each response; ``max_in_progress``: work items the node holds at once;
+    ``fetch_attempts``: C-MOVEs of missing inputs before the work item is CANCELED (110523, Object Set incomplete);
+    ``subscribe``: subscribe the node's AE globally (UPS Watch, no deletion lock) so that a Cancel Requested
+    reaches the node at once (the task manager must know the node's AE as an event receiver)."""
+
+    ae_title: str
+    host: str
+    port: int = 104
+    worklist_label: str = "CARDIONODE"
+    poll_s: float = 10.0
+    timeout_s: float = 30.0
+    max_in_progress: int = 2
+    fetch_attempts: int = 3
+    subscribe: bool = True
+
+
 class UpsSettings(_Model):
     """``[ups]``: the node as UPS SCP, task manager grouped with the task performer (:mod:`node.dicom.ups_scp`).
 
@@ -378,6 +399,7 @@ class UpsSettings(_Model):
     event_receivers: list[UpsReceiver] = Field(default_factory=list)
     retention_days: float = 7.0
     study_workitems: bool = True
+    task_manager: UpsTaskManager | None = None
 
 
 def _default_completeness() -> dict[str, CompletenessRule]:
@@ -540,6 +562,11 @@ class Settings(BaseSettings):
         return self.data_dir / "node.pid"
 
     @property
+    def web_cache_dir(self) -> Path:
+        """PNG renderings of result images for the web page, one folder per study (removed with its results)."""
+        return self.data_dir / "web" / "cache"
+
+    @property
     def web_token_path(self) -> Path:
         """The web page's access token (``[web] token_file``, else ``<data_dir>/web/token``)."""
         return self.web.token_file or self.data_dir / "web" / "token"
@@ -696,7 +723,8 @@ def _port_problem(port: int, where: str) -> str | None:
 
 
 def _listener_problems(s: Settings) -> list[str]:
-    out = [p for p in (ae_title_problem(s.ae_title, "ae_title"), _port_problem(s.port, "port")) if p]
+    out = [p for p in (ae_title_problem(s.ae_title, "ae_title"), _port_problem(s.port, "port"),
+                       _port_problem(s.web.port, "web.port")) if p]
     try:
         ipaddress.ip_address(s.bind_address)
     except ValueError:
@@ -720,6 +748,15 @@ def _ups_problems(ups: UpsSettings) -> list[str]:
         out.append("ups.worklist_label must have 1 to 64 characters (DICOM LO)")
     if ups.retention_days < 0:
         out.append(f"ups.retention_days is {ups.retention_days}; it must be 0 or more (days)")
+    tm = ups.task_manager
+    if tm is not None:
+        out += [p for p in (ae_title_problem(tm.ae_title, "ups.task_manager"), _port_problem(tm.port, "ups.task_manager"))
+                if p]
+        if not tm.worklist_label.strip() or len(tm.worklist_label) > 64:
+            out.append("ups.task_manager.worklist_label must have 1 to 64 characters (DICOM LO)")
+        if tm.poll_s <= 0 or tm.timeout_s <= 0 or tm.max_in_progress < 1 or tm.fetch_attempts < 1:
+            out.append("ups.task_manager: poll_s and timeout_s must be more than 0, max_in_progress and "
+                       "fetch_attempts at least 1")
     seen: set[str] = set()
     for i, receiver in enumerate(ups.event_receivers):
         where = f"ups.event_receivers[{i}]"
@@ -1246,4 +1283,8 @@ def environment_problems(s: Settings) -> list[str]:
         problem = listen_problem(s.bind_address, s.port)
         if problem:
             out.append(f"port: {problem}")
+        if s.web.enabled:  # a running node holds its web port too
+            problem = listen_problem(s.web.bind_address, s.web.port)
+            if problem:
+                out.append(f"web.port: {problem}")
     return out

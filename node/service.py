@@ -7,6 +7,9 @@ It runs, in one process:
   (:func:`ups_services`: :mod:`node.dicom.ups_scp` with the rules of :mod:`node.workflow.ups`);
 * the work items loop (:class:`node.workflow.study_workitems.StudyWorkitems`: a UPS per study, with
   ``[ups] study_workitems``), every ``WORKITEMS_TICK_S``;
+* the performer loop (:class:`node.workflow.performer.Performer`, with ``[ups.task_manager]``): the
+  work items of a site's task manager, claimed, processed and completed; the listener receives the
+  task manager's UPS events (:class:`node.dicom.ups_scu.UpsEventReceiver`);
 * the conductor loop: completeness (:class:`node.workflow.completeness.Assembler`)
   and jobs (:class:`node.queue.conductor.Conductor`), every ``TICK_S`` seconds;
 * the export loop (:class:`node.dicom.sender.Exporter`, with
@@ -131,6 +134,8 @@ class Node:
         self.send_due = threading.Event()  # set when a job's results are in the outbox: the sender runs at once
         self.conduct_due = threading.Event()  # set by an operator's action on the web page: the conductor ticks at once
         self.web: Any = None  # the operator web page (node.web.server.WebServer) when [web] enabled
+        self.performer: Any = None  # node.workflow.performer.Performer when [ups.task_manager] is set
+        self.perform_due = threading.Event()  # set by a UPS event from the task manager: the performer runs at once
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -187,8 +192,15 @@ class Node:
             self._start_worker(spec)
 
         self.ups_services = ups_services(s, self.ledger, self.audit)
+        performer_services: list[Any] = []
+        if s.ups.task_manager is not None:  # the node performs a site's task manager's work items
+            from node.dicom.ups_scu import UpsEventReceiver
+            from node.workflow.performer import Performer
+
+            self.performer = Performer(self.ledger, s, wake=self.perform_due)
+            performer_services.append(UpsEventReceiver(self.performer.on_event))
         self.listener = DicomListener(s, self.ledger, routing_attributes, audit=self.audit,
-                                      services=self.ups_services)
+                                      services=self.ups_services + performer_services)
         if s.web.enabled:  # before the listener: once the DICOM port answers, so does the page
             self._start_web()
         self.listener.start()
@@ -210,6 +222,11 @@ class Node:
 
             tracker = StudyWorkitems(self.ledger, s, self.ups_services[0])
             self.threads.append(_Loop("workitems", tracker.run_once, WORKITEMS_TICK_S, self.stop_event))
+        if self.performer is not None:  # [ups.task_manager]: node.workflow.performer
+            from node.workflow.performer import PERFORMER_TICK_S
+
+            self.threads.append(_Loop("performer", self.performer.run_once, PERFORMER_TICK_S, self.stop_event,
+                                      wake=self.perform_due))
         for thread in self.threads:
             thread.start()
 

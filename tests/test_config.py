@@ -237,6 +237,10 @@ def test_config_check_reports_everything_that_cannot_work_in_one_pass(tmp_path: 
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     taken_port = taken.getsockname()[1]
+    taken_web = socket.socket()
+    taken_web.bind(("127.0.0.1", 0))
+    taken_web.listen()
+    taken_web_port = taken_web.getsockname()[1]
     silent_port = free_port()  # nothing listens there: the destination cannot answer C-ECHO
     config = write_config(
         tmp_path / "node.toml",
@@ -249,11 +253,13 @@ def test_config_check_reports_everything_that_cannot_work_in_one_pass(tmp_path: 
         ],
         peers=[{"name": "modality", "ae_titles": ["SCANNER"], "host": "scanner.no-such-host.invalid"}],
         send_retry={"initial_s": 5, "max_attemps": 3},
+        web={"port": taken_web_port},
     )
     try:
         result = _config_check(config)
     finally:
         taken.close()
+        taken_web.close()
     problems = [line for line in result.stdout.splitlines() if line.startswith("PROBLEM: ")]
     expected = (
         "PROBLEM: ae_tilte: unknown setting; did you mean 'ae_title'?",
@@ -262,6 +268,7 @@ def test_config_check_reports_everything_that_cannot_work_in_one_pass(tmp_path: 
         "PROBLEM: destinations[1] (typo): host name 'pacs.no-such-host.invalid' does not resolve",
         "PROBLEM: peers[0] (modality): host name 'scanner.no-such-host.invalid' does not resolve",
         f"PROBLEM: port: cannot listen on 127.0.0.1:{taken_port}: the port is already in use by another program",
+        f"PROBLEM: web.port: cannot listen on 127.0.0.1:{taken_web_port}: the port is already in use by another program",
         f"PROBLEM: destinations[0] (silent): C-ECHO to NOBODY@127.0.0.1:{silent_port} failed: ",
     )
     for words in expected:

@@ -13,8 +13,8 @@ here stores anything. The SCP must know the node's AE title as a move destinatio
 ``DicomModalities``; dcm4chee: an AE entry), or it answers ``0xA801`` (move destination
 unknown). C-GET (instances on the same association) is not implemented.
 
-What goes wrong is a :class:`RetrieveUnavailable` with the node's words and a ``kind``:
-``unreachable``, ``refused``, ``timeout`` or ``failed`` (as :mod:`node.dicom.worklist_scu`).
+What goes wrong is a :class:`RetrieveUnavailable` (:class:`node.dicom.find.PeerUnavailable`:
+a ``kind`` and the node's words).
 A C-MOVE that ends with failed sub-operations is not an exception: :class:`MoveOutcome`
 counts them. ``timeout_s`` bounds connecting, negotiation and the wait for each response
 (a C-MOVE's pending responses come after each sub-operation, so a large study does not
@@ -28,12 +28,10 @@ import time
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context
-from pynetdicom.association import Association
 
+from node.dicom.find import PENDING, PeerUnavailable, c_find, open_for, where
 from node.dicom.logs import PatientIdentifiers, silence_pynetdicom
-from node.dicom.sender import Target, _associate
+from node.dicom.sender import Target
 
 __all__ = [
     "STUDY_ROOT_FIND",
@@ -49,19 +47,12 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 #: Study Root Query/Retrieve Information Model - MOVE
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 
-_PENDING = (0xFF00, 0xFF01)
-_SYNTAXES: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-
 _log = logging.getLogger(__name__)
 
 
-class RetrieveUnavailable(RuntimeError):
+class RetrieveUnavailable(PeerUnavailable):
     """The Q/R SCP gave no (complete) answer; ``kind``: ``unreachable``, ``refused``, ``timeout`` or
     ``failed``; the message is the node's words (never the peer's text, never an identifier)."""
-
-    def __init__(self, kind: str, words: str) -> None:
-        super().__init__(words)
-        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -85,19 +76,6 @@ class MoveOutcome:
         """``C-MOVE status 0x0000: 12 instance(s) sent, 0 failed, 0 warning(s) in 830 ms``."""
         return (f"C-MOVE status 0x{self.status:04X}: {self.completed} instance(s) sent, {self.failed} failed, "
                 f"{self.warning} warning(s) in {self.elapsed_s * 1000:.0f} ms")
-
-
-def _open(target: Target, calling_ae: str, timeout_s: float, sop_class: str, patients: PatientIdentifiers,
-          what: str) -> Association:
-    where = f"{target.ae_title}@{target.host}:{target.port}"
-    assoc, (_, words) = _associate(target, calling_ae, timeout_s, [build_context(sop_class, _SYNTAXES)], patients)
-    if assoc is None:
-        kind = "refused" if "rejected" in words else "timeout" if "aborted" in words else "unreachable"
-        raise RetrieveUnavailable(kind, f"Q/R {where}: {words}")
-    if not any(c.abstract_syntax == sop_class for c in assoc.accepted_contexts):
-        assoc.release()
-        raise RetrieveUnavailable("refused", f"Q/R {where} does not accept the Study Root {what} SOP class")
-    return assoc
 
 
 def find_studies(
@@ -124,27 +102,11 @@ def find_studies(
     query.QueryRetrieveLevel = "STUDY"
     for element in identifier:
         query.add(element)
-    where = f"{target.ae_title}@{target.host}:{target.port}"
     with patients.active():
-        assoc = _open(target, calling_ae, timeout_s, STUDY_ROOT_FIND, patients, "FIND")
-        found: list[Dataset] = []
-        try:
-            for status, match in assoc.send_c_find(query, STUDY_ROOT_FIND):
-                code = getattr(status, "Status", None)
-                if code is None:
-                    raise RetrieveUnavailable("timeout", f"Q/R {where}: no C-FIND response within {timeout_s:g} s "
-                                                         "or association aborted")
-                if int(code) in _PENDING:
-                    if match is not None:
-                        found.append(match)
-                    continue
-                if int(code) == 0x0000:
-                    break
-                raise RetrieveUnavailable("failed", f"Q/R {where} answered C-FIND status 0x{int(code):04X}")
-        finally:
-            if assoc.is_established:
-                assoc.release()
-    return found
+        assoc = open_for(target, STUDY_ROOT_FIND, calling_ae=calling_ae, timeout_s=timeout_s, patients=patients,
+                         error=RetrieveUnavailable, peer="Q/R", service="Study Root FIND")
+        return c_find(assoc, query, STUDY_ROOT_FIND, timeout_s=timeout_s, error=RetrieveUnavailable,
+                      name=f"Q/R {where(target)}")
 
 
 def move_study(
@@ -167,24 +129,25 @@ def move_study(
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid
-    where = f"{target.ae_title}@{target.host}:{target.port}"
+    name = f"Q/R {where(target)}"
     started = time.monotonic()
-    assoc = _open(target, calling_ae, timeout_s, STUDY_ROOT_MOVE, PatientIdentifiers(), "MOVE")
+    assoc = open_for(target, STUDY_ROOT_MOVE, calling_ae=calling_ae, timeout_s=timeout_s, patients=PatientIdentifiers(),
+                     error=RetrieveUnavailable, peer="Q/R", service="Study Root MOVE")
     last: Dataset | None = None
     try:
         for status, _ in assoc.send_c_move(query, destination_ae, STUDY_ROOT_MOVE):
             code = getattr(status, "Status", None)
             if code is None:
-                raise RetrieveUnavailable("timeout", f"Q/R {where}: no C-MOVE response within {timeout_s:g} s "
+                raise RetrieveUnavailable("timeout", f"{name}: no C-MOVE response within {timeout_s:g} s "
                                                      "or association aborted")
             last = status
-            if int(code) not in _PENDING:
+            if int(code) not in PENDING:
                 break
     finally:
         if assoc.is_established:
             assoc.release()
     if last is None:
-        raise RetrieveUnavailable("failed", f"Q/R {where}: C-MOVE ended without a final response")
+        raise RetrieveUnavailable("failed", f"{name}: C-MOVE ended without a final response")
 
     def count(keyword: str) -> int:
         value = last.get(keyword) if last is not None else None
@@ -193,5 +156,5 @@ def move_study(
     outcome = MoveOutcome(int(last.Status), count("NumberOfCompletedSuboperations"),
                           count("NumberOfFailedSuboperations"), count("NumberOfWarningSuboperations"),
                           time.monotonic() - started)
-    _log.debug("Q/R %s: %s", where, outcome.words())
+    _log.debug("%s: %s", name, outcome.words())
     return outcome

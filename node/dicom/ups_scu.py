@@ -9,23 +9,31 @@ refuses it; with Pull only, it goes out on the Pull context with the Push class.
 Pull model. Each call returns an :class:`Answer` (status, data set, Error Comment); what the
 performer does with it (claim, write its Transaction UID to the ledger first, report progress,
 complete) is decided above this module, which knows DIMSE and no medicine.
+
+:class:`UpsEventReceiver` is the other half of UPS Watch: the Event SCU role on the node's own
+listener (a :class:`node.dicom.services.DicomService`). The task manager opens an association
+to the node proposing UPS Event (1.2.840.10008.5.1.4.34.6.4) and sends N-EVENT-REPORTs (State
+Report, Cancel Requested, Progress, SCP Status Change, Assigned); each is answered Success and
+handed to a callback, which the performer gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, build_context, evt
+from pynetdicom.presentation import PresentationContext
 
-from node.dicom.services import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from node.dicom.ups_scp import UPS_PULL, UPS_PUSH, UPS_WATCH
+from node.dicom.services import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Peers
+from node.dicom.ups_scp import UPS_EVENT, UPS_PULL, UPS_PUSH, UPS_WATCH
 
-__all__ = ["Answer", "UpsPullClient", "UpsUnreachable"]
+__all__ = ["Answer", "UpsEventReceiver", "UpsPullClient", "UpsUnreachable"]
 
 _GLOBAL = "1.2.840.10008.5.1.4.34.5"
 
@@ -146,3 +154,47 @@ class UpsPullClient:
         ds = Dataset()
         ds.ReceivingAE = receiving_ae
         return _answer(*self.assoc.send_n_action(ds, 4, UPS_PUSH, uid))
+
+
+class UpsEventReceiver:
+    """Receives UPS N-EVENT-REPORTs on the node's listener (Event SCU role, a DicomService).
+
+    ``on_event(event_type, ups_uid, information, calling_ae)`` gets each report (Event Type ID of
+    PS3.4 CC.2.4.1, the Affected SOP Instance UID, the Event Information); it must not block long.
+    A report for another SOP class than UPS Push is answered 0x0122, one the callback fails on 0x0110.
+    """
+
+    counters: tuple[str, ...] = ("ups_events",)
+
+    def __init__(self, on_event: Callable[[int, str, Dataset, str], None]) -> None:
+        self.on_event = on_event
+        self._peers: Peers | None = None
+
+    def contexts(self) -> list[PresentationContext]:
+        return [build_context(UPS_EVENT)]
+
+    def handlers(self, peers: Peers) -> list[evt.EventHandlerType]:
+        self._peers = peers
+        return [(evt.EVT_N_EVENT_REPORT, self._on_report)]
+
+    def prepare(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def _on_report(self, event: evt.Event) -> tuple[int, None]:
+        request: Any = event.request
+        peer = self._peers.get(event.assoc) if self._peers is not None else None
+        if peer is not None:
+            peer.count("ups_events")
+        if str(request.AffectedSOPClassUID or "") != UPS_PUSH:
+            return 0x0122, None
+        calling = peer.calling_ae if peer is not None else str(event.assoc.requestor.ae_title).strip()
+        try:
+            self.on_event(int(event.event_type or 0), str(request.AffectedSOPInstanceUID or ""),
+                          event.event_information or Dataset(), calling)
+        except Exception:  # the task manager gets a failure; the node goes on
+            logging.getLogger("cardionode.ups").exception("UPS event not handled")
+            return 0x0110, None
+        return 0x0000, None

@@ -7,12 +7,8 @@ scheduled procedure step (PS3.4 K.6.1.2.1). The identifier is the caller's: this
 module knows no medicine and no policy (which keys, which answer matches: see
 :mod:`node.workflow.worklist`).
 
-What goes wrong is a :class:`WorklistUnavailable` with the node's words and a
-``kind``: ``unreachable`` (connection refused, host unreachable, connect timeout),
-``refused`` (association rejected, SOP class not accepted), ``timeout`` (no response
-within the timeout, association aborted) or ``failed`` (a failure status, e.g.
-``0xA700`` out of resources, ``0xA900`` identifier does not match SOP class,
-``0xC000`` unable to process). ``timeout_s`` bounds connecting, association
+What goes wrong is a :class:`WorklistUnavailable` (:class:`node.dicom.find.PeerUnavailable`:
+a ``kind`` and the node's words). ``timeout_s`` bounds connecting, association
 negotiation and the wait for each response (pynetdicom's connection, ACSE, DIMSE and
 network timeouts).
 
@@ -28,11 +24,10 @@ import time
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context
 
+from node.dicom.find import FAILURE_KINDS, PeerUnavailable, c_find, open_for, where
 from node.dicom.logs import PatientIdentifiers, silence_pynetdicom
-from node.dicom.sender import Target, _associate
+from node.dicom.sender import Target
 
 __all__ = [
     "MODALITY_WORKLIST_FIND",
@@ -45,20 +40,14 @@ __all__ = [
 #: Modality Worklist Information Model - FIND (PS3.4 K.6.1)
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 #: the kinds of :class:`WorklistUnavailable`
-WORKLIST_FAILURE_KINDS = ("unreachable", "refused", "timeout", "failed")
-
-_PENDING = (0xFF00, 0xFF01)
+WORKLIST_FAILURE_KINDS = FAILURE_KINDS
 
 _log = logging.getLogger(__name__)
 
 
-class WorklistUnavailable(RuntimeError):
+class WorklistUnavailable(PeerUnavailable):
     """The worklist gave no (complete) answer; ``kind`` is one of :data:`WORKLIST_FAILURE_KINDS`,
     the message the node's words (never the peer's text, never an identifier)."""
-
-    def __init__(self, kind: str, words: str) -> None:
-        super().__init__(words)
-        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -101,35 +90,12 @@ def find_scheduled_steps(
     silence_pynetdicom()
     patients = identifiers or PatientIdentifiers()
     started = time.monotonic()
-    contexts = [build_context(MODALITY_WORKLIST_FIND, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
-    where = f"{target.ae_title}@{target.host}:{target.port}"
     with patients.active():
-        assoc, (_, words) = _associate(target, calling_ae, timeout_s, contexts, patients)
-        if assoc is None:
-            kind = "refused" if "rejected" in words else "timeout" if "aborted" in words else "unreachable"
-            raise WorklistUnavailable(kind, f"worklist {where}: {words}")
-        matches: list[Dataset] = []
-        try:
-            if not any(c.abstract_syntax == MODALITY_WORKLIST_FIND for c in assoc.accepted_contexts):
-                raise WorklistUnavailable("refused", f"worklist {where} does not accept the Modality Worklist "
-                                                     "Information Model - FIND SOP class")
-            for status, found in assoc.send_c_find(identifier, MODALITY_WORKLIST_FIND):
-                code = getattr(status, "Status", None)
-                if code is None:
-                    raise WorklistUnavailable("timeout", f"worklist {where}: no response within {timeout_s:g} s "
-                                                         "or association aborted")
-                if int(code) in _PENDING:
-                    if found is not None:
-                        matches.append(found)
-                    continue
-                if int(code) == 0x0000:
-                    break
-                if int(code) == 0xFE00:
-                    raise WorklistUnavailable("failed", f"worklist {where}: query cancelled (status 0xFE00)")
-                raise WorklistUnavailable("failed", f"worklist {where} answered status 0x{int(code):04X}")
-        finally:
-            if assoc.is_established:
-                assoc.release()
+        assoc = open_for(target, MODALITY_WORKLIST_FIND, calling_ae=calling_ae, timeout_s=timeout_s,
+                         patients=patients, error=WorklistUnavailable, peer="worklist",
+                         service="Modality Worklist Information Model - FIND")
+        matches = c_find(assoc, identifier, MODALITY_WORKLIST_FIND, timeout_s=timeout_s,
+                         error=WorklistUnavailable, name=f"worklist {where(target)}")
     elapsed = time.monotonic() - started
-    _log.debug("worklist %s: %d scheduled steps in %.0f ms", where, len(matches), elapsed * 1000)
+    _log.debug("worklist %s: %d scheduled steps in %.0f ms", where(target), len(matches), elapsed * 1000)
     return WorklistAnswer(tuple(matches), elapsed)

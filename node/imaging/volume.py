@@ -13,6 +13,10 @@ The 4x4 ``affine`` maps array indices to patient coordinates in millimetres in t
 patient frame (LPS: +x patient left, +y posterior, +z superior)::
 
     xyz_mm = (affine @ [slice, row, column, 1])[:3]
+
+:class:`ShortAxisStack` holds a cardiac MR short-axis stack ``[phase, slice, row, column]``
+whose slices need not be evenly spaced (a missing slice stays a gap, never interpolated):
+each slice keeps its own position, the stack one in-plane orientation and pixel spacing.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["FrameAxis", "FrameSchedule", "Volume"]
+__all__ = ["FrameAxis", "FrameSchedule", "ShortAxisStack", "Volume"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,3 +222,106 @@ class Volume:
         inverse = np.linalg.inv(self.affine)
         xyz_mm = np.asarray(xyz_mm, dtype=float)
         return xyz_mm @ inverse[:3, :3].T + inverse[:3, 3]
+
+
+@dataclass(frozen=True, eq=False)
+class ShortAxisStack:
+    """Parallel MR slices ``[phase, slice, row, column]`` with a per-slice patient position (numpy only).
+
+    Parameters
+    ----------
+    voxels : array [phase, slice, row, column]
+        Pixel values after the per-image rescale (float). One phase for LGE; cine phases in
+        trigger-time order (phase ``k`` of slice ``s`` was acquired at ``trigger_ms[k, s]``).
+    positions_mm : array [slice, 3]
+        Patient LPS position (mm) of the centre of the first pixel (row 0, column 0) of each
+        slice; slices are in increasing order along ``normal`` (``positions_mm @ normal``).
+    row_cosine, column_cosine : array [3]
+        Direction of increasing column index (along a row) and of increasing row index, as in
+        Image Orientation (Patient); ``normal = row_cosine x column_cosine``.
+    pixel_spacing_mm : array [2]
+        Distance between rows and between columns, mm (Pixel Spacing order).
+    slice_thickness_mm : float
+        Nominal slice thickness, mm (NaN when not known).
+    trigger_ms : array [phase, slice]
+        Trigger delay of each image after the R wave, ms (NaN when not known, e.g. LGE).
+    """
+
+    voxels: np.ndarray
+    positions_mm: np.ndarray
+    row_cosine: np.ndarray
+    column_cosine: np.ndarray
+    pixel_spacing_mm: np.ndarray
+    slice_thickness_mm: float
+    trigger_ms: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.voxels.ndim != 4:
+            raise ValueError(f"voxels must be [phase, slice, row, column], got shape {self.voxels.shape}")
+        n_phases, n_slices = self.voxels.shape[:2]
+        if self.positions_mm.shape != (n_slices, 3):
+            raise ValueError(f"positions_mm must be [{n_slices}, 3], got {self.positions_mm.shape}")
+        if self.trigger_ms.shape != (n_phases, n_slices):
+            raise ValueError(f"trigger_ms must be [{n_phases}, {n_slices}], got {self.trigger_ms.shape}")
+        if self.pixel_spacing_mm.shape != (2,) or np.any(self.pixel_spacing_mm <= 0):
+            raise ValueError("pixel_spacing_mm must be two positive numbers")
+        if abs(float(np.dot(self.row_cosine, self.column_cosine))) > 1e-3:
+            raise ValueError("row_cosine and column_cosine must be orthogonal")
+        if n_slices > 1 and np.any(np.diff(self.slice_positions_mm) <= 0):
+            raise ValueError("slices must be in strictly increasing order along the normal")
+
+    @property
+    def n_phases(self) -> int:
+        return int(self.voxels.shape[0])
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.voxels.shape[1])
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit slice normal ``row_cosine x column_cosine`` (LPS); its sign says nothing about apex or base."""
+        n = np.cross(self.row_cosine, self.column_cosine)
+        return n / np.linalg.norm(n)
+
+    @property
+    def slice_positions_mm(self) -> np.ndarray:
+        """Position of each slice along :attr:`normal`, mm (increasing)."""
+        return self.positions_mm @ self.normal
+
+    @property
+    def slice_spacing_mm(self) -> float:
+        """Median centre-to-centre distance between neighbouring slices, mm (NaN for one slice)."""
+        if self.n_slices < 2:
+            return float("nan")
+        return float(np.median(np.diff(self.slice_positions_mm)))
+
+    def gaps_after(self, factor: float = 1.5) -> np.ndarray:
+        """Indices ``i`` where the step from slice ``i`` to ``i + 1`` exceeds ``factor`` x the median
+        spacing: one or more slices are missing there (the stack holds no interpolated slice)."""
+        if self.n_slices < 3:
+            return np.zeros(0, dtype=int)
+        return np.flatnonzero(np.diff(self.slice_positions_mm) > factor * self.slice_spacing_mm)
+
+    def slice_affine(self, index: int) -> np.ndarray:
+        """4x4 map of ``(0, row, column, 1)`` of slice ``index`` to patient LPS mm (axis 0 steps along the
+        normal by :attr:`slice_spacing_mm`, or 1 mm for one slice)."""
+        step = self.slice_spacing_mm if self.n_slices > 1 else 1.0
+        affine = np.eye(4)
+        affine[:3, 0] = self.normal * step
+        affine[:3, 1] = self.column_cosine * self.pixel_spacing_mm[0]
+        affine[:3, 2] = self.row_cosine * self.pixel_spacing_mm[1]
+        affine[:3, 3] = self.positions_mm[index]
+        return affine
+
+    def as_volume(self, tolerance_mm: float = 0.1) -> Volume:
+        """The stack as a gated :class:`Volume` ``[phase, slice, row, column]``: only when the slices are
+        evenly spaced and not shifted in plane (within ``tolerance_mm``); else ValueError (say so
+        rather than resample)."""
+        affine = self.slice_affine(0)
+        expected = self.positions_mm[0] + np.outer(np.arange(self.n_slices), affine[:3, 0])
+        shift = float(np.max(np.linalg.norm(self.positions_mm - expected, axis=1)))
+        if shift > tolerance_mm:
+            raise ValueError(f"slices are {shift:.2f} mm away from an even grid (a gap, uneven spacing or an "
+                             "in-plane shift): use the per-slice positions")
+        return Volume(self.voxels, affine, FrameAxis.gates(self.n_phases))

@@ -128,7 +128,7 @@ STUDY_FINISHED = ("done", "ignored", "failed", "given_up")
 JOB_STATES = ("queued", "running", "reported", "sent", "failed", "dead", "discarded")
 JOB_FINISHED = ("sent", "failed", "dead", "discarded")
 SEND_STATES = ("pending", "sent", "retrying", "dead_letter")
-COMPLETENESS_RULES = ("expected_series", "quiet_period", "force_deadline", "manual")
+COMPLETENESS_RULES = ("expected_series", "quiet_period", "force_deadline", "manual", "ups_inputs")
 #: states of a UPS work item (DICOM PS3.4 Table CC.1.1-1), as DICOM spells them
 WORKITEM_STATES = ("SCHEDULED", "IN PROGRESS", "COMPLETED", "CANCELED")
 #: what a worklist lookup found: an answer, no scheduled step for the study, or no answer (down, refused, timed out)
@@ -318,7 +318,11 @@ class RejectionRecord(Base):
 class Workitem(Base):
     """A Unified Procedure Step (UPS) work item (table ``workitems``, :mod:`node.ledger.workitems`).
 
-    ``role``: ``manager`` for a UPS the node's UPS SCP manages (:mod:`node.dicom.ups_scp`).
+    ``role``: ``manager`` for a UPS the node's UPS SCP manages (:mod:`node.dicom.ups_scp`);
+    ``performer`` for a UPS of a site's task manager the node claimed or looked at
+    (:mod:`node.workflow.performer`): ``transaction_uid`` is then the node's claim, written before
+    the claim is sent; ``performer_ae`` the node's AE title while it holds the UPS (``""`` when
+    another performer does); ``run`` the study's processing run that performs it.
     ``attributes`` is the UPS itself in the DICOM JSON model, without its Transaction UID;
     it is protected like ``sends.peer_text``: it holds the patient's identification that
     N-GET and C-FIND return, and is never logged or shown by `cardionode status`.
@@ -347,6 +351,8 @@ class Workitem(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)  # entered COMPLETED or CANCELED
+    # role ``performer`` (node.workflow.performer): the study's processing run that performs the work item
+    run: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class UpsSubscription(Base):

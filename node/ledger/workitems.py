@@ -87,6 +87,16 @@ class WorkitemStore(Store):
                 q = q.limit(limit)
             return list(s.scalars(q))
 
+    def performing(self, study_uid: str | None = None) -> list[Workitem]:
+        """Work items of a site's task manager the node holds (role ``performer``, a Transaction UID of the node's,
+        not final): claims sent or landed, oldest first; optionally only those of ``study_uid``."""
+        with self.database.read() as s:
+            q = select(Workitem).where(Workitem.role == "performer", Workitem.transaction_uid != "",
+                                       Workitem.state.not_in(list(FINAL_WORKITEM_STATES)))
+            if study_uid is not None:
+                q = q.where(Workitem.study_uid == study_uid)
+            return list(s.scalars(q.order_by(Workitem.created_at, Workitem.sop_instance_uid)))
+
     def count_by_state(self) -> dict[str, int]:
         """Work items per state, every state of :data:`node.ledger.schema.WORKITEM_STATES` (0 when none)."""
         with self.database.read() as s:

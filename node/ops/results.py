@@ -17,7 +17,7 @@ and are made by the functions that make the PDF's and the results screen's table
 they are shown as their curve-plot images.
 
 :func:`result_frame_png` gives one frame of an image output as PNG, cached under
-``<data_dir>/web/cache`` (outputs never change: their UIDs derive from their content);
+``<data_dir>/web/cache/<study>`` (outputs never change: their UIDs derive from their content);
 :func:`result_pdf` the summary PDF. Both refuse, with :class:`ResultNotFound`, anything that is
 not such an output of this node, and never read a file outside the outbox.
 
@@ -559,8 +559,9 @@ def _image_output(ledger: Ledger, sop_instance_uid: str) -> Output:
     return output
 
 
-def _cache_path(settings: Settings, sop_instance_uid: str, frame: int, variant: str) -> Path:
-    return settings.data_dir / "web" / "cache" / f"{sop_instance_uid}-{frame}-{variant}.png"
+def _cache_path(settings: Settings, output: Output, frame: int, variant: str) -> Path:
+    """Where a frame's PNG is kept: one folder per study (retention removes it with the study's results)."""
+    return settings.web_cache_dir / output.study_uid / f"{output.sop_instance_uid}-{frame}-{variant}.png"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -593,7 +594,7 @@ def result_frame_png(settings: Settings, ledger: Ledger, sop_instance_uid: str, 
     output = _image_output(ledger, sop_instance_uid)
     show = shows_identifiers(settings, identifiers)
     variant = "full" if show else "withheld"
-    cached = _cache_path(settings, output.sop_instance_uid, frame, variant)
+    cached = _cache_path(settings, output, frame, variant)
     path = _outbox_file(settings, output)
     if path is None:  # pruned: not shown (as the page says), and its cached renderings go too
         for stale in cached.parent.glob(f"{output.sop_instance_uid}-*.png") if cached.parent.is_dir() else ():

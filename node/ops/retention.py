@@ -257,6 +257,8 @@ def prune(ledger: Ledger, settings: Settings, dry_run: bool = False, now: dateti
             continue
         if removal.area == "spool":
             _put_back_fresh(aside, source, quiet)
+        else:  # the web page's renderings of these results go with them
+            shutil.rmtree(settings.web_cache_dir / removal.study_uid, ignore_errors=True)
         shutil.rmtree(aside, ignore_errors=True)
         done.append(Removal(removal.study_uid, removal.area, freed, removal.why))
         _log.info("study %s: %s", hash_identifier(removal.study_uid), reason)

@@ -136,7 +136,7 @@ def status_snapshot(
 
 #: the columns of a UPS work item in `cardionode status` (:func:`workitem_row`): no patient data, no Transaction UID
 WORKITEM_COLUMNS = ("work item (UPS)", "state", "progress", "label", "worklist", "priority", "readiness", "performer",
-                    "updated (UTC)")
+                    "role", "outputs", "note", "updated (UTC)")
 
 
 def _workitem_part(ledger: Ledger, rows: int) -> dict[str, Any]:
@@ -156,10 +156,27 @@ def workitem_row(item: Workitem) -> dict[str, Any]:
     if item.progress_description:
         progress = f"{progress} {item.progress_description}".strip()
     state = f"{item.state} (cancel requested)" if item.cancel_requested and item.state == "IN PROGRESS" else item.state
-    performer = item.performer_ae or ("node" if item.state != "SCHEDULED" else "")
+    performer = item.performer_ae or ("node" if item.state != "SCHEDULED" and item.role != "performer" else "")
+    role = "performer (site's task manager)" if item.role == "performer" else "manager (node's UPS SCP)"
+    outputs = _output_count(item.attributes)
     return dict(zip(WORKITEM_COLUMNS, (item.sop_instance_uid, state, progress, item.label, item.worklist_label,
-                                        item.priority, item.input_readiness, performer,
+                                        item.priority, item.input_readiness, performer, role,
+                                        "" if outputs is None else str(outputs), item.reason,
                                         item.updated_at.isoformat(sep=" ", timespec="seconds")), strict=True))
+
+
+def _output_count(attributes: Any) -> int | None:
+    """The instances the work item's Output Information Sequence lists (UPS in the DICOM JSON model), None when it
+    has no UPS Performed Procedure Sequence yet."""
+    def values(node: Any, tag: str) -> list[Any]:
+        element = node.get(tag) if isinstance(node, dict) else None
+        value = element.get("Value") if isinstance(element, dict) else None
+        return value if isinstance(value, list) else []
+
+    performed = values(attributes, "00741216")
+    if not performed:
+        return None
+    return sum(len(values(series, "00081199")) for item in performed for series in values(item, "00404033"))
 
 
 def _worklist_part(ledger: Ledger, settings: Any, rows: int) -> dict[str, Any]:
@@ -200,7 +217,7 @@ def study_detail(ledger: Ledger, settings: Any, study: str) -> StudyDetail | Non
     if found is None:
         return None
     jobs = tuple(ledger.jobs.find(study_uid=found.study_uid))
-    events = list(ledger.events.find("study", found.study_uid)) + list(ledger.events.find("worklist", found.study_uid))
+    events = [e for entity in ("study", "worklist", "pairing") for e in ledger.events.find(entity, found.study_uid)]
     for job in jobs:
         events += ledger.events.find("job", job.id)
     return StudyDetail(

@@ -156,6 +156,10 @@ class Pipeline(ABC):
     #: dataclasses its annotations reach are the only ones a stored result may contain.
     result_type: ClassVar[type[Any]]
 
+    #: whether a run may analyse the series of the study's states with those of another study of the patient
+    #: (the earlier day of a two-day stress/rest protocol, ``run_config.pairing``, :mod:`node.workflow.pairing`):
+    #: the pipeline then puts its results in the run's own study and names the other study's date
+    pairs_across_studies: ClassVar[bool] = False
     #: the pydantic model of the ``[pipelines.<name>]`` options; the base model accepts none
     options_model: ClassVar[type[PipelineOptions]] = PipelineOptions
     #: the processing configuration the steps run with: defaults on the registered

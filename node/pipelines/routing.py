@@ -29,6 +29,7 @@ from dataclasses import dataclass, fields
 from pydicom import Dataset
 
 from node.imaging.dicom_tracer import tracer_of
+from node.imaging.mr import ROLE_WORDS, mr_role_reasons, mr_series_role
 from node.imaging.pet import expected_instance_count, pet_series_kind
 from node.imaging.states import acquisition_state
 
@@ -101,6 +102,8 @@ EXTRACTORS: dict[str, Callable[[Dataset], AttributeValue]] = {
     "radiopharmaceutical_codes": _radiopharmaceutical_codes,
     "tracer": _tracer,
     "pet_series_kind": pet_series_kind,
+    "mr_series_role": mr_series_role,
+    "mr_role_reasons": mr_role_reasons,
     "state": acquisition_state,
     "expected_instances": _expected_instances,
 }
@@ -143,6 +146,8 @@ class SeriesSummary:
     radiopharmaceutical_codes: tuple[str, ...] = ()  # code values, e.g. SCT "424299003"
     tracer: str = ""  # tracer key (node.imaging.radiopharmaceuticals.tracer_of), "" when not recognised
     pet_series_kind: str = ""  # PET: dynamic, static, gated, whole_body, unknown (node.imaging.pet.pet_series_kind)
+    mr_series_role: str = ""  # MR: lge_mag, lge_psir, ti_scout, cine_sax, cine_lax, map, other (node.imaging.mr)
+    mr_role_reasons: tuple[str, ...] = ()  # the rules that decided mr_series_role, each naming its attribute
     state: str = "unknown"
     expected_instances: str = ""  # instances the series says it has (node.imaging.pet.expected_instance_count), "" unsaid
     instance_count: int = 0
@@ -208,12 +213,13 @@ _NOUNS = {"CT": "CT images", "MR": "MR images", "SR": "structured reports", "OT"
           "PR": "presentation states", "KO": "key object selections", "DOC": "documents"}
 
 
-def kind_words(modality: str, image_types: Iterable[str] = (), pet_kind: str = "") -> tuple[str, str]:
+def kind_words(modality: str, image_types: Iterable[str] = (), pet_kind: str = "", mr_role: str = "") -> tuple[str, str]:
     """What a series of ``modality`` is, as ``(adjective, noun)``: ``("reconstructed", "SPECT")``,
     ``("planar whole-body", "images")``, ``("dynamic", "PET")``, ``("", "CT images")``.
 
     ``image_types``: NM Image Type values (value 3 decides; of several, a reconstruction wins,
-    as a rule that accepts either); ``pet_kind``: the PET series kind. An acquisition state
+    as a rule that accepts either); ``pet_kind``: the PET series kind; ``mr_role``: the MR series
+    role (:func:`node.imaging.mr.mr_series_role`, e.g. ``("LGE magnitude", "MR images")``). An acquisition state
     goes between the two words (``reconstructed stress SPECT``).
     """
     if modality == "NM":
@@ -221,14 +227,17 @@ def kind_words(modality: str, image_types: Iterable[str] = (), pet_kind: str = "
         return min(known, key=lambda k: (k[1] != "SPECT", len(k[0]))) if known else ("", "NM images")
     if modality == "PT":
         return _PET_KINDS.get(pet_kind, ""), "PET"
+    if modality == "MR" and mr_role in ROLE_WORDS and mr_role != "other":
+        return ROLE_WORDS[mr_role], "MR images"
     return "", _NOUNS.get(modality, f"{modality or 'unknown'} images")
 
 
 def describe_series(series: SeriesSummary) -> str:
     """One series in plain words, e.g. ``reconstructed stress SPECT`` or ``planar whole-body images``."""
     value3 = series.image_type[2:3]
-    adjective, noun = kind_words(series.modality, value3, series.pet_series_kind)
-    state = series.state if series.state in ("stress", "rest") else ""
+    adjective, noun = kind_words(series.modality, value3, series.pet_series_kind, series.mr_series_role)
+    # NM and PET only: the words of an MR description ("DELAY" of an LGE) do not say stress or rest
+    state = series.state if series.state in ("stress", "rest") and series.modality != "MR" else ""
     return " ".join(w for w in (adjective, state, noun) if w)
 
 

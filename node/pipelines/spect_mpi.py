@@ -770,6 +770,7 @@ class SpectMpiPipeline(Pipeline):
     series_rules = (_nm_rule("stress"), _nm_rule("rest"))
     options_model = SpectMpiOptions
     result_type = SpectMpiResult
+    pairs_across_studies = True
 
     def analyse(self, instances: Sequence[Dataset]) -> SpectMpiResult:
         """Load the NM reconstructions among ``instances`` and quantify them (cpu step).

@@ -1,7 +1,9 @@
 """The conductor: moves each job through its pipeline's steps on the workers.
 
 For every ``queued`` job the conductor puts the study's instances in the
-artifact store and sends the first step; for every ``running`` job it looks at
+artifact store (those of the series its pipeline accepts, plus, for a study paired
+with the earlier day of a two-day stress/rest protocol, that study's series of the
+states it contributes: :mod:`node.workflow.pairing`) and sends the first step; for every ``running`` job it looks at
 the current step's task (named in the ledger's ``task_id``) and, when it is
 done, sends the next step or, after the last, collects the outputs: each
 object is written to the outbox (fsync), recorded in the ledger with a
@@ -175,7 +177,7 @@ class Conductor:
             self._fail(job, "the study has no instances the pipeline can use")
             return
         paired = paired_study(self.ledger, job.study_uid)  # two-day protocol: the earlier day's series too
-        if paired is not None:
+        if paired is not None and pipeline.pairs_across_studies:
             extra = series_of_states(self.ledger, pipeline.name, paired.earlier_study_uid, paired.states)
             if extra:
                 instances += self.ledger.instances.of_study(paired.earlier_study_uid, extra)

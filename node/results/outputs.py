@@ -9,7 +9,9 @@ Codes and series attributes come from ``dicom_templates/``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import gc
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from pydicom import Dataset
@@ -151,6 +153,27 @@ def _results_screen(
     ]
 
 
+@contextlib.contextmanager
+def _cyclic_gc_deferred() -> Iterator[None]:
+    """Run the block with Python's cyclic garbage collector paused, then collect once.
+
+    Building a study's outputs allocates hundreds of thousands of small objects (matplotlib
+    artists, pydicom elements, highdicom content items); each automatic collection on the way
+    walks the worker's whole heap (a PET study's source headers included). Measured
+    (``bench/results_step.py``): about 0.4 s of CPU less per PET study. A caller that paused
+    the collector itself keeps it paused, and collects when it wants.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
 def build_outputs(
     content: ReportContent,
     sources: Sequence[Dataset],
@@ -172,8 +195,19 @@ def build_outputs(
     ``source_sop_instance_uids`` (headers suffice). Deterministic: the same inputs give the
     same UIDs and bytes; predecessor SRs in ``context.predecessors`` are referenced, not
     hashed. ``templates`` default to those in ``context.templates_dir`` (None: the package's).
+    Python's cyclic garbage collector is paused while the objects are built (:func:`_cyclic_gc_deferred`).
     """
-    templates = templates or load_templates(context.templates_dir)
+    with _cyclic_gc_deferred():
+        return _build_outputs(content, sources, context, templates or load_templates(context.templates_dir))
+
+
+def _build_outputs(
+    content: ReportContent,
+    sources: Sequence[Dataset],
+    context: ReportContext,
+    templates: Templates,
+) -> list[Dataset]:
+    """:func:`build_outputs` with the templates loaded."""
     if not sources:
         raise ContentError("build_outputs needs the source instances (patient and study come from them)")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}

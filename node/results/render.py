@@ -17,6 +17,7 @@ shape ``[rows, columns, 3]``, row 0 at the top. Rendering is deterministic
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -122,33 +123,44 @@ def _draw_grid(ax: Axes, grid: PolarGrid) -> None:
 
 
 def _draw_territory_borders(ax: Axes, grid: PolarGrid) -> None:
-    """Thick lines where neighbouring segments belong to different coronary territories (LAD, LCx, RCA).
+    """Thick lines where neighbouring segments belong to different coronary territories (LAD, LCx, RCA)."""
+    for xs, ys in _territory_border_runs(grid):
+        ax.plot(xs, ys, color="black", lw=2.8, solid_capstyle="round")
+
+
+@functools.lru_cache(maxsize=8)
+def _territory_border_runs(grid: PolarGrid) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The territory borders of ``grid`` as polylines ``(x, y)`` in the unit disc (computed once per grid).
 
     Found by comparing the territory on both sides of every ring circle and every radial
     segment border (:func:`node.quant.segments.segment_of`), so the AHA assignment lives in one place.
     """
     cap, r1, r2 = _ring_radii(grid)
     eps = 1e-3
+    runs: list[tuple[np.ndarray, np.ndarray]] = []
 
     def territory(u: np.ndarray, psi: np.ndarray) -> np.ndarray:
         segments = segment_of(u, psi, grid.u_cap)
         return np.array([territory_of_segment(int(s)) for s in segments.ravel()]).reshape(segments.shape)
 
-    def draw_runs(mask: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> None:
+    def add_runs(mask: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> None:
         edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
         for start, stop in zip(edges[::2], edges[1::2]):
-            ax.plot(xs[start:stop], ys[start:stop], color="black", lw=2.8, solid_capstyle="round")
+            x, y = xs[start:stop].copy(), ys[start:stop].copy()
+            x.flags.writeable = y.flags.writeable = False  # shared by every figure
+            runs.append((x, y))
 
     psi = np.arange(0.0, 360.25, 0.25)
     theta = np.radians(90.0 + psi)
     for r in (cap, r1, r2):
         differs = territory(np.full_like(psi, r - eps), psi) != territory(np.full_like(psi, r + eps), psi)
-        draw_runs(differs, r * np.cos(theta), r * np.sin(theta))
+        add_runs(differs, r * np.cos(theta), r * np.sin(theta))
     radii = np.linspace(cap, 1.0, 400)
     for border in (30, 90, 150, 210, 270, 330, 45, 135, 225, 315):
         differs = territory(radii, np.full_like(radii, border - 0.5)) != territory(radii, np.full_like(radii, border + 0.5))
         th = np.radians(90.0 + border)
-        draw_runs(differs, radii * np.cos(th), radii * np.sin(th))
+        add_runs(differs, radii * np.cos(th), radii * np.sin(th))
+    return tuple(runs)
 
 
 def _segment_values(image: MapImage, grid: PolarGrid) -> np.ndarray:

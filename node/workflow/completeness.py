@@ -13,6 +13,11 @@ completeness rule of the pipeline that accepts it (settings ``completeness``):
   ago and the study is still undecided (instances keep trickling in); the
   configured ``force_action`` either processes what is there or gives up;
 * ``manual``: ``cardionode complete STUDY`` (the ledger marks it).
+* ``ups_inputs``: the node claimed a work item of a site's task manager for this study
+  (:mod:`node.workflow.performer`): the study is complete when every instance of the work
+  item's Input Information Sequence is in the ledger (received or fetched) and its Input
+  Readiness State is READY (:func:`ups_inputs`); until then it waits, whatever the other
+  rules say (the performer fetches the missing inputs, or cancels the work item).
 
 A study no pipeline accepts is recorded as ``ignored`` with the reasons, once
 it has been quiet for the default quiet period (more series may still come). The
@@ -49,6 +54,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from node.config import CompletenessRule, Settings
 from node.dicom.audit import AuditLog
 from node.dicom.logs import hash_identifier
@@ -57,10 +64,11 @@ from node.pipelines import registry
 from node.pipelines.base import Acceptance
 from node.pipelines.routing import StudySummary, describe_study
 from node.telemetry import COMPLETENESS_DECISIONS
+from node.workflow import ups
 from node.workflow.pairing import Pairer
 from node.workflow.worklist import Expectation, WorklistLookups, expectation
 
-__all__ = ["Rule", "Decision", "decide", "Assembler"]
+__all__ = ["Rule", "Decision", "decide", "ups_inputs", "Assembler"]
 
 _log = logging.getLogger(__name__)
 
@@ -157,6 +165,31 @@ def decide(
     return Decision("wait", acceptance.reason, pipeline.name)
 
 
+def ups_inputs(ledger: Ledger, study_uid: str, summary: StudySummary) -> Decision | None:
+    """The ``ups_inputs`` rule: None when the node holds no claimed work item for ``study_uid`` (the other rules
+    apply); else ``complete`` when every input of the work item (Input Information Sequence, READY) is in the
+    ledger, ``ignore`` when no pipeline accepts what is there, and ``wait`` otherwise."""
+    held = [w for w in ledger.workitems.performing(study_uid) if w.state == "IN PROGRESS"]
+    if not held:
+        return None
+    item = held[0]
+    workitem = Dataset.from_json(dict(item.attributes or {}))
+    if not ups.may_start(workitem):
+        state = str(workitem.get("InputReadinessState", "") or "no")
+        return Decision("wait", f"work item {item.sop_instance_uid}: Input Readiness State {state}, "
+                                "or no input listed")
+    listed = ups.input_references(workitem)
+    missing = ups.missing_inputs(workitem, ledger.instances.exists)
+    if missing:
+        return Decision("wait", f"work item {item.sop_instance_uid}: {len(missing)} of {len(listed)} inputs "
+                                "not yet in the ledger")
+    pipeline, route_reason = registry.route(summary)
+    if pipeline is None:
+        return Decision("ignore", route_reason)
+    return Decision("complete", f"every input of work item {item.sop_instance_uid} in the ledger "
+                                f"({len(listed)} instances)", pipeline.name, "ups_inputs")
+
+
 def _scheduled_acceptance(acceptance: Acceptance, summary: StudySummary, expected: Expectation) -> Acceptance:
     """``acceptance`` made complete when every series rule the worklist schedules has its series, whole."""
     wanted = {uid for name in expected.expected_series for uid in acceptance.series_by_rule.get(name, ())}
@@ -238,7 +271,8 @@ class Assembler:
         last_received = study.last_received_at
         if self.listening_since is not None and last_received < self.listening_since:
             last_received = self.listening_since  # quiet only since the node listens again
-        decision = decide(summary, study.first_received_at, last_received, now, self.rule_for, scheduled)
+        decision = ups_inputs(self.ledger, study.study_uid, summary) or decide(
+            summary, study.first_received_at, last_received, now, self.rule_for, scheduled)
         tag = hash_identifier(study.study_uid)
         if decision.action == "wait":
             return None

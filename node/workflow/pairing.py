@@ -11,11 +11,13 @@ study of <date>".
 **The decision** (:func:`earlier_part`, the one rule): today's study has a ``found`` worklist
 answer that names a pipeline; the matched scheduled steps (SPS) name some acquisition states
 (e.g. stress) and the pipeline's required series rules need others (rest); an SPS of the same
-patient (the answer's own patient lookup, else a lookup by patient ID over
-``pair_within_days`` either side, :class:`node.config.Worklist`) with one of those states,
-not today's, dated 1 to ``pair_within_days`` days before today's step, is the other part (the
-latest such date; its states that today lacks are paired). No such step: nothing to pair,
-the study runs alone by its rule as before (a stress-only protocol is not an error).
+patient among the answer's steps with one of those states, not today's, dated 1 to
+``pair_within_days`` days before today's step, is the other part (the latest such date; its
+states that today lacks are paired). The answer holds those steps: when the matched steps lack
+a state, the lookup also asks by patient over ``pair_within_days`` either side and keeps the
+other days' steps (:func:`node.workflow.worklist.look_up`, :class:`node.config.Worklist`). No
+such step: nothing to pair, the study runs alone by its rule as before (a stress-only protocol,
+or day 1 of a two-day protocol, is not an error) and nothing is held.
 
 **Finding the earlier study** (:func:`pair`): first in the ledger (a study the node received:
 the order's Study Instance UID, or a study whose worklist answer matched that step), whose
@@ -32,14 +34,15 @@ processed on its own. A study processed before whose files retention pruned is f
 outputs are the same objects, so the PACS sees no duplicate).
 
 **Never blocking**: the pairing runs on a background thread (:class:`Pairer`), started by the
-assembler when today's study has its worklist answer. While it runs, completeness does not use
+assembler when today's study has its worklist answer and the decision names an earlier step. While it runs, completeness does not use
 the worklist's expected series (the study still completes by its quiet period or force
 deadline, as without a worklist); once recorded, the expected series apply. A worklist, Q/R
 source or C-MOVE that fails, or an earlier study found nowhere, records ``alone`` with the
 node's words: today's study is processed alone by its rule, and the pipeline's report says
 which state is missing. What was decided is kept with the worklist answer
 (:meth:`node.ledger.worklist.WorklistStore.record_pairing`) and is an event (entity
-``pairing``) that `cardionode status` shows; the job's inputs are chosen where they always are
+``pairing``) that `cardionode status --study` shows (a node stopped during a fetch pairs again
+after its restart; the partly fetched study may then be processed once on its own); the job's inputs are chosen where they always are
 (:meth:`node.queue.conductor.Conductor._dispatch`, with :func:`paired_study`). No identifier is
 logged; the patient ID is read from the spool file for the queries and never kept.
 """
@@ -56,15 +59,15 @@ from typing import Any
 
 from pydicom import Dataset
 
-from node.config import RetrieveSource, Settings
+from node.config import RetrieveSource, Settings, Worklist
 from node.dicom.logs import hash_identifier
 from node.dicom.retrieve import RetrieveUnavailable, find_studies, move_study
 from node.dicom.sender import Target
-from node.dicom.worklist_scu import WorklistUnavailable, find_scheduled_steps
 from node.ledger import Ledger, LedgerError, WorklistAnswer
 from node.pipelines import registry
 from node.telemetry import STUDIES_PAIRED
-from node.workflow.worklist import StudyKeys, query_identifier, scheduled_step, study_keys
+from node.workflow.worklist import StudyKeys, study_keys
+from node.workflow.worklist import missing_states as states_missing
 
 __all__ = [
     "PAIRING_OUTCOMES",
@@ -92,16 +95,11 @@ def _day(text: str) -> date | None:
 
 
 def missing_states(answer: WorklistAnswer) -> tuple[str, ...]:
-    """The acquisition states the answer's pipeline requires that today's matched steps do not schedule
-    (in the pipeline's rule order); () when the answer names no pipeline or no state."""
-    if answer.outcome != "found" or not answer.pipeline:
+    """The acquisition states the ``found`` answer's pipeline requires that today's matched steps do not schedule
+    (:func:`node.workflow.worklist.missing_states`); () for another outcome."""
+    if answer.outcome != "found":
         return ()
-    pipeline = next((p for p in registry.all_pipelines() if p.name == answer.pipeline), None)
-    today = {s.get("state") for s in answer.steps or [] if s.get("matched")} - {"unknown", None}
-    if pipeline is None or not today:
-        return ()
-    needed = [st for rule in pipeline.series_rules if rule.required for st in sorted(rule.states)]
-    return tuple(dict.fromkeys(st for st in needed if st not in today))
+    return states_missing(answer.pipeline, [str(s.get("state")) for s in answer.steps or [] if s.get("matched")])
 
 
 @dataclass(frozen=True)
@@ -120,8 +118,9 @@ class Partner:
 
 def earlier_part(answer: WorklistAnswer, steps: Sequence[Mapping[str, Any]], within_days: int) -> Partner | None:
     """The pairing decision: the earlier scheduled step that completes today's study, or None (see the module
-    docstring). ``steps``: every scheduled step known for the patient (the answer's own and those of a lookup
-    by patient); those matched to today's study are today's."""
+    docstring). ``steps``: the scheduled steps known for the patient (the answer's, which include the other
+    days' when today's lack a state); those the answer matched to today's study are today's. ``within_days``:
+    the worklist's ``pair_within_days``."""
     missing = missing_states(answer)
     matched = [s for s in answer.steps or [] if s.get("matched")]
     today = max((d for d in (_day(s.get("date", "")) for s in matched) if d is not None), default=None)
@@ -294,19 +293,10 @@ def _move(ledger: Ledger, settings: Settings, source: RetrieveSource, target: Ta
         fetching.discard(uid)
 
 
-def _more_steps(settings: Settings, keys: StudyKeys, answer: WorklistAnswer) -> tuple[list[dict[str, Any]], str]:
-    """The patient's scheduled steps around today from the worklist that answered (lookup by patient)."""
-    worklist = next((w for w in settings.worklists if w.name == answer.worklist), None)
-    if worklist is None or not keys.patient_id:
-        return [], "no lookup by patient possible"
-    try:
-        found = find_scheduled_steps(
-            Target(worklist.name, worklist.ae_title, worklist.host, worklist.port, None),
-            query_identifier(keys, "patient", worklist.pair_within_days), calling_ae=settings.ae_title,
-            timeout_s=worklist.timeout_s, identifiers=keys.identifiers())
-    except WorklistUnavailable as exc:
-        return [], f"{worklist.name} by patient: {exc.kind}"
-    return [scheduled_step(m) for m in found.matches], f"{worklist.name} by patient"
+def _within(settings: Settings, answer: WorklistAnswer) -> int:
+    """``pair_within_days`` of the worklist that answered (its default when no longer configured)."""
+    return next((w.pair_within_days for w in settings.worklists if w.name == answer.worklist),
+                Worklist.model_fields["pair_within_days"].default)
 
 
 def pair(ledger: Ledger, settings: Settings, study_uid: str, fetching: set[str] | None = None) -> dict[str, Any] | None:
@@ -321,16 +311,9 @@ def pair(ledger: Ledger, settings: Settings, study_uid: str, fetching: set[str] 
     if answer is None or not missing_states(answer):
         return None
     keys = study_keys(ledger, study_uid)
-    within = next((w.pair_within_days for w in settings.worklists if w.name == answer.worklist), 7)
-    partner = earlier_part(answer, answer.steps or [], within)
-    asked = "the worklist's answer"
-    if partner is None and keys is not None:
-        more, asked = _more_steps(settings, keys, answer)
-        partner = earlier_part(answer, [*(answer.steps or []), *more], within)
+    partner = earlier_part(answer, answer.steps or [], _within(settings, answer))
     tag = hash_identifier(study_uid)
     if partner is None:
-        _log.info("study %s: no earlier %s step within %d days (%s): nothing to pair", tag,
-                  "/".join(missing_states(answer)), within, asked)
         return None
     states, when = "/".join(partner.states), partner.date
     pipeline = str(answer.pipeline)
@@ -369,7 +352,7 @@ class Pairer:
     """Pairings of receiving studies on a background thread (never on the acknowledge path, never waited for).
 
     :meth:`request` is cheap: the assembler calls it for each receiving study on every tick; a pairing starts
-    once per study (per process) when its worklist answer is ``found`` and lacks a state. :attr:`fetching`
+    once per study (per process) when its worklist answer is ``found`` and :func:`earlier_part` names a step. :attr:`fetching`
     holds the earlier studies being fetched (the assembler leaves them alone); :meth:`busy` says whether a
     study's pairing is under way (completeness does not use the worklist's expected series meanwhile).
     """
@@ -393,7 +376,9 @@ class Pairer:
             return False
         with self._lock:
             self._tried.add(study_uid)
-            if not missing_states(answer) or self.ledger.worklist.pairing_for(study_uid) is not None:
+            if earlier_part(answer, answer.steps or [], _within(self.settings, answer)) is None:
+                return False  # nothing to pair: the study's rule is not held
+            if self.ledger.worklist.pairing_for(study_uid) is not None:
                 return False
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairing")

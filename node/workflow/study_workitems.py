@@ -48,7 +48,8 @@ from node.ledger import Ledger, Study, Workitem
 from node.ledger.schema import JOB_FINISHED
 from node.uids import deterministic_uid
 
-__all__ = ["DISCONTINUATION", "StudyWorkitems", "UpsManager", "workitem_uid"]
+__all__ = ["DISCONTINUATION", "StudyWorkitems", "UpsManager", "acknowledged_outputs", "code_item",
+           "instance_references", "workitem_uid"]
 
 _log = logging.getLogger(__name__)
 
@@ -83,13 +84,15 @@ def workitem_uid(study_uid: str, run: int) -> str:
     return deterministic_uid("cardionode study work item", study_uid, run)
 
 
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
+def code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    """A code sequence item (Code Value, Coding Scheme Designator, Code Meaning)."""
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
     return item
 
 
-def _references(study_uid: str, rows: Iterable[tuple[str, str, str]], retrieve_ae: dict[str, str]) -> list[Dataset]:
+def instance_references(study_uid: str, rows: Iterable[tuple[str, str, str]],
+                        retrieve_ae: dict[str, str]) -> list[Dataset]:
     """Referenced Instances and Access Macro items, one per series: ``rows`` are (series, class, instance)."""
     series: dict[str, list[tuple[str, str]]] = {}
     for series_uid, sop_class, sop_instance in rows:
@@ -112,6 +115,27 @@ def _references(study_uid: str, rows: Iterable[tuple[str, str, str]], retrieve_a
             item.DICOMRetrievalSequence = [retrieval]
         items.append(item)
     return items
+
+
+def acknowledged_outputs(ledger: Ledger, settings: Settings, study_uid: str, run: int,
+                         destination_aes: Iterable[str] = ()) -> list[tuple[str, str, str, str]]:
+    """(series, class, instance, destination AE) of the results of ``study_uid``'s run ``run`` that a destination
+    acknowledged (a send ``sent``); only those acknowledged by one of ``destination_aes`` when given."""
+    ae_of = {d.name: d.ae_title for d in settings.destinations}
+    wanted = set(destination_aes)
+    out = []
+    for job in ledger.jobs.find(study_uid=study_uid):
+        if job.run != run:
+            continue
+        sent: dict[str, str] = {}
+        for send in ledger.sends.find(states=("sent",), job_id=job.id):
+            if not wanted or ae_of.get(send.destination, "") in wanted:
+                sent.setdefault(send.output_uid, send.destination)
+        for output in ledger.outputs.of_job(job.id):
+            if output.sop_instance_uid in sent:
+                out.append((output.series_uid, output.sop_class_uid, output.sop_instance_uid,
+                            ae_of.get(sent[output.sop_instance_uid], "")))
+    return out
 
 
 class StudyWorkitems:
@@ -231,7 +255,7 @@ class StudyWorkitems:
         ds.WorklistLabel = self.settings.ups.worklist_label
         ds.ScheduledProcedureStepStartDateTime = study.first_received_at.strftime("%Y%m%d%H%M%S")
         ds.InputReadinessState = "INCOMPLETE"
-        ds.ScheduledWorkitemCodeSequence = [_code(*_WORKITEM_CODE)]
+        ds.ScheduledWorkitemCodeSequence = [code_item(*_WORKITEM_CODE)]
         ds.StudyInstanceUID = study.study_uid
         ds.InputInformationSequence = []
         return ds
@@ -240,7 +264,7 @@ class StudyWorkitems:
         instances = self.ledger.instances.of_study(study.study_uid)
         ds = Dataset()
         ds.InputReadinessState = "READY"
-        ds.InputInformationSequence = _references(
+        ds.InputInformationSequence = instance_references(
             study.study_uid, ((i.series_uid, i.sop_class_uid, i.sop_instance_uid) for i in instances),
             {i.series_uid: self.settings.ae_title for i in instances})
         ds.CommentsOnTheScheduledProcedureStep = f"complete by rule {study.rule or 'unknown'}"[:10240]
@@ -250,29 +274,19 @@ class StudyWorkitems:
 
     def _outputs(self, study_uid: str, run: int) -> list[tuple[str, str, str, str]]:
         """(series, class, instance, destination AE) of the run's results a destination acknowledged."""
-        ae_of = {d.name: d.ae_title for d in self.settings.destinations}
-        out = []
-        for job in self.ledger.jobs.find(study_uid=study_uid):
-            if job.run != run:
-                continue
-            sent = {s.output_uid: s.destination for s in self.ledger.sends.find(states=("sent",), job_id=job.id)}
-            for output in self.ledger.outputs.of_job(job.id):
-                if output.sop_instance_uid in sent:
-                    out.append((output.series_uid, output.sop_class_uid, output.sop_instance_uid,
-                                ae_of.get(sent[output.sop_instance_uid], "")))
-        return out
+        return acknowledged_outputs(self.ledger, self.settings, study_uid, run)
 
     def _performed(self, study: Study, run: int, tx: str) -> Dataset:
         outputs = self._outputs(study.study_uid, run)
         row = self.ledger.workitems.get(workitem_uid(study.study_uid, run))
         started = row.updated_at if row is not None else study.updated_at
         item = Dataset()
-        item.PerformedStationNameCodeSequence = [_code(self.settings.ae_title, "99CARDIO", self.settings.device_name)]
+        item.PerformedStationNameCodeSequence = [code_item(self.settings.ae_title, "99CARDIO", self.settings.device_name)]
         item.PerformedProcedureStepStartDateTime = (study.decided_at or started).strftime("%Y%m%d%H%M%S")
         item.PerformedProcedureStepEndDateTime = study.updated_at.strftime("%Y%m%d%H%M%S")
-        item.PerformedWorkitemCodeSequence = [_code(*_WORKITEM_CODE)]
+        item.PerformedWorkitemCodeSequence = [code_item(*_WORKITEM_CODE)]
         item.PerformedProcedureStepDescription = f"CardioNode {study.pipeline or ''}, research use".replace("  ", " ")
-        item.OutputInformationSequence = _references(
+        item.OutputInformationSequence = instance_references(
             study.study_uid, ((s, c, i) for s, c, i, _ in outputs), {s: ae for s, _, _, ae in outputs})
         ds = Dataset()
         ds.TransactionUID = tx
@@ -281,7 +295,7 @@ class StudyWorkitems:
 
     def _discontinued(self, study: Study, state: str, tx: str) -> Dataset:
         item = Dataset()
-        item.ProcedureStepDiscontinuationReasonCodeSequence = [_code(*DISCONTINUATION[state])]
+        item.ProcedureStepDiscontinuationReasonCodeSequence = [code_item(*DISCONTINUATION[state])]
         item.ReasonForCancellation = "no result acknowledged by a destination" if state == "done" else f"study {state}"
         item.ProcedureStepProgressDescription = (study.reason or "")[:1024]
         ds = Dataset()

@@ -12,7 +12,11 @@ For each study the node asks the configured worklists (``[[worklists]]``,
    Step Start Date** range of ``window_days`` either side of the Study Date (both days
    of a two-day protocol come back when they are that close).
 
-The first worklist with matches answers; ``not_found`` only when every worklist
+When the matched steps lack an acquisition state the pipeline needs (stress today, rest on
+another day), the worklist that answered is also asked by patient over ``pair_within_days`` either
+side of the Study Date (unless the first lookup already was by patient over at least that window),
+and those other days' steps are kept, unmatched: the stress-rest pairing across studies decides
+from them (:mod:`node.workflow.pairing`). The first worklist with matches answers; ``not_found`` only when every worklist
 answered without a match; ``down`` when none matched and one did not answer. The
 keys are read from the header of one received instance of the study (spool file).
 
@@ -93,6 +97,7 @@ __all__ = [
     "expectation",
     "interpret",
     "look_up",
+    "missing_states",
     "query_identifier",
     "scheduled_step",
     "study_keys",
@@ -444,7 +449,8 @@ def _look_up(ledger: Ledger, settings: Settings, study_uid: str) -> WorklistAnsw
                 break  # the other lookup would meet the same problem
             answered.append(f"{worklist.name} by {by}")
             if found.matches:
-                return _record_found(ledger, study_uid, keys, worklist, by, found.matches, found.elapsed_s)
+                return _record_found(ledger, study_uid, keys, worklist, by, found.matches, found.elapsed_s,
+                                     settings.ae_title)
     if problems:
         reason = "worklist down: " + "; ".join(problems)
         _log.warning("study %s: %s", hash_identifier(study_uid), reason)
@@ -457,14 +463,51 @@ def _look_up(ledger: Ledger, settings: Settings, study_uid: str) -> WorklistAnsw
                                   patient_key=keys.patient_key, accession_number=keys.accession_number)
 
 
+def missing_states(pipeline: str | None, scheduled: Sequence[str]) -> tuple[str, ...]:
+    """The acquisition states ``pipeline``'s required series rules need that the ``scheduled`` states (of the
+    study's matched steps) lack, in rule order; () when no pipeline or no state is scheduled (nothing to pair:
+    :mod:`node.workflow.pairing`); () too for a pipeline that does not pair across studies
+    (:attr:`node.pipelines.base.Pipeline.pairs_across_studies`)."""
+    found = next((p for p in registry.all_pipelines() if p.name == pipeline), None)
+    today = {st for st in scheduled if st in ("stress", "rest")}
+    if found is None or not today or not found.pairs_across_studies:
+        return ()
+    needed = [st for rule in found.series_rules if rule.required for st in sorted(rule.states)]
+    return tuple(dict.fromkeys(st for st in needed if st not in today))
+
+
+def _other_days(keys: StudyKeys, worklist: Worklist, steps: list[dict[str, Any]],
+                calling_ae: str) -> tuple[list[dict[str, Any]], str]:
+    """``steps`` with the patient's other scheduled steps within ``pair_within_days`` of the Study Date (a lookup
+    by patient, modality and that date range; unmatched), and words for the event: the other day of a two-day
+    protocol, kept for the pairing. A worklist problem here keeps ``steps`` as they are."""
+    if not keys.patient_id:
+        return steps, ""
+    try:
+        found = find_scheduled_steps(_target(worklist), query_identifier(keys, "patient", worklist.pair_within_days),
+                                     calling_ae=calling_ae,
+                                     timeout_s=worklist.timeout_s, identifiers=keys.identifiers())
+    except WorklistUnavailable as exc:
+        return steps, f"; other days not asked ({exc.kind})"
+    known = {(s["sps_id"], s["accession_number"], s["date"]) for s in steps}
+    more = [st for st in (scheduled_step(m) for m in found.matches)
+            if (st["sps_id"], st["accession_number"], st["date"]) not in known]
+    merged = sorted([*steps, *more], key=lambda s: (s["date"], s["time"], s["sps_id"]))
+    return merged, f"; {len(more)} other scheduled step(s) of the patient within {worklist.pair_within_days} days"
+
+
 def _record_found(ledger: Ledger, study_uid: str, keys: StudyKeys, worklist: Worklist, by: str,
-                  matches: Sequence[Dataset], elapsed_s: float) -> WorklistAnswer:
+                  matches: Sequence[Dataset], elapsed_s: float, calling_ae: str) -> WorklistAnswer:
     steps, chosen = choose_steps([scheduled_step(m) for m in matches], keys)
     meaning = interpret(steps, matches, keys)
     accession = next((s["accession_number"] for s in steps if s["matched"] and s["accession_number"]),
                      keys.accession_number)
+    other_days = ""
+    if missing_states(meaning.pipeline, meaning.states) and (by == "accession" or
+                                                             worklist.window_days < worklist.pair_within_days):
+        steps, other_days = _other_days(keys, worklist, steps, calling_ae)
     reason = (f"{worklist.name} by {by}: {len(steps)} scheduled step(s) in {elapsed_s * 1000:.0f} ms; {chosen}; "
-              f"{meaning.words}")
+              f"{meaning.words}{other_days}")
     _log.info("study %s: worklist context found: %s", hash_identifier(study_uid), reason)
     return ledger.worklist.record(
         study_uid, "found", worklist=worklist.name, reason=reason, matched_by=by, patient_key=keys.patient_key,

@@ -334,7 +334,7 @@ def test_frame_png_is_the_images_pixels_cached_and_a_screen_page_withholds_its_h
     assert png.startswith(b"\x89PNG")
     decoded = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert np.array_equal(decoded, pydicom.dcmread(path).pixel_array)
-    cached = list((settings.data_dir / "web" / "cache").glob(f"{bullseye.sop_instance_uid}-1-*.png"))
+    cached = list((settings.web_cache_dir / spect.study_uid).glob(f"{bullseye.sop_instance_uid}-1-*.png"))
     assert len(cached) == 1 and cached[0].read_bytes() == png
     before = cached[0].stat().st_mtime_ns
     assert result_frame_png(settings, ledger, bullseye.sop_instance_uid, 1) == png
@@ -402,7 +402,7 @@ def test_a_revised_report_marks_the_earlier_one_superseded(tmp_path: Path, seed:
         # a file pruned from the outbox: the view says so, the image is refused and its cached PNG deleted
         image = new.images_of("bullseye")[0]
         result_frame_png(node.settings, node.ledger, image.sop_instance_uid, 1)
-        cache = node.settings.data_dir / "web" / "cache"
+        cache = node.settings.web_cache_dir / study_uid
         assert list(cache.glob(f"{image.sop_instance_uid}-*.png"))
         os.unlink(node.ledger.outputs.get(image.sop_instance_uid).path)  # type: ignore[union-attr]
         again = study_results(node.settings, node.ledger, study_uid).reports[0]

@@ -128,6 +128,9 @@ def test_a_spool_over_its_limit_loses_its_oldest_finished_studies_and_nothing_st
     settings = _with(s, max_spool_gb=(total - excess) / 1e9, max_outbox_gb=1e-9)
     later = utcnow() + timedelta(minutes=5)  # every study has been quiet for the pass's QUIET_S
 
+    for uid in site.studies.values():  # the web page's renderings of each study's results
+        (s.web_cache_dir / uid).mkdir(parents=True, exist_ok=True)
+        (s.web_cache_dir / uid / "1.2.3-1-full.png").write_bytes(b"png")
     ledger = Ledger.from_settings(settings)
     try:
         before = {name: ledger.studies.get(uid) for name, uid in site.studies.items()}
@@ -142,6 +145,9 @@ def test_a_spool_over_its_limit_loses_its_oldest_finished_studies_and_nothing_st
         # results: every sent one goes (outbox limit of 1 byte); the unsent one and the open job's stay
         assert _present(s, "outbox", site.studies) == {"unsent"}
         assert report.kept_over_limit and "outbox" in report.kept_over_limit[0]
+        # and the renderings of pruned results go with them
+        assert {n for n, uid in site.studies.items() if (s.web_cache_dir / uid).exists()} == {"unsent", "open_job",
+                                                                                          "receiving"}
 
         # the ledger keeps every row, marks what went, and no study changed state
         for name, uid in site.studies.items():

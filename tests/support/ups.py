@@ -48,6 +48,8 @@ __all__ = [
     "QUERY",
     "WATCH",
     "EventWatcher",
+    "ScriptedTaskManager",
+    "input_information",
     "UpsNode",
     "dataset_from",
     "final_attributes",
@@ -308,6 +310,100 @@ def watchers(*titles: str) -> Iterator[list[EventWatcher]]:
     finally:
         for watcher in running:
             watcher.stop()
+
+
+# ---------------------------------------------------------------------------- a scripted task manager
+
+
+def input_information(study_uid: str, instances: Sequence[tuple[str, str, str]], retrieve_ae: str = "") -> list[
+        dict[str, Any]]:
+    """An Input Information Sequence (Referenced Instances and Access Macro, PS3.4 Table CC.2.5-2c), one item per
+    series: ``instances`` are (series UID, SOP class UID, SOP instance UID); ``retrieve_ae`` the Retrieve AE Title."""
+    series: dict[str, list[dict[str, str]]] = {}
+    for series_uid, sop_class, sop_instance in instances:
+        series.setdefault(series_uid, []).append(
+            {"ReferencedSOPClassUID": sop_class, "ReferencedSOPInstanceUID": sop_instance})
+    items = []
+    for series_uid, refs in series.items():
+        item: dict[str, Any] = {"TypeOfInstances": "DICOM", "StudyInstanceUID": study_uid,
+                                "SeriesInstanceUID": series_uid, "ReferencedSOPSequence": refs}
+        if retrieve_ae:
+            item["DICOMRetrievalSequence"] = [{"RetrieveAETitle": retrieve_ae}]
+        items.append(item)
+    return items
+
+
+class ScriptedTaskManager:
+    """The scripted UPS task manager of ``tests/support/js/ups_task_manager.js`` (dcmjs-dimse, its own state machine)
+    on a free loopback port as ``ae_title``: ``items`` are ``{"uid", "dataset"}``, ``script`` the scenario's
+    ``claim``, ``refuseCompletion``, ``cancelAtProgress``, ``eventTarget``. :attr:`records` holds what it handled
+    (one dict per request, see the script); its state survives :meth:`restart` (a file under ``tmp``)."""
+
+    def __init__(self, tmp: Path, items: Sequence[dict[str, Any]], ae_title: str = "TASKMGR", **script: Any) -> None:
+        self.ae_title, self.port = ae_title, free_port()
+        self.scenario = tmp / f"task-manager-{uuid.uuid4().hex[:8]}.json"
+        self.scenario.write_text(json.dumps({"port": self.port, "ae": ae_title, "items": list(items),
+                                             "stateFile": str(self.scenario.with_suffix(".state.json")), **script}))
+        self.records: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[str] | None = None
+        self.start()
+
+    def start(self) -> None:
+        node = require_dcmjs()
+        self._process = subprocess.Popen([node, str(JS_DIR / "ups_task_manager.js"), str(self.scenario)],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self._process.stdout is not None
+        first = self._process.stdout.readline()
+        assert first.strip() == "listening", f"the scripted task manager did not start: {first!r}"
+        wait_for(lambda: port_open(self.port), 20, "the scripted task manager to listen", interval_s=0.05)
+        threading.Thread(target=self._read, args=(self._process,), daemon=True).start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("{"):
+                with self._lock:
+                    self.records.append(json.loads(line))
+
+    def as_setting(self, **extra: Any) -> dict[str, Any]:
+        """The node's ``[ups.task_manager]`` for it (polling every 0.5 s)."""
+        return {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port, "poll_s": 0.5,
+                "timeout_s": 10.0, **extra}
+
+    def of(self, op: str, uid: str | None = None) -> list[dict[str, Any]]:
+        """The records of ``op`` (``associate``, ``find``, ``get``, ``set``, ``action``, ``event``), about ``uid``."""
+        with self._lock:
+            return [r for r in self.records if r["op"] == op and (uid is None or r.get("uid") == uid)]
+
+    def wait(self, predicate: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
+        return wait_for(predicate, timeout_s, what, interval_s=0.1)
+
+    def state(self) -> dict[str, Any]:
+        """The task manager's state as it keeps it (items: state, Transaction UID, data set)."""
+        path = self.scenario.with_suffix(".state.json")
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    def kill(self) -> None:
+        """SIGKILL (the state file keeps what it had saved)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
 
 
 # ---------------------------------------------------------------------------- the two SCUs
