@@ -31,6 +31,7 @@ _HANDLERS = {
     "process": "node.pipelines.process:process_main",
     "demo": "node.synth.spect.demo:demo_main",
     "demo --modality pet": "node.synth.pet.demo:pet_demo_main",
+    "demo --modality mr": "node.synth.cmr.demo:mr_demo_main",
     "train": "node.ai.training:train_main",
 }
 
@@ -100,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default=None, help="pipeline name (default: the one that accepts the study)")
     p.add_argument("--no-models", action="store_true", help="skip the deep-learning models")
 
-    p = sub.add_parser("demo", help="send a synthetic SPECT or PET study to a running node")
-    p.add_argument("--modality", choices=("spect", "pet"), default="spect",
-                   help="spect: stress/rest NM reconstructions (default); pet: rest/stress dynamic PET series")
+    p = sub.add_parser("demo", help="send a synthetic SPECT, PET or cardiac MR study to a running node")
+    p.add_argument("--modality", choices=("spect", "pet", "mr"), default="spect",
+                   help="spect: stress/rest NM reconstructions (default); pet: rest/stress dynamic PET series; "
+                   "mr: cine + LGE cardiac MR")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: the configured listening port")
     p.add_argument("--called-aet", default=None, help="default: the configured AE title")
@@ -127,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffle", action="store_true", help="PET: send each series' instances in random order")
     p.add_argument("--voxel-mm", type=float, default=3.2,
                    help="PET: voxel size in mm, same field of view (default 3.2: 40 x 64 x 64 voxels per frame)")
+    p.add_argument("--cmr-layout", default="standard",
+                   help="MR: standard, siemens, philips, enhanced, reversed_instances or missing_slice")
+    p.add_argument("--pattern", default=None, help="MR: LGE scar pattern (default: from the seed), e.g. "
+                   "sarcoid_multifocal_rv, ischaemic_transmural_mvo, scar_free")
     p.add_argument("--no-send", action="store_true", help="only generate (use with --save)")
 
     p = sub.add_parser("train", help="train a model bundle from polar maps or a synthetic cohort")
@@ -155,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = "demo --modality pet" if args.command == "demo" and args.modality == "pet" else args.command
+    command = f"demo --modality {args.modality}" if args.command == "demo" and args.modality != "spect" else args.command
     module_name, function_name = _HANDLERS[command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
     try:

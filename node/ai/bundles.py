@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 INTENDED_USE = "research use; trained on synthetic phantoms; not clinically validated"
-BUNDLE_NAMES: tuple[str, ...] = ("lv_segmentation", "cad_polar", "tracer_heads", "crt_response")
+BUNDLE_NAMES: tuple[str, ...] = ("lv_segmentation", "cad_polar", "tracer_heads", "crt_response", "cmr_segmentation")
 
 _NETWORKS: dict[str, dict[str, Any]] = {
     "cad_polar": {"_target_": "node.ai.networks.CADPolarNet", "in_channels": 5, "n_tabular": 4, "stages": [16, 32, 48], "n_outputs": 4},
@@ -56,6 +56,10 @@ _NETWORKS: dict[str, dict[str, Any]] = {
     "lv_segmentation": {
         "_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
         "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1,
+    },
+    "cmr_segmentation": {
+        "_target_": "monai.networks.nets.UNet", "spatial_dims": 2, "in_channels": 2, "out_channels": 4,
+        "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1,
     },
 }
 _GRADCAM_LAYERS = {"cad_polar": "encoder.body.stage2", "tracer_heads": "encoder.body.stage2", "crt_response": "features.23"}

@@ -18,22 +18,32 @@ Reading (headers first, pixels once):
 * pixels are decoded once per instance and written straight into the stack (per-frame
   ``stored * slope + intercept``, vectorised over the frames of an instance).
 
-Roles (:data:`MR_ROLES`): :func:`decide_mr_role` is the one rule. It scores each role from
-attributes first (3 points: inversion recovery and inversion times, number of phases from
-Cardiac Number of Images / distinct Trigger Times, Image Type and Complex Image Component, map
-image types), then descriptions (2 points a strong word, 1 a plane word), then the slice plane
-relative to the LV long axis (2 points when the axis comes from the study's own short-axis slices,
-1 from the anatomical prior :data:`LV_AXIS_PRIOR`). The top role wins when it has at least 2
-points (ties: the order of :data:`MR_ROLES`), else ``other``; every rule that fired is a reason.
-:func:`mr_series_role` applies it to one instance (the routing attribute); :func:`assign_mr_roles`
-to whole series with the study as context (the LV axis from the largest set of parallel slices).
+Roles (:data:`MR_ROLES`): :func:`decide_mr_role` is the one rule. Attribute rules give points
+(3 for strong evidence: inversion recovery with one inversion time per position in 100-700 ms
+and one phase = LGE; several inversion times or phases per position with inversion recovery = TI
+scout; >= 5 trigger times per position without it = cine; Image Type ``T1MAP``/``T2MAP``/``ECV``
+= map; 5 for phase images (flow) = other; 2 for no cardiac gating = other; Image Type ``PSIR``/
+``R`` or Complex Image Component ``REAL`` +2 and signed values +1 = PSIR, ``M``/``MAGNITUDE`` +1 =
+magnitude). Descriptions (Series Description, Protocol Name) give 2 points for a strong word
+(``LGE``, ``MDE``, ``CINE``, ``MOLLI``, ``TI_SCOUT``, ``FLOW``...) and 1 for ``MAG``/``PS``.
+When an attribute rule gave some role 2 points or more, the attributes decide and descriptions
+only break their ties; otherwise both are added. The role needs 2 points, else ``other``; ties go
+in the order of :data:`MR_ROLES`. The slice plane only chooses between cine short and long axis:
+the angle of the slice normals to the LV long axis (2 points when the axis is the study's own:
+the normal of its largest set of >= 5 parallel slice positions; 1 from the anatomical prior
+:data:`LV_AXIS_PRIOR`), a stack of >= 3 parallel positions, and plane words (``SAX``, ``4CH``...).
+Every rule that fired is a reason, with its points. :func:`mr_series_role` applies the rule to
+one instance alone (the routing attribute; a header read without Pixel Data is enough);
+:func:`assign_mr_roles` to whole series with the study as context.
 
 Stacks (:func:`build_sax_stack`): the series of one role are merged (one series per slice is
 common), grouped by Frame of Reference, slice normal (within 1 degree), matrix and pixel spacing
 (1 %), sorted by position along the normal and then by trigger time (never by Instance Number),
 and checked: missing slices (a step > 1.5 x the median spacing; flagged, never interpolated),
 duplicate positions (the highest Series Number is kept), uneven spacing, other orientations,
-matrices, pixel spacings or frames of reference (left out and named), unequal phase counts.
+matrices, pixel spacings or frames of reference (left out and named), unequal phase counts, an
+In-Stack Position Number that contradicts the positions. Classic MR has no rescale in its IOD, but
+Philips writes Rescale Slope/Intercept there: they are applied when present.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -62,6 +73,7 @@ __all__ = [
     "MR_IMAGE_STORAGE",
     "MR_ROLES",
     "ROLE_WORDS",
+    "STACK_ROLES",
     "CMRStudy",
     "MRFrame",
     "MRRefusal",
@@ -149,10 +161,12 @@ class MRFrame:
     image_type: tuple[str, ...] = ()
     complex_component: str = ""
 
-    @property
+    @cached_property
     def normal(self) -> np.ndarray:
-        n = np.cross(self.row_cosine, self.column_cosine)
-        return n / np.linalg.norm(n)
+        """Unit slice normal ``row_cosine x column_cosine`` (LPS)."""
+        (a, b, c), (d, e, f) = self.row_cosine, self.column_cosine
+        n = np.array([b * f - c * e, c * d - a * f, a * e - b * d])
+        return n / math.sqrt(float(n @ n))
 
     @property
     def label(self) -> str:
@@ -489,7 +503,8 @@ def series_evidence(datasets: Sequence[Dataset], frames: Sequence[MRFrame] | Non
 @dataclass(frozen=True)
 class MRRoleDecision:
     """The role of a series, its plane (``sax``, ``lax``, ``oblique``, ``unknown``), each role's
-    score and the reasons (every rule that fired, with its points)."""
+    score (attribute + description points; the cine roles with their plane points) and the
+    reasons (every rule that fired, with its points)."""
 
     role: str
     plane: str
@@ -601,14 +616,17 @@ def decide_mr_role(evidence: MRSeriesEvidence, lv_axis: np.ndarray | None = None
     if "TISCOUT" in compact or "LOOKLOCKER" in compact or {"CINE", "IR"} <= tokens or "CINEIR" in compact \
             or "TIMING" in tokens:
         add(("ti_scout",), 2, f"SeriesDescription / ProtocolName {evidence.description!r} names a TI scout")
-    if tokens & _LGE_WORDS:
-        add(lge, 2, f"SeriesDescription / ProtocolName names LGE ({', '.join(sorted(tokens & _LGE_WORDS))})")
-        if tokens & {"MAG", "MAGNITUDE"}:  # GE: MAG:SAX_SS_PSMDE and PS:SAX_SS_PSMDE (PSMDE names both)
+    lge_words = (tokens & _LGE_WORDS) | {w for w in ("IRPFGRE", "DELAYEDENHANCEMENT", "MDE") if w in compact}
+    if lge_words:
+        add(lge, 2, f"SeriesDescription / ProtocolName names LGE ({', '.join(sorted(lge_words))})")
+        # GE MAG:SAX_SS_PSMDE / PS:SAX_SS_PSMDE, Siemens ..._MAG / ..._PSIR, Philips LGE_SA_PSIR_M / _R
+        if tokens & {"MAG", "MAGNITUDE", "M"}:
             add(("lge_mag",), 1, "SeriesDescription / ProtocolName names magnitude (MAG)")
-        elif tokens & {"PSIR", "PS"} or "PSIR" in compact:
+        elif tokens & {"PSIR", "PS", "R"} or "PSIR" in compact:
             add(("lge_psir",), 1, "SeriesDescription / ProtocolName names PSIR")
-    if tokens & _CINE_WORDS:
-        add(cine, 2, f"SeriesDescription / ProtocolName names a cine ({', '.join(sorted(tokens & _CINE_WORDS))})")
+    cine_words = (tokens & _CINE_WORDS) | {w for w in ("BTFE", "FIESTA", "TRUFI") if w in compact}
+    if cine_words:
+        add(cine, 2, f"SeriesDescription / ProtocolName names a cine ({', '.join(sorted(cine_words))})")
     if tokens & _MAP_WORDS or any(w in compact for w in ("T1MAP", "T2MAP", "T2STARMAP", "MOLLI")):
         add(("map",), 2, "SeriesDescription / ProtocolName names a map")
     if (tokens & _OTHER_WORDS) - ({"SCOUT"} if "TISCOUT" in compact or "TI" in tokens else set()):
@@ -671,11 +689,6 @@ def mr_role_reasons(ds: Dataset) -> list[str]:
     """The reasons of :func:`mr_series_role` (the routing attribute ``mr_role_reasons``, for the ledger)."""
     decision = mr_role_decision(ds)
     return [] if decision is None else list(decision.reasons)
-
-
-def _sign_aligned(normals: np.ndarray) -> np.ndarray:
-    reference = normals[0]
-    return normals * np.where(normals @ reference < 0, -1.0, 1.0)[:, None]
 
 
 def _parallel_groups(frames: Sequence[MRFrame], degrees: float) -> list[list[int]]:
@@ -753,9 +766,9 @@ class MRStack:
     """A short-axis stack of one role built across series.
 
     ``series_uids[s]``: the series slice ``s`` came from; ``frames[p][s]``: the header of the image
-    at phase ``p`` of slice ``s``; ``issues``: what was detected (missing slices are issues and
-    gaps in :attr:`stack`, never interpolated); ``left_out``: images of the role not in the stack
-    and why.
+    at phase ``p`` of slice ``s``; ``issues``: what was detected, including the images of the role
+    left out of the stack and why (missing slices are issues and gaps in :attr:`stack`, never
+    interpolated).
     """
 
     role: str
@@ -776,8 +789,8 @@ def _majority(values: Sequence[Any]) -> Any:
 
 
 def _fill(out: np.ndarray, placed: Sequence[tuple[MRFrame, tuple[int, int]]], datasets: Sequence[Dataset]) -> None:
-    """Write the rescaled pixels of each frame at ``out[phase, slice]``; each instance decoded once, its frames
-    rescaled together (``float64(stored) * slope + intercept``)."""
+    """Write the rescaled pixels of each frame at ``out[phase, slice]``: each instance decoded once, each pixel
+    scaled in place in the output (``float64(stored) * slope + intercept``, no temporaries per image)."""
     by_dataset: dict[int, list[tuple[MRFrame, tuple[int, int]]]] = {}
     for frame, where in placed:
         by_dataset.setdefault(frame.dataset, []).append((frame, where))
@@ -789,15 +802,17 @@ def _fill(out: np.ndarray, placed: Sequence[tuple[MRFrame, tuple[int, int]]], da
         if pixels.shape[1:] != shape:
             raise UnusableSeriesError(f"PixelData (7FE0,0010) of instance {members[0][0].sop_uid} decodes to "
                                       f"{pixels.shape[1:]}, Rows x Columns say {shape}", "PixelData")
-        numbers = np.array([f.number - 1 for f, _ in members])
-        if numbers.max() >= pixels.shape[0]:
+        if max(f.number for f, _ in members) > pixels.shape[0]:
             raise UnusableSeriesError(f"PixelData (7FE0,0010) of instance {members[0][0].sop_uid} holds "
                                       f"{pixels.shape[0]} frames, NumberOfFrames (0028,0008) says more", "PixelData")
-        phase = np.array([w[0] for _, w in members])
-        slices = np.array([w[1] for _, w in members])
-        slope = np.array([f.slope for f, _ in members])[:, None, None]
-        intercept = np.array([f.intercept for f, _ in members])[:, None, None]
-        out[phase, slices] = pixels[numbers] * slope + intercept
+        for frame, (phase, slice_) in members:
+            target = out[phase, slice_]
+            if frame.slope != 1.0:
+                np.multiply(pixels[frame.number - 1], frame.slope, out=target)
+            else:
+                target[...] = pixels[frame.number - 1]
+            if frame.intercept != 0.0:
+                target += frame.intercept
 
 
 def build_sax_stack(datasets: Sequence[Dataset], frames: Sequence[MRFrame], role: str,

@@ -60,6 +60,8 @@ class SeriesRule:
     when the series' tracer key (:func:`node.imaging.dicom_tracer.tracer_of`:
     the coded radiopharmaceutical, else its name) is one of them; ``states`` when the series' acquisition state
     (:mod:`node.imaging.states`, the rule loading uses too) is one of them;
+    ``mr_series_roles`` when the MR series role (:func:`node.imaging.mr.mr_series_role`: ``lge_mag``,
+    ``lge_psir``, ``cine_sax`` ...) is one of them;
     ``description_pattern`` is a case-insensitive regular expression searched
     in Series Description (0008,103E), for site pipelines with their own
     naming (a pipeline that tells stress from rest uses ``states``).
@@ -73,6 +75,7 @@ class SeriesRule:
     pet_series_kinds: frozenset[str] = frozenset()
     tracers: frozenset[str] = frozenset()
     states: frozenset[str] = frozenset()
+    mr_series_roles: frozenset[str] = frozenset()
     description_pattern: str = ""
     required: bool = True
 
@@ -96,6 +99,9 @@ class SeriesRule:
             return f"tracer {series.tracer or '(not recognised)'} not in {sorted(self.tracers)}"
         if self.states and series.state not in self.states:
             return f"acquisition state is {series.state} (from the series description), not {'/'.join(sorted(self.states))}"
+        if self.mr_series_roles and series.mr_series_role not in self.mr_series_roles:
+            return (f"MR series role is {series.mr_series_role or '(none)'} (node.imaging.mr.mr_series_role), "
+                    f"not {'/'.join(sorted(self.mr_series_roles))}")
         if self.description_pattern and not re.search(
             self.description_pattern, series.series_description, re.IGNORECASE
         ):

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: modules of the pipelines shipped with the node; each registers itself on import
-KNOWN_MODULES: tuple[str, ...] = ("node.pipelines.spect_mpi", "node.pipelines.pet_mbf")
+KNOWN_MODULES: tuple[str, ...] = ("node.pipelines.spect_mpi", "node.pipelines.pet_mbf", "node.pipelines.cmr_lge")
 
 _log = logging.getLogger(__name__)
 _lock = threading.RLock()

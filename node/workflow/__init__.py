@@ -1,4 +1,5 @@
-"""Work arriving at the node: when a study is complete (:mod:`node.workflow.completeness`)."""
+"""Work arriving at the node: when a study is complete (:mod:`node.workflow.completeness`), and the work items of a
+site's task manager the node performs (:mod:`node.workflow.performer`)."""
 
 from node.workflow.completeness import Assembler, Decision, Rule, decide
 

@@ -128,14 +128,16 @@ class _Connection:
         self.client: UpsPullClient | None = None
 
     def __call__(self) -> UpsPullClient:
+        if self.client is not None and not (self.client.assoc is not None and self.client.assoc.is_established):
+            self.close()  # aborted (e.g. no response in time): the next request goes on a new association
         if self.client is None:
             self.client = self._open().__enter__()
         return self.client
 
     def close(self) -> None:
         if self.client is not None:
-            self.client.__exit__(None, None, None)
-            self.client = None
+            client, self.client = self.client, None
+            client.__exit__(None, None, None)
 
 
 class Performer:
@@ -242,7 +244,9 @@ class Performer:
                 room -= 1
 
     def _skip(self, uid: str, workitem: Dataset, why: str) -> bool:
-        self._record(uid, workitem, None, why)
+        row = self.ledger.workitems.get(uid)
+        if row is None or row.reason != why or row.input_readiness != _text(workitem, "InputReadinessState"):
+            self._record(uid, workitem, None, why)
         if f"{uid} {why}" not in self._told:
             _log.info("work item %s not claimed: %s", uid, why)
             self._told.add(f"{uid} {why}")
@@ -285,7 +289,10 @@ class Performer:
         }
         if transaction_uid is not None:
             fields.update(transaction_uid=transaction_uid, performer_ae=self.settings.ae_title[:16], run=run)
-        if self.ledger.workitems.create(uid, state=ups.SCHEDULED, **fields):
+        created = self.ledger.workitems.create(uid, state=ups.SCHEDULED, reason=reason,
+                                               **{k: v for k, v in fields.items() if k != "reason"})
+        if created:  # the reason of create() is the event's; the row's column is set apart
+            self.ledger.workitems.change(uid, lambda row: WorkitemChange({"reason": reason}))
             return
         self.ledger.workitems.change(uid, lambda row: WorkitemChange(fields, reason)
                                      if row is not None and row.role == "performer" and not row.transaction_uid

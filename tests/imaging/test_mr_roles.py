@@ -8,15 +8,21 @@ attributes must win). Every series must get its true role.
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from node.imaging.mr import LV_AXIS_PRIOR, MR_ROLES, load_cmr_study, mr_series_role
+from node.ledger import Ledger
 from node.pipelines.routing import SeriesSummary, StudySummary, describe_series, routing_attributes
 from node.uids import deterministic_uid
 from tests.imaging.test_mr_loading import AXIS, PHANTOM_SEEDS, Image, classic, plane_axes, tilted
-from tests.support.cmr import VARIANTS, cmr_study
+from tests.support.cmr import VARIANTS, cmr_study, write_study
+from tests.support.worker import record_instances
 
 SHAPE = (6, 6)
 #: series -> description per variant (vendor-like, blank, misleading)
@@ -166,16 +172,55 @@ def test_100_percent_correct_roles_on_the_phantom_variants(variant: str) -> None
         assert {s.series_instance_uid: s.mr_series_role for s in routed.series} == study.truth.series_roles
 
 
-def test_the_routing_role_needs_no_pixel_data() -> None:
+@pytest.mark.parametrize("variant", ["standard", "enhanced"])
+def test_the_routing_role_needs_no_pixel_data(variant: str) -> None:
     """The listener and ``record_instances`` read headers with ``stop_before_pixels``: the role must not change."""
-    import io
-
-    import pydicom
-
-    study = cmr_study("enhanced", 0)
+    study = cmr_study(variant, 0)
     for ds in study.datasets:
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         header = pydicom.dcmread(io.BytesIO(buffer.getvalue()), stop_before_pixels=True)
         assert "PixelData" not in header
         assert mr_series_role(header) == study.truth.series_roles[str(ds.SeriesInstanceUID)]
+
+
+def test_the_ledger_keeps_each_series_role_and_its_reasons(tmp_path: Path) -> None:
+    """Files recorded as the listener records them (headers only): the ledger's study summary has the roles."""
+    truth = write_study(tmp_path / "study", "siemens", 1)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    try:
+        record_instances(ledger, sorted((tmp_path / "study").glob("series_*/*.dcm")))
+        summary = ledger.studies.summary(_study_uid(tmp_path / "study"))
+        assert {s.series_instance_uid: s.mr_series_role for s in summary.series} == truth.series_roles
+        assert all(s.mr_role_reasons for s in summary.series)
+    finally:
+        ledger.close()
+
+
+def _study_uid(folder: Path) -> str:
+    first = next(iter(sorted(folder.glob("series_*/*.dcm"))))
+    return str(pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID)
+
+
+#: descriptions seen in real exams (reference note 3.2: GE strings of rohanshad/cmr_toolkit, UK Biobank) and the
+#: synthetic vendors' (node.synth.cmr), each with the role it must give when the description is all there is
+DESCRIPTION_ONLY = {
+    "MAG:SAX_SS_PSMDE": "lge_mag", "PS:SAX_SS_PSMDE": "lge_psir", "de_tfl_psir_SAX_MAG": "lge_mag",
+    "de_tfl_psir_SAX_PSIR": "lge_psir", "LGE_SA_PSIR_M": "lge_mag", "LGE_SA_PSIR_R": "lge_psir",
+    "SAX_IrP-FGRE_TI=240": "lge_mag", "SAX_DELAY_TI=260_BH": "lge_mag", "SAX_SSHMDE_FIESTA_TI=180": "lge_mag",
+    "SAX_MDE_2RR_Broadband": "lge_mag", "SAX_FIESTA_BH": "cine_sax", "sBTFE_BH_SA": "cine_sax",
+    "CINE_segmented_SAX_b3": "cine_sax", "4CH_FIESTA_BH": "cine_lax", "CINE_segmented_LAX_4Ch": "cine_lax",
+    "TI_Scout_SAX_mid": "ti_scout", "SAX_MID_TI_SCOUT_CINE_IR": "ti_scout", "4CH_CineIR": "ti_scout",
+    "Timing_IDRIVE": "ti_scout", "SAX_T2_MAP": "map", "4CH_MOLLI_ARC_POST_BH": "map", "SAX_FastPC_VENC": "other",
+    "Tags_Grid_SAX": "other",
+}
+
+
+@pytest.mark.parametrize("description", sorted(DESCRIPTION_ONLY))
+def test_descriptions_decide_when_the_attributes_are_silent(description: str) -> None:
+    """A gated single image with no inversion, phase, Image Type or plane evidence: the words decide."""
+    lax = any(word in description.upper() for word in ("4CH", "LAX"))
+    normal = plane_axes(AXIS)[0] if lax else AXIS
+    image = Image(deterministic_uid("words", description), 7, 1, np.zeros(3), normal, np.zeros(SHAPE, np.uint16),
+                  description=description, image_type=("ORIGINAL", "PRIMARY", "OTHER"))
+    assert mr_series_role(classic(image)) == DESCRIPTION_ONLY[description]

@@ -15,13 +15,13 @@ A thin user of :mod:`node.synth.cmr` (the one CMR phantom and writer):
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
 
+from node.imaging.volume import ShortAxisStack
 from node.synth.cmr.phantom import (
     CineImages,
     CMRAnatomy,
@@ -32,9 +32,10 @@ from node.synth.cmr.phantom import (
     draw_pattern,
     lge_phantom,
 )
-from node.synth.cmr.study import VARIANTS, CMRStudy, CMRStudyTruth, build_cmr_study
+from node.synth.cmr.study import VARIANTS, CMRStudy, CMRStudyTruth, build_cmr_study, save_cmr_study
 
-__all__ = ["VARIANTS", "cmr_study", "write_study", "small_anatomy", "small_lge", "small_cine", "decode_enhanced"]
+__all__ = ["VARIANTS", "cmr_study", "write_study", "small_anatomy", "small_lge", "small_cine", "decode_enhanced",
+           "phantom_stack"]
 
 
 _LGE_SAMPLING = Sampling()
@@ -50,12 +51,7 @@ def cmr_study(variant: str = "standard", seed: int = 0, pattern: str | None = No
 def write_study(folder: Path, variant: str = "standard", seed: int = 0, pattern: str | None = None) -> CMRStudyTruth:
     """Write :func:`cmr_study` as ``folder/series_NNN/NNNNN.dcm`` plus ``truth.json``; returns the truth."""
     study = cmr_study(variant, seed, pattern)
-    folder = Path(folder)
-    for number, ds in enumerate(study.datasets):
-        sub = folder / f"series_{int(ds.SeriesNumber):03d}"
-        sub.mkdir(parents=True, exist_ok=True)
-        ds.save_as(sub / f"{number:05d}.dcm", enforce_file_format=True)
-    (folder / "truth.json").write_text(json.dumps(study.truth.summary(), indent=1))
+    save_cmr_study(study, Path(folder))
     return study.truth
 
 
@@ -92,3 +88,19 @@ def decode_enhanced(ds: Dataset) -> np.ndarray:
         transform = item.PixelValueTransformationSequence[0]
         out[i] = stored[i] * float(transform.RescaleSlope) + float(transform.RescaleIntercept)
     return out
+
+
+def phantom_stack(images: np.ndarray, anatomy: CMRAnatomy, drop_slices: tuple[int, ...] = ()) -> ShortAxisStack:
+    """A phantom's images (``[slice, row, col]`` or ``[phase, slice, row, col]``) as a
+    :class:`~node.imaging.volume.ShortAxisStack` with the phantom's slice positions (axial-like
+    orientation, normal apex -> base), without writing DICOM; ``drop_slices`` leaves slices out
+    (a stack with a gap)."""
+    vox = np.asarray(images, dtype=np.float64)
+    if vox.ndim == 3:
+        vox = vox[None]
+    st = anatomy.stack
+    keep = [k for k in range(st.n_slices) if k not in drop_slices]
+    z = st.first_z_mm + st.spacing_mm * np.asarray(keep, dtype=float)
+    positions = np.stack([np.zeros_like(z), np.zeros_like(z), z], axis=1)
+    return ShortAxisStack(vox[:, keep], positions, np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]),
+                          np.array([st.pixel_mm, st.pixel_mm]), float(st.thickness_mm), np.full((vox.shape[0], len(keep)), np.nan))

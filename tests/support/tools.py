@@ -51,9 +51,9 @@ DCIODVFY_KNOWN_WARNINGS = {
     # dicom3tools tables do not list it in that macro, so the object counts as Standard Extended.
     r"Attribute is not present in standard DICOM IOD - \(0x0018,0x1002\) UI Device UID": "IHE AIR Device UID",
     r"Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class": "same",
-    # Classic MR Image Type value 3 as scanners write it (Siemens M/PSIR, Philips M_IR/R_IR/M_FFE): the synthetic CMR
+    # Classic MR Image Type value 3 as scanners write it (Siemens M/PSIR, Philips M_IR/R_IR/M_FFE, T1MAP): the synthetic CMR
     # series keep the vendor markers a loader must read (reference cmr_lge.md 4.3: the only remaining warning).
-    r"Unrecognized defined term <(M|P|R|PSIR|M_IR|R_IR|M_FFE)> for value 3 of attribute <Image Type>": "vendor MR image type",
+    r"Unrecognized defined term <(M|P|R|PSIR|M_IR|R_IR|M_FFE|T1MAP)> for value 3 of attribute <Image Type>": "vendor MR image type",
 }
 
 

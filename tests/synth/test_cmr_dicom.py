@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,7 @@ import pydicom
 import pytest
 
 from node.synth.cmr.dicom import ENHANCED_MR_IMAGE_STORAGE, MR_IMAGE_STORAGE
+from tests.support import REPO
 from tests.support.cmr import cmr_study, decode_enhanced, write_study
 from tests.support.tools import assert_dciodvfy_clean, require_tool
 
@@ -17,7 +21,7 @@ def _series(study, role: str):  # type: ignore[no-untyped-def]
     return [w for w in study.series if w.info.role == role]
 
 
-@pytest.mark.parametrize("variant", ["standard", "siemens", "philips", "enhanced"])
+@pytest.mark.parametrize("variant", ["standard", "siemens", "philips", "enhanced", "decoys"])
 def test_every_series_passes_dciodvfy(variant: str, tmp_path: Path) -> None:
     require_tool("dciodvfy")
     study = cmr_study(variant, 1)
@@ -32,7 +36,7 @@ def test_every_series_passes_dciodvfy(variant: str, tmp_path: Path) -> None:
             assert not [line for line in lines if line.startswith("Warning")], lines
         checked += 1
     assert checked >= 5
-    assert {w.info.role for w in study.series} == {"cine_sax", "cine_lax", "lge_mag", "lge_psir", "ti_scout"}
+    assert {w.info.role for w in study.series} >= {"cine_sax", "cine_lax", "lge_mag", "lge_psir", "ti_scout"}
 
 
 def _axis_point(ds: pydicom.Dataset, row: float, col: float, ipp=None, iop=None, spacing=None) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -147,3 +151,90 @@ def test_layout_variants() -> None:
         assert round(float(missing.truth.slice_position_mm[gone]), 2) not in slices_written
     scout = _series(missing, "ti_scout")[0]
     assert len({float(ds.InversionTime) for ds in scout.datasets}) == len(scout.datasets) > 5
+
+
+@pytest.mark.slow  # a full-size study (25 phases x ~12 slices of 256 x 256): ~20-40 s on a loaded machine
+def test_mr_demo_saves_a_full_study_without_printing_identities(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "node.cli", "demo", "--modality", "mr", "--seed", "8", "--cmr-layout", "siemens",
+         "--pattern", "sarcoid_multifocal_rv", "--no-send", "--save", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert "seed 8" in output and "Research use only" in output and "sarcoid_multifocal_rv" in output
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    files = sorted(tmp_path.rglob("*.dcm"))
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    for secret in (str(first.PatientID), str(first.PatientName), str(first.PatientBirthDate)):
+        assert secret not in output
+    roles = truth["series_roles"]
+    assert sorted(set(roles.values())) == ["cine_lax", "cine_sax", "lge_mag", "lge_psir", "ti_scout"]
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    cine = [ds for ds in headers if roles[ds.SeriesInstanceUID] == "cine_sax"]
+    assert len(cine) == 25 * len({ds.SeriesInstanceUID for ds in cine})
+    assert {int(ds.Rows) for ds in headers if roles[ds.SeriesInstanceUID] != "cine_lax"} == {256}
+    assert truth["lge"]["rv_involvement"] and truth["lge"]["scar_pct_sampled"] > 1.0
+
+
+def test_t1_map_decoy() -> None:
+    study = cmr_study("decoys", 6)
+    (written,) = _series(study, "map")
+    assert study.truth.series_roles[written.info.series_uid] == "map" and written.gain == 1.0
+    assert len(written.datasets) == 3 and "MOLLI" in written.info.description
+    lge = study.truth.lge
+    for ds in written.datasets:
+        assert "T1MAP" in list(ds.ImageType) and "InversionTime" not in ds
+        k = int(ds.AcquisitionNumber) - 1
+        t1 = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_to_bytes(ds))).pixel_array.astype(float)
+        remote = lge.myocardium_mask[k] & ~lge.scar_mask[k]
+        assert abs(float(np.median(t1[remote])) - 450.0) < 40.0  # post-contrast myocardial T1 (ms)
+
+
+def _axis_pixel_of(ds: pydicom.Dataset, point: np.ndarray) -> tuple[float, float, float]:
+    """(row, col, distance from the plane in mm) of a patient point in an instance's image."""
+    iop = np.array(ds.ImageOrientationPatient, float)
+    spacing = np.array(ds.PixelSpacing, float)
+    d = point - np.array(ds.ImagePositionPatient, float)
+    return float(d @ iop[3:] / spacing[0]), float(d @ iop[:3] / spacing[1]), float(d @ np.cross(iop[:3], iop[3:]))
+
+
+def test_problem_layouts_are_what_their_truth_says(tmp_path: Path) -> None:
+    require_tool("dciodvfy")
+    tilted = cmr_study("mixed_orientation", 7)
+    (k,) = tilted.truth.tilted_slices
+    z = tilted.anatomy.stack.z_centres_mm
+    frame = tilted.anatomy.frame
+    for role in ("lge_mag", "lge_psir"):
+        (written,) = _series(tilted, role)
+        normals = {}
+        for ds in written.datasets:
+            iop = np.array(ds.ImageOrientationPatient, float)
+            normals[int(ds.AcquisitionNumber) - 1] = np.cross(iop[:3], iop[3:])
+        angles = {s: np.degrees(np.arccos(np.clip(n @ frame.long_axis, -1, 1))) for s, n in normals.items()}
+        assert angles[k] == pytest.approx(10.0, abs=0.01)
+        assert all(a < 0.1 for s, a in angles.items() if s != k)  # IOP has 6 decimals
+        ds = next(d for d in written.datasets if int(d.AcquisitionNumber) - 1 == k)
+        row, col, off = _axis_pixel_of(ds, frame.apex_mm + frame.long_axis * z[k])
+        assert abs(off) < 1e-3 and (row, col) == pytest.approx(tilted.anatomy.stack.axis_pixel, abs=1e-3)
+        if role == "lge_mag":  # the long axis runs through the bright blood pool of the re-planned slice too
+            pixels = ds.pixel_array.astype(float)
+            assert pixels[int(round(row)), int(round(col))] > 0.4 * np.percentile(pixels, 99.5)
+            path = tmp_path / "tilted.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            assert_dciodvfy_clean(path, "re-planned LGE slice", "MRImage")
+    rescanned = cmr_study("rescanned_fov", 7)
+    (k,) = rescanned.truth.rescanned_slices
+    spacings = {}
+    for written in _series(rescanned, "cine_sax"):
+        ds = written.datasets[0]
+        (s,) = rescanned.truth.series_slices[written.info.series_uid]
+        spacings[s] = float(ds.PixelSpacing[0])
+        row, col, off = _axis_pixel_of(ds, rescanned.anatomy.frame.apex_mm + rescanned.anatomy.frame.long_axis
+                                       * rescanned.anatomy.stack.z_centres_mm[s])
+        assert abs(off) < 1e-3
+        pixels = ds.pixel_array.astype(float)  # phase 0 = ED: blood on the axis at mid-ventricle
+        if s == k:
+            assert pixels[int(round(row)), int(round(col))] > 0.5 * np.percentile(pixels, 99.5)
+    assert spacings[k] == pytest.approx(1.2 * rescanned.anatomy.stack.pixel_mm, rel=1e-4)
+    assert all(v == pytest.approx(rescanned.anatomy.stack.pixel_mm) for s, v in spacings.items() if s != k)

@@ -40,7 +40,7 @@ from tests.support.ups import (
     workitem,
 )
 
-pytestmark = pytest.mark.network
+pytestmark = [pytest.mark.network, pytest.mark.slow]  # each starts a node and its workers: 25-60 s here
 
 #: the completeness times of these tests: nothing but the ups_inputs rule decides within a test's time
 LONG_WAIT = {"default": {"quiet_period_s": 300.0, "force_deadline_s": 900.0, "force_action": "process",
@@ -129,6 +129,34 @@ def test_a_work_item_another_performer_claimed_first_is_left_to_it(tmp_path: Pat
             assert not tm.of("action", unavailable) and not tm.of("action", incomplete)
             assert "waiting for READY" in items[incomplete]["note"] and "skipped" in items[unavailable]["note"]
             _contexts_are_pull_and_watch_only(tm)
+        finally:
+            node.stop()
+            tm.stop()
+
+
+def test_a_claim_whose_response_is_lost_is_checked_with_an_n_set_and_kept(tmp_path: Path, seed: int) -> None:
+    """No response to the claim (it landed; the answer never came): the node asks with an N-SET of a progress item
+    carrying its Transaction UID on a new association; 0000 says the claim is its own: it keeps it, never claims
+    with another Transaction UID, and completes."""
+    study_uid, _, files = write_nm_study(tmp_path / "study", 2, seed)
+    uid = new_uid()
+    port = free_port()
+    tm = ScriptedTaskManager(tmp_path, [{"uid": uid, "dataset": _item(study_uid, _inputs(files)[1])}],
+                             claim="no-response", eventTarget={"host": "127.0.0.1", "port": port, "ae": "CARDIONODE"})
+    with Destination(refusing=False) as archive:
+        node = _serve(tmp_path, port, archive, tm.as_setting(timeout_s=3.0))
+        try:
+            node.start()
+            storescu(port, files, check=True)
+            tm.wait(lambda: [a for a in tm.of("action", uid) if a["dataset"].get("ProcedureStepState") == "COMPLETED"
+                             and a["status"] == 0], "COMPLETED accepted", 120)
+            actions = [(a["dataset"]["ProcedureStepState"], a["status"]) for a in tm.of("action", uid)]
+            assert actions == [("IN PROGRESS", None), ("COMPLETED", 0)], actions
+            probe = tm.of("set", uid)[0]
+            claim_tx = tm.of("action", uid)[0]["dataset"]["TransactionUID"]
+            assert probe["dataset"]["TransactionUID"] == claim_tx and probe["status"] == 0
+            assert {r["dataset"]["TransactionUID"] for r in tm.of("set", uid) + tm.of("action", uid)} == {claim_tx}
+            assert len(tm.of("associate")) >= 2  # the probe went on a new association
         finally:
             node.stop()
             tm.stop()
@@ -325,7 +353,6 @@ def test_claim_kill_9_restart_complete_with_the_same_transaction_uid(tmp_path: P
 # ---------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.slow
 def test_a_pushed_spect_work_item_is_fetched_processed_stored_and_completed_with_resolvable_outputs(
         tmp_path: Path, seed: int) -> None:
     """A requester (dcmjs-dimse) pushes a work item to the task manager (a second CardioNode) for a SPECT MPI study that

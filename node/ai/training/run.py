@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from node.ai import bundles
-from node.ai.training import segmentation
+from node.ai.training import cmr_segmentation, segmentation
 from node.ai.training.common import TrainResult, seed_everything
 from node.ai.training.polar import evaluation_markdown, train_polar_bundle
 
@@ -27,6 +27,12 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
     """Train ``bundle`` on a folder or a synthetic cohort (phantoms for ``lv_segmentation``), evaluate, and write
     the bundle to ``out``. ``init`` and ``steps_per_epoch`` apply to ``lv_segmentation`` only."""
     seed_everything(seed)
+    if bundle == "cmr_segmentation":
+        if init is not None:
+            raise ValueError("--init is not supported for cmr_segmentation")
+        return cmr_segmentation.train_cmr_segmentation(
+            out, n_phantoms=synthetic or cmr_segmentation.DEFAULT_PHANTOMS, seed=seed, version=version, command=command,
+            steps=(epochs or 8) * (steps_per_epoch or cmr_segmentation.DEFAULT_STEPS // 8))
     if bundle == "lv_segmentation":
         return segmentation.train_segmentation(
             out, n_train=synthetic or 0, data=data, epochs=epochs or segmentation.DEFAULT_EPOCHS, seed=seed,

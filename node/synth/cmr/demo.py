@@ -13,13 +13,12 @@ unless ``--no-send``. Patient identities are synthetic and never printed.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
 from node import RESEARCH_USE_NOTICE
 from node.synth.cmr.phantom import PATTERNS
-from node.synth.cmr.study import VARIANTS, build_cmr_study
+from node.synth.cmr.study import VARIANTS, build_cmr_study, save_cmr_study
 from node.synth.spect.demo import destination, send_datasets
 
 __all__ = ["mr_demo_main"]
@@ -45,13 +44,8 @@ def mr_demo_main(args: argparse.Namespace) -> int:
           f"LGE {truth.lge.scar_pct_sampled:.1f} % of LV mass (sampled), LV mass {truth.lge.lv_mass_g_sampled:.0f} g, "
           f"EF {truth.cine.ef_pct:.1f} % (analytic), {truth.cine.ef_pct_sampled:.1f} % (sampled)")
     if args.save is not None:
-        folder = Path(args.save)
-        for number, ds in enumerate(study.datasets):
-            sub = folder / f"series_{int(ds.SeriesNumber):03d}"
-            sub.mkdir(parents=True, exist_ok=True)
-            ds.save_as(sub / f"{number:05d}.dcm", enforce_file_format=True)
-        (folder / "truth.json").write_text(json.dumps(truth.summary(), indent=1))
-        print(f"saved {len(study.datasets)} files and truth.json to {folder}")
+        paths = save_cmr_study(study, Path(args.save))
+        print(f"saved {len(paths)} files and truth.json to {args.save}")
     if args.no_send:
         return 0
     port, called = destination(args)

@@ -24,7 +24,9 @@ Two writers take the same input:
 
 Vendor flavours (:data:`VENDORS`, ``siemens``/``ge``/``philips``) set Manufacturer, Series
 Description (:func:`series_description`), Image Type value 3+ and sequence names; roles are
-``cine_sax``, ``cine_lax``, ``lge_mag``, ``lge_psir``, ``ti_scout`` (:data:`ROLES`). Geometry:
+``cine_sax``, ``cine_lax``, ``lge_mag``, ``lge_psir``, ``ti_scout``, ``map`` (:data:`ROLES`; a
+post-contrast MOLLI T1 map, pixels = T1 in ms, gain 1, written as a bSSFP-readout series without
+inversion attributes, Image Type value 3 ``T1MAP``). Geometry:
 Image Orientation (Patient) = (row cosine: direction of increasing column, column cosine:
 direction of increasing row), Image Position (Patient) = centre of the first pixel, Slice
 Location = IPP . normal (normal = row cosine x column cosine, apex -> base on short axis).
@@ -34,7 +36,7 @@ Position ``HFS``, Body Part ``HEART``, contrast agent on LGE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -62,7 +64,6 @@ __all__ = [
     "image_type",
     "classic_mr_series",
     "enhanced_mr_series",
-    "with_series",
     "sax_orientation",
     "sax_frames",
 ]
@@ -70,26 +71,29 @@ __all__ = [
 MR_IMAGE_STORAGE = str(MRImageStorage)
 ENHANCED_MR_IMAGE_STORAGE = str(EnhancedMRImageStorage)
 #: series roles, in the words of :mod:`node.imaging.mr`
-ROLES: tuple[str, ...] = ("cine_sax", "cine_lax", "lge_mag", "lge_psir", "ti_scout")
+ROLES: tuple[str, ...] = ("cine_sax", "cine_lax", "lge_mag", "lge_psir", "ti_scout", "map")
 VENDORS: tuple[str, ...] = ("siemens", "ge", "philips")
 MANUFACTURERS: dict[str, str] = {"siemens": "SIEMENS", "ge": "GE MEDICAL SYSTEMS", "philips": "Philips Medical Systems"}
 _MODELS = {"siemens": "Avanto_fit", "ge": "SIGNA Artist", "philips": "Ingenia"}
 
 _DESCRIPTIONS: dict[str, dict[str, str]] = {
     "siemens": {"cine_sax": "CINE_segmented_SAX", "cine_lax": "CINE_segmented_LAX_4Ch",
-                "lge_mag": "de_tfl_psir_SAX_MAG", "lge_psir": "de_tfl_psir_SAX_PSIR", "ti_scout": "TI_Scout_SAX_mid"},
+                "lge_mag": "de_tfl_psir_SAX_MAG", "lge_psir": "de_tfl_psir_SAX_PSIR", "ti_scout": "TI_Scout_SAX_mid",
+                "map": "MOLLI_T1MAP_SAX_POST"},
     "ge": {"cine_sax": "SAX_FIESTA_BH", "cine_lax": "4CH_FIESTA_BH", "lge_mag": "MAG:SAX_SS_PSMDE",
-           "lge_psir": "PS:SAX_SS_PSMDE", "ti_scout": "SAX_MID_TI_SCOUT_CINE_IR"},
+           "lge_psir": "PS:SAX_SS_PSMDE", "ti_scout": "SAX_MID_TI_SCOUT_CINE_IR",
+           "map": "SAX_MOLLI_T1MAP_POST"},
     "philips": {"cine_sax": "sBTFE_BH_SA", "cine_lax": "sBTFE_BH_4CH", "lge_mag": "LGE_SA_PSIR_M",
-                "lge_psir": "LGE_SA_PSIR_R", "ti_scout": "LL_SA_TI_scout"},
+                "lge_psir": "LGE_SA_PSIR_R", "ti_scout": "LL_SA_TI_scout",
+                "map": "SA_MOLLI_T1MAP_post"},
 }
 _IMAGE_TYPE: dict[str, dict[str, list[str]]] = {
     "siemens": {"cine": ["ORIGINAL", "PRIMARY", "M", "RETRO", "DIS2D"], "mag": ["ORIGINAL", "PRIMARY", "M", "NORM", "DIS2D"],
-                "psir": ["DERIVED", "PRIMARY", "PSIR", "NORM", "DIS2D"]},
+                "psir": ["DERIVED", "PRIMARY", "PSIR", "NORM", "DIS2D"], "map": ["DERIVED", "PRIMARY", "T1MAP", "T1"]},
     "ge": {"cine": ["ORIGINAL", "PRIMARY", "OTHER"], "mag": ["ORIGINAL", "PRIMARY", "OTHER"],
-           "psir": ["DERIVED", "PRIMARY", "OTHER"]},
+           "psir": ["DERIVED", "PRIMARY", "OTHER"], "map": ["DERIVED", "PRIMARY", "T1MAP"]},
     "philips": {"cine": ["ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE"], "mag": ["ORIGINAL", "PRIMARY", "M_IR", "M", "IR"],
-                "psir": ["ORIGINAL", "PRIMARY", "R_IR", "R", "IR"]},
+                "psir": ["ORIGINAL", "PRIMARY", "R_IR", "R", "IR"], "map": ["DERIVED", "PRIMARY", "T1MAP", "T1"]},
 }
 _SEQUENCE_NAMES = {"siemens": {"cine": "*tfi2d1_12", "ir": "*tfl2d1_16"},
                    "ge": {"cine": "FIESTA", "ir": "FGRE IR"},
@@ -110,7 +114,7 @@ def series_description(vendor: str, role: str, slice_number: int | None = None) 
 
 def image_type(vendor: str, role: str) -> list[str]:
     """Image Type (0008,0008) of a role in a vendor flavour (PSIR markers: ``PSIR``/``R``/``DERIVED``)."""
-    kind = "psir" if role == "lge_psir" else "mag" if role in ("lge_mag", "ti_scout") else "cine"
+    kind = {"lge_psir": "psir", "lge_mag": "mag", "ti_scout": "mag", "map": "map"}.get(role, "cine")
     return list(_IMAGE_TYPE[vendor][kind])
 
 
@@ -119,7 +123,8 @@ class MRFrame:
     """One 2-D image of a series (signal units, ``[row, col]``) and where/when it was acquired.
 
     ``position_mm``: Image Position (Patient) of pixel (0, 0); ``slice_index``/``phase_index``
-    0-based; ``trigger_time_ms`` after the R wave; ``inversion_time_ms`` for IR sequences.
+    0-based; ``trigger_time_ms`` after the R wave; ``inversion_time_ms`` for IR sequences;
+    ``orientation``: the frame's own Image Orientation (Patient) when it differs from the series'.
     """
 
     pixels: np.ndarray
@@ -128,6 +133,7 @@ class MRFrame:
     phase_index: int
     trigger_time_ms: float
     inversion_time_ms: float | None = None
+    orientation: tuple[float, ...] | None = None  # its own Image Orientation (a re-planned slice); classic only
 
 
 @dataclass(frozen=True)
@@ -184,8 +190,8 @@ def _is_ir(role: str) -> bool:
     return role in ("lge_mag", "lge_psir", "ti_scout")
 
 
-def _normal(info: MRSeriesInfo) -> np.ndarray:
-    o = np.asarray(info.orientation, dtype=float)
+def _normal(orientation: tuple[float, ...]) -> np.ndarray:
+    o = np.asarray(orientation, dtype=float)
     return np.cross(o[:3], o[3:])
 
 
@@ -220,10 +226,10 @@ def _pixel_module(ds: Dataset, rows: int, cols: int, signed: bool, bits_stored: 
     ds.PixelRepresentation = 1 if signed else 0
 
 
-def _series_gain(frames: list[MRFrame], role: str) -> float:
+def _series_gain(frames: list[MRFrame]) -> float:
+    """Stored units per signal unit: the largest |signal| of the series maps to 4000 (12-bit headroom)."""
     largest = max(float(np.max(np.abs(f.pixels))) for f in frames)
-    target = 4000.0 if role != "lge_psir" else 4000.0
-    return target / largest if largest > 0 else 1.0
+    return 4000.0 / largest if largest > 0 else 1.0
 
 
 def _instance_order(frames: list[MRFrame]) -> list[int]:
@@ -240,9 +246,8 @@ def classic_mr_series(frames: list[MRFrame], info: MRSeriesInfo, patient: Patien
     """
     if not frames:
         raise ValueError("a series needs at least one frame")
-    g = _series_gain(frames, info.role) if gain is None else float(gain)
+    g = _series_gain(frames) if gain is None else float(gain)
     signed = info.role == "lge_psir"
-    normal = _normal(info)
     order = _instance_order(frames)
     vendor_ir = _SEQUENCE_NAMES[info.vendor]["ir" if _is_ir(info.role) else "cine"]
     datasets: list[Dataset] = []
@@ -295,10 +300,11 @@ def classic_mr_series(frames: list[MRFrame], info: MRSeriesInfo, patient: Patien
         if info.spacing_mm is not None:
             ds.SpacingBetweenSlices = _ds(info.spacing_mm)
         # image plane
-        ds.ImageOrientationPatient = [round(float(v), 6) for v in info.orientation]
+        orientation = info.orientation if frame.orientation is None else frame.orientation
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in orientation]
         ds.ImagePositionPatient = [round(float(v), 4) for v in frame.position_mm]
         ds.PixelSpacing = [_ds(info.pixel_mm), _ds(info.pixel_mm)]
-        ds.SliceLocation = _ds(float(np.dot(frame.position_mm, normal)))
+        ds.SliceLocation = _ds(float(np.dot(frame.position_mm, _normal(orientation))))
         # pixels
         rows, cols = frame.pixels.shape
         _pixel_module(ds, rows, cols, signed, 16 if signed else 12)
@@ -435,7 +441,9 @@ def enhanced_mr_series(frames: list[MRFrame], info: MRSeriesInfo, patient: Patie
     """
     if not frames:
         raise ValueError("a series needs at least one frame")
-    g = _series_gain(frames, info.role) if gain is None else float(gain)
+    if any(f.orientation is not None for f in frames):
+        raise ValueError("the Enhanced MR writer shares one Plane Orientation; write re-planned slices as classic MR")
+    g = _series_gain(frames) if gain is None else float(gain)
     psir = info.role == "lge_psir"
     order = _instance_order(frames)
     if shuffle_rng is not None:
@@ -571,10 +579,6 @@ def enhanced_mr_series(frames: list[MRFrame], info: MRSeriesInfo, patient: Patie
     ds["PixelData"].VR = "OW"
     return MRSeriesWritten(info, [ds], g, slopes, intercepts, values)
 
-
-def with_series(info: MRSeriesInfo, **changes: object) -> MRSeriesInfo:
-    """A copy of ``info`` with fields changed (one series per slice: new UID, number, description)."""
-    return replace(info, **changes)  # type: ignore[arg-type]
 
 
 def sax_orientation(anatomy: CMRAnatomy) -> tuple[float, ...]:

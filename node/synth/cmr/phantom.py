@@ -29,10 +29,12 @@ Conventions
   continuous as the supersampling grows (tests/synth/test_cmr_phantom.py); with gaps or a base
   that falls inside a slab they differ by the reference's ``+-8 %`` discretisation, which is why
   acceptance tests compare with sampled truth.
-* **Segments on slices** (reference 3.4, ukbb_cardiac): LV slices are those holding at least
-  10 pixels of cavity and 10 of myocardium (summed fractions); they split into thirds by count,
+* **Segments on slices** (reference 3.4, ukbb_cardiac; the node's rule,
+  :func:`node.quant.sax_segments.slice_rings`, applied to the truth masks, fraction >= 0.5): LV
+  slices hold at least 10 pixels of cavity and 10 of myocardium; they split into thirds by count,
   basal first (``ceil(n/3)`` basal, up to ``ceil(2n/3)`` mid, the rest apical); slices below the
-  LV slices (myocardium, no cavity) are segment 17; slices above them belong to the basal ring.
+  LV slices (myocardium, no cavity) are segment 17; slices above them belong to the basal ring
+  (also slabs whose myocardium is only partial volume).
   The azimuthal sector of a pixel is that of its centre's AHA azimuth (60 deg rings from
   ``-30``, 90 deg apical sectors from ``-45``, :func:`node.quant.segments.segment_of`).
   *Continuous* segments use thirds of the cavity length (the SPECT truth convention).
@@ -62,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from node.quant.lv_frame import LVFrame
+from node.quant.sax_segments import slice_rings
 from node.quant.segments import N_SEGMENTS, segment_of
 from node.synth.anatomy import TissueUptake, TorsoModel, depth_fraction
 from node.synth.geometry import LVGeometry, LVShape, geometry_at
@@ -93,9 +96,12 @@ __all__ = [
     "cine_phantom",
     "lge_signal",
     "lge_composite",
+    "PlaneImage",
+    "lge_plane",
     "rician",
     "TI_SCOUT_MS",
     "ti_scout",
+    "t1_map",
     "LongAxisCine",
     "long_axis_cine",
 ]
@@ -130,7 +136,8 @@ class ScarPatch:
     ``depth_range``: wall-depth fractions (0 endocardium, 1 epicardium; :func:`node.synth.anatomy.depth_fraction`);
     ``intensity``: signal above remote as a fraction of dense scar (0.5-1); ``mvo_depth``: the
     inner part of the patch (depth fraction from its inner border) that is a dark
-    microvascular-obstruction core, counted as infarct; ``rv``: the RV wall next to the patch
+    microvascular-obstruction core, counted as infarct (inset from the sides: within 0.6 of the
+    half-width and the inner 80 % of ``v_range``, so enhancement rims it); ``rv``: the RV wall next to the patch
     (same azimuths and heights) enhances too.
     """
 
@@ -465,8 +472,11 @@ def _patch_masks(pattern: LGEPattern, v: np.ndarray, psi_aha: np.ndarray, depth:
         inside = ((dpsi <= patch.half_width_deg) & (v >= patch.v_range[0]) & (v <= patch.v_range[1])
                   & (depth >= patch.depth_range[0]) & (depth <= patch.depth_range[1]))
         scar |= inside
-        if patch.mvo_depth > 0:
-            mvo |= inside & (depth < patch.depth_range[0] + patch.mvo_depth * (patch.depth_range[1] - patch.depth_range[0]))
+        if patch.mvo_depth > 0:  # the core: inner depth, inset from the sides (rimmed by enhancement)
+            v_lo, v_hi = patch.v_range
+            inset = 0.1 * (v_hi - v_lo)
+            mvo |= (inside & (depth < patch.depth_range[0] + patch.mvo_depth * (patch.depth_range[1] - patch.depth_range[0]))
+                    & (dpsi <= 0.6 * patch.half_width_deg) & (v >= v_lo + inset) & (v <= v_hi - inset))
         intensity = np.where(inside, np.maximum(intensity, patch.intensity), intensity)
     return scar, mvo & scar, intensity
 
@@ -638,26 +648,20 @@ def tissue_fractions(
     return TissueFractions(fractions, scar_weight, np.broadcast_to(psi_aha, (st.n_slices, st.rows, st.cols)), geom)
 
 
-def slice_segments(fractions: TissueFractions, pixel_mm: float, min_pixels: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+def slice_segments(fractions: TissueFractions, min_pixels: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
     """AHA segment of every pixel with LV myocardium, by the slice-thirds rule (module docstring).
 
     Returns ``(segments [slice, row, col] int8, 0 = no LV myocardium; ring [slice] int8: 0 none,
     1 basal, 2 mid, 3 apical, 4 apex cap)``.
     """
     myo = fractions.lv_myocardium
-    cavity = fractions.of("lv_blood")
-    n = myo.shape[0]
-    is_lv = (myo.sum(axis=(1, 2)) >= min_pixels) & (cavity.sum(axis=(1, 2)) >= min_pixels)
-    ring = np.zeros(n, dtype=np.int8)
-    lv_slices = np.nonzero(is_lv)[0]
-    if lv_slices.size:
-        count = lv_slices.size
-        # basal first: slices are stored apex first, so walk from the top
-        for rank, k in enumerate(lv_slices[::-1]):
-            ring[k] = 1 if rank < math.ceil(count / 3) else 2 if rank < math.ceil(2 * count / 3) else 3
-        has_myo = myo.sum(axis=(1, 2)) > 0
-        ring[(np.arange(n) < lv_slices[0]) & has_myo] = 4
-        ring[(np.arange(n) > lv_slices[-1]) & has_myo] = 1
+    # the node's rule on what a perfect segmentation sees (masks: fraction >= 0.5)
+    ring = slice_rings(fractions.of("lv_blood") >= 0.5, myo >= 0.5, apex_first=True, min_pixels=min_pixels)
+    lv = np.flatnonzero(np.isin(ring, (1, 2, 3)))
+    if lv.size:  # slabs with partial-volume myocardium only: the cap below the LV slices, basal above
+        partial = (ring == 0) & (myo.sum(axis=(1, 2)) > 0)
+        ring[partial & (np.arange(ring.size) < lv[0])] = 4
+        ring[partial & (np.arange(ring.size) > lv[-1])] = 1
     # u within each ring chosen so that segment_of gives that ring's numbering
     u_of_ring = np.array([0.0, 0.9, 0.5, 0.2, 0.0])[ring]
     seg = segment_of(u_of_ring[:, None, None], fractions.aha_psi_deg, 0.0)
@@ -697,11 +701,11 @@ def _torso_signal(anatomy: CMRAnatomy, values: dict[str, float], slices: slice =
     ks = range(st.n_slices)[slices]
     out = np.zeros((len(ks), st.rows, st.cols))
     lut = np.array([0.0, values["body"], values["lung"], values["liver"]])
-    for i, k in enumerate(ks):
+    for n, k in enumerate(ks):
         o = anatomy.slice_origin_mm(k)
-        pts = [o[i] + pc * st.pixel_mm * x_axis[i] + pr * st.pixel_mm * y_axis[i] for i in range(3)]
+        pts = [o[d] + pc * st.pixel_mm * x_axis[d] + pr * st.pixel_mm * y_axis[d] for d in range(3)]
         code = torso.evaluate_components(pts[0], pts[1], pts[2])
-        out[i] = lut[np.round(code).astype(int)]
+        out[n] = lut[np.round(code).astype(int)]
     return out
 
 
@@ -802,7 +806,7 @@ def _continuous_lge(anatomy: CMRAnatomy, geom: LVGeometry, pattern: LGEPattern, 
     return vol, scar_vol
 
 
-def _transmurality(anatomy: CMRAnatomy, geom: LVGeometry, pattern: LGEPattern, segments: np.ndarray,
+def _transmurality(anatomy: CMRAnatomy, geom: LVGeometry, pattern: LGEPattern,
                    ring: np.ndarray, n_rays: int = 100, n_radial: int = 64) -> np.ndarray:
     """Per-segment mean scar transmurality (%) over rays that cross scar, at each slice's centre plane."""
     st = anatomy.stack
@@ -863,22 +867,79 @@ def lge_phantom(
     return LGEImages(anatomy, magnitude, psir, noise_free, fr, ti, t_frac, truth)
 
 
+def _ir_mix(f: np.ndarray, scar_weight: np.ndarray, background: dict[str, np.ndarray], ti_ms: float) -> np.ndarray:
+    """Noise-free signed IR signal of tissue fractions ``f[tissue, ...]`` with ``background`` torso
+    signal weights (``body``/``lung``/``liver`` occupancy arrays or a ready signal under ``signal``)."""
+    sig = {name: lge_signal(t1, ti_ms) for name, t1 in LGE_T1_MS.items()}
+    out = (f[_LVB] * sig["blood"] + f[_RVB] * sig["blood"] + (f[_MYO] + f[_RVW] + f[_SCAR] + f[_RVS]) * sig["myocardium"]
+           + f[_FAT] * sig["fat"] + f[_MVO] * sig["mvo"] + scar_weight * (sig["scar"] - sig["myocardium"]))
+    return np.asarray(out, dtype=np.float64) + f[_BG] * background["signal"]
+
+
 def lge_composite(anatomy: CMRAnatomy, fr: TissueFractions, ti_ms: float, coil_strength: float = 0.2,
                   slices: slice = slice(None)) -> np.ndarray:
     """Noise-free signed IR signal ``[slice, row, col]`` of the fractions at inversion time ``ti_ms``.
 
     Enhancing voxels get remote + ``intensity x texture x (scar - remote)``; MVO its own T1; the
-    background the torso's; everything times the coil field.
+    background the torso's (T1 and proton density); everything times the coil field.
     """
     sig = {name: lge_signal(t1, ti_ms) for name, t1 in LGE_T1_MS.items()}
-    f = fr.fractions[:, slices]
-    out = (f[_LVB] * sig["blood"] + f[_RVB] * sig["blood"] + (f[_MYO] + f[_RVW] + f[_SCAR] + f[_RVS]) * sig["myocardium"]
-           + f[_FAT] * sig["fat"] + f[_MVO] * sig["mvo"]
-           + fr.scar_weight[slices] * (sig["scar"] - sig["myocardium"])).astype(np.float64)
     pd = LGE_PROTON_DENSITY
     torso = _torso_signal(anatomy, {k: pd[k] * sig[k] for k in ("body", "lung", "liver")}, slices)
-    out += f[_BG] * torso
+    out = _ir_mix(fr.fractions[:, slices], fr.scar_weight[slices], {"signal": torso}, ti_ms)
     return out * _coil_field(anatomy, coil_strength)[None]
+
+
+@dataclass(frozen=True, eq=False)
+class PlaneImage:
+    """One arbitrary plane through the phantom (a re-planned slice): ``signal`` ``[row, col]``
+    noise-free, ``fractions`` ``[tissue, row, col]``; ``origin_mm`` the centre of pixel (0, 0);
+    ``x_axis``/``y_axis`` unit vectors of increasing column / row (patient LPS)."""
+
+    signal: np.ndarray
+    fractions: np.ndarray
+    origin_mm: np.ndarray
+    x_axis: np.ndarray
+    y_axis: np.ndarray
+
+
+def lge_plane(anatomy: CMRAnatomy, pattern: LGEPattern, ti_ms: float, centre_mm: np.ndarray, x_axis: np.ndarray,
+              y_axis: np.ndarray, *, t_frac: float = 0.75, texture_seed: int = 0, coil_strength: float = 0.2,
+              in_plane: int = 3) -> PlaneImage:
+    """Noise-free LGE signal of an arbitrary plane of the stack's matrix and pixel size centred on
+    ``centre_mm`` (``in_plane`` x ``in_plane`` supersampling, no through-plane partial volume)."""
+    st = anatomy.stack
+    x_axis = np.asarray(x_axis, dtype=float) / np.linalg.norm(x_axis)
+    y_axis = np.asarray(y_axis, dtype=float) / np.linalg.norm(y_axis)
+    row0, col0 = st.axis_pixel
+    origin = np.asarray(centre_mm, dtype=float) - x_axis * col0 * st.pixel_mm - y_axis * row0 * st.pixel_mm
+    off = (np.arange(in_plane) + 0.5) / in_plane - 0.5
+    rr, cc = np.meshgrid(np.arange(st.rows, dtype=np.float64), np.arange(st.cols, dtype=np.float64), indexing="ij")
+    sub_r = (rr[None, None] + off[:, None, None, None]).repeat(in_plane, axis=1).reshape(in_plane**2, -1)
+    sub_c = (cc[None, None] + off[None, :, None, None]).repeat(in_plane, axis=0).reshape(in_plane**2, -1)
+    pts = origin + (sub_c[..., None] * x_axis + sub_r[..., None] * y_axis) * st.pixel_mm
+    lv = anatomy.frame.to_lv(pts)
+    geom = geometry_at(anatomy.shape, t_frac, es_fraction=anatomy.es_fraction)
+    z = lv[..., 0]
+    plane = _plane(anatomy, lv[..., 1], lv[..., 2])
+    label, weight, inten = _labels(anatomy, geom, pattern, z, plane, (z <= geom.c_epi).astype(np.float32),
+                                   texture_seed)
+    n_pix = st.rows * st.cols
+    pixel = np.broadcast_to(np.arange(n_pix), label.shape).ravel()
+    sums = np.bincount(label.ravel().astype(np.intp) * n_pix + pixel, weights=weight.ravel(),
+                       minlength=len(TISSUES) * n_pix).reshape(len(TISSUES), n_pix) / in_plane**2
+    sums[_BG] = 1.0 - sums[1:].sum(axis=0)
+    fractions = sums.reshape(len(TISSUES), st.rows, st.cols)
+    scar_weight = (np.sum(inten * weight, axis=0) / in_plane**2).reshape(st.rows, st.cols)
+    centres = origin + (cc[..., None] * x_axis + rr[..., None] * y_axis) * st.pixel_mm
+    code = np.round(anatomy.torso().evaluate_components(centres[..., 0], centres[..., 1], centres[..., 2])).astype(int)
+    sig = {name: lge_signal(t1, ti_ms) for name, t1 in LGE_T1_MS.items()}
+    pd = LGE_PROTON_DENSITY
+    torso = np.array([0.0, pd["body"] * sig["body"], pd["lung"] * sig["lung"], pd["liver"] * sig["liver"]])[code]
+    signal = _ir_mix(fractions, scar_weight, {"signal": torso}, ti_ms)
+    along_a = anatomy.frame.to_lv(centres)[..., 1]
+    signal = signal * np.clip(1.0 + coil_strength * along_a / 100.0, 0.6, 1.4)
+    return PlaneImage(signal, fractions, origin, x_axis, y_axis)
 
 
 def _lge_truth(anatomy: CMRAnatomy, geom: LVGeometry, pattern: LGEPattern, fr: TissueFractions,
@@ -889,7 +950,7 @@ def _lge_truth(anatomy: CMRAnatomy, geom: LVGeometry, pattern: LGEPattern, fr: T
     seg_vol, seg_scar = _continuous_lge(anatomy, geom, pattern)
     myo_c = geom.myocardial_volume_ml
     scar_c = float(seg_scar.sum()) * myo_c / float(seg_vol.sum())  # quadrature ratio on the exact volume
-    segments, ring = slice_segments(fr, st.pixel_mm)
+    segments, ring = slice_segments(fr)
     ids = segments.ravel().astype(np.intp)
     s_myo = np.bincount(ids, weights=myo.ravel().astype(np.float64), minlength=N_SEGMENTS + 1)[1:] * voxel_ml
     s_scar = np.bincount(ids, weights=scar.ravel().astype(np.float64), minlength=N_SEGMENTS + 1)[1:] * voxel_ml
@@ -900,7 +961,7 @@ def _lge_truth(anatomy: CMRAnatomy, geom: LVGeometry, pattern: LGEPattern, fr: T
     with np.errstate(invalid="ignore", divide="ignore"):
         extent = np.where(s_myo > 0, 100.0 * s_scar / s_myo, np.nan)
         slice_pct = np.where(per_slice_myo > 0, 100.0 * per_slice_scar / per_slice_myo, np.nan)
-    trans = _transmurality(anatomy, geom, pattern, segments, ring) if pattern.patches else np.zeros(N_SEGMENTS)
+    trans = _transmurality(anatomy, geom, pattern, ring) if pattern.patches else np.zeros(N_SEGMENTS)
     trans = np.where(s_myo > 0, trans, np.nan)
     rho = MYOCARDIAL_DENSITY_G_PER_ML
     return LGETruth(
@@ -1026,7 +1087,20 @@ def cine_phantom(
     return CineImages(anatomy, images, ed, es, truth)
 
 
-# --------------------------------------------------------------------------- TI scout and long axis
+# --------------------------------------------------------------------------- TI scout, T1 map and long axis
+
+def t1_map(lge: LGEImages, rng: np.random.Generator, slices: list[int], noise_ms: float = 15.0) -> np.ndarray:
+    """A post-contrast T1 map (ms) ``[slice, row, col]`` of LGE slices: the fraction-weighted T1 of
+    :data:`LGE_T1_MS` (lung 0: no signal to fit) plus Gaussian noise, clipped at 0."""
+    f = lge.fractions.fractions[:, slices]
+    t1 = LGE_T1_MS
+    values = ((f[_LVB] + f[_RVB]) * t1["blood"] + (f[_MYO] + f[_RVW]) * t1["myocardium"] + f[_FAT] * t1["fat"]
+              + (f[_SCAR] + f[_RVS]) * t1["scar"] + f[_MVO] * t1["mvo"])
+    torso = np.stack([_torso_signal(lge.anatomy, {"body": t1["body"], "lung": 0.0, "liver": t1["liver"]},
+                                    slice(k, k + 1))[0] for k in slices])
+    values = values + f[_BG] * torso
+    return np.clip(values + rng.normal(0.0, noise_ms, size=values.shape), 0.0, None)
+
 
 #: inversion times (ms) of the TI scout (a Look-Locker-like series at one mid slice)
 TI_SCOUT_MS: tuple[float, ...] = tuple(float(t) for t in range(150, 451, 25))

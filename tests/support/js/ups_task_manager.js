@@ -4,7 +4,8 @@
 // usage: node ups_task_manager.js SCENARIO.json      prints "listening", then one JSON line per request handled:
 //   {op, uid, action?, status, dataset (what the request carried), contexts? (op "associate": proposed classes)}
 // scenario: {port, ae, stateFile, items: [{uid, dataset}],
-//   claim: "grant" | "already-claimed"      ("already-claimed": another performer's claim lands first: C302),
+//   claim: "grant" | "already-claimed" | "no-response"   ("already-claimed": another performer's claim lands first:
+//                                            C302; "no-response": the first claim lands but is never answered),
 //   refuseCompletion: N                     (the first N COMPLETED requests answered C304 even when the final-state
 //                                            requirements are met: a premature completion as the manager sees it),
 //   cancelAtProgress: P                     (after an N-SET with Procedure Step Progress >= P, a UPS Cancel Requested
@@ -213,6 +214,13 @@ class TaskManager extends Scp {
             item.state = 'IN PROGRESS';
             item.tx = OTHER_PERFORMER_TX; // another performer's claim landed first
             status = 0xc302;
+          } else if (scenario.claim === 'no-response' && !state.silent) {
+            item.state = 'IN PROGRESS'; // the claim lands, its response is lost
+            item.tx = tx;
+            state.silent = true;
+            save();
+            record({ op: 'action', uid, action, requestedClass: request.getRequestedSopClassUid(), status: null, dataset: ds });
+            return;
           } else {
             item.state = 'IN PROGRESS';
             item.tx = tx;

@@ -1,0 +1,574 @@
+"""Cardiac MR late gadolinium enhancement (LGE) pipeline: LGE burden and pattern, LV function.
+
+Series rules (a study is *complete* when both required rules match; routing attribute
+``mr_series_role`` of :func:`node.imaging.mr.mr_series_role`):
+
+* ``lge`` (required): MR images whose role is ``lge_mag`` or ``lge_psir`` (post-contrast
+  inversion-recovery short axis, magnitude or phase-sensitive);
+* ``cine`` (required): MR images whose role is ``cine_sax`` (bSSFP cine short-axis stack; a
+  stack spread over one series per slice is grouped across series by the loader).
+
+Cine is required so that a study is not reported before its cine arrives. An LGE-only (or
+cine-only) study is processed when the node's completeness rules say so (quiet period, force
+deadline, ``cardionode complete STUDY``): :meth:`CmrLgePipeline.analyse` then reports what it
+has (LGE without function, or function without LGE) with a note saying what is missing.
+
+Steps: ``analyse`` (:func:`node.imaging.mr.load_cmr_study`: role of each series and the
+short-axis stacks; :func:`node.ai.cmr_segmentation.segment_short_axis` on the LGE stack and on
+every cine phase; :func:`node.quant.sax_segments.sax_segments` (AHA 17, mid-septum reference);
+:func:`node.quant.lge.quantify_lge` (5 SD over an automatic remote sector with the endocardial rim
+rule and MVO filling; 2, 3, 6 SD and FWHM as secondary numbers; %LV of the LGE stack's own LV mass;
+per-segment extent and transmurality; pattern) and :func:`node.quant.cmr_function.lv_function`
+(EDV, ESV, SV, EF, LV mass by Simpson summation)), ``report`` (:meth:`CmrLgePipeline.report`:
+the shared outputs of :func:`node.results.build_outputs` (TID 1500 SR, bull's-eyes of LGE extent
+and transmurality, segment table, PDF) plus a DICOM Segmentation of the LV myocardium and the LGE
+on the LGE images (:func:`node.results.seg.build_segmentation`) and one contour-overlay Secondary
+Capture per LGE slice with myocardium (:func:`node.results.seg.render_mask_overlay`)).
+
+Options (``[pipelines.cmr_lge]``, :class:`CmrLgeOptions`): ``n_sd`` (5), ``rim_rule`` (on),
+``fill_mvo`` (on), ``lge_input`` (``magnitude`` or ``psir``: which LGE stack is quantified when
+the study has both; default magnitude).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, cast
+
+import numpy as np
+from pydantic import Field
+from pydicom import Dataset
+
+from node.ai.cmr_segmentation import BUNDLE, SaxSegmentation, segment_short_axis
+from node.imaging.errors import UnusableSeriesError
+from node.imaging.mr import ENHANCED_MR_IMAGE_STORAGE, MR_IMAGE_STORAGE, MRStack, load_cmr_study
+from node.pipelines import registry
+from node.pipelines.base import Pipeline, SeriesRule, source_header
+from node.pipelines.options import PipelineOptions
+from node.quant.cmr_function import LVFunction, lv_function
+from node.quant.lge import LGEMeasurement, LGEResult, quantify_lge
+from node.quant.sax_segments import SAXSegments, sax_segments
+from node.quant.segments import DEFAULT_GRID, N_SEGMENTS
+from node.results import build_outputs
+from node.results.content import (
+    Algorithm,
+    Evaluation,
+    MapImage,
+    Measurement,
+    MeasurementGroup,
+    ReportContent,
+    ReportContext,
+    SourceInstance,
+)
+from node.results.identity import ContentIdentity, algorithms_of
+from node.results.sc import build_rendered_sc
+from node.results.seg import OVERLAY_KIND, build_segmentation, render_mask_overlay
+from node.results.templates import load_templates
+
+__all__ = [
+    "CmrLgeOptions",
+    "CmrLgeResult",
+    "CmrLgePipeline",
+    "quantify_cmr",
+    "assemble_result",
+    "mask_outputs",
+    "report_sources",
+    "report_content",
+    "PIPELINE",
+]
+
+VERSION = "0.1.0"
+
+#: LGE roles of :func:`node.imaging.mr.mr_series_role`
+LGE_ROLES: frozenset[str] = frozenset({"lge_mag", "lge_psir"})
+#: fixed display scale of both bull's-eyes, % (extent and transmurality)
+PERCENT_SCALE: tuple[float, float] = (0.0, 100.0)
+
+
+class CmrLgeOptions(PipelineOptions):
+    """``[pipelines.cmr_lge]``: the CMR LGE pipeline's options; the defaults give its standard results."""
+
+    n_sd: float = Field(default=5.0, gt=0.0, le=10.0,
+                        description="primary LGE threshold: remote mean + n_sd x remote SD (5: the method of the 5.7 % "
+                        "cardiac-sarcoidosis cut-off)")
+    rim_rule: bool = Field(default=True, description="endocardial (and epicardial) rim rule against partial volume")
+    fill_mvo: bool = Field(default=True, description="count microvascular obstruction inside enhanced regions as LGE")
+    lge_input: Literal["magnitude", "psir"] = Field(
+        default="magnitude", description="LGE stack quantified when the study has both magnitude and PSIR")
+
+
+@dataclass(frozen=True, eq=False)
+class CmrLgeResult:
+    """Everything ``analyse`` found for one CMR study; every field annotated (the queue codec's allow-list).
+
+    ``lge`` (:class:`~node.quant.lge.LGEResult`) and ``function`` (:class:`~node.quant.cmr_function.LVFunction`)
+    are None when the study lacks that stack. ``lge_image`` float32, ``myocardium``, ``blood`` bool are
+    ``[slice, row, column]`` on the LGE stack (slices in increasing position along the slice normal);
+    ``lge_sop_uids[s]`` is the image of slice ``s`` and ``lge_frame_numbers[s]`` its frame (1-based; 1 for
+    single-frame images). ``segmentation`` names the model(s) that drew the masks. ``source_headers`` (set by
+    :meth:`CmrLgePipeline.analyse`) are the pixel-free headers of the instances the report reads individually.
+    """
+
+    study_instance_uid: str
+    sources: tuple[SourceInstance, ...]
+    lge: LGEResult | None
+    function: LVFunction | None
+    segments: SAXSegments | None
+    lge_role: str
+    lge_series_uids: tuple[str, ...]
+    lge_sop_uids: tuple[str, ...]
+    lge_frame_numbers: tuple[int, ...]
+    lge_image: np.ndarray
+    myocardium: np.ndarray
+    blood: np.ndarray
+    segmentation: tuple[Algorithm, ...]
+    settings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    timings_s: dict[str, float] = field(default_factory=dict)
+    source_headers: tuple[Dataset, ...] = ()
+
+
+def _slice_positions_mm(stack: MRStack) -> np.ndarray:
+    s = stack.stack
+    normal = np.cross(np.asarray(s.row_cosine, float), np.asarray(s.column_cosine, float))
+    return np.asarray(s.positions_mm, float) @ normal
+
+
+def _spacing(stack: MRStack) -> tuple[float, float]:
+    return float(stack.stack.pixel_spacing_mm[0]), float(stack.stack.pixel_spacing_mm[1])
+
+
+def quantify_cmr(
+    lge: MRStack | None,
+    lge_labels: np.ndarray | None,
+    cine: MRStack | None,
+    cine_labels: np.ndarray | None,
+    options: CmrLgeOptions | None = None,
+) -> tuple[LGEResult | None, SAXSegments | None, LVFunction | None]:
+    """LGE, AHA segments and LV function from short-axis stacks and their label masks.
+
+    ``lge_labels`` uint8 ``[slice, row, column]`` and ``cine_labels`` uint8 ``[phase, slice, row, column]`` on
+    the stacks' grids with the labels of :data:`node.ai.cmr_segmentation.LABELS` (1 LV blood pool, 2 LV
+    myocardium, 3 RV blood pool). Either stack may be None (its results are then None).
+    """
+    options = options or CmrLgeOptions()
+    lge_result = segments = function = None
+    if lge is not None and lge_labels is not None:
+        labels = np.asarray(lge_labels)
+        blood, myo, rv = labels == 1, labels == 2, labels == 3
+        if not myo.any():
+            raise UnusableSeriesError("the segmentation found no LV myocardium on the LGE stack", "PixelData")
+        spacing = _spacing(lge)
+        segments = sax_segments(blood, myo, rv if rv.any() else None, spacing)
+        lge_result = quantify_lge(
+            np.asarray(lge.stack.voxels[0], dtype=np.float64), myo, blood, segments, spacing,
+            _slice_positions_mm(lge), psir=lge.role == "lge_psir", n_sd=options.n_sd, rim_rule=options.rim_rule,
+            fill_mvo=options.fill_mvo, slice_thickness_mm=float(lge.stack.slice_thickness_mm))
+    if cine is not None and cine_labels is not None:
+        labels = np.asarray(cine_labels)
+        rv_all = labels == 3
+        function = lv_function(labels == 1, labels == 2, _spacing(cine), _slice_positions_mm(cine),
+                               rv=rv_all if rv_all.any() else None,
+                               slice_thickness_mm=float(cine.stack.slice_thickness_mm))
+    return lge_result, segments, function
+
+
+def _choose_lge(stacks: dict[str, MRStack], options: CmrLgeOptions, notes: list[str]) -> MRStack | None:
+    preferred = "lge_psir" if options.lge_input == "psir" else "lge_mag"
+    other = "lge_mag" if preferred == "lge_psir" else "lge_psir"
+    chosen = stacks.get(preferred) or stacks.get(other)
+    if chosen is not None and stacks.get(preferred) is None:
+        notes.append(f"LGE quantified on the {'PSIR' if chosen.role == 'lge_psir' else 'magnitude'} stack "
+                     f"(no {'PSIR' if preferred == 'lge_psir' else 'magnitude'} stack in the study)")
+    elif chosen is not None and other in stacks:
+        notes.append(f"LGE quantified on the {'PSIR' if chosen.role == 'lge_psir' else 'magnitude'} stack "
+                     f"(option lge_input = {options.lge_input}); the other LGE stack was not quantified")
+    return chosen
+
+
+def _quality_notes(what: str, seg: SaxSegmentation) -> list[str]:
+    return [f"{what} segmentation: {problem}" for problem in seg.quality.problems]
+
+
+def analyse_cmr_study(instances: Sequence[Dataset], options: CmrLgeOptions | None = None,
+                      model_dir: Any = None) -> CmrLgeResult:
+    """Load, segment and quantify the LGE and cine short-axis stacks among ``instances`` (the ``analyse`` step,
+    without the headers). ``model_dir``: the folder of the ``cmr_segmentation`` bundle (None: the shipped one)."""
+    options = options or CmrLgeOptions()
+    mr = [ds for ds in instances if str(ds.get("Modality", "")).upper() == "MR"]
+    if not mr:
+        raise UnusableSeriesError("no MR instance in the study", "Modality")
+    mr.sort(key=lambda ds: (str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))))
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    study = load_cmr_study(mr)
+    timings["load"] = time.perf_counter() - t0
+    notes.extend(f"not used: {r.reason}" for r in study.refusals)
+    lge = _choose_lge(study.stacks, options, notes)
+    cine = study.stacks.get("cine_sax")
+    if lge is None and cine is None:
+        raise UnusableSeriesError("no usable LGE or cine short-axis stack: " + ("; ".join(notes) or "roles found: " + (
+            ", ".join(sorted({d.role for d in study.decisions.values()})) or "none")), "SeriesDescription")
+    if lge is None:
+        notes.append("no LGE short-axis stack: LGE is not reported (LV function only)")
+    if cine is None:
+        notes.append("no cine short-axis stack: LV function (EF, volumes) is not reported (LGE only)")
+    for stack in (lge, cine):
+        if stack is not None:
+            notes.extend(f"{stack.role}: {issue.kind}: {issue.detail}" for issue in stack.issues)
+    algorithms: list[Algorithm] = []
+    lge_labels = cine_labels = None
+    if lge is not None:
+        t0 = time.perf_counter()
+        seg = segment_short_axis(lge.stack, model_dir=model_dir, contrast="lge")
+        timings["segment.lge"] = time.perf_counter() - t0
+        lge_labels = seg.labels[0]
+        algorithms.append(seg.algorithm())
+        notes.extend(_quality_notes("LGE", seg))
+    if cine is not None:
+        t0 = time.perf_counter()
+        cseg = segment_short_axis(cine.stack, model_dir=model_dir, contrast="cine")
+        timings["segment.cine"] = time.perf_counter() - t0
+        cine_labels = cseg.labels
+        algorithms.append(cseg.algorithm())
+        notes.extend(_quality_notes("cine", cseg))
+    t0 = time.perf_counter()
+    lge_result, segments, function = quantify_cmr(lge, lge_labels, cine, cine_labels, options)
+    timings["quantify"] = time.perf_counter() - t0
+    return assemble_result(mr, lge, cine, lge_result, segments, function, lge_labels, tuple(dict.fromkeys(algorithms)),
+                   notes, timings, options)
+
+
+def assemble_result(instances: Sequence[Dataset], lge: MRStack | None, cine: MRStack | None, lge_result: LGEResult | None,
+            segments: SAXSegments | None, function: LVFunction | None, lge_labels: np.ndarray | None,
+            segmentation: tuple[Algorithm, ...], notes: Sequence[str], timings: dict[str, float],
+            options: CmrLgeOptions) -> CmrLgeResult:
+    """The result value: evidence UIDs of the stacks used, the LGE stack's image, masks and slice images."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in instances}
+    used: dict[str, SourceInstance] = {}
+    for stack in (lge, cine):
+        if stack is None:
+            continue
+        for phase in stack.frames:
+            for frame in phase:
+                ds = by_uid[frame.sop_uid]
+                used.setdefault(frame.sop_uid, SourceInstance(str(ds.StudyInstanceUID), frame.series_uid,
+                                                              str(ds.SOPClassUID), frame.sop_uid))
+    sources = tuple(sorted(used.values(), key=lambda s: (s.series_instance_uid, s.sop_instance_uid)))
+    if lge is not None and lge_labels is not None:
+        image = np.asarray(lge.stack.voxels[0], dtype=np.float32)
+        myo, blood = np.asarray(lge_labels == 2), np.asarray(lge_labels == 1)
+        slices = lge.frames[0]
+    else:
+        image = np.zeros((0, 0, 0), np.float32)
+        myo = blood = np.zeros((0, 0, 0), bool)
+        slices = ()
+    return CmrLgeResult(
+        study_instance_uid=str(instances[0].StudyInstanceUID),
+        sources=sources,
+        lge=lge_result,
+        function=function,
+        segments=segments,
+        lge_role=lge.role if lge is not None else "",
+        lge_series_uids=tuple(f.series_uid for f in slices),
+        lge_sop_uids=tuple(f.sop_uid for f in slices),
+        lge_frame_numbers=tuple(int(f.number) for f in slices),
+        lge_image=image,
+        myocardium=myo,
+        blood=blood,
+        segmentation=segmentation,
+        settings=(f"rim_rule={'on' if options.rim_rule else 'off'}",
+                  f"mvo={'included' if options.fill_mvo else 'not filled'}"),
+        notes=tuple(notes),
+        timings_s=timings,
+    )
+
+
+# --------------------------------------------------------------------------- report content
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
+def lge_algorithm(result: CmrLgeResult, measurement: LGEMeasurement | None = None) -> Algorithm:
+    """TID 4019 identification of one LGE method (the primary one by default) with every parameter."""
+    assert result.lge is not None
+    lge = result.lge
+    m = measurement or lge.primary
+    remote = lge.remote
+    where = (f"{remote.ring} ring, psi {remote.psi_range_deg[0]:.0f}-{remote.psi_range_deg[1]:.0f} deg"
+             if remote.psi_range_deg is not None else remote.source)
+    parameters = [
+        f"method={_short(m.method)}", f"method_detail={m.method}", f"threshold={m.threshold:.6g}",
+        f"remote=auto-lowest-sector ({where})" if remote.source == "auto" else "remote=user",
+        f"remote_mean={remote.mean:.6g}", f"remote_sd={remote.sd:.6g}", f"remote_voxels={remote.n_voxels}",
+        *result.settings, "denominator=LGE-stack LV myocardial mass", "density=1.05 g/mL",
+        "papillary=excluded (blood pool)", f"input={'PSIR' if lge.psir else 'magnitude IR'}",
+        *(f"segmentation={a.name} {a.version}" for a in result.segmentation),
+        *(p for a in result.segmentation for p in a.parameters if p.startswith("weights=")),
+    ]
+    if result.segments is not None:
+        parameters.append("segments=AHA 17 on short axis, mid-septum reference")
+    return Algorithm(name="CardioNode CMR LGE quantification", version=VERSION, parameters=tuple(parameters),
+                     training_data="none (threshold method); segmentation trained on synthetic phantoms only")
+
+
+def function_algorithm(result: CmrLgeResult) -> Algorithm:
+    """TID 4019 identification of the cine function analysis."""
+    assert result.function is not None
+    f = result.function
+    return Algorithm(
+        name="CardioNode CMR LV function", version=VERSION,
+        parameters=(f"method={f.method}", f"papillary={f.papillary_convention}", f"ed_phase={f.ed_phase}",
+                    f"es_phase={f.es_phase}", "density=1.05 g/mL",
+                    *(f"segmentation={a.name} {a.version}" for a in result.segmentation)),
+        training_data="none (Simpson summation); segmentation trained on synthetic phantoms only")
+
+
+def _short(method: str) -> str:
+    """A method's name without its details (``5SD+rim+MVO``), for labels and titles."""
+    return method.split(" ", 1)[0]
+
+
+def _lge_groups(result: CmrLgeResult, algorithm: Algorithm) -> list[MeasurementGroup]:
+    lge = result.lge
+    assert lge is not None
+    p = lge.primary
+    pattern = lge.pattern
+    evaluations = [Evaluation("lge_above_cutoff", "present" if lge.above_cutoff else "absent")]
+    evaluations += [Evaluation("lge_pattern", label.replace("-", "_")) for label in pattern.labels]
+    evaluations += [Evaluation("lge_pattern", key) for key, on in
+                    (("multifocal", pattern.multifocal), ("rv_insertion", pattern.rv_insertion), ("mvo", pattern.mvo))
+                    if on and key not in pattern.labels]
+    groups = [MeasurementGroup(
+        label=f"LGE whole LV ({_short(p.method)})"[:64], finding="scarred_myocardium", site="lv_myocardium", state=None,
+        algorithm=algorithm,
+        measurements=(Measurement("lge_mass", round(p.lge_mass_g, 2), "g"),
+                      Measurement("lge_extent", round(p.lge_pct_lv, 2), "%")),
+        evaluations=tuple(evaluations))]
+    groups.append(MeasurementGroup(
+        label="LV myocardium (LGE stack)", finding="lv_myocardial_mass", site="lv_myocardium", state=None,
+        algorithm=algorithm, measurements=(Measurement("lv_mass", round(lge.lv_mass_g, 1), "g"),)))
+    for _name, m in sorted(lge.secondary.items()):
+        groups.append(MeasurementGroup(
+            label=f"LGE whole LV ({_short(m.method)}, secondary)"[:64], finding="scarred_myocardium", site="lv_myocardium",
+            state=None, algorithm=lge_algorithm(result, m),
+            measurements=(Measurement("lge_mass", round(m.lge_mass_g, 2), "g"),
+                          Measurement("lge_extent", round(m.lge_pct_lv, 2), "%"))))
+    assessed = result.segments.assessed_segments if result.segments is not None else np.ones(N_SEGMENTS, bool)
+    for k in range(N_SEGMENTS):
+        extent = float(p.segment_extent_pct[k])
+        if not assessed[k] or not _finite(extent):
+            continue
+        transmurality = float(p.segment_transmurality_pct[k])
+        measurements = [Measurement("lge_extent", round(extent, 1), "%"),
+                        Measurement("lge_transmurality", round(transmurality if _finite(transmurality) else 0.0, 1), "%")]
+        groups.append(MeasurementGroup(
+            label=f"LGE AHA segment {k + 1}", finding="scarred_myocardium", site=f"aha_{k + 1}", state=None,
+            algorithm=algorithm, measurements=tuple(measurements)))
+    return groups
+
+
+def _function_groups(result: CmrLgeResult) -> list[MeasurementGroup]:
+    f = result.function
+    assert f is not None
+    algorithm = function_algorithm(result)
+    measurements = [Measurement(q, round(float(v), 1), u) for q, v, u in
+                    (("lvef", f.ef_pct, "%"), ("edv", f.edv_ml, "ml"), ("esv", f.esv_ml, "ml"),
+                     ("stroke_volume", f.sv_ml, "ml")) if _finite(float(v))]
+    groups = [MeasurementGroup(label="LV function (cine)", finding="lv_function", site="left_ventricle", state=None,
+                               algorithm=algorithm, measurements=tuple(measurements))]
+    if _finite(f.lv_mass_g):
+        groups.append(MeasurementGroup(
+            label="LV myocardium (cine, end-diastole)", finding="lv_myocardial_mass", site="lv_myocardium",
+            state=None, algorithm=algorithm, measurements=(Measurement("lv_mass", round(f.lv_mass_g, 1), "g"),)))
+    return groups
+
+
+def _polar(values: np.ndarray) -> np.ndarray:
+    """A polar map (:data:`node.quant.segments.DEFAULT_GRID`) whose cells hold their AHA segment's value."""
+    return np.nan_to_num(np.asarray(values, dtype=float))[DEFAULT_GRID.segment_ids() - 1]
+
+
+def _images(result: CmrLgeResult, algorithm: Algorithm) -> list[MapImage]:
+    lge = result.lge
+    assert lge is not None
+    p = lge.primary
+    assessed = result.segments.assessed_segments if result.segments is not None else np.ones(N_SEGMENTS, bool)
+    out = []
+    for key, title, values, subtitle in (
+        ("lge_extent", "LGE extent per segment, %", p.segment_extent_pct,
+         f"{_short(p.method)}: enhanced myocardium / segment myocardium"),
+        ("lge_transmurality", "LGE transmurality per segment, %", p.segment_transmurality_pct,
+         "mean enhanced share of the wall; classes 0 / 1-25 / 26-50 / 51-75 / 76-100 %"),
+    ):
+        shown = np.where(assessed, np.nan_to_num(np.asarray(values, float)), np.nan)
+        out.append(MapImage(
+            key=key, title=title, values=_polar(np.nan_to_num(shown)), unit="%", value_range=PERCENT_SCALE,
+            colormap="inferno", segment_values=tuple(round(float(v), 1) for v in np.nan_to_num(shown)),
+            algorithm=algorithm, quantity=key, subtitle=subtitle))
+    return out
+
+
+def report_content(result: CmrLgeResult) -> ReportContent:
+    """The :class:`ReportContent` of a CMR result: LGE (global, secondary methods, 17 segments, pattern, 5.7 %
+    flag), LV mass on the LGE stack, LV function from cine, bull's-eyes of extent and transmurality."""
+    groups: list[MeasurementGroup] = []
+    images: list[MapImage] = []
+    algorithms: list[Algorithm] = []
+    parts = []
+    if result.lge is not None:
+        algorithm = lge_algorithm(result)
+        algorithms.append(algorithm)
+        groups.extend(_lge_groups(result, algorithm))
+        images.extend(_images(result, algorithm))
+        parts.append(f"LGE {'PSIR' if result.lge.psir else 'magnitude IR'} ({_short(result.lge.method)})")
+    if result.function is not None:
+        groups.extend(_function_groups(result))
+        algorithms.append(function_algorithm(result))
+        parts.append("cine SSFP function")
+    return ReportContent(
+        pipeline=CmrLgePipeline.name,
+        pipeline_version=VERSION,
+        procedure="cmr_lge",
+        study_instance_uid=result.study_instance_uid,
+        sources=result.sources,
+        groups=tuple(groups),
+        images=tuple(images),
+        algorithms=tuple(algorithms),
+        notes=tuple(result.notes),
+        description="Cardiac MR: " + ", ".join(parts),
+    )
+
+
+def cmr_summary(result: CmrLgeResult) -> dict[str, Any]:
+    """The CMR details of ``cardionode process``'s summary."""
+    summary: dict[str, Any] = {"lge_role": result.lge_role, "notes": list(result.notes)}
+    if result.lge is not None:
+        lge = result.lge
+        summary["lge"] = {
+            "method": lge.method, "lge_mass_g": lge.primary.lge_mass_g, "lge_pct_lv": lge.primary.lge_pct_lv,
+            "lv_mass_g": lge.lv_mass_g, "above_cutoff": lge.above_cutoff, "cutoff_pct_lv": lge.cutoff_pct_lv,
+            "remote": {"mean": lge.remote.mean, "sd": lge.remote.sd, "ring": lge.remote.ring,
+                       "psi_range_deg": lge.remote.psi_range_deg},
+            "secondary_pct_lv": {k: m.lge_pct_lv for k, m in lge.secondary.items()},
+            "segment_extent_pct": lge.primary.segment_extent_pct,
+            "segment_transmurality_pct": lge.primary.segment_transmurality_pct,
+            "pattern": list(lge.pattern.labels),
+        }
+    if result.function is not None:
+        f = result.function
+        summary["function"] = {"edv_ml": f.edv_ml, "esv_ml": f.esv_ml, "sv_ml": f.sv_ml, "ef_pct": f.ef_pct,
+                               "lv_mass_g": f.lv_mass_g, "ed_phase": f.ed_phase, "es_phase": f.es_phase}
+    return summary
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _evidence_dataset(source: SourceInstance) -> Dataset:
+    ds = Dataset()
+    ds.StudyInstanceUID = source.study_instance_uid
+    ds.SeriesInstanceUID = source.series_instance_uid
+    ds.SOPClassUID = source.sop_class_uid
+    ds.SOPInstanceUID = source.sop_instance_uid
+    return ds
+
+
+def _individually_referenced(result: CmrLgeResult) -> tuple[str, ...]:
+    """The instances whose header the report reads: the first of each series (patient and study modules, the
+    SR's image library) and every LGE slice (the Segmentation's geometry, the overlays' source)."""
+    firsts = {s.series_instance_uid: s.sop_instance_uid for s in reversed(result.sources)}
+    return tuple(dict.fromkeys([*firsts.values(), *result.lge_sop_uids]))
+
+
+def report_sources(result: CmrLgeResult) -> list[Dataset]:
+    """The source datasets in ``result.sources`` order: the headers ``analyse`` kept, UIDs only for the others."""
+    kept = {str(ds.SOPInstanceUID): ds for ds in result.source_headers}
+    return [kept.get(s.sop_instance_uid) or _evidence_dataset(s) for s in result.sources]
+
+
+def mask_outputs(result: CmrLgeResult, content: ReportContent, sources: Sequence[Dataset],
+                 context: ReportContext) -> list[Dataset]:
+    """The Segmentation (LV myocardium and LGE on the LGE images) and the contour-overlay SC of each LGE slice
+    with myocardium, with the UIDs and dates of the run's other outputs."""
+    if result.lge is None or not result.lge_sop_uids:
+        return []
+    templates = load_templates(context.templates_dir)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in [*sources, *result.source_headers]}
+    used = [by_uid[s.sop_instance_uid] for s in content.sources]
+    identity = ContentIdentity.of(content, used)
+    algorithm = lge_algorithm(result)
+    slices = [by_uid[uid] for uid in result.lge_sop_uids]
+    lge_mask = np.asarray(result.lge.primary.mask, dtype=bool)
+    seg = build_segmentation({"lv_myocardium": result.myocardium, "lge": lge_mask}, slices, identity, templates,
+                             algorithm, frame_numbers=result.lge_frame_numbers)
+    outputs: list[Dataset] = [seg]
+    algorithms = algorithms_of(content)
+    n = int(result.myocardium.shape[0])
+    number = 0
+    for s in range(n):
+        if not result.myocardium[s].any():
+            continue
+        number += 1
+        title = f"LGE slice {s + 1} of {n} (apex to base)" if result.segments is not None and \
+            result.segments.apex_first else f"LGE slice {s + 1} of {n}"
+        rgb = render_mask_overlay(result.lge_image[s], result.myocardium[s], lge_mask[s], title,
+                                  blood=result.blood[s])
+        outputs.append(build_rendered_sc(rgb, OVERLAY_KIND, f"overlay_{s + 1}", title, algorithm, algorithms,
+                                         [slices[s]], identity, templates, number, content.pipeline,
+                                         content.pipeline_version))
+    return outputs
+
+
+def _rule(name: str, roles: frozenset[str]) -> SeriesRule:
+    return SeriesRule(name=name, modalities=frozenset({"MR"}),
+                      sop_class_uids=frozenset({MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE}),
+                      mr_series_roles=roles, required=True)
+
+
+class CmrLgePipeline(Pipeline):
+    """Cardiac MR LGE: late gadolinium enhancement (burden, segments, pattern) and LV function from cine.
+
+    Options: :class:`CmrLgeOptions`.
+    """
+
+    name = "cmr_lge"
+    version = VERSION
+    title = "Cardiac MR late gadolinium enhancement (LGE %LV, segments, pattern) and LV function"
+    series_rules = (_rule("lge", LGE_ROLES), _rule("cine", frozenset({"cine_sax"})))
+    options_model = CmrLgeOptions
+    steps = (Pipeline.steps[0], Pipeline.steps[2])  # analyse (cpu; the segmentation runs there), report (cpu)
+    result_type = CmrLgeResult
+
+    def analyse(self, instances: Sequence[Dataset]) -> CmrLgeResult:
+        """Load, segment and quantify the LGE and cine stacks among ``instances`` (cpu step)."""
+        models = self.run_config.models_dir
+        result = analyse_cmr_study(instances, cast(CmrLgeOptions, self.options),
+                                   None if models is None else models / BUNDLE)
+        wanted = set(_individually_referenced(result))
+        headers = tuple(source_header(ds) for ds in instances if str(ds.get("SOPInstanceUID", "")) in wanted)
+        return replace(result, source_headers=headers)
+
+    def report_content(self, result: CmrLgeResult) -> ReportContent:
+        """:func:`report_content` of ``result``."""
+        return report_content(result)
+
+    def report(self, result: CmrLgeResult, context: ReportContext) -> list[Dataset]:
+        """The shared outputs (:func:`node.results.build_outputs`: SR, bull's-eyes, PDF ...) followed by the
+        Segmentation and the contour overlays (:func:`mask_outputs`)."""
+        content = self.report_content(result)
+        sources = report_sources(result)
+        return [*build_outputs(content, sources, context), *mask_outputs(result, content, sources, context)]
+
+    def summary(self, result: CmrLgeResult) -> dict[str, Any]:
+        """LGE burden, method, remote region, segments, pattern; LV function."""
+        return cmr_summary(result)
+
+
+PIPELINE = CmrLgePipeline()
+registry.register(PIPELINE)
