@@ -58,10 +58,9 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from node.imaging.errors import UnusableSeriesError
-
 # the shared DICOM value readers and pixel decoder (one rule for all loaders)
-from node.imaging.pet import _decoded, _get, _text, _values
+from node.imaging.dicom_values import as_list, decoded_pixels, raw_number, text_value
+from node.imaging.errors import UnusableSeriesError
 from node.imaging.volume import ShortAxisStack
 
 __all__ = [
@@ -209,7 +208,7 @@ def _item(groups: Sequence[Dataset | None], sequence: str) -> Dataset | None:
 
 
 def _numbers(value: Any, count: int, keyword: str, tag: str, where: str) -> tuple[float, ...]:
-    numbers = [_float(v) for v in _values(value)]
+    numbers = [_float(v) for v in as_list(value)]
     if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
         raise UnusableSeriesError(f"{keyword} ({tag}) is missing or not {count} numbers in {where}", keyword)
     return tuple(numbers)
@@ -233,8 +232,8 @@ def _check_instance(ds: Dataset, pixels: bool = True) -> str:
 
     ``pixels=False`` checks the header only (a data set read with ``stop_before_pixels``, as routing does).
     """
-    where = f"instance {_text(ds, 'SOPInstanceUID') or '?'}"
-    sop_class = _text(ds, "SOPClassUID")
+    where = f"instance {text_value(ds, 'SOPInstanceUID') or '?'}"
+    sop_class = text_value(ds, "SOPClassUID")
     if not sop_class:
         raise UnusableSeriesError(f"SOPClassUID (0008,0016) is absent in {where}: not a DICOM image object (an "
                                   "ACR-NEMA file, an empty or truncated data set)", "SOPClassUID")
@@ -244,23 +243,23 @@ def _check_instance(ds: Dataset, pixels: bool = True) -> str:
     if sop_class != MR_IMAGE_STORAGE and sop_class not in _MULTI_FRAME:
         raise UnusableSeriesError(f"SOPClassUID (0008,0016) is {sop_class}: not MR Image Storage ({MR_IMAGE_STORAGE})"
                                   f" nor Enhanced MR Image Storage ({ENHANCED_MR_IMAGE_STORAGE})", "SOPClassUID")
-    if _text(ds, "Modality").upper() != "MR":
-        raise UnusableSeriesError(f"Modality (0008,0060) is {_text(ds, 'Modality') or 'absent'!r} in {where}: MR is "
+    if text_value(ds, "Modality").upper() != "MR":
+        raise UnusableSeriesError(f"Modality (0008,0060) is {text_value(ds, 'Modality') or 'absent'!r} in {where}: MR is "
                                   "needed", "Modality")
     if pixels and "PixelData" not in ds:
         raise UnusableSeriesError(f"PixelData (7FE0,0010) is missing in {where}: a header without an image",
                                   "PixelData")
-    samples = _get(ds, "SamplesPerPixel")
+    samples = raw_number(ds, "SamplesPerPixel")
     if samples not in (None, "") and int(samples) != 1:
         raise UnusableSeriesError(f"SamplesPerPixel (0028,0002) is {samples} in {where}: only monochrome MR is read",
                                   "SamplesPerPixel")
-    rows, columns = _int(_get(ds, "Rows")), _int(_get(ds, "Columns"))
+    rows, columns = _int(raw_number(ds, "Rows")), _int(raw_number(ds, "Columns"))
     if rows < 1 or columns < 1:
         raise UnusableSeriesError(f"Rows (0028,0010) / Columns (0028,0011) missing or zero in {where}", "Rows")
     meta = getattr(ds, "file_meta", None)
-    if pixels and meta is not None and _text(meta, "TransferSyntaxUID") in _NATIVE:
-        bits = _int(_get(ds, "BitsAllocated"))
-        frames = max(_int(_get(ds, "NumberOfFrames")), 1)
+    if pixels and meta is not None and text_value(meta, "TransferSyntaxUID") in _NATIVE:
+        bits = _int(raw_number(ds, "BitsAllocated"))
+        frames = max(_int(raw_number(ds, "NumberOfFrames")), 1)
         expected = rows * columns * frames * bits // 8
         elem = ds.get_item(0x7FE00010)
         value = getattr(elem, "value", None)
@@ -276,39 +275,39 @@ def _instance_frames(ds: Dataset, index: int, pixels: bool = True) -> list[MRFra
     """The :class:`MRFrame` headers of one instance (raises :class:`UnusableSeriesError`); ``pixels``: whether
     the Pixel Data must be there (:func:`_check_instance`)."""
     sop_class = _check_instance(ds, pixels)
-    uid = _text(ds, "SOPInstanceUID")
+    uid = text_value(ds, "SOPInstanceUID")
     where = f"instance {uid or '?'}"
     common: dict[str, Any] = {
-        "dataset": index, "sop_uid": uid, "series_uid": _text(ds, "SeriesInstanceUID"),
-        "series_number": _int(_get(ds, "SeriesNumber")), "frame_of_reference": _text(ds, "FrameOfReferenceUID"),
-        "rows": _int(_get(ds, "Rows")), "columns": _int(_get(ds, "Columns")),
+        "dataset": index, "sop_uid": uid, "series_uid": text_value(ds, "SeriesInstanceUID"),
+        "series_number": _int(raw_number(ds, "SeriesNumber")), "frame_of_reference": text_value(ds, "FrameOfReferenceUID"),
+        "rows": _int(raw_number(ds, "Rows")), "columns": _int(raw_number(ds, "Columns")),
     }
-    image_type = tuple(str(v).strip().upper() for v in _values(ds.get("ImageType")))
+    image_type = tuple(str(v).strip().upper() for v in as_list(ds.get("ImageType")))
     if sop_class == MR_IMAGE_STORAGE:
-        row, col = _orientation(_get(ds, "ImageOrientationPatient", multi=True), where)
-        position = _numbers(_get(ds, "ImagePositionPatient", multi=True), 3, "ImagePositionPatient", "0020,0032",
+        row, col = _orientation(raw_number(ds, "ImageOrientationPatient", multi=True), where)
+        position = _numbers(raw_number(ds, "ImagePositionPatient", multi=True), 3, "ImagePositionPatient", "0020,0032",
                             where)
-        spacing = _numbers(_get(ds, "PixelSpacing", multi=True), 2, "PixelSpacing", "0028,0030", where)
+        spacing = _numbers(raw_number(ds, "PixelSpacing", multi=True), 2, "PixelSpacing", "0028,0030", where)
         if min(spacing) <= 0:
             raise UnusableSeriesError(f"PixelSpacing (0028,0030) is not positive in {where}", "PixelSpacing")
-        slope, intercept = _float(_get(ds, "RescaleSlope")), _float(_get(ds, "RescaleIntercept"))
+        slope, intercept = _float(raw_number(ds, "RescaleSlope")), _float(raw_number(ds, "RescaleIntercept"))
         return [MRFrame(
             number=1, position=(position[0], position[1], position[2]), row_cosine=row, column_cosine=col,
-            pixel_spacing=(spacing[0], spacing[1]), thickness_mm=_float(_get(ds, "SliceThickness")),
-            spacing_between_mm=_float(_get(ds, "SpacingBetweenSlices")), trigger_ms=_float(_get(ds, "TriggerTime")),
-            inversion_ms=_float(_get(ds, "InversionTime")),
+            pixel_spacing=(spacing[0], spacing[1]), thickness_mm=_float(raw_number(ds, "SliceThickness")),
+            spacing_between_mm=_float(raw_number(ds, "SpacingBetweenSlices")), trigger_ms=_float(raw_number(ds, "TriggerTime")),
+            inversion_ms=_float(raw_number(ds, "InversionTime")),
             slope=1.0 if math.isnan(slope) else slope, intercept=0.0 if math.isnan(intercept) else intercept,
-            image_type=image_type, complex_component=_text(ds, "ComplexImageComponent").upper(), **common)]
+            image_type=image_type, complex_component=text_value(ds, "ComplexImageComponent").upper(), **common)]
 
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_seq[0] if shared_seq else None
-    n_frames = _int(_get(ds, "NumberOfFrames"))
+    n_frames = _int(raw_number(ds, "NumberOfFrames"))
     if n_frames < 1 or len(per_frame) != n_frames:
         raise UnusableSeriesError(f"PerFrameFunctionalGroupsSequence (5200,9230) holds {len(per_frame)} item(s) but "
                                   f"NumberOfFrames (0028,0008) is {ds.get('NumberOfFrames', 'absent')} in {where}",
                                   "PerFrameFunctionalGroupsSequence")
-    top_slope, top_intercept = _float(_get(ds, "RescaleSlope")), _float(_get(ds, "RescaleIntercept"))
+    top_slope, top_intercept = _float(raw_number(ds, "RescaleSlope")), _float(raw_number(ds, "RescaleIntercept"))
     frames: list[MRFrame] = []
     for number, item in enumerate(per_frame, start=1):
         groups = (item, shared)
@@ -328,7 +327,7 @@ def _instance_frames(ds: Dataset, index: int, pixels: bool = True) -> list[MRFra
         frame_type = _item(groups, "MRImageFrameTypeSequence")
         inversion = math.nan
         if modifier is not None:
-            times = [_float(v) for v in _values(modifier.get("InversionTimes"))]
+            times = [_float(v) for v in as_list(modifier.get("InversionTimes"))]
             finite = [t for t in times if math.isfinite(t) and t > 0]
             inversion = finite[0] if finite else math.nan
         slope, intercept = top_slope, top_intercept
@@ -343,16 +342,16 @@ def _instance_frames(ds: Dataset, index: int, pixels: bool = True) -> list[MRFra
         frames.append(MRFrame(
             number=number, position=(position[0], position[1], position[2]), row_cosine=row, column_cosine=col,
             pixel_spacing=(spacing[0], spacing[1]), thickness_mm=_float(measures.get("SliceThickness")),
-            spacing_between_mm=_float(measures.get("SpacingBetweenSlices", _get(ds, "SpacingBetweenSlices"))),
+            spacing_between_mm=_float(measures.get("SpacingBetweenSlices", raw_number(ds, "SpacingBetweenSlices"))),
             trigger_ms=_float(cardiac.get("NominalCardiacTriggerDelayTime")) if cardiac is not None else math.nan,
             inversion_ms=inversion, slope=1.0 if math.isnan(slope) else slope,
-            intercept=0.0 if math.isnan(intercept) else intercept, stack_id=_text(content, "StackID"),
+            intercept=0.0 if math.isnan(intercept) else intercept, stack_id=text_value(content, "StackID"),
             in_stack=_int(content.get("InStackPositionNumber")),
             temporal_index=_int(content.get("TemporalPositionIndex")),
-            image_type=tuple(str(v).strip().upper() for v in _values(frame_type.get("FrameType")))
+            image_type=tuple(str(v).strip().upper() for v in as_list(frame_type.get("FrameType")))
             if frame_type is not None else image_type,
-            complex_component=(_text(frame_type, "ComplexImageComponent") if frame_type is not None
-                               else _text(ds, "ComplexImageComponent")).upper(),
+            complex_component=(text_value(frame_type, "ComplexImageComponent") if frame_type is not None
+                               else text_value(ds, "ComplexImageComponent")).upper(),
             **common))
     return frames
 
@@ -365,7 +364,7 @@ def mr_frames(datasets: Sequence[Dataset]) -> tuple[list[MRFrame], list[MRRefusa
         try:
             frames.extend(_instance_frames(ds, index))
         except UnusableSeriesError as exc:
-            refusals.append(MRRefusal(_text(ds, "SOPInstanceUID"), _text(ds, "SeriesInstanceUID"), exc.reason,
+            refusals.append(MRRefusal(text_value(ds, "SOPInstanceUID"), text_value(ds, "SeriesInstanceUID"), exc.reason,
                                       exc.attribute))
     return frames, refusals
 
@@ -429,28 +428,28 @@ def series_evidence(datasets: Sequence[Dataset], frames: Sequence[MRFrame] | Non
     signed = False
     cardiac_images = 0
     for ds in datasets:
-        for value in _values(ds.get("ImageType")):
+        for value in as_list(ds.get("ImageType")):
             token = str(value).strip().upper()
             if token and token not in image_type:
                 image_type.append(token)
-        for value in _values(ds.get("ScanningSequence")):
+        for value in as_list(ds.get("ScanningSequence")):
             if str(value).strip().upper() not in scanning:
                 scanning.append(str(value).strip().upper())
-        for value in _values(ds.get("SequenceVariant")):
+        for value in as_list(ds.get("SequenceVariant")):
             if str(value).strip().upper() not in variant:
                 variant.append(str(value).strip().upper())
-        component = _text(ds, "ComplexImageComponent").upper()
+        component = text_value(ds, "ComplexImageComponent").upper()
         if component and component not in components:
             components.append(component)
-        ti = _float(_get(ds, "InversionTime"))
+        ti = _float(raw_number(ds, "InversionTime"))
         if math.isfinite(ti) and ti > 0:
             inversion_times.add(round(ti, 1))
-        cardiac_images = max(cardiac_images, _int(_get(ds, "CardiacNumberOfImages")))
-        options = [str(v).strip().upper() for v in _values(ds.get("ScanOptions"))]
-        technique = _text(ds, "CardiacSynchronizationTechnique").upper()
+        cardiac_images = max(cardiac_images, _int(raw_number(ds, "CardiacNumberOfImages")))
+        options = [str(v).strip().upper() for v in as_list(ds.get("ScanOptions"))]
+        technique = text_value(ds, "CardiacSynchronizationTechnique").upper()
         gated = gated or "CG" in options or "TriggerTime" in ds or cardiac_images > 0 or technique not in ("", "NONE")
-        signed = signed or _int(_get(ds, "PixelRepresentation")) == 1
-        ir = ir or _text(ds, "InversionRecovery").upper() == "YES"
+        signed = signed or _int(raw_number(ds, "PixelRepresentation")) == 1
+        ir = ir or text_value(ds, "InversionRecovery").upper() == "YES"
     for frame in frames:
         for token in frame.image_type:
             if token and token not in image_type:
@@ -465,7 +464,7 @@ def series_evidence(datasets: Sequence[Dataset], frames: Sequence[MRFrame] | Non
         for group in list(ds.get("SharedFunctionalGroupsSequence") or [])[:1] + list(
                 ds.get("PerFrameFunctionalGroupsSequence") or [])[:1]:
             modifier = _item([group], "MRModifierSequence")
-            if modifier is not None and _text(modifier, "InversionRecovery").upper() == "YES":
+            if modifier is not None and text_value(modifier, "InversionRecovery").upper() == "YES":
                 ir = True
             if _item([group], "CardiacSynchronizationSequence") is not None:
                 gated = True
@@ -490,9 +489,9 @@ def series_evidence(datasets: Sequence[Dataset], frames: Sequence[MRFrame] | Non
             phases = max(phases, len(triggers))
             tis = {round(f.inversion_ms, 0) for f in here if math.isfinite(f.inversion_ms)}
             tis_per_position = max(tis_per_position, len(tis))
-    description = " ".join(t for t in (_text(first, "SeriesDescription"), _text(first, "ProtocolName")) if t)
+    description = " ".join(t for t in (text_value(first, "SeriesDescription"), text_value(first, "ProtocolName")) if t)
     return MRSeriesEvidence(
-        series_uid=_text(first, "SeriesInstanceUID"), sop_class=_text(first, "SOPClassUID"),
+        series_uid=text_value(first, "SeriesInstanceUID"), sop_class=text_value(first, "SOPClassUID"),
         n_images=len(frames) or len(datasets), description=description, image_type=tuple(image_type),
         complex_components=tuple(components), scanning_sequence=tuple(scanning), sequence_variant=tuple(variant),
         inversion_recovery=ir, inversion_times_ms=tuple(sorted(inversion_times)), tis_per_position=tis_per_position,
@@ -670,7 +669,7 @@ def decide_mr_role(evidence: MRSeriesEvidence, lv_axis: np.ndarray | None = None
 
 def mr_role_decision(ds: Dataset) -> MRRoleDecision | None:
     """The role decision of one instance alone (no study context); None when it is not an MR image."""
-    if _text(ds, "SOPClassUID") not in (MR_IMAGE_STORAGE, *_MULTI_FRAME) or _text(ds, "Modality").upper() != "MR":
+    if text_value(ds, "SOPClassUID") not in (MR_IMAGE_STORAGE, *_MULTI_FRAME) or text_value(ds, "Modality").upper() != "MR":
         return None
     return decide_mr_role(series_evidence([ds]))
 
@@ -735,8 +734,8 @@ def assign_mr_roles(datasets: Sequence[Dataset], frames: Sequence[MRFrame] | Non
         frames = mr_frames(datasets)[0]
     by_series: dict[str, list[int]] = {}
     for index, ds in enumerate(datasets):
-        if _text(ds, "SOPClassUID") in (MR_IMAGE_STORAGE, *_MULTI_FRAME):
-            by_series.setdefault(_text(ds, "SeriesInstanceUID"), []).append(index)
+        if text_value(ds, "SOPClassUID") in (MR_IMAGE_STORAGE, *_MULTI_FRAME):
+            by_series.setdefault(text_value(ds, "SeriesInstanceUID"), []).append(index)
     frames_of: dict[str, list[MRFrame]] = {}
     for frame in frames:
         frames_of.setdefault(frame.series_uid, []).append(frame)
@@ -796,7 +795,7 @@ def _fill(out: np.ndarray, placed: Sequence[tuple[MRFrame, tuple[int, int]]], da
         by_dataset.setdefault(frame.dataset, []).append((frame, where))
     shape = out.shape[2:]
     for index, members in by_dataset.items():
-        pixels = _decoded(datasets[index])
+        pixels = decoded_pixels(datasets[index])
         if pixels.ndim == 2:
             pixels = pixels[np.newaxis]
         if pixels.shape[1:] != shape:

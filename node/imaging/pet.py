@@ -58,7 +58,6 @@ reference are one code path for both IODs. Legacy Converted Enhanced PET is refu
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,11 +65,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from node.imaging.dicom_tracer import tracer_of
+from node.imaging.dicom_values import (
+    as_list,
+    decoded_pixels,
+    instance_words,
+    native_stored_values,
+    raw_number,
+    text_value,
+)
 from node.imaging.errors import UnusableSeriesError
 from node.imaging.radiopharmaceuticals import PET_TRACERS
 from node.imaging.states import acquisition_state
@@ -212,74 +217,11 @@ class DynamicPETSeries:
 
 # --------------------------------------------------------------------------- small readers
 
-def _text(ds: Dataset, keyword: str) -> str:
-    tag = tag_for_keyword(keyword)
-    elem = ds.get_item(tag) if tag is not None else None
-    if (isinstance(elem, RawDataElement) and elem.value and b"\\" not in elem.value
-            and (elem.VR if elem.VR not in (None, "UN") else dictionary_VR(tag)) in _ASCII_TEXT):
-        try:  # one value of an ASCII-only VR, not yet converted: what pydicom would give, without its conversion
-            return elem.value.decode("ascii").strip(" \x00").strip()
-        except UnicodeDecodeError:
-            pass
-    return str(ds.get(keyword, "") or "").strip()
-
-
-def _values(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        return [value]
-    return list(value)
-
-
-#: Value representations :func:`_get` parses from the raw bytes itself (the hot per-instance elements).
-_ASCII_NUMBERS = frozenset({"DS", "IS"})
-_BINARY_UNSIGNED = frozenset({"US", "UL"})
-#: Value representations whose single values :func:`_text` reads from the raw bytes (ASCII only, no character set).
-_ASCII_TEXT = frozenset({"UI", "CS", "DA", "TM", "DT"})
-
-
-def _get(ds: Dataset, keyword: str, multi: bool = False) -> Any:
-    """``ds.get(keyword)`` for the hot numeric elements of a dynamic series, read from the raw bytes.
-
-    A not yet converted little-endian DS / IS element becomes a float / int (a list of them when
-    multi-valued), a US / UL element an int, exactly the numbers pydicom would give; pydicom's
-    conversion of each of the ~25 elements of thousands of instances is most of the loading time.
-    Anything else (already converted, empty, big-endian, other VRs, a value that does not parse)
-    is left to ``ds.get``, so refusals and their words are unchanged; so is a multi-valued one
-    unless ``multi``.
-    """
-    tag = tag_for_keyword(keyword)
-    elem = ds.get_item(tag) if tag is not None else None
-    if not isinstance(elem, RawDataElement) or not elem.value or not elem.is_little_endian:
-        return ds.get(keyword)
-    vr = elem.VR if elem.VR not in (None, "UN") else dictionary_VR(tag)
-    value = elem.value
-    try:
-        if vr in _ASCII_NUMBERS:
-            parts = value.decode("ascii").strip(" \x00").split("\\")
-            numbers = [float(v) if vr == "DS" else int(v) for v in parts]
-            if vr == "DS" and not all(math.isfinite(v) for v in numbers):
-                return ds.get(keyword)
-            if len(numbers) == 1:
-                return numbers[0]
-            return numbers if multi else ds.get(keyword)
-        if vr in _BINARY_UNSIGNED and len(value) == (2 if vr == "US" else 4):
-            return int.from_bytes(value, "little")
-    except (UnicodeDecodeError, ValueError):
-        pass
-    return ds.get(keyword)
-
-
-def _instance(ds: Dataset) -> str:
-    return f"instance {_text(ds, 'SOPInstanceUID') or '?'}"
-
-
 def _number(ds: Dataset, keyword: str, tag: str, what: str, where: str | None = None) -> float:
     """``keyword`` of ``ds`` as a finite number; ``where`` names the image in the reason (default: the instance)."""
-    value = _get(ds, keyword)
+    value = raw_number(ds, keyword)
     if value is None or str(value).strip() == "":
-        raise UnusableSeriesError(f"{keyword} ({tag}) is missing from {where or _instance(ds)}: "
+        raise UnusableSeriesError(f"{keyword} ({tag}) is missing from {where or instance_words(ds)}: "
                                   f"{what} cannot be known", keyword)
     try:
         number = float(value)
@@ -320,14 +262,14 @@ def _dt(text: str) -> datetime | None:
 
 
 def _series_reference(ds: Dataset) -> datetime | None:
-    return _date_time(_text(ds, "SeriesDate") or _text(ds, "StudyDate"), _text(ds, "SeriesTime"))
+    return _date_time(text_value(ds, "SeriesDate") or text_value(ds, "StudyDate"), text_value(ds, "SeriesTime"))
 
 
 def _acquisition_start(ds: Dataset) -> datetime | None:
-    if _text(ds, "AcquisitionDateTime"):
-        return _dt(_text(ds, "AcquisitionDateTime"))
-    date = _text(ds, "AcquisitionDate") or _text(ds, "SeriesDate") or _text(ds, "StudyDate")
-    return _date_time(date, _text(ds, "AcquisitionTime"))
+    if text_value(ds, "AcquisitionDateTime"):
+        return _dt(text_value(ds, "AcquisitionDateTime"))
+    date = text_value(ds, "AcquisitionDate") or text_value(ds, "SeriesDate") or text_value(ds, "StudyDate")
+    return _date_time(date, text_value(ds, "AcquisitionTime"))
 
 
 def _radiopharmaceutical(ds: Dataset) -> Dataset | None:
@@ -339,10 +281,10 @@ def _radiopharmaceutical_start(ds: Dataset) -> datetime | None:
     item = _radiopharmaceutical(ds)
     if item is None:
         return None
-    if _text(item, "RadiopharmaceuticalStartDateTime"):
-        return _dt(_text(item, "RadiopharmaceuticalStartDateTime"))
-    date = _text(ds, "SeriesDate") or _text(ds, "StudyDate")
-    return _date_time(date, _text(item, "RadiopharmaceuticalStartTime"))
+    if text_value(item, "RadiopharmaceuticalStartDateTime"):
+        return _dt(text_value(item, "RadiopharmaceuticalStartDateTime"))
+    date = text_value(ds, "SeriesDate") or text_value(ds, "StudyDate")
+    return _date_time(date, text_value(item, "RadiopharmaceuticalStartTime"))
 
 
 
@@ -353,12 +295,12 @@ def pet_series_kind(ds: Dataset) -> str:
     PET Image Storage: Series Type (0054,1000) value 1; Enhanced PET: Image Type (0008,0008) value 3
     (the Image Flavor). Routing and :func:`classify_pet_series` both decide by it.
     """
-    sop_class = _text(ds, "SOPClassUID")
+    sop_class = text_value(ds, "SOPClassUID")
     if sop_class == PET_IMAGE_STORAGE:
-        series_type = [str(v).strip().upper() for v in _values(ds.get("SeriesType"))]
+        series_type = [str(v).strip().upper() for v in as_list(ds.get("SeriesType"))]
         return _SERIES_TYPES.get(series_type[0] if series_type else "", "unknown")
     if sop_class == ENHANCED_PET_IMAGE_STORAGE:
-        image_type = [str(v).strip().upper() for v in _values(ds.get("ImageType"))]
+        image_type = [str(v).strip().upper() for v in as_list(ds.get("ImageType"))]
         return _IMAGE_FLAVOURS.get(image_type[2] if len(image_type) > 2 else "", "unknown")
     return ""
 
@@ -371,7 +313,7 @@ def expected_instance_count(ds: Dataset) -> int | None:
     Enhanced PET instance holds the whole series) does not say. Routing waits for this count before
     a study counts as complete, and the loader refuses a series that does not have it.
     """
-    if pet_series_kind(ds) != "dynamic" or _text(ds, "SOPClassUID") != PET_IMAGE_STORAGE:
+    if pet_series_kind(ds) != "dynamic" or text_value(ds, "SOPClassUID") != PET_IMAGE_STORAGE:
         return None
     try:
         count = int(ds.get("NumberOfSlices") or 0) * int(ds.get("NumberOfTimeSlices") or 0)
@@ -382,7 +324,7 @@ def expected_instance_count(ds: Dataset) -> int | None:
 
 def timing_variant_for(ds: Dataset) -> str | None:
     """The vendor timing variant (a key of :data:`TIMING_VARIANTS`) from Manufacturer (0008,0070), or None."""
-    manufacturer = _text(ds, "Manufacturer").upper()
+    manufacturer = text_value(ds, "Manufacturer").upper()
     if manufacturer.startswith("GE") or "GENERAL ELECTRIC" in manufacturer:
         return "ge"
     if "SIEMENS" in manufacturer or "CTI" in manufacturer.split():
@@ -435,7 +377,7 @@ def _frame_start(ds: Dataset, timing: str, duration_s: float) -> tuple[float, da
         if start is None:
             raise UnusableSeriesError(
                 "AcquisitionDateTime (0008,002A) or AcquisitionDate (0008,0022) with AcquisitionTime (0008,0032) is "
-                f"missing or unreadable in {_instance(ds)}: the frame start of the "
+                f"missing or unreadable in {instance_words(ds)}: the frame start of the "
                 "Siemens timing variant cannot be known", "AcquisitionTime")
         return 0.0, start
     reference_ms = _number(ds, "FrameReferenceTime", "0054,1300", "the frame time")
@@ -450,8 +392,8 @@ def _geometry(orientations: Sequence[Any], spacing_value: Any, position_values: 
     ``orientations[i]``, ``position_values[i]``: Image Orientation / Position (Patient) of image
     ``i`` (named ``label(i)`` in a refusal); ``spacing_value``: the Pixel Spacing of the first.
     """
-    orientation = _values(orientations[0])
-    spacing_values = _values(spacing_value)
+    orientation = as_list(orientations[0])
+    spacing_values = as_list(spacing_value)
     try:
         iop = np.array([float(v) for v in orientation])
         spacing = np.array([float(v) for v in spacing_values])
@@ -477,11 +419,11 @@ def _geometry(orientations: Sequence[Any], spacing_value: Any, position_values: 
     bad_position = n
     for i, (other_value, position_value) in enumerate(zip(orientations, position_values)):
         try:
-            other = [float(v) for v in _values(other_value)]
+            other = [float(v) for v in as_list(other_value)]
             if len(other) != 6:
                 raise ValueError
             others[i] = other
-            position = [float(v) for v in _values(position_value)]
+            position = [float(v) for v in as_list(position_value)]
         except (TypeError, ValueError):
             n = i  # an unreadable orientation (or position) at i: "differs", unless an earlier image is at fault
             break
@@ -599,13 +541,13 @@ def _layout(datasets: Sequence[Dataset], timing: str, n_slices: int, n_frames: i
         origin = min(o for o in origins if o is not None)
         starts = np.array([start + (o - origin).total_seconds() for start, o in starts_and_origins if o is not None])
 
-    geometry = _geometry([_get(ds, "ImageOrientationPatient", multi=True) for ds in datasets],
+    geometry = _geometry([raw_number(ds, "ImageOrientationPatient", multi=True) for ds in datasets],
                          datasets[0].get("PixelSpacing"),
-                         [_get(ds, "ImagePositionPatient", multi=True) for ds in datasets], lambda i: _instance(datasets[i]),
+                         [raw_number(ds, "ImagePositionPatient", multi=True) for ds in datasets], lambda i: instance_words(datasets[i]),
                          "instances")
 
     # frames: by Image Index when every instance has one, else by distinct start time
-    indices = [_get(ds, "ImageIndex") for ds in datasets]
+    indices = [raw_number(ds, "ImageIndex") for ds in datasets]
     slice_rank: np.ndarray | None = None
     if all(v is not None and str(v).strip() != "" for v in indices):
         try:
@@ -668,10 +610,10 @@ def _enhanced_frames(datasets: Sequence[Dataset]) -> list[_EnhancedFrame]:
         if n_frames < 1 or len(per_frame) != n_frames:
             raise UnusableSeriesError(
                 f"PerFrameFunctionalGroupsSequence (5200,9230) holds {len(per_frame)} item(s) but NumberOfFrames "
-                f"(0028,0008) is {ds.get('NumberOfFrames', 'absent')} in {_instance(ds)}",
+                f"(0028,0008) is {ds.get('NumberOfFrames', 'absent')} in {instance_words(ds)}",
                 "PerFrameFunctionalGroupsSequence")
         shared = shared_seq[0] if shared_seq else None
-        uid = _text(ds, "SOPInstanceUID")
+        uid = text_value(ds, "SOPInstanceUID")
         frames.extend(_EnhancedFrame(index, number + 1, uid, item, shared) for number, item in enumerate(per_frame))
     return frames
 
@@ -681,9 +623,9 @@ def _enhanced_units(frame: _EnhancedFrame, ds: Dataset) -> str:
     mapping = frame.item("RealWorldValueMappingSequence")
     codes = mapping.get("MeasurementUnitsCodeSequence") if mapping is not None else None
     if codes:
-        code = _text(codes[0], "CodeValue")
+        code = text_value(codes[0], "CodeValue")
         return _UCUM_UNITS.get(code, code)
-    return _text(ds, "Units").upper()
+    return text_value(ds, "Units").upper()
 
 
 def _enhanced_layout(frames: Sequence[_EnhancedFrame]) -> _Layout:
@@ -696,7 +638,7 @@ def _enhanced_layout(frames: Sequence[_EnhancedFrame]) -> _Layout:
                                   "FrameAcquisitionDuration")
     moments: list[datetime] = []
     for frame, item in zip(frames, content):
-        moment = _dt(_text(item, "FrameAcquisitionDateTime"))
+        moment = _dt(text_value(item, "FrameAcquisitionDateTime"))
         if moment is None:
             raise UnusableSeriesError(f"FrameAcquisitionDateTime (0018,9074) is missing or unreadable in {frame.label}: "
                                       "the frame start cannot be known", "FrameAcquisitionDateTime")
@@ -704,7 +646,7 @@ def _enhanced_layout(frames: Sequence[_EnhancedFrame]) -> _Layout:
     origin = min(moments)
     starts = np.array([(moment - origin).total_seconds() for moment in moments])
 
-    spacings = {tuple(_values(frame.value("PixelMeasuresSequence", "PixelSpacing"))) for frame in frames}
+    spacings = {tuple(as_list(frame.value("PixelMeasuresSequence", "PixelSpacing"))) for frame in frames}
     if len(spacings) > 1:
         raise UnusableSeriesError("PixelSpacing (0028,0030) of the Pixel Measures Sequence (0028,9110) differs "
                                   "between frames", "PixelSpacing")
@@ -734,7 +676,7 @@ def _enhanced_layout(frames: Sequence[_EnhancedFrame]) -> _Layout:
         raise UnusableSeriesError(f"time frame 1 holds {n_slices} frame ({_named(grouped_by)}): a single slice is not "
                                   "a volume", grouped_by[0])
 
-    stacks = {_text(item, "StackID") for item in content}
+    stacks = {text_value(item, "StackID") for item in content}
     if len(stacks) > 1:
         raise UnusableSeriesError(f"StackID (0020,9056) names {len(stacks)} stacks ({', '.join(sorted(stacks))}): "
                                   "one stack of parallel slices is needed", "StackID")
@@ -764,7 +706,7 @@ def _analyse(datasets: Sequence[Dataset], timing: str | None) -> tuple[PETSeries
 
     if not datasets:
         return refuse("unknown", "no instances", "SOPInstanceUID")
-    sop_classes = {_text(ds, "SOPClassUID") for ds in datasets}
+    sop_classes = {text_value(ds, "SOPClassUID") for ds in datasets}
     if LEGACY_CONVERTED_ENHANCED_PET_IMAGE_STORAGE in sop_classes:
         return refuse("enhanced", f"SOPClassUID (0008,0016) is {LEGACY_CONVERTED_ENHANCED_PET_IMAGE_STORAGE} (Legacy "
                       "Converted Enhanced PET): converted multi-frame PET is not read; send the PET Image Storage "
@@ -779,20 +721,20 @@ def _analyse(datasets: Sequence[Dataset], timing: str | None) -> tuple[PETSeries
         if timing is not None and timing not in TIMING_VARIANTS:
             raise ValueError(f"timing must be one of {sorted(TIMING_VARIANTS)}, got {timing!r}")
         return _analyse_enhanced(datasets)
-    if sop_classes != {PET_IMAGE_STORAGE} or any(_text(ds, "Modality").upper() != "PT" for ds in datasets):
+    if sop_classes != {PET_IMAGE_STORAGE} or any(text_value(ds, "Modality").upper() != "PT" for ds in datasets):
         shown = ", ".join(sorted(sop_classes)) or "absent"
-        modalities = ", ".join(sorted({_text(ds, "Modality") or "absent" for ds in datasets}))
+        modalities = ", ".join(sorted({text_value(ds, "Modality") or "absent" for ds in datasets}))
         return refuse("not_pet", f"SOPClassUID (0008,0016) is {shown} and Modality (0008,0060) {modalities}: not "
                       f"PET Image Storage ({PET_IMAGE_STORAGE}) with Modality PT", "SOPClassUID")
-    if len({_text(ds, "SeriesInstanceUID") for ds in datasets}) != 1:
+    if len({text_value(ds, "SeriesInstanceUID") for ds in datasets}) != 1:
         return refuse("unknown", "SeriesInstanceUID (0020,000E) differs between the instances: pass one series",
                       "SeriesInstanceUID")
 
     first = datasets[0]
-    series_type = [str(v).strip().upper() for v in _values(first.get("SeriesType"))]
+    series_type = [str(v).strip().upper() for v in as_list(first.get("SeriesType"))]
     value1 = series_type[0] if series_type else ""
     kind = pet_series_kind(first)
-    if any([str(v).strip().upper() for v in _values(ds.get("SeriesType"))][:1] != series_type[:1] for ds in datasets):
+    if any([str(v).strip().upper() for v in as_list(ds.get("SeriesType"))][:1] != series_type[:1] for ds in datasets):
         reasons.append("SeriesType (0054,1000) value 1 differs between the instances")
         attributes.append("SeriesType")
     elif kind == "unknown":
@@ -803,12 +745,12 @@ def _analyse(datasets: Sequence[Dataset], timing: str | None) -> tuple[PETSeries
                        "(DYNAMIC is needed for blood-flow kinetics)")
         attributes.append("SeriesType")
 
-    corrections = [str(v).strip().upper() for v in _values(first.get("CorrectedImage"))]
+    corrections = [str(v).strip().upper() for v in as_list(first.get("CorrectedImage"))]
     if "ATTN" not in corrections:
         reasons.append(f"CorrectedImage (0028,0051) is {chr(92).join(corrections) or 'absent'}: no ATTN, the images "
                        "are not attenuation-corrected")
         attributes.append("CorrectedImage")
-    units = _text(first, "Units").upper()
+    units = text_value(first, "Units").upper()
     if units != "BQML":
         reasons.append(f"Units (0054,1001) is {units or 'absent'!r}: activity concentration (BQML) is needed")
         attributes.append("Units")
@@ -834,7 +776,7 @@ def _analyse(datasets: Sequence[Dataset], timing: str | None) -> tuple[PETSeries
         if not reasons:
             variant = timing or timing_variant_for(first)
             if variant is None:
-                return refuse(kind, f"Manufacturer (0008,0070) is {_text(first, 'Manufacturer') or 'absent'!r}: the "
+                return refuse(kind, f"Manufacturer (0008,0070) is {text_value(first, 'Manufacturer') or 'absent'!r}: the "
                               "meaning of Frame Reference Time (frame start, middle or decay-weighted) differs by "
                               f"vendor; name the timing variant ({', '.join(TIMING_VARIANTS)})", "Manufacturer")
             if variant not in TIMING_VARIANTS:
@@ -855,19 +797,19 @@ def _analyse_enhanced(datasets: Sequence[Dataset]) -> tuple[PETSeriesClass, _Lay
     def refuse(kind: str, reason: str, attribute: str, variant: str | None = None) -> tuple[PETSeriesClass, None]:
         return PETSeriesClass(kind, tuple(reasons) + (reason,), tuple(attributes) + (attribute,), variant), None
 
-    modalities = {_text(ds, "Modality").upper() for ds in datasets}
+    modalities = {text_value(ds, "Modality").upper() for ds in datasets}
     if modalities != {"PT"}:
         return refuse("not_pet", f"Modality (0008,0060) is {', '.join(sorted(modalities)) or 'absent'}: Enhanced PET "
                       "Image Storage needs PT", "Modality")
-    if len({_text(ds, "SeriesInstanceUID") for ds in datasets}) != 1:
+    if len({text_value(ds, "SeriesInstanceUID") for ds in datasets}) != 1:
         return refuse("unknown", "SeriesInstanceUID (0020,000E) differs between the instances: pass one series",
                       "SeriesInstanceUID")
 
     first = datasets[0]
-    image_type = [str(v).strip().upper() for v in _values(first.get("ImageType"))]
+    image_type = [str(v).strip().upper() for v in as_list(first.get("ImageType"))]
     flavour = image_type[2] if len(image_type) > 2 else ""
     kind = pet_series_kind(first)
-    if any([str(v).strip().upper() for v in _values(ds.get("ImageType"))][2:3] != image_type[2:3] for ds in datasets):
+    if any([str(v).strip().upper() for v in as_list(ds.get("ImageType"))][2:3] != image_type[2:3] for ds in datasets):
         reasons.append("ImageType (0008,0008) value 3 differs between the instances")
         attributes.append("ImageType")
     elif kind == "unknown":
@@ -884,14 +826,14 @@ def _analyse_enhanced(datasets: Sequence[Dataset]) -> tuple[PETSeriesClass, _Lay
 
     if kind == "dynamic":
         for frame in frames:
-            frame_type = [str(v).strip().upper() for v in _values(frame.value("PETFrameTypeSequence", "FrameType"))]
+            frame_type = [str(v).strip().upper() for v in as_list(frame.value("PETFrameTypeSequence", "FrameType"))]
             frame_kind = _IMAGE_FLAVOURS.get(frame_type[2] if len(frame_type) > 2 else "", "dynamic")
             if frame_kind != "dynamic":
                 reasons.append(f"FrameType (0008,9007) value 3 of {frame.label} is {frame_type[2]!r}: "
                                f"{_NOT_DYNAMIC[frame_kind]}, not a frame of a dynamic series")
                 attributes.append("FrameType")
                 break
-        technique = _text(first, "CardiacSynchronizationTechnique").upper()
+        technique = text_value(first, "CardiacSynchronizationTechnique").upper()
         if technique not in ("", "NONE"):
             kind = "gated"
             reasons.append(f"CardiacSynchronizationTechnique (0018,9037) is {technique!r}: a cardiac-gated series, "
@@ -904,7 +846,7 @@ def _analyse_enhanced(datasets: Sequence[Dataset]) -> tuple[PETSeriesClass, _Lay
                        "between the instances")
         attributes.append("DecayCorrectionDateTime")
     if "ATTN" not in facts[0].corrected_image:
-        reasons.append(f"AttenuationCorrected (0018,9759) is {_text(first, 'AttenuationCorrected') or 'absent'}: the "
+        reasons.append(f"AttenuationCorrected (0018,9759) is {text_value(first, 'AttenuationCorrected') or 'absent'}: the "
                        "images are not attenuation-corrected")
         attributes.append("AttenuationCorrected")
     units = sorted({_enhanced_units(frame, datasets[frame.dataset]) for frame in frames})
@@ -950,61 +892,20 @@ class _Facts:
 
 
 def _legacy_facts(ds: Dataset) -> _Facts:
-    decay = _text(ds, "DecayCorrection").upper() or "NONE"
-    return _Facts(_text(ds, "Units").upper(), decay, _series_reference(ds) if decay == "START" else None,
-                  tuple(str(v).strip().upper() for v in _values(ds.get("CorrectedImage"))))
+    decay = text_value(ds, "DecayCorrection").upper() or "NONE"
+    return _Facts(text_value(ds, "Units").upper(), decay, _series_reference(ds) if decay == "START" else None,
+                  tuple(str(v).strip().upper() for v in as_list(ds.get("CorrectedImage"))))
 
 
 def _enhanced_facts(ds: Dataset, units: str = "") -> _Facts:
     """The Enhanced PET Corrections module as Corrected Image terms and a Decay Correction term."""
-    corrected = tuple(term for keyword, term in _CORRECTION_FLAGS if _text(ds, keyword).upper() == "YES")
+    corrected = tuple(term for keyword, term in _CORRECTION_FLAGS if text_value(ds, keyword).upper() == "YES")
     if "DECY" not in corrected:
         return _Facts(units, "NONE", None, corrected)
-    reference = _dt(_text(ds, "DecayCorrectionDateTime"))
+    reference = _dt(text_value(ds, "DecayCorrectionDateTime"))
     injection = _radiopharmaceutical_start(ds)
     admin = reference is not None and injection is not None and abs((reference - injection).total_seconds()) <= 1.0
     return _Facts(units, "ADMIN" if admin else "START", None if admin else reference, corrected)
-
-
-#: Transfer syntaxes whose Pixel Data are the stored values as they are (Implicit / Explicit VR Little Endian).
-_NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
-_PIXEL_DATA = 0x7FE00010
-
-
-def _native_stored_values(ds: Dataset) -> np.ndarray | None:
-    """Stored values ``[rows, columns]`` (``[frames, rows, columns]`` when Number of Frames > 1) read straight
-    from native little-endian Pixel Data of one sample per pixel with Bits Stored = Bits Allocated (8, 16
-    or 32); None for anything else (compressed, big-endian, packed or masked bits, colour), which pydicom's
-    decoders handle. A dynamic study has thousands of such instances: this skips the decoder machinery
-    that each ``pixel_array`` call sets up (about half of the per-instance loading time)."""
-    meta = getattr(ds, "file_meta", None)
-    if meta is None or _text(meta, "TransferSyntaxUID") not in _NATIVE_LITTLE_ENDIAN:
-        return None
-    bits, stored = _get(ds, "BitsAllocated"), _get(ds, "BitsStored")
-    rows, columns, frames = _get(ds, "Rows"), _get(ds, "Columns"), int(_get(ds, "NumberOfFrames") or 1)
-    if bits not in (8, 16, 32) or stored != bits or int(_get(ds, "SamplesPerPixel") or 1) != 1 or not rows or not columns:
-        return None
-    dtype = np.dtype(f"{'<i' if _get(ds, 'PixelRepresentation') == 1 else '<u'}{bits // 8}")
-    count = int(rows) * int(columns) * frames
-    raw = ds.get_item(_PIXEL_DATA)  # the bytes as read (pydicom's conversion of native OB/OW returns them as they are)
-    data = raw.value if isinstance(raw, RawDataElement) and raw.is_little_endian else ds.PixelData
-    if not isinstance(data, bytes) or len(data) < count * dtype.itemsize:
-        return None
-    values = np.frombuffer(data, dtype=dtype, count=count)
-    return values.reshape(int(rows), int(columns)) if frames == 1 else values.reshape(frames, int(rows), int(columns))
-
-
-def _decoded(ds: Dataset) -> np.ndarray:
-    if "PixelData" not in ds:
-        raise UnusableSeriesError(f"PixelData (7FE0,0010) is missing in {_instance(ds)}", "PixelData")
-    native = _native_stored_values(ds)
-    if native is not None:
-        return native.astype(np.float64)
-    try:
-        return np.asarray(ds.pixel_array, dtype=np.float64)
-    except Exception as exc:  # decoders raise many types
-        raise UnusableSeriesError(f"PixelData (7FE0,0010) cannot be decoded: {type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''}", "PixelData") from None
 
 
 def _rescaled(pixels: np.ndarray, holder: Dataset) -> np.ndarray:
@@ -1018,7 +919,7 @@ def _rescaled(pixels: np.ndarray, holder: Dataset) -> np.ndarray:
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
-    pixels = _decoded(ds)
+    pixels = decoded_pixels(ds)
     if pixels.ndim != 2:
         raise UnusableSeriesError(f"PixelData (7FE0,0010) decodes to shape {pixels.shape}, expected one "
                                   f"{ds.get('Rows')}x{ds.get('Columns')} image", "PixelData")
@@ -1027,7 +928,7 @@ def _pixels(ds: Dataset) -> np.ndarray:
 
 def _frame_stack(ds: Dataset) -> np.ndarray:
     """Stored values ``[frame, row, column]`` of a multi-frame instance."""
-    pixels = _decoded(ds)
+    pixels = decoded_pixels(ds)
     if pixels.ndim == 2:
         pixels = pixels[np.newaxis]
     if pixels.ndim != 3 or pixels.shape[0] != int(ds.get("NumberOfFrames") or 0):
@@ -1050,7 +951,7 @@ def _stack_instances(order: np.ndarray, datasets: Sequence[Dataset]) -> np.ndarr
     for frame, slice_ in np.ndindex(*order.shape):
         ds = datasets[int(order[frame, slice_])]
         out = voxels[frame, slice_]
-        native = _native_stored_values(ds) if "PixelData" in ds else None
+        native = native_stored_values(ds) if "PixelData" in ds else None
         if native is None or native.ndim != 2:
             pixels = _pixels(ds)
             if pixels.shape != shape:
@@ -1061,7 +962,7 @@ def _stack_instances(order: np.ndarray, datasets: Sequence[Dataset]) -> np.ndarr
         if native.shape != shape:
             raise UnusableSeriesError(f"Rows (0028,0010) x Columns (0028,0011) differ between instances "
                                       f"({native.shape} vs {shape})", "Rows")
-        slope, intercept = _get(ds, "RescaleSlope"), _get(ds, "RescaleIntercept")
+        slope, intercept = raw_number(ds, "RescaleSlope"), raw_number(ds, "RescaleIntercept")
         if slope not in (None, ""):
             np.multiply(native, float(slope), out=out)  # computed in float64, as float64(stored) * slope
         else:
@@ -1101,7 +1002,7 @@ def load_dynamic_pet(datasets: Sequence[Dataset], timing: str | None = None) -> 
         first = datasets[int(layout.order[0, 0])]
         voxels = _stack_instances(layout.order, datasets)
         facts = _legacy_facts(first)
-        uids = tuple(_text(datasets[int(i)], "SOPInstanceUID") for i in layout.order.reshape(-1))
+        uids = tuple(text_value(datasets[int(i)], "SOPInstanceUID") for i in layout.order.reshape(-1))
     else:
         first = datasets[frames[int(layout.order[0, 0])].dataset]
         decoded: dict[int, np.ndarray] = {}
@@ -1182,10 +1083,10 @@ def _dynamic_series(first: Dataset, layout: _Layout, voxels: np.ndarray, facts: 
         timing=timing,
         state=acquisition_state(first),
         corrected_image=facts.corrected_image,
-        study_uid=_text(first, "StudyInstanceUID"),
-        series_uid=_text(first, "SeriesInstanceUID"),
-        series_description=_text(first, "SeriesDescription"),
-        frame_of_reference_uid=_text(first, "FrameOfReferenceUID") or None,
+        study_uid=text_value(first, "StudyInstanceUID"),
+        series_uid=text_value(first, "SeriesInstanceUID"),
+        series_description=text_value(first, "SeriesDescription"),
+        frame_of_reference_uid=text_value(first, "FrameOfReferenceUID") or None,
         sop_instance_uids=sop_instance_uids,
         notes=tuple(notes),
     )

@@ -10,6 +10,8 @@ Method (one code path, thresholds differ)
   least 30 voxels, the one with the lowest mean signal, in the *core* myocardium (one pixel eroded
   in-plane, so no partial volume with blood or epicardial fat). A whole-LV sector (the reference
   Monte-Carlo's choice) holds scar in every sector of a multifocal heart; a sector of one ring rarely does.
+  Coarse pixels may leave too thin a core: :func:`auto_remote` then falls back to whole-LV
+  sectors, then to the uneroded myocardium (the region used is named in the result).
 * **n-SD**: enhanced = myocardium brighter than ``remote mean + n x remote SD``; ``n = 5`` is the
   primary method (the 5.7 % cut-off of the cardiac-sarcoidosis literature was set with 5 SD,
   reference 2.4); 2, 3 and 6 SD are reported as secondary numbers.
@@ -86,7 +88,8 @@ _FLAT8 = np.ones((1, 3, 3), dtype=bool)
 class RemoteRegion:
     """The remote (reference) myocardium: signal mean and SD (image units), voxel count, and how it was chosen
     (``"auto"``: lowest-mean 60 deg sector of one ring, ``psi_range_deg`` its AHA azimuths and ``ring``
-    basal/mid/apical; ``"user"``: given mask)."""
+    basal/mid/apical or ``"all"`` (a sector over all LV slices, or the whole myocardium when
+    ``psi_range_deg`` is None); ``"user"``: given mask)."""
 
     mean: float
     sd: float
@@ -171,24 +174,33 @@ def _core(myo: np.ndarray) -> np.ndarray:
 
 
 def auto_remote(image: np.ndarray, myocardium: np.ndarray, seg: SAXSegments, *, min_voxels: int = 30) -> RemoteRegion:
-    """The lowest-mean 60 deg sector of the core myocardium over the LV slices (module docstring)."""
-    core = _core(myocardium) & np.isin(seg.ring, (1, 2, 3))[:, None, None]
-    if core.sum() < min_voxels:
-        core = myocardium & np.isin(seg.ring, (1, 2, 3, 4))[:, None, None]
+    """The lowest-mean region of the myocardium over the LV slices (module docstring).
+
+    Candidates, in order, until one holds a region of at least ``min_voxels``: 60 deg sector x ring
+    in the core myocardium; 60 deg sector over all LV slices in the core; the same two in the
+    uneroded myocardium (coarse pixels leave a thin core); the whole myocardium.
+    """
+    lv_slices = np.isin(seg.ring, (1, 2, 3))[:, None, None]
     sector = (np.floor(np.mod(np.nan_to_num(seg.psi_deg) + 30.0, 360.0) / 60.0).astype(np.intp)) % 6
     ring = np.broadcast_to(np.clip(seg.ring, 1, 3)[:, None, None] - 1, sector.shape)
-    vals = image[core].astype(np.float64)
-    cand = (ring[core] * 6 + sector[core]).astype(np.intp)  # 3 rings x 6 sectors
-    count = np.bincount(cand, minlength=18)
-    means = np.bincount(cand, weights=vals, minlength=18) / np.maximum(count, 1)
-    means = np.where(count >= min_voxels, means, np.inf)
-    if not np.isfinite(means).any():
+    img = np.asarray(image, dtype=np.float64)
+    for region in (_core(myocardium) & lv_slices, myocardium & lv_slices):
+        for by_ring in (True, False):
+            vals = img[region]
+            cand = (ring[region] * 6 + sector[region]) if by_ring else sector[region]
+            count = np.bincount(cand, minlength=18)
+            means = np.bincount(cand, weights=vals, minlength=18) / np.maximum(count, 1)
+            means = np.where(count >= min_voxels, means, np.inf)
+            if np.isfinite(means).any():
+                j = int(np.argmin(means))
+                chosen = vals[cand == j]
+                lo = float(np.mod(-30.0 + 60.0 * (j % 6), 360.0))
+                return RemoteRegion(float(chosen.mean()), float(chosen.std(ddof=1)), int(chosen.size), "auto",
+                                    (lo, lo + 60.0), ("basal", "mid", "apical")[j // 6] if by_ring else "all")
+    vals = img[myocardium]
+    if vals.size < 2:
         raise ValueError("too little myocardium for a remote region")
-    j = int(np.argmin(means))
-    chosen = vals[cand == j]
-    lo = float(np.mod(-30.0 + 60.0 * (j % 6), 360.0))
-    return RemoteRegion(float(chosen.mean()), float(chosen.std(ddof=1)), int(chosen.size), "auto", (lo, lo + 60.0),
-                        ("basal", "mid", "apical")[j // 6])
+    return RemoteRegion(float(vals.mean()), float(vals.std(ddof=1)), int(vals.size), "auto", None, "all")
 
 
 def _blood_means(image: np.ndarray, blood: np.ndarray) -> np.ndarray:
@@ -353,8 +365,13 @@ def quantify_lge(
             rim_ok &= ~epi | (img > s_out / np.maximum(n_out, 1))
     chord, chord_seg = _chords(segments, myo)
     rule = ("+rim" if rim_rule else "") + ("+MVO" if fill_mvo else "")
-    remote_txt = (f"remote auto sector psi {remote.psi_range_deg[0]:.0f}-{remote.psi_range_deg[1]:.0f} deg"
-                  if remote.psi_range_deg is not None else "remote user ROI")
+    if remote.source == "user":
+        remote_txt = "remote user ROI"
+    elif remote.psi_range_deg is None:
+        remote_txt = "remote auto whole myocardium"
+    else:
+        remote_txt = (f"remote auto sector psi {remote.psi_range_deg[0]:.0f}-{remote.psi_range_deg[1]:.0f} deg, "
+                      f"{remote.ring} slices")
 
     def run(name: str, threshold: float) -> LGEMeasurement:
         enhanced = myo & (img > threshold) & rim_ok

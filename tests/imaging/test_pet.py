@@ -267,7 +267,8 @@ def test_native_pixel_data_read_directly_equals_pydicom(syntax: str, bits: int, 
     """The direct read of native Pixel Data gives pydicom's stored values, and declines what it does not handle."""
     from pydicom.dataset import FileMetaDataset
 
-    from node.imaging.pet import _decoded, _native_stored_values
+    from node.imaging.dicom_values import decoded_pixels as _decoded
+    from node.imaging.dicom_values import native_stored_values as _native_stored_values
 
     rng = np.random.default_rng(seed)
     rows, columns = 5, 7

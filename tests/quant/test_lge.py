@@ -202,3 +202,20 @@ def test_phantom_population_meets_the_acceptance_lines(snr):
     assert np.mean((measured > LGE_CUTOFF_PCT_LV) == (t > LGE_CUTOFF_PCT_LV)) >= 0.90, report
     assert -2.5 <= other[1].mean() <= 0.0, report
     assert other[0].mean() >= 4.0, report
+
+
+def test_coarse_pixels_fall_back_to_whole_lv_sectors_for_the_remote_region():
+    ring = Ring()
+    thin = ring.myo & (ring.r >= 8) & (ring.r < 11)  # a 3-pixel wall: a one-pixel core
+    ring.myo = np.where(ring.myo.any(axis=(1, 2))[:, None, None] & (np.arange(10) > 0)[:, None, None], thin, ring.myo)
+    ring.signal = np.where(ring.blood, 0.6, np.where(ring.myo, 0.05, 0.0))
+    ring.seg = sax_segments(ring.blood, ring.myo, ring.rv, PIXEL)
+    res = ring.quantify(ring.image(), )
+    assert res.remote.source == "auto" and res.remote.ring in ("all", "basal", "mid", "apical")
+    assert abs(res.remote.mean - 0.05) < 0.01
+    tiny = Ring()
+    small = tiny.myo & (np.arange(10) == 5)[:, None, None] & (np.mod(tiny.psi, 360) < 20)
+    remote = quantify_lge(tiny.image(), small, tiny.blood & (np.arange(10) == 5)[:, None, None],
+                          sax_segments(tiny.blood & (np.arange(10) == 5)[:, None, None], small, None, PIXEL),
+                          PIXEL, POSITIONS).remote
+    assert remote.psi_range_deg is None or remote.n_voxels >= 30

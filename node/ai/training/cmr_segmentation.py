@@ -244,8 +244,10 @@ tests/ai/test_cmr_segmentation.py and docs/validation.md.
 
 
 def train_cmr_segmentation(out: Path, *, n_phantoms: int = DEFAULT_PHANTOMS, n_validation: int = 12, steps: int = DEFAULT_STEPS,
-                           seed: int = 0, lr: float = 2e-3, version: str = "1.0.0", command: str = "") -> TrainResult:
-    """Generate phantom slices, train the 2-D U-Net, evaluate on validation phantoms and write the bundle to ``out``."""
+                           seed: int = 0, lr: float = 2e-3, version: str = "1.0.0", command: str = "",
+                           init: Path | None = None) -> TrainResult:
+    """Generate phantom slices, train the 2-D U-Net, evaluate on validation phantoms and write the bundle to ``out``;
+    ``init`` is a bundle folder whose weights the training starts from (fine-tuning; default random initialisation)."""
     seed_everything(seed)
     start = time.monotonic()
     train = phantom_slices(n_phantoms, seed, "train")
@@ -253,6 +255,8 @@ def train_cmr_segmentation(out: Path, *, n_phantoms: int = DEFAULT_PHANTOMS, n_v
     generation = time.monotonic() - start
     parser = ConfigParser(bundles.inference_config(BUNDLE))
     network = parser.get_parsed_content("network_def", instantiate=True)
+    if init is not None:
+        network.load_state_dict(torch.load(Path(init) / "models" / "model.pt", map_location="cpu", weights_only=True))
     network.train()
     loss_fn = DiceCELoss(softmax=True, to_onehot_y=False, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
@@ -284,14 +288,14 @@ def train_cmr_segmentation(out: Path, *, n_phantoms: int = DEFAULT_PHANTOMS, n_v
     evaluation = evaluate(network, valid)
     evaluation["n_validation_phantoms"] = n_validation
     metadata = _metadata(version, n_phantoms, n_validation, len(train), steps, seed, lr, generation, training,
-                         evaluation, history, command or f"python -m node.ai.training.cmr_segmentation --out {out}")
+                         evaluation, history, command or f"python -m node.ai.training.cmr_segmentation --out {out}", init)
     bundles.write_bundle(out, BUNDLE, network, metadata, _readme(metadata))
     return TrainResult(BUNDLE, Path(out), network, history, evaluation, time.monotonic() - start)
 
 
 def _metadata(version: str, n_phantoms: int, n_validation: int, n_slices: int, steps: int, seed: int, lr: float,
               generation: float, training: float, evaluation: dict[str, Any], history: list[dict[str, float]],
-              command: str) -> dict[str, Any]:
+              command: str, init: Path | None = None) -> dict[str, Any]:
     import monai
 
     image = {
@@ -336,7 +340,8 @@ def _metadata(version: str, n_phantoms: int, n_validation: int, n_slices: int, s
         "evaluation_summary": evaluation,
         "training": {"seed": seed, "n_phantoms": n_phantoms, "n_slices": n_slices, "steps": steps, "batch": BATCH, "lr": lr,
                      "generation_seconds": round(generation, 1), "training_seconds": round(training, 1),
-                     "threads": torch.get_num_threads(), "command": command, "history": history},
+                     "threads": torch.get_num_threads(), "command": command, "history": history,
+                     "initialised_from": "random (no pretrained weights)" if init is None else f"weights of {init} (fine-tuned)"},
     }
 
 
@@ -350,11 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--init", type=Path, default=None, metavar="BUNDLE_DIR", help="start from this bundle's weights")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     command = "python -m node.ai.training.cmr_segmentation " + " ".join(argv if argv is not None else sys.argv[1:])
     result = train_cmr_segmentation(args.out, n_phantoms=args.phantoms, n_validation=args.validation, steps=args.steps,
-                                    seed=args.seed, lr=args.lr, command=command)
+                                    seed=args.seed, lr=args.lr, command=command, init=args.init)
     sys.stderr.write(f"wrote bundle {result.out} in {result.seconds:.0f} s: {result.evaluation}\n")
     return 0
 

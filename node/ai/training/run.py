@@ -28,10 +28,8 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
     the bundle to ``out``. ``init`` and ``steps_per_epoch`` apply to ``lv_segmentation`` only."""
     seed_everything(seed)
     if bundle == "cmr_segmentation":
-        if init is not None:
-            raise ValueError("--init is not supported for cmr_segmentation")
         return cmr_segmentation.train_cmr_segmentation(
-            out, n_phantoms=synthetic or cmr_segmentation.DEFAULT_PHANTOMS, seed=seed, version=version, command=command,
+            out, n_phantoms=synthetic or cmr_segmentation.DEFAULT_PHANTOMS, seed=seed, version=version, command=command, init=init,
             steps=(epochs or 8) * (steps_per_epoch or cmr_segmentation.DEFAULT_STEPS // 8))
     if bundle == "lv_segmentation":
         return segmentation.train_segmentation(
