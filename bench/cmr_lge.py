@@ -11,6 +11,7 @@ Errors are measured - sampled truth (reference note ``cmr_lge.md`` 0.7 and 4.4).
   :data:`node.synth.cmr.phantom.PATTERNS`; :func:`node.quant.lge.quantify_lge` on the magnitude
   image with the truth masks; %LV error of 5SD + rim (primary), 2/3/6SD and FWHM; agreement on
   the 5.7 % cut-off; scar-free and fat-decoy mean.
+* ``patterns``: pattern labels, multifocal and RV-insertion flags of the scarred patterns (SNR 20).
 * ``function``: :func:`node.quant.cmr_function.lv_function`, blood = partial-volume occupancy
   :func:`node.quant.cmr_function.blood_fraction` from the cine pixels inside a contour around every
   pixel with >= 10 % blood; myocardium = truth fractions (``mass_from``: also >= 0.5 masks).
@@ -19,6 +20,7 @@ Usage::
 
     .venv/bin/python bench/cmr_lge.py segments --n 60 --first-seed 100
     .venv/bin/python bench/cmr_lge.py lge --n 63 --snr 15,30 --first-seed 1000
+    .venv/bin/python bench/cmr_lge.py patterns --n 20 --first-seed 4000
     .venv/bin/python bench/cmr_lge.py function --n 60 --first-seed 2000
 """
 
@@ -106,6 +108,30 @@ def lge(n: int, first: int, snrs: list[float]) -> None:
                   f"SD {e[sel, 0].std(ddof=1):.2f}  FWHM bias {e[sel, 4].mean():+.2f}")
 
 
+def patterns(n: int, first: int) -> None:
+    for kind in PATTERNS:
+        if kind in ("scar_free", "fat_pad_decoy"):
+            continue
+        counts: dict[tuple[str, ...], int] = {}
+        multifocal = rv_insertion = 0
+        truth_pattern = None
+        for seed in range(first, first + n):
+            rng = np.random.default_rng(10_000 + seed)
+            img = lge_phantom(_anatomy(seed), draw_pattern(kind, rng), rng)
+            fr, tr, st = img.fractions, img.truth, img.anatomy.stack
+            blood = fr.of("lv_blood") >= 0.5
+            seg = sax_segments(blood, tr.myocardium_mask, _rv(fr), (st.pixel_mm, st.pixel_mm))
+            r = quantify_lge(img.magnitude, tr.myocardium_mask, blood, seg, (st.pixel_mm, st.pixel_mm), st.z_centres_mm)
+            counts[r.pattern.labels] = counts.get(r.pattern.labels, 0) + 1
+            multifocal += r.pattern.multifocal == tr.pattern.multifocal
+            rv_insertion += r.pattern.rv_insertion
+            truth_pattern = tr.pattern
+        assert truth_pattern is not None
+        print(f"patterns {kind} (truth {truth_pattern.labels}, multifocal {truth_pattern.multifocal}, RV "
+              f"{truth_pattern.rv_involvement}): n={n} seeds {first}-{first + n - 1}: labels {counts}; multifocal "
+              f"agrees {multifocal}/{n}; rv_insertion flagged {rv_insertion}/{n}")
+
+
 def function(n: int, first: int) -> None:
     rows = []
     for seed in range(first, first + n):
@@ -136,7 +162,7 @@ def function(n: int, first: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("segments", "lge", "function"))
+    ap.add_argument("what", choices=("segments", "lge", "patterns", "function"))
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--first-seed", type=int, default=1000)
     ap.add_argument("--snr", default="15,30")
@@ -145,6 +171,8 @@ def main() -> None:
         segments(args.n, args.first_seed)
     elif args.what == "lge":
         lge(args.n, args.first_seed, [float(s) for s in args.snr.split(",")])
+    elif args.what == "patterns":
+        patterns(args.n, args.first_seed)
     else:
         function(args.n, args.first_seed)
 

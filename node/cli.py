@@ -152,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="checkpoint folder (default: DATA_DIR/checkpoints/BUNDLE)")
     p.add_argument("--init", type=Path, default=None, metavar="BUNDLE_DIR",
-                   help="start from the weights of this bundle folder (fine-tuning; lv_segmentation)")
+                   help="start from the weights of this bundle folder (fine-tuning; lv_segmentation, cmr_segmentation)")
     p.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
-                   help="optimiser steps per epoch on batches of random crops (lv_segmentation; default 8)")
+                   help="optimiser steps per epoch on batches of random crops (lv_segmentation: default 8; "
+                        "cmr_segmentation: default 150)")
     return parser
 
 

@@ -32,6 +32,12 @@ myocardium, no slice without LV between LV slices and no missing slice position 
 (:meth:`ShortAxisStack.gaps_after`), and on the mid third of the LV slices a myocardial ring
 that encloses the blood pool (8-connected background cannot leak through it).
 
+Cross-check (:func:`classical_cross_check`, as the classical threshold mask is for SPECT): a
+classical LV blood pool (:func:`classical_blood_pool`: threshold at the midpoint of the blood and
+dark levels around the network's LV centre, 3 mm opening, hole filling) compared with the network's
+on the mid slices; the blood pool only, because in bSSFP the myocardium and the surrounding tissue
+have nearly the same signal, so no threshold finds the epicardium.
+
 Research use only; the bundle is trained on synthetic phantoms and not clinically validated.
 """
 
@@ -59,7 +65,11 @@ __all__ = [
     "PhaseQuality",
     "SaxSegmentation",
     "SegmentationQuality",
+    "CROSS_CHECK_MIN_DICE",
+    "CrossCheck",
     "assess_quality",
+    "classical_blood_pool",
+    "classical_cross_check",
     "canonical_shape",
     "network_input",
     "normalise_slice",
@@ -375,3 +385,77 @@ def segment_short_axis(stack: ShortAxisStack, *, phases: Sequence[int] | None = 
                              str(meta.get("intended_use", bundles.INTENDED_USE)))
     quality = assess_quality(labels, chosen, stack)
     return SaxSegmentation(labels, chosen, kind, confidence, identity, quality, np.asarray(spacing, float))
+
+
+# --------------------------------------------------------------------------- classical cross-check
+
+#: radius (mm) around the network's LV centre inside which the classical blood pool is searched
+CROSS_CHECK_RADIUS_MM = 45.0
+#: mean blood-pool Dice (classical vs network, mid slices) below which the two are said to disagree
+CROSS_CHECK_MIN_DICE = 0.75
+
+
+def classical_blood_pool(image: np.ndarray, seed: tuple[float, float], pixel_spacing_mm: Sequence[float] | np.ndarray
+                         ) -> np.ndarray:
+    """LV blood pool of one bright-blood slice (cine, LGE magnitude or PSIR) by thresholding, without a network.
+
+    The blood level is the median within 5 mm of ``seed`` (row, column), the dark level the 10th
+    percentile within :data:`CROSS_CHECK_RADIUS_MM`; pixels above their midpoint that connect to the
+    seed within that radius, after an opening by a 3 mm disk (which cuts thin bridges to the RV or to
+    bright scar) and hole filling, form the mask. Returns bool ``[row, col]`` (empty when the seed is
+    not bright)."""
+    x = normalise_slice(image)
+    rows, cols = np.mgrid[: x.shape[0], : x.shape[1]]
+    dist = np.hypot((rows - seed[0]) * float(pixel_spacing_mm[0]), (cols - seed[1]) * float(pixel_spacing_mm[1]))
+    near, disk = dist <= CROSS_CHECK_RADIUS_MM, dist <= 5.0
+    if not disk.any():
+        return np.zeros(x.shape, bool)
+    blood, dark = float(np.median(x[disk])), float(np.percentile(x[near], 10))
+    if not blood > dark:
+        return np.zeros(x.shape, bool)
+    bright = (x > 0.5 * (blood + dark)) & near
+    radius = max(1, int(round(3.0 / float(min(pixel_spacing_mm)))))
+    rr, cc = np.mgrid[-radius: radius + 1, -radius: radius + 1]
+    opened = ndimage.binary_opening(bright, structure=(rr**2 + cc**2) <= radius**2)
+    labels, _ = ndimage.label(opened)
+    centre = labels[int(round(seed[0])), int(round(seed[1]))] if opened[int(round(seed[0])), int(round(seed[1]))] else 0
+    if centre == 0:
+        inside = labels[disk]
+        inside = inside[inside > 0]
+        if inside.size == 0:
+            return np.zeros(x.shape, bool)
+        centre = int(np.bincount(inside).argmax())
+    return np.asarray(ndimage.binary_fill_holes(labels == centre))
+
+
+@dataclass(frozen=True)
+class CrossCheck:
+    """Classical blood pool against the network's on the mid LV slices: ``dice[phase]`` mean Dice,
+    ``slices[phase]`` the slices compared, ``agrees`` when every phase reaches :data:`CROSS_CHECK_MIN_DICE`."""
+
+    dice: dict[int, float]
+    slices: dict[int, tuple[int, ...]]
+    agrees: bool
+    method: str = "threshold at the midpoint of blood and dark levels around the network's LV centre, 3 mm opening"
+
+
+def classical_cross_check(stack: ShortAxisStack, seg: SaxSegmentation) -> CrossCheck:
+    """Compare the network's LV blood pool with :func:`classical_blood_pool` (seeded at the centre of the
+    network's blood pool) on the mid third of the LV slices of each segmented phase."""
+    scores: dict[int, float] = {}
+    used: dict[int, tuple[int, ...]] = {}
+    for p in seg.phases:
+        q = seg.quality.per_phase[p]
+        values = []
+        for s in q.mid_slices:
+            net = seg.labels[p, s] == LABELS["lv_blood_pool"]
+            if not net.any():
+                continue
+            seed = tuple(float(v) for v in np.argwhere(net).mean(axis=0))
+            mask = classical_blood_pool(stack.voxels[p, s], (seed[0], seed[1]), stack.pixel_spacing_mm)
+            total = int(mask.sum() + net.sum())
+            values.append(2.0 * float((mask & net).sum()) / total if total else 1.0)
+        used[p] = tuple(q.mid_slices)
+        scores[p] = float(np.mean(values)) if values else float("nan")
+    agrees = bool(scores) and all(np.isfinite(v) and v >= CROSS_CHECK_MIN_DICE for v in scores.values())
+    return CrossCheck(scores, used, agrees)

@@ -13,17 +13,20 @@ cine-only) study is processed when the node's completeness rules say so (quiet p
 deadline, ``cardionode complete STUDY``): :meth:`CmrLgePipeline.analyse` then reports what it
 has (LGE without function, or function without LGE) with a note saying what is missing.
 
-Steps: ``analyse`` (:func:`node.imaging.mr.load_cmr_study`: role of each series and the
-short-axis stacks; :func:`node.ai.cmr_segmentation.segment_short_axis` on the LGE stack and on
-every cine phase; :func:`node.quant.sax_segments.sax_segments` (AHA 17, mid-septum reference);
-:func:`node.quant.lge.quantify_lge` (5 SD over an automatic remote sector with the endocardial rim
-rule and MVO filling; 2, 3, 6 SD and FWHM as secondary numbers; %LV of the LGE stack's own LV mass;
-per-segment extent and transmurality; pattern) and :func:`node.quant.cmr_function.lv_function`
-(EDV, ESV, SV, EF, LV mass by Simpson summation)), ``report`` (:meth:`CmrLgePipeline.report`:
-the shared outputs of :func:`node.results.build_outputs` (TID 1500 SR, bull's-eyes of LGE extent
-and transmurality, segment table, PDF) plus a DICOM Segmentation of the LV myocardium and the LGE
-on the LGE images (:func:`node.results.seg.build_segmentation`) and one contour-overlay Secondary
-Capture per LGE slice with myocardium (:func:`node.results.seg.render_mask_overlay`)).
+Steps: ``analyse`` (cpu: :func:`load_cmr_inputs`: :func:`node.imaging.mr.load_cmr_study` gives the role
+of each series and the short-axis stacks across series; the LGE stack quantified and the cine stack are kept
+as float32), ``predict`` (gpu: :func:`segment_and_quantify`:
+:func:`node.ai.cmr_segmentation.segment_short_axis` on the LGE stack, and on cine at end-diastole and
+end-systole (the phases of the largest and smallest cavity on the middle slices, segmented in every phase), then
+:func:`quantify_cmr`: :func:`node.quant.sax_segments.sax_segments` (AHA 17, mid-septum reference),
+:func:`node.quant.lge.quantify_lge` (5 SD over an automatic remote sector with the endocardial rim rule and
+MVO filling; 2, 3, 6 SD and FWHM as secondary numbers; %LV of the LGE stack's own LV mass; per-segment extent
+and transmurality; pattern) and :func:`node.quant.cmr_function.lv_function` (EDV, ESV, SV, EF, LV mass by
+Simpson summation)), ``report`` (cpu: :meth:`CmrLgePipeline.report`: the shared outputs of
+:func:`node.results.build_outputs` (TID 1500 SR, bull's-eyes of LGE extent and transmurality, segment table,
+results screen, PDF) followed by a DICOM Segmentation of the LV myocardium and the LGE on the LGE images
+(:func:`node.results.seg.build_segmentation`) and one contour-overlay Secondary Capture per LGE slice with
+myocardium (:func:`node.results.seg.render_mask_overlay`): :func:`mask_outputs`).
 
 Options (``[pipelines.cmr_lge]``, :class:`CmrLgeOptions`): ``n_sd`` (5), ``rim_rule`` (on),
 ``fill_mvo`` (on), ``lge_input`` (``magnitude`` or ``psir``: which LGE stack is quantified when
@@ -33,17 +36,18 @@ the study has both; default magnitude).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import Field
 from pydicom import Dataset
 
-from node.ai.cmr_segmentation import BUNDLE, SaxSegmentation, segment_short_axis
 from node.imaging.errors import UnusableSeriesError
 from node.imaging.mr import ENHANCED_MR_IMAGE_STORAGE, MR_IMAGE_STORAGE, MRStack, load_cmr_study
+from node.imaging.volume import ShortAxisStack
 from node.pipelines import registry
 from node.pipelines.base import Pipeline, SeriesRule, source_header
 from node.pipelines.options import PipelineOptions
@@ -72,7 +76,9 @@ __all__ = [
     "CmrLgeResult",
     "CmrLgePipeline",
     "quantify_cmr",
-    "assemble_result",
+    "load_cmr_inputs",
+    "quantify_result",
+    "segment_and_quantify",
     "mask_outputs",
     "report_sources",
     "report_content",
@@ -83,6 +89,8 @@ VERSION = "0.1.0"
 
 #: LGE roles of :func:`node.imaging.mr.mr_series_role`
 LGE_ROLES: frozenset[str] = frozenset({"lge_mag", "lge_psir"})
+#: the segmentation bundle's folder name under the models folder (node.ai.cmr_segmentation.BUNDLE)
+_BUNDLE = "cmr_segmentation"
 #: fixed display scale of both bull's-eyes, % (extent and transmurality)
 PERCENT_SCALE: tuple[float, float] = (0.0, 100.0)
 
@@ -101,57 +109,61 @@ class CmrLgeOptions(PipelineOptions):
 
 @dataclass(frozen=True, eq=False)
 class CmrLgeResult:
-    """Everything ``analyse`` found for one CMR study; every field annotated (the queue codec's allow-list).
+    """One CMR study through the steps; every field annotated (the queue codec's allow-list).
 
-    ``lge`` (:class:`~node.quant.lge.LGEResult`) and ``function`` (:class:`~node.quant.cmr_function.LVFunction`)
-    are None when the study lacks that stack. ``lge_image`` float32, ``myocardium``, ``blood`` bool are
-    ``[slice, row, column]`` on the LGE stack (slices in increasing position along the slice normal);
-    ``lge_sop_uids[s]`` is the image of slice ``s`` and ``lge_frame_numbers[s]`` its frame (1-based; 1 for
-    single-frame images). ``segmentation`` names the model(s) that drew the masks. ``source_headers`` (set by
+    ``analyse`` fills the stacks (``lge_stack``: the LGE stack quantified, ``cine_stack``: cine, each a
+    :class:`~node.imaging.volume.ShortAxisStack` with float32 voxels, None when the study lacks it), the
+    evidence and the LGE slices' images (``lge_sop_uids[s]``, frame ``lge_frame_numbers[s]``, 1-based; 1
+    for single-frame images). ``predict`` segments and quantifies: ``lge``
+    (:class:`~node.quant.lge.LGEResult`), ``segments`` (AHA), ``function``
+    (:class:`~node.quant.cmr_function.LVFunction`), the LGE stack's ``lge_image`` float32 and ``myocardium``,
+    ``blood`` bool ``[slice, row, column]`` (slices in increasing position along the slice normal),
+    ``segmentation`` (the model(s) that drew the masks), and drops the stacks. ``source_headers`` (set by
     :meth:`CmrLgePipeline.analyse`) are the pixel-free headers of the instances the report reads individually.
     """
 
     study_instance_uid: str
     sources: tuple[SourceInstance, ...]
-    lge: LGEResult | None
-    function: LVFunction | None
-    segments: SAXSegments | None
     lge_role: str
     lge_series_uids: tuple[str, ...]
     lge_sop_uids: tuple[str, ...]
     lge_frame_numbers: tuple[int, ...]
-    lge_image: np.ndarray
-    myocardium: np.ndarray
-    blood: np.ndarray
-    segmentation: tuple[Algorithm, ...]
+    lge_stack: ShortAxisStack | None = None
+    cine_stack: ShortAxisStack | None = None
+    lge: LGEResult | None = None
+    function: LVFunction | None = None
+    segments: SAXSegments | None = None
+    lge_image: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
+    myocardium: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), bool))
+    blood: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), bool))
+    segmentation: tuple[Algorithm, ...] = ()
     settings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
     source_headers: tuple[Dataset, ...] = ()
 
 
-def _slice_positions_mm(stack: MRStack) -> np.ndarray:
-    s = stack.stack
-    normal = np.cross(np.asarray(s.row_cosine, float), np.asarray(s.column_cosine, float))
-    return np.asarray(s.positions_mm, float) @ normal
-
-
-def _spacing(stack: MRStack) -> tuple[float, float]:
-    return float(stack.stack.pixel_spacing_mm[0]), float(stack.stack.pixel_spacing_mm[1])
+def _spacing(stack: ShortAxisStack) -> tuple[float, float]:
+    return float(stack.pixel_spacing_mm[0]), float(stack.pixel_spacing_mm[1])
 
 
 def quantify_cmr(
-    lge: MRStack | None,
+    lge: ShortAxisStack | None,
     lge_labels: np.ndarray | None,
-    cine: MRStack | None,
+    cine: ShortAxisStack | None,
     cine_labels: np.ndarray | None,
     options: CmrLgeOptions | None = None,
+    *,
+    psir: bool = False,
+    cine_phases: tuple[int, int] | None = None,
 ) -> tuple[LGEResult | None, SAXSegments | None, LVFunction | None]:
     """LGE, AHA segments and LV function from short-axis stacks and their label masks.
 
     ``lge_labels`` uint8 ``[slice, row, column]`` and ``cine_labels`` uint8 ``[phase, slice, row, column]`` on
     the stacks' grids with the labels of :data:`node.ai.cmr_segmentation.LABELS` (1 LV blood pool, 2 LV
-    myocardium, 3 RV blood pool). Either stack may be None (its results are then None).
+    myocardium, 3 RV blood pool). Either stack may be None (its results are then None). ``psir``: the LGE
+    stack is phase-sensitive (no FWHM). ``cine_phases``: (ED, ES) phase indices when only those phases are
+    labelled; None: every phase is, and ED/ES are the largest and smallest LV cavity.
     """
     options = options or CmrLgeOptions()
     lge_result = segments = function = None
@@ -163,15 +175,16 @@ def quantify_cmr(
         spacing = _spacing(lge)
         segments = sax_segments(blood, myo, rv if rv.any() else None, spacing)
         lge_result = quantify_lge(
-            np.asarray(lge.stack.voxels[0], dtype=np.float64), myo, blood, segments, spacing,
-            _slice_positions_mm(lge), psir=lge.role == "lge_psir", n_sd=options.n_sd, rim_rule=options.rim_rule,
-            fill_mvo=options.fill_mvo, slice_thickness_mm=float(lge.stack.slice_thickness_mm))
+            np.asarray(lge.voxels[0], dtype=np.float64), myo, blood, segments, spacing, lge.slice_positions_mm,
+            psir=psir, n_sd=options.n_sd, rim_rule=options.rim_rule, fill_mvo=options.fill_mvo,
+            slice_thickness_mm=float(lge.slice_thickness_mm))
     if cine is not None and cine_labels is not None:
         labels = np.asarray(cine_labels)
         rv_all = labels == 3
-        function = lv_function(labels == 1, labels == 2, _spacing(cine), _slice_positions_mm(cine),
-                               rv=rv_all if rv_all.any() else None,
-                               slice_thickness_mm=float(cine.stack.slice_thickness_mm))
+        ed, es = cine_phases if cine_phases is not None else (None, None)
+        function = lv_function(labels == 1, labels == 2, _spacing(cine), cine.slice_positions_mm,
+                               rv=rv_all if rv_all.any() else None, slice_thickness_mm=float(cine.slice_thickness_mm),
+                               ed_phase=ed, es_phase=es)
     return lge_result, segments, function
 
 
@@ -188,24 +201,22 @@ def _choose_lge(stacks: dict[str, MRStack], options: CmrLgeOptions, notes: list[
     return chosen
 
 
-def _quality_notes(what: str, seg: SaxSegmentation) -> list[str]:
-    return [f"{what} segmentation: {problem}" for problem in seg.quality.problems]
+def _float32(stack: MRStack | None) -> ShortAxisStack | None:
+    return None if stack is None else replace(stack.stack, voxels=np.asarray(stack.stack.voxels, dtype=np.float32))
 
 
-def analyse_cmr_study(instances: Sequence[Dataset], options: CmrLgeOptions | None = None,
-                      model_dir: Any = None) -> CmrLgeResult:
-    """Load, segment and quantify the LGE and cine short-axis stacks among ``instances`` (the ``analyse`` step,
-    without the headers). ``model_dir``: the folder of the ``cmr_segmentation`` bundle (None: the shipped one)."""
+def load_cmr_inputs(instances: Sequence[Dataset], options: CmrLgeOptions | None = None) -> CmrLgeResult:
+    """The ``analyse`` step without the headers: the roles of the MR series, the LGE and cine short-axis stacks
+    (:func:`node.imaging.mr.load_cmr_study`), the evidence and notes on what is missing or was refused."""
     options = options or CmrLgeOptions()
     mr = [ds for ds in instances if str(ds.get("Modality", "")).upper() == "MR"]
     if not mr:
         raise UnusableSeriesError("no MR instance in the study", "Modality")
     mr.sort(key=lambda ds: (str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))))
     notes: list[str] = []
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     study = load_cmr_study(mr)
-    timings["load"] = time.perf_counter() - t0
+    timings = {"load": time.perf_counter() - t0}
     notes.extend(f"not used: {r.reason}" for r in study.refusals)
     lge = _choose_lge(study.stacks, options, notes)
     cine = study.stacks.get("cine_sax")
@@ -219,72 +230,96 @@ def analyse_cmr_study(instances: Sequence[Dataset], options: CmrLgeOptions | Non
     for stack in (lge, cine):
         if stack is not None:
             notes.extend(f"{stack.role}: {issue.kind}: {issue.detail}" for issue in stack.issues)
-    algorithms: list[Algorithm] = []
-    lge_labels = cine_labels = None
-    if lge is not None:
-        t0 = time.perf_counter()
-        seg = segment_short_axis(lge.stack, model_dir=model_dir, contrast="lge")
-        timings["segment.lge"] = time.perf_counter() - t0
-        lge_labels = seg.labels[0]
-        algorithms.append(seg.algorithm())
-        notes.extend(_quality_notes("LGE", seg))
-    if cine is not None:
-        t0 = time.perf_counter()
-        cseg = segment_short_axis(cine.stack, model_dir=model_dir, contrast="cine")
-        timings["segment.cine"] = time.perf_counter() - t0
-        cine_labels = cseg.labels
-        algorithms.append(cseg.algorithm())
-        notes.extend(_quality_notes("cine", cseg))
-    t0 = time.perf_counter()
-    lge_result, segments, function = quantify_cmr(lge, lge_labels, cine, cine_labels, options)
-    timings["quantify"] = time.perf_counter() - t0
-    return assemble_result(mr, lge, cine, lge_result, segments, function, lge_labels, tuple(dict.fromkeys(algorithms)),
-                   notes, timings, options)
-
-
-def assemble_result(instances: Sequence[Dataset], lge: MRStack | None, cine: MRStack | None, lge_result: LGEResult | None,
-            segments: SAXSegments | None, function: LVFunction | None, lge_labels: np.ndarray | None,
-            segmentation: tuple[Algorithm, ...], notes: Sequence[str], timings: dict[str, float],
-            options: CmrLgeOptions) -> CmrLgeResult:
-    """The result value: evidence UIDs of the stacks used, the LGE stack's image, masks and slice images."""
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in instances}
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in mr}
     used: dict[str, SourceInstance] = {}
     for stack in (lge, cine):
-        if stack is None:
-            continue
-        for phase in stack.frames:
+        for phase in stack.frames if stack is not None else ():
             for frame in phase:
                 ds = by_uid[frame.sop_uid]
                 used.setdefault(frame.sop_uid, SourceInstance(str(ds.StudyInstanceUID), frame.series_uid,
                                                               str(ds.SOPClassUID), frame.sop_uid))
-    sources = tuple(sorted(used.values(), key=lambda s: (s.series_instance_uid, s.sop_instance_uid)))
-    if lge is not None and lge_labels is not None:
-        image = np.asarray(lge.stack.voxels[0], dtype=np.float32)
-        myo, blood = np.asarray(lge_labels == 2), np.asarray(lge_labels == 1)
-        slices = lge.frames[0]
-    else:
-        image = np.zeros((0, 0, 0), np.float32)
-        myo = blood = np.zeros((0, 0, 0), bool)
-        slices = ()
+    slices = lge.frames[0] if lge is not None else ()
     return CmrLgeResult(
-        study_instance_uid=str(instances[0].StudyInstanceUID),
-        sources=sources,
-        lge=lge_result,
-        function=function,
-        segments=segments,
+        study_instance_uid=str(mr[0].StudyInstanceUID),
+        sources=tuple(sorted(used.values(), key=lambda s: (s.series_instance_uid, s.sop_instance_uid))),
         lge_role=lge.role if lge is not None else "",
         lge_series_uids=tuple(f.series_uid for f in slices),
         lge_sop_uids=tuple(f.sop_uid for f in slices),
         lge_frame_numbers=tuple(int(f.number) for f in slices),
-        lge_image=image,
-        myocardium=myo,
-        blood=blood,
-        segmentation=segmentation,
+        lge_stack=_float32(lge),
+        cine_stack=_float32(cine),
         settings=(f"rim_rule={'on' if options.rim_rule else 'off'}",
                   f"mvo={'included' if options.fill_mvo else 'not filled'}"),
         notes=tuple(notes),
         timings_s=timings,
     )
+
+
+def quantify_result(result: CmrLgeResult, lge_labels: np.ndarray | None, cine_labels: np.ndarray | None,
+                    options: CmrLgeOptions | None = None, segmentation: tuple[Algorithm, ...] = (),
+                    notes: Sequence[str] = (), cine_phases: tuple[int, int] | None = None) -> CmrLgeResult:
+    """``result`` of :func:`load_cmr_inputs` quantified with label masks of its stacks (:func:`quantify_cmr`),
+    without the stacks; ``segmentation`` names what drew the masks, ``notes`` are added."""
+    t0 = time.perf_counter()
+    lge, segments, function = quantify_cmr(result.lge_stack, lge_labels, result.cine_stack, cine_labels, options,
+                                           psir=result.lge_role == "lge_psir", cine_phases=cine_phases)
+    timings = {**result.timings_s, "quantify": time.perf_counter() - t0}
+    extra = {}
+    if result.lge_stack is not None and lge_labels is not None:
+        extra = {"lge_image": np.asarray(result.lge_stack.voxels[0], dtype=np.float32),
+                 "myocardium": np.asarray(lge_labels) == 2, "blood": np.asarray(lge_labels) == 1}
+    return replace(result, lge=lge, segments=segments, function=function, segmentation=segmentation,
+                   notes=(*result.notes, *notes), timings_s=timings, lge_stack=None, cine_stack=None, **extra)
+
+
+#: cine slices around the middle of the stack segmented in every phase to find end-diastole and end-systole
+_PHASE_PICK_SLICES = 3
+
+
+def _end_phases(stack: ShortAxisStack, segment: Callable[..., Any], model_dir: Path | None) -> tuple[int, int]:
+    """(ED, ES): the phases of the largest and smallest LV cavity on the middle cine slices (every phase segmented
+    there only; the whole stack is then segmented at these two phases)."""
+    mid = stack.n_slices // 2
+    pick = np.arange(max(0, mid - _PHASE_PICK_SLICES // 2), min(stack.n_slices, mid + _PHASE_PICK_SLICES // 2 + 1))
+    sub = replace(stack, voxels=stack.voxels[:, pick], positions_mm=stack.positions_mm[pick],
+                  trigger_ms=stack.trigger_ms[:, pick])
+    area = (segment(sub, model_dir=model_dir, contrast="cine").labels == 1).sum(axis=(1, 2, 3))
+    return int(np.argmax(area)), int(np.argmin(area))
+
+
+def segment_and_quantify(result: CmrLgeResult, options: CmrLgeOptions | None = None,
+                         model_dir: Path | None = None) -> CmrLgeResult:
+    """The ``predict`` step: :func:`node.ai.cmr_segmentation.segment_short_axis` (bundle folder ``model_dir``;
+    None: the shipped one) on the LGE stack, and on the cine stack at end-diastole and end-systole (found on
+    the middle slices, :func:`_end_phases`), then :func:`quantify_result`."""
+    from node.ai.cmr_segmentation import segment_short_axis  # torch: only in the predict step
+
+    algorithms: list[Algorithm] = []
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+    lge_labels = cine_labels = None
+    phases: tuple[int, int] | None = None
+    if result.lge_stack is not None:
+        t0 = time.perf_counter()
+        seg = segment_short_axis(result.lge_stack, model_dir=model_dir, contrast="lge")
+        timings["segment.lge"] = time.perf_counter() - t0
+        lge_labels = seg.labels[0]
+        algorithms.append(seg.algorithm())
+        notes.extend(f"LGE segmentation: {problem}" for problem in seg.quality.problems)
+    if result.cine_stack is not None:
+        t0 = time.perf_counter()
+        ed, es = _end_phases(result.cine_stack, segment_short_axis, model_dir)
+        if ed == es:  # no cavity change on the middle slices: segment every phase and let the volumes decide
+            seg = segment_short_axis(result.cine_stack, model_dir=model_dir, contrast="cine")
+        else:
+            phases = (ed, es)
+            seg = segment_short_axis(result.cine_stack, phases=list(phases), model_dir=model_dir, contrast="cine")
+        timings["segment.cine"] = time.perf_counter() - t0
+        cine_labels = seg.labels
+        algorithms.append(seg.algorithm())
+        notes.extend(f"cine segmentation: {problem}" for problem in seg.quality.problems)
+    timed = replace(result, timings_s={**result.timings_s, **timings})
+    return quantify_result(timed, lge_labels, cine_labels, options, tuple(dict.fromkeys(algorithms)), notes, phases)
 
 
 # --------------------------------------------------------------------------- report content
@@ -334,6 +369,11 @@ def _short(method: str) -> str:
     return method.split(" ", 1)[0]
 
 
+def _base(method: str) -> str:
+    """The method's key in the quantity names of the templates: ``2sd``, ``3sd``, ``6sd``, ``fwhm``."""
+    return _short(method).split("+", 1)[0].lower()
+
+
 def _lge_groups(result: CmrLgeResult, algorithm: Algorithm) -> list[MeasurementGroup]:
     lge = result.lge
     assert lge is not None
@@ -357,8 +397,8 @@ def _lge_groups(result: CmrLgeResult, algorithm: Algorithm) -> list[MeasurementG
         groups.append(MeasurementGroup(
             label=f"LGE whole LV ({_short(m.method)}, secondary)"[:64], finding="scarred_myocardium", site="lv_myocardium",
             state=None, algorithm=lge_algorithm(result, m),
-            measurements=(Measurement("lge_mass", round(m.lge_mass_g, 2), "g"),
-                          Measurement("lge_extent", round(m.lge_pct_lv, 2), "%"))))
+            measurements=(Measurement(f"lge_mass_{_base(m.method)}", round(m.lge_mass_g, 2), "g"),
+                          Measurement(f"lge_extent_{_base(m.method)}", round(m.lge_pct_lv, 2), "%"))))
     assessed = result.segments.assessed_segments if result.segments is not None else np.ones(N_SEGMENTS, bool)
     for k in range(N_SEGMENTS):
         extent = float(p.segment_extent_pct[k])
@@ -385,7 +425,7 @@ def _function_groups(result: CmrLgeResult) -> list[MeasurementGroup]:
     if _finite(f.lv_mass_g):
         groups.append(MeasurementGroup(
             label="LV myocardium (cine, end-diastole)", finding="lv_myocardial_mass", site="lv_myocardium",
-            state=None, algorithm=algorithm, measurements=(Measurement("lv_mass", round(f.lv_mass_g, 1), "g"),)))
+            state=None, algorithm=algorithm, measurements=(Measurement("lv_mass_cine", round(f.lv_mass_g, 1), "g"),)))
     return groups
 
 
@@ -542,17 +582,21 @@ class CmrLgePipeline(Pipeline):
     title = "Cardiac MR late gadolinium enhancement (LGE %LV, segments, pattern) and LV function"
     series_rules = (_rule("lge", LGE_ROLES), _rule("cine", frozenset({"cine_sax"})))
     options_model = CmrLgeOptions
-    steps = (Pipeline.steps[0], Pipeline.steps[2])  # analyse (cpu; the segmentation runs there), report (cpu)
     result_type = CmrLgeResult
 
     def analyse(self, instances: Sequence[Dataset]) -> CmrLgeResult:
-        """Load, segment and quantify the LGE and cine stacks among ``instances`` (cpu step)."""
-        models = self.run_config.models_dir
-        result = analyse_cmr_study(instances, cast(CmrLgeOptions, self.options),
-                                   None if models is None else models / BUNDLE)
+        """Read the LGE and cine short-axis stacks among ``instances`` (cpu step; :func:`load_cmr_inputs`)."""
+        result = load_cmr_inputs(instances, cast(CmrLgeOptions, self.options))
         wanted = set(_individually_referenced(result))
         headers = tuple(source_header(ds) for ds in instances if str(ds.get("SOPInstanceUID", "")) in wanted)
         return replace(result, source_headers=headers)
+
+    def predict(self, result: CmrLgeResult) -> CmrLgeResult:
+        """Segment the stacks with the ``cmr_segmentation`` model and quantify them (gpu step;
+        :func:`segment_and_quantify`), with the run's models folder."""
+        models = self.run_config.models_dir
+        return segment_and_quantify(result, cast(CmrLgeOptions, self.options),
+                                    None if models is None else models / _BUNDLE)
 
     def report_content(self, result: CmrLgeResult) -> ReportContent:
         """:func:`report_content` of ``result``."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from node.quant.sax_segments import SAXSegments, sax_segments, segment_sums
+from node.quant.sax_segments import PixelSpacing, SAXSegments, sax_segments, segment_sums
 
 __all__ = [
     "MYOCARDIAL_DENSITY_G_PER_ML",
@@ -114,7 +114,7 @@ def basal_slice_keep(blood: np.ndarray, myocardium: np.ndarray, *, apex_first: b
     return out
 
 
-def wall_thickness_mm(blood: np.ndarray, myocardium: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
+def wall_thickness_mm(blood: np.ndarray, myocardium: np.ndarray, pixel_spacing_mm: PixelSpacing) -> np.ndarray:
     """Local wall thickness (mm) of every myocardial pixel ``[slice, row, column]`` (NaN elsewhere).
 
     In-plane distance to the nearest blood-pool pixel plus distance to the nearest pixel outside
@@ -203,7 +203,7 @@ def _as_4d(a: np.ndarray) -> np.ndarray:
 def lv_function(
     blood: np.ndarray,
     myocardium: np.ndarray,
-    pixel_spacing_mm: tuple[float, float],
+    pixel_spacing_mm: PixelSpacing,
     slice_positions_mm: np.ndarray,
     *,
     rv: np.ndarray | None = None,
@@ -236,25 +236,35 @@ def lv_function(
     segments_ed, segments_es : SAXSegments or None
         Segments to use for thickening; computed from the ED/ES masks when None.
     """
-    b4 = _as_4d(blood).astype(np.float64)
-    m4 = _as_4d(myocardium).astype(np.float64)
+    b4 = _as_4d(blood)
+    m4 = _as_4d(myocardium)
     if b4.shape != m4.shape:
         raise ValueError(f"blood and myocardium shapes differ: {b4.shape} vs {m4.shape}")
     n_phases, n_slices = b4.shape[:2]
+    # work on the bounding box of LV and RV (plus a margin): the rule, thickness and segments only look there
+    rv4 = None if rv is None else _as_4d(rv)
+    present = np.any((b4 > 0) | (m4 > 0), axis=(0, 1)) | (False if rv4 is None else np.any(rv4 > 0, axis=(0, 1)))
+    if present.any():
+        rows, cols = np.flatnonzero(present.any(axis=1)), np.flatnonzero(present.any(axis=0))
+        margin = 6
+        box = (slice(None), slice(None), slice(max(int(rows[0]) - margin, 0), int(rows[-1]) + margin + 1),
+               slice(max(int(cols[0]) - margin, 0), int(cols[-1]) + margin + 1))
+        b4, m4 = b4[box], m4[box]
+        rv4 = None if rv4 is None else rv4[box]
     slabs = simpson_slabs_mm(slice_positions_mm, slice_thickness_mm)
     if slabs.shape != (n_slices,):
         raise ValueError(f"slice_positions_mm must have {n_slices} entries")
     area_mm2 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1])
     if apex_first is None:
-        cav = b4[0].sum(axis=(1, 2))
-        has = np.flatnonzero(m4[0].sum(axis=(1, 2)) > 0)
+        cav = b4[0].sum(axis=(1, 2), dtype=np.float64)
+        has = np.flatnonzero(m4[0].sum(axis=(1, 2), dtype=np.float64) > 0)
         apex_first = bool(cav.sum() <= 0 or has.size == 0
                           or np.sum(np.arange(n_slices) * cav) / cav.sum() >= 0.5 * (has[0] + has[-1]))
     keep = np.ones((n_phases, n_slices), dtype=bool)
     if basal_rule:
         keep = np.stack([basal_slice_keep(b4[p], m4[p], apex_first=apex_first) for p in range(n_phases)])
-    slice_blood = b4.sum(axis=(2, 3)) * area_mm2 * slabs[None] / 1000.0  # mL per phase and slice
-    slice_myo = m4.sum(axis=(2, 3)) * area_mm2 * slabs[None] / 1000.0
+    slice_blood = b4.sum(axis=(2, 3), dtype=np.float64) * area_mm2 * slabs[None] / 1000.0  # mL per phase and slice
+    slice_myo = m4.sum(axis=(2, 3), dtype=np.float64) * area_mm2 * slabs[None] / 1000.0
     volumes = np.sum(slice_blood * keep, axis=1)
     ed = int(np.argmax(volumes)) if ed_phase is None else int(ed_phase)
     es = int(np.argmin(volumes)) if es_phase is None else int(es_phase)
@@ -262,7 +272,6 @@ def lv_function(
     myo_ml = float(np.sum(slice_myo[ed] * keep[ed]))
 
     spacing = (float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1]))
-    rv4 = None if rv is None else _as_4d(rv)
     thick = []
     for phase, given in ((ed, segments_ed), (es, segments_es)):
         bm, mm = b4[phase] >= 0.5, m4[phase] >= 0.5

@@ -56,7 +56,7 @@ import numpy as np
 from scipy import ndimage
 
 from node.quant.cmr_function import MYOCARDIAL_DENSITY_G_PER_ML, simpson_slabs_mm
-from node.quant.sax_segments import SAXSegments, arc_middle, segment_sums
+from node.quant.sax_segments import PixelSpacing, SAXSegments, arc_middle, segment_sums
 from node.quant.segments import N_SEGMENTS, segment_of
 
 __all__ = [
@@ -299,7 +299,7 @@ def quantify_lge(
     myocardium: np.ndarray,
     blood: np.ndarray,
     segments: SAXSegments,
-    pixel_spacing_mm: tuple[float, float],
+    pixel_spacing_mm: PixelSpacing,
     slice_positions_mm: np.ndarray,
     *,
     psir: bool = False,

@@ -46,6 +46,7 @@ from scipy import ndimage
 from node.quant.segments import N_SEGMENTS, segment_of
 
 __all__ = [
+    "PixelSpacing",
     "RING_NAMES",
     "SAXSegments",
     "slice_rings",
@@ -55,6 +56,9 @@ __all__ = [
     "sax_segments",
     "segment_sums",
 ]
+
+#: (between rows, between columns) in mm, as DICOM Pixel Spacing (a tuple or an array of two)
+PixelSpacing = tuple[float, float] | np.ndarray
 
 #: ring codes of :attr:`SAXSegments.ring`
 RING_NAMES: dict[int, str] = {0: "none", 1: "basal", 2: "mid", 3: "apical", 4: "apex cap"}
@@ -149,7 +153,7 @@ def _infer_apex_first(blood: np.ndarray, myo: np.ndarray) -> bool:
     return centre >= 0.5 * (has[0] + has[-1])
 
 
-def display_angles(shape: tuple[int, int], centre_rc: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
+def display_angles(shape: tuple[int, int], centre_rc: np.ndarray, pixel_spacing_mm: PixelSpacing) -> np.ndarray:
     """Display angle ``phi`` (degrees, counter-clockwise from 3 o'clock, [0, 360)) of every pixel of
     ``[slice, row, column]`` about each slice's centre ``centre_rc[slice] = (row, column)``."""
     rows = np.arange(shape[0], dtype=np.float64)[None, :, None]
@@ -171,7 +175,7 @@ def arc_middle(angles_deg: np.ndarray) -> tuple[float, float, float]:
 
 
 def mid_septum(myocardium: np.ndarray, blood: np.ndarray, rv: np.ndarray, centre_rc: np.ndarray,
-               pixel_spacing_mm: tuple[float, float], *, contact_mm: float | None = None,
+               pixel_spacing_mm: PixelSpacing, *, contact_mm: float | None = None,
                min_contact_pixels: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Per slice, the display angle of the middle of the LV-RV contact arc and the arc's two ends.
 
@@ -205,7 +209,7 @@ def sax_segments(
     blood: np.ndarray,
     myocardium: np.ndarray,
     rv: np.ndarray | None,
-    pixel_spacing_mm: tuple[float, float],
+    pixel_spacing_mm: PixelSpacing,
     *,
     apex_first: bool | None = None,
     counterclockwise: bool | None = None,
@@ -222,7 +226,7 @@ def sax_segments(
         (pixels with fraction >= 0.5 belong to the mask; the slice-thirds counts use the sums).
     rv : bool array [slice, row, column] or None
         RV cavity (with or without its wall); None when the RV is not labelled.
-    pixel_spacing_mm : (float, float)
+    pixel_spacing_mm : (float, float) or array [2]
         Distance between rows and between columns, mm.
     apex_first, counterclockwise : bool or None
         Orientation overrides; inferred when None (module docstring).

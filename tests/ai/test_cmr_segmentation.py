@@ -11,13 +11,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
 import pytest
 
 from node.ai import bundles
-from node.ai.cmr_segmentation import LABELS, assess_quality, segment_short_axis
+from node.ai.cmr_segmentation import (
+    LABELS,
+    assess_quality,
+    classical_blood_pool,
+    classical_cross_check,
+    segment_short_axis,
+)
 from node.ai.metrics import dice
 from node.imaging.mr import load_cmr_study
 from node.synth.cmr.phantom import PATTERNS, Sampling, cine_phantom, draw_anatomy
@@ -215,3 +222,35 @@ def test_training_is_deterministic_and_writes_a_loadable_bundle(tmp_path) -> Non
     anatomy = small_anatomy(70_950)
     seg = segment_short_axis(phantom_stack(np.zeros((anatomy.stack.n_slices, 64, 64)), anatomy), model_dir=tmp_path / "a")
     assert seg.model.weights_sha256 == bundles.file_sha256(tmp_path / "a" / "models" / "model.pt")
+
+
+def test_classical_blood_pool_against_truth() -> None:
+    """The cross-check's own accuracy: seeded at the truth centre, on the mid LV slices of 3 hearts."""
+    scores: dict[str, list[float]] = {"cine": [], "lge": []}
+    for i, seed in enumerate((71_000, 71_001, 71_002)):
+        anatomy = small_anatomy(seed)
+        lge = small_lge(seed, ("ischaemic_subendocardial", "sarcoid_multifocal_rv", "scar_free")[i], anatomy=anatomy)
+        cine = small_cine(seed, n_phases=6, anatomy=anatomy)
+        for kind, image, truth in (("lge", lge.magnitude, lge.fractions.of("lv_blood") >= 0.5),
+                                   ("cine", cine.images[0], cine.truth.blood_mask_ed),
+                                   ("cine", cine.images[cine.truth.es_phase], cine.truth.blood_mask_es)):
+            lv = [s for s in range(truth.shape[0]) if truth[s].sum() > 20]
+            for s in lv[len(lv) // 3: len(lv) - len(lv) // 3]:
+                centre = np.argwhere(truth[s]).mean(axis=0)
+                mask = classical_blood_pool(image[s], (centre[0], centre[1]), (1.5, 1.5))
+                scores[kind].append(dice(mask, truth[s]))
+    assert np.mean(scores["cine"]) >= 0.95, scores
+    assert np.mean(scores["lge"]) >= 0.85, scores
+
+
+def test_cross_check_agrees_and_catches_a_displaced_segmentation() -> None:
+    anatomy = small_anatomy(71_100)
+    cine = small_cine(71_100, n_phases=6, anatomy=anatomy)
+    stack = phantom_stack(cine.images, anatomy)
+    seg = segment_short_axis(stack, phases=[0, cine.truth.es_phase])
+    check = classical_cross_check(stack, seg)
+    assert check.agrees, check
+    assert set(check.dice) == {0, cine.truth.es_phase}
+    displaced = replace(seg, labels=np.roll(seg.labels, 12, axis=3))
+    bad = classical_cross_check(stack, displaced)
+    assert not bad.agrees and max(bad.dice.values()) < 0.75, bad

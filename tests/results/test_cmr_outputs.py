@@ -23,7 +23,6 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from node.imaging.mr import MRStack, load_cmr_study
 from node.pipelines import cmr_lge
 from node.pipelines.base import source_header
 from node.results.seg import SEGMENTATION_STORAGE
@@ -51,29 +50,26 @@ def truth_labels(fractions: TissueFractions) -> np.ndarray:
 @dataclass
 class CmrRun:
     study: CMRStudy
-    lge: MRStack
     result: cmr_lge.CmrLgeResult
     outputs: list[Dataset]
     files: dict[str, Path]
 
 
 @lru_cache(maxsize=2)
-def _truth_result(seed: int, pattern: str) -> tuple[CMRStudy, MRStack, cmr_lge.CmrLgeResult]:
-    study = build_cmr_study("standard", seed, pattern=pattern, small=False)
-    loaded = load_cmr_study(study.datasets)
-    lge, cine = loaded.stacks["lge_mag"], loaded.stacks["cine_sax"]
+def _truth_result(seed: int, pattern: str, variant: str = "standard") -> tuple[CMRStudy, cmr_lge.CmrLgeResult]:
+    study = build_cmr_study(variant, seed, pattern=pattern, small=False)
+    loaded = cmr_lge.load_cmr_inputs(study.datasets)  # the analyse step (the loader), without the headers
+    assert loaded.lge_stack is not None and loaded.cine_stack is not None and loaded.lge_role == "lge_mag"
     lge_labels = truth_labels(study.lge.fractions)
     # the loader's slice order is the phantom's (apex to base along the written normal): the images agree
-    gain = float(np.median(lge.stack.voxels[0][lge_labels > 0] / np.maximum(study.lge.magnitude[lge_labels > 0], 1e-6)))
-    assert np.allclose(lge.stack.voxels[0], study.lge.magnitude * gain, rtol=0.02, atol=2.0 * gain)
+    image = loaded.lge_stack.voxels[0]
+    gain = float(np.median(image[lge_labels > 0] / np.maximum(study.lge.magnitude[lge_labels > 0], 1e-6)))
+    assert np.allclose(image, study.lge.magnitude * gain, rtol=0.02, atol=2.0 * gain)
     cine_labels = np.stack([truth_labels(study.cine.ed_fractions), truth_labels(study.cine.es_fractions)])
-    options = cmr_lge.CmrLgeOptions()
-    found = cmr_lge.quantify_cmr(lge, lge_labels, cine, cine_labels, options)
-    result = cmr_lge.assemble_result(study.datasets, lge, cine, *found, lge_labels, (), ("truth masks (test)",), {},
-                                     options)
+    result = cmr_lge.quantify_result(loaded, lge_labels, cine_labels, notes=("truth masks (test)",))
     wanted = set(cmr_lge._individually_referenced(result))
     headers = tuple(source_header(ds) for ds in study.datasets if str(ds.SOPInstanceUID) in wanted)
-    return study, lge, replace(result, source_headers=headers)
+    return study, replace(result, source_headers=headers)
 
 
 def _name(ds: Dataset, k: int) -> str:
@@ -89,7 +85,7 @@ def _name(ds: Dataset, k: int) -> str:
 
 @pytest.fixture(scope="module")
 def cmr(tmp_path_factory) -> CmrRun:
-    study, lge, result = _truth_result(3, PATTERN)
+    study, result = _truth_result(3, PATTERN)
     assert not any("PixelData" in ds for ds in result.source_headers)
     outputs = cmr_lge.PIPELINE.report(result, context())
     folder = tmp_path_factory.mktemp("cmr")
@@ -98,7 +94,7 @@ def cmr(tmp_path_factory) -> CmrRun:
         path = folder / f"{_name(ds, k)}.dcm"
         ds.save_as(path, enforce_file_format=True)
         files[path.stem] = path
-    return CmrRun(study, lge, result, outputs, files)
+    return CmrRun(study, result, outputs, files)
 
 
 def test_outputs_are_sr_bullseyes_table_screen_pdf_seg_and_one_overlay_per_myocardial_slice(cmr):
@@ -222,6 +218,24 @@ def test_truth_masks_give_the_phantom_lge_burden(cmr):
     assert cmr.result.lge is not None
     assert cmr.result.lge.primary.lge_pct_lv == pytest.approx(truth.scar_pct_sampled, abs=2.5)
     assert cmr.result.lge.lv_mass_g == pytest.approx(truth.lv_mass_g_sampled, rel=0.05)
+
+
+def test_a_segmentation_on_enhanced_mr_frames_round_trips_and_validates(tmp_path):
+    """Enhanced MR LGE: every slice is a frame of one instance; the Segmentation references its frames."""
+    _, result = _truth_result(4, "sarcoid_epicardial", "enhanced")
+    assert len(set(result.lge_sop_uids)) == 1 and len(set(result.lge_frame_numbers)) == len(result.lge_sop_uids)
+    content = cmr_lge.report_content(result)
+    seg_ds = cmr_lge.mask_outputs(result, content, cmr_lge.report_sources(result), context())[0]
+    path = tmp_path / "seg.dcm"
+    seg_ds.save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path, "CMR SEG on Enhanced MR", "Segmentation")
+    seg = hd.seg.segread(path)
+    assert result.lge is not None
+    back = seg.get_pixels_by_source_frame(source_sop_instance_uid=result.lge_sop_uids[0],
+                                          source_frame_numbers=list(result.lge_frame_numbers), segment_numbers=[1, 2],
+                                          assert_missing_frames_are_empty=True)
+    np.testing.assert_array_equal(back[..., 0].astype(bool), result.myocardium)
+    np.testing.assert_array_equal(back[..., 1].astype(bool), result.lge.primary.mask)
 
 
 CMR_PIXELMED_KNOWN_WARNINGS = {

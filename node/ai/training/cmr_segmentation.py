@@ -212,7 +212,7 @@ LV blood pool, LV myocardium (scar included) and RV blood pool on cardiac MR sho
 and LGE (magnitude or PSIR). Used by `node.ai.cmr_segmentation.segment_short_axis`.
 
 **Research use; trained on synthetic phantoms; not clinically validated.** No real patient data and no
-pretrained weights were used (random initialisation; nothing is downloaded).
+pretrained weights were used (initialisation: {tr.get('initialised_from', 'random')}; nothing is downloaded).
 
 ## Network and input
 - MONAI `UNet`, 2-D, channels 16-32-64-128, strides 2-2-2, one residual unit, 4 output classes

@@ -1,7 +1,7 @@
 """``cardionode train BUNDLE --data DIR | --synthetic N``: pick the trainer, run it, report.
 
 :func:`train_bundle` trains ``lv_segmentation`` with :mod:`node.ai.training.segmentation`
-(phantoms only) and the polar-map bundles with :mod:`node.ai.training.polar`;
+and ``cmr_segmentation`` with :mod:`node.ai.training.cmr_segmentation` (phantoms only) and the polar-map bundles with :mod:`node.ai.training.polar`;
 :func:`train_main` is the handler of the ``cardionode train`` command.
 """
 
@@ -25,7 +25,8 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
                  seed: int = 0, checkpoints: Path | None = None, version: str = "1.0.0", pretrain: int = 0,
                  command: str = "", init: Path | None = None, steps_per_epoch: int | None = None) -> TrainResult:
     """Train ``bundle`` on a folder or a synthetic cohort (phantoms for ``lv_segmentation``), evaluate, and write
-    the bundle to ``out``. ``init`` and ``steps_per_epoch`` apply to ``lv_segmentation`` only."""
+    the bundle to ``out``. ``init`` and ``steps_per_epoch`` apply to ``lv_segmentation`` and ``cmr_segmentation``
+    (which trains ``epochs x steps_per_epoch`` steps, default 8 x 150, on ``synthetic`` CMR phantoms)."""
     seed_everything(seed)
     if bundle == "cmr_segmentation":
         return cmr_segmentation.train_cmr_segmentation(
@@ -37,7 +38,7 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
             checkpoints=checkpoints, version=version, command=command, init=init, lr=3e-3 if init is None else 1e-3,
             steps_per_epoch=steps_per_epoch or segmentation.DEFAULT_STEPS_PER_EPOCH)
     if init is not None or steps_per_epoch is not None:
-        raise ValueError("--init and --steps-per-epoch are supported for lv_segmentation only")
+        raise ValueError("--init and --steps-per-epoch are supported for lv_segmentation and cmr_segmentation only")
     return train_polar_bundle(bundle, out, data=data, synthetic=synthetic, epochs=epochs, seed=seed,
                               checkpoints=checkpoints, version=version, pretrain=pretrain, command=command)
 
