@@ -55,7 +55,7 @@ from node.quant.cmr_function import LVFunction, lv_function
 from node.quant.lge import LGEMeasurement, LGEResult, quantify_lge
 from node.quant.sax_segments import SAXSegments, sax_segments
 from node.quant.segments import DEFAULT_GRID, N_SEGMENTS
-from node.results import build_outputs
+from node.results import ContentError, build_outputs
 from node.results.content import (
     Algorithm,
     Evaluation,
@@ -456,7 +456,14 @@ def _images(result: CmrLgeResult, algorithm: Algorithm) -> list[MapImage]:
 
 def report_content(result: CmrLgeResult) -> ReportContent:
     """The :class:`ReportContent` of a CMR result: LGE (global, secondary methods, 17 segments, pattern, 5.7 %
-    flag), LV mass on the LGE stack, LV function from cine, bull's-eyes of extent and transmurality."""
+    flag), LV mass on the LGE stack, LV function from cine, bull's-eyes of extent and transmurality.
+
+    Raises :class:`~node.results.ContentError` when nothing was quantified (the ``predict`` step, which segments
+    the stacks, did not run: ``cardionode process --no-models``).
+    """
+    if result.lge is None and result.function is None:
+        raise ContentError("nothing to report: the cmr_lge results need the segmentation model (the predict step; "
+                           "not run with --no-models)")
     groups: list[MeasurementGroup] = []
     images: list[MapImage] = []
     algorithms: list[Algorithm] = []

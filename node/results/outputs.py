@@ -31,6 +31,7 @@ from node.results.sc import (
     contributing_algorithms,
 )
 from node.results.screen import SCREEN_KIND, plan_screen, render_screen_page, screen_key
+from node.results.seg import OVERLAY_KIND, SEGMENTATION_STORAGE
 from node.results.sr import COMPREHENSIVE_3D_SR, ENHANCED_SR, ContentError, build_sr, to_enhanced_sr
 from node.results.tables import global_rows, segment_table
 from node.results.templates import TemplateError, Templates, load_templates
@@ -90,13 +91,16 @@ def output_names(content: ReportContent, outputs: Sequence[Dataset]) -> list[str
     """A file-name stem for each object :func:`build_outputs` returned, in its order.
 
     ``sr``, ``sc_<image key>``, ``sc_<plot key>``, ``sc_segment_table``, ``pm_<map key>``,
-    ``results_screen_<page>``, ``screen``, ``pdf``. The results-screen pages are told from the
+    ``results_screen_<page>``, ``screen``, ``pdf``; cardiac MR adds ``seg`` and ``sc_overlay_<n>`` (the objects of
+    :func:`node.pipelines.cmr_lge.mask_outputs`). The results-screen pages and the overlays are told from the
     other SC images by their series (its UID derives from the content).
     """
     sc_keys = iter([*(image.key for image in content.images), *(plot.key for plot in content.plots),
                     SEGMENT_TABLE_KEY])
     pm_keys = iter(volume.key for volume in content.parametric_maps)
-    screen_series = ContentIdentity.of(content, ()).uid(SCREEN_KIND, "series")
+    identity = ContentIdentity.of(content, ())
+    screen_series = identity.uid(SCREEN_KIND, "series")
+    overlay_series = identity.uid(OVERLAY_KIND, "series")  # cardiac MR contour overlays (node.results.seg)
     names = []
     for ds in outputs:
         sop_class = str(ds.SOPClassUID)
@@ -104,6 +108,10 @@ def output_names(content: ReportContent, outputs: Sequence[Dataset]) -> list[str
             names.append("sr")
         elif sop_class == SECONDARY_CAPTURE and str(ds.SeriesInstanceUID) == screen_series:
             names.append(screen_key(int(ds.InstanceNumber)))
+        elif sop_class == SECONDARY_CAPTURE and str(ds.SeriesInstanceUID) == overlay_series:
+            names.append(f"sc_overlay_{int(ds.InstanceNumber)}")
+        elif sop_class == SEGMENTATION_STORAGE:
+            names.append("seg")
         elif sop_class == SECONDARY_CAPTURE:
             names.append(f"sc_{next(sc_keys)}")
         elif sop_class == PARAMETRIC_MAP:
