@@ -94,6 +94,7 @@ RING_ENCLOSED_FRACTION = 0.95
 #: edge (canonical pixels, 192 mm) of the square around the heart that the network segments (its training crop)
 WINDOW = 128
 _MULTIPLE = 8
+_BATCH = 24
 
 
 def resample_slice(image: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
@@ -245,13 +246,14 @@ def _clean(labels: np.ndarray) -> np.ndarray:
 
 
 def _run(network: torch.nn.Module, inputs: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
-    """Softmax ``[4, r, c]`` of each input ``[2, r, c]`` (batched by shape, padded to multiples of 8)."""
+    """Softmax ``[4, r, c]`` of each input ``[2, r, c]`` (batches of up to 24 of one shape, padded to multiples of 8)."""
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(inputs)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, x in enumerate(inputs):
         by_shape.setdefault(x.shape, []).append(i)
     with torch.no_grad():
-        for shape, idx in by_shape.items():
+        chunks = [(shape, idx[k: k + _BATCH]) for shape, idx in by_shape.items() for k in range(0, len(idx), _BATCH)]
+        for shape, idx in chunks:
             r, c = shape[1], shape[2]
             pr, pc = (-r) % _MULTIPLE, (-c) % _MULTIPLE
             batch = np.stack([inputs[i] for i in idx])
@@ -301,10 +303,15 @@ def _ring_closed(myocardium: np.ndarray, blood: np.ndarray) -> bool:
 
 
 def assess_quality(labels: np.ndarray, phases: Sequence[int], stack: ShortAxisStack,
-                   min_lv_slices: int = MIN_LV_SLICES) -> SegmentationQuality:
+                   min_lv_slices: int = MIN_LV_SLICES, blank: Sequence[tuple[int, int]] = ()) -> SegmentationQuality:
     """Quality checks of ``labels`` ``[phase, slice, row, col]`` for ``phases`` of ``stack``:
-    enough LV slices, no LV gaps, no missing slice positions, closed rings on the mid third."""
+    enough LV slices, no LV gaps, no missing slice positions, closed rings on the mid third;
+    ``blank`` lists the (phase, slice) images without content (flat), which are named."""
     problems: list[str] = []
+    if blank:
+        shown = ", ".join(f"{s}" if stack.n_phases == 1 else f"{s} (phase {p})" for p, s in blank[:12])
+        more = f" and {len(blank) - 12} more" if len(blank) > 12 else ""
+        problems.append(f"blank image (no signal variation) on slice(s) {shown}{more}")
     gaps = tuple(int(i) for i in stack.gaps_after())
     for i in gaps:
         problems.append(f"slice positions missing between slice {i} and {i + 1} "
@@ -374,7 +381,11 @@ def segment_short_axis(stack: ShortAxisStack, *, phases: Sequence[int] | None = 
     probs = _heart_window_run(bundle.network, inputs, n_s, bundle.device)
     labels = np.zeros((n_p, n_s, rows, cols), np.uint8)
     confidence = np.zeros((n_p, n_s), np.float32)
+    blank = tuple((p, s) for (p, s), x in zip(keys, inputs, strict=True) if not np.any(x[0]))
     for (p, s), prob in zip(keys, probs, strict=True):
+        if (p, s) in blank:  # flat image (p99 == p1): nothing to segment
+            confidence[p, s] = np.nan
+            continue
         back = resample_slice(prob, (rows, cols))
         lab = _clean(np.argmax(back, axis=0).astype(np.uint8))
         labels[p, s] = lab
@@ -383,7 +394,7 @@ def segment_short_axis(stack: ShortAxisStack, *, phases: Sequence[int] | None = 
     meta = bundle.metadata
     identity = ModelIdentity(BUNDLE, bundle.version, bundle.weights_sha256, str(meta.get("training_data", "")),
                              str(meta.get("intended_use", bundles.INTENDED_USE)))
-    quality = assess_quality(labels, chosen, stack)
+    quality = assess_quality(labels, chosen, stack, blank=blank)
     return SaxSegmentation(labels, chosen, kind, confidence, identity, quality, np.asarray(spacing, float))
 
 

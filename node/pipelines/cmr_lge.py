@@ -51,7 +51,7 @@ from node.imaging.volume import ShortAxisStack
 from node.pipelines import registry
 from node.pipelines.base import Pipeline, SeriesRule, source_header
 from node.pipelines.options import PipelineOptions
-from node.quant.cmr_function import LVFunction, lv_function
+from node.quant.cmr_function import LVFunction, blood_fraction, lv_function
 from node.quant.lge import LGEMeasurement, LGEResult, quantify_lge
 from node.quant.sax_segments import SAXSegments, sax_segments
 from node.quant.segments import DEFAULT_GRID, N_SEGMENTS
@@ -162,7 +162,8 @@ def quantify_cmr(
     ``lge_labels`` uint8 ``[slice, row, column]`` and ``cine_labels`` uint8 ``[phase, slice, row, column]`` on
     the stacks' grids with the labels of :data:`node.ai.cmr_segmentation.LABELS` (1 LV blood pool, 2 LV
     myocardium, 3 RV blood pool). Either stack may be None (its results are then None). ``psir``: the LGE
-    stack is phase-sensitive (no FWHM). ``cine_phases``: (ED, ES) phase indices when only those phases are
+    stack is phase-sensitive (no FWHM). The cine blood pool counts by its partial-volume occupancy
+    (:func:`node.quant.cmr_function.blood_fraction`). ``cine_phases``: (ED, ES) phase indices when only those phases are
     labelled; None: every phase is, and ED/ES are the largest and smallest LV cavity.
     """
     options = options or CmrLgeOptions()
@@ -180,9 +181,14 @@ def quantify_cmr(
             slice_thickness_mm=float(lge.slice_thickness_mm))
     if cine is not None and cine_labels is not None:
         labels = np.asarray(cine_labels)
-        rv_all = labels == 3
+        rv_all, myo_all = labels == 3, labels == 2
         ed, es = cine_phases if cine_phases is not None else (None, None)
-        function = lv_function(labels == 1, labels == 2, _spacing(cine), cine.slice_positions_mm,
+        # partial-volume blood occupancy of each labelled phase (bSSFP: blood bright): the basal slab and the
+        # endocardial band count by their share, not all or nothing (node.quant.cmr_function.blood_fraction)
+        blood = np.zeros(labels.shape, dtype=np.float64)
+        for phase in np.flatnonzero((labels > 0).any(axis=(1, 2, 3))):
+            blood[phase] = blood_fraction(cine.voxels[phase], labels[phase] == 1, myo_all[phase])
+        function = lv_function(blood, myo_all, _spacing(cine), cine.slice_positions_mm,
                                rv=rv_all if rv_all.any() else None, slice_thickness_mm=float(cine.slice_thickness_mm),
                                ed_phase=ed, es_phase=es)
     return lge_result, segments, function

@@ -134,6 +134,7 @@ def test_empty_image_gives_no_labels_and_a_problem() -> None:
     assert np.all(np.isnan(seg.confidence[0]))
     assert not seg.quality.ok
     assert "no LV myocardium found" in seg.quality.problems
+    assert any(p.startswith("blank image") for p in seg.quality.problems)
     assert seg.quality.lv_slices == ()
 
 

@@ -335,6 +335,9 @@ def test_retry_sends_the_dead_letters_again(web_node: WebNode, browser: BrowserS
     rows = [_row(browser, send.id) for send in sends]
     assert all(re.search(r"dead.letter", row.inner_text()) for row in rows)
     browser.shot("sends_dead_letters")
+    button = browser.page.get_by_role("button", name=f"Retry job {job.id}")
+    box = button.bounding_box()  # the action is on screen at 1280 px, not scrolled off to the right
+    assert box is not None and box["x"] + box["width"] <= browser.page.viewport_size["width"], box  # type: ignore[index]
     with browser.page.expect_navigation():
         browser.page.get_by_role("button", name=f"Retry job {job.id}").click()
     browser.page.wait_for_load_state("networkidle")

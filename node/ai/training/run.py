@@ -38,7 +38,7 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
             checkpoints=checkpoints, version=version, command=command, init=init, lr=3e-3 if init is None else 1e-3,
             steps_per_epoch=steps_per_epoch or segmentation.DEFAULT_STEPS_PER_EPOCH)
     if init is not None or steps_per_epoch is not None:
-        raise ValueError("--init and --steps-per-epoch are supported for lv_segmentation and cmr_segmentation only")
+        raise ValueError("--init and --steps-per-epoch are supported for cmr_segmentation and lv_segmentation only")
     return train_polar_bundle(bundle, out, data=data, synthetic=synthetic, epochs=epochs, seed=seed,
                               checkpoints=checkpoints, version=version, pretrain=pretrain, command=command)
 
