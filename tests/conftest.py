@@ -26,7 +26,8 @@ def _test_pipelines_stay_in_their_own_tests(request: pytest.FixtureRequest) -> I
     Test pipelines (tests/support/pipelines) register themselves when their
     module is imported, as the node's ``pipeline_modules`` require, and
     pytest imports them at collection. Only tests marked
-    ``uses_test_pipelines`` see them; elsewhere only the pipelines in
+    ``uses_test_pipelines`` see them (``uses_test_pipelines("flowtest")``: only those of
+    ``tests.support.pipelines.flowtest``); elsewhere only the pipelines in
     ``node`` may route a study, and they come before the shipped ones, as the
     node orders ``pipeline_modules`` (so a test does not depend on which test
     module was imported first). Every test leaves the registry as it found it.
@@ -37,11 +38,14 @@ def _test_pipelines_stay_in_their_own_tests(request: pytest.FixtureRequest) -> I
     shipped = [p for p in registered if type(p).__module__.startswith("node.")]
     for pipeline in registered:
         registry.unregister(pipeline.name)
-    if request.node.get_closest_marker("uses_test_pipelines") is not None:
+    marker = request.node.get_closest_marker("uses_test_pipelines")
+    if marker is not None:
         # as the node orders them: site (here: test) pipelines before the shipped ones, whatever
-        # order the test modules happened to be imported in
+        # order the test modules happened to be imported in; the marker's arguments, when given,
+        # name the only test pipeline modules the test's node loads (as its pipeline_modules)
+        wanted = {f"tests.support.pipelines.{name}" for name in marker.args}
         for pipeline in registered:
-            if pipeline not in shipped:
+            if pipeline not in shipped and (not wanted or type(pipeline).__module__ in wanted):
                 registry.register(pipeline)
     for pipeline in shipped:
         registry.register(pipeline)

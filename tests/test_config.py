@@ -194,7 +194,8 @@ def test_pipeline_options_are_checked_by_their_pipeline(tmp_path: Path) -> None:
         f'models_dir = "{tmp_path / "no-models"}"\n'
         "[pipelines.spect_mpi]\nnormal_limits_version = 9\nmodels = \"perhaps\"\ngradcam_colour = \"red\"\n"
         "[pipelines.pet_mbf]\nkinetic_model = \"1tcm\"\n"
-        "[pipelines.cmr_lge]\nthreshold_sd = 5\n",
+        "[pipelines.cmr_lge]\nthreshold_sd = 5\n"
+        "[pipelines.ct_calcium]\nthreshold_hu = 130\n",
         encoding="utf-8",
     )
     problems = "\n".join(load_settings(config).problems())
@@ -204,7 +205,8 @@ def test_pipeline_options_are_checked_by_their_pipeline(tmp_path: Path) -> None:
         "pipelines.spect_mpi.gradcam_colour: unknown option (known: normal_limits_version, models)",
         "pipelines.pet_mbf.kinetic_model: unknown option (known: nh3_model, impaired_mfr_below, rv_spillover, "
         "rpp_reference_mmhg_per_min",  # and whatever options pet_mbf gains
-        "pipelines.cmr_lge: no pipeline called 'cmr_lge' is registered (registered: pet_mbf, spect_mpi)",
+        "pipelines.cmr_lge.threshold_sd: unknown option (known: n_sd",
+        "pipelines.ct_calcium: no pipeline called 'ct_calcium' is registered (registered: cmr_lge, pet_mbf, spect_mpi)",
         f"models_dir {tmp_path / 'no-models'} does not exist",
     ):
         assert words in problems, problems

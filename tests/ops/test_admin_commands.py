@@ -35,7 +35,7 @@ from tests.support.orthanc import Orthanc
 from tests.support.pipelines import flowtest as flowtest_pipeline
 from tests.support.worker import record_instances, work_step
 
-pytestmark = pytest.mark.uses_test_pipelines
+pytestmark = pytest.mark.uses_test_pipelines("flowtest")
 
 QUIET = {"default": {"quiet_period_s": 1.0, "force_deadline_s": 600.0, "force_action": "process", "settle_s": 0.5}}
 

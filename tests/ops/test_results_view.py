@@ -381,7 +381,7 @@ def test_refusals_and_the_pdf(spect: Processed) -> None:
     assert len(document) == int(stored.EncapsulatedDocumentLength)
 
 
-@pytest.mark.uses_test_pipelines
+@pytest.mark.uses_test_pipelines("results_e2e")
 def test_a_revised_report_marks_the_earlier_one_superseded(tmp_path: Path, seed: int) -> None:
     node = InProcessNode(tmp_path, [], {}, pipeline_modules=["tests.support.pipelines.results_e2e"])
     try:
