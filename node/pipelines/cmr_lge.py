@@ -67,6 +67,7 @@ from node.results.content import (
     SourceInstance,
 )
 from node.results.identity import ContentIdentity, algorithms_of
+from node.results.outputs import source_datasets
 from node.results.sc import build_rendered_sc
 from node.results.seg import OVERLAY_KIND, build_segmentation, render_mask_overlay
 from node.results.templates import load_templates
@@ -523,14 +524,6 @@ def cmr_summary(result: CmrLgeResult) -> dict[str, Any]:
 # --------------------------------------------------------------------------- pipeline
 
 
-def _evidence_dataset(source: SourceInstance) -> Dataset:
-    ds = Dataset()
-    ds.StudyInstanceUID = source.study_instance_uid
-    ds.SeriesInstanceUID = source.series_instance_uid
-    ds.SOPClassUID = source.sop_class_uid
-    ds.SOPInstanceUID = source.sop_instance_uid
-    return ds
-
 
 def _individually_referenced(result: CmrLgeResult) -> tuple[str, ...]:
     """The instances whose header the report reads: the first of each series (patient and study modules, the
@@ -541,8 +534,7 @@ def _individually_referenced(result: CmrLgeResult) -> tuple[str, ...]:
 
 def report_sources(result: CmrLgeResult) -> list[Dataset]:
     """The source datasets in ``result.sources`` order: the headers ``analyse`` kept, UIDs only for the others."""
-    kept = {str(ds.SOPInstanceUID): ds for ds in result.source_headers}
-    return [kept.get(s.sop_instance_uid) or _evidence_dataset(s) for s in result.sources]
+    return source_datasets(result.sources, result.source_headers)
 
 
 def mask_outputs(result: CmrLgeResult, content: ReportContent, sources: Sequence[Dataset],

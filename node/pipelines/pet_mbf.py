@@ -73,6 +73,7 @@ from node.results.content import (
     ReportContext,
     SourceInstance,
 )
+from node.results.outputs import source_datasets
 
 __all__ = [
     "MBF_TRACERS",
@@ -578,22 +579,11 @@ def _individually_referenced(result: PetMbfResult) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*firsts.values(), *(uid for uids in result.parametric_sources.values() for uid in uids)]))
 
 
-def _evidence_dataset(source: SourceInstance) -> Dataset:
-    """A dataset holding only the four UIDs of a source instance (SR evidence, SC Source Image Sequence)."""
-    ds = Dataset()
-    ds.StudyInstanceUID = source.study_instance_uid
-    ds.SeriesInstanceUID = source.series_instance_uid
-    ds.SOPClassUID = source.sop_class_uid
-    ds.SOPInstanceUID = source.sop_instance_uid
-    return ds
-
-
 def report_sources(result: PetMbfResult) -> list[Dataset]:
     """The source datasets :func:`node.results.build_outputs` needs, in ``result.sources`` order: the headers
     ``analyse`` kept (:func:`_individually_referenced`) and, for every other instance, its UIDs only (evidence
     and Source Image Sequence read nothing else of them)."""
-    kept = {str(ds.SOPInstanceUID): ds for ds in result.source_headers}
-    return [kept.get(s.sop_instance_uid) or _evidence_dataset(s) for s in result.sources]
+    return source_datasets(result.sources, result.source_headers)
 
 
 def _pet_rule(state: str) -> SeriesRule:

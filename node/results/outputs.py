@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from pydicom import Dataset
 
-from node.results.content import Algorithm, ReportContent, ReportContext
+from node.results.content import Algorithm, ReportContent, ReportContext, SourceInstance
 from node.results.identity import ContentIdentity, algorithms_of
 from node.results.pdf import ENCAPSULATED_PDF, build_encapsulated_pdf, render_summary_pdf
 from node.results.pm import PARAMETRIC_MAP, build_parametric_map
@@ -40,6 +40,7 @@ __all__ = [
     "SEGMENT_TABLE_KEY",
     "build_outputs",
     "output_names",
+    "source_datasets",
     "render_images",
     "render_plots",
     "to_enhanced_sr",
@@ -275,3 +276,21 @@ def _build_outputs(
         contributing_algorithms(pdf, algorithms, templates, identity)
         outputs.append(pdf)
     return outputs
+
+
+def source_datasets(sources: Sequence[SourceInstance], headers: Sequence[Dataset]) -> list[Dataset]:
+    """The source data sets :func:`build_outputs` needs, in ``sources`` order: the headers a pipeline kept
+    (those whose modules the report reads) and, for every other instance, a data set of its four UIDs only
+    (the SR's evidence and the SC's Source Image Sequence read nothing else of them)."""
+    kept = {str(ds.SOPInstanceUID): ds for ds in headers}
+    out = []
+    for source in sources:
+        ds = kept.get(source.sop_instance_uid)
+        if ds is None:
+            ds = Dataset()
+            ds.StudyInstanceUID = source.study_instance_uid
+            ds.SeriesInstanceUID = source.series_instance_uid
+            ds.SOPClassUID = source.sop_class_uid
+            ds.SOPInstanceUID = source.sop_instance_uid
+        out.append(ds)
+    return out

@@ -19,7 +19,7 @@ from pathlib import Path
 from node import RESEARCH_USE_NOTICE
 from node.synth.cmr.phantom import PATTERNS
 from node.synth.cmr.study import VARIANTS, build_cmr_study, save_cmr_study
-from node.synth.spect.demo import destination, send_datasets
+from node.synth.spect.demo import send_demo_study
 
 __all__ = ["mr_demo_main"]
 
@@ -48,13 +48,4 @@ def mr_demo_main(args: argparse.Namespace) -> int:
         print(f"saved {len(paths)} files and truth.json to {args.save}")
     if args.no_send:
         return 0
-    port, called = destination(args)
-    print(f"sending to {called} at {args.host}:{port} as {args.calling_aet}")
-    failed = send_datasets(study.datasets, args.host, port, called, args.calling_aet)
-    if failed < 0:
-        return 2
-    if failed:
-        print(f"{failed} of {len(study.datasets)} stores failed")
-        return 1
-    print("done")
-    return 0
+    return send_demo_study(args, study.datasets)

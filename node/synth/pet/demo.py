@@ -29,7 +29,7 @@ from node.quant.segments import TERRITORY_SEGMENTS
 from node.synth.pet.dicom import pet_tracer
 from node.synth.pet.phantom import PetPhantomSpec, make_pet_study
 from node.synth.pet.study import build_phantom_pet_study, write_pet_study
-from node.synth.spect.demo import destination, send_datasets
+from node.synth.spect.demo import send_demo_study
 
 __all__ = ["PET_DEMO_TRACERS", "pet_demo_main"]
 
@@ -83,13 +83,4 @@ def pet_demo_main(args: argparse.Namespace) -> int:
         print(f"saved {len(files.paths)} files and truth.json to {args.save}")
     if args.no_send:
         return 0
-    port, called = destination(args)
-    print(f"sending to {called} at {args.host}:{port} as {args.calling_aet}")
-    failed = send_datasets(study.datasets, args.host, port, called, args.calling_aet)
-    if failed < 0:
-        return 2
-    if failed:
-        print(f"{failed} of {len(study.datasets)} stores failed")
-        return 1
-    print("done")
-    return 0
+    return send_demo_study(args, study.datasets)

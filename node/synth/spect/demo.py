@@ -103,6 +103,21 @@ def destination(args: argparse.Namespace) -> tuple[int, str]:
     return (port if port is not None else int(settings.port)), (called if called is not None else str(settings.ae_title))
 
 
+def send_demo_study(args: argparse.Namespace, datasets: Sequence[Dataset]) -> int:
+    """Send a demo study to the destination of ``args`` (:func:`destination`); the demo's exit code:
+    0 all stored, 1 some stores failed, 2 no association."""
+    port, called = destination(args)
+    print(f"sending to {called} at {args.host}:{port} as {args.calling_aet}")
+    failed = send_datasets(datasets, args.host, port, called, args.calling_aet)
+    if failed < 0:
+        return 2
+    if failed:
+        print(f"{failed} of {len(datasets)} stores failed")
+        return 1
+    print("done")
+    return 0
+
+
 def demo_main(args: argparse.Namespace) -> int:
     """Entry point of ``cardionode demo``."""
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
@@ -128,13 +143,4 @@ def demo_main(args: argparse.Namespace) -> int:
         print(f"saved {len(paths)} files and truth.json to {args.save}")
     if getattr(args, "no_send", False):
         return 0
-    port, called = destination(args)
-    print(f"sending to {called} at {args.host}:{port} as {args.calling_aet}")
-    failed = send_datasets(datasets, args.host, port, called, args.calling_aet)
-    if failed < 0:
-        return 2
-    if failed:
-        print(f"{failed} of {len(datasets)} stores failed")
-        return 1
-    print("done")
-    return 0
+    return send_demo_study(args, datasets)
