@@ -52,7 +52,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -66,6 +65,7 @@ from node.dicom.sender import Target
 from node.ledger import Ledger, LedgerError, WorklistAnswer
 from node.pipelines import registry
 from node.telemetry import STUDIES_PAIRED
+from node.workflow.background import StudyTasks
 from node.workflow.worklist import StudyKeys, study_keys
 from node.workflow.worklist import missing_states as states_missing
 
@@ -361,9 +361,9 @@ class Pairer:
         self.ledger = ledger
         self.settings = settings
         self.fetching: set[str] = set()
-        self._pending: dict[str, Future[dict[str, Any] | None]] = {}
+        self._tasks: StudyTasks[dict[str, Any] | None] = StudyTasks(
+            "pairing", lambda uid: pair(self.ledger, self.settings, uid, self.fetching))
         self._tried: set[str] = set()
-        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def request(self, study_uid: str) -> bool:
@@ -376,38 +376,20 @@ class Pairer:
             return False
         with self._lock:
             self._tried.add(study_uid)
-            if earlier_part(answer, answer.steps or [], _within(self.settings, answer)) is None:
-                return False  # nothing to pair: the study's rule is not held
-            if self.ledger.worklist.pairing_for(study_uid) is not None:
-                return False
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairing")
-            self._pending[study_uid] = self._pool.submit(self._run, study_uid)
-        return True
+        if earlier_part(answer, answer.steps or [], _within(self.settings, answer)) is None:
+            return False  # nothing to pair: the study's rule is not held
+        if self.ledger.worklist.pairing_for(study_uid) is not None:
+            return False
+        return self._tasks.start(study_uid)
 
     def busy(self, study_uid: str) -> bool:
         """Whether the pairing of ``study_uid`` is under way."""
-        with self._lock:
-            future = self._pending.get(study_uid)
-            return future is not None and not future.done()
-
-    def _run(self, study_uid: str) -> dict[str, Any] | None:
-        try:
-            return pair(self.ledger, self.settings, study_uid, self.fetching)
-        except Exception:  # a bug here must not stop the conductor; the study's rule decides anyway
-            _log.exception("pairing of study %s failed", hash_identifier(study_uid))
-            return None
+        return self._tasks.running(study_uid)
 
     def wait(self, timeout_s: float | None = None) -> None:
         """Wait for the pairings under way (tests, shutdown)."""
-        with self._lock:
-            futures = list(self._pending.values())
-        for future in futures:
-            future.exception(timeout=timeout_s)
+        self._tasks.wait(timeout_s)
 
     def close(self) -> None:
         """Stop taking pairings; those under way finish within their timeouts."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._tasks.close()

@@ -62,9 +62,7 @@ answer if there is one and never waits for it. A worklist that is down is record
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -83,6 +81,7 @@ from node.ledger import Ledger, WorklistAnswer, utcnow
 from node.pipelines import registry
 from node.pipelines.clinical import age_years, height_m, weight_kg
 from node.telemetry import MWL_QUERIES
+from node.workflow.background import StudyTasks
 
 __all__ = [
     "CLINICAL_KEYS",
@@ -527,10 +526,8 @@ class WorklistLookups:
         self.ledger = ledger
         self.settings = settings
         self.retry_s = retry_s
-        self._pool: ThreadPoolExecutor | None = None
-        self._workers = workers
-        self._pending: dict[str, Future[WorklistAnswer | None]] = {}
-        self._lock = threading.Lock()
+        self._tasks: StudyTasks[WorklistAnswer | None] = StudyTasks(
+            "worklist lookup", lambda uid: look_up(self.ledger, self.settings, uid), workers=workers)
 
     @property
     def enabled(self) -> bool:
@@ -538,40 +535,19 @@ class WorklistLookups:
 
     def request(self, study_uid: str, now: datetime | None = None) -> bool:
         """Start a lookup of ``study_uid`` if one is due; returns whether one was started."""
-        if not self.enabled:
+        if not self.enabled or self._tasks.running(study_uid):
             return False
-        with self._lock:
-            if study_uid in self._pending and not self._pending[study_uid].done():
-                return False
-            self._pending.pop(study_uid, None)
         answer = self.ledger.worklist.answer_for(study_uid)
         if answer is not None:
             waited = ((now or utcnow()) - answer.queried_at).total_seconds()
             if answer.outcome != "down" or answer.attempts >= MAX_ATTEMPTS or waited < self.retry_s:
                 return False
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="worklist")
-            self._pending[study_uid] = self._pool.submit(self._run, study_uid)
-        return True
-
-    def _run(self, study_uid: str) -> WorklistAnswer | None:
-        try:
-            return look_up(self.ledger, self.settings, study_uid)
-        except Exception:  # a bug here must not stop the conductor; the study's rule decides anyway
-            _log.exception("worklist lookup of study %s failed", hash_identifier(study_uid))
-            return None
+        return self._tasks.start(study_uid)
 
     def wait(self, timeout_s: float | None = None) -> None:
         """Wait for the lookups under way (tests, shutdown)."""
-        with self._lock:
-            futures = list(self._pending.values())
-        for future in futures:
-            future.exception(timeout=timeout_s)
+        self._tasks.wait(timeout_s)
 
     def close(self) -> None:
         """Stop taking lookups; those under way finish within their timeouts."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._tasks.close()
