@@ -299,6 +299,16 @@ class Pages:
         state = request.query_params.get("state") or None
         return state if state in states else None
 
+    @classmethod
+    def _listing(cls, request: Request, store: Any, states: Sequence[str]) -> tuple[str | None, int, Any, int, list[Any]]:
+        """One page of a list page's rows: (state filter, page number, counts by state, rows in the filter, rows)."""
+        state = cls._state_filter(request, states)
+        page = cls._page_number(request)
+        counts = store.count_by_state()
+        total = counts[state] if state else sum(counts.values())
+        rows = store.find(states=(state,) if state else None, limit=PAGE_ROWS, offset=(page - 1) * PAGE_ROWS)
+        return state, page, counts, total, rows
+
     @staticmethod
     def _paging(request: Request, page: int, total: int, state: str | None) -> dict[str, Any]:
         pages = max(1, math.ceil(total / PAGE_ROWS))
@@ -327,11 +337,7 @@ class Pages:
 
     def studies(self, request: Request) -> Response:
         ledger = self.context.ledger
-        state = self._state_filter(request, STUDY_STATES)
-        page = self._page_number(request)
-        counts = ledger.studies.count_by_state()
-        total = counts[state] if state else sum(counts.values())
-        rows = ledger.studies.find(states=(state,) if state else None, limit=PAGE_ROWS, offset=(page - 1) * PAGE_ROWS)
+        state, page, counts, total, rows = self._listing(request, ledger.studies, STUDY_STATES)
         now = utcnow()
         node = running_node(self.settings.node_lock_path)
         show = self._show_identifiers(request)
@@ -390,22 +396,14 @@ class Pages:
 
     def jobs(self, request: Request) -> Response:
         ledger = self.context.ledger
-        state = self._state_filter(request, JOB_STATES)
-        page = self._page_number(request)
-        counts = ledger.jobs.count_by_state()
-        total = counts[state] if state else sum(counts.values())
-        rows = ledger.jobs.find(states=(state,) if state else None, limit=PAGE_ROWS, offset=(page - 1) * PAGE_ROWS)
+        state, page, counts, total, rows = self._listing(request, ledger.jobs, JOB_STATES)
         return self.render(request, "jobs.html", nav="jobs", jobs=rows, counts=counts, state=state, states=JOB_STATES,
                            paging=self._paging(request, page, total, state),
                            node=running_node(self.settings.node_lock_path))
 
     def sends(self, request: Request) -> Response:
         ledger = self.context.ledger
-        state = self._state_filter(request, SEND_STATES)
-        page = self._page_number(request)
-        counts = ledger.sends.count_by_state()
-        total = counts[state] if state else sum(counts.values())
-        rows = ledger.sends.find(states=(state,) if state else None, limit=PAGE_ROWS, offset=(page - 1) * PAGE_ROWS)
+        state, page, counts, total, rows = self._listing(request, ledger.sends, SEND_STATES)
         jobs = {job_id: ledger.jobs.get(job_id) for job_id in {x.job_id for x in rows}}
         outputs = {x.output_uid: ledger.outputs.get(x.output_uid) for x in rows}
         retry_on: dict[int, int] = {}  # job id -> the one dead-lettered send row that carries its retry button

@@ -50,7 +50,7 @@ from tests.results.test_validators import PIXELMED_KNOWN_WARNINGS
 from tests.support.dicom_clients import pynetdicom_store
 from tests.support.pet_report import PETReport, pet_report
 from tests.support.report import context
-from tests.support.tools import assert_dciodvfy_clean, dciodvfy, require_tool
+from tests.support.tools import assert_dciodvfy_clean, assert_pixelmed_sr_clean, dciodvfy, require_tool
 
 NAMES = ["sr", "sc_stress_mbf", "sc_rest_mbf", "sc_mfr", "sc_rest_tac", "sc_stress_tac", "sc_segment_table",
          "pm_rest_mbf_voxels", "pm_stress_mbf_voxels", "results_screen_1", "screen", "pdf"]
@@ -112,19 +112,7 @@ PET_PIXELMED_KNOWN_WARNINGS = {
 
 @pytest.mark.slow  # PixelMed's template validation takes 15-60 s per SR depending on the machine's load
 def test_pixelmed_sr_validator_reports_no_error(pet):
-    java = require_tool("java")
-    proc = subprocess.run(
-        [java, "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0",
-         "-cp", "/usr/share/java/pixelmed.jar", "com.pixelmed.validate.DicomSRValidator", str(pet.files["sr"])],
-        capture_output=True, text=True, timeout=600,
-    )
-    out = (proc.stdout + proc.stderr).splitlines()
-    assert "Found Root Template TID_1500 (MeasurementReport)" in out and "Root Template Validation Complete" in out
-    errors = [line for line in out if "Error" in line or "Exception" in line]
-    assert not errors, "PixelMed errors:\n" + "\n".join(errors[:20])
-    unexplained = [w for w in out if w.startswith("Warning")
-                   and not any(re.search(p, w) for p in PET_PIXELMED_KNOWN_WARNINGS)]
-    assert not unexplained, "unexplained PixelMed warnings:\n" + "\n".join(unexplained[:20])
+    assert_pixelmed_sr_clean(pet.files["sr"], "the SR", PET_PIXELMED_KNOWN_WARNINGS)
 
 
 def test_dsr2html_shows_flow_and_reserve_with_names_units_and_states(pet, tmp_path):

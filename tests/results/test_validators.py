@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.support.tools import assert_dciodvfy_clean, require_tool
+from tests.support.tools import assert_dciodvfy_clean, assert_pixelmed_sr_clean, require_tool
 
 
 @pytest.mark.parametrize("kind", ["sr", "sc_stress", "sc_rest", "sc_gradcam_cad", "screen", "pdf"])
@@ -27,20 +27,7 @@ PIXELMED_KNOWN_WARNINGS = {
 
 
 def test_pixelmed_sr_validator_reports_no_error(run):
-    java = require_tool("java")
-    proc = subprocess.run(
-        [java, "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0",
-         "-cp", "/usr/share/java/pixelmed.jar", "com.pixelmed.validate.DicomSRValidator", str(run.files["sr"])],
-        capture_output=True, text=True, timeout=300,
-    )
-    out = (proc.stdout + proc.stderr).splitlines()
-    assert "Found Root Template TID_1500 (MeasurementReport)" in out, "\n".join(out[:20])
-    assert "Root Template Validation Complete" in out, "\n".join(out[:20])
-    errors = [line for line in out if "Error" in line or "Exception" in line]
-    assert not errors, "PixelMed errors:\n" + "\n".join(errors[:20])
-    warnings = [line for line in out if line.startswith("Warning")]
-    unexplained = [w for w in warnings if not any(re.search(p, w) for p in PIXELMED_KNOWN_WARNINGS)]
-    assert not unexplained, "unexplained PixelMed warnings:\n" + "\n".join(unexplained[:20])
+    assert_pixelmed_sr_clean(run.files["sr"], "the SR", PIXELMED_KNOWN_WARNINGS)
 
 
 def test_dsrdump_and_dsr2html_show_concept_names_next_to_values(run, tmp_path):

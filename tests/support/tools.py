@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,24 @@ def assert_dciodvfy_clean(path: Path, what: str, iod: str) -> list[str]:
     assert not unexplained, f"unexplained dciodvfy warnings for {what}:\n" + "\n".join(unexplained)
     assert iod in lines, f"dciodvfy did not recognise {what} as {iod}: {lines[:5]}"
     return lines
+
+
+def assert_pixelmed_sr_clean(path: Path, what: str, known_warnings: Iterable[str]) -> list[str]:
+    """PixelMed's DicomSRValidator on the SR at ``path``: the TID 1500 root template found and validated,
+    no error or exception, no warning outside ``known_warnings`` (regular expressions, each documented
+    where it is defined); ``what`` names the object (and seed) in the failure. Returns the lines."""
+    java = require_tool("java")
+    proc = subprocess.run(
+        [java, "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0",
+         "-cp", "/usr/share/java/pixelmed.jar", "com.pixelmed.validate.DicomSRValidator", str(path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    out = (proc.stdout + proc.stderr).splitlines()
+    assert "Found Root Template TID_1500 (MeasurementReport)" in out, f"{what}:\n" + "\n".join(out[:20])
+    assert "Root Template Validation Complete" in out, f"{what}:\n" + "\n".join(out[:20])
+    errors = [line for line in out if "Error" in line or "Exception" in line]
+    assert not errors, f"{what}: PixelMed errors:\n" + "\n".join(errors[:20])
+    patterns = list(known_warnings)
+    unexplained = [w for w in out if w.startswith("Warning") and not any(re.search(p, w) for p in patterns)]
+    assert not unexplained, f"{what}: unexplained PixelMed warnings:\n" + "\n".join(unexplained[:20])
+    return out
