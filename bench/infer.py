@@ -146,6 +146,124 @@ def latency_one_core(studies: list[StudyInputs]) -> dict[str, float]:
     return {"polar_models_with_gradcam_s": p, "segmentation_64cubed_s": g, "all_models_s": p + 2 * g}
 
 
+def pet_lines(n: int, device: torch.device) -> list[str]:
+    """The PET flow-reserve model (issue 16, bundle ``pet_mfr``): studies/s at batch 1, 8, 32 against the bare
+    forward pass on the same tensors, and the per-study latency on one CPU thread (Grad-CAM included; occlusion,
+    an offline explanation, timed apart)."""
+    from node.ai.pet_mfr import network_input, occlusion_maps, predict_pet_maps
+    from node.ai.training.pet_mfr import polar_phantoms
+
+    bundle = bundles.load_bundle("pet_mfr", device=device)
+    maps = polar_phantoms(n, first_seed=16_900_000).maps
+    keys = [f"pet{i}" for i in range(n)]
+    predict_pet_maps([maps[0]], ["warm"], bundle)
+    rows = []
+    for batch in (b for b in (1, 8, 32) if b <= n):
+        starts = [i for i in range(0, n, batch) if i + batch <= n]
+        tensors = [torch.from_numpy(network_input(maps[i:i + batch])).to(device) for i in starts]
+        full, ref = [], []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for i in starts:
+                predict_pet_maps(list(maps[i:i + batch]), keys[i:i + batch], bundle, batch_independent=False)
+            full.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for x in tensors:
+                    bundle.network(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            ref.append(time.perf_counter() - t0)
+        done = len(starts) * batch
+        rows.append(f"| {batch} | {done / min(full):.1f} | {done / min(ref):.1f} | {min(ref) / min(full):.2f} |")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cpu = bundles.load_bundle("pet_mfr", device="cpu")
+    one, one_cpu, occ = [], [], []
+    for i in range(min(n, 8)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        predict_pet_maps([maps[i]], [keys[i]], cpu, gradcam=True)
+        one.append(time.perf_counter() - t0)
+        one_cpu.append(time.process_time() - c0)
+    for i in range(2):
+        t0 = time.perf_counter()
+        occlusion_maps(cpu.network, torch.from_numpy(network_input(maps[i])))
+        occ.append(time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    latency = statistics.median(one)
+    import os
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return ["", "### PET flow-reserve model (pet_mfr, issue 16)", "",
+            f"ResNet-50 (MONAI, 19 outputs) on stacked rest/stress/MFR polar maps; {n} polar-level phantoms per run; "
+            "`predict_pet_maps` with Grad-CAM and the report objects vs the bare forward pass on the same tensors.", "",
+            "| batch | studies/s (predict_pet_maps, Grad-CAM) | studies/s (bare forward, reference) | ratio full/reference |",
+            "|---|---|---|---|", *rows, "",
+            f"Per-study latency on one CPU thread (median of {len(one)}): {latency * 1000:.0f} ms wall, "
+            f"{statistics.median(one_cpu) * 1000:.0f} ms CPU, incl. Grad-CAM (target < 1 s on one core; the PET MFR "
+            f"model is the only PET model; load average {load:.1f} on 2 cores, so wall time includes waiting). Occlusion (64 tiles of 5 x 9 cells): "
+            f"{statistics.median(occ):.2f} s per study; the pipeline does not run it (an offline explanation for the "
+            "evaluation)."]
+
+
+def cmr_lines(n: int, device: torch.device) -> list[str]:
+    """The CMR outcome models (issue 18, bundles ``cmr_lge_outcome_resnet50`` and ``cmr_lge_outcome_inceptionv3``):
+    studies/s at batch 1, 8, 32 of ``predict_outcomes`` (both outputs' Grad-CAM) against the bare forward pass on
+    the same tensors, and the per-study latency on one CPU thread. Frames: the synthetic test cohort's basal
+    frames when it is in the cohort cache, else normalised noise of the same shape (the cost does not depend on
+    the content)."""
+    from node.ai.cmr_outcome import FRAME_SIZE, OUTCOME_BUNDLES, predict_outcomes
+    from node.synth.cmr.cohort import default_cohort_dir, load_cmr_cohort
+
+    path = default_cohort_dir() / "test.npz"
+    if path.is_file():
+        frames, source = load_cmr_cohort(path).frames[:n], "the synthetic test cohort's basal frames"
+    else:
+        frames = np.random.default_rng(5).normal(0.3, 0.3, (n, 1, FRAME_SIZE, FRAME_SIZE)).astype(np.float32)
+        source = "noise frames (no test cohort in the cache)"
+    out = ["", "### CMR outcome models (cmr_lge_outcome_*, issue 18)", "",
+           f"{len(frames)} frames [1, {FRAME_SIZE}, {FRAME_SIZE}] ({source}); `predict_outcomes` (probabilities and "
+           "Grad-CAM of both outputs) vs the bare forward pass on the same tensors.", "",
+           "| model | batch | studies/s (predict_outcomes, Grad-CAM) | studies/s (bare forward, reference) | ratio |",
+           "|---|---|---|---|---|"]
+    latencies = []
+    for name in sorted(OUTCOME_BUNDLES):
+        bundle = bundles.load_bundle(name, device=device)
+        predict_outcomes(frames[:2], bundle=name, device=device)  # load once, warm up
+        for batch in (1, 8, 32):
+            starts = [i for i in range(0, len(frames), batch) if i + batch <= len(frames)]
+            tensors = [torch.from_numpy(np.ascontiguousarray(frames[i:i + batch])).to(device) for i in starts]
+            full, ref = [], []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                for i in starts:
+                    predict_outcomes(frames[i:i + batch], bundle=name, device=device)
+                full.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    for x in tensors:
+                        bundle.network(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                ref.append(time.perf_counter() - t0)
+            done = len(starts) * batch
+            out.append(f"| {name} | {batch} | {done / min(full):.1f} | {done / min(ref):.1f} | "
+                       f"{min(ref) / min(full):.2f} |")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        one = []
+        for i in range(min(len(frames), 8)):
+            t0 = time.perf_counter()
+            predict_outcomes(frames[i:i + 1], bundle=name, device="cpu")
+            one.append(time.perf_counter() - t0)
+        torch.set_num_threads(threads)
+        latencies.append(f"{name} {statistics.median(one) * 1000:.0f} ms")
+    out += ["", f"Per-study latency on one CPU thread (median of 8, Grad-CAM of both outputs included; target < 1 s): "
+            f"{'; '.join(latencies)}.",
+            "Regenerate: `.venv/bin/python bench/infer.py --cmr-only` (prints; `--write-docs` writes the whole section)"]
+    return out
+
+
 def write_docs(text: str) -> None:
     path = REPO / "docs" / "performance.md"
     body = path.read_text() if path.is_file() else "# Performance\n"
@@ -164,10 +282,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for the throughput runs (default 1: on a shared CPU more threads spin and slow down)")
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--pet-studies", type=int, default=32, help="polar-level phantoms for the PET model (0: skip it)")
+    ap.add_argument("--pet-only", action="store_true", help="only the PET flow-reserve model (prints; no --write-docs)")
+    ap.add_argument("--cmr-studies", type=int, default=32, help="frames for the CMR outcome models (0: skip them)")
+    ap.add_argument("--cmr-only", action="store_true", help="only the CMR outcome models (prints; no --write-docs)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.pet_only:
+        print("\n".join([f"Device: {device_name(device)}; torch {torch.__version__}", *pet_lines(args.pet_studies, device)]))
+        return 0
+    if args.cmr_only:
+        print("\n".join([f"Device: {device_name(device)}; torch {torch.__version__}", *cmr_lines(args.cmr_studies, device)]))
+        return 0
     studies = make_studies(args.studies)
     predict_studies(studies[:2], device=str(device))  # load once, warm up
     lines = [f"Device: {device_name(device)}; torch {torch.__version__}; {args.studies} synthetic studies per run; "
@@ -195,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{lat['segmentation_64cubed_s'] * 1000:.0f} ms (x2: stress and rest); all SPECT models "
               f"{lat['all_models_s'] * 1000:.0f} ms per study (target < 1 s).", "",
               "Regenerate: `.venv/bin/python bench/infer.py --write-docs`"]
+    if args.pet_studies:
+        lines += pet_lines(args.pet_studies, device)
+    if args.cmr_studies:
+        lines += cmr_lines(args.cmr_studies, device)
     text = "\n".join(lines)
     print(text)
     if args.write_docs:

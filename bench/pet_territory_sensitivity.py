@@ -28,6 +28,14 @@ Usage::
     .venv/bin/python bench/pet_territory_sensitivity.py --cohort-ceiling 100000   # no images, seconds
 
 ``--progress FILE`` appends every study's rows as JSON lines (a partial run can be summarised).
+
+``--cross-segment on|off|both`` (default off): the cross-segment correction of
+:mod:`node.quant.mbf` (geometric transfer matrix of the 17 segments, step 2b). ``both`` analyses
+every phantom once with the correction and refits its uncorrected segment TACs
+(:func:`uncorrected_fit`: the same TACs, input and fit as the analysis without the correction),
+so the two settings are compared on the same phantoms and noise; every condition then also
+reports the segment MBF and MFR spread (noise amplification) and the transfer matrix's
+condition number.
 """
 
 from __future__ import annotations
@@ -42,9 +50,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from node.quant.kinetics import default_model, flow_reserve
-from node.quant.mbf import analyse_dynamic
-from node.quant.segments import TERRITORY_SEGMENTS
+from node.quant.kinetics import KineticModel, SegmentFit, default_model, fit_segments, flow_reserve
+from node.quant.mbf import StateMBF, _segment_operator, analyse_dynamic
+from node.quant.segments import DEFAULT_GRID, TERRITORY_SEGMENTS
 from node.synth.pet.phantom import PetPhantomSpec, draw_study_flows, make_pet_study
 
 KINDS = ("LAD", "LCx", "RCA", "diffuse")
@@ -53,26 +61,66 @@ THRESHOLD = 2.0
 BANDS = (0.0, 1.6, 1.8, 1.9, 2.0, 2.2, 2.6, 10.0)
 
 
-def run_study(args: tuple[int, int, float, float, float | None]) -> list[dict[str, Any]]:
-    """One rest + stress study; one row per territory."""
-    index, seed, fwhm, noise, analysis_fwhm = args
+def uncorrected_fit(result: StateMBF, model: KineticModel, rv_spillover: bool = True) -> SegmentFit:
+    """The segment fit that :func:`analyse_dynamic` makes without the cross-segment correction, from a result made
+    with it: the band-mean polar TACs divided by ``rho`` (when the partial-volume correction was applied), their
+    segment means, the same input, RV curve and fit (phantoms: decay-corrected volumes)."""
+    polar = result.polar_tacs_bq_per_ml
+    if polar is None:
+        raise ValueError("the result carries no polar TACs")
+    if result.partial_volume is not None:
+        polar = polar / result.partial_volume.recovery_map[None]
+    n_f = polar.shape[0]
+    if polar.shape[1:] != DEFAULT_GRID.shape:
+        raise ValueError(f"uncorrected_fit needs the default polar grid, got {polar.shape[1:]}")
+    tacs = polar.reshape(n_f, -1) @ _segment_operator(DEFAULT_GRID)
+    use_rv = bool(rv_spillover and result.rv_bq_per_ml is not None)
+    return fit_segments(model, result.schedule, result.blood_bq_per_ml, tacs,
+                        rv_bq_per_ml=result.rv_bq_per_ml if use_rv else None, rv_spillover=use_rv)
+
+
+def _rows(seed: int, kind: str, fwhm: float, noise: float, study: Any, fits: list[SegmentFit], cross_segment: bool,
+          condition_number: float, seconds: float) -> list[dict[str, Any]]:
+    reserve = flow_reserve(*fits, impaired_below=THRESHOLD)
+    truth_rest = study.rest.truth.segment_mbf_ml_per_min_per_g
+    truth_stress = study.stress.truth.segment_mbf_ml_per_min_per_g
+    return [{"seed": seed, "kind": kind, "fwhm_mm": fwhm, "noise": noise, "territory": t, "cross_segment": cross_segment,
+             "defect": kind == t or kind == "diffuse", "true_mfr": float(study.truth.territory_mfr[t]),
+             "mfr": float(reserve.territory_mfr[t]), "called": bool(reserve.territory_impaired[t]),
+             "true_segment_mfr": [float(study.truth.segment_mfr[s - 1]) for s in TERRITORY_SEGMENTS[t]],
+             "segment_mfr": [float(reserve.segment_mfr[s - 1]) for s in TERRITORY_SEGMENTS[t]],
+             "segment_rest_ratio": [float(fits[0].segment_mbf_ml_per_min_per_g[s - 1] / truth_rest[s - 1])
+                                    for s in TERRITORY_SEGMENTS[t]],
+             "segment_stress_ratio": [float(fits[1].segment_mbf_ml_per_min_per_g[s - 1] / truth_stress[s - 1])
+                                      for s in TERRITORY_SEGMENTS[t]],
+             "global_rest_ratio": float(fits[0].global_mbf_ml_per_min_per_g / study.rest.truth.global_mbf_ml_per_min_per_g),
+             "global_stress_ratio": float(fits[1].global_mbf_ml_per_min_per_g
+                                          / study.stress.truth.global_mbf_ml_per_min_per_g),
+             "global_mfr_ratio": float(reserve.global_mfr / study.truth.global_mfr),
+             "condition_number": condition_number, "seconds": seconds} for t in TERRITORIES]
+
+
+def run_study(args: tuple[int, int, float, float, float | None, str]) -> list[dict[str, Any]]:
+    """One rest + stress study; one row per territory and cross-segment setting."""
+    index, seed, fwhm, noise, analysis_fwhm, cross = args
     kind = KINDS[index % len(KINDS)]
     spec = PetPhantomSpec(fwhm_mm=fwhm, noise_level=noise)
     model = default_model(spec.tracer)
     t0 = time.perf_counter()
     study = make_pet_study(np.random.default_rng(seed), spec=spec, model=model,
                            defect_territory=kind if kind in TERRITORIES else None, diffuse=kind == "diffuse")
-    fits = [analyse_dynamic(s.volume, state=s.truth.state, model=model, rv_spillover=True,
-                            fwhm_mm=analysis_fwhm if analysis_fwhm is not None else fwhm).fit
-            for s in (study.rest, study.stress)]
-    reserve = flow_reserve(*fits, impaired_below=THRESHOLD)
+    results = [analyse_dynamic(s.volume, state=s.truth.state, model=model, rv_spillover=True,
+                               fwhm_mm=analysis_fwhm if analysis_fwhm is not None else fwhm,
+                               cross_segment_correction=cross != "off")
+               for s in (study.rest, study.stress)]
     seconds = time.perf_counter() - t0
-    return [{"seed": seed, "kind": kind, "fwhm_mm": fwhm, "noise": noise, "territory": t,
-             "defect": kind == t or kind == "diffuse", "true_mfr": float(study.truth.territory_mfr[t]),
-             "mfr": float(reserve.territory_mfr[t]), "called": bool(reserve.territory_impaired[t]),
-             "true_segment_mfr": [float(study.truth.segment_mfr[s - 1]) for s in TERRITORY_SEGMENTS[t]],
-             "segment_mfr": [float(reserve.segment_mfr[s - 1]) for s in TERRITORY_SEGMENTS[t]],
-             "seconds": seconds} for t in TERRITORIES]
+    conditions = [r.cross_segment.condition_number for r in results if r.cross_segment is not None]
+    condition = float(np.mean(conditions)) if conditions else float("nan")
+    rows = _rows(seed, kind, fwhm, noise, study, [r.fit for r in results], cross != "off", condition, seconds)
+    if cross == "both":
+        rows += _rows(seed, kind, fwhm, noise, study, [uncorrected_fit(r, model) for r in results], False,
+                      float("nan"), seconds)
+    return rows
 
 
 def _band(m: float) -> str:
@@ -84,6 +132,52 @@ def _band(m: float) -> str:
 
 def summarise(rows: list[dict[str, Any]]) -> None:
     """Markdown tables per condition, and the ceiling of an unbiased method."""
+    for r in rows:
+        r.setdefault("cross_segment", False)
+    settings = sorted({r["cross_segment"] for r in rows})
+    for cross in settings:
+        if len(settings) > 1:
+            print(f"\n## cross-segment correction {'on' if cross else 'off'}")
+        _summarise_setting([r for r in rows if r["cross_segment"] == cross])
+    if len(settings) > 1:
+        _compare(rows)
+
+
+def _compare(rows: list[dict[str, Any]]) -> None:
+    """Paired comparison (same phantoms) of the settings: segment and global spread, territory calls."""
+    print("\n### With against without the cross-segment correction (same phantoms)\n")
+    print("| phantom blur, noise | setting | n studies | segment rest MBF: mean, SD of ln(meas/true) | stress | "
+          "segment MFR | global rest / stress / MFR: mean, SD | territory sens / spec | cond(G) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for fwhm, noise in sorted({(r["fwhm_mm"], r["noise"]) for r in rows}):
+        for cross in (False, True):
+            sel = [r for r in rows if r["fwhm_mm"] == fwhm and r["noise"] == noise and r["cross_segment"] == cross]
+            if not sel or "segment_rest_ratio" not in sel[0]:
+                continue
+
+            def ln(key: str, sel: list[dict[str, Any]] = sel) -> np.ndarray:
+                return np.log(np.concatenate([r[key] for r in sel]))
+
+            seg_mfr = np.log(np.concatenate([np.divide(r["segment_mfr"], r["true_segment_mfr"]) for r in sel]))
+            studies = {r["seed"]: r for r in sel}.values()
+            glob = {k: np.log([r[k] for r in studies]) for k in ("global_rest_ratio", "global_stress_ratio",
+                                                                  "global_mfr_ratio")}
+            imp = [r for r in sel if r["true_mfr"] < THRESHOLD]
+            nor = [r for r in sel if r["true_mfr"] >= THRESHOLD]
+            cond = [r["condition_number"] for r in studies if np.isfinite(r["condition_number"])]
+
+            def ms(x: np.ndarray) -> str:
+                return f"{100 * x.mean():+.1f} %, {100 * x.std(ddof=1) if x.size > 1 else 0:.1f} %"
+
+            print(f"| {fwhm:g} mm, {noise:g} | {'on' if cross else 'off'} | {len(studies)} | {ms(ln('segment_rest_ratio'))} | "
+                  f"{ms(ln('segment_stress_ratio'))} | {ms(seg_mfr)} | "
+                  f"{ms(glob['global_rest_ratio'])} / {ms(glob['global_stress_ratio'])} / {ms(glob['global_mfr_ratio'])} | "
+                  f"{np.mean([r['called'] for r in imp]) if imp else float('nan'):.3f} ({len(imp)}) / "
+                  f"{np.mean([not r['called'] for r in nor]) if nor else float('nan'):.3f} ({len(nor)}) | "
+                  f"{np.mean(cond) if cond else float('nan'):.2f} |")
+
+
+def _summarise_setting(rows: list[dict[str, Any]]) -> None:
     conditions = sorted({(r["fwhm_mm"], r["noise"]) for r in rows})
     spread: dict[float, float] = {}
     bias_free: dict[float, float] = {}
@@ -175,6 +269,8 @@ def main() -> None:
     parser.add_argument("--cohort-ceiling", type=int, default=0, metavar="N",
                         help="only the ceiling on N studies of the acceptance cohort's true MFRs (no images)")
     parser.add_argument("--spreads", default="0.03,0.05,0.07,0.086,0.10", help="spreads for --cohort-ceiling")
+    parser.add_argument("--cross-segment", choices=("off", "on", "both"), default="off",
+                        help="cross-segment correction of the analysis (both: with it, and the refit without it)")
     args = parser.parse_args()
     if args.cohort_ceiling:
         cohort_ceiling(args.cohort_ceiling, args.seed, [float(v) for v in args.spreads.split(",")])
@@ -183,7 +279,7 @@ def main() -> None:
         with open(args.summarise, encoding="utf-8") as handle:
             summarise([json.loads(line) for line in handle if line.strip()])
         return
-    jobs = [(i, args.seed + i, float(f), float(nz), args.analysis_fwhm)
+    jobs = [(i, args.seed + i, float(f), float(nz), args.analysis_fwhm, args.cross_segment)
             for f in args.fwhm.split(",") for nz in args.noise.split(",") for i in range(args.n)]
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()

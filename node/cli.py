@@ -159,9 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: thread-pool variables of the numerical libraries (OpenMP: torch; OpenBLAS, MKL: numpy/scipy) that a
+#: worker sets to 1 unless the operator set them: a worker runs its steps in processes (``--concurrency``),
+#: and idle pool threads spinning for work cost more CPU than they save (docs/performance.md)
+WORKER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def single_threaded_numerics() -> None:
+    """Give the numerical libraries of this process one thread each, unless the environment says otherwise.
+
+    Must run before numpy, scipy or torch are imported (the libraries read these variables once).
+    """
+    import os
+
+    for name in WORKER_THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "worker":
+        single_threaded_numerics()
     command = f"demo --modality {args.modality}" if args.command == "demo" and args.modality != "spect" else args.command
     module_name, function_name = _HANDLERS[command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)

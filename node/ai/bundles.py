@@ -47,7 +47,8 @@ __all__ = [
 ]
 
 INTENDED_USE = "research use; trained on synthetic phantoms; not clinically validated"
-BUNDLE_NAMES: tuple[str, ...] = ("lv_segmentation", "cad_polar", "tracer_heads", "crt_response", "cmr_segmentation")
+BUNDLE_NAMES: tuple[str, ...] = ("lv_segmentation", "cad_polar", "tracer_heads", "crt_response", "cmr_segmentation",
+                                 "cmr_lge_outcome_resnet50", "cmr_lge_outcome_inceptionv3", "pet_mfr")
 
 _NETWORKS: dict[str, dict[str, Any]] = {
     "cad_polar": {"_target_": "node.ai.networks.CADPolarNet", "in_channels": 5, "n_tabular": 4, "stages": [16, 32, 48], "n_outputs": 4},

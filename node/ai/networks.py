@@ -12,11 +12,13 @@ name (``"_target_": "node.ai.networks.CADPolarNet"``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["PolarConv", "PolarEncoder", "CADPolarNet", "TracerHeadsNet", "CRTResponseNet", "TabularMLP"]
+__all__ = ["PolarConv", "PolarEncoder", "CADPolarNet", "TracerHeadsNet", "CRTResponseNet", "TabularMLP", "PetMfrNet"]
 
 
 class PolarConv(nn.Module):
@@ -179,3 +181,72 @@ class CRTResponseNet(nn.Module):
         if tabular is None:
             tabular = torch.zeros(x.shape[0], self.tabular.n_features, dtype=x.dtype, device=x.device)
         return self.head(torch.cat([f, self.tabular(tabular)], dim=1))
+
+
+class _TraitHead(nn.Module):
+    """One risk-trait head of :class:`PetMfrNet`: its own copy of the backbone's last convolution and its
+    normalisation (``conv``/``norm``, replacing the last block's final conv + batch norm) and a 2-logit layer."""
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size[0], stride=conv.stride[0],
+                              padding=conv.padding if isinstance(conv.padding, str) else conv.padding[0],
+                              bias=conv.bias is not None)
+        self.norm = nn.BatchNorm2d(norm.num_features)
+        self.fc = nn.Linear(norm.num_features, 2)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.norm(self.conv(hidden)) + residual)
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+class PetMfrNet(nn.Module):
+    """The PET flow-reserve network (Yeung 2022): a MONAI ``ResNet`` with 19 outputs plus risk-trait heads.
+
+    ``backbone`` is ``monai.networks.nets.ResNet`` (2-D; ``block`` ``"bottleneck"`` with ``layers``
+    [3, 4, 6, 3] is ResNet-50), first convolution ``in_channels`` -> ``inplanes[0]`` with kernel
+    ``conv1_size`` and stride ``conv1_stride``, then (``max_pool``) 3x3/2 max pooling; non-inplace
+    ReLU (Grad-CAM hooks). Input ``[batch, in_channels, 40, 72]`` polar maps
+    (:func:`node.ai.pet_mfr.network_input`); :meth:`forward` returns ``[batch, 19]``: columns
+    0-16 the regressed segment MFR (AHA 1..17, ratio), 17-18 the logits of "MFR impaired in at
+    least one segment" (absent, present).
+
+    :meth:`trait_logits` returns ``[batch, n_traits, 2]``: each trait head re-learns the last
+    convolution + batch norm of the last residual block and its own output layer on the frozen
+    rest of the network (the seed's "last 3 layers": last conv, its norm, the classifier).
+    """
+
+    def __init__(self, in_channels: int = 3, block: str = "bottleneck", layers: tuple[int, ...] = (3, 4, 6, 3),
+                 inplanes: tuple[int, ...] = (64, 128, 256, 512), conv1_size: int = 3, conv1_stride: int = 2,
+                 max_pool: bool = True, n_outputs: int = 19, n_traits: int = 5) -> None:
+        super().__init__()
+        from monai.networks.nets import ResNet
+
+        self.backbone = ResNet(block, list(layers), list(inplanes), spatial_dims=2, n_input_channels=in_channels,
+                               conv1_t_size=conv1_size, conv1_t_stride=conv1_stride, no_max_pool=not max_pool,
+                               num_classes=n_outputs, act=("relu", {"inplace": False}))
+        last = self.backbone.layer4[-1]
+        self._last_conv = "conv3" if hasattr(last, "conv3") else "conv2"
+        conv, norm = getattr(last, self._last_conv), getattr(last, "bn3" if self._last_conv == "conv3" else "bn2")
+        self.trait_heads = nn.ModuleList([_TraitHead(conv, norm) for _ in range(n_traits)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def last_block_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input of the last residual block's final convolution and that block's residual branch."""
+        b: Any = self.backbone
+        h = b.act(b.bn1(b.conv1(x)))
+        if not b.no_max_pool:
+            h = b.maxpool(h)
+        h = b.layer4[:-1](b.layer3(b.layer2(b.layer1(h))))
+        last = b.layer4[-1]
+        residual = h if last.downsample is None else last.downsample(h)
+        hidden = last.act(last.bn1(last.conv1(h)))
+        if self._last_conv == "conv3":
+            hidden = last.act(last.bn2(last.conv2(hidden)))
+        return hidden, residual
+
+    def trait_logits(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, residual = self.last_block_inputs(x)
+        return torch.stack([head(hidden, residual) for head in self.trait_heads], dim=1)

@@ -68,7 +68,7 @@ def _run(network: torch.nn.Module, images: np.ndarray, device: torch.device) -> 
     n, d, h, w = images.shape
     pad = [(-s) % 4 for s in (d, h, w)]
     x = np.pad(images, [(0, 0)] + [(0, p) for p in pad])
-    with torch.no_grad():
+    with torch.inference_mode():
         logits = network(torch.from_numpy(x[:, None]).to(device))
         prob = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
     return prob[:, :d, :h, :w]

@@ -22,15 +22,19 @@ end-systole (the phases of the largest and smallest cavity on the middle slices,
 :func:`node.quant.lge.quantify_lge` (5 SD over an automatic remote sector with the endocardial rim rule and
 MVO filling; 2, 3, 6 SD and FWHM as secondary numbers; %LV of the LGE stack's own LV mass; per-segment extent
 and transmurality; pattern) and :func:`node.quant.cmr_function.lv_function` (EDV, ESV, SV, EF, LV mass by
-Simpson summation)), ``report`` (cpu: :meth:`CmrLgePipeline.report`: the shared outputs of
+Simpson summation), then the seed's outcome model (:func:`predict_outcome`: the basal LGE frame of
+:func:`node.ai.cmr_outcome.basal_frame_input`, the ``cmr_lge_outcome_*`` bundle of option ``outcome_model``:
+probability of LGE > 5.7 % and of a clinical event, Grad-CAM of each)), ``report`` (cpu: :meth:`CmrLgePipeline.report`: the shared outputs of
 :func:`node.results.build_outputs` (TID 1500 SR, bull's-eyes of LGE extent and transmurality, segment table,
 results screen, PDF) followed by a DICOM Segmentation of the LV myocardium and the LGE on the LGE images
 (:func:`node.results.seg.build_segmentation`) and one contour-overlay Secondary Capture per LGE slice with
-myocardium (:func:`node.results.seg.render_mask_overlay`): :func:`mask_outputs`).
+myocardium (:func:`node.results.seg.render_mask_overlay`): :func:`mask_outputs`; with a prediction, the two
+Grad-CAM heat maps over the basal frame as Secondary Capture (:func:`outcome_outputs`), referenced by the SR's
+prediction groups).
 
 Options (``[pipelines.cmr_lge]``, :class:`CmrLgeOptions`): ``n_sd`` (5), ``rim_rule`` (on),
 ``fill_mvo`` (on), ``lge_input`` (``magnitude`` or ``psir``: which LGE stack is quantified when
-the study has both; default magnitude).
+the study has both; default magnitude), ``outcome_model`` (the outcome bundle, or ``none``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from pydantic import Field
 from pydicom import Dataset
 
@@ -68,8 +75,10 @@ from node.results.content import (
 )
 from node.results.identity import ContentIdentity, algorithms_of
 from node.results.outputs import source_datasets
+from node.results.render import RESEARCH_LABEL, figure_to_rgb
 from node.results.sc import build_rendered_sc
 from node.results.seg import OVERLAY_KIND, build_segmentation, render_mask_overlay
+from node.results.sr import build_sr
 from node.results.templates import load_templates
 
 __all__ = [
@@ -81,6 +90,11 @@ __all__ = [
     "quantify_result",
     "segment_and_quantify",
     "mask_outputs",
+    "CmrOutcome",
+    "predict_outcome",
+    "outcome_groups",
+    "outcome_outputs",
+    "render_frame_heat_map",
     "report_sources",
     "report_content",
     "PIPELINE",
@@ -106,6 +120,32 @@ class CmrLgeOptions(PipelineOptions):
     fill_mvo: bool = Field(default=True, description="count microvascular obstruction inside enhanced regions as LGE")
     lge_input: Literal["magnitude", "psir"] = Field(
         default="magnitude", description="LGE stack quantified when the study has both magnitude and PSIR")
+    outcome_model: Literal["cmr_lge_outcome_resnet50", "cmr_lge_outcome_inceptionv3", "none"] = Field(
+        default="cmr_lge_outcome_inceptionv3",
+        description="the seed's outcome model (probability of LGE > 5.7 % and of a clinical event from the basal "
+        "LGE frame, with Grad-CAM): which backbone's bundle, or none")
+
+
+@dataclass(frozen=True, eq=False)
+class CmrOutcome:
+    """The outcome model's prediction for one study (research use; trained on synthetic phantoms).
+
+    ``probability_lge``/``probability_event``: probabilities (0..1) of LGE above 5.7 % of the LV myocardium and of a
+    clinical event (VT, complete heart block, heart-failure hospitalisation, death); ``heat_lge``/``heat_event``
+    float32 ``[80, 80]`` Grad-CAM in [0, 1] over ``frame`` (the network's input, float32 ``[80, 80]``, 1.8 mm
+    pixels); ``slice_index`` the LGE stack slice of the frame and ``sop_instance_uid``/``frame_number`` its image;
+    ``algorithm`` the model's provenance.
+    """
+
+    probability_lge: float
+    probability_event: float
+    heat_lge: np.ndarray
+    heat_event: np.ndarray
+    frame: np.ndarray
+    slice_index: int
+    sop_instance_uid: str
+    frame_number: int
+    algorithm: Algorithm
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,7 +159,8 @@ class CmrLgeResult:
     (:class:`~node.quant.lge.LGEResult`), ``segments`` (AHA), ``function``
     (:class:`~node.quant.cmr_function.LVFunction`), the LGE stack's ``lge_image`` float32 and ``myocardium``,
     ``blood`` bool ``[slice, row, column]`` (slices in increasing position along the slice normal),
-    ``segmentation`` (the model(s) that drew the masks), and drops the stacks. ``source_headers`` (set by
+    ``segmentation`` (the model(s) that drew the masks), ``outcome`` (the outcome model's prediction, None when not
+run), and drops the stacks. ``source_headers`` (set by
     :meth:`CmrLgePipeline.analyse`) are the pixel-free headers of the instances the report reads individually.
     """
 
@@ -138,6 +179,7 @@ class CmrLgeResult:
     myocardium: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), bool))
     blood: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), bool))
     segmentation: tuple[Algorithm, ...] = ()
+    outcome: CmrOutcome | None = None
     settings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -295,11 +337,14 @@ def _end_phases(stack: ShortAxisStack, segment: Callable[..., Any], model_dir: P
 
 
 def segment_and_quantify(result: CmrLgeResult, options: CmrLgeOptions | None = None,
-                         model_dir: Path | None = None) -> CmrLgeResult:
+                         model_dir: Path | None = None, outcome_dir: Path | None = None) -> CmrLgeResult:
     """The ``predict`` step: :func:`node.ai.cmr_segmentation.segment_short_axis` (bundle folder ``model_dir``;
     None: the shipped one) on the LGE stack, and on the cine stack at end-diastole and end-systole (found on
-    the middle slices, :func:`_end_phases`), then :func:`quantify_result`."""
+    the middle slices, :func:`_end_phases`), then :func:`quantify_result`; with an LGE stack and option
+    ``outcome_model`` not ``none``, :func:`predict_outcome` (bundle folder ``outcome_dir``; None: the shipped one)."""
     from node.ai.cmr_segmentation import segment_short_axis  # torch: only in the predict step
+
+    options = options or CmrLgeOptions()
 
     algorithms: list[Algorithm] = []
     notes: list[str] = []
@@ -325,8 +370,52 @@ def segment_and_quantify(result: CmrLgeResult, options: CmrLgeOptions | None = N
         cine_labels = seg.labels
         algorithms.append(seg.algorithm())
         notes.extend(f"cine segmentation: {problem}" for problem in seg.quality.problems)
+    outcome = None
+    if result.lge_stack is not None and lge_labels is not None and options.outcome_model != "none":
+        t0 = time.perf_counter()
+        outcome, note = predict_outcome(result, lge_labels, options.outcome_model, outcome_dir)
+        timings["predict.outcome"] = time.perf_counter() - t0
+        notes.extend([note] if note else [])
     timed = replace(result, timings_s={**result.timings_s, **timings})
-    return quantify_result(timed, lge_labels, cine_labels, options, tuple(dict.fromkeys(algorithms)), notes, phases)
+    quantified = quantify_result(timed, lge_labels, cine_labels, options, tuple(dict.fromkeys(algorithms)), notes,
+                                 phases)
+    return replace(quantified, outcome=outcome)
+
+
+#: the intended-use statement of the outcome model's results (SR algorithm parameter and heat-map comments)
+OUTCOME_INTENDED_USE = ("research use only: reproduces a published proof of concept on synthetic phantoms; "
+                        "not clinically validated; not for diagnosis or risk stratification")
+
+
+def predict_outcome(result: CmrLgeResult, lge_labels: np.ndarray, bundle: str,
+                    model_dir: Path | None = None) -> tuple[CmrOutcome | None, str | None]:
+    """The seed's outcome model on one study: the basal frame of the LGE stack and its labels
+    (:func:`node.ai.cmr_outcome.basal_frame_input`), the probabilities and Grad-CAM of bundle ``bundle``
+    (:func:`node.ai.cmr_outcome.predict_outcomes`; folder ``model_dir``, None: the shipped one).
+
+    Returns ``(outcome, None)``, or ``(None, note)`` saying why there is no prediction (no LV on the LGE
+    stack, bundle missing).
+    """
+    from node.ai.cmr_outcome import basal_frame_input, predict_outcomes  # torch: only in the predict step
+
+    assert result.lge_stack is not None
+    try:
+        frame, index = basal_frame_input(result.lge_stack, lge_labels)
+    except ValueError as exc:
+        return None, f"outcome model not applied: {exc}"
+    try:
+        scores = predict_outcomes(frame[None], bundle=bundle, model_dir=model_dir)
+    except FileNotFoundError as exc:
+        return None, f"outcome model not applied: {exc}"
+    assert scores.heat_maps is not None
+    uid = result.lge_sop_uids[index] if index < len(result.lge_sop_uids) else ""
+    number = result.lge_frame_numbers[index] if index < len(result.lge_frame_numbers) else 1
+    algorithm = replace(scores.algorithm, parameters=(
+        *scores.algorithm.parameters, f"basal_frame_sop_instance_uid={uid}", f"basal_frame_number={number}",
+        f"basal_frame_slice={index + 1} of {result.lge_stack.n_slices}", f"intended_use={OUTCOME_INTENDED_USE}"))
+    p = scores.probabilities[0]
+    return CmrOutcome(float(p[0]), float(p[1]), scores.heat_maps[0, 0], scores.heat_maps[0, 1], frame[0], int(index),
+                      uid, int(number), algorithm), None
 
 
 # --------------------------------------------------------------------------- report content
@@ -465,6 +554,9 @@ def report_content(result: CmrLgeResult) -> ReportContent:
     """The :class:`ReportContent` of a CMR result: LGE (global, secondary methods, 17 segments, pattern, 5.7 %
     flag), LV mass on the LGE stack, LV function from cine, bull's-eyes of extent and transmurality.
 
+    The outcome model's groups (:func:`outcome_groups`) come without their heat-map links here (the heat maps are
+    not bull's-eyes); :meth:`CmrLgePipeline.report` links them in the SR it sends.
+
     Raises :class:`~node.results.ContentError` when nothing was quantified (the ``predict`` step, which segments
     the stacks, did not run: ``cardionode process --no-models``).
     """
@@ -485,6 +577,10 @@ def report_content(result: CmrLgeResult) -> ReportContent:
         groups.extend(_function_groups(result))
         algorithms.append(function_algorithm(result))
         parts.append("cine SSFP function")
+    if result.outcome is not None:
+        groups.extend(outcome_groups(result.outcome, linked=False))
+        algorithms.append(result.outcome.algorithm)
+        parts.append("outcome model on the basal LGE frame (research use)")
     return ReportContent(
         pipeline=CmrLgePipeline.name,
         pipeline_version=VERSION,
@@ -518,7 +614,89 @@ def cmr_summary(result: CmrLgeResult) -> dict[str, Any]:
         f = result.function
         summary["function"] = {"edv_ml": f.edv_ml, "esv_ml": f.esv_ml, "sv_ml": f.sv_ml, "ef_pct": f.ef_pct,
                                "lv_mass_g": f.lv_mass_g, "ed_phase": f.ed_phase, "es_phase": f.es_phase}
+    if result.outcome is not None:
+        o = result.outcome
+        summary["outcome"] = {"probability_lge_above_5_7": o.probability_lge, "probability_event": o.probability_event,
+                              "basal_slice": o.slice_index, "basal_sop_instance_uid": o.sop_instance_uid,
+                              "model": f"{o.algorithm.name} {o.algorithm.version}", "intended_use": OUTCOME_INTENDED_USE}
     return summary
+
+
+# --------------------------------------------------------------------------- outcome model outputs
+
+#: heat-map keys (SC instance keys and the groups' ``explanation_image``) of the two outputs
+OUTCOME_HEAT_KEYS: tuple[str, str] = ("gradcam_lge_frame", "gradcam_event_frame")
+_OUTCOME_LABELS = ("AI: LGE above 5.7 % of LV (basal frame)", "AI: clinical event (VT, CHB, HF, death)")
+_HEAT_SIZE = 512
+
+
+def outcome_groups(outcome: CmrOutcome, linked: bool = True) -> list[MeasurementGroup]:
+    """The SR groups of the outcome model: probability of LGE > 5.7 % (finding Scarred Myocardium at the LV
+    myocardium) and of a clinical event (finding High risk at the heart), each a probability (UCUM ``1``) with the
+    model's provenance (basal frame's SOP Instance UID, intended use); ``linked``: each names its Grad-CAM SC."""
+    out = []
+    for k, (finding, site, p) in enumerate((("scarred_myocardium", "lv_myocardium", outcome.probability_lge),
+                                            ("high_risk", "heart", outcome.probability_event))):
+        out.append(MeasurementGroup(
+            label=_OUTCOME_LABELS[k], finding=finding, site=site, state=None, algorithm=outcome.algorithm,
+            measurements=(Measurement("probability", round(float(p), 4), "1"),),
+            explanation_image=OUTCOME_HEAT_KEYS[k] if linked else None))
+    return out
+
+
+def render_frame_heat_map(frame: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
+                          size: int = _HEAT_SIZE) -> np.ndarray:
+    """A Grad-CAM heat map over the network's frame: RGB ``uint8`` ``[size, size, 3]``.
+
+    ``frame`` ``[r, c]`` (normalised, shown in grey from 0 to 1), ``heat`` ``[r, c]`` in [0, 1] (the ``jet`` colour
+    map, blended in proportion to the heat, nothing below 0.2); title, subtitle and the research-use label burned in.
+    """
+    grey = np.clip(np.asarray(frame, dtype=np.float64), 0.0, 1.0)
+    h = np.clip(np.asarray(heat, dtype=np.float64), 0.0, 1.0)
+    colour = colormaps["jet"](h)[..., :3]
+    alpha = (0.55 * np.clip((h - 0.2) / 0.8, 0.0, 1.0))[..., None]
+    rgb = (1.0 - alpha) * grey[..., None] + alpha * colour
+    fig = Figure(figsize=(size / 100, size / 100), dpi=100, facecolor="black")
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.05, 0.1, 0.9, 0.8))
+    ax.imshow(rgb, interpolation="bilinear")
+    ax.set_axis_off()
+    fig.text(0.5, 0.955, title, color="white", ha="center", va="center", fontsize=11)
+    fig.text(0.5, 0.915, subtitle, color="#cccccc", ha="center", va="center", fontsize=8)
+    fig.text(0.02, 0.05, "Grad-CAM: red = most influential for this output (relative, 0..1)", color="white",
+             ha="left", va="center", fontsize=8)
+    fig.text(0.98, 0.02, RESEARCH_LABEL, color="#ffcc00", ha="right", va="center", fontsize=8)
+    return figure_to_rgb(fig)
+
+
+def outcome_outputs(result: CmrLgeResult, content: ReportContent, sources: Sequence[Dataset],
+                    context: ReportContext) -> dict[str, Dataset]:
+    """The two Grad-CAM Secondary Capture images of the outcome model over the basal frame, by key
+    (:data:`OUTCOME_HEAT_KEYS`), each referencing the basal LGE image it came from; empty without a prediction."""
+    outcome = result.outcome
+    if outcome is None:
+        return {}
+    templates = load_templates(context.templates_dir)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in [*sources, *result.source_headers]}
+    used = [by_uid[s.sop_instance_uid] for s in content.sources]
+    identity = ContentIdentity.of(content, used)
+    source = [by_uid[outcome.sop_instance_uid]] if outcome.sop_instance_uid in by_uid else used[:1]
+    algorithms = algorithms_of(content)
+    n = int(result.myocardium.shape[0]) if result.myocardium.ndim == 3 else 0
+    out: dict[str, Dataset] = {}
+    for k, (key, heat, p, what) in enumerate(zip(
+            OUTCOME_HEAT_KEYS, (outcome.heat_lge, outcome.heat_event),
+            (outcome.probability_lge, outcome.probability_event),
+            ("LGE > 5.7 % of LV", "clinical event"), strict=True)):
+        title = f"Grad-CAM, {what}: probability {p:.2f}"
+        subtitle = (f"basal LGE slice {outcome.slice_index + 1} of {n}, 144 mm field; "
+                    f"{outcome.algorithm.name} {outcome.algorithm.version}")
+        rgb = render_frame_heat_map(outcome.frame, heat, title, subtitle)
+        sc = build_rendered_sc(rgb, "sc_heatmap", key, title, outcome.algorithm, algorithms, source, identity,
+                               templates, k + 1, content.pipeline, content.pipeline_version)
+        sc.SeriesDescription = "AI Grad-CAM, basal LGE frame (research use, not for diagnosis)"
+        out[key] = sc
+    return out
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -597,11 +775,12 @@ class CmrLgePipeline(Pipeline):
         return replace(result, source_headers=headers)
 
     def predict(self, result: CmrLgeResult) -> CmrLgeResult:
-        """Segment the stacks with the ``cmr_segmentation`` model and quantify them (gpu step;
-        :func:`segment_and_quantify`), with the run's models folder."""
+        """Segment the stacks with the ``cmr_segmentation`` model, quantify them and run the outcome model (gpu
+        step; :func:`segment_and_quantify`), with the run's models folder."""
         models = self.run_config.models_dir
-        return segment_and_quantify(result, cast(CmrLgeOptions, self.options),
-                                    None if models is None else models / _BUNDLE)
+        options = cast(CmrLgeOptions, self.options)
+        return segment_and_quantify(result, options, None if models is None else models / _BUNDLE,
+                                    None if models is None else models / options.outcome_model)
 
     def report_content(self, result: CmrLgeResult) -> ReportContent:
         """:func:`report_content` of ``result``."""
@@ -609,10 +788,22 @@ class CmrLgePipeline(Pipeline):
 
     def report(self, result: CmrLgeResult, context: ReportContext) -> list[Dataset]:
         """The shared outputs (:func:`node.results.build_outputs`: SR, bull's-eyes, PDF ...) followed by the
-        Segmentation and the contour overlays (:func:`mask_outputs`)."""
+        Segmentation and the contour overlays (:func:`mask_outputs`) and, with an outcome prediction, its two
+        Grad-CAM images (:func:`outcome_outputs`); the SR is then the one whose prediction groups reference them."""
         content = self.report_content(result)
         sources = report_sources(result)
-        return [*build_outputs(content, sources, context), *mask_outputs(result, content, sources, context)]
+        outputs = [*build_outputs(content, sources, context), *mask_outputs(result, content, sources, context)]
+        heat = outcome_outputs(result, content, sources, context)
+        if heat and result.outcome is not None:  # the SR again, its prediction groups naming their heat maps
+            unlinked = outcome_groups(result.outcome, linked=False)
+            linked = dict(zip([g.label for g in unlinked], outcome_groups(result.outcome, linked=True), strict=True))
+            content = replace(content, groups=tuple(linked.get(g.label, g) for g in content.groups))
+            by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+            used = [by_uid[s.sop_instance_uid] for s in content.sources]
+            outputs[0] = build_sr(content, used, context, images=heat,
+                                  templates=load_templates(context.templates_dir))
+            outputs.extend(heat.values())
+        return outputs
 
     def summary(self, result: CmrLgeResult) -> dict[str, Any]:
         """LGE burden, method, remote region, segments, pattern; LV function."""

@@ -22,16 +22,21 @@ classifies it first (:func:`node.imaging.pet.classify_pet_series`) and refuses w
 dynamic series with the reason in words; then per state
 :func:`node.quant.mbf.analyse_dynamic`: LV location on the summed late frames, input and RV
 regions, 17 segment TACs, kinetic fit, polar and voxel MBF maps, quality flags; then
-:func:`node.quant.kinetics.flow_reserve`), ``predict`` (no model yet: the PET deep-learning
-issue adds one), ``report`` (:func:`node.results.build_outputs`: TID 1500 SR with MBF (DCM
+:func:`node.quant.kinetics.flow_reserve`), ``predict`` (gpu queue: the ``pet_mfr`` bundle, the seed
+model of impaired flow reserve (Yeung 2022), through :func:`node.ai.pet_mfr.predict_pet`: the probability of
+impaired MFR in any segment and per territory with verdicts, a Grad-CAM heat map over the MFR map, research
+notes; risk-trait outputs only with ``model_traits``), ``report`` (:func:`node.results.build_outputs`: TID 1500 SR with MBF (DCM
 126390) and MFR (DCM 122217) per segment, territory and globally, bull's-eyes, time-activity
 curves, a segment table, the voxel MBF as Parametric Maps and the PDF).
 
 Options (``[pipelines.pet_mbf]``, :class:`PetMbfOptions`): ``nh3_model`` (``degrado`` default,
 ``ucla``), ``impaired_mfr_below`` (2.0), ``rv_spillover`` (septal RV term; on),
 ``rpp_reference_mmhg_per_min`` (10,000; used only when rest heart rate and systolic pressure are known),
-``partial_volume_correction`` (on: the recovery correction of :mod:`node.quant.mbf`, step 2) and
-``resolution_fwhm_mm`` (the site's effective resolution; default per tracer, :data:`node.quant.mbf.TYPICAL_FWHM_MM`).
+``partial_volume_correction`` (on: the recovery correction of :mod:`node.quant.mbf`, step 2),
+``cross_segment_correction`` (on: the 17-segment geometric transfer matrix of :mod:`node.quant.mbf`, step 2b) and
+``resolution_fwhm_mm`` (the site's effective resolution; default per tracer, :data:`node.quant.mbf.TYPICAL_FWHM_MM`),
+``models`` (run the deep-learning model in ``predict``; on) and ``model_traits`` (add the model's risk-trait
+research outputs to the report notes; off).
 """
 
 from __future__ import annotations
@@ -111,7 +116,9 @@ class PetMbfResult:
     frame its voxel map is drawn on, for the Parametric Map's references. ``model`` names the
     kinetic model of each state. ``notes`` are lines for the report. ``sources`` are the UIDs of every
     instance analysed (the evidence); ``source_headers`` (set by :meth:`PetMbfPipeline.analyse`) are the
-    pixel-free headers of only those the report reads individually (:func:`report_sources`).
+    pixel-free headers of only those the report reads individually (:func:`report_sources`). ``predictions``
+    are the ``(groups, images, notes)`` of the deep-learning model (:meth:`PetMbfPipeline.predict`; empty when
+    it did not run).
     """
 
     study_instance_uid: str
@@ -128,6 +135,7 @@ class PetMbfResult:
     notes: tuple[str, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
     source_headers: tuple[Dataset, ...] = ()
+    predictions: tuple[tuple[MeasurementGroup, ...], tuple[MapImage, ...], tuple[str, ...]] = ((), (), ())
 
     @property
     def states(self) -> tuple[StateMBF, ...]:
@@ -166,11 +174,28 @@ class PetMbfOptions(PipelineOptions):
         description="correct the segment TACs for partial volume: the wall's recovery plus the LV-cavity spill-in, "
         "from the wall thickness measured on the late image and resolution_fwhm_mm (node.quant.mbf, step 2)",
     )
+    cross_segment_correction: bool = Field(
+        default=True,
+        description="undo the blur's mixing of neighbouring segments along the wall in the segment TACs before the "
+        "fits: geometric transfer matrix of the 17 segments from the wall measured for the partial-volume correction "
+        "and resolution_fwhm_mm (node.quant.mbf, step 2b); segment, territory and global values only, not the maps",
+    )
     resolution_fwhm_mm: float | None = Field(
         default=None, gt=0.0, le=30.0,
         description="effective resolution of the site's dynamic PET reconstructions (mm FWHM, system + positron "
         "range + filter), a site setting like normal limits; default per tracer "
         "(node.quant.mbf.TYPICAL_FWHM_MM: Rb-82 9, N-13 ammonia 6.5, O-15 water 7.5)",
+    )
+    models: bool = Field(
+        default=True,
+        description="run the deep-learning model of impaired flow reserve (bundle pet_mfr) in the predict step: "
+        "probabilities of impaired MFR (any segment, per territory) and a Grad-CAM heat map; false: the report holds "
+        "the quantification only",
+    )
+    model_traits: bool = Field(
+        default=False,
+        description="also report the model's risk-trait heads (sex, diabetes, hypertension, dyslipidaemia, smoking) "
+        "as research notes; off by default: trained on planted synthetic traits, not findings about a patient",
     )
 
 
@@ -284,7 +309,8 @@ def analyse_pet_study(instances: Sequence[Dataset], options: PetMbfOptions | Non
                                         decay_corrected=series.decay_correction != "NONE",
                                         grid=DEFAULT_GRID, rv_spillover=options.rv_spillover,
                                         fwhm_mm=options.resolution_fwhm_mm,
-                                        partial_volume_correction=options.partial_volume_correction)
+                                        partial_volume_correction=options.partial_volume_correction,
+                                        cross_segment_correction=options.cross_segment_correction)
         timings[f"{state}.load"] = candidate.load_s
         timings.update({f"{state}.{k}": v for k, v in states[state].timings_s.items()})
         if not candidate.coded:
@@ -513,6 +539,9 @@ def report_content(result: PetMbfResult) -> ReportContent:
     groups.extend(_haemodynamic_groups(result, algorithm))
     flags = result.all_flags
     groups.extend(_flag_groups(flags, algorithm))
+    pred_groups, pred_images, pred_notes = result.predictions
+    groups.extend(pred_groups)
+    algorithms = [algorithm] + list({id(g.algorithm): g.algorithm for g in pred_groups}.values())
     flag_notes = tuple(f"quality flag: {flag.text}" for flag in flags)
     return ReportContent(
         pipeline=PetMbfPipeline.name,
@@ -521,9 +550,9 @@ def report_content(result: PetMbfResult) -> ReportContent:
         study_instance_uid=result.study_instance_uid,
         sources=result.sources,
         groups=tuple(groups),
-        images=tuple(_images(result, algorithm)),
-        algorithms=(algorithm,),
-        notes=flag_notes + tuple(result.notes),
+        images=tuple(_images(result, algorithm)) + tuple(pred_images),
+        algorithms=tuple(algorithms),
+        notes=flag_notes + tuple(result.notes) + tuple(pred_notes),
         plots=tuple(_plots(result)),
         parametric_maps=tuple(_parametric_maps(result, algorithm)),
         description=f"{PET_TRACERS[result.tracer].display_name} PET MBF, {'/'.join(s.state for s in result.states)} "
@@ -610,7 +639,7 @@ class PetMbfPipeline(Pipeline):
     title = "PET myocardial blood flow (rest/stress MBF and flow reserve per segment, territory and globally)"
     series_rules = (_pet_rule("stress"), _pet_rule("rest"))
     options_model = PetMbfOptions
-    steps = (Pipeline.steps[0], Pipeline.steps[2])  # analyse (cpu), report (cpu): no model yet
+    steps = Pipeline.steps  # analyse (cpu), predict (gpu), report (cpu)
     result_type = PetMbfResult
 
     def analyse(self, instances: Sequence[Dataset]) -> PetMbfResult:
@@ -623,6 +652,28 @@ class PetMbfPipeline(Pipeline):
         wanted = set(_individually_referenced(result))
         headers = tuple(source_header(ds) for ds in instances if str(ds.get("SOPInstanceUID", "")) in wanted)
         return replace(result, source_headers=headers)
+
+    def predict(self, result: PetMbfResult) -> PetMbfResult:
+        """Run the PET flow-reserve model (bundle ``pet_mfr``) when its bundle loads (gpu step).
+
+        :func:`node.ai.pet_mfr.predict_pet` adds the probability of impaired MFR in any segment and per
+        territory (with present/absent/indeterminate verdicts), the Grad-CAM heat map over the MFR map and
+        notes (research use; the risk-trait heads only with the option ``model_traits``). A study without
+        both states gets a note. With ``models = false`` the result is returned unchanged. The bundle comes
+        from ``run_config.models_dir`` (None: the shipped one); a missing or unloadable bundle gives a note,
+        never a failed study. torch is imported here only, so routing processes never load it.
+        """
+        options = cast(PetMbfOptions, self.options)
+        if not options.models:
+            return result
+        from node.ai.pet_mfr import predict_pet
+
+        try:
+            groups, images, notes = predict_pet(result, self.run_config.models_dir, traits=options.model_traits)
+        except (FileNotFoundError, RuntimeError) as exc:  # bundle absent or not loadable on this installation
+            note = f"deep-learning predictions not run: {type(exc).__name__}: {str(exc)[:160]}"
+            return replace(result, notes=tuple(result.notes) + (note,))
+        return replace(result, predictions=(tuple(groups), tuple(images), tuple(notes)))
 
     def report_content(self, result: PetMbfResult) -> ReportContent:
         """:func:`report_content` of ``result``; :meth:`Pipeline.report` encodes it with the source headers."""

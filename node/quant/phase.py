@@ -80,12 +80,20 @@ packages prefilter gated reconstructions similarly, e.g. Butterworth order 10 / 
 
 
 def prefilter_gated_voxels(
-    voxels: np.ndarray, spacing_mm: np.ndarray | tuple[float, float, float], sigma_mm: float = PHASE_PREFILTER_SIGMA_MM
+    voxels: np.ndarray,
+    spacing_mm: np.ndarray | tuple[float, float, float],
+    sigma_mm: float = PHASE_PREFILTER_SIGMA_MM,
+    region: tuple[slice, slice, slice] | None = None,
 ) -> np.ndarray:
     """3D Gaussian smoothing of gated voxels ``[gate, slice, row, col]`` (no smoothing across gates).
 
     ``spacing_mm`` is the (slice, row, col) voxel spacing in mm (``Volume.spacing_mm``).
     Returns float64 ``[gate, slice, row, col]``.
+
+    ``region`` (``[slice, row, col]`` slices with explicit bounds, e.g.
+    :func:`node.quant.polar_map.gated_sampling_region`): only these voxels are wanted. They are
+    computed from the region grown by the kernel radius (scipy's ``truncate=4``) and are
+    bit-identical to filtering the whole volume; every voxel outside the region is returned as 0.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -98,7 +106,20 @@ def prefilter_gated_voxels(
     if sigma_mm <= 0:
         return arr
     sigma = (0.0, *(sigma_mm / spacing))
-    return gaussian_filter(arr, sigma=sigma, mode="nearest")
+    if region is None:
+        return gaussian_filter(arr, sigma=sigma, mode="nearest")
+    # A separable filter's output at a voxel reads its inputs within the kernel radius along each
+    # axis; where the grown box meets the volume's face, the 'nearest' padding is the same.
+    grown, inner = [], []
+    for part, n, s in zip(region, arr.shape[1:], sigma[1:]):
+        radius = int(4.0 * float(s) + 0.5)
+        start, stop = max(int(part.start) - radius, 0), min(int(part.stop) + radius, n)
+        grown.append(slice(start, stop))
+        inner.append(slice(int(part.start) - start, int(part.stop) - start))
+    block = gaussian_filter(arr[(slice(None), *grown)], sigma=sigma, mode="nearest")
+    out = np.zeros_like(arr)
+    out[(slice(None), *region)] = block[(slice(None), *inner)]
+    return out
 
 
 @dataclass(frozen=True)

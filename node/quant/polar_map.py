@@ -44,6 +44,7 @@ the LV (:mod:`node.quant.orientation` for count images, a segmentation, ...).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -68,11 +69,13 @@ __all__ = [
     "sample_frame_polar_maps",
     "sample_gated_polar_maps",
     "sample_along_normals",
+    "gated_sampling_region",
     "relative_pct",
     "bullseye_image",
 ]
 
 N_THETA = 16  # spherical rays over 0..90 degrees
+SAMPLES_ALONG_NORMAL = 25  # points on each cell's normal searched for the maximum (sample_along_normals)
 RAY_STEP_MM = 1.0
 #: apical cap (:func:`_apical_cap_curves`): mm beyond the cavity apex where the measured mid-wall
 #: curve sets the cap's curvature, and points per cap meridian curve
@@ -409,22 +412,59 @@ def grid_rows_z(location: LVLocation, grid: PolarGrid) -> np.ndarray:
     return np.where(u < grid.u_cap, cap, body)
 
 
+def _normal_samples(
+    volume: Volume, location: LVLocation, surface: MidWallSurface, half_width_mm: float, n_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets [n_steps] mm, fractional voxel indices [3, n_rows * n_psi * n_steps])`` of the points
+    that :func:`sample_along_normals` reads (each cell's normal, offsets innermost)."""
+    offsets = np.linspace(-half_width_mm, half_width_mm, n_steps)
+    pts = surface.points_lv()[:, :, None, :] + offsets[None, None, :, None] * surface.normals_lv()[:, :, None, :]
+    a, b = lv_to_index(location.frame, volume)
+    return offsets, map_points(a, b, pts).reshape(3, -1)
+
+
+def _frames_half_width(location: LVLocation, axis: FrameAxis, half_width_mm: float | None) -> float:
+    """The search half-width (mm) of per-frame maps: ``half_width_mm``, else the default widened for gates."""
+    if half_width_mm is None:
+        return default_half_width(location) + (GATED_SEARCH_WIDENING_MM if axis.kind == "gates" else 0.0)
+    return float(half_width_mm)
+
+
+def gated_sampling_region(
+    gated_volume: Volume, location: LVLocation, surface: MidWallSurface, *, half_width_mm: float | None = None
+) -> tuple[slice, slice, slice]:
+    """The voxels ``[slice, row, col]`` that :func:`sample_gated_polar_maps` (same arguments) reads.
+
+    Every sample point's trilinear neighbours plus one voxel of margin, clipped to the volume: a
+    filter that the maps need only here (the phase prefilter, :func:`node.quant.phase.prefilter_gated_voxels`
+    with ``region``) can skip the rest of the volume.
+    """
+    axis = gated_volume.frame_axis
+    if axis is None:
+        raise ValueError("per-frame polar maps need a 4D [frame, slice, row, col] volume")
+    hw = _frames_half_width(location, axis, half_width_mm)
+    _, idx = _normal_samples(gated_volume, location, surface, hw, SAMPLES_ALONG_NORMAL)
+    shape = gated_volume.shape3d
+    lo = np.floor(np.min(idx, axis=1)).astype(int) - 1
+    hi = np.floor(np.max(idx, axis=1)).astype(int) + 3
+    return cast(tuple[slice, slice, slice], tuple(
+        slice(int(np.clip(a, 0, n)), int(np.clip(b, 0, n))) for a, b, n in zip(lo, hi, shape)))
+
+
 def sample_along_normals(
-    voxels: np.ndarray, volume: Volume, location: LVLocation, surface: MidWallSurface, half_width_mm: float, n_steps: int = 25
+    voxels: np.ndarray, volume: Volume, location: LVLocation, surface: MidWallSurface, half_width_mm: float,
+    n_steps: int = SAMPLES_ALONG_NORMAL,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Max of ``voxels`` (3D, or 4D with frames first) along each cell normal within ``+-half_width_mm``.
 
     Returns ``(max values [..., n_rows, n_psi], offset of the max along the normal [mm])``.
     """
-    offsets = np.linspace(-half_width_mm, half_width_mm, n_steps)
-    pts = surface.points_lv()[:, :, None, :] + offsets[None, None, :, None] * surface.normals_lv()[:, :, None, :]
-    a, b = lv_to_index(location.frame, volume)
-    idx = map_points(a, b, pts).reshape(3, -1)
+    offsets, idx = _normal_samples(volume, location, surface, half_width_mm, n_steps)
     vox = np.asarray(voxels, dtype=float)
     stack = vox[None] if vox.ndim == 3 else vox
     vals = np.stack(
         [ndimage.map_coordinates(g, idx, order=1, mode="constant", cval=0.0, prefilter=False) for g in stack]
-    ).reshape(stack.shape[0], *pts.shape[:-1])
+    ).reshape(stack.shape[0], *surface.z_mm.shape, n_steps)
     pos, peak = _peak_along(vals, offsets)
     if vox.ndim == 3:
         return peak[0], pos[0]
@@ -472,15 +512,18 @@ def sample_polar_map(
 
 
 def perfusion_polar_map(
-    volume: Volume, location: LVLocation, grid: PolarGrid = DEFAULT_GRID
+    volume: Volume, location: LVLocation, grid: PolarGrid = DEFAULT_GRID, *, surface: MidWallSurface | None = None
 ) -> tuple[PolarMap, LVLocation]:
     """The perfusion polar map exactly as the SPECT pipeline computes it (one entry point for the
     pipeline and for building normal limits): fit the mid-wall surface on the (summed)
     reconstruction and sample it.
 
+    ``surface``: that surface when the caller has it already (``midwall_surface_rows(volume, location,
+    grid_rows_z(location, grid), grid.n_psi)``; the pipeline also samples the gates along it), else fitted here.
     Returns ``(polar map, location)``, ``location`` being the one given.
     """
-    surface = midwall_surface_rows(volume, location, grid_rows_z(location, grid), grid.n_psi)
+    if surface is None:
+        surface = midwall_surface_rows(volume, location, grid_rows_z(location, grid), grid.n_psi)
     return sample_polar_map(volume, location, grid, surface=surface), location
 
 
@@ -497,10 +540,7 @@ def _sample_frames(
         raise ValueError("per-frame polar maps need a 4D [frame, slice, row, col] volume")
     if surface is None:
         surface = midwall_surface_rows(volume, location, grid_rows_z(location, grid), grid.n_psi)
-    if half_width_mm is None:
-        hw = default_half_width(location) + (GATED_SEARCH_WIDENING_MM if axis.kind == "gates" else 0.0)
-    else:
-        hw = float(half_width_mm)
+    hw = _frames_half_width(location, axis, half_width_mm)
     values, _ = sample_along_normals(volume.voxels, volume, location, surface, hw)
     return values, surface.area_mm2(), axis
 

@@ -94,7 +94,8 @@ def output_names(content: ReportContent, outputs: Sequence[Dataset]) -> list[str
     ``sr``, ``sc_<image key>``, ``sc_<plot key>``, ``sc_segment_table``, ``pm_<map key>``,
     ``results_screen_<page>``, ``screen``, ``pdf``; cardiac MR adds ``seg`` and ``sc_overlay_<n>`` (the objects of
     :func:`node.pipelines.cmr_lge.mask_outputs`). The results-screen pages and the overlays are told from the
-    other SC images by their series (its UID derives from the content).
+    other SC images by their series (its UID derives from the content); SC images a pipeline adds beyond its
+    content's (the CMR outcome model's heat maps) are ``sc_<series number>_<instance number>``.
     """
     sc_keys = iter([*(image.key for image in content.images), *(plot.key for plot in content.plots),
                     SEGMENT_TABLE_KEY])
@@ -114,7 +115,9 @@ def output_names(content: ReportContent, outputs: Sequence[Dataset]) -> list[str
         elif sop_class == SEGMENTATION_STORAGE:
             names.append("seg")
         elif sop_class == SECONDARY_CAPTURE:
-            names.append(f"sc_{next(sc_keys)}")
+            # a pipeline's own images beyond the content's (the CMR outcome model's heat maps) by series and number
+            key = next(sc_keys, None)
+            names.append(f"sc_{key}" if key is not None else f"sc_{int(ds.SeriesNumber)}_{int(ds.InstanceNumber)}")
         elif sop_class == PARAMETRIC_MAP:
             names.append(f"pm_{next(pm_keys)}")
         elif sop_class == MULTIFRAME_TRUE_COLOR_SC:

@@ -30,17 +30,17 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import correct_ambiguous_vr, write_data_element
+from pydicom.filewriter import correct_ambiguous_vr
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 import node
 from node.results.content import Algorithm, MapImage
 from node.results.identity import ContentIdentity
-from node.results.sr import processing_algorithm_equipment
+from node.results.sr import encode_sequence_items, processing_algorithm_equipment
 from node.results.templates import Code, Templates
 
 __all__ = [
@@ -83,10 +83,6 @@ def source_image_sequence(sources: Sequence[Dataset], templates: Templates) -> l
     return items
 
 
-#: bytes before the value of an explicit VR little endian SQ element: tag, VR, reserved, length
-_SQ_HEADER = 12
-
-
 @dataclass(frozen=True)
 class SourceReferences:
     """The source references of a study's result objects, built and encoded once for all of them.
@@ -105,13 +101,8 @@ class SourceReferences:
     def of(cls, sources: Sequence[Dataset], templates: Templates) -> SourceReferences:
         """The references of ``sources`` (:func:`source_image_sequence`), encoded once."""
         items = source_image_sequence(sources, templates)
-        holder = Dataset()
-        holder.SourceImageSequence = items
-        buffer = DicomBytesIO()
-        buffer.is_little_endian = True
-        buffer.is_implicit_VR = False
-        write_data_element(buffer, holder["SourceImageSequence"])
-        return cls(tuple(items), buffer.getvalue()[_SQ_HEADER:])
+        # as pydicom's writer encodes them in the default character set (the holder's, as before)
+        return cls(tuple(items), encode_sequence_items(items, convert_encodings(None)))
 
     def attach(self, ds: Dataset, keyword: str = "SourceImageSequence") -> None:
         """Set ``keyword`` (Source Image Sequence, or Source Instance Sequence of a document) of ``ds``

@@ -11,6 +11,10 @@ from monai.bundle import ConfigParser
 from node.ai import bundles
 
 REQUIRED_METADATA = ("version", "inputs", "outputs", "training_data", "intended_use", "network_data_format")
+#: weights stay under 5 MB so that the repository stays small; the one exception is the full ResNet-50 that issue 16
+#: asks for (the seed's network; 23.5 M parameters plus five trait heads, stored as float16)
+WEIGHT_LIMIT_BYTES = {"pet_mfr": 64 * 1024 * 1024}
+DEFAULT_WEIGHT_LIMIT_BYTES = 5 * 1024 * 1024
 
 
 @pytest.mark.parametrize("name", bundles.BUNDLE_NAMES)
@@ -29,7 +33,8 @@ def test_bundle_loads_offline_with_monai(name: str, no_network: None) -> None:
     assert not missing and not unexpected
     assert parser.get_parsed_content("network") is not None  # the "$@network_def.to(@device)" expression resolves
     size = (root / "models" / "model.pt").stat().st_size
-    assert size < 5 * 1024 * 1024, f"{name}: weights are {size} bytes (limit 5 MB)"
+    limit = WEIGHT_LIMIT_BYTES.get(name, DEFAULT_WEIGHT_LIMIT_BYTES)
+    assert size < limit, f"{name}: weights are {size} bytes (limit {limit} bytes)"
 
 
 @pytest.mark.parametrize("name", bundles.BUNDLE_NAMES)

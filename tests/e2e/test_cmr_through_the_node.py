@@ -6,7 +6,9 @@ segments it with the shipped ``cmr_segmentation`` model and quantifies it; the r
 into Orthanc: a TID 1500 SR (LGE mass and extent at the LV myocardium, MR LVEF LOINC 8811-2), the
 bull's-eyes, segment table, contour overlays as Secondary Capture, the DICOM Segmentation of the LV
 myocardium and the LGE on the LGE images, and the PDF. Every object passes dciodvfy; the Segmentation
-reads back with highdicom onto the LGE images.
+reads back with highdicom onto the LGE images. The outcome model (issue 18) adds two SR prediction groups
+(probability of LGE > 5.7 % and of a clinical event, naming the basal LGE frame by SOP Instance UID) whose
+IMAGE items reference the two Grad-CAM Secondary Captures that arrive too; the SR passes PixelMed's validator.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import pytest
 import requests
 
 from node.synth.cmr.study import build_cmr_study, save_cmr_study
+from tests.results.test_cmr_outputs import CMR_PIXELMED_KNOWN_WARNINGS
 from tests.support.config import serve_settings, write_config
 from tests.support.dicom_clients import storescu
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port, wait_for
-from tests.support.tools import assert_dciodvfy_clean
+from tests.support.tools import assert_dciodvfy_clean, assert_pixelmed_sr_clean
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -48,7 +51,8 @@ def test_a_cine_and_lge_study_comes_back_as_validated_sr_seg_and_images(tmp_path
     config = write_config(tmp_path / "node.toml", **serve_settings(
         tmp_path / "data", node_port, [destination], pipeline_modules=[]))
     node = NodeProcess(config, node_port, tmp_path / "node.log", mode="serve")
-    expected = {SR_CLASS: 1, SEG_CLASS: 1, PDF_CLASS: 1, SC_CLASS: 8}  # 2 bull's-eyes, table, screen, >= 4 overlays
+    # 2 bull's-eyes, table, screen, >= 4 overlays, 2 Grad-CAM heat maps of the outcome model
+    expected = {SR_CLASS: 1, SEG_CLASS: 1, PDF_CLASS: 1, SC_CLASS: 10}
     try:
         node.start()
         storescu(orthanc.dicom_port, list(paths), called=orthanc.ae_title, check=True)
@@ -88,4 +92,34 @@ def test_a_cine_and_lge_study_comes_back_as_validated_sr_seg_and_images(tmp_path
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=source, segment_numbers=[1],
                                             assert_missing_frames_are_empty=True)
     assert pixels.sum() > 0
+
+    # the outcome model: two prediction groups, each referencing a Grad-CAM SC that arrived, on the basal LGE frame
+    # (in the SR of the run that had the LGE stack: a slow sender can trigger earlier runs on part of the study)
+    def ai_groups(path: Path) -> list:
+        groups = hd.sr.srread(path).content.get_image_measurement_groups()
+        return [g for g in groups if str(g.tracking_identifier).startswith("AI:")]
+
+    final = next((p for p in files[SR_CLASS] if ai_groups(p)), files[SR_CLASS][0])
+    assert_pixelmed_sr_clean(final, f"the SR (seed {seed})", CMR_PIXELMED_KNOWN_WARNINGS)
+    ai = ai_groups(final)
+    assert len(ai) == 2
+    assert all(m.name.value == "AIPROB" and 0.0 <= float(m.value) <= 1.0 for g in ai for m in g.get_measurements())
+    heat = {}
+    for path in files[SC_CLASS]:
+        ds = pydicom.dcmread(path)
+        if "Grad-CAM" in str(ds.SeriesDescription):
+            heat[str(ds.SOPInstanceUID)] = ds
+    assert len(heat) == 2
+    referenced_heat = {str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                       for g in ai for item in g[0].ContentSequence if item.ValueType == "IMAGE"}
+    assert referenced_heat == set(heat)
+    basal = {str(i.ReferencedSOPInstanceUID) for ds in heat.values() for i in ds.SourceImageSequence}
+    assert len(basal) == 1 and basal <= lge_uids
+    texts = []
+    stack = list(pydicom.dcmread(final).ContentSequence)
+    while stack:
+        item = stack.pop()
+        texts.append(str(item.get("TextValue", "")))
+        stack.extend(item.get("ContentSequence", []))
+    assert f"basal_frame_sop_instance_uid={basal.pop()}" in texts
     assert pydicom.dcmread(files[SEG_CLASS][0]).FrameOfReferenceUID == study.datasets[0].FrameOfReferenceUID

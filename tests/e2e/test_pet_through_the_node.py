@@ -37,7 +37,7 @@ from tests.support.dicom_clients import storescu
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port, wait_for
-from tests.support.tools import dciodvfy_tool
+from tests.support.tools import assert_pixelmed_sr_clean, dciodvfy_tool
 
 pytestmark = pytest.mark.network
 
@@ -47,6 +47,13 @@ PM_CLASS = "1.2.840.10008.5.1.4.1.1.30"
 PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
 MBF = ("126390", "DCM")
 MFR = ("122217", "DCM")
+# issue 16: the PET MFR model's outputs (probabilities, verdicts, Grad-CAM heat map referenced from the SR)
+GRADCAM = ("130403", "DCM")
+VISUAL_EXPLANATION = ("130401", "DCM")
+MODEL_GROUPS = ["Probability of impaired MFR in any segment (PET MFR model)",
+                *(f"Probability of impaired MFR, {t} territory (PET MFR model)" for t in ("LAD", "LCx", "RCA"))]
+#: PET's and the models' coded evaluations are outside PixelMed 2022's TID 1501 rows (tests/results/test_pet_outputs.py)
+PET_MODEL_PIXELMED_KNOWN_WARNINGS = (r"Content Item not in template",)
 
 
 def _download(orthanc: Orthanc, instance_id: str, path: Path) -> pydicom.Dataset:
@@ -73,6 +80,7 @@ def test_a_rest_stress_pet_study_comes_back_as_validated_sr_images_and_parametri
     node = NodeProcess(config, node_port, tmp_path / "node.log", mode="serve")
     # SC: 3 bull's-eyes, 2 curve plots, the segment table and the one-page results screen
     expected = {SR_CLASS: 1, SC_CLASS: 7, PM_CLASS: 2, PDF_CLASS: 1}
+    expected[SC_CLASS] += 2  # issue 16: the PET MFR model's Grad-CAM heat map and the results screen's "Model outputs" page
     try:
         node.start()
         storescu(orthanc.dicom_port, list(files.paths), called=orthanc.ae_title, check=True)
@@ -147,3 +155,31 @@ def test_a_rest_stress_pet_study_comes_back_as_validated_sr_images_and_parametri
         proc = subprocess.run([dciodvfy_tool(), str(path)], capture_output=True, text=True, timeout=120)
         errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
         assert not errors, f"seed {seed}: {path.name}: {errors[:5]}"
+
+    # issue 16: the PET MFR model's groups (probability in [0, 1], a verdict) reference its heat map, which came back
+    groups = {g.tracking_identifier: g for g in report.get_image_measurement_groups()}
+    assert [label for label in groups if label.endswith("(PET MFR model)")] == MODEL_GROUPS, sorted(groups)
+    for label in MODEL_GROUPS:
+        (probability,) = groups[label].get_measurements()
+        assert probability.unit.value == "1" and 0.0 <= float(probability.value) <= 1.0, (seed, label)
+        verdicts = [e.value.meaning.lower() for e in groups[label].get_qualitative_evaluations()]
+        assert verdicts and verdicts[0] in ("present", "absent", "indeterminate"), (seed, label, verdicts)
+    heat_maps = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, paths[SC_CLASS])
+                 if any((c.CodeValue, c.CodingSchemeDesignator) == GRADCAM for c in ds.get("DerivationCodeSequence", []))}
+    assert len(heat_maps) == 1, f"seed {seed}: {len(heat_maps)} Grad-CAM images"
+    referenced = set(_image_references(pydicom.dcmread(paths[SR_CLASS][0]).ContentSequence, VISUAL_EXPLANATION))
+    assert referenced == set(heat_maps), (seed, referenced, set(heat_maps))
+    assert_pixelmed_sr_clean(paths[SR_CLASS][0], f"the PET SR with the model's groups (seed {seed})",
+                             PET_MODEL_PIXELMED_KNOWN_WARNINGS)
+
+
+def _image_references(items, concept: tuple[str, str]) -> list[str]:
+    """SOP Instance UIDs of IMAGE items named ``concept`` anywhere in a content tree (issue 16 checks)."""
+    found = []
+    for item in items:
+        name = item.ConceptNameCodeSequence[0] if "ConceptNameCodeSequence" in item else None
+        if item.ValueType == "IMAGE" and name is not None and (name.CodeValue, name.CodingSchemeDesignator) == concept:
+            found.append(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        if "ContentSequence" in item:
+            found.extend(_image_references(item.ContentSequence, concept))
+    return found

@@ -19,13 +19,18 @@ rotation +-60 deg and scale 0.9-1.1 (an affine grid; no flips, which would move 
 to the wrong side and mirror the RV), intensity gain, offset and noise. Seeds fix everything
 (:func:`node.ai.training.common.seed_everything`); LGE slices with scar are drawn
 :data:`SCAR_WEIGHT` times as often as the others; the validation phantoms come from a
-separate stream. Writes the bundle (:func:`node.ai.bundles.write_bundle`) with metadata and
+separate stream. With ``dense_scar`` (``--dense-scar``; a 1.1.0 candidate, not shipped: docs/validation.md) the phantoms
+cycle through :data:`DENSE_SCAR_CYCLE` (transmural scar with MVO 3 in 10, multifocal with RV
+2 in 10, every other pattern once), the fields of view reach 400 mm (the full-size studies are
+384 mm) and LGE slices with dense scar (an MVO core, or scar on at least :data:`DENSE_SHARE` of the
+slice's myocardium) are drawn :data:`DENSE_WEIGHT` times as often. Writes the bundle (:func:`node.ai.bundles.write_bundle`) with metadata and
 model card.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -63,6 +68,7 @@ from node.synth.cmr.phantom import (
 
 __all__ = [
     "CROP",
+    "DENSE_SCAR_CYCLE",
     "DEFAULT_PHANTOMS",
     "DEFAULT_STEPS",
     "SliceSet",
@@ -80,6 +86,19 @@ BATCH = 16
 #: scar pixels that make an LGE training slice a "scar slice", and how much more often those are drawn
 SCAR_PIXELS = 20
 SCAR_WEIGHT = 3.0
+#: dense-scar fine-tuning: MVO pixels, or share of the slice's myocardium pixels that is scar, that make a
+#: "dense scar" LGE slice, and how much more often those are drawn (bright scar across the wall looks like blood)
+MVO_PIXELS = 5
+DENSE_SHARE = 0.25
+DENSE_WEIGHT = 6.0
+#: pattern cycle of the dense-scar phantoms (10 phantoms)
+DENSE_SCAR_CYCLE: tuple[str, ...] = (
+    "scar_free", "ischaemic_transmural_mvo", "ischaemic_subendocardial", "sarcoid_multifocal_rv",
+    "ischaemic_transmural_mvo", "sarcoid_midwall_septal", "sarcoid_epicardial", "ischaemic_transmural_mvo",
+    "sarcoid_multifocal_rv", "fat_pad_decoy")
+#: field of view (mm) of the training phantoms: default, and with ``dense_scar``
+FOV_MM = (200.0, 280.0)
+DENSE_FOV_MM = (200.0, 400.0)
 _SPLITS = {"train": 1, "validation": 2}
 _GROUPS = (("background", "fat", "rv_wall", "rv_scar"), ("lv_blood",), ("myocardium", "scar", "mvo"), ("rv_blood",))
 
@@ -97,13 +116,15 @@ class SliceSet:
     ``[n]`` (the flag of :data:`CONTRASTS`), ``labels`` uint8 ``[n, CROP, CROP]``, ``phantom`` int
     ``[n]`` (which phantom each slice came from), ``scar`` bool ``[n]``: an LGE slice with at least
     :data:`SCAR_PIXELS` pixels of scar (fraction >= 0.5), drawn :data:`SCAR_WEIGHT` times as often
-    in training (bright scar that spans the wall looks like blood)."""
+    in training (bright scar that spans the wall looks like blood); ``dense`` bool ``[n]``: an LGE slice
+    with an MVO core (:data:`MVO_PIXELS`) or scar on :data:`DENSE_SHARE` of its myocardium."""
 
     images: np.ndarray
     contrast: np.ndarray
     labels: np.ndarray
     phantom: np.ndarray
     scar: np.ndarray
+    dense: np.ndarray
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -122,23 +143,26 @@ def _crop(arr: np.ndarray, centre: tuple[float, float], fill: float) -> np.ndarr
     return out
 
 
-def phantom_slices(n: int, seed: int, split: str = "train") -> SliceSet:
+def phantom_slices(n: int, seed: int, split: str = "train", *, patterns: tuple[str, ...] = PATTERNS,
+                   fov_mm: tuple[float, float] = FOV_MM) -> SliceSet:
     """Slices of ``n`` phantoms (LGE magnitude, LGE PSIR, cine ED and ES of each) from the stream
-    (``seed``, ``split``); deterministic."""
+    (``seed``, ``split``); phantom ``i`` has pattern ``patterns[i % len(patterns)]`` and a field of view
+    drawn uniformly in ``fov_mm`` (mm); deterministic."""
     images: list[np.ndarray] = []
     contrast: list[float] = []
     labels: list[np.ndarray] = []
     owner: list[int] = []
     scar: list[bool] = []
+    dense: list[bool] = []
     progress = Progress(f"phantoms {split}", n)
     for i in range(n):
         rng = np.random.default_rng([seed, _SPLITS[split], i])
         pixel = float(rng.uniform(1.3, 2.6))
-        fov = float(rng.uniform(200.0, 280.0))
+        fov = float(rng.uniform(*fov_mm))
         matrix = int(round(fov / pixel))
         anatomy = draw_anatomy(rng, matrix=(matrix, matrix), pixel_mm=pixel, thickness_mm=float(rng.uniform(6.0, 10.0)),
                                gap_mm=float(rng.uniform(0.0, 2.0)))
-        pattern = draw_pattern(PATTERNS[i % len(PATTERNS)], rng)
+        pattern = draw_pattern(patterns[i % len(patterns)], rng)
         sampling = Sampling(in_plane=2, through=2)
         lge = lge_phantom(anatomy, pattern, rng, snr_scar=float(rng.uniform(10.0, 40.0)), sampling=sampling)
         cine = cine_phantom(anatomy, rng, n_phases=3, snr_blood=float(rng.uniform(20.0, 60.0)), sampling=sampling)
@@ -157,10 +181,14 @@ def phantom_slices(n: int, seed: int, split: str = "train") -> SliceSet:
                 labels.append(_crop(y, centre, 0))
                 contrast.append(CONTRASTS[kind])
                 owner.append(i)
-                scar.append(kind == "lge" and int((fractions.lv_scar[s] >= 0.5).sum()) >= SCAR_PIXELS)
+                n_scar = int((fractions.lv_scar[s] >= 0.5).sum())
+                scar.append(kind == "lge" and n_scar >= SCAR_PIXELS)
+                n_myo = int((fractions.lv_myocardium[s] >= 0.5).sum())
+                dense.append(kind == "lge" and n_scar >= SCAR_PIXELS
+                             and (int((fractions.of("mvo")[s] >= 0.5).sum()) >= MVO_PIXELS or n_scar >= DENSE_SHARE * n_myo))
         progress.update(i + 1)
     return SliceSet(np.stack(images), np.asarray(contrast, np.float32), np.stack(labels), np.asarray(owner),
-                    np.asarray(scar, bool))
+                    np.asarray(scar, bool), np.asarray(dense, bool))
 
 
 def _augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,6 +244,7 @@ def evaluate(network: torch.nn.Module, data: SliceSet) -> dict[str, Any]:
 def _readme(metadata: dict[str, Any]) -> str:
     ev = metadata["evaluation_summary"]
     tr = metadata["training"]
+    versions = "\n".join(f"- {v}: {text}" for v, text in metadata.get("changelog", {}).items())
     return f"""# cmr_segmentation {metadata['version']}
 
 LV blood pool, LV myocardium (scar included) and RV blood pool on cardiac MR short-axis slices, cine (bSSFP)
@@ -245,6 +274,9 @@ mean {ev['lv_myocardium_dice_mean']:.3f} (min {ev['lv_myocardium_dice_min']:.3f}
 RV {ev['rv_blood_pool_dice_mean']:.3f}. Held-out test on fresh phantoms through `segment_short_axis`:
 tests/ai/test_cmr_segmentation.py and docs/validation.md.
 
+## Versions
+{versions}
+
 ## Limits
 - Phantoms only: smooth analytic shapes, no papillary muscles or trabeculation, no real artefacts. Expect worse
   on real images; fine-tune on site data before any research use on patients.
@@ -255,13 +287,16 @@ tests/ai/test_cmr_segmentation.py and docs/validation.md.
 
 def train_cmr_segmentation(out: Path, *, n_phantoms: int = DEFAULT_PHANTOMS, n_validation: int = 12, steps: int = DEFAULT_STEPS,
                            seed: int = 0, lr: float = 2e-3, version: str = "1.0.0", command: str = "",
-                           init: Path | None = None) -> TrainResult:
+                           init: Path | None = None, dense_scar: bool = False) -> TrainResult:
     """Generate phantom slices, train the 2-D U-Net, evaluate on validation phantoms and write the bundle to ``out``;
-    ``init`` is a bundle folder whose weights the training starts from (fine-tuning; default random initialisation)."""
+    ``init`` is a bundle folder whose weights the training starts from (fine-tuning; default random initialisation);
+    ``dense_scar`` selects the dense-scar mix (module docstring: :data:`DENSE_SCAR_CYCLE`, :data:`DENSE_FOV_MM`,
+    :data:`DENSE_WEIGHT`)."""
     seed_everything(seed)
     start = time.monotonic()
-    train = phantom_slices(n_phantoms, seed, "train")
-    valid = phantom_slices(n_validation, seed, "validation")
+    mix: dict[str, Any] = {"patterns": DENSE_SCAR_CYCLE, "fov_mm": DENSE_FOV_MM} if dense_scar else {}
+    train = phantom_slices(n_phantoms, seed, "train", **mix)
+    valid = phantom_slices(n_validation, seed, "validation", **mix)
     generation = time.monotonic() - start
     parser = ConfigParser(bundles.inference_config(BUNDLE))
     network = parser.get_parsed_content("network_def", instantiate=True)
@@ -274,6 +309,8 @@ def train_cmr_segmentation(out: Path, *, n_phantoms: int = DEFAULT_PHANTOMS, n_v
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     weights = np.where(train.scar, SCAR_WEIGHT, 1.0)
+    if dense_scar:
+        weights = np.where(train.dense, DENSE_WEIGHT, weights)
     weights /= weights.sum()
     history: list[dict[str, float]] = []
     progress = Progress("train cmr_segmentation", steps)
@@ -300,15 +337,28 @@ def train_cmr_segmentation(out: Path, *, n_phantoms: int = DEFAULT_PHANTOMS, n_v
     evaluation = evaluate(network, valid)
     evaluation["n_validation_phantoms"] = n_validation
     metadata = _metadata(version, n_phantoms, n_validation, len(train), steps, seed, lr, generation, training,
-                         evaluation, history, command or f"python -m node.ai.training.cmr_segmentation --out {out}", init)
+                         evaluation, history, command or f"python -m node.ai.training.cmr_segmentation --out {out}", init,
+                         dense_scar, int(train.dense.sum()))
     bundles.write_bundle(out, BUNDLE, network, metadata, _readme(metadata))
     return TrainResult(BUNDLE, Path(out), network, history, evaluation, time.monotonic() - start)
 
 
 def _metadata(version: str, n_phantoms: int, n_validation: int, n_slices: int, steps: int, seed: int, lr: float,
               generation: float, training: float, evaluation: dict[str, Any], history: list[dict[str, float]],
-              command: str, init: Path | None = None) -> dict[str, Any]:
+              command: str, init: Path | None = None, dense_scar: bool = False, n_dense: int = 0) -> dict[str, Any]:
     import monai
+
+    changelog: dict[str, str] = {}
+    if init is not None and (Path(init) / "configs" / "metadata.json").is_file():
+        previous = json.loads((Path(init) / "configs" / "metadata.json").read_text())
+        changelog.update(previous.get("changelog", {}))
+    changelog[version] = ("fine-tuned from the weights of the previous version on dense-scar phantoms (transmural scar with "
+                          "MVO 3 in 10 phantoms, multifocal with RV 2 in 10, fields of view 200-400 mm, dense-scar LGE slices "
+                          f"drawn {DENSE_WEIGHT:g}x) so that bright scar and MVO stay in the myocardium label"
+                          if dense_scar else "trained by `python -m node.ai.training.cmr_segmentation` on CMR phantoms")
+    mix = (f"pattern cycle {', '.join(DENSE_SCAR_CYCLE)}; fields of view {DENSE_FOV_MM[0]:.0f}-{DENSE_FOV_MM[1]:.0f} mm; "
+           f"{n_dense} dense-scar LGE slices drawn {DENSE_WEIGHT:g}x" if dense_scar else
+           f"every pattern in turn; fields of view {FOV_MM[0]:.0f}-{FOV_MM[1]:.0f} mm")
 
     image = {
         "type": "image", "format": "magnitude", "modality": "MR", "num_channels": 2,
@@ -325,7 +375,7 @@ def _metadata(version: str, n_phantoms: int, n_validation: int, n_slices: int, s
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
         "version": version,
-        "changelog": {version: "trained by `python -m node.ai.training.cmr_segmentation` on CMR phantoms"},
+        "changelog": changelog,
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
@@ -339,7 +389,7 @@ def _metadata(version: str, n_phantoms: int, n_validation: int, n_slices: int, s
         "training_data": (f"{n_phantoms} training and {n_validation} validation phantoms of node.synth.cmr.phantom (seed {seed}; "
                           "random LV/RV anatomy, septal angle, in-plane rotation, pixels 1.3-2.6 mm, slices 6-10 mm, "
                           "all LGE patterns incl. scar-free, MVO and fat-pad decoy, SNR scar 10-40, magnitude and PSIR; "
-                          "cine ED and ES, SNR blood 20-60; Rician noise, coil field, partial volume); "
+                          f"cine ED and ES, SNR blood 20-60; Rician noise, coil field, partial volume; {mix}); "
                           "trained on synthetic phantoms; no real patient data, no pretrained weights"),
         "training_cohort_version": f"node.synth.cmr.phantom via node.ai.training.cmr_segmentation.phantom_slices (seed {seed})",
         "data_source": "synthetic (node.synth.cmr)",
@@ -352,7 +402,7 @@ def _metadata(version: str, n_phantoms: int, n_validation: int, n_slices: int, s
         "evaluation_summary": evaluation,
         "training": {"seed": seed, "n_phantoms": n_phantoms, "n_slices": n_slices, "steps": steps, "batch": BATCH, "lr": lr,
                      "generation_seconds": round(generation, 1), "training_seconds": round(training, 1),
-                     "threads": torch.get_num_threads(), "command": command, "history": history,
+                     "threads": torch.get_num_threads(), "command": command, "history": history, "dense_scar": dense_scar,
                      "initialised_from": "random (no pretrained weights)" if init is None else f"weights of {init} (fine-tuned)"},
     }
 
@@ -368,11 +418,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--init", type=Path, default=None, metavar="BUNDLE_DIR", help="start from this bundle's weights")
+    p.add_argument("--dense-scar", action="store_true",
+                   help="dense-scar mix: more transmural scar with MVO and multifocal phantoms, fields of view to 400 mm")
+    p.add_argument("--version", default="1.0.0", help="bundle version written to the metadata")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     command = "python -m node.ai.training.cmr_segmentation " + " ".join(argv if argv is not None else sys.argv[1:])
     result = train_cmr_segmentation(args.out, n_phantoms=args.phantoms, n_validation=args.validation, steps=args.steps,
-                                    seed=args.seed, lr=args.lr, command=command, init=args.init)
+                                    seed=args.seed, lr=args.lr, command=command, init=args.init,
+                                    dense_scar=args.dense_scar, version=args.version)
     sys.stderr.write(f"wrote bundle {result.out} in {result.seconds:.0f} s: {result.evaluation}\n")
     return 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from node.ai import bundles
-from node.ai.training import cmr_segmentation, segmentation
+from node.ai.training import cmr_outcome, cmr_segmentation, segmentation
 from node.ai.training.common import TrainResult, seed_everything
 from node.ai.training.polar import evaluation_markdown, train_polar_bundle
 
@@ -28,6 +28,14 @@ def train_bundle(bundle: str, out: Path, data: Path | None = None, synthetic: in
     the bundle to ``out``. ``init`` and ``steps_per_epoch`` apply to ``lv_segmentation`` and ``cmr_segmentation``
     (which trains ``epochs x steps_per_epoch`` steps, default 8 x 150, on ``synthetic`` CMR phantoms)."""
     seed_everything(seed)
+    if bundle in ("pet_mfr", "pet_mfr_multitask"):  # issue 16: the PET flow-reserve model, on node.synth.pet.cohort
+        from node.ai.training import pet_mfr
+
+        return pet_mfr.train_from_command(out, data=data, synthetic=synthetic, epochs=epochs, seed=seed,
+                                          checkpoints=checkpoints, version=version, command=command)
+    if bundle in cmr_outcome.BUNDLES:  # the seed's CMR outcome models, on the cohorts of node.synth.cmr.cohort
+        return cmr_outcome.train_from_command(bundle, out, data=data, synthetic=synthetic, epochs=epochs, seed=seed,
+                                              checkpoints=checkpoints, version=version, command=command)
     if bundle == "cmr_segmentation":
         return cmr_segmentation.train_cmr_segmentation(
             out, n_phantoms=synthetic or cmr_segmentation.DEFAULT_PHANTOMS, seed=seed, version=version, command=command, init=init,

@@ -15,6 +15,9 @@ conventions with Decay Correction START / ADMIN / NONE and per-instance rescale.
 section 5.7) with its truth JSON; :mod:`node.synth.pet.demo` -- ``cardionode demo --modality pet``.
 :mod:`node.synth.pet.enhanced` -- one Enhanced PET Image Storage (multi-frame) instance of a
 dynamic volume, the multi-frame variant of the DICOM tier.
+:mod:`node.synth.pet.cohort` -- the versioned PET cohort with planted disease and risk traits for the
+flow-reserve model (issue 16), each case analysed by the node's own PET quantification (imported on
+its own: it needs the analysis).
 """
 
 from node.synth.pet.dicom import (
