@@ -41,15 +41,7 @@ if "--all-cores" not in sys.argv:  # single-threaded numerical libraries before 
         os.environ[var] = "1"
 
 import numpy as np  # noqa: E402
-
-
-def _pin_one_core() -> str:
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[0]})
-        return f"pinned to core {cores[0]} of {len(cores)} available"
-    except (AttributeError, OSError):
-        return "could not pin to one core"
+from machine import pin_one_core  # noqa: E402  (bench/ is first on sys.path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from node.synth.cmr import phantom as cmr_phantom
     from node.synth.cmr import study as cmr_study
 
-    pin = "all cores" if args.all_cores else _pin_one_core()
+    pin = "all cores" if args.all_cores else pin_one_core()
     if not args.all_cores:
         torch.set_num_threads(1)
     context = ReportContext(device_uid="1.2.826.0.1.3680043.8.498.4712", device_name="cardionode-bench")

@@ -40,15 +40,7 @@ if "--all-cores" not in sys.argv:  # single-threaded numerical libraries before 
         os.environ[var] = "1"
 
 import numpy as np  # noqa: E402
-
-
-def _pin_one_core() -> str:
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[0]})
-        return f"pinned to core {cores[0]} of {len(cores)} available"
-    except (AttributeError, OSError):
-        return "could not pin to one core"
+from machine import pin_one_core  # noqa: E402  (bench/ is first on sys.path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     context = ReportContext(device_uid="1.2.826.0.1.3680043.8.498.4712", device_name="cardionode-bench")
 
-    pin = "all cores" if args.all_cores else _pin_one_core()
+    pin = "all cores" if args.all_cores else pin_one_core()
     seed = random.SystemRandom().randrange(2**31)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores ({pin}); "
           f"numpy {np.__version__}; load average {os.getloadavg()[0]:.2f}; seed {seed}")

@@ -29,19 +29,11 @@ if "--all-cores" not in sys.argv:  # single-threaded numerical libraries before 
         os.environ[var] = "1"
 
 import numpy as np  # noqa: E402
+from machine import pin_one_core  # noqa: E402  (bench/ is first on sys.path)
 
 from node.synth.anatomy import Defect  # noqa: E402
 from node.synth.spect.phantom import PhantomSpec, make_acquisition, make_study, territory_defect  # noqa: E402
 from node.synth.spect.study import write_study  # noqa: E402
-
-
-def _pin_one_core() -> str:
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[0]})
-        return f"pinned to core {cores[0]} of {len(cores)} available"
-    except (AttributeError, OSError):
-        return "could not pin to one core"
 
 
 def bench_time(runs: int, all_cores: bool) -> None:
@@ -49,7 +41,7 @@ def bench_time(runs: int, all_cores: bool) -> None:
 
     from node.pipelines.process import process_folder
 
-    pin = "all cores" if all_cores else _pin_one_core()
+    pin = "all cores" if all_cores else pin_one_core()
     print(f"machine: {os.cpu_count()} cores ({pin}); numpy {np.__version__}")
     seed = random.SystemRandom().randrange(2**31)
     rng = np.random.default_rng(seed)

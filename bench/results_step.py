@@ -49,6 +49,7 @@ if __package__ in (None, ""):  # `python bench/results_step.py`
 
 import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
+from machine import pin_one_core  # noqa: E402  (bench/ is first on sys.path)
 from pydicom import Dataset  # noqa: E402
 
 from bench.latency import describe_machine  # noqa: E402
@@ -71,14 +72,6 @@ _STAGES = {
     "SourceReferences": "source references (once per study)",
 }
 
-
-def _pin_one_core() -> str:
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[0]})
-        return f"pinned to core {cores[0]} of {len(cores)}"
-    except (AttributeError, OSError):
-        return "not pinned"
 
 
 def _kind_of(name: str) -> str:
@@ -225,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
 
-    pin = _pin_one_core()
+    pin = pin_one_core()
     print(f"machine: {describe_machine()} ({pin})")
     studies = {}
     for kind in kinds:

@@ -50,6 +50,7 @@ if __package__ in (None, ""):  # `python bench/spect_steps.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from machine import pin_one_core  # noqa: E402  (bench/ is first on sys.path)
 
 from bench.latency import describe_machine  # noqa: E402
 
@@ -109,14 +110,6 @@ def _parent(name: str) -> str:
         return "AI cross-check: locate LV on the AI mask"
     return next((parent for _m, _a, label, parent in _SUBSTEPS if label == name), "")
 
-
-def _pin_one_core() -> str:
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[0]})
-        return f"pinned to core {cores[0]} of {len(cores)}"
-    except (AttributeError, OSError):
-        return "not pinned"
 
 
 def _study_bytes(seed: int) -> list[bytes]:
@@ -199,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads == "1":
         torch.set_num_threads(1)
-    pin = "not pinned" if args.no_pin or args.threads == "default" else _pin_one_core()
+    pin = "not pinned" if args.no_pin or args.threads == "default" else pin_one_core()
     import node
 
     print(f"machine: {describe_machine()} ({pin})")

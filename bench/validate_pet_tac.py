@@ -43,6 +43,7 @@ if "--all-cores" not in sys.argv:  # single-threaded numerical libraries before 
         os.environ[var] = "1"
 
 import numpy as np  # noqa: E402
+from machine import pin_one_core  # noqa: E402  (bench/ is first on sys.path)
 
 from node.imaging.volume import FrameSchedule  # noqa: E402
 from node.quant import kinetics as K  # noqa: E402
@@ -55,14 +56,6 @@ SHORT_FRAMES = {"nh3": ((24, 5.0), (4, 30.0), (4, 60.0)), "ucla": ((24, 5.0), (4
 BOUNDS = {0.05: {"rest": 0.20, "stress": 0.14, "mfr": 0.25, "bias": 0.03},
           0.10: {"rest": 0.35, "stress": 0.25, "mfr": None, "bias": 0.05}}
 
-
-def _pin_one_core() -> str:
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[0]})
-        return f"pinned to core {cores[0]} of {len(cores)} available"
-    except (AttributeError, OSError):
-        return "could not pin to one core"
 
 
 def _rngs(seed: int, n: int) -> list[np.random.Generator]:
@@ -320,7 +313,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--all-cores", action="store_true")
     args = parser.parse_args()
-    pin = "all cores" if args.all_cores else _pin_one_core()
+    pin = "all cores" if args.all_cores else pin_one_core()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     print(f"machine: {os.cpu_count()} cores ({pin}); numpy {np.__version__}; seed {seed}")
     tracers = [t.strip() for t in args.tracers.split(",") if t.strip()]
