@@ -37,6 +37,7 @@ from tests.support.dicom_clients import storescu
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port, wait_for
+from tests.support.report import sr_image_references
 from tests.support.tools import dciodvfy_tool
 
 pytestmark = pytest.mark.network
@@ -169,17 +170,6 @@ def test_a_rest_stress_pet_study_comes_back_as_validated_sr_images_and_parametri
     heat_maps = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, paths[SC_CLASS])
                  if any((c.CodeValue, c.CodingSchemeDesignator) == GRADCAM for c in ds.get("DerivationCodeSequence", []))}
     assert len(heat_maps) == 1, f"seed {seed}: {len(heat_maps)} Grad-CAM images"
-    referenced = set(_image_references(pydicom.dcmread(paths[SR_CLASS][0]).ContentSequence, VISUAL_EXPLANATION))
+    referenced = set(sr_image_references(pydicom.dcmread(paths[SR_CLASS][0]).ContentSequence, VISUAL_EXPLANATION))
     assert referenced == set(heat_maps), (seed, referenced, set(heat_maps))
 
-
-def _image_references(items, concept: tuple[str, str]) -> list[str]:
-    """SOP Instance UIDs of IMAGE items named ``concept`` anywhere in a content tree (issue 16 checks)."""
-    found = []
-    for item in items:
-        name = item.ConceptNameCodeSequence[0] if "ConceptNameCodeSequence" in item else None
-        if item.ValueType == "IMAGE" and name is not None and (name.CodeValue, name.CodingSchemeDesignator) == concept:
-            found.append(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
-        if "ContentSequence" in item:
-            found.extend(_image_references(item.ContentSequence, concept))
-    return found

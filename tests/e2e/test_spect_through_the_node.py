@@ -28,6 +28,7 @@ from tests.support.dicom_clients import storescu
 from tests.support.node import NodeProcess
 from tests.support.orthanc import Orthanc
 from tests.support.ports import free_port, wait_for
+from tests.support.report import sr_image_references
 from tests.support.tools import dciodvfy_tool
 
 pytestmark = pytest.mark.network
@@ -45,17 +46,6 @@ def _download(orthanc, instance_id: str, path: Path) -> pydicom.Dataset:
     path.write_bytes(response.content)
     return pydicom.dcmread(path)
 
-
-def _image_references(items, concept: tuple[str, str]) -> list[str]:
-    """SOP Instance UIDs of IMAGE items named ``concept`` anywhere in a content tree."""
-    found = []
-    for item in items:
-        name = item.ConceptNameCodeSequence[0] if "ConceptNameCodeSequence" in item else None
-        if item.ValueType == "IMAGE" and name is not None and (name.CodeValue, name.CodingSchemeDesignator) == concept:
-            found.append(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
-        if "ContentSequence" in item:
-            found.extend(_image_references(item.ContentSequence, concept))
-    return found
 
 
 def _gradcam_instances(orthanc, study_uid: str) -> list[dict]:
@@ -90,7 +80,7 @@ def test_spect_study_through_the_node_returns_validated_predictions_and_heat_map
         sr_path = tmp_path / "sr.dcm"
         sr = _download(orthanc, srs[0]["id"], sr_path)
         # the prediction groups reference heat maps that the PACS holds (the node sends them beside the SR)
-        referenced = set(_image_references(sr.ContentSequence, VISUAL_EXPLANATION))
+        referenced = set(sr_image_references(sr.ContentSequence, VISUAL_EXPLANATION))
         assert referenced, f"seed {seed}: no (130401, DCM) visual explanation in the SR"
         heat_maps = wait_for(
             lambda: (found := _gradcam_instances(orthanc, files.study_uid))

@@ -202,3 +202,16 @@ def make_content(
         algorithms=(QUANT, MODEL) if with_prediction else (QUANT,),
         notes=("Attenuation correction: none.",),
     )
+
+
+def sr_image_references(items, concept: tuple[str, str]) -> list[str]:
+    """SOP Instance UIDs of the IMAGE content items named ``concept`` (code value, scheme) anywhere in an SR
+    content tree (``items``: a ContentSequence), depth first."""
+    found = []
+    for item in items:
+        name = item.ConceptNameCodeSequence[0] if "ConceptNameCodeSequence" in item else None
+        if item.ValueType == "IMAGE" and name is not None and (name.CodeValue, name.CodingSchemeDesignator) == concept:
+            found.append(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        if "ContentSequence" in item:
+            found.extend(sr_image_references(item.ContentSequence, concept))
+    return found
