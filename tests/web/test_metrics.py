@@ -186,7 +186,7 @@ def test_a_scrape_is_named_by_the_conventions_and_documented(tmp_path: Path) -> 
     assert declared_types(text) == {k: v for k, v in EXPECTED.items() if k != "cardionode_queue_depth"}, (
         "no broker database yet: the queue depths are unknown and left out, everything else is there")
     assert total(text, "cardionode_build_info") == 1.0
-    assert re.search(r'cardionode_build_info\{models="[a-z_]+=\d+\.\d+\.\d+(,[a-z_]+=\d+\.\d+\.\d+)*",version="\d', text), text
+    assert re.search(r'cardionode_build_info\{models="[a-z0-9_]+=\d+\.\d+\.\d+(,[a-z0-9_]+=\d+\.\d+\.\d+)*",version="\d', text), text
     assert total(text, "cardionode_studies") == 0.0
     assert total(text, "cardionode_disk_free_bytes", volume="data") > 0
     assert total(text, "cardionode_disk_watermark_bytes", volume="data") == settings.disk_watermark_mb * 2**20
