@@ -64,6 +64,7 @@ from node.results.tables import format_value
 
 __all__ = [
     "IMAGE_SIZE",
+    "wrap_text",
     "RESEARCH_LABEL",
     "segment_label_positions",
     "display_unit",
@@ -680,9 +681,9 @@ def _draw_contours(canvas: _Canvas, values: np.ndarray, levels: Sequence[float],
             canvas.line(line, disc, 1.6, "black", dashes)
 
 
-def _wrapped(text: str, points: float, width: float) -> list[str]:
-    """Greedy word wrap of ``text`` to ``width`` pixels at ``points``."""
-    font = text_font(points)
+def wrap_text(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """Greedy word wrap of ``text`` to lines at most ``width`` pixels long in ``font`` (a word longer than
+    ``width`` gets a line of its own); at least one line."""
     lines: list[str] = []
     current = ""
     for word in text.split():
@@ -709,7 +710,7 @@ def _screen_frame(canvas: _Canvas, title: str, notice: str) -> None:
     """Title, research-use notice (wrapped to the image width) and label of a table screen."""
     size = canvas.size
     canvas.text(size / 2, size * (1 - 0.955), title, 12, bold=True)
-    _text_block(canvas, size / 2, size * (1 - 0.045), _wrapped(notice, 6, size), 6)
+    _text_block(canvas, size / 2, size * (1 - 0.045), wrap_text(notice, text_font(6), size), 6)
     canvas.text(size / 2, size * (1 - 0.01), RESEARCH_LABEL, 9, bold=True, colour="#b00000", va="bottom")
 
 

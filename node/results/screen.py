@@ -44,7 +44,7 @@ from pydicom import Dataset
 
 import node
 from node.results.content import Algorithm, MeasurementGroup, ReportContent
-from node.results.render import RESEARCH_LABEL, display_unit
+from node.results.render import RESEARCH_LABEL, display_unit, wrap_text
 from node.results.tables import format_value, segment_of
 from node.results.templates import Templates
 
@@ -235,23 +235,6 @@ def _finding_lines(content: ReportContent, templates: Templates) -> list[str]:
 # --------------------------------------------------------------------------- layout
 
 
-def _wrap(text: str, width: int, size: int, bold: bool = False) -> list[str]:
-    """Greedy word wrap of ``text`` to ``width`` pixels at font ``size``."""
-    font = _font(size, bold)
-    lines: list[str] = []
-    current = ""
-    for word in text.split():
-        trial = f"{current} {word}".strip()
-        if current and font.getlength(trial) > width:
-            lines.append(current)
-            current = word
-        else:
-            current = trial
-    if current:
-        lines.append(current)
-    return lines or [""]
-
-
 def _header(page_title: str, number: int, pages: int, identification: tuple[str, str, str]) -> list[TextItem]:
     width = SCREEN_SIZE[0]
     return [
@@ -267,7 +250,7 @@ def _header(page_title: str, number: int, pages: int, identification: tuple[str,
 def _footer(algorithms: Sequence[Algorithm]) -> list[TextItem]:
     who = "; ".join(f"{a.name} {a.version}" for a in algorithms)
     text = f"CardioNode {node.__version__}. Algorithms: {who}"
-    lines = _wrap(text, SCREEN_SIZE[0] - 2 * _MARGIN - 560, 13)
+    lines = wrap_text(text, _font(13), SCREEN_SIZE[0] - 2 * _MARGIN - 560)
     y = SCREEN_SIZE[1] - _FOOTER + 6
     return [TextItem(lines[0] + (" \u2026" if len(lines) > 1 else ""), _MARGIN, y, 13, colour=_GREY),
             TextItem(RESEARCH_LABEL, SCREEN_SIZE[0] - _MARGIN, y - 2, 15, bold=True, colour=_RED, anchor="ra")]
@@ -295,7 +278,7 @@ class _Column:
 
     def paragraph(self, text: str, size: int = _TEXT, colour: tuple[int, int, int] = (0, 0, 0), bold: bool = False) -> None:
         """``text`` wrapped to the column; the whole text goes to ``overflow`` when it does not fit (or once anything has)."""
-        lines = _wrap(text, self.width, size, bold)
+        lines = wrap_text(text, _font(size, bold), self.width)
         if self.overflow or self.y + len(lines) * (_LINE - 2) > self.bottom:
             self.overflow.append(text)
             return
