@@ -33,7 +33,7 @@ Research use only: trained on synthetic phantoms, not clinically validated.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # torch only when a model runs
     import torch
 
     from node.ai.bundles import LoadedBundle
+    from node.ai.inference import StudyPredictions
 
 __all__ = [
     "MAP_CHANNELS",
@@ -66,7 +67,6 @@ __all__ = [
     "territory_probabilities",
     "gradcam_impaired",
     "occlusion_maps",
-    "PetPrediction",
     "predict_pet_maps",
     "predict_pet",
     "predict_pet_batch",
@@ -288,17 +288,6 @@ HEAT_MAP_UNIT = "{relative attention}"
 BUNDLE = "pet_mfr"
 
 
-@dataclass
-class PetPrediction:
-    """The model's results for one study as report content: SR groups, heat maps, notes, probabilities."""
-
-    key: str
-    groups: list[Any] = field(default_factory=list)
-    images: list[Any] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    probabilities: dict[str, float] = field(default_factory=dict)
-
-
 def _r(value: float, digits: int = 4) -> float:
     return float(round(float(value), digits))
 
@@ -311,8 +300,8 @@ def _trait_note(trait: str, p: float) -> str:
 
 
 def predict_pet_maps(maps: Sequence[np.ndarray], keys: Sequence[str], bundle: LoadedBundle, *, gradcam: bool = True,
-                     traits: bool = False, batch_independent: bool = True) -> list[PetPrediction]:
-    """Run the ``pet_mfr`` bundle on the input maps of several studies (one :class:`PetPrediction` each, same order).
+                     traits: bool = False, batch_independent: bool = True) -> list[StudyPredictions]:
+    """Run the ``pet_mfr`` bundle on the input maps of several studies (one :class:`~node.ai.inference.StudyPredictions` each, same order).
 
     Parameters
     ----------
@@ -333,13 +322,14 @@ def predict_pet_maps(maps: Sequence[np.ndarray], keys: Sequence[str], bundle: Lo
 
     Returns
     -------
-    list of :class:`PetPrediction`; groups: the probability of impaired MFR in any segment and per
+    list of :class:`~node.ai.inference.StudyPredictions`; groups: the probability of impaired MFR in any segment and per
     territory (with present/absent/indeterminate verdicts from the bundle's ``reader_outputs``) and the
     Grad-CAM ``MapImage`` (derivation ``gradcam``, overlay ``mfr``). The regressed segment MFRs are not
     reported as SR measurements: a second, model-made MFR per segment beside the measured one (same code)
     would read as a measurement; they are the multi-task training target and feed the territory probabilities.
     """
     torch = _torch()
+    from node.ai.inference import StudyPredictions
     from node.results.content import Evaluation, MapImage, Measurement, MeasurementGroup
 
     keys = list(keys)
@@ -370,7 +360,7 @@ def predict_pet_maps(maps: Sequence[np.ndarray], keys: Sequence[str], bundle: Lo
     out = []
     for i, key in enumerate(keys):
         p_any, seg, terr, trait_p = scores[i]
-        pred = PetPrediction(key)
+        pred = StudyPredictions(key)
         heat_key = "gradcam_pet_mfr" if gradcam else None
         whole = readers["impaired"]
         p = _r(p_any)
